@@ -1,0 +1,32 @@
+# forum — the two commands of the README, and a few for development.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench clean-state
+
+run: $(STAMP) ## start the whole service on the embedded homeserver
+	$(BIN)/forum run
+
+test: $(STAMP) ## run the whole test suite (real Synapse, SQLite and PostgreSQL)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check forum moderation bridge tests benchmarks
+	$(BIN)/ruff format --check forum moderation bridge tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean-state: ## forget the demo state (homeserver, database) in .forum
+	rm -rf .forum
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)

@@ -1,0 +1,3 @@
+"""forum: a Matrix-based, federated discussion forum service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,273 @@
+"""The composition root: the one place that builds everything and wires it together.
+
+:class:`Service` opens the database (migrating it), logs the bots in, provisions the
+forum, lets each component register its handlers, then runs the bots' sync loops, the
+outbox worker and the web app until stopped. Components are plain async callables that
+receive a :class:`ServiceContext` (the membership bot, the moderation bot and the digest
+come in through :func:`default_components`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from forum.gateway import Gateway
+from forum.homeserver import EmbeddedHomeserver, load_or_create_secrets
+from forum.i18n import I18n
+from forum.provisioning import ApplyResult, Plan, provision
+from forum.settings import Settings, database_url
+from forum.storage import Database, Executor, OutboxWorker
+from forum.tasks import TaskSupervisor
+from forum.web import create_app, run_web
+
+log = logging.getLogger(__name__)
+
+WebExtension = Callable[[web.Application], None]
+
+
+@dataclass
+class ServiceContext:
+    """What components receive: everything is built already, nothing is started."""
+
+    settings: Settings
+    config_dir: Path
+    home: Path
+    db: Database
+    membership: Gateway
+    moderation: Gateway
+    i18n: I18n
+    tasks: TaskSupervisor
+    room_ids: dict[str, str]
+    outbox_executors: dict[str, Executor] = field(default_factory=dict)
+    web_extensions: list[WebExtension] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    outbox: OutboxWorker | None = None
+
+    def room_id(self, key: str) -> str:
+        return self.room_ids[key]
+
+    @property
+    def topic_room_ids(self) -> dict[str, str]:
+        return {
+            k.removeprefix("topic:"): v for k, v in self.room_ids.items() if k.startswith("topic:")
+        }
+
+    @property
+    def forum_room_ids(self) -> list[str]:
+        """The rooms members use: the Space, lobby, announcements and topics."""
+        return [v for k, v in self.room_ids.items() if k not in {"management", "policy"}]
+
+
+Component = Callable[[ServiceContext], Awaitable[None]]
+
+
+def default_components() -> list[Component]:
+    """The features wired into ``forum run``, in start order."""
+    return []
+
+
+def feature_commands() -> list[Callable[[Any], None]]:
+    """Functions adding the features' subcommands to the ``forum`` argument parser."""
+    return []
+
+
+@dataclass(frozen=True)
+class BotCredentials:
+    password: str | None
+    access_token: str | None
+
+
+def bot_credentials(settings: Settings, home: Path) -> dict[str, BotCredentials]:
+    """Credentials by bot role. With the embedded homeserver, generated passwords are kept
+    in ``$FORUM_HOME/secrets.json`` (mode 0600)."""
+    bots = {"membership": settings.bots.membership, "moderation": settings.bots.moderation}
+    generated: dict[str, str] = {}
+    if settings.homeserver.mode == "embedded":
+        generated = load_or_create_secrets(
+            home / "secrets.json", [f"bot:{b.localpart}" for b in bots.values()]
+        )
+    out = {}
+    for role, bot in bots.items():
+        password = bot.password.get_secret_value() if bot.password else None
+        token = bot.access_token.get_secret_value() if bot.access_token else None
+        out[role] = BotCredentials(password or generated.get(f"bot:{bot.localpart}"), token)
+    return out
+
+
+def embedded_homeserver(settings: Settings, home: Path, **kw: Any) -> EmbeddedHomeserver:
+    emb = settings.homeserver.embedded
+    return EmbeddedHomeserver(
+        home / "synapse", server_name=emb.server_name, host=emb.host, port=emb.port, **kw
+    )
+
+
+async def register_embedded_accounts(
+    settings: Settings, home: Path, hs: EmbeddedHomeserver
+) -> dict[str, str]:
+    """Register the bots and the demo accounts; return demo passwords by localpart."""
+    creds = bot_credentials(settings, home)
+    demo = settings.demo.accounts
+    secrets = load_or_create_secrets(home / "secrets.json", [f"demo:{a.localpart}" for a in demo])
+    accounts: list[tuple[str, str, bool, str | None]] = [
+        (
+            settings.bots.moderation.localpart,
+            creds["moderation"].password or "",
+            True,
+            settings.bots.moderation.display_name,
+        ),
+        (
+            settings.bots.membership.localpart,
+            creds["membership"].password or "",
+            False,
+            settings.bots.membership.display_name,
+        ),
+    ]
+    accounts += [(a.localpart, secrets[f"demo:{a.localpart}"], False, a.display_name) for a in demo]
+    await hs.ensure_accounts(accounts)
+    return {a.localpart: secrets[f"demo:{a.localpart}"] for a in demo}
+
+
+def make_gateway(
+    settings: Settings, db: Database, user_id: str, creds: BotCredentials, device_name: str
+) -> Gateway:
+    hs = settings.homeserver
+    return Gateway(
+        homeserver_url=hs.effective_url,
+        user_id=user_id,
+        sessionmaker=db.sessionmaker,
+        password=creds.password,
+        access_token=creds.access_token,
+        device_name=device_name,
+        request_timeout=hs.request_timeout_seconds,
+        max_retries=hs.max_retries,
+    )
+
+
+class Service:
+    """The whole service in one asyncio process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_dir: Path,
+        home: Path,
+        components: Sequence[Component] | None = None,
+        web_port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_dir = config_dir
+        self.home = home
+        self.components = list(default_components() if components is None else components)
+        self.web_port = settings.web.port if web_port is None else web_port
+        self.tasks = TaskSupervisor()
+        self.db: Database | None = None
+        self.ctx: ServiceContext | None = None
+        self.runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+        self.plan: Plan | None = None
+        self.result: ApplyResult | None = None
+        self._gateways: list[Gateway] = []
+
+    @property
+    def web_url(self) -> str:
+        if self.settings.web.public_url:
+            return self.settings.web.public_url.rstrip("/") + "/"
+        return f"http://{self.settings.web.host}:{self.bound_port or self.web_port}/"
+
+    async def start(self) -> ServiceContext:
+        settings = self.settings
+        self.db = await Database.open(database_url(settings, self.home))
+        creds = bot_credentials(settings, self.home)
+        moderation = make_gateway(
+            settings,
+            self.db,
+            settings.moderation_bot_id,
+            creds["moderation"],
+            "forum moderation bot",
+        )
+        membership = make_gateway(
+            settings,
+            self.db,
+            settings.membership_bot_id,
+            creds["membership"],
+            "forum membership bot",
+        )
+        self._gateways = [moderation, membership]
+        for gw in self._gateways:
+            await gw.login()
+        self.plan, self.result = await provision(
+            settings,
+            moderation,
+            self.db.sessionmaker,
+            joiners={membership.user_id: membership},
+        )
+        for change, error in self.result.failed:
+            log.error("provisioning could not %s: %s", change.describe(), error)
+        for problem in self.plan.problems:
+            log.warning("provisioning: %s", problem)
+        log.info("provisioned: %d change(s) applied", len(self.result.applied))
+        i18n = I18n(settings.forum.languages)
+        ctx = ServiceContext(
+            settings=settings,
+            config_dir=self.config_dir,
+            home=self.home,
+            db=self.db,
+            membership=membership,
+            moderation=moderation,
+            i18n=i18n,
+            tasks=self.tasks,
+            room_ids=dict(self.result.room_ids),
+        )
+        self.ctx = ctx
+        for component in self.components:
+            await component(ctx)
+        ctx.outbox = OutboxWorker(self.db.sessionmaker, ctx.outbox_executors)
+        self.tasks.start("outbox", ctx.outbox.run(), critical=True)
+        for gw in self._gateways:
+            await gw.load_token()
+            self.tasks.start(f"sync:{gw.user_id}", gw.run(), critical=True)
+        app = create_app(
+            settings,
+            database_ping=self.db.ping,
+            homeserver_ping=moderation.ping,
+            i18n=i18n,
+            extensions=ctx.web_extensions,
+        )
+        self.runner, self.bound_port = await run_web(app, settings.web.host, self.web_port)
+        return ctx
+
+    async def stop(self) -> None:
+        for gw in self._gateways:
+            gw.stop()
+        await self.tasks.stop()
+        if self.ctx:
+            for hook in reversed(self.ctx.on_stop):
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("stop hook failed")
+        if self.runner:
+            await self.runner.cleanup()
+            self.runner = None
+        for gw in self._gateways:
+            with contextlib.suppress(Exception):
+                await gw.close()
+        if self.db:
+            await self.db.close()
+            self.db = None
+
+    async def wait_failed(self) -> None:
+        await self.tasks.failed.wait()
+
+
+async def wait_synced(gateways: Sequence[Gateway], timeout: float = 30) -> None:  # noqa: ASYNC109
+    await asyncio.gather(*(g.wait_synced(timeout) for g in gateways))

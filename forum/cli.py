@@ -1,0 +1,354 @@
+"""The ``forum`` command line: the operator's entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from forum.settings import ConfigError, Settings, config_dir_of, forum_home, load_settings
+
+log = logging.getLogger("forum")
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+# --- check-config --------------------------------------------------------------------------
+
+
+async def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    settings = load_settings(path)
+    where = config_dir_of(path)
+    missing = []
+    charter_dir = settings.charter_dir(where)
+    for lang in settings.forum.languages:
+        file = charter_dir / lang / f"v{settings.membership.charter.version}.md"
+        if not file.is_file():
+            missing.append(f"membership.charter: the charter text {file} is missing")
+    if missing:
+        for m in missing:
+            print(m, file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"{path or 'config/forum.toml'}: OK ({len(settings.topics)} topics, "
+        f"languages {', '.join(settings.forum.languages)}, "
+        f"homeserver {settings.homeserver.mode} {settings.homeserver.effective_url})"
+    )
+    return 0
+
+
+# --- provision -------------------------------------------------------------------------------
+
+
+async def cmd_provision(args: argparse.Namespace) -> int:
+    from forum.app import (
+        bot_credentials,
+        embedded_homeserver,
+        make_gateway,
+        register_embedded_accounts,
+    )
+    from forum.provisioning import provision
+    from forum.settings import database_url
+    from forum.storage import Database
+
+    settings = _load(args)
+    home = forum_home()
+    hs = None
+    if settings.homeserver.mode == "embedded":
+        hs = embedded_homeserver(settings, home)
+        hs.prepare()
+        if not hs.running:
+            await hs.start()
+        else:
+            hs = None  # someone else's (forum run) process: leave it running
+        await register_embedded_accounts(settings, home, embedded_homeserver(settings, home))
+    db = await Database.open(database_url(settings, home))
+    try:
+        creds = bot_credentials(settings, home)
+        mod = make_gateway(
+            settings, db, settings.moderation_bot_id, creds["moderation"], "forum moderation bot"
+        )
+        mem = make_gateway(
+            settings, db, settings.membership_bot_id, creds["membership"], "forum membership bot"
+        )
+        try:
+            await mod.login()
+            joiners = {}
+            if not args.dry_run:
+                await mem.login()
+                joiners[mem.user_id] = mem
+            the_plan, result = await provision(
+                settings, mod, db.sessionmaker, dry_run=args.dry_run, joiners=joiners
+            )
+        finally:
+            await mod.close()
+            await mem.close()
+    finally:
+        await db.close()
+        if hs is not None:
+            await hs.stop()
+    if args.json:
+        out: dict[str, Any] = {
+            "dry_run": args.dry_run,
+            "plan": [c.to_json() for c in the_plan.changes],
+            "problems": the_plan.problems,
+        }
+        if result is not None:
+            out.update(result.to_json())
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        if the_plan.empty:
+            print("Nothing to change: the homeserver matches the configuration.")
+        else:
+            print(f"Plan ({len(the_plan.changes)} change(s)):")
+            for c in the_plan.changes:
+                print(f"  - {c.describe()}")
+        for p in the_plan.problems:
+            print(f"Problem: {p}")
+        if result is not None:
+            print(f"Applied {len(result.applied)} change(s), {len(result.failed)} failed.")
+            for c, err in result.failed:
+                print(f"  failed: {c.describe()}: {err}")
+            for room in result.detached:
+                print(f"  detached from the space (not deleted): {room}")
+    failed = bool(result and result.failed)
+    return EXIT_FAILURE if failed else 0
+
+
+# --- homeserver ------------------------------------------------------------------------------
+
+
+async def cmd_homeserver_register(args: argparse.Namespace) -> int:
+    from forum.app import embedded_homeserver
+
+    settings = _load(args)
+    if settings.homeserver.mode != "embedded":
+        print(
+            "homeserver register works with the embedded homeserver only; on your own "
+            "homeserver use its admin tools (register_new_matrix_user).",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    home = forum_home()
+    hs = embedded_homeserver(settings, home)
+    hs.prepare()
+    started = False
+    if not hs.running:
+        await hs.start()
+        started = True
+    try:
+        password = args.password or secrets.token_urlsafe(12)
+        user_id = await hs.register(
+            args.name, password, admin=args.admin, display_name=args.display_name
+        )
+    finally:
+        if started:
+            await hs.stop()
+    print(f"{user_id}\tpassword: {password}")
+    print(f"Sign in at {hs.url} with any Matrix client (for example Element).")
+    return 0
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from forum.app import Service, embedded_homeserver, register_embedded_accounts
+
+    settings = _load(args)
+    home = forum_home()
+    home.mkdir(parents=True, exist_ok=True)
+    hs = None
+    demo_passwords: dict[str, str] = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    service = Service(settings, config_dir=config_dir_of(args.config), home=home)
+    try:
+        if settings.homeserver.mode == "embedded":
+            hs = embedded_homeserver(settings, home)
+            hs.prepare()
+            print(f"Starting the embedded homeserver (Synapse) at {hs.url} ...", flush=True)
+            await hs.start(stop_stale=True)
+            demo_passwords = await register_embedded_accounts(settings, home, hs)
+        print("Provisioning the forum and starting the bots ...", flush=True)
+        await service.start()
+        facts = _demo_facts(settings, service, demo_passwords)
+        (home / "demo.json").write_text(
+            json.dumps(facts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(_banner(facts, home), flush=True)
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.wait_failed())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if service.tasks.failed.is_set():
+            print("A part of the service failed; stopping. See the log above.", file=sys.stderr)
+            return EXIT_FAILURE
+        print("\nStopping ...", flush=True)
+        return 0
+    finally:
+        await service.stop()
+        if hs is not None:
+            await hs.stop()
+        print("Stopped.", flush=True)
+
+
+def _demo_facts(settings: Settings, service: Any, passwords: dict[str, str]) -> dict[str, Any]:
+    hs = settings.homeserver
+    accounts = [
+        {
+            "user_id": settings.user_id(a.localpart),
+            "password": passwords.get(a.localpart),
+            "display_name": a.display_name,
+            "role": a.role,
+        }
+        for a in settings.demo.accounts
+        if a.localpart in passwords
+    ]
+    rooms = settings.rooms
+    return {
+        "homeserver_url": hs.effective_url,
+        "server_name": settings.server_name,
+        "web_url": service.web_url,
+        "accounts": accounts,
+        "space": settings.alias_id(rooms.space.alias),
+        "lobby": settings.alias_id(rooms.lobby.alias),
+        "announcements": settings.alias_id(rooms.announcements.alias),
+        "management_room": settings.alias_id(rooms.management.alias),
+        "membership_bot": settings.membership_bot_id,
+        "moderation_bot": settings.moderation_bot_id,
+        "how_to_connect": (
+            f"Open Element (https://app.element.io in a browser on this machine, or Element "
+            f"Desktop) or any Matrix client; choose Sign in, set the homeserver to "
+            f"{hs.effective_url}, sign in with one of the accounts, then join "
+            f"{settings.alias_id(rooms.lobby.alias)}: the welcome bot sends you the charter."
+        ),
+    }
+
+
+def _banner(facts: dict[str, Any], home: Path) -> str:
+    lines = [
+        "",
+        "forum is running.",
+        f"  Web digest:  {facts['web_url']}",
+        f"  Homeserver:  {facts['homeserver_url']}  (server name {facts['server_name']})",
+    ]
+    if facts["accounts"]:
+        lines.append("  Demo accounts:")
+        for a in facts["accounts"]:
+            lines.append(f"    {a['user_id']:<28} password {a['password']}  ({a['role']})")
+    lines += [
+        f"  Lobby:       {facts['lobby']}    Space: {facts['space']}",
+        f"  Moderators:  {facts['management_room']} (private management room)",
+        "",
+        "How to connect: " + facts["how_to_connect"],
+        f"These facts are also in {home / 'demo.json'}. Press Ctrl-C to stop.",
+    ]
+    return "\n".join(lines)
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from forum.settings import database_url
+    from forum.storage import Database
+
+    settings = _load(args)
+    db = await Database.open(database_url(settings, forum_home()))
+    revs = await db.current_revisions()
+    await db.close()
+    print(f"Database at {', '.join(sorted(revs))}.")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forum", description="A Matrix-based discussion forum.")
+    parser.add_argument(
+        "--config", "-c", help="configuration file (default: $FORUM_CONFIG or config/forum.toml)"
+    )
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="check a configuration file")
+    p.add_argument("file", nargs="?")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("provision", help="create or reconcile the Space and its rooms")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--json", action="store_true", help="print the plan and result as JSON")
+    p.set_defaults(func=cmd_provision)
+
+    p = sub.add_parser("run", help="run the whole service")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("migrate", help="upgrade the database to this version")
+    p.set_defaults(func=cmd_migrate)
+
+    hs = sub.add_parser("homeserver", help="the embedded homeserver")
+    hs_sub = hs.add_subparsers(dest="hs_command", required=True)
+    p = hs_sub.add_parser("register", help="add an account to the embedded homeserver")
+    p.add_argument("name", help="local name of the account, e.g. 'amina'")
+    p.add_argument("--password", help="default: a generated one, printed")
+    p.add_argument("--admin", action="store_true", help="make it a server admin")
+    p.add_argument("--display-name")
+    p.set_defaults(func=cmd_homeserver_register)
+
+    from forum.app import feature_commands
+
+    for add_commands in feature_commands():
+        add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from forum.logs import setup_logging
+
+    level = args.log_level
+    fmt = "text"
+    with contextlib.suppress(ConfigError):
+        s = load_settings(getattr(args, "config", None))
+        level = level or s.logging.level
+        fmt = s.logging.format
+    setup_logging(level or "INFO", fmt)
+    try:
+        return asyncio.run(args.func(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI's catch-all boundary
+        from forum.errors import MatrixError
+        from forum.homeserver import HomeserverStartError
+        from forum.storage import StorageError
+
+        if isinstance(exc, MatrixError | HomeserverStartError | StorageError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        log.exception("unexpected error")
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""Typed, frozen settings loaded once from ``config/forum.toml``.
+
+Every problem in a file is reported with its key path, the value found and what was
+expected (:class:`ConfigError`). Secrets are :class:`pydantic.SecretStr`; a string value of
+the form ``${NAME}`` is read from the environment variable ``NAME``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config" / "forum.toml"
+
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_SECRET_WORDS = ("password", "token", "secret")
+
+LANG_RE = r"^[a-z]{2,3}$"
+LOCALPART_RE = r"^[a-z0-9._=\-/+]+$"
+ALIAS_RE = r"^[a-z0-9._=\-]+$"
+SLUG_RE = r"^[a-z0-9][a-z0-9\-]*$"
+USER_ID_RE = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration file."""
+
+    path: str
+    value: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.expected} (found {self.value})"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s) in the configuration\n{lines}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+def _check_localized(value: dict[str, str]) -> dict[str, str]:
+    if not value:
+        raise ValueError('expected at least one language, for example { fr = "…", en = "…" }')
+    for lang, text in value.items():
+        if not re.match(LANG_RE, lang):
+            raise ValueError(f"language code {lang!r} is not a two- or three-letter code")
+        if not text.strip():
+            raise ValueError(f"text for language {lang!r} is empty")
+    return value
+
+
+Localized = Annotated[dict[str, str], AfterValidator(_check_localized)]
+
+
+def _check_user_id(value: str) -> str:
+    if not (USER_ID_RE.match(value) or re.match(LOCALPART_RE, value)):
+        raise ValueError(
+            "expected a Matrix user id like @name:example.org or a local name like 'name'"
+        )
+    return value
+
+
+UserRef = Annotated[str, AfterValidator(_check_user_id)]
+
+
+class ForumSection(_Model):
+    name: Localized
+    description: Localized
+    languages: list[Annotated[str, Field(pattern=LANG_RE)]] = Field(min_length=1)
+
+    @field_validator("languages")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each language may appear only once")
+        return v
+
+
+class EmbeddedHomeserver(_Model):
+    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
+    port: int = Field(default=8008, ge=1, le=65535)
+    server_name: str = Field(default="localhost", pattern=r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+
+
+class HomeserverSection(_Model):
+    mode: Literal["embedded", "external"] = "embedded"
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    server_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+    embedded: EmbeddedHomeserver = EmbeddedHomeserver()
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    max_retries: int = Field(default=8, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _external_needs_url(self) -> HomeserverSection:
+        if self.mode == "external" and (self.url is None or self.server_name is None):
+            raise ValueError("mode 'external' needs both 'url' and 'server_name'")
+        return self
+
+    @property
+    def effective_url(self) -> str:
+        if self.mode == "external":
+            assert self.url is not None
+            return self.url.rstrip("/")
+        host = self.embedded.host if self.embedded.host != "::1" else "[::1]"
+        return f"http://{host}:{self.embedded.port}"
+
+    @property
+    def effective_server_name(self) -> str:
+        if self.mode == "external":
+            assert self.server_name is not None
+            return self.server_name
+        return self.embedded.server_name
+
+
+class DatabaseSection(_Model):
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^(sqlite\+aiosqlite|postgresql\+asyncpg)://", v):
+            raise ValueError(
+                "expected an async SQLAlchemy URL: sqlite+aiosqlite:///PATH or "
+                "postgresql+asyncpg://USER@HOST/DB"
+            )
+        return v
+
+
+class WebSection(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+
+
+class BotAccount(_Model):
+    localpart: Annotated[str, Field(pattern=LOCALPART_RE)]
+    display_name: str
+    password: SecretStr | None = None
+    access_token: SecretStr | None = None
+
+
+class BotsSection(_Model):
+    membership: BotAccount
+    moderation: BotAccount
+    ignore: list[UserRef] = []
+    command_prefix: str = Field(default="!", min_length=1, max_length=3)
+
+
+class PowerLevelsSection(_Model):
+    moderator: int = Field(default=50, ge=1, le=100)
+    moderation_bot: int = Field(default=100, ge=1, le=100)
+    membership_bot: int = Field(default=40, ge=1, le=100)
+    members: int = Field(default=0, ge=0, le=100)
+    invite: int = Field(default=40, ge=0, le=100)
+    kick: int = Field(default=50, ge=0, le=100)
+    ban: int = Field(default=50, ge=0, le=100)
+    redact: int = Field(default=50, ge=0, le=100)
+    state_default: int = Field(default=50, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> PowerLevelsSection:
+        if self.invite <= self.members:
+            raise ValueError(
+                f"invite ({self.invite}) must be above members ({self.members}), "
+                "or any member could invite people past the consent gate"
+            )
+        if self.membership_bot < self.invite:
+            raise ValueError(
+                f"membership_bot ({self.membership_bot}) must be at least invite ({self.invite})"
+            )
+        if self.moderation_bot < max(self.moderator, self.ban, self.kick, self.redact):
+            raise ValueError("moderation_bot must be at least moderator, ban, kick and redact")
+        if self.moderator < max(self.kick, self.ban, self.redact):
+            raise ValueError("moderator must be at least kick, ban and redact")
+        return self
+
+
+class RoomSpec(_Model):
+    alias: Annotated[str, Field(pattern=ALIAS_RE)]
+    name: Localized
+    topic: Localized
+
+
+class RoomsSection(_Model):
+    space: RoomSpec
+    lobby: RoomSpec
+    announcements: RoomSpec
+    management: RoomSpec
+    policy: RoomSpec
+
+
+class TopicSpec(_Model):
+    slug: Annotated[str, Field(pattern=SLUG_RE, max_length=64)]
+    alias: Annotated[str | None, Field(pattern=ALIAS_RE)] = None
+    name: Localized
+    topic: Localized
+
+    @property
+    def effective_alias(self) -> str:
+        return self.alias or self.slug
+
+
+class CharterSection(_Model):
+    version: int = Field(default=1, ge=1)
+    directory: str = "charter"
+    grace_days: int = Field(default=14, ge=0, le=365)
+    on_expiry: Literal["mute", "remove"] = "mute"
+
+
+class MembershipSection(_Model):
+    approval: Literal["auto", "moderators"] = "auto"
+    charter: CharterSection = CharterSection()
+
+
+class DigestSection(_Model):
+    schedule: str = "0 8 * * 1"
+    timezone: str = "Africa/Lome"
+    history_start: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if not croniter.is_valid(v):
+            raise ValueError("expected a cron expression of five fields, like '0 8 * * 1'")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("expected an IANA time zone like 'Africa/Lome'") from exc
+        return v
+
+
+class DemoAccount(_Model):
+    localpart: Annotated[str, Field(pattern=LOCALPART_RE)]
+    display_name: str
+    role: Literal["moderator", "member"]
+
+
+class DemoSection(_Model):
+    accounts: list[DemoAccount] = []
+
+
+class LoggingSection(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Model):
+    forum: ForumSection
+    homeserver: HomeserverSection = HomeserverSection()
+    database: DatabaseSection = DatabaseSection()
+    web: WebSection = WebSection()
+    bots: BotsSection
+    moderators: list[UserRef] = []
+    power_levels: PowerLevelsSection = PowerLevelsSection()
+    room_version: Literal["10", "11", "12"] = "11"
+    rooms: RoomsSection
+    topics: list[TopicSpec] = Field(min_length=1)
+    membership: MembershipSection = MembershipSection()
+    digest: DigestSection = DigestSection()
+    demo: DemoSection = DemoSection()
+    logging: LoggingSection = LoggingSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems: list[str] = []
+        langs = set(self.forum.languages)
+        primary = self.forum.languages[0]
+        for where, text in self._localized_fields():
+            if primary not in text:
+                problems.append(f"{where} has no text in the primary language {primary!r}")
+            extra = set(text) - langs
+            if extra:
+                problems.append(
+                    f"{where} has languages not listed in forum.languages: {sorted(extra)}"
+                )
+        slugs = [t.slug for t in self.topics]
+        dup = {s for s in slugs if slugs.count(s) > 1}
+        if dup:
+            problems.append(f"topics: slug used more than once: {sorted(dup)}")
+        aliases = [spec.alias for _, spec in self._special_rooms()] + [
+            t.effective_alias for t in self.topics
+        ]
+        dup = {a for a in aliases if aliases.count(a) > 1}
+        if dup:
+            problems.append(f"rooms/topics: alias used more than once: {sorted(dup)}")
+        bots = {self.bots.membership.localpart, self.bots.moderation.localpart}
+        if len(bots) != 2:
+            problems.append("bots: membership and moderation bots need different localparts")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _special_rooms(self) -> list[tuple[str, RoomSpec]]:
+        r = self.rooms
+        return [
+            ("space", r.space),
+            ("lobby", r.lobby),
+            ("announcements", r.announcements),
+            ("management", r.management),
+            ("policy", r.policy),
+        ]
+
+    def _localized_fields(self) -> list[tuple[str, dict[str, str]]]:
+        out: list[tuple[str, dict[str, str]]] = [
+            ("forum.name", self.forum.name),
+            ("forum.description", self.forum.description),
+        ]
+        for key, spec in self._special_rooms():
+            out += [(f"rooms.{key}.name", spec.name), (f"rooms.{key}.topic", spec.topic)]
+        for i, t in enumerate(self.topics):
+            out += [(f"topics[{i}].name", t.name), (f"topics[{i}].topic", t.topic)]
+        return out
+
+    # --- derived facts -------------------------------------------------------------
+    @property
+    def primary_language(self) -> str:
+        return self.forum.languages[0]
+
+    @property
+    def server_name(self) -> str:
+        return self.homeserver.effective_server_name
+
+    def user_id(self, ref: str) -> str:
+        """A full user id for a config reference (a local name gets our server name)."""
+        return ref if ref.startswith("@") else f"@{ref}:{self.server_name}"
+
+    @property
+    def membership_bot_id(self) -> str:
+        return self.user_id(self.bots.membership.localpart)
+
+    @property
+    def moderation_bot_id(self) -> str:
+        return self.user_id(self.bots.moderation.localpart)
+
+    @property
+    def moderator_ids(self) -> list[str]:
+        return [self.user_id(m) for m in self.moderators]
+
+    @property
+    def ignored_user_ids(self) -> set[str]:
+        return {self.user_id(u) for u in self.bots.ignore} | {
+            self.membership_bot_id,
+            self.moderation_bot_id,
+        }
+
+    def alias_id(self, alias: str) -> str:
+        return f"#{alias}:{self.server_name}"
+
+    def text(self, localized: Mapping[str, str], lang: str | None = None) -> str:
+        """The text in ``lang``, else in the primary language."""
+        if lang and lang in localized:
+            return localized[lang]
+        return localized.get(self.primary_language) or next(iter(localized.values()))
+
+    def charter_dir(self, config_dir: Path) -> Path:
+        path = Path(self.membership.charter.directory)
+        return path if path.is_absolute() else config_dir / path
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "constrained-")) or part in {"str", "dict[str,str]"}:
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _is_secret(path: str) -> bool:
+    return any(w in path.lower() for w in _SECRET_WORDS)
+
+
+def _show(value: Any, path: str) -> str:
+    if _is_secret(path):
+        return "'***'"
+    if isinstance(value, dict) and len(repr(value)) > 80:
+        return "a table"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "...'"
+
+
+def _expand_env(data: Any, env: Mapping[str, str], path: str, problems: list[ConfigProblem]) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _expand_env(v, env, f"{path}.{k}" if path else k, problems) for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(data)]
+    if isinstance(data, str):
+        m = _ENV_REF.match(data)
+        if m:
+            name = m.group(1)
+            if name not in env:
+                problems.append(ConfigProblem(path, data, f"environment variable {name} to be set"))
+                return None
+            return env[name]
+    return data
+
+
+def parse_settings(
+    data: Mapping[str, Any], source: str = "<settings>", env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate raw TOML data; raise :class:`ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[ConfigProblem] = []
+    expanded = _expand_env(dict(data), env, "", problems)
+    try:
+        settings = Settings.model_validate(expanded)
+    except ValidationError as exc:
+        for err in exc.errors():
+            path = _loc_to_path(tuple(err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "no such option (check the spelling)"
+            elif err["type"] == "missing":
+                msg = "a value (this option is required)"
+            problems.append(ConfigProblem(path, _show(err.get("input"), path), msg))
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a TOML file (default: ``$FORUM_CONFIG`` or ``config/forum.toml``)."""
+    env = os.environ if env is None else env
+    file = Path(path or env.get("FORUM_CONFIG") or DEFAULT_CONFIG)
+    try:
+        raw = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            str(file), [ConfigProblem("(file)", str(file), f"a readable file ({exc.strerror})")]
+        ) from exc
+    try:
+        data = tomllib.loads(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            str(file), [ConfigProblem("(syntax)", "invalid TOML", f"valid TOML: {exc}")]
+        ) from exc
+    return parse_settings(data, str(file), env)
+
+
+def config_dir_of(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(path or env.get("FORUM_CONFIG") or DEFAULT_CONFIG).resolve().parent
+
+
+def forum_home(env: Mapping[str, str] | None = None) -> Path:
+    """Where the service keeps its state: ``$FORUM_HOME``, default ``./.forum``."""
+    env = os.environ if env is None else env
+    return Path(env.get("FORUM_HOME") or ".forum").resolve()
+
+
+def database_url(settings: Settings, home: Path) -> str:
+    return settings.database.url or f"sqlite+aiosqlite:///{home / 'forum.db'}"

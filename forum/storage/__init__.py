@@ -1,0 +1,53 @@
+"""Storage: the async database, its migrations, repositories and the outbox worker.
+
+The caller owns every transaction: open one session per unit of work from
+``Database.sessionmaker``, hand it to the repositories, commit it yourself.
+"""
+
+from .db import (
+    Database,
+    DatabaseTooNew,
+    StorageError,
+    alembic_config,
+    create_database_if_missing,
+    create_engine,
+    drop_database,
+    known_revisions,
+    normalize_url,
+)
+from .models import Base, utcnow
+from .outbox_worker import Executor, OutboxWorker
+from .repositories import (
+    BotSession,
+    BotSessions,
+    Outbox,
+    OutboxItem,
+    ProcessedEvents,
+    RoomRecord,
+    RoomRegistry,
+    SyncTokens,
+)
+
+__all__ = [
+    "Base",
+    "BotSession",
+    "BotSessions",
+    "Database",
+    "DatabaseTooNew",
+    "Executor",
+    "Outbox",
+    "OutboxItem",
+    "OutboxWorker",
+    "ProcessedEvents",
+    "RoomRecord",
+    "RoomRegistry",
+    "StorageError",
+    "SyncTokens",
+    "alembic_config",
+    "create_database_if_missing",
+    "create_engine",
+    "drop_database",
+    "known_revisions",
+    "normalize_url",
+    "utcnow",
+]

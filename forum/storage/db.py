@@ -1,0 +1,275 @@
+"""The database handle: async engine, session maker, migrations and health.
+
+``Database.open(url)`` is the only way the service gets a database: it builds the async
+engine (aiosqlite or asyncpg), refuses a schema newer than this code and, unless told
+otherwise, runs ``alembic upgrade heads``. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, Connection, event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool, StaticPool
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Serialises concurrent migrations of one PostgreSQL database (any constant will do).
+_PG_MIGRATION_LOCK_ID = 0x666F72756D  # "forum"
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+class StorageError(Exception):
+    """Base class of the storage layer's own errors."""
+
+
+class DatabaseTooNew(StorageError):
+    """The database was migrated by a newer version of the code than this one."""
+
+    def __init__(self, unknown: set[str]) -> None:
+        self.unknown = frozenset(unknown)
+        names = ", ".join(sorted(unknown))
+        super().__init__(
+            f"the database is at revision(s) {names}, unknown to this version of forum: "
+            "it was migrated by a newer release; upgrade forum instead of downgrading"
+        )
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url`` and pick the async driver: ``sqlite`` -> aiosqlite, ``postgresql`` ->
+    asyncpg. Other back-ends are refused."""
+    parsed = make_url(url)
+    name = parsed.drivername
+    if name == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    elif name in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    if parsed.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        raise ValueError(
+            f"unsupported database URL scheme {name!r}: "
+            "expected sqlite:///path or postgresql://user@host/db"
+        )
+    return parsed
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def create_engine(url: str | URL) -> AsyncEngine:
+    """Build the async engine for ``url`` without connecting.
+
+    SQLite connections get WAL journaling, foreign keys and a busy timeout; PostgreSQL
+    gets a bounded, pre-pinged pool and a connect timeout.
+    """
+    parsed = normalize_url(url)
+    engine: AsyncEngine
+    if parsed.get_backend_name() == "sqlite":
+        if _is_sqlite_memory(parsed):
+            engine = create_async_engine(parsed, poolclass=StaticPool)
+        else:
+            engine = create_async_engine(parsed)
+        event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    else:
+        engine = create_async_engine(
+            parsed,
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=30,
+            pool_recycle=1800,
+            pool_pre_ping=True,
+            connect_args={"timeout": 10},
+        )
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def alembic_config(connection: Connection | None = None, url: str | URL | None = None) -> Config:
+    """An Alembic config built in code (no alembic.ini needed) pointing at the packaged
+    migrations. With ``connection``, ``env.py`` migrates through it; otherwise through
+    an engine built from ``url``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if url is not None:
+        rendered = normalize_url(url).render_as_string(hide_password=False)
+        cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def known_revisions() -> set[str]:
+    """Every revision the packaged migrations know, on every branch."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return {rev.revision for rev in script.walk_revisions()}
+
+
+def _current_revisions(connection: Connection) -> set[str]:
+    return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def _check_and_migrate(connection: Connection, migrate: bool) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK_ID})
+    current = _current_revisions(connection)
+    unknown = current - known_revisions()
+    if unknown:
+        raise DatabaseTooNew(unknown)
+    if migrate:
+        command.upgrade(alembic_config(connection), "heads")
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """Driver exceptions SQLAlchemy does not wrap (asyncpg raises its own while connecting,
+    for example when the database does not exist)."""
+    try:
+        import asyncpg
+    except ImportError:  # the "postgres" extra is not installed
+        return ()
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class Database:
+    """An open database: ``engine``, ``sessionmaker`` and health/migration helpers.
+
+    Use :meth:`open`; the constructor only wraps an engine (no I/O).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            engine, expire_on_commit=False
+        )
+
+    @classmethod
+    async def open(cls, url: str | URL, *, migrate: bool = True) -> Database:
+        """Connect, refuse a database newer than this code (:class:`DatabaseTooNew`) and,
+        when ``migrate``, run ``alembic upgrade heads``."""
+        parsed = normalize_url(url)
+        if parsed.get_backend_name() == "sqlite" and not _is_sqlite_memory(parsed):
+            assert parsed.database is not None
+            await asyncio.to_thread(Path(parsed.database).parent.mkdir, parents=True, exist_ok=True)
+        engine = create_engine(parsed)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_check_and_migrate, migrate)
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.info("database ready at %s", parsed)
+        return cls(engine)
+
+    @property
+    def url(self) -> URL:
+        """The engine's URL (its ``str`` and ``repr`` hide the password)."""
+        return self.engine.url
+
+    def __repr__(self) -> str:
+        return f"<Database {self.engine.url!r}>"
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """``SELECT 1`` within ``timeout`` seconds; False on any database error."""
+        errors: tuple[type[Exception], ...] = (
+            SQLAlchemyError,
+            OSError,
+            TimeoutError,
+            *_driver_errors(),
+        )
+        try:
+            async with asyncio.timeout(timeout), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except errors as exc:
+            log.warning("database ping failed: %s: %s", type(exc).__name__, exc)
+            return False
+        return True
+
+    async def current_revisions(self) -> set[str]:
+        """The rows of ``alembic_version`` (one per migration branch head)."""
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_current_revisions)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _admin_engine(url: URL) -> AsyncEngine:
+    return create_async_engine(
+        url.set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        poolclass=NullPool,
+        connect_args={"timeout": 10},
+    )
+
+
+async def create_database_if_missing(url: str | URL) -> bool:
+    """Create the PostgreSQL database named in ``url`` (through the ``postgres``
+    maintenance database) unless it exists. Returns True if it was created.
+    SQLite needs nothing: the file is created on first connection."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return False
+    name = parsed.database
+    if not name:
+        raise ValueError("the PostgreSQL URL names no database")
+    admin = _admin_engine(parsed)
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if exists:
+                return False
+            quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+            await conn.execute(text(f"CREATE DATABASE {quoted}"))
+            return True
+    finally:
+        await admin.dispose()
+
+
+async def drop_database(url: str | URL) -> None:
+    """Drop the database named in ``url`` if it exists (PostgreSQL: closing any other
+    connections to it; SQLite: removing the file and its WAL files)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if not _is_sqlite_memory(parsed):
+            assert parsed.database is not None
+            for suffix in ("", "-wal", "-shm"):
+                await asyncio.to_thread(Path(parsed.database + suffix).unlink, missing_ok=True)
+        return
+    name = parsed.database
+    if not name or name == "postgres":
+        raise ValueError(f"refusing to drop database {name!r}")
+    admin = _admin_engine(parsed)
+    try:
+        async with admin.connect() as conn:
+            quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+            await conn.execute(text(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+    finally:
+        await admin.dispose()

@@ -1,0 +1,348 @@
+"""One repository per aggregate; each owns its queries.
+
+A repository takes an :class:`AsyncSession` and works inside the caller's transaction:
+it flushes when it must, never commits. Upserts and "insert unless present" use the
+dialect's ``INSERT ... ON CONFLICT`` so a duplicate never raises and never spoils the
+transaction, on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import BotSessionRow, OutboxRow, ProcessedEvent, Room, SyncToken, utcnow
+
+ROOM_KINDS = frozenset({"space", "lobby", "announcements", "management", "policy", "topic"})
+
+# Keeps IN (...) lists well under every backend's bound-parameter limit.
+_CHUNK = 500
+
+
+def _insert(session: AsyncSession, model: type[Any]) -> Any:
+    """A dialect-specific INSERT that supports ``on_conflict_do_*``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+class SyncTokens:
+    """The ``next_batch`` token of each bot account's sync loop."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, account: str) -> str | None:
+        stmt = select(SyncToken.next_batch).where(SyncToken.account == account)
+        return cast("str | None", await self.session.scalar(stmt))
+
+    async def set(self, account: str, token: str) -> None:
+        now = utcnow()
+        stmt = _insert(self.session, SyncToken).values(
+            account=account, next_batch=token, updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[SyncToken.account],
+            set_={"next_batch": token, "updated_at": now},
+        )
+        await self.session.execute(stmt)
+
+
+@dataclass(frozen=True, slots=True)
+class BotSession:
+    account: str
+    homeserver: str
+    device_id: str
+    access_token: str
+    updated_at: datetime
+
+    def __repr__(self) -> str:  # never show the token
+        return (
+            f"BotSession(account={self.account!r}, homeserver={self.homeserver!r}, "
+            f"device_id={self.device_id!r}, access_token=<hidden>)"
+        )
+
+
+class BotSessions:
+    """Stored logins of the bot accounts (device id and access token)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, account: str) -> BotSession | None:
+        stmt = select(BotSessionRow).where(BotSessionRow.account == account)
+        row = await self.session.scalar(stmt.execution_options(populate_existing=True))
+        if row is None:
+            return None
+        return BotSession(
+            account=row.account,
+            homeserver=row.homeserver,
+            device_id=row.device_id,
+            access_token=row.access_token,
+            updated_at=row.updated_at,
+        )
+
+    async def save(self, account: str, homeserver: str, device_id: str, access_token: str) -> None:
+        values = {
+            "homeserver": homeserver,
+            "device_id": device_id,
+            "access_token": access_token,
+            "updated_at": utcnow(),
+        }
+        stmt = _insert(self.session, BotSessionRow).values(account=account, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[BotSessionRow.account], set_=values)
+        await self.session.execute(stmt)
+
+    async def delete(self, account: str) -> None:
+        await self.session.execute(delete(BotSessionRow).where(BotSessionRow.account == account))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    key: str
+    room_id: str
+    kind: str
+    alias: str | None
+    detached: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def _from_row(cls, row: Room) -> RoomRecord:
+        return cls(
+            key=row.key,
+            room_id=row.room_id,
+            kind=row.kind,
+            alias=row.alias,
+            detached=row.detached,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+class RoomRegistry:
+    """The rooms the forum manages, by stable key ("space", "lobby", "topic:<slug>")."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def _one(self, *where: Any) -> RoomRecord | None:
+        stmt = select(Room).where(*where).execution_options(populate_existing=True)
+        row = await self.session.scalar(stmt)
+        return None if row is None else RoomRecord._from_row(row)
+
+    async def get(self, key: str) -> RoomRecord | None:
+        return await self._one(Room.key == key)
+
+    async def by_room_id(self, room_id: str) -> RoomRecord | None:
+        return await self._one(Room.room_id == room_id)
+
+    async def all(self, include_detached: bool = False) -> list[RoomRecord]:
+        stmt = select(Room).order_by(Room.key).execution_options(populate_existing=True)
+        if not include_detached:
+            stmt = stmt.where(Room.detached.is_(False))
+        rows = await self.session.scalars(stmt)
+        return [RoomRecord._from_row(row) for row in rows]
+
+    async def upsert(self, key: str, room_id: str, kind: str, alias: str | None) -> RoomRecord:
+        """Record (or move) ``key`` to ``room_id``; an upserted room is attached again."""
+        if kind not in ROOM_KINDS:
+            raise ValueError(f"unknown room kind {kind!r}; expected one of {sorted(ROOM_KINDS)}")
+        now = utcnow()
+        values = {
+            "room_id": room_id,
+            "kind": kind,
+            "alias": alias,
+            "detached": False,
+            "updated_at": now,
+        }
+        stmt = _insert(self.session, Room).values(key=key, created_at=now, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[Room.key], set_=values)
+        await self.session.execute(stmt)
+        record = await self.get(key)
+        assert record is not None
+        return record
+
+    async def mark_detached(self, key: str) -> bool:
+        """Flag ``key`` as no longer managed. Returns False if there is no such key."""
+        stmt = (
+            update(Room)
+            .where(Room.key == key)
+            .values(detached=True, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        result = cast("CursorResult[Any]", await self.session.execute(stmt))
+        return result.rowcount > 0
+
+
+class ProcessedEvents:
+    """Which events each bot account has handled: handlers are idempotent by event id."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def seen(self, account: str, event_id: str) -> bool:
+        stmt = select(ProcessedEvent.event_id).where(
+            ProcessedEvent.account == account, ProcessedEvent.event_id == event_id
+        )
+        return await self.session.scalar(stmt) is not None
+
+    async def seen_many(self, account: str, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            stmt = select(ProcessedEvent.event_id).where(
+                ProcessedEvent.account == account, ProcessedEvent.event_id.in_(chunk)
+            )
+            found.update(await self.session.scalars(stmt))
+        return found
+
+    async def mark(self, account: str, event_id: str) -> bool:
+        """Record ``event_id`` as handled. Returns False if it already was (no error)."""
+        stmt = (
+            _insert(self.session, ProcessedEvent)
+            .values(account=account, event_id=event_id, processed_at=utcnow())
+            .on_conflict_do_nothing(
+                index_elements=[ProcessedEvent.account, ProcessedEvent.event_id]
+            )
+        )
+        result = cast("CursorResult[Any]", await self.session.execute(stmt))
+        return result.rowcount > 0
+
+    async def prune(self, older_than: datetime) -> int:
+        """Forget events processed before ``older_than``; returns how many."""
+        stmt = delete(ProcessedEvent).where(ProcessedEvent.processed_at < older_than)
+        result = cast("CursorResult[Any]", await self.session.execute(stmt))
+        return result.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    dedupe_key: str | None
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime | None
+    done_at: datetime | None
+    last_error: str | None
+
+
+def _item(row: OutboxRow) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        kind=row.kind,
+        payload=row.payload,
+        dedupe_key=row.dedupe_key,
+        created_at=row.created_at,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        done_at=row.done_at,
+        last_error=row.last_error,
+    )
+
+
+class Outbox:
+    """Actions to carry out once the transaction that wrote them has committed.
+
+    Write an item in the same transaction as the change it follows; the
+    :class:`~forum.storage.outbox_worker.OutboxWorker` carries it out afterwards.
+    An item is *pending* until done; ``mark_failed(..., retry_at=None)`` abandons it.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(
+        self, kind: str, payload: dict[str, Any], dedupe_key: str | None = None
+    ) -> int | None:
+        """Queue an item; returns its id, or None if ``dedupe_key`` is already queued
+        (the transaction stays usable)."""
+        now = utcnow()
+        stmt = (
+            _insert(self.session, OutboxRow)
+            .values(
+                kind=kind,
+                payload=payload,
+                dedupe_key=dedupe_key,
+                created_at=now,
+                attempts=0,
+                next_attempt_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[OutboxRow.dedupe_key])
+            .returning(OutboxRow.id)
+        )
+        result = await self.session.execute(stmt)
+        return cast("int | None", result.scalar_one_or_none())
+
+    async def get(self, item_id: int) -> OutboxItem | None:
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.id == item_id)
+            .execution_options(populate_existing=True)
+        )
+        row = await self.session.scalar(stmt)
+        return None if row is None else _item(row)
+
+    async def due(self, now: datetime, limit: int = 50) -> list[OutboxItem]:
+        """Pending items whose time has come, oldest first."""
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.done_at.is_(None), OutboxRow.next_attempt_at <= now)
+            .order_by(OutboxRow.id)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return [_item(row) for row in await self.session.scalars(stmt)]
+
+    async def mark_done(self, item_id: int) -> None:
+        stmt = (
+            update(OutboxRow)
+            .where(OutboxRow.id == item_id)
+            .values(done_at=utcnow(), attempts=OutboxRow.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.execute(stmt)
+
+    async def mark_failed(self, item_id: int, error: str, retry_at: datetime | None) -> None:
+        """Record a failed attempt; retry at ``retry_at``, or never if it is None."""
+        stmt = (
+            update(OutboxRow)
+            .where(OutboxRow.id == item_id)
+            .values(
+                attempts=OutboxRow.attempts + 1,
+                last_error=error[:4000],
+                next_attempt_at=retry_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.execute(stmt)
+
+    async def pending_count(self) -> int:
+        """Items not done and not abandoned."""
+        stmt = select(func.count()).where(
+            OutboxRow.done_at.is_(None), OutboxRow.next_attempt_at.is_not(None)
+        )
+        return int(await self.session.scalar(stmt) or 0)
+
+    async def abandoned(self, limit: int = 100) -> Sequence[OutboxItem]:
+        """Items the worker gave up on, oldest first (for operators)."""
+        stmt = (
+            select(OutboxRow)
+            .where(OutboxRow.done_at.is_(None), OutboxRow.next_attempt_at.is_(None))
+            .order_by(OutboxRow.id)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return [_item(row) for row in await self.session.scalars(stmt)]

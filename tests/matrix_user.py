@@ -1,0 +1,350 @@
+"""A test user that acts as a real person on a real homeserver.
+
+``await TestUser.create(hs, "alice")`` registers a unique account (``alice-<random>``),
+logs in with nio and starts its own ``/sync`` loop in a task. Every event the user
+receives is kept in a buffer (raw dicts, with ``room_id`` and ``_section`` added), so
+:meth:`TestUser.wait_for` finds events that arrived before it was called.
+
+Requests other than login go through plain aiohttp with the user's access token, so a
+test sees exactly what the server answers (``via`` / ``server_name`` parameters work,
+errors raise :class:`MatrixRequestError` with the status and errcode). The nio client is
+still available as ``user.client`` for tests that want nio's helpers (``room_create``,
+``room_put_state``...). It uses nio's default ``AsyncClientConfig``: on a 429 it waits
+and retries, as a patient real client would; the test homeserver has loose rate limits,
+so this never slows tests down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from nio import AsyncClient, AsyncClientConfig, LoginResponse
+
+from forum.homeserver import EmbeddedHomeserver
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+Predicate = Callable[[Event], bool]
+
+SYNC_FILTER = {
+    "room": {
+        "include_leave": True,
+        "timeline": {"limit": 100},
+        "state": {"lazy_load_members": False},
+    },
+    "presence": {"not_types": ["*"]},
+}
+SYNC_TIMEOUT_MS = 10_000
+
+
+class MatrixRequestError(Exception):
+    def __init__(self, method: str, path: str, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        self.errcode = body.get("errcode")
+        super().__init__(f"{method} {path} -> {status}: {body}")
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+class TestUser:
+    """A person in a test (not a pytest test class)."""
+
+    __test__ = False  # keep pytest from collecting it
+
+    def __init__(
+        self, hs: EmbeddedHomeserver, user_id: str, password: str, client: AsyncClient
+    ) -> None:
+        self.hs = hs
+        self.user_id = user_id
+        self.password = password
+        self.client = client
+        self.access_token: str = client.access_token
+        self.events: list[Event] = []
+        self.next_batch: str | None = None
+        self._http = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self.access_token}"},
+            timeout=aiohttp.ClientTimeout(total=60),
+        )
+        self._changed = asyncio.Condition()
+        self._sync_error: BaseException | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+
+    # --- creation / teardown ---------------------------------------------------------
+    @classmethod
+    async def create(
+        cls,
+        hs: EmbeddedHomeserver,
+        name: str,
+        *,
+        password: str | None = None,
+        display_name: str | None = None,
+        admin: bool = False,
+        unique: bool = True,
+    ) -> TestUser:
+        """Register ``name-<random>`` (or ``name`` if not ``unique``), log in, start syncing."""
+        localpart = f"{name}-{secrets.token_hex(4)}" if unique else name
+        password = password or secrets.token_urlsafe(16)
+        user_id = await hs.register(
+            localpart, password, admin=admin, display_name=display_name or name.capitalize()
+        )
+        return await cls.login(hs, user_id, password)
+
+    @classmethod
+    async def login(cls, hs: EmbeddedHomeserver, user_id: str, password: str) -> TestUser:
+        """Log in an existing account and start its sync loop."""
+        client = AsyncClient(hs.url, user_id, config=AsyncClientConfig(store_sync_tokens=False))
+        resp = await client.login(password, device_name="forum-tests")
+        if not isinstance(resp, LoginResponse):
+            await client.close()
+            raise MatrixRequestError("POST", "/login", 0, {"error": str(resp)})
+        user = cls(hs, user_id, password, client)
+        user._sync_task = asyncio.create_task(user._sync_loop(), name=f"sync {user_id}")
+        return user
+
+    async def close(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+            self._sync_task = None
+        await self._http.close()
+        await self.client.close()
+
+    async def __aenter__(self) -> TestUser:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- raw requests ----------------------------------------------------------------
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, str] | list[tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """A client-server request; ``path`` starts with ``/_matrix/...``."""
+        async with self._http.request(method, self.hs.url + path, json=body, params=params) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise MatrixRequestError(method, path, resp.status, data or {})
+            return data if isinstance(data, dict) else {"result": data}
+
+    # --- actions ---------------------------------------------------------------------
+    async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/{uuid.uuid4().hex}"
+        return str((await self.request("PUT", path, content))["event_id"])
+
+    async def send_text(self, room_id: str, body: str, html: str | None = None) -> str:
+        content: dict[str, Any] = {"msgtype": "m.text", "body": body}
+        if html is not None:
+            content |= {"format": "org.matrix.custom.html", "formatted_body": html}
+        return await self.send(room_id, "m.room.message", content)
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str:
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
+        return await self.send(room_id, "m.reaction", content)
+
+    async def create_room(self, **body: Any) -> str:
+        """``POST /createRoom`` with ``body`` as given (e.g. ``preset="public_chat"``)."""
+        return str((await self.request("POST", "/_matrix/client/v3/createRoom", body))["room_id"])
+
+    async def join(self, room_or_alias: str, via: list[str] | None = None) -> str:
+        params = [("server_name", s) for s in via or []]
+        path = f"/_matrix/client/v3/join/{_q(room_or_alias)}"
+        return str((await self.request("POST", path, {}, params=params))["room_id"])
+
+    async def knock(
+        self, room_or_alias: str, reason: str | None = None, via: list[str] | None = None
+    ) -> str:
+        params = [("server_name", s) for s in via or []]
+        body = {"reason": reason} if reason else {}
+        path = f"/_matrix/client/v3/knock/{_q(room_or_alias)}"
+        return str((await self.request("POST", path, body, params=params))["room_id"])
+
+    async def leave(self, room_id: str, reason: str | None = None) -> None:
+        body = {"reason": reason} if reason else {}
+        await self.request("POST", f"/_matrix/client/v3/rooms/{_q(room_id)}/leave", body)
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/invite"
+        await self.request("POST", path, {"user_id": user_id})
+
+    async def put_state(
+        self, room_id: str, event_type: str, content: dict[str, Any], state_key: str = ""
+    ) -> str:
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}"
+        return str((await self.request("PUT", path, content))["event_id"])
+
+    async def get_state_event(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any]:
+        """The content of a state event (raises MatrixRequestError 404 if absent)."""
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/{_q(event_type)}/{_q(state_key)}"
+        return await self.request("GET", path)
+
+    async def hierarchy(self, space_id: str) -> list[dict[str, Any]]:
+        """Every room of a space's hierarchy (follows pagination)."""
+        rooms: list[dict[str, Any]] = []
+        params: dict[str, str] = {}
+        path = f"/_matrix/client/v1/rooms/{_q(space_id)}/hierarchy"
+        while True:
+            page = await self.request("GET", path, params=params)
+            rooms += page.get("rooms", [])
+            if not page.get("next_batch"):
+                return rooms
+            params = {"from": page["next_batch"]}
+
+    async def resolve_alias(self, alias: str) -> str:
+        path = f"/_matrix/client/v3/directory/room/{_q(alias)}"
+        return str((await self.request("GET", path))["room_id"])
+
+    # --- what the user sees ------------------------------------------------------------
+    def mark(self) -> int:
+        """The buffer position now; pass it as ``after`` to wait only for newer events."""
+        return len(self.events)
+
+    async def wait_for(self, predicate: Predicate, timeout: float = 15, *, after: int = 0) -> Event:
+        """The first received event (from buffer position ``after``) matching ``predicate``.
+
+        A predicate that raises KeyError, TypeError, AttributeError or IndexError on an
+        event counts as "no match", so ``lambda e: e["state_key"] == x`` is fine.
+        Events are raw dicts with ``room_id`` (None for global events) and
+        ``_section`` (``join.timeline``,
+        ``join.state``, ``invite``, ``knock``, ``leave.timeline``, ``join.ephemeral``,
+        ``join.account_data``, ``account_data``, ``to_device``...) added. Raises
+        ``TimeoutError`` naming what was seen if nothing matches in ``timeout`` seconds.
+        """
+        checked = after
+
+        def find() -> Event | None:
+            nonlocal checked
+            while checked < len(self.events):
+                event = self.events[checked]
+                checked += 1
+                try:
+                    matched = predicate(event)
+                except (KeyError, TypeError, AttributeError, IndexError):
+                    matched = False  # a predicate written for another kind of event
+                if matched:
+                    return event
+            return None
+
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                while True:
+                    if self._sync_error is not None:
+                        raise RuntimeError(f"sync of {self.user_id} failed") from self._sync_error
+                    found = find()
+                    if found is not None:
+                        return found
+                    await self._changed.wait()
+        except TimeoutError:
+            recent = [
+                {k: e.get(k) for k in ("_section", "room_id", "type", "sender", "content")}
+                for e in self.events[-10:]
+            ]
+            raise TimeoutError(
+                f"{self.user_id}: no matching event within {timeout} s; last events seen: "
+                + json.dumps(recent, ensure_ascii=False)[:3000]
+            ) from None
+
+    async def wait_for_invite(self, room_id: str | None = None, timeout: float = 15) -> str:
+        """Wait for an invite (to ``room_id`` if given); return the room id."""
+
+        def is_invite(e: Event) -> bool:
+            return (
+                e["_section"] == "invite"
+                and e.get("type") == "m.room.member"
+                and e.get("state_key") == self.user_id
+                and e.get("content", {}).get("membership") == "invite"
+                and (room_id is None or e["room_id"] == room_id)
+            )
+
+        return str((await self.wait_for(is_invite, timeout))["room_id"])
+
+    async def wait_for_text(
+        self, room_id: str, body: str, timeout: float = 15, *, after: int = 0
+    ) -> Event:
+        """Wait for an ``m.room.message`` in ``room_id`` whose body contains ``body``."""
+        return await self.wait_for(
+            lambda e: (
+                e.get("room_id") == room_id
+                and e.get("type") == "m.room.message"
+                and body in str(e.get("content", {}).get("body", ""))
+            ),
+            timeout,
+            after=after,
+        )
+
+    # --- the sync loop -------------------------------------------------------------------
+    async def _sync_loop(self) -> None:
+        failures = 0
+        filter_json = json.dumps(SYNC_FILTER)
+        while True:
+            params = {"filter": filter_json, "timeout": str(SYNC_TIMEOUT_MS)}
+            if self.next_batch is not None:
+                params["since"] = self.next_batch
+            try:
+                data = await self.request("GET", "/_matrix/client/v3/sync", params=params)
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as exc:
+                failures += 1
+                log.warning("sync of %s failed (%d): %s", self.user_id, failures, exc)
+                if failures >= 5:
+                    async with self._changed:
+                        self._sync_error = exc
+                        self._changed.notify_all()
+                    return
+                await asyncio.sleep(0.2 * failures)
+                continue
+            failures = 0
+            new = list(self._events_of(data))
+            async with self._changed:
+                self.events.extend(new)
+                self.next_batch = data["next_batch"]
+                self._changed.notify_all()
+
+    @staticmethod
+    def _events_of(data: dict[str, Any]) -> list[Event]:
+        out: list[Event] = []
+
+        def add(events: list[dict[str, Any]], section: str, room_id: str | None) -> None:
+            for e in events:
+                event = dict(e)
+                event.setdefault("room_id", room_id)
+                event["_section"] = section
+                out.append(event)
+
+        rooms = data.get("rooms", {})
+        for room_id, room in rooms.get("join", {}).items():
+            add(room.get("state", {}).get("events", []), "join.state", room_id)
+            add(room.get("timeline", {}).get("events", []), "join.timeline", room_id)
+            add(room.get("ephemeral", {}).get("events", []), "join.ephemeral", room_id)
+            add(room.get("account_data", {}).get("events", []), "join.account_data", room_id)
+        for room_id, room in rooms.get("invite", {}).items():
+            add(room.get("invite_state", {}).get("events", []), "invite", room_id)
+        for room_id, room in rooms.get("knock", {}).items():
+            add(room.get("knock_state", {}).get("events", []), "knock", room_id)
+        for room_id, room in rooms.get("leave", {}).items():
+            add(room.get("state", {}).get("events", []), "leave.state", room_id)
+            add(room.get("timeline", {}).get("events", []), "leave.timeline", room_id)
+        add(data.get("account_data", {}).get("events", []), "account_data", None)
+        add(data.get("to_device", {}).get("events", []), "to_device", None)
+        return out

@@ -1,0 +1,150 @@
+"""The embedded homeserver and the test users, against a real Synapse."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from forum.homeserver import (
+    EmbeddedHomeserver,
+    HomeserverStartError,
+    free_port,
+    load_or_create_secrets,
+)
+from tests.conftest import MakeUser
+from tests.matrix_user import TestUser
+
+pytestmark = pytest.mark.homeserver
+
+
+async def test_health(synapse: EmbeddedHomeserver) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{synapse.url}/health") as resp:
+        assert resp.status == 200
+        assert await resp.text() == "OK"
+
+
+async def test_register_twice_returns_same_id_and_user_logs_in(
+    synapse: EmbeddedHomeserver,
+) -> None:
+    first = await synapse.register("twice", "secret-pw", display_name="Twice")
+    second = await synapse.register("twice", "another-pw")
+    assert first == second == f"@twice:{synapse.server_name}"
+    user = await TestUser.login(synapse, first, "secret-pw")
+    try:
+        whoami = await user.request("GET", "/_matrix/client/v3/account/whoami")
+        assert whoami["user_id"] == first
+        profile = await user.request("GET", f"/_matrix/client/v3/profile/{first}")
+        assert profile["displayname"] == "Twice"
+    finally:
+        await user.close()
+
+
+async def test_message_reaches_another_user(make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    bob = await make_user("bob")
+    assert alice.user_id != bob.user_id
+    room_id = await alice.create_room(preset="private_chat", invite=[bob.user_id])
+    assert await bob.wait_for_invite(room_id) == room_id
+    await bob.join(room_id)
+    await alice.wait_for(
+        lambda e: (
+            e["room_id"] == room_id
+            and e["type"] == "m.room.member"
+            and e["state_key"] == bob.user_id
+            and e["content"]["membership"] == "join"
+        )
+    )
+    event_id = await alice.send_text(room_id, "Bonjour Bob", html="<b>Bonjour</b> Bob")
+    seen = await bob.wait_for_text(room_id, "Bonjour Bob")
+    assert seen["event_id"] == event_id
+    assert seen["sender"] == alice.user_id
+    assert seen["content"]["formatted_body"] == "<b>Bonjour</b> Bob"
+
+    reaction_id = await bob.react(room_id, event_id, "👍")
+    reaction = await alice.wait_for(lambda e: e.get("event_id") == reaction_id)
+    assert reaction["content"]["m.relates_to"]["key"] == "👍"
+
+
+async def test_state_and_hierarchy(make_user: MakeUser) -> None:
+    alice = await make_user("alice")
+    space = await alice.create_room(creation_content={"type": "m.space"}, preset="public_chat")
+    child = await alice.create_room(preset="public_chat", name="Topic")
+    await alice.put_state(space, "m.space.child", {"via": [alice.hs.server_name]}, child)
+    content = await alice.get_state_event(space, "m.space.child", child)
+    assert content["via"] == [alice.hs.server_name]
+    rooms = {r["room_id"] for r in await alice.hierarchy(space)}
+    assert rooms == {space, child}
+
+
+async def test_generated_config_binds_loopback_only(synapse: EmbeddedHomeserver) -> None:
+    assert synapse.config_path == synapse.directory / "homeserver.yaml"
+    assert synapse.config_path.is_file()
+    overrides = yaml.safe_load(synapse.overrides_path.read_text())
+    for listener in overrides["listeners"]:
+        assert listener["bind_addresses"] == ["127.0.0.1"]
+        names = {n for r in listener["resources"] for n in r["names"]}
+        assert "federation" not in names
+    assert overrides["enable_registration"] is False
+    assert overrides["trusted_key_servers"] == []
+    assert overrides["caches"]["sync_response_cache_duration"] == 0
+    assert Path(overrides["database"]["args"]["database"]).parent == synapse.directory
+    assert synapse.log_path.is_file()
+
+
+async def test_restart_reuses_state_and_ignores_stale_pid_file(tmp_path: Path) -> None:
+    port = free_port()
+    hs = EmbeddedHomeserver(tmp_path, server_name="restart.test", port=port, for_tests=True)
+    async with hs:
+        user_id = await hs.register("keeper", "keeper-pw")
+        secret = hs.registration_shared_secret
+    assert not hs.running
+    await hs.stop()  # idempotent
+    signing_key = (tmp_path / "restart.test.signing.key").read_text()
+    # A pid file left by a dead process must not block the next start.
+    (tmp_path / "forum-synapse.pid").write_text("999999999\n")
+
+    again = EmbeddedHomeserver(tmp_path, server_name="restart.test", port=free_port())
+    async with again:
+        assert again.registration_shared_secret == secret
+        assert (tmp_path / "restart.test.signing.key").read_text() == signing_key
+        user = await TestUser.login(again, user_id, "keeper-pw")
+        await user.close()
+    assert not (tmp_path / "forum-synapse.pid").exists()
+
+
+async def test_port_taken_gives_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        hs = EmbeddedHomeserver(tmp_path, server_name="taken.test", port=port)
+        with pytest.raises(HomeserverStartError, match=f"port {port}.*already in use"):
+            await hs.start()
+        assert not hs.running
+
+
+async def test_running_synapse_on_same_directory_is_refused(
+    synapse: EmbeddedHomeserver,
+) -> None:
+    twin = EmbeddedHomeserver(synapse.directory, server_name=synapse.server_name, port=free_port())
+    with pytest.raises(HomeserverStartError, match="still running"):
+        await twin.start()
+    assert synapse.running
+
+
+def test_secrets_store_keeps_values_private(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "secrets.json"
+    first = load_or_create_secrets(path, ["bot", "demo"])
+    assert set(first) == {"bot", "demo"}
+    assert path.stat().st_mode & 0o777 == 0o600
+    second = load_or_create_secrets(path, ["bot", "other"])
+    assert second["bot"] == first["bot"]
+    assert second["demo"] == first["demo"]
+    assert set(second) == {"bot", "demo", "other"}
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        load_or_create_secrets(path, ["bot"])

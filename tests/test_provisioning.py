@@ -1,0 +1,185 @@
+"""Provisioning against the real Synapse, seen by members as they would see it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from forum.provisioning import Observed, ObservedRoom, desired_layout, plan, provision
+from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from
+from tests.matrix_user import MatrixRequestError
+
+pytestmark = pytest.mark.homeserver
+
+
+async def test_layout_as_members_see_it(synapse, make_user, start_forum):
+    moderator = await make_user("mod")
+    service = await start_forum(settings_from(forum_data(synapse, moderators=[moderator.user_id])))
+    settings = service.settings
+    ids = service.result.room_ids
+    space_id = ids["space"]
+
+    outsider = await make_user("outsider")
+    # The Space's hierarchy lists the topic rooms with their names and join rules.
+    rooms = {r["room_id"]: r for r in await outsider.hierarchy(space_id)}
+    for topic in settings.topics:
+        room = rooms[ids[f"topic:{topic.slug}"]]
+        assert room["name"] == topic.name["fr"]
+        assert room["join_rule"] == "knock_restricted"
+    assert rooms[space_id]["join_rule"] == "knock"
+    assert rooms[ids["lobby"]]["join_rule"] == "public"
+    assert ids["management"] not in rooms  # private: never listed
+
+    # A non-member is refused a direct join to a topic room, and may knock.
+    topic_room = ids["topic:droits-enfants"]
+    with pytest.raises(MatrixRequestError) as refused:
+        await outsider.join(topic_room, via=[synapse.server_name])
+    assert refused.value.status == 403
+    await outsider.knock(topic_room, "Bonjour, je voudrais participer", via=[synapse.server_name])
+
+    # The lobby is public: anyone joins and reads the configured power levels.
+    await outsider.join(settings.alias_id(settings.rooms.lobby.alias))
+    pl = await outsider.get_state_event(ids["lobby"], "m.room.power_levels")
+    assert pl["users"][moderator.user_id] == 50
+    assert pl["users"][settings.moderation_bot_id] == 100
+    assert pl["users"][settings.membership_bot_id] == 40
+    assert (pl["invite"], pl["kick"], pl["ban"], pl["redact"]) == (40, 50, 50, 50)
+    assert pl["users_default"] == 0
+
+    # The moderator is invited everywhere, joins, and sees the same levels in a topic room.
+    await moderator.wait_for_invite(ids["management"])
+    await moderator.join(ids["management"], via=[synapse.server_name])
+    mpl = await moderator.get_state_event(ids["management"], "m.room.power_levels")
+    assert mpl["users"][moderator.user_id] == 50
+    rules = await moderator.get_state_event(ids["management"], "m.room.join_rules")
+    assert rules["join_rule"] == "invite"
+    await moderator.join(ids["announcements"], via=[synapse.server_name])
+    apl = await moderator.get_state_event(ids["announcements"], "m.room.power_levels")
+    assert apl["events_default"] == 50  # only moderators post announcements
+    hv = await moderator.get_state_event(ids["policy"], "m.room.history_visibility")
+    assert hv["history_visibility"] == "world_readable"
+    parent = await moderator.get_state_event(ids["announcements"], "m.space.parent", space_id)
+    assert parent["via"] == [synapse.server_name]
+
+    # The membership bot joined every room; a second run changes nothing.
+    mem = await outsider.request("GET", f"/_matrix/client/v3/rooms/{ids['lobby']}/joined_members")
+    assert settings.membership_bot_id in mem["joined"]
+    again, _ = await provision(settings, service.ctx.moderation, service.db.sessionmaker,
+                               dry_run=True)
+    assert again.changes == []
+    assert again.problems == []
+
+
+async def test_config_changes_are_applied(synapse, make_user, start_forum):
+    first_mod = await make_user("mod1")
+    data = forum_data(synapse, moderators=[first_mod.user_id])
+    service = await start_forum(settings_from(data))
+    gw, sm = service.ctx.moderation, service.db.sessionmaker
+    ids = dict(service.result.room_ids)
+
+    new_mod = await make_user("mod2")
+    data["moderators"].append(new_mod.user_id)
+    data["topics"][0]["name"]["fr"] = "Droits de l'enfant (renommé)"
+    data["topics"].append({"slug": "sante-ado", "alias": data["topics"][0]["alias"] + "-sante",
+                           "name": {"fr": "Santé des ados", "en": "Teen health"},
+                           "topic": {"fr": "Santé", "en": "Health"}})
+    removed = data["topics"].pop(1)
+    changed = settings_from(data)
+
+    the_plan, result = await provision(changed, gw, sm)
+    assert result is not None and not result.failed
+    actions = {(c.action, c.room, c.event_type) for c in the_plan.changes}
+    assert ("create_room", "topic:sante-ado", None) in actions
+    assert ("set_state", "topic:droits-enfants", "m.room.name") in actions
+    removed_id = ids[f"topic:{removed['slug']}"]
+    assert result.detached == [removed_id]
+
+    outsider = await make_user("reader")
+    rooms = {r["room_id"]: r for r in await outsider.hierarchy(ids["space"])}
+    assert rooms[ids["topic:droits-enfants"]]["name"] == "Droits de l'enfant (renommé)"
+    assert rooms[result.room_ids["topic:sante-ado"]]["name"] == "Santé des ados"
+    assert removed_id not in rooms  # detached, not deleted
+    await new_mod.wait_for_invite(ids["topic:droits-enfants"])
+    await new_mod.join(ids["topic:droits-enfants"], via=[synapse.server_name])
+    pl = await new_mod.get_state_event(ids["topic:droits-enfants"], "m.room.power_levels")
+    assert pl["users"][new_mod.user_id] == 50
+
+    again, _ = await provision(changed, gw, sm, dry_run=True)
+    assert again.changes == []
+
+
+def test_plan_is_pure_and_complete(synapse):
+    """With nothing on the homeserver, the plan creates every declared room, Space first."""
+    settings = settings_from(forum_data(synapse, moderators=["@m:forum.test"]))
+    empty = Observed(rooms={}, alias_targets={})
+    creates = [c for c in plan(settings, settings.moderation_bot_id, empty).changes
+               if c.action == "create_room"]
+    assert [c.room for c in creates] == [r.key for r in desired_layout(
+        settings, settings.moderation_bot_id)]
+    assert creates[0].room == "space"
+    assert creates[0].content["creation_content"] == {"type": "m.space"}
+    topic = next(c for c in creates if c.room.startswith("topic:"))
+    rules = next(s for s in topic.content["initial_state"] if s["type"] == "m.room.join_rules")
+    assert rules["content"]["join_rule"] == "knock_restricted"
+    assert rules["content"]["allow"][0]["room_id"] == "<new:space>"
+    assert topic.content["room_version"] in {"10", "11", "12"}
+
+
+def test_plan_v12_keeps_creator_out_of_users(synapse):
+    data = forum_data(synapse)
+    data["room_version"] = "12"
+    settings = settings_from(data)
+    for room in desired_layout(settings, settings.moderation_bot_id):
+        assert settings.moderation_bot_id not in room.power_levels["users"]
+
+
+def test_plan_reports_foreign_alias(synapse):
+    settings = settings_from(forum_data(synapse))
+    lobby_alias = settings.alias_id(settings.rooms.lobby.alias)
+    observed = Observed(rooms={}, alias_targets={lobby_alias: "!someone-else:forum.test"})
+    result = plan(settings, settings.moderation_bot_id, observed)
+    assert "lobby" not in {c.room for c in result.changes if c.action == "create_room"}
+    assert any(lobby_alias in p for p in result.problems)
+    assert isinstance(ObservedRoom("!x", {}).membership("@a:b"), type(None))
+
+
+async def test_cli_provision_json_then_nothing(synapse, tmp_path):
+    data = forum_data(synapse)
+    settings = settings_from(data)
+    await register_bots(synapse, settings)
+    for role in ("membership", "moderation"):
+        data["bots"][role]["password"] = "${FORUM_TEST_" + role.upper() + "_PW}"
+    env = dict(os.environ, FORUM_HOME=str(tmp_path / "home"),
+               FORUM_TEST_MEMBERSHIP_PW=settings.bots.membership.password.get_secret_value(),
+               FORUM_TEST_MODERATION_PW=settings.bots.moderation.password.get_secret_value())
+    config = tmp_path / "forum.toml"
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    (tmp_path / "charter").symlink_to(CONFIG_DIR / "charter")
+
+    def forum(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "forum", "--config", str(config), *args],
+                              env=env, capture_output=True, text=True, timeout=180)
+
+    dry = forum("provision", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] is True
+    assert sum(1 for c in planned["plan"] if c["action"] == "create_room") == 11
+
+    first = forum("provision", "--json")
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert len(out["applied"]) == len(out["plan"]) > 11 and out["failed"] == []
+    for secret in ("FORUM_TEST_MEMBERSHIP_PW", "FORUM_TEST_MODERATION_PW"):
+        assert env[secret] not in first.stdout + first.stderr
+
+    second = forum("provision")
+    assert second.returncode == 0, second.stderr
+    assert "Nothing to change" in second.stdout
+
