@@ -24,6 +24,7 @@ from forum.homeserver import EmbeddedHomeserver, load_or_create_secrets
 from forum.i18n import I18n
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
+from forum.signals import Signals
 from forum.storage import Database, Executor, OutboxWorker
 from forum.tasks import TaskSupervisor
 from forum.web import create_app, run_web
@@ -49,6 +50,7 @@ class ServiceContext:
     outbox_executors: dict[str, Executor] = field(default_factory=dict)
     web_extensions: list[WebExtension] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    signals: Signals = field(default_factory=Signals)
     outbox: OutboxWorker | None = None
 
     def room_id(self, key: str) -> str:

@@ -247,6 +247,9 @@ class DigestSection(_Model):
     schedule: str = "0 8 * * 1"
     timezone: str = "Africa/Lome"
     history_start: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    editors: list[UserRef] = []
+    key_points: int = Field(default=3, ge=0, le=20)
+    export_dir: str | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -280,6 +283,39 @@ class LoggingSection(_Model):
     format: Literal["text", "json"] = "text"
 
 
+_STEP_RE = r"^(warn|kick|ban|mute(:[0-9]+[smhd])?)$"
+
+
+class ModerationSection(_Model):
+    """The moderation bot's protections, graduated steps and policy-list subscriptions."""
+
+    flood_messages: int = Field(default=10, ge=2, le=1000)
+    flood_seconds: float = Field(default=10.0, gt=0, le=3600)
+    mention_limit: int = Field(default=8, ge=1, le=1000)
+    new_member_hours: float = Field(default=24.0, ge=0, le=24 * 365)
+    words: list[str] = []
+    join_wave_joins: int = Field(default=15, ge=2, le=10000)
+    join_wave_seconds: float = Field(default=60.0, gt=0, le=86400)
+    steps: list[Annotated[str, Field(pattern=_STEP_RE)]] = Field(
+        default=["warn", "mute:10m", "ban"], min_length=1
+    )
+    step_reset_hours: float = Field(default=24.0, gt=0, le=24 * 365)
+    policy_lists: list[str] = []
+    dry_run: bool = False
+    report_poll_seconds: float = Field(default=15.0, ge=0.2, le=3600)
+
+    @field_validator("policy_lists")
+    @classmethod
+    def _list_refs(cls, v: list[str]) -> list[str]:
+        for ref in v:
+            if not re.match(r"^[#!][^\s]+$", ref):
+                raise ValueError(
+                    f"{ref!r}: expected a room alias (#list:example.org) or a room id "
+                    "(!id:example.org, optionally !id?via=example.org)"
+                )
+        return v
+
+
 class Settings(_Model):
     forum: ForumSection
     homeserver: HomeserverSection = HomeserverSection()
@@ -295,6 +331,7 @@ class Settings(_Model):
     digest: DigestSection = DigestSection()
     demo: DemoSection = DemoSection()
     logging: LoggingSection = LoggingSection()
+    moderation: ModerationSection = ModerationSection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

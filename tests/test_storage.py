@@ -498,3 +498,72 @@ def test_url_helper_builds_async_url() -> None:
     assert make_url(cfg.get_main_option("sqlalchemy.url") or "").drivername == (
         "postgresql+asyncpg"
     )
+
+
+BRANCH_TEMPLATE = """
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{rev}"
+down_revision = "0001_foundation"
+branch_labels = ("{label}",)
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("{label}_things", sa.Column("id", sa.Integer(), primary_key=True))
+
+
+def downgrade() -> None:
+    op.drop_table("{label}_things")
+"""
+
+
+async def test_feature_branches_migrate_and_older_code_refuses_them(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Later features add branches off 0001: ``upgrade heads`` applies them all, and a
+    release that does not know them refuses the database, naming every unknown head."""
+    import shutil
+
+    from forum.storage import db as db_module
+
+    newer = tmp_path / "newer_migrations"
+    shutil.copytree(db_module.MIGRATIONS_DIR, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    branches = {"0001_test_branch_a", "0001_test_branch_b"}
+    for label in ("test_branch_a", "test_branch_b"):
+        text_ = BRANCH_TEMPLATE.format(rev=f"0001_{label}", label=label)
+        (newer / "versions" / f"0001_{label}.py").write_text(text_)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(db_module, "MIGRATIONS_DIR", newer)
+        database = await Database.open(db_url)
+        try:
+            heads = set(ScriptDirectory.from_config(db_module.alembic_config()).get_heads())
+            assert heads >= branches
+            assert await database.current_revisions() == heads
+        finally:
+            await database.close()
+
+    with pytest.raises(DatabaseTooNew) as caught:
+        await Database.open(db_url)
+    assert caught.value.unknown == branches
+    assert all(name in str(caught.value) for name in branches)
+
+
+async def test_concurrent_units_of_work_read_then_write(db: Database) -> None:
+    """Sessions that read then write, concurrently, all commit (SQLite: no SQLITE_BUSY)."""
+
+    async def handle(n: int) -> None:
+        async with db.sessionmaker() as session, session.begin():
+            events = ProcessedEvents(session)
+            if not await events.seen("@bot:x", f"$e{n}"):
+                await asyncio.sleep(0)  # let the others interleave
+                await events.mark("@bot:x", f"$e{n}")
+                await SyncTokens(session).set("@bot:x", f"s{n}")
+
+    await asyncio.gather(*(handle(n) for n in range(20)))
+    async with db.sessionmaker() as session:
+        seen = await ProcessedEvents(session).seen_many("@bot:x", [f"$e{n}" for n in range(20)])
+        assert len(seen) == 20
+        assert await SyncTokens(session).get("@bot:x") is not None

@@ -88,6 +88,7 @@ def create_engine(url: str | URL) -> AsyncEngine:
         else:
             engine = create_async_engine(parsed)
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
     else:
         engine = create_async_engine(
             parsed,
@@ -102,6 +103,8 @@ def create_engine(url: str | URL) -> AsyncEngine:
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, start transactions (see _sqlite_on_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -110,6 +113,18 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous = NORMAL")
     finally:
         cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    """Start every SQLite transaction with ``BEGIN IMMEDIATE``.
+
+    The sqlite3 module would otherwise begin lazily, before the first write only: DDL
+    would run outside the migration's transaction and a session that read first could
+    fail with SQLITE_BUSY (without waiting) when it tries to write after another
+    connection committed. IMMEDIATE takes the write lock up front, waiting up to the
+    busy timeout; SQLite has a single writer anyway, and sessions are short.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def alembic_config(connection: Connection | None = None, url: str | URL | None = None) -> Config:

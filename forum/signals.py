@@ -1,0 +1,35 @@
+"""In-process signals between features (the membership bot tells the digest that a
+person's publication consent ended, without either importing the other)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: A person's publication consent ended (withdrawal, leaving the forum). kwargs: user_id
+PUBLICATION_WITHDRAWN = "publication_withdrawn"
+#: A person gave publication consent. kwargs: user_id
+PUBLICATION_GRANTED = "publication_granted"
+#: A person left every forum room or was removed. kwargs: user_id
+MEMBER_LEFT = "member_left"
+
+Receiver = Callable[..., Awaitable[None]]
+
+
+class Signals:
+    def __init__(self) -> None:
+        self._receivers: dict[str, list[Receiver]] = {}
+
+    def connect(self, name: str, receiver: Receiver) -> None:
+        self._receivers.setdefault(name, []).append(receiver)
+
+    async def emit(self, name: str, **payload: Any) -> None:
+        """Call every receiver in order; one failing is logged and does not stop the rest."""
+        for receiver in self._receivers.get(name, []):
+            try:
+                await receiver(**payload)
+            except Exception:
+                log.exception("receiver %r of signal %s failed", receiver, name)

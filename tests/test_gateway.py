@@ -1,0 +1,230 @@
+"""The gateway against a real Synapse: isolation of handlers, resuming, gaps, 429s, power."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from forum.errors import Forbidden, HomeserverUnavailable, NotFound
+from forum.events import Message, Reaction
+from forum.gateway import Gateway
+from forum.homeserver import EmbeddedHomeserver, free_port
+from forum.storage import Database
+
+pytestmark = pytest.mark.homeserver
+
+
+async def new_account(hs: EmbeddedHomeserver, name: str = "bot") -> tuple[str, str]:
+    password = secrets.token_urlsafe(12)
+    user_id = await hs.register(f"{name}-{secrets.token_hex(4)}", password)
+    return user_id, password
+
+
+@asynccontextmanager
+async def running(gw: Gateway):
+    """Log in, start the sync loop, yield, stop it cleanly."""
+    await gw.login()
+    task = asyncio.create_task(gw.run())
+    try:
+        await gw.wait_synced(30)
+        yield gw
+    finally:
+        gw.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await gw.close()
+
+
+def gateway(hs: EmbeddedHomeserver, db: Database, user_id: str, password: str, **kw) -> Gateway:
+    return Gateway(homeserver_url=hs.url, user_id=user_id, sessionmaker=db.sessionmaker,
+                   password=password, sync_timeout_ms=2000, **kw)
+
+
+@pytest_asyncio.fixture
+async def sqlite_db(tmp_path: Path):
+    db = await Database.open(f"sqlite+aiosqlite:///{tmp_path / 'gw.db'}")
+    yield db
+    await db.close()
+
+
+async def wait_until(cond, timeout: float = 20):
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.05)
+
+
+async def test_failing_handler_does_not_stop_the_loop(synapse, make_user, sqlite_db):
+    user_id, pw = await new_account(synapse)
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    seen: list[str] = []
+    reactions: list[str] = []
+
+    async def explode(ev: Message) -> None:
+        raise RuntimeError(f"boom on {ev.body}")
+
+    async def record(ev: Message) -> None:
+        seen.append(ev.body)
+
+    async def on_reaction(ev: Reaction) -> None:
+        reactions.append(ev.key)
+
+    gw = gateway(synapse, sqlite_db, user_id, pw)
+    gw.on(Message, explode)
+    gw.on(Message, record)
+    gw.on(Reaction, on_reaction)
+    async with running(gw):
+        await gw.join(room)
+        first = await alice.send_text(room, "un")
+        await alice.send_text(room, "deux")
+        await alice.react(room, first, "✅")
+        await wait_until(lambda: seen == ["un", "deux"] and reactions == ["✅"])
+        assert gw.stats.handler_failures == 2
+        own = await gw.send_text(room, "from the bot itself")
+        await alice.send_text(room, "trois")
+        await wait_until(lambda: "trois" in seen)
+        assert own and "from the bot itself" not in seen  # own events skipped by default
+
+
+async def test_restart_resumes_without_double_delivery(synapse, make_user, db):
+    user_id, pw = await new_account(synapse)
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    seen: list[str] = []
+
+    async def record(ev: Message) -> None:
+        seen.append(ev.body)
+
+    gw = gateway(synapse, db, user_id, pw)
+    gw.on(Message, record)
+    async with running(gw):
+        await gw.join(room)
+        await alice.send_text(room, "before restart")
+        await wait_until(lambda: seen == ["before restart"])
+        device = gw.device_id
+
+    await alice.send_text(room, "while stopped")
+    again = gateway(synapse, db, user_id, pw)
+    again.on(Message, record)
+    async with running(again):
+        assert again.device_id == device  # the stored token was reused, no new login
+        await alice.send_text(room, "after restart")
+        await wait_until(lambda: seen[-1:] == ["after restart"])
+    assert seen == ["before restart", "while stopped", "after restart"]
+
+
+async def test_replayed_sync_does_not_deliver_twice(synapse, make_user, sqlite_db):
+    """Handlers ran but the token was not stored (a crash): the replay skips the events."""
+    user_id, pw = await new_account(synapse)
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    seen: list[str] = []
+
+    async def record(ev: Message) -> None:
+        seen.append(ev.body)
+
+    gw = gateway(synapse, sqlite_db, user_id, pw)
+    gw.on(Message, record)
+    await gw.login()
+    await gw.join(room)
+    await gw.sync_once(0)
+    token = gw.next_batch
+    await alice.send_text(room, "once")
+    async with asyncio.timeout(20):
+        while "once" not in seen:
+            await gw.sync_once(1000)
+    gw.next_batch = token  # as if the token had not been persisted
+    await gw.sync_once(0)
+    await gw.close()
+    assert seen.count("once") == 1
+
+
+async def test_limited_timeline_gap_is_filled(synapse, make_user, sqlite_db):
+    user_id, pw = await new_account(synapse)
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    seen: list[str] = []
+
+    async def record(ev: Message) -> None:
+        seen.append(ev.body)
+
+    gw = gateway(synapse, sqlite_db, user_id, pw, timeline_limit=20)
+    gw.on(Message, record)
+    await gw.login()
+    await gw.join(room)
+    await gw.sync_once(0)
+    sent = [f"m{i}" for i in range(150)]
+    for chunk in range(0, 150, 25):
+        await asyncio.gather(*(alice.send_text(room, b) for b in sent[chunk:chunk + 25]))
+    async with asyncio.timeout(30):
+        while len(seen) < 150:
+            await gw.sync_once(1000)
+    await gw.close()
+    assert sorted(seen) == sorted(sent) and len(seen) == 150
+
+
+async def test_power_levels_read_from_state_in_room_v12(synapse, sqlite_db):
+    user_id, pw = await new_account(synapse)
+    other, _ = await new_account(synapse, "other")
+    gw = gateway(synapse, sqlite_db, user_id, pw)
+    await gw.login()
+    room = await gw.create_room({"room_version": "12", "preset": "private_chat"})
+    pl = await gw.power_levels(room)
+    assert pl.level(user_id) == math.inf
+    assert pl.can(user_id, "ban") and pl.can(user_id, "kick")
+    assert not pl.can(other, "ban")
+    room11 = await gw.create_room({"room_version": "11", "preset": "private_chat"})
+    assert (await gw.power_levels(room11)).level(user_id) == 100
+    await gw.close()
+
+
+async def test_typed_errors(synapse, make_user, sqlite_db):
+    user_id, pw = await new_account(synapse)
+    alice = await make_user("alice")
+    private = await alice.create_room(preset="private_chat")
+    gw = gateway(synapse, sqlite_db, user_id, pw)
+    await gw.login()
+    with pytest.raises(Forbidden):
+        await gw.get_state(private)
+    with pytest.raises(NotFound):
+        await gw.join("#no-such-room:forum.test")
+    assert await gw.resolve_alias("#absent:forum.test") is None
+    await gw.close()
+
+    down = Gateway(homeserver_url=f"http://127.0.0.1:{free_port()}", user_id=user_id,
+                   sessionmaker=sqlite_db.sessionmaker, password=pw, max_retries=2)
+    with pytest.raises(HomeserverUnavailable):
+        await down.login()
+    assert await down.ping() is False
+    await down.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def strict_synapse(tmp_path_factory):
+    """A Synapse with strict message rate limits (the default ones are stricter still)."""
+    hs = EmbeddedHomeserver(tmp_path_factory.mktemp("strict"), server_name="strict.test",
+                            port=free_port(), for_tests=True,
+                            extra_config={"rc_message": {"per_second": 2, "burst_count": 3}})
+    await hs.start()
+    yield hs
+    await hs.stop()
+
+
+async def test_burst_under_strict_rate_limits_completes(strict_synapse, sqlite_db):
+    user_id, pw = await new_account(strict_synapse)
+    gw = gateway(strict_synapse, sqlite_db, user_id, pw, max_retries=50)
+    await gw.login()
+    room = await gw.create_room({"preset": "private_chat"})
+    ids = await asyncio.gather(*(gw.send_text(room, f"burst {i}") for i in range(15)))
+    assert len(set(ids)) == 15
+    assert gw.stats.retries > 0  # 429s happened and were waited out
+    data = await gw.messages(room, limit=50)
+    bodies = {e["content"].get("body") for e in data["chunk"] if e["type"] == "m.room.message"}
+    assert {f"burst {i}" for i in range(15)} <= bodies
+    await gw.close()

@@ -1,0 +1,124 @@
+"""Settings: the real config loads; every kind of error names its key, value and expectation."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import tomli_w
+
+from forum.settings import DEFAULT_CONFIG, ConfigError, load_settings, parse_settings
+
+BASE = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+
+
+def problems_of(mutate, env=None) -> list[str]:
+    data = copy.deepcopy(BASE)
+    mutate(data)
+    with pytest.raises(ConfigError) as err:
+        parse_settings(data, "test.toml", env=env or {})
+    return [str(p) for p in err.value.problems]
+
+
+def test_default_config_is_the_first_network():
+    s = load_settings(DEFAULT_CONFIG, env={})
+    assert s.forum.languages == ["fr", "en"]
+    assert s.text(s.rooms.space.name) == "Espace commun"
+    assert s.text(s.rooms.lobby.name) == "Accueil"
+    assert len(s.topics) == 6
+    assert {t.slug for t in s.topics} >= {"droits-enfants", "egalite-filles"}
+    for t in s.topics:
+        assert set(t.name) == {"fr", "en"} and set(t.topic) == {"fr", "en"}
+    assert s.power_levels.invite > s.power_levels.members
+    assert s.membership_bot_id == "@accueil:localhost"
+    assert s.moderator_ids == ["@moderatrice:localhost"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "expected"),
+    [
+        (lambda d: d.pop("forum"), "forum", "required"),
+        (lambda d: d["web"].update(port="eighty"), "web.port", "integer"),
+        (lambda d: d["web"].update(port=70000), "web.port", "less than or equal"),
+        (lambda d: d["homeserver"].update(mode="cloud"), "homeserver.mode", "'embedded'"),
+        (lambda d: d["homeserver"].update(mode="external"), "homeserver", "url"),
+        (lambda d: d["forum"].update(langauges=["fr"]), "forum.langauges", "no such option"),
+        (lambda d: d["digest"].update(schedule="every monday"), "digest.schedule", "cron"),
+        (lambda d: d["digest"].update(timezone="Lome"), "digest.timezone", "IANA"),
+        (lambda d: d["topics"][1].update(alias="Bad Alias"), "topics[1].alias", "pattern"),
+        (lambda d: d["topics"][2].update(slug="droits-enfants"), "slug used more than once",
+         "droits-enfants"),
+        (lambda d: d["topics"][0]["name"].pop("fr"), "topics[0].name", "primary language"),
+        (lambda d: d["rooms"]["lobby"]["name"].update(de="Willkommen"), "rooms.lobby.name",
+         "not listed"),
+        (lambda d: d["power_levels"].update(invite=0), "power_levels", "consent gate"),
+        (lambda d: d.update(moderators=["not a user!"]), "moderators[0]", "Matrix user id"),
+        (lambda d: d.update(room_version="9"), "room_version", "'10'"),
+        (lambda d: d["database"].update(url="sqlite:///x.db"), "database.url", "async"),
+        (lambda d: d["bots"]["membership"].update(localpart="moderation"), "bots",
+         "different localparts"),
+        (lambda d: d.update(topics=[]), "topics", "at least 1"),
+    ],
+)
+def test_each_error_names_key_value_and_expectation(mutate, path, expected):
+    found = problems_of(mutate)
+    assert any(path in p and expected in p for p in found), found
+
+
+def test_every_problem_is_reported_at_once():
+    def many(d):
+        d["web"]["port"] = "x"
+        d["digest"]["timezone"] = "Nowhere/City"
+        d["homeserver"]["colour"] = "blue"
+
+    found = problems_of(many)
+    assert len(found) == 3, found
+
+
+def test_secrets_come_from_the_environment_and_are_never_shown():
+    def with_env(d):
+        d["bots"]["moderation"]["password"] = "${FORUM_MOD_PW}"
+
+    data = copy.deepcopy(BASE)
+    with_env(data)
+    s = parse_settings(data, env={"FORUM_MOD_PW": "hunter2-secret"})
+    assert s.bots.moderation.password.get_secret_value() == "hunter2-secret"
+    assert "hunter2-secret" not in repr(s) and "hunter2-secret" not in str(s.bots)
+    missing = problems_of(with_env)
+    assert any("FORUM_MOD_PW" in p and "bots.moderation.password" in p for p in missing)
+
+    def bad_secret(d):
+        d["bots"]["moderation"]["password"] = ["not", "a", "secret-value-xyz"]
+
+    assert all("secret-value-xyz" not in p for p in problems_of(bad_secret))
+
+
+def test_syntax_error_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[forum\nname = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(bad, env={})
+    assert "valid TOML" in str(err.value) and "line 1" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path / "absent.toml", env={})
+    assert "readable file" in str(err.value)
+
+
+def test_check_config_command(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "forum", "check-config"], capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout
+    data = copy.deepcopy(BASE)
+    data["web"]["port"] = -1
+    data["topics"][0]["slug"] = "Pas Bon"
+    bad = tmp_path / "forum.toml"
+    bad.write_text(tomli_w.dumps(data), encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "forum", "check-config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "web.port" in res.stderr and "topics[0].slug" in res.stderr
+    assert "'Pas Bon'" in res.stderr
