@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from forum.errors import MatrixError
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver, load_or_create_secrets
 from forum.i18n import I18n
@@ -153,6 +155,24 @@ def make_gateway(
     )
 
 
+async def exempt_from_rate_limits(admin: Gateway, user_ids: Sequence[str]) -> bool:
+    """Lift the homeserver's rate limits for our bots (Synapse admin API; needs ``admin`` to
+    be a server admin, as the moderation bot is on the embedded homeserver). Returns False
+    when the homeserver refused: the bots then live with the limits (429s are retried)."""
+    for user_id in user_ids:
+        try:
+            await admin.request(
+                "POST",
+                f"/users/{urllib.parse.quote(user_id, safe='')}/override_ratelimit",
+                body={"messages_per_second": 0, "burst_count": 0},
+                api="/_synapse/admin/v1",
+            )
+        except MatrixError as exc:
+            log.info("rate limits of the bots stay as they are (%s)", exc)
+            return False
+    return True
+
+
 class Service:
     """The whole service in one asyncio process."""
 
@@ -206,6 +226,7 @@ class Service:
         self._gateways = [moderation, membership]
         for gw in self._gateways:
             await gw.login()
+        await exempt_from_rate_limits(moderation, [g.user_id for g in self._gateways])
         self.plan, self.result = await provision(
             settings,
             moderation,

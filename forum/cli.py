@@ -60,6 +60,7 @@ async def cmd_provision(args: argparse.Namespace) -> int:
     from forum.app import (
         bot_credentials,
         embedded_homeserver,
+        exempt_from_rate_limits,
         make_gateway,
         register_embedded_accounts,
     )
@@ -89,6 +90,7 @@ async def cmd_provision(args: argparse.Namespace) -> int:
         )
         try:
             await mod.login()
+            await exempt_from_rate_limits(mod, [mod.user_id, mem.user_id])
             joiners = {}
             if not args.dry_run:
                 await mem.login()

@@ -1,0 +1,107 @@
+"""`forum run` as a newcomer runs it (`make run`): its own Synapse, SQLite, the web app."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+import aiohttp
+import pytest
+import tomli_w
+
+from forum.homeserver import free_port, port_is_free
+from forum.settings import DEFAULT_CONFIG
+
+pytestmark = pytest.mark.homeserver
+
+
+async def start_run(config: Path, home: Path) -> asyncio.subprocess.Process:
+    env = dict(os.environ, FORUM_HOME=str(home))
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "forum", "--config", str(config), "run",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+async def read_until(proc: asyncio.subprocess.Process, marker: str, timeout: float = 120) -> str:
+    out = ""
+    async with asyncio.timeout(timeout):
+        while marker not in out:
+            line = await proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"forum run exited early:\n{out}")
+            out += line.decode()
+    return out
+
+
+async def stop(proc: asyncio.subprocess.Process) -> str:
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(60):
+        rest = await proc.stdout.read()
+        await proc.wait()
+    return rest.decode()
+
+
+async def test_forum_run_end_to_end(tmp_path):
+    data = copy.deepcopy(tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8")))
+    hs_port, web_port = free_port(), free_port()
+    data["homeserver"]["embedded"]["port"] = hs_port
+    data["web"]["port"] = web_port
+    config = tmp_path / "forum.toml"
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    (tmp_path / "charter").symlink_to(DEFAULT_CONFIG.parent / "charter")
+    home = tmp_path / "home"
+
+    proc = await start_run(config, home)
+    try:
+        out = await read_until(proc, "Press Ctrl-C to stop")
+        facts = json.loads((home / "demo.json").read_text(encoding="utf-8"))
+        assert facts["homeserver_url"] == f"http://127.0.0.1:{hs_port}"
+        assert facts["web_url"] == f"http://127.0.0.1:{web_port}/"
+        assert {a["role"] for a in facts["accounts"]} == {"moderator", "member"}
+        assert len(facts["accounts"]) == 3
+        for a in facts["accounts"]:
+            assert a["user_id"] in out and a["password"] in out
+        assert (home / "synapse" / "homeserver.yaml").is_file()
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{facts['web_url']}healthz") as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"homeserver": "ok", "database": "ok"}
+            async with http.get(f"{facts['web_url']}fr/") as resp:
+                page = await resp.text()
+                assert "Droits des enfants" in page and "Espace commun" in page
+            moderator = next(a for a in facts["accounts"] if a["role"] == "moderator")
+            login = {"type": "m.login.password", "password": moderator["password"],
+                     "identifier": {"type": "m.id.user", "user": moderator["user_id"]}}
+            async with http.post(f"{facts['homeserver_url']}/_matrix/client/v3/login",
+                                 json=login) as resp:
+                assert resp.status == 200
+                token = (await resp.json())["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.get(f"{facts['homeserver_url']}/_matrix/client/v3/sync",
+                                headers=headers) as resp:
+                invites = (await resp.json())["rooms"].get("invite", {})
+            assert len(invites) >= 11  # the moderator is invited to every forum room
+    finally:
+        if proc.returncode is None:
+            rest = await stop(proc)
+    assert proc.returncode == 0, rest
+    assert "Stopped." in rest
+    assert port_is_free("127.0.0.1", hs_port)  # the homeserver stopped with it
+
+    # Running it again reuses the same state: same accounts and passwords, no new rooms.
+    proc = await start_run(config, home)
+    try:
+        out2 = await read_until(proc, "Press Ctrl-C to stop")
+        again = json.loads((home / "demo.json").read_text(encoding="utf-8"))
+        assert again["accounts"] == facts["accounts"]
+    finally:
+        rest = await stop(proc)
+    assert proc.returncode == 0, rest
+    assert "provisioned: 0 change(s) applied" in out2
