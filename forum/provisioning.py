@@ -12,6 +12,7 @@ and state keys; :func:`apply` substitutes their ids once they exist.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 SPACE = "space"
 SPECIAL_KINDS = ("space", "lobby", "announcements", "management", "policy")
 CHILD_KINDS = ("lobby", "announcements", "topic")
+#: Homeserver requests provisioning keeps in flight at once.
+APPLY_CONCURRENCY = 8
 POLICY_TYPES = ("m.policy.rule.user", "m.policy.rule.server", "m.policy.rule.room")
 
 
@@ -458,17 +461,31 @@ async def apply(
     layout = {r.key: r for r in desired_layout(settings, gateway.user_id)}
     applied: list[Change] = []
     failed: list[tuple[Change, str]] = []
-    detached: list[str] = []
-    for change in the_plan.changes:
-        try:
-            await _apply_one(change, gateway, ids)
-        except MatrixError as exc:
-            log.error("provisioning step failed: %s: %s", change.describe(), exc)
-            failed.append((change, str(exc)))
-            continue
+    limit = asyncio.Semaphore(APPLY_CONCURRENCY)
+
+    async def run(change: Change) -> None:
+        async with limit:
+            try:
+                await _apply_one(change, gateway, ids)
+            except MatrixError as exc:
+                log.error("provisioning step failed: %s: %s", change.describe(), exc)
+                failed.append((change, str(exc)))
+                return
         applied.append(change)
-        if change.action == "detach":
-            detached.append(change.room)
+
+    # The Space first (others refer to it), then the other rooms, then everything else;
+    # within a phase, rooms are independent and handled concurrently.
+    creates = [c for c in the_plan.changes if c.action == "create_room"]
+    phases = [
+        [c for c in creates if c.room == SPACE],
+        [c for c in creates if c.room != SPACE],
+        [c for c in the_plan.changes if c.action != "create_room"],
+    ]
+    for phase in phases:
+        await asyncio.gather(*(run(c) for c in phase))
+    order = {id(c): i for i, c in enumerate(the_plan.changes)}
+    applied.sort(key=lambda c: order[id(c)])
+    detached = [c.room for c in applied if c.action == "detach"]
     async with sessionmaker() as s, s.begin():
         reg = RoomRegistry(s)
         for key, room_id in ids.items():
@@ -477,13 +494,23 @@ async def apply(
         for key, room_id in observed.unmanaged_keys.items():
             if room_id not in not_detached:
                 await reg.mark_detached(key)
+
+    async def join(other: Gateway, key: str, room_id: str) -> None:
+        async with limit:
+            try:
+                await other.join(room_id, via=[settings.server_name])
+            except MatrixError as exc:
+                log.warning("%s could not join %s: %s", other.user_id, key, exc)
+
+    joins = []
     for user_id, other in (joiners or {}).items():
         for key, room_id in ids.items():
-            if user_id in layout[key].invite:
-                try:
-                    await other.join(room_id, via=[settings.server_name])
-                except MatrixError as exc:
-                    log.warning("%s could not join %s: %s", user_id, key, exc)
+            found = observed.rooms.get(key)
+            if user_id in layout[key].invite and (
+                found is None or found.membership(user_id) != "join"
+            ):
+                joins.append(join(other, key, room_id))
+    await asyncio.gather(*joins)
     return ApplyResult(applied, failed, ids, detached)
 
 
