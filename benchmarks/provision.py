@@ -36,8 +36,11 @@ def settings_for(hs: EmbeddedHomeserver, topics: int, passwords: dict[str, str])
     data["bots"]["membership"]["password"] = passwords["accueil"]
     data["moderators"] = ["moderatrice"]
     data["topics"] = [
-        {"slug": f"sujet-{i:02d}", "name": {"fr": f"Sujet {i}", "en": f"Topic {i}"},
-         "topic": {"fr": f"Discussion {i}", "en": f"Discussion {i}"}}
+        {
+            "slug": f"sujet-{i:02d}",
+            "name": {"fr": f"Sujet {i}", "en": f"Topic {i}"},
+            "topic": {"fr": f"Discussion {i}", "en": f"Discussion {i}"},
+        }
         for i in range(topics)
     ]
     return parse_settings(data, env={})
@@ -45,20 +48,25 @@ def settings_for(hs: EmbeddedHomeserver, topics: int, passwords: dict[str, str])
 
 async def main(topics: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        hs = EmbeddedHomeserver(Path(tmp) / "synapse", server_name="bench.test",
-                                port=free_port())
+        hs = EmbeddedHomeserver(Path(tmp) / "synapse", server_name="bench.test", port=free_port())
         await hs.start()
         try:
-            passwords = {n: secrets.token_urlsafe(12) for n in
-                         ("moderation", "accueil", "moderatrice", "baseline")}
+            passwords = {
+                n: secrets.token_urlsafe(12)
+                for n in ("moderation", "accueil", "moderatrice", "baseline")
+            }
             for name, pw in passwords.items():
                 await hs.register(name, pw, admin=name == "moderation")
             settings = settings_for(hs, topics, passwords)
             db = await Database.open(f"sqlite+aiosqlite:///{tmp}/bench.db")
 
             def gw(user: str) -> Gateway:
-                return Gateway(homeserver_url=hs.url, user_id=f"@{user}:{hs.server_name}",
-                               sessionmaker=db.sessionmaker, password=passwords[user])
+                return Gateway(
+                    homeserver_url=hs.url,
+                    user_id=f"@{user}:{hs.server_name}",
+                    sessionmaker=db.sessionmaker,
+                    password=passwords[user],
+                )
 
             mod, mem, base = gw("moderation"), gw("accueil"), gw("baseline")
             for g in (mod, mem, base):
@@ -69,19 +77,27 @@ async def main(topics: int) -> dict[str, object]:
             for _ in range(2):
                 before = (mod.stats.requests, mod.stats.writes)
                 t0 = time.perf_counter()
-                the_plan, result = await provision(settings, mod, db.sessionmaker,
-                                                   joiners={mem.user_id: mem})
-                runs.append({
-                    "seconds": round(time.perf_counter() - t0, 3),
-                    "requests": mod.stats.requests - before[0],
-                    "writes": mod.stats.writes - before[1],
-                    "changes": len(the_plan.changes),
-                    "failed": len(result.failed) if result else 0,
-                })
+                the_plan, result = await provision(
+                    settings, mod, db.sessionmaker, joiners={mem.user_id: mem}
+                )
+                runs.append(
+                    {
+                        "seconds": round(time.perf_counter() - t0, 3),
+                        "requests": mod.stats.requests - before[0],
+                        "writes": mod.stats.writes - before[1],
+                        "changes": len(the_plan.changes),
+                        "failed": len(result.failed) if result else 0,
+                    }
+                )
             t0 = time.perf_counter()
             for i in range(topics):
-                await base.create_room({"name": f"baseline {i}", "preset": "private_chat",
-                                        "room_version": settings.room_version})
+                await base.create_room(
+                    {
+                        "name": f"baseline {i}",
+                        "preset": "private_chat",
+                        "room_version": settings.room_version,
+                    }
+                )
             baseline = time.perf_counter() - t0
             for g in (mod, mem, base):
                 await g.close()

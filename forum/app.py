@@ -227,17 +227,19 @@ class Service:
         for gw in self._gateways:
             await gw.login()
         await exempt_from_rate_limits(moderation, [g.user_id for g in self._gateways])
-        self.plan, self.result = await provision(
+        self.plan, result = await provision(
             settings,
             moderation,
             self.db.sessionmaker,
             joiners={membership.user_id: membership},
         )
-        for change, error in self.result.failed:
+        assert result is not None  # not a dry run
+        self.result = result
+        for change, error in result.failed:
             log.error("provisioning could not %s: %s", change.describe(), error)
         for problem in self.plan.problems:
             log.warning("provisioning: %s", problem)
-        log.info("provisioned: %d change(s) applied", len(self.result.applied))
+        log.info("provisioned: %d change(s) applied", len(result.applied))
         i18n = I18n(settings.forum.languages)
         ctx = ServiceContext(
             settings=settings,
@@ -248,7 +250,7 @@ class Service:
             moderation=moderation,
             i18n=i18n,
             tasks=self.tasks,
-            room_ids=dict(self.result.room_ids),
+            room_ids=dict(result.room_ids),
         )
         self.ctx = ctx
         for component in self.components:

@@ -72,13 +72,12 @@ async def cmd_provision(args: argparse.Namespace) -> int:
     home = forum_home()
     hs = None
     if settings.homeserver.mode == "embedded":
-        hs = embedded_homeserver(settings, home)
-        hs.prepare()
-        if not hs.running:
-            await hs.start()
-        else:
-            hs = None  # someone else's (forum run) process: leave it running
-        await register_embedded_accounts(settings, home, embedded_homeserver(settings, home))
+        embedded = embedded_homeserver(settings, home)
+        if not embedded.running_elsewhere():  # else: `forum run` has it; leave it running
+            embedded.prepare()
+            await embedded.start()
+            hs = embedded
+        await register_embedded_accounts(settings, home, embedded)
     db = await Database.open(database_url(settings, home))
     try:
         creds = bot_credentials(settings, home)
@@ -149,9 +148,9 @@ async def cmd_homeserver_register(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     home = forum_home()
     hs = embedded_homeserver(settings, home)
-    hs.prepare()
     started = False
-    if not hs.running:
+    if not hs.running_elsewhere():  # else: `forum run` has it running
+        hs.prepare()
         await hs.start()
         started = True
     try:
@@ -334,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         fmt = s.logging.format
     setup_logging(level or "INFO", fmt)
     try:
-        return asyncio.run(args.func(args))
+        code: int = asyncio.run(args.func(args))
+        return code
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CONFIG

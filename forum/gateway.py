@@ -354,7 +354,7 @@ class Gateway:
 
     async def _collect(self, data: dict[str, Any], since: str | None) -> list[RoomEvent | Invite]:
         out: list[RoomEvent | Invite] = []
-        rooms = data.get("rooms") if isinstance(data.get("rooms"), dict) else {}
+        rooms: dict[str, Any] = data["rooms"] if isinstance(data.get("rooms"), dict) else {}
         for room_id, room in (rooms.get("invite") or {}).items():
             out.append(self._invite_from(room_id, room))
         for section in ("join", "leave"):

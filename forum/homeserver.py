@@ -399,6 +399,9 @@ class EmbeddedHomeserver:
             "url_preview_enabled": False,
             # The forum publishes its lobby to the room directory.
             "room_list_publication_rules": [{"action": "allow"}],
+            # Lets our users see the hierarchy of a Space their server is not in yet
+            # (GET /hierarchy?org.matrix.msc4235.via=SERVER), as a remote forum's Space.
+            "experimental_features": {"msc4235_enabled": True},
         }
         if self.federation_port is not None:
             cert = self.directory / TLS_CERT_FILE
@@ -430,6 +433,16 @@ class EmbeddedHomeserver:
         return _deep_merge(config, self.extra_config)
 
     # --- life cycle ----------------------------------------------------------------
+    def running_elsewhere(self) -> bool:
+        """A Synapse started by another process (``forum run``) runs on this directory."""
+        if not self.pid_path.exists():
+            return False
+        try:
+            pid = int(self.pid_path.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return False
+        return pid > 0 and pid != self.pid and _process_alive(pid)
+
     def _check_stale(self, stop_stale: bool) -> None:
         if not self.pid_path.exists():
             return

@@ -88,8 +88,8 @@ class PowerLevels:
                 users=users, state_default=0 if not users else 50, creators=frozenset(creators)
             )
         pl = power_levels
-        users_raw = pl.get("users") if isinstance(pl.get("users"), dict) else {}
-        events_raw = pl.get("events") if isinstance(pl.get("events"), dict) else {}
+        users_raw: Mapping[str, Any] = pl["users"] if isinstance(pl.get("users"), dict) else {}
+        events_raw: Mapping[str, Any] = pl["events"] if isinstance(pl.get("events"), dict) else {}
         return cls(
             users={u: _int(v, 0) for u, v in users_raw.items() if isinstance(u, str)},
             users_default=_int(pl.get("users_default"), 0),

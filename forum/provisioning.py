@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import Conflict, Forbidden, MatrixError, NotFound
 from forum.gateway import Gateway
-from forum.settings import RoomSpec, Settings
+from forum.settings import RoomSpec, Settings, TopicSpec
 from forum.storage import RoomRegistry
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def _power_levels(settings: Settings, kind: str, creator: str) -> dict[str, Any]
 
 def desired_layout(settings: Settings, creator: str) -> list[DesiredRoom]:
     """Every room the forum declares, the Space first. ``creator`` creates the rooms."""
-    rooms: list[tuple[str, str, RoomSpec | Any]] = [
+    rooms: list[tuple[str, str, RoomSpec | TopicSpec]] = [
         (kind, kind, getattr(settings.rooms, kind)) for kind in SPECIAL_KINDS
     ] + [(f"topic:{t.slug}", "topic", t) for t in settings.topics]
     join_rules = {
@@ -189,7 +189,7 @@ def desired_layout(settings: Settings, creator: str) -> list[DesiredRoom]:
     staff = (settings.membership_bot_id, *settings.moderator_ids)
     out: list[DesiredRoom] = []
     for order, (key, kind, spec) in enumerate(rooms):
-        alias = spec.effective_alias if kind == "topic" else spec.alias
+        alias = spec.effective_alias if isinstance(spec, TopicSpec) else spec.alias
         langs = settings.forum.languages
         topic = "\n\n".join(spec.topic[lang] for lang in langs if lang in spec.topic)
         out.append(

@@ -32,8 +32,13 @@ def forum_data(
     """The real configuration as a dict, pointed at ``hs`` and made unique by ``tag``."""
     tag = tag or secrets.token_hex(3)
     data = copy.deepcopy(_BASE)
-    data["homeserver"] = {"mode": "external", "url": hs.url, "server_name": hs.server_name,
-                          "max_retries": 8, "request_timeout_seconds": 30}
+    data["homeserver"] = {
+        "mode": "external",
+        "url": hs.url,
+        "server_name": hs.server_name,
+        "max_retries": 8,
+        "request_timeout_seconds": 30,
+    }
     for role in ("membership", "moderation"):
         bot = data["bots"][role]
         bot["localpart"] = f"{bot['localpart']}-{tag}"
@@ -56,8 +61,12 @@ def settings_from(data: dict[str, Any]) -> Settings:
 async def register_bots(hs: EmbeddedHomeserver, settings: Settings) -> None:
     for bot, admin in ((settings.bots.moderation, True), (settings.bots.membership, False)):
         assert bot.password is not None
-        await hs.register(bot.localpart, bot.password.get_secret_value(), admin=admin,
-                          display_name=bot.display_name)
+        await hs.register(
+            bot.localpart,
+            bot.password.get_secret_value(),
+            admin=admin,
+            display_name=bot.display_name,
+        )
 
 
 StartForum = Callable[..., Awaitable[Service]]
@@ -68,13 +77,15 @@ async def start_forum(synapse: EmbeddedHomeserver, tmp_path: Path) -> AsyncItera
     """Start whole services (bots, provisioning, web on a free port) on the test Synapse."""
     services: list[Service] = []
 
-    async def factory(settings: Settings, *, components: list[Component] | None = None,
-                      home: Path | None = None) -> Service:
+    async def factory(
+        settings: Settings, *, components: list[Component] | None = None, home: Path | None = None
+    ) -> Service:
         await register_bots(synapse, settings)
         svc_home = home or tmp_path / f"home-{len(services)}"
         svc_home.mkdir(parents=True, exist_ok=True)
-        service = Service(settings, config_dir=CONFIG_DIR, home=svc_home,
-                          components=components or [], web_port=0)
+        service = Service(
+            settings, config_dir=CONFIG_DIR, home=svc_home, components=components or [], web_port=0
+        )
         services.append(service)
         await service.start()
         return service

@@ -29,3 +29,45 @@ async def test_two_servers_federate(synapse_pair: SynapsePair, make_user_on: Mak
     assert (await bob.wait_for_text(room_id, "Bienvenue, Bob"))["event_id"] == sent
     reply = await bob.send_text(room_id, "Merci Alice")
     assert (await alice.wait_for_text(room_id, "Merci Alice"))["event_id"] == reply
+
+
+async def test_remote_user_sees_the_space_and_knocks(
+    synapse_pair: SynapsePair, make_user_on: MakeUserOn, tmp_path
+) -> None:
+    """A user of the second server sees the forum's Space hierarchy and knocks on a topic."""
+    from forum.app import Service
+    from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from
+
+    a, b = synapse_pair
+    settings = settings_from(forum_data(a))
+    await register_bots(a, settings)
+    service = Service(settings, config_dir=CONFIG_DIR, home=tmp_path, components=[], web_port=0)
+    await service.start()
+    try:
+        ids = service.result.room_ids
+        remote = await make_user_on(b, "remote")
+        # Joining the public lobby by alias brings the forum to server b.
+        await remote.join(settings.alias_id(settings.rooms.lobby.alias))
+        # Server b is not in the Space: it asks server a (MSC4235 `via`, enabled on the
+        # embedded homeserver).
+        space = ids["space"].replace("!", "%21").replace(":", "%3A")
+        found = await remote.request(
+            "GET",
+            f"/_matrix/client/v1/rooms/{space}/hierarchy",
+            params=[("org.matrix.msc4235.via", a.server_name)],
+        )
+        rooms = {r["room_id"]: r for r in found["rooms"]}
+        topic_id = ids["topic:egalite-filles"]
+        assert rooms[topic_id]["name"] == "Égalité des filles et des jeunes femmes"
+        assert rooms[topic_id]["join_rule"] == "knock_restricted"
+
+        moderation_bot = service.ctx.moderation
+        before = await moderation_bot.members(topic_id, membership="knock")
+        assert remote.user_id not in before
+        await remote.knock(
+            topic_id, "Je travaille sur la scolarisation des filles", via=[a.server_name]
+        )
+        knocks = await moderation_bot.members(topic_id, membership="knock")
+        assert knocks[remote.user_id]["reason"] == "Je travaille sur la scolarisation des filles"
+    finally:
+        await service.stop()

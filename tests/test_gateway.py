@@ -42,8 +42,14 @@ async def running(gw: Gateway):
 
 
 def gateway(hs: EmbeddedHomeserver, db: Database, user_id: str, password: str, **kw) -> Gateway:
-    return Gateway(homeserver_url=hs.url, user_id=user_id, sessionmaker=db.sessionmaker,
-                   password=password, sync_timeout_ms=2000, **kw)
+    return Gateway(
+        homeserver_url=hs.url,
+        user_id=user_id,
+        sessionmaker=db.sessionmaker,
+        password=password,
+        sync_timeout_ms=2000,
+        **kw,
+    )
 
 
 @pytest_asyncio.fixture
@@ -161,7 +167,7 @@ async def test_limited_timeline_gap_is_filled(synapse, make_user, sqlite_db):
     await gw.sync_once(0)
     sent = [f"m{i}" for i in range(150)]
     for chunk in range(0, 150, 25):
-        await asyncio.gather(*(alice.send_text(room, b) for b in sent[chunk:chunk + 25]))
+        await asyncio.gather(*(alice.send_text(room, b) for b in sent[chunk : chunk + 25]))
     async with asyncio.timeout(30):
         while len(seen) < 150:
             await gw.sync_once(1000)
@@ -197,8 +203,13 @@ async def test_typed_errors(synapse, make_user, sqlite_db):
     assert await gw.resolve_alias("#absent:forum.test") is None
     await gw.close()
 
-    down = Gateway(homeserver_url=f"http://127.0.0.1:{free_port()}", user_id=user_id,
-                   sessionmaker=sqlite_db.sessionmaker, password=pw, max_retries=2)
+    down = Gateway(
+        homeserver_url=f"http://127.0.0.1:{free_port()}",
+        user_id=user_id,
+        sessionmaker=sqlite_db.sessionmaker,
+        password=pw,
+        max_retries=2,
+    )
     with pytest.raises(HomeserverUnavailable):
         await down.login()
     assert await down.ping() is False
@@ -208,9 +219,13 @@ async def test_typed_errors(synapse, make_user, sqlite_db):
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def strict_synapse(tmp_path_factory):
     """A Synapse with strict message rate limits (the default ones are stricter still)."""
-    hs = EmbeddedHomeserver(tmp_path_factory.mktemp("strict"), server_name="strict.test",
-                            port=free_port(), for_tests=True,
-                            extra_config={"rc_message": {"per_second": 2, "burst_count": 3}})
+    hs = EmbeddedHomeserver(
+        tmp_path_factory.mktemp("strict"),
+        server_name="strict.test",
+        port=free_port(),
+        for_tests=True,
+        extra_config={"rc_message": {"per_second": 2, "burst_count": 3}},
+    )
     await hs.start()
     yield hs
     await hs.stop()

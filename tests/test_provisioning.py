@@ -70,8 +70,9 @@ async def test_layout_as_members_see_it(synapse, make_user, start_forum):
     # The membership bot joined every room; a second run changes nothing.
     mem = await outsider.request("GET", f"/_matrix/client/v3/rooms/{ids['lobby']}/joined_members")
     assert settings.membership_bot_id in mem["joined"]
-    again, _ = await provision(settings, service.ctx.moderation, service.db.sessionmaker,
-                               dry_run=True)
+    again, _ = await provision(
+        settings, service.ctx.moderation, service.db.sessionmaker, dry_run=True
+    )
     assert again.changes == []
     assert again.problems == []
 
@@ -86,9 +87,14 @@ async def test_config_changes_are_applied(synapse, make_user, start_forum):
     new_mod = await make_user("mod2")
     data["moderators"].append(new_mod.user_id)
     data["topics"][0]["name"]["fr"] = "Droits de l'enfant (renommé)"
-    data["topics"].append({"slug": "sante-ado", "alias": data["topics"][0]["alias"] + "-sante",
-                           "name": {"fr": "Santé des ados", "en": "Teen health"},
-                           "topic": {"fr": "Santé", "en": "Health"}})
+    data["topics"].append(
+        {
+            "slug": "sante-ado",
+            "alias": data["topics"][0]["alias"] + "-sante",
+            "name": {"fr": "Santé des ados", "en": "Teen health"},
+            "topic": {"fr": "Santé", "en": "Health"},
+        }
+    )
     removed = data["topics"].pop(1)
     changed = settings_from(data)
 
@@ -118,10 +124,14 @@ def test_plan_is_pure_and_complete(synapse):
     """With nothing on the homeserver, the plan creates every declared room, Space first."""
     settings = settings_from(forum_data(synapse, moderators=["@m:forum.test"]))
     empty = Observed(rooms={}, alias_targets={})
-    creates = [c for c in plan(settings, settings.moderation_bot_id, empty).changes
-               if c.action == "create_room"]
-    assert [c.room for c in creates] == [r.key for r in desired_layout(
-        settings, settings.moderation_bot_id)]
+    creates = [
+        c
+        for c in plan(settings, settings.moderation_bot_id, empty).changes
+        if c.action == "create_room"
+    ]
+    assert [c.room for c in creates] == [
+        r.key for r in desired_layout(settings, settings.moderation_bot_id)
+    ]
     assert creates[0].room == "space"
     assert creates[0].content["creation_content"] == {"type": "m.space"}
     topic = next(c for c in creates if c.room.startswith("topic:"))
@@ -155,16 +165,24 @@ async def test_cli_provision_json_then_nothing(synapse, tmp_path):
     await register_bots(synapse, settings)
     for role in ("membership", "moderation"):
         data["bots"][role]["password"] = "${FORUM_TEST_" + role.upper() + "_PW}"
-    env = dict(os.environ, FORUM_HOME=str(tmp_path / "home"),
-               FORUM_TEST_MEMBERSHIP_PW=settings.bots.membership.password.get_secret_value(),
-               FORUM_TEST_MODERATION_PW=settings.bots.moderation.password.get_secret_value())
+    env = dict(
+        os.environ,
+        FORUM_HOME=str(tmp_path / "home"),
+        FORUM_TEST_MEMBERSHIP_PW=settings.bots.membership.password.get_secret_value(),
+        FORUM_TEST_MODERATION_PW=settings.bots.moderation.password.get_secret_value(),
+    )
     config = tmp_path / "forum.toml"
     config.write_text(tomli_w.dumps(data), encoding="utf-8")
     (tmp_path / "charter").symlink_to(CONFIG_DIR / "charter")
 
     def forum(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "forum", "--config", str(config), *args],
-                              env=env, capture_output=True, text=True, timeout=180)
+        return subprocess.run(
+            [sys.executable, "-m", "forum", "--config", str(config), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
 
     dry = forum("provision", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
@@ -182,4 +200,3 @@ async def test_cli_provision_json_then_nothing(synapse, tmp_path):
     second = forum("provision")
     assert second.returncode == 0, second.stderr
     assert "Nothing to change" in second.stdout
-

@@ -24,8 +24,15 @@ pytestmark = pytest.mark.homeserver
 async def start_run(config: Path, home: Path) -> asyncio.subprocess.Process:
     env = dict(os.environ, FORUM_HOME=str(home))
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "forum", "--config", str(config), "run",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "forum",
+        "--config",
+        str(config),
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
 
 
@@ -77,15 +84,20 @@ async def test_forum_run_end_to_end(tmp_path):
                 page = await resp.text()
                 assert "Droits des enfants" in page and "Espace commun" in page
             moderator = next(a for a in facts["accounts"] if a["role"] == "moderator")
-            login = {"type": "m.login.password", "password": moderator["password"],
-                     "identifier": {"type": "m.id.user", "user": moderator["user_id"]}}
-            async with http.post(f"{facts['homeserver_url']}/_matrix/client/v3/login",
-                                 json=login) as resp:
+            login = {
+                "type": "m.login.password",
+                "password": moderator["password"],
+                "identifier": {"type": "m.id.user", "user": moderator["user_id"]},
+            }
+            async with http.post(
+                f"{facts['homeserver_url']}/_matrix/client/v3/login", json=login
+            ) as resp:
                 assert resp.status == 200
                 token = (await resp.json())["access_token"]
             headers = {"Authorization": f"Bearer {token}"}
-            async with http.get(f"{facts['homeserver_url']}/_matrix/client/v3/sync",
-                                headers=headers) as resp:
+            async with http.get(
+                f"{facts['homeserver_url']}/_matrix/client/v3/sync", headers=headers
+            ) as resp:
                 invites = (await resp.json())["rooms"].get("invite", {})
             assert len(invites) >= 11  # the moderator is invited to every forum room
     finally:
@@ -95,12 +107,61 @@ async def test_forum_run_end_to_end(tmp_path):
     assert "Stopped." in rest
     assert port_is_free("127.0.0.1", hs_port)  # the homeserver stopped with it
 
+    # An operator adds an account while the service is stopped (the homeserver is started
+    # for the command and stopped again).
+    env = dict(os.environ, FORUM_HOME=str(home))
+    added = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "forum",
+        "--config",
+        str(config),
+        "homeserver",
+        "register",
+        "yao",
+        "--password",
+        "mot-de-passe-yao",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out_reg, err_reg = await asyncio.wait_for(added.communicate(), 120)
+    assert added.returncode == 0, err_reg.decode()
+    assert "@yao:localhost" in out_reg.decode()
+    assert port_is_free("127.0.0.1", hs_port)
+
     # Running it again reuses the same state: same accounts and passwords, no new rooms.
     proc = await start_run(config, home)
     try:
         out2 = await read_until(proc, "Press Ctrl-C to stop")
         again = json.loads((home / "demo.json").read_text(encoding="utf-8"))
         assert again["accounts"] == facts["accounts"]
+        # The account added by the operator signs in; `forum provision` uses the running
+        # homeserver and finds nothing to change.
+        login = {
+            "type": "m.login.password",
+            "password": "mot-de-passe-yao",
+            "identifier": {"type": "m.id.user", "user": "@yao:localhost"},
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{again['homeserver_url']}/_matrix/client/v3/login", json=login) as resp,
+        ):
+            assert resp.status == 200
+        prov = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "forum",
+            "--config",
+            str(config),
+            "provision",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out_prov, err_prov = await asyncio.wait_for(prov.communicate(), 120)
+        assert prov.returncode == 0, err_prov.decode()
+        assert "Nothing to change" in out_prov.decode()
     finally:
         rest = await stop(proc)
     assert proc.returncode == 0, rest

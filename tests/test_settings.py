@@ -49,17 +49,26 @@ def test_default_config_is_the_first_network():
         (lambda d: d["digest"].update(schedule="every monday"), "digest.schedule", "cron"),
         (lambda d: d["digest"].update(timezone="Lome"), "digest.timezone", "IANA"),
         (lambda d: d["topics"][1].update(alias="Bad Alias"), "topics[1].alias", "pattern"),
-        (lambda d: d["topics"][2].update(slug="droits-enfants"), "slug used more than once",
-         "droits-enfants"),
+        (
+            lambda d: d["topics"][2].update(slug="droits-enfants"),
+            "slug used more than once",
+            "droits-enfants",
+        ),
         (lambda d: d["topics"][0]["name"].pop("fr"), "topics[0].name", "primary language"),
-        (lambda d: d["rooms"]["lobby"]["name"].update(de="Willkommen"), "rooms.lobby.name",
-         "not listed"),
+        (
+            lambda d: d["rooms"]["lobby"]["name"].update(de="Willkommen"),
+            "rooms.lobby.name",
+            "not listed",
+        ),
         (lambda d: d["power_levels"].update(invite=0), "power_levels", "consent gate"),
         (lambda d: d.update(moderators=["not a user!"]), "moderators[0]", "Matrix user id"),
         (lambda d: d.update(room_version="9"), "room_version", "'10'"),
         (lambda d: d["database"].update(url="sqlite:///x.db"), "database.url", "async"),
-        (lambda d: d["bots"]["membership"].update(localpart="moderation"), "bots",
-         "different localparts"),
+        (
+            lambda d: d["bots"]["membership"].update(localpart="moderation"),
+            "bots",
+            "different localparts",
+        ),
         (lambda d: d.update(topics=[]), "topics", "at least 1"),
     ],
 )
@@ -108,8 +117,9 @@ def test_syntax_error_and_missing_file(tmp_path):
 
 
 def test_check_config_command(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "forum", "check-config"], capture_output=True,
-                        text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "forum", "check-config"], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout
     data = copy.deepcopy(BASE)
@@ -117,8 +127,12 @@ def test_check_config_command(tmp_path):
     data["topics"][0]["slug"] = "Pas Bon"
     bad = tmp_path / "forum.toml"
     bad.write_text(tomli_w.dumps(data), encoding="utf-8")
-    res = subprocess.run([sys.executable, "-m", "forum", "check-config", str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "forum", "check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "web.port" in res.stderr and "topics[0].slug" in res.stderr
     assert "'Pas Bon'" in res.stderr
