@@ -198,6 +198,7 @@ class Service:
         self.plan: Plan | None = None
         self.result: ApplyResult | None = None
         self._gateways: list[Gateway] = []
+        self._sync_tasks: list[asyncio.Task[None]] = []
 
     @property
     def web_url(self) -> str:
@@ -259,7 +260,9 @@ class Service:
         self.tasks.start("outbox", ctx.outbox.run(), critical=True)
         for gw in self._gateways:
             await gw.load_token()
-            self.tasks.start(f"sync:{gw.user_id}", gw.run(), critical=True)
+            self._sync_tasks.append(
+                self.tasks.start(f"sync:{gw.user_id}", gw.run(), critical=True)
+            )
         app = create_app(
             settings,
             database_ping=self.db.ping,
@@ -273,6 +276,8 @@ class Service:
     async def stop(self) -> None:
         for gw in self._gateways:
             gw.stop()
+        if self._sync_tasks:  # let a batch being handled finish and store its token
+            await asyncio.wait(self._sync_tasks, timeout=15)
         await self.tasks.stop()
         if self.ctx:
             for hook in reversed(self.ctx.on_stop):

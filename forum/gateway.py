@@ -333,6 +333,11 @@ class Gateway:
 
     async def sync_once(self, timeout_ms: int | None = None) -> int:
         """One ``/sync``: dispatch new events, then persist the token. Returns events handled."""
+        since = self.next_batch
+        data = await self._poll(timeout_ms)
+        return await self._process(data, since)
+
+    async def _poll(self, timeout_ms: int | None = None) -> dict[str, Any]:
         query: dict[str, str | int] = {
             "filter": json.dumps(self.sync_filter(), separators=(",", ":")),
             "timeout": self._sync_timeout_ms if timeout_ms is None else timeout_ms,
@@ -341,7 +346,9 @@ class Gateway:
         if since:
             query["since"] = since
         wait = query["timeout"] / 1000 if isinstance(query["timeout"], int) else 30
-        data = await self.request("GET", "/sync", query=query, timeout=wait + self._request_timeout)
+        return await self.request("GET", "/sync", query=query, timeout=wait + self._request_timeout)
+
+    async def _process(self, data: dict[str, Any], since: str | None) -> int:
         batch = await self._collect(data, since)
         handled = await self._dispatch(batch)
         token = data.get("next_batch")
@@ -451,7 +458,21 @@ class Gateway:
         delay = 1.0
         while not self._stopping.is_set():
             try:
-                await self.sync_once()
+                # Only the long poll is interrupted by stop(); a batch that arrived is
+                # handled and its token stored before the loop ends.
+                since = self.next_batch
+                poll = asyncio.ensure_future(self._poll())
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                    if not poll.done():
+                        poll.cancel()
+                        await asyncio.gather(poll, return_exceptions=True)
+                if poll.cancelled():
+                    return
+                await self._process(poll.result(), since)
                 delay = 1.0
             except asyncio.CancelledError:
                 raise

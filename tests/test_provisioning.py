@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tomli_w
@@ -99,7 +98,8 @@ async def test_config_changes_are_applied(synapse, make_user, start_forum):
     changed = settings_from(data)
 
     the_plan, result = await provision(changed, gw, sm)
-    assert result is not None and not result.failed
+    assert result is not None
+    assert not result.failed
     actions = {(c.action, c.room, c.event_type) for c in the_plan.changes}
     assert ("create_room", "topic:sante-ado", None) in actions
     assert ("set_state", "topic:droits-enfants", "m.room.name") in actions
@@ -193,7 +193,8 @@ async def test_cli_provision_json_then_nothing(synapse, tmp_path):
     first = forum("provision", "--json")
     assert first.returncode == 0, first.stderr
     out = json.loads(first.stdout)
-    assert len(out["applied"]) == len(out["plan"]) > 11 and out["failed"] == []
+    assert len(out["applied"]) == len(out["plan"]) > 11
+    assert out["failed"] == []
     for secret in ("FORUM_TEST_MEMBERSHIP_PW", "FORUM_TEST_MODERATION_PW"):
         assert env[secret] not in first.stdout + first.stderr
 

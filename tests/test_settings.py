@@ -31,7 +31,8 @@ def test_default_config_is_the_first_network():
     assert len(s.topics) == 6
     assert {t.slug for t in s.topics} >= {"droits-enfants", "egalite-filles"}
     for t in s.topics:
-        assert set(t.name) == {"fr", "en"} and set(t.topic) == {"fr", "en"}
+        assert set(t.name) == {"fr", "en"}
+        assert set(t.topic) == {"fr", "en"}
     assert s.power_levels.invite > s.power_levels.members
     assert s.membership_bot_id == "@accueil:localhost"
     assert s.moderator_ids == ["@moderatrice:localhost"]
@@ -95,7 +96,8 @@ def test_secrets_come_from_the_environment_and_are_never_shown():
     with_env(data)
     s = parse_settings(data, env={"FORUM_MOD_PW": "hunter2-secret"})
     assert s.bots.moderation.password.get_secret_value() == "hunter2-secret"
-    assert "hunter2-secret" not in repr(s) and "hunter2-secret" not in str(s.bots)
+    assert "hunter2-secret" not in repr(s)
+    assert "hunter2-secret" not in str(s.bots)
     missing = problems_of(with_env)
     assert any("FORUM_MOD_PW" in p and "bots.moderation.password" in p for p in missing)
 
@@ -110,7 +112,8 @@ def test_syntax_error_and_missing_file(tmp_path):
     bad.write_text("[forum\nname = 1\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_settings(bad, env={})
-    assert "valid TOML" in str(err.value) and "line 1" in str(err.value)
+    assert "valid TOML" in str(err.value)
+    assert "line 1" in str(err.value)
     with pytest.raises(ConfigError) as err:
         load_settings(tmp_path / "absent.toml", env={})
     assert "readable file" in str(err.value)
@@ -134,5 +137,6 @@ def test_check_config_command(tmp_path):
         timeout=60,
     )
     assert res.returncode == 2
-    assert "web.port" in res.stderr and "topics[0].slug" in res.stderr
+    assert "web.port" in res.stderr
+    assert "topics[0].slug" in res.stderr
     assert "'Pas Bon'" in res.stderr
