@@ -15,6 +15,7 @@ import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,17 @@ from forum.i18n import I18n
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
 from forum.signals import Signals
-from forum.storage import Database, Executor, OutboxWorker
+from forum.storage import Database, Executor, OutboxWorker, ProcessedEvents, utcnow
 from forum.tasks import TaskSupervisor
 from forum.web import create_app, run_web
 
 log = logging.getLogger(__name__)
 
 WebExtension = Callable[[web.Application], None]
+
+#: Event ids handled are remembered this long (a replay from an older token is not
+#: expected: tokens are stored after every batch).
+PROCESSED_EVENTS_KEPT = timedelta(days=30)
 
 
 @dataclass
@@ -260,9 +265,8 @@ class Service:
         self.tasks.start("outbox", ctx.outbox.run(), critical=True)
         for gw in self._gateways:
             await gw.load_token()
-            self._sync_tasks.append(
-                self.tasks.start(f"sync:{gw.user_id}", gw.run(), critical=True)
-            )
+            self._sync_tasks.append(self.tasks.start(f"sync:{gw.user_id}", gw.run(), critical=True))
+        self.tasks.start("housekeeping", self._housekeeping())
         app = create_app(
             settings,
             database_ping=self.db.ping,
@@ -272,6 +276,16 @@ class Service:
         )
         self.runner, self.bound_port = await run_web(app, settings.web.host, self.web_port)
         return ctx
+
+    async def _housekeeping(self) -> None:
+        """Forget processed event ids older than the replay window, once an hour."""
+        assert self.db is not None
+        while True:
+            async with self.db.sessionmaker() as s, s.begin():
+                pruned = await ProcessedEvents(s).prune(utcnow() - PROCESSED_EVENTS_KEPT)
+            if pruned:
+                log.info("forgot %d processed event ids", pruned)
+            await asyncio.sleep(3600)
 
     async def stop(self) -> None:
         for gw in self._gateways:
