@@ -4,13 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean-state
+.PHONY: run test browser lint typecheck bench clean-state
 
 run: $(STAMP) ## start the whole service on the embedded homeserver
 	$(BIN)/forum run
 
-test: $(STAMP) ## run the whole test suite (real Synapse, SQLite and PostgreSQL)
+test: $(STAMP) browser ## run the whole test suite (real Synapse, SQLite and PostgreSQL)
 	$(BIN)/python -m pytest
+
+# Headless Chromium renders a digest page in the tests (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
+	  echo "chromium could not be installed: the browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check forum moderation bridge tests benchmarks

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from forum.errors import MatrixError
+from forum.events import Message
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver, load_or_create_secrets
 from forum.i18n import I18n
@@ -58,6 +59,10 @@ class ServiceContext:
     web_extensions: list[WebExtension] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     signals: Signals = field(default_factory=Signals)
+    dm_claims: list[Callable[[Message], Awaitable[bool]]] = field(default_factory=list)
+    """Features that ask people questions in the membership bot's DMs (the digest asks
+    whether a message may be quoted) claim the answers: the membership bot does not
+    answer a DM message that one of these says is for it."""
     outbox: OutboxWorker | None = None
 
     def room_id(self, key: str) -> str:
@@ -75,17 +80,25 @@ class ServiceContext:
         return [v for k, v in self.room_ids.items() if k not in {"management", "policy"}]
 
 
-Component = Callable[[ServiceContext], Awaitable[None]]
+Component = Callable[[ServiceContext], Awaitable[object]]
 
 
 def default_components() -> list[Component]:
     """The features wired into ``forum run``, in start order."""
-    return []
+    import bridge
+    import moderation.bot
+    from moderation import membership
+
+    return [membership.setup, moderation.bot.setup, bridge.setup]
 
 
 def feature_commands() -> list[Callable[[Any], None]]:
     """Functions adding the features' subcommands to the ``forum`` argument parser."""
-    return []
+    import bridge
+    import moderation.bot
+    from moderation import membership
+
+    return [membership.add_commands, moderation.bot.add_commands, bridge.add_commands]
 
 
 @dataclass(frozen=True)

@@ -421,12 +421,13 @@ def create_app(
     app.router.add_get("/", root, name="root")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/static/{name}", static, name="static")
-    languages = "|".join(re.escape(lang) for lang in i18n.languages)
-    app.router.add_get(f"/{{lang:(?:{languages})}}/", home, name="home")
     app.on_response_prepare.append(_security_headers)
-
+    # Extensions come first so that one may provide the home page (the digest does).
     for extend in extensions:
         extend(app)
+    if "home" not in app.router.named_resources():
+        languages = "|".join(re.escape(lang) for lang in i18n.languages)
+        app.router.add_get(f"/{{lang:(?:{languages})}}/", home, name="home")
     return app
 
 

@@ -34,6 +34,8 @@ def upgrade() -> None:
         sa.Column("thread_root", sa.Text(), nullable=True),
         sa.Column("edited", sa.Boolean(), nullable=False),
         sa.Column("basis", sa.String(16), nullable=False),
+        sa.Column("keywords", sa.Text(), nullable=False),
+        sa.Column("words", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("event_id", name="pk_digest_messages"),
     )
     op.create_index("ix_digest_messages_ts", "digest_messages", ["ts"])
@@ -75,6 +77,7 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Text(), nullable=False),
         sa.Column("dm_room_id", sa.Text(), nullable=True),
         sa.Column("ask_event_id", sa.Text(), nullable=True),
+        sa.Column("asked_at", TS, nullable=False),
         sa.Column("granted", sa.Boolean(), nullable=True),
         sa.Column("answered_at", TS, nullable=True),
         sa.PrimaryKeyConstraint("target", name="pk_digest_quote_permissions"),

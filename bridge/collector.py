@@ -1,0 +1,373 @@
+"""The collector and curation: handlers on the moderation bot (in every forum room) and,
+for the authors' answers, on the membership bot.
+
+Content is stored only for authors with publication consent at the time they wrote (or
+for one message its author allowed us to quote); everyone else counts as numbers only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bridge.digest import ANNOUNCEMENTS
+from bridge.sanitize import clean_html, strip_reply_fallback
+from bridge.store import DigestStore, is_newspaper
+from forum.consent import ConsentRecords
+from forum.errors import MatrixError, NotFound
+from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
+from forum.gateway import Gateway
+from forum.i18n import I18n
+from forum.settings import Settings
+from forum.storage import Outbox
+
+log = logging.getLogger(__name__)
+
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+ASK_KIND = "digest.ask_quote"
+YES = frozenset({"oui", "yes", "y", "o", "ok", "d'accord", "👍", "👍️", "ouais", "bien sûr"})
+NO = frozenset({"non", "no", "n", "👎", "👎️", "pas question"})
+
+
+def ts_of(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def answer_of(text: str) -> bool | None:
+    word = re.sub(r"[\s.!]+$", "", text.strip().lower())
+    if word in YES:
+        return True
+    if word in NO:
+        return False
+    return None
+
+
+class DigestCollector:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        moderation: Gateway,
+        membership: Gateway,
+        room_ids: dict[str, str],
+        i18n: I18n,
+        on_change: Callable[[], None],
+        notify_outbox: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.moderation = moderation
+        self.membership = membership
+        self.i18n = i18n
+        self.on_change = on_change
+        self.notify_outbox = notify_outbox
+        self.rooms: dict[str, str] = {room: slug for slug, room in _topic_rooms(room_ids).items()}
+        self.names: dict[tuple[str, str], str] = {}
+        self.command = f"{settings.bots.command_prefix}digest"
+        self.editors = {settings.user_id(u) for u in settings.digest.editors}
+        self._lock = asyncio.Lock()
+
+    def register(self) -> None:
+        self.moderation.on(Message, self.on_message)
+        self.moderation.on(Reaction, self.on_reaction)
+        self.moderation.on(Redaction, self.on_redaction)
+        self.moderation.on(Membership, self.on_membership)
+        self.membership.on(Message, self.on_dm_message)
+        self.membership.on(Reaction, self.on_dm_reaction)
+
+    def _ignored(self, user_id: str) -> bool:
+        return user_id in self.settings.ignored_user_ids
+
+    # --- collecting -------------------------------------------------------------------
+    async def display_name(self, room_id: str, user_id: str) -> str:
+        name = self.names.get((room_id, user_id))
+        if name is None:
+            try:
+                ev = await self.moderation.get_state_event(room_id, "m.room.member", user_id)
+            except MatrixError:
+                ev = None
+            name = (ev or {}).get("displayname") or user_id.split(":", 1)[0].lstrip("@")
+            self.names[(room_id, user_id)] = name
+        return name
+
+    async def on_membership(self, ev: Membership) -> None:
+        if ev.room_id not in self.rooms or self._ignored(ev.target):
+            return
+        if ev.display_name:
+            self.names[(ev.room_id, ev.target)] = ev.display_name
+        if ev.membership == "join" and ev.prev_membership != "join":
+            async with self.sessionmaker() as s, s.begin():
+                await DigestStore(s).add_activity(
+                    ev.event_id, ev.room_id, "join", ev.target, ts_of(ev.origin_server_ts)
+                )
+
+    async def on_message(self, ev: Message) -> None:
+        if ev.room_id not in self.rooms or self._ignored(ev.sender):
+            return
+        if ev.replaces:
+            await self._edit(ev)
+            return
+        body = ev.body.strip()
+        if ev.reply_to and strip_reply_fallback(body).startswith(self.command):
+            rest = strip_reply_fallback(body)[len(self.command) :]
+            if not rest or rest[0].isspace():
+                heading = rest.strip().splitlines()[0][:200] if rest.strip() else None
+                await self.curate(ev.room_id, ev.reply_to, heading, ev.event_id, ev.sender)
+                return
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            await store.add_activity(
+                ev.event_id, ev.room_id, "message", ev.sender, ts_of(ev.origin_server_ts)
+            )
+            stored = await self._store_if_consented(s, ev.room_id, ev.raw)
+        if stored:
+            self.on_change()
+
+    async def _store_if_consented(
+        self, s: AsyncSession, room_id: str, raw: dict[str, Any], basis: str | None = None
+    ) -> bool:
+        """Store a message event if its author consented when sending it (or ``basis``)."""
+        ev = parse_room_event(room_id, raw)
+        if not isinstance(ev, Message) or ev.replaces or not ev.body:
+            return False
+        ts = ts_of(ev.origin_server_ts)
+        if basis is None:
+            since = await ConsentRecords(s).granted_since(ev.sender)
+            if since is None or ts < since:
+                return False
+            basis = "consent"
+        await DigestStore(s).put_message(
+            event_id=ev.event_id,
+            room_id=room_id,
+            topic=self.rooms.get(room_id, ANNOUNCEMENTS),
+            sender=ev.sender,
+            display_name=await self.display_name(room_id, ev.sender),
+            body=strip_reply_fallback(ev.body),
+            html=clean_html(ev.formatted_body) if ev.formatted_body else None,
+            ts=ts,
+            reply_to=ev.reply_to,
+            thread_root=ev.thread_root,
+            edited=False,
+            basis=basis,
+        )
+        return True
+
+    async def _edit(self, ev: Message) -> None:
+        new = ev.new_content or {}
+        body = new.get("body") if isinstance(new.get("body"), str) else None
+        if body is None or ev.replaces is None:
+            return
+        fmt = new.get("formatted_body") if new.get("format") == "org.matrix.custom.html" else None
+        async with self.sessionmaker() as s, s.begin():
+            changed = await DigestStore(s).edit_message(
+                ev.replaces, ev.sender, body, clean_html(fmt) if isinstance(fmt, str) else None
+            )
+        if changed:
+            self.on_change()
+
+    async def on_reaction(self, ev: Reaction) -> None:
+        if ev.room_id not in self.rooms or self._ignored(ev.sender):
+            return
+        if is_newspaper(ev.key):
+            await self.curate(ev.room_id, ev.reacts_to, None, ev.event_id, ev.sender)
+        await self.count_reaction(ev)
+
+    async def count_reaction(self, ev: Reaction) -> None:
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            if await store.get_message(ev.reacts_to) is not None:
+                await store.add_reaction(ev.event_id, ev.reacts_to, ev.key)
+
+    async def on_redaction(self, ev: Redaction) -> None:
+        if ev.room_id not in self.rooms or not ev.redacts:
+            return
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            changed = await store.delete_message(ev.redacts)
+            changed |= await store.unmark_by_marker(ev.redacts)
+            await store.delete_reaction(ev.redacts)
+        if changed:
+            self.on_change()
+
+    async def erase(self, user_id: str, **_: Any) -> None:
+        """Withdrawal or leaving: delete every stored word of ``user_id``."""
+        async with self.sessionmaker() as s, s.begin():
+            n = await DigestStore(s).erase_user(user_id)
+        log.info("digest: erased %d stored message(s) of a person", n)
+        self.on_change()
+
+    # --- curation ---------------------------------------------------------------------
+    async def may_curate(self, room_id: str, user_id: str) -> bool:
+        if user_id in self.editors:
+            return True
+        try:
+            levels = await self.moderation.power_levels(room_id)
+        except MatrixError:
+            log.warning("digest: could not read power levels of %s", room_id)
+            return False
+        return levels.level(user_id) >= self.settings.power_levels.moderator
+
+    async def curate(
+        self, room_id: str, target: str, heading: str | None, marker: str, marked_by: str
+    ) -> None:
+        if not await self.may_curate(room_id, marked_by):
+            return
+        try:
+            raw = await self.moderation.get_event(room_id, target)
+        except MatrixError:
+            log.warning("digest: marked event %s cannot be read", target)
+            return
+        author = raw.get("sender")
+        if not isinstance(author, str) or raw.get("type") != "m.room.message":
+            return
+        ask = False
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            existing = await store.get_message(target)
+            permission = await store.permission(target)
+            if existing is not None or await self._store_if_consented(s, room_id, raw):
+                status = "ok"
+            elif permission is not None and permission.granted is True:
+                await self._store_if_consented(s, room_id, raw, basis="quote")
+                status = "ok"
+            elif permission is not None and permission.granted is False:
+                status = "refused"
+            else:
+                status, ask = "asking", permission is None
+            await store.mark(target, room_id, author, heading, marker, marked_by, status)
+            if ask:
+                # the question follows the mark: written in the same transaction, sent by
+                # the outbox worker (ids only: no words of a non-consenting author here)
+                await Outbox(s).add(
+                    ASK_KIND,
+                    {"room_id": room_id, "target": target, "author": author},
+                    dedupe_key=f"{ASK_KIND}:{target}",
+                )
+        if status == "ok":
+            self.on_change()
+        if ask:
+            self.notify_outbox()
+
+    async def ask_from_outbox(self, payload: dict[str, Any]) -> None:
+        """Outbox executor: ask the author once (idempotent)."""
+        room_id, target, author = payload["room_id"], payload["target"], payload["author"]
+        async with self.sessionmaker() as s:
+            store = DigestStore(s)
+            permission = await store.permission(target)
+            highlight = await store.highlight(target)
+        if permission is not None or highlight is None or highlight.status != "asking":
+            return  # already asked, answered, unmarked or redacted
+        try:
+            raw = await self.moderation.get_event(room_id, target)
+        except NotFound:
+            return
+        if raw.get("sender") != author:
+            return
+        await self.ask_author(room_id, target, author, raw)
+
+    async def dm_room(self, user_id: str) -> str:
+        direct = await self.membership.get_account_data("m.direct") or {}
+        joined = set(await self.membership.joined_rooms())
+        for room in direct.get(user_id) or []:
+            if isinstance(room, str) and room in joined:
+                members = await self.membership.members(room)
+                if members.get(user_id, {}).get("membership") in ("join", "invite"):
+                    return room
+        return await self.membership.create_dm(user_id)
+
+    def _texts(self, key: str, **kw: str) -> tuple[str, str]:
+        """The text in every forum language (plain, HTML) for someone whose language we
+        do not know."""
+        plain, rich = [], []
+        for lang in self.settings.forum.languages:
+            _ = self.i18n.gettext(lang)
+            t = _(key)
+            plain.append(t.format(**kw))
+            rich.append(html.escape(t).format(**{k: html.escape(v) for k, v in kw.items()}))
+        return "\n".join(plain), "<br>".join(rich)
+
+    async def ask_author(self, room_id: str, target: str, author: str, raw: dict[str, Any]) -> None:
+        content = raw.get("content") or {}
+        body = strip_reply_fallback(str(content.get("body", "")))[:1000]
+        room = await self.dm_room(author)
+        q_plain, q_html = self._texts(
+            "May we quote this message of yours in the forum's public weekly digest? "
+            "Answer yes or no (or react 👍 / 👎)."
+        )
+        quoted = "\n".join("> " + line for line in body.splitlines())
+        html_body = f"<blockquote>{html.escape(body)}</blockquote><p>{q_html}</p>"
+        ask_id = await self.membership.send_text(
+            room, f"{quoted}\n\n{q_plain}", html_body, notice=False, mentions=[author]
+        )
+        async with self.sessionmaker() as s, s.begin():
+            await DigestStore(s).ask(target, room_id, author, room, ask_id)
+
+    async def on_dm_message(self, ev: Message) -> None:
+        if ev.room_id in self.rooms or self._ignored(ev.sender):
+            return
+        answer = answer_of(strip_reply_fallback(ev.body))
+        if answer is None:
+            return
+        async with self.sessionmaker() as s:
+            q = await DigestStore(s).pending_question(ev.sender, ev.room_id)
+        if q is not None:
+            await self._answered(q.target, q.room_id, ev.sender, ev.room_id, answer)
+
+    async def claims_dm(self, ev: Message) -> bool:
+        """Is this DM message an answer to one of our quote questions?"""
+        if answer_of(strip_reply_fallback(ev.body)) is None:
+            return False
+        async with self.sessionmaker() as s:
+            return await DigestStore(s).pending_question(ev.sender, ev.room_id) is not None
+
+    async def on_dm_reaction(self, ev: Reaction) -> None:
+        if ev.room_id in self.rooms:
+            return
+        answer = answer_of(ev.key)
+        if answer is None:
+            return
+        async with self.sessionmaker() as s:
+            q = await DigestStore(s).question_by_ask_event(ev.reacts_to)
+        if q is not None and q.user_id == ev.sender and q.granted is None:
+            await self._answered(q.target, q.room_id, ev.sender, ev.room_id, answer)
+
+    async def _answered(
+        self, target: str, room_id: str, user_id: str, dm: str, answer: bool
+    ) -> None:
+        raw: dict[str, Any] | None = None
+        if answer:
+            try:
+                raw = await self.moderation.get_event(room_id, target)
+            except MatrixError:
+                raw = None
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            await store.answer(target, answer)
+            if answer and raw is not None and raw.get("sender") == user_id:
+                await self._store_if_consented(s, room_id, raw, basis="quote")
+                await store.set_highlight_status(target, "ok")
+            else:
+                await store.set_highlight_status(target, "refused")
+        key = (
+            "Thank you: this message will appear in the public digest."
+            if answer
+            else "Understood: this message will not be quoted."
+        )
+        plain, rich = self._texts(key)
+        await self.membership.send_text(dm, plain, rich)
+        self.on_change()
+
+
+def _topic_rooms(room_ids: dict[str, str]) -> dict[str, str]:
+    out = {k.removeprefix("topic:"): v for k, v in room_ids.items() if k.startswith("topic:")}
+    if "announcements" in room_ids:
+        out[ANNOUNCEMENTS] = room_ids["announcements"]
+    return out

@@ -1,0 +1,127 @@
+"""Tables of the digest (migration ``0005_digest``).
+
+Content tables hold only what consenting people wrote (or a message its author allowed
+us to quote); the activity tables hold numbers and opaque hashes, never content.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from forum.storage.models import Base, UTCDateTime
+
+
+class DigestMessage(Base):
+    """A stored message: sanitised HTML and plain body, latest edit wins."""
+
+    __tablename__ = "digest_messages"
+    __table_args__ = (
+        Index("ix_digest_messages_ts", "ts"),
+        Index("ix_digest_messages_sender", "sender"),
+    )
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    room_id: Mapped[str] = mapped_column(Text, nullable=False)
+    topic: Mapped[str] = mapped_column(String(80), nullable=False)
+    sender: Mapped[str] = mapped_column(Text, nullable=False)
+    display_name: Mapped[str] = mapped_column(Text, nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    html: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    reply_to: Mapped[str | None] = mapped_column(Text, nullable=True)
+    thread_root: Mapped[str | None] = mapped_column(Text, nullable=True)
+    edited: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    #: "consent" (publication consent) or "quote" (a per-message permission)
+    basis: Mapped[str] = mapped_column(String(16), nullable=False, default="consent")
+    #: the summariser's view of the body, computed once when stored or edited:
+    #: distinct non-stop words (space-separated) and the length in words
+    keywords: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    words: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class DigestReaction(Base):
+    """A reaction to a stored or highlighted message (for counts; no sender kept)."""
+
+    __tablename__ = "digest_reactions"
+    __table_args__ = (Index("ix_digest_reactions_target", "target"),)
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    target: Mapped[str] = mapped_column(Text, nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class DigestActivity(Base):
+    """One row per message or join of anyone: numbers only (sender as an opaque hash)."""
+
+    __tablename__ = "digest_activity"
+    __table_args__ = (Index("ix_digest_activity_ts", "ts"),)
+
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    room_id: Mapped[str] = mapped_column(Text, nullable=False)
+    kind: Mapped[str] = mapped_column(String(8), nullable=False)  # "message" | "join"
+    who: Mapped[str] = mapped_column(String(32), nullable=False)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class DigestHighlight(Base):
+    """A message marked for the digest by a moderator or an editor."""
+
+    __tablename__ = "digest_highlights"
+
+    target: Mapped[str] = mapped_column(Text, primary_key=True)
+    room_id: Mapped[str] = mapped_column(Text, nullable=False)
+    author: Mapped[str] = mapped_column(Text, nullable=False)
+    heading: Mapped[str | None] = mapped_column(Text, nullable=True)
+    marker_event_id: Mapped[str] = mapped_column(Text, nullable=False)
+    marked_by: Mapped[str] = mapped_column(Text, nullable=False)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: "ok" (may be shown), "asking" (waiting for the author), "refused"
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+
+
+class QuotePermission(Base):
+    """The author's answer for one message (a consent for this quote only)."""
+
+    __tablename__ = "digest_quote_permissions"
+
+    target: Mapped[str] = mapped_column(Text, primary_key=True)
+    room_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    dm_room_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ask_event_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: None while waiting, then True / False
+    granted: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class DigestWeek(Base):
+    """A published week (``2026-W48``); its pages are rendered from the store."""
+
+    __tablename__ = "digest_weeks"
+
+    week: Mapped[str] = mapped_column(String(10), primary_key=True)
+    built_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+
+class DigestState(Base):
+    """Small key/value facts (the last export directory)."""
+
+    __tablename__ = "digest_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+__all__ = [
+    "DigestActivity",
+    "DigestHighlight",
+    "DigestMessage",
+    "DigestReaction",
+    "DigestState",
+    "DigestWeek",
+    "QuotePermission",
+]

@@ -1,0 +1,222 @@
+"""Wiring the digest into the service: ``setup(ctx)`` registers the collector, the signal
+receivers, the web extension, the scheduler and the re-export task."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from bridge.collector import ASK_KIND, DigestCollector
+from bridge.digest import WeekDigest
+from bridge.site import DigestSite, export_site, summary_line, web_extension
+from bridge.store import DigestStore
+from bridge.weeks import previous_week
+from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
+from forum.gateway import Gateway
+from forum.signals import MEMBER_LEFT, PUBLICATION_WITHDRAWN
+
+if TYPE_CHECKING:
+    from forum.app import ServiceContext
+
+log = logging.getLogger(__name__)
+
+EXPORT_DEBOUNCE_SECONDS = 1.0
+EXPORT_STATE_KEY = "export_dir"
+
+
+class DigestService:
+    def __init__(self, ctx: ServiceContext, public_url: str | None) -> None:
+        self.ctx = ctx
+        self.site = DigestSite(
+            ctx.settings, ctx.db.sessionmaker, ctx.room_ids, public_url=public_url
+        )
+        self.collector = DigestCollector(
+            ctx.settings,
+            ctx.db.sessionmaker,
+            ctx.moderation,
+            ctx.membership,
+            ctx.room_ids,
+            self.site.i18n,
+            self.changed,
+            self._notify_outbox,
+        )
+        ctx.dm_claims.append(self.collector.claims_dm)
+        self._dirty = asyncio.Event()
+        self.exports = 0
+
+    def _notify_outbox(self) -> None:
+        if self.ctx.outbox is not None:
+            self.ctx.outbox.notify()
+
+    def changed(self) -> None:
+        self.site.changed()
+        self._dirty.set()
+
+    async def export_dirs(self) -> list[Path]:
+        dirs: list[Path] = []
+        if self.ctx.settings.digest.export_dir:
+            dirs.append(Path(self.ctx.settings.digest.export_dir))
+        async with self.ctx.db.sessionmaker() as s:
+            last = await DigestStore(s).get_state(EXPORT_STATE_KEY)
+        if last and Path(last) not in dirs:
+            dirs.append(Path(last))
+        return dirs
+
+    async def export_all(self) -> None:
+        for directory in await self.export_dirs():
+            await export_site(self.site, directory)
+        self.exports += 1
+
+    async def export_to(self, directory: Path) -> int:
+        """Export the site to ``directory`` and keep it up to date after every change."""
+        n = await export_site(self.site, directory)
+        async with self.ctx.db.sessionmaker() as s, s.begin():
+            await DigestStore(s).set_state(EXPORT_STATE_KEY, str(directory))
+        return n
+
+    async def export_loop(self) -> None:
+        """Re-export after every change (erasure, edit, curation), debounced."""
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(EXPORT_DEBOUNCE_SECONDS)
+            self._dirty.clear()
+            try:
+                await self.export_all()
+            except OSError:
+                log.exception("digest: re-export failed")
+
+    async def publish(self, week: str) -> WeekDigest:
+        async with self.ctx.db.sessionmaker() as s, s.begin():
+            await DigestStore(s).publish(week)
+        self.changed()
+        return await self.site.week(week)
+
+    async def scheduled_build(self, moment: datetime) -> WeekDigest:
+        week = previous_week(moment, self.ctx.settings.digest.timezone)
+        digest = await self.publish(week)
+        await self.export_all()
+        await self.announce(digest)
+        return digest
+
+    def week_url(self, lang: str, week: str) -> str:
+        base = self.site.public_url or self.ctx.settings.web.public_url
+        if not base:
+            web = self.ctx.settings.web
+            base = f"http://{web.host}:{web.port}"
+        return f"{base.rstrip('/')}/{lang}/week/{week}/"
+
+    async def announce(self, digest: WeekDigest) -> str:
+        room = self.ctx.room_ids["announcements"]
+        plain: list[str] = []
+        rich: list[str] = []
+        for lang in self.ctx.settings.forum.languages:
+            t = self.site.gettext(lang)
+            title = t("Digest of week {week}").format(week=digest.week)
+            line = summary_line(digest, t)
+            url = self.week_url(lang, digest.week)
+            plain.append(f"{title}: {line} {url}")
+            rich.append(
+                f'<p><a href="{html.escape(url)}">{html.escape(title)}</a>: {html.escape(line)}</p>'
+            )
+        return await self.ctx.moderation.send_text(room, "\n".join(plain), "".join(rich))
+
+    async def schedule_loop(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        digest = self.ctx.settings.digest
+        tz = ZoneInfo(digest.timezone)
+        while True:
+            base = now().astimezone(tz)
+            fire: datetime = croniter(digest.schedule, base).get_next(datetime)
+            await asyncio.sleep(max(0.0, (fire - now()).total_seconds()))
+            await self.scheduled_build(fire)
+
+
+async def backfill(
+    collector: DigestCollector,
+    gateway: Gateway,
+    rooms: list[str],
+    since: datetime,
+    *,
+    progress: bool = False,
+) -> int:
+    """Read each room's history back to ``since`` and feed it to the collector (without
+    curation: old marks do not send questions)."""
+    since_ms = int(since.timestamp() * 1000)
+    handled = 0
+    for i, room in enumerate(rooms, 1):
+        events: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = await gateway.messages(room, from_token=token, direction="b", limit=100)
+            chunk = [e for e in page.get("chunk") or [] if isinstance(e, dict)]
+            older = [e for e in chunk if int(e.get("origin_server_ts") or 0) >= since_ms]
+            events.extend(older)
+            token = page.get("end")
+            if progress:
+                sys.stderr.write(
+                    f"\rbackfill: room {i}/{len(rooms)} {_bar(i - 1, len(rooms))} "
+                    f"{len(events)} events"
+                )
+                sys.stderr.flush()
+            if not token or len(older) < len(chunk) or not chunk:
+                break
+        for raw in reversed(events):
+            ev = parse_room_event(room, raw)
+            if ev is None or ev.sender in collector.settings.ignored_user_ids:
+                continue
+            if isinstance(ev, Message):
+                await collector.on_message(ev)
+            elif isinstance(ev, Reaction):
+                await collector.count_reaction(ev)
+            elif isinstance(ev, Redaction):
+                await collector.on_redaction(ev)
+            elif isinstance(ev, Membership):
+                await collector.on_membership(ev)
+            handled += 1
+    if progress:
+        sys.stderr.write(f"\rbackfill: {_bar(len(rooms), len(rooms))} {handled} events\n")
+    return handled
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = width * done // max(total, 1)
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+async def setup(ctx: ServiceContext) -> DigestService:
+    """The digest component (``bridge.setup``)."""
+    service = DigestService(ctx, ctx.settings.web.public_url)
+    service.collector.register()
+    ctx.outbox_executors[ASK_KIND] = service.collector.ask_from_outbox
+    ctx.signals.connect(PUBLICATION_WITHDRAWN, service.collector.erase)
+    ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
+    ctx.web_extensions.append(web_extension(service.site))
+    ctx.tasks.start("digest:export", service.export_loop())
+    ctx.tasks.start("digest:schedule", service.schedule_loop())
+    if ctx.settings.digest.history_start:
+        ctx.tasks.start("digest:backfill", _first_backfill(ctx, service))
+    return service
+
+
+async def _first_backfill(ctx: ServiceContext, service: DigestService) -> None:
+    async with ctx.db.sessionmaker() as s:
+        done = await DigestStore(s).get_state("backfilled")
+    if done:
+        return
+    start = ctx.settings.digest.history_start
+    assert start is not None
+    since = datetime.fromisoformat(start).replace(tzinfo=ZoneInfo(ctx.settings.digest.timezone))
+    rooms = list(service.collector.rooms)
+    n = await backfill(service.collector, ctx.moderation, rooms, since)
+    async with ctx.db.sessionmaker() as s, s.begin():
+        await DigestStore(s).set_state("backfilled", datetime.now(UTC).isoformat())
+    log.info("digest: backfilled %d event(s)", n)
+    service.changed()

@@ -1,0 +1,402 @@
+"""The public digest: pages, Atom feed and JSON, served by the web app and exported as
+static files. Everything is rendered from the store on demand (cached per change
+generation), so an erasure reaches every output as soon as the store changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import jinja2
+from aiohttp import web
+from babel.support import NullTranslations
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bridge.digest import ANNOUNCEMENTS, TopicDigest, WeekDigest, build_week
+from bridge.store import DigestStore
+from bridge.weeks import WEEK_RE
+from forum.i18n import I18n
+from forum.matrix import matrix_to
+from forum.settings import Settings
+from forum.web.app import (
+    I18N_KEY,
+    RENDERER_KEY,
+    SETTINGS_KEY,
+    STATIC_DIR,
+    Renderer,
+    page_language,
+    render_page,
+)
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+LOCALE_DIR = HERE / "locale"
+JSON_CACHE_CONTROL = "public, max-age=300"
+MAX_HIGHLIGHTS = 12
+
+
+class Texts:
+    """The digest's texts in one language: ``t("...")`` and ``t.n(one, many, n)``."""
+
+    def __init__(self, translations: NullTranslations) -> None:
+        self._gettext = translations.gettext
+        self._ngettext = translations.ngettext
+
+    def __call__(self, message: str) -> str:
+        return self._gettext(message)
+
+    def n(self, singular: str, plural: str, n: int) -> str:
+        return self._ngettext(singular, plural, n).format(n=n)
+
+
+@dataclass(frozen=True)
+class LocalWeek:
+    """A :class:`WeekDigest` with its dates in the forum's time zone, for templates."""
+
+    digest: WeekDigest
+    tz: str
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.digest, name)
+
+    @property
+    def start_local(self) -> dt.date:
+        return self.digest.start.astimezone(ZoneInfo(self.tz)).date()
+
+    @property
+    def end_local(self) -> dt.date:
+        end = self.digest.end.astimezone(ZoneInfo(self.tz)) - dt.timedelta(seconds=1)
+        return end.date()
+
+
+class DigestSite:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        room_ids: dict[str, str],
+        *,
+        public_url: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.room_ids = room_ids
+        self.public_url = public_url
+        self.i18n = I18n(settings.forum.languages, locale_dir=LOCALE_DIR)
+        self.generation = 0
+        self._cache: dict[str, tuple[int, WeekDigest]] = {}
+        self._weeks: tuple[int, list[str]] | None = None
+        self._lock = asyncio.Lock()
+
+    # --- data -------------------------------------------------------------------------
+    def changed(self) -> None:
+        self.generation += 1
+
+    async def weeks(self) -> list[str]:
+        if self._weeks is None or self._weeks[0] != self.generation:
+            gen = self.generation
+            async with self.sessionmaker() as s:
+                self._weeks = (gen, await DigestStore(s).weeks())
+        return self._weeks[1]
+
+    async def week(self, week: str) -> WeekDigest:
+        cached = self._cache.get(week)
+        if cached and cached[0] == self.generation:
+            return cached[1]
+        async with self._lock:
+            cached = self._cache.get(week)
+            if cached and cached[0] == self.generation:
+                return cached[1]
+            gen = self.generation
+            async with self.sessionmaker() as s:
+                digest = await build_week(s, self.settings, self.room_ids, week)
+            for topic in digest.topics:
+                del topic.highlights[MAX_HIGHLIGHTS:]
+            self._cache = {k: v for k, v in self._cache.items() if v[0] == gen}
+            self._cache[week] = (gen, digest)
+            return digest
+
+    def topics(self, lang: str) -> list[dict[str, str]]:
+        out = []
+        for t in self.settings.topics:
+            room = self.room_ids.get(f"topic:{t.slug}")
+            alias = self.settings.alias_id(t.effective_alias)
+            out.append(
+                {
+                    "slug": t.slug,
+                    "name": self.settings.text(t.name, lang),
+                    "topic": self.settings.text(t.topic, lang),
+                    "url": matrix_to(alias) if room else "",
+                }
+            )
+        return out
+
+    def gettext(self, lang: str) -> Texts:
+        return Texts(self.i18n.translations(lang))
+
+    # --- page contexts ------------------------------------------------------------------
+    async def home_context(self, lang: str) -> dict[str, Any]:
+        weeks = await self.weeks()
+        latest = (
+            LocalWeek(await self.week(weeks[0]), self.settings.digest.timezone) if weeks else None
+        )
+        return {
+            "latest": latest,
+            "weeks": weeks,
+            "topics": self.topics(lang),
+            "t": self.gettext(lang),
+        }
+
+    async def week_context(self, lang: str, week: str) -> dict[str, Any] | None:
+        weeks = await self.weeks()
+        if week not in weeks:
+            return None
+        i = weeks.index(week)
+        return {
+            "digest": LocalWeek(await self.week(week), self.settings.digest.timezone),
+            "newer": weeks[i - 1] if i > 0 else None,
+            "older": weeks[i + 1] if i + 1 < len(weeks) else None,
+            "t": self.gettext(lang),
+        }
+
+    async def topic_context(self, lang: str, slug: str) -> dict[str, Any] | None:
+        spec = next((t for t in self.settings.topics if t.slug == slug), None)
+        if spec is None:
+            return None
+        entries: list[tuple[str, TopicDigest]] = []
+        for week in await self.weeks():
+            digest = await self.week(week)
+            topic = next((t for t in digest.topics if t.slug == slug), None)
+            if topic is not None:
+                entries.append((week, topic))
+        return {
+            "topic_name": self.settings.text(spec.name, lang),
+            "topic_description": self.settings.text(spec.topic, lang),
+            "entries": entries,
+            "t": self.gettext(lang),
+        }
+
+    async def feed_context(self, lang: str, base: str, renderer: Renderer) -> dict[str, Any]:
+        t = self.gettext(lang)
+        entries = []
+        for week in await self.weeks():
+            digest = await self.week(week)
+            html = renderer.render("digest_feed_entry.html", lang, digest=digest, t=t, root=base)
+            entries.append(
+                {
+                    "week": week,
+                    "updated": digest.end.isoformat(),
+                    "summary": summary_line(digest, t),
+                    "html": html,
+                }
+            )
+        updated = entries[0]["updated"] if entries else "2000-01-01T00:00:00+00:00"
+        urn = f"urn:forum-digest:{self.settings.server_name}:{lang}"
+        return {"entries": entries, "base": base, "updated": updated, "t": t, "urn": urn}
+
+    async def json_body(self) -> dict[str, Any]:
+        return {"weeks": [(await self.week(w)).to_json() for w in await self.weeks()]}
+
+
+SITE_KEY = web.AppKey("digest_site", DigestSite)
+
+
+def summary_line(digest: WeekDigest, t: Callable[[str], str]) -> str:
+    active = [x for x in digest.topics if not x.empty and x.slug != ANNOUNCEMENTS]
+    return t("{messages} messages in {topics} active topics, {highlights} highlights.").format(
+        messages=digest.messages,
+        topics=len(active),
+        highlights=sum(len(x.highlights) for x in digest.topics),
+    )
+
+
+# --- web routes ---------------------------------------------------------------------------
+
+
+def _base_url(request: web.Request, site: DigestSite) -> str:
+    if site.public_url:
+        return site.public_url.rstrip("/") + "/"
+    return f"{request.scheme}://{request.host}/"
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    lang = page_language(request)
+    site = request.app[SITE_KEY]
+    ctx = await site.home_context(lang)
+    return render_page(request, "digest_home.html", lang, root="/", **ctx)
+
+
+async def week_page(request: web.Request) -> web.StreamResponse:
+    lang = page_language(request)
+    week = request.match_info["week"]
+    ctx = await request.app[SITE_KEY].week_context(lang, week) if WEEK_RE.match(week) else None
+    if ctx is None:
+        raise web.HTTPNotFound()
+    return render_page(request, "digest_week.html", lang, root="/", **ctx)
+
+
+async def topic_page(request: web.Request) -> web.StreamResponse:
+    lang = page_language(request)
+    ctx = await request.app[SITE_KEY].topic_context(lang, request.match_info["slug"])
+    if ctx is None:
+        raise web.HTTPNotFound()
+    return render_page(request, "digest_topic.html", lang, root="/", **ctx)
+
+
+async def feed(request: web.Request) -> web.StreamResponse:
+    lang = page_language(request)
+    site = request.app[SITE_KEY]
+    settings = request.app[SETTINGS_KEY]
+    renderer = request.app[RENDERER_KEY]
+    ctx = await site.feed_context(lang, _base_url(request, site), renderer)
+    body = renderer.render(
+        "digest_feed.xml",
+        lang,
+        forum_name=settings.text(settings.forum.name, lang),
+        forum_description=settings.text(settings.forum.description, lang),
+        **ctx,
+    )
+    return web.Response(text=body, content_type="application/atom+xml", charset="utf-8")
+
+
+async def api_digests(request: web.Request) -> web.StreamResponse:
+    body = json.dumps(await request.app[SITE_KEY].json_body(), ensure_ascii=False).encode()
+    response = web.Response(
+        body=body,
+        content_type="application/json",
+        headers={"Cache-Control": JSON_CACHE_CONTROL},
+    )
+    response.etag = hashlib.sha256(body).hexdigest()[:32]
+    if request.if_none_match and any(e.value == response.etag.value for e in request.if_none_match):  # type: ignore[union-attr]
+        return web.Response(status=304, headers={"ETag": f'"{response.etag.value}"'})  # type: ignore[union-attr]
+    return response
+
+
+def web_extension(site: DigestSite) -> Callable[[web.Application], None]:
+    def extend(app: web.Application) -> None:
+        app[SITE_KEY] = site
+        app[RENDERER_KEY].add_loader(jinja2.FileSystemLoader(TEMPLATES))
+        languages = "|".join(re.escape(lang) for lang in app[I18N_KEY].languages)
+        lang = f"{{lang:(?:{languages})}}"
+        app.router.add_get(f"/{lang}/", home, name="home")  # the digest is the home page
+        app.router.add_get(f"/{lang}/week/{{week}}/", week_page, name="digest_week")
+        app.router.add_get(f"/{lang}/topic/{{slug}}/", topic_page, name="digest_topic")
+        app.router.add_get(f"/{lang}/feed.atom", feed, name="digest_feed")
+        app.router.add_get("/api/digests.json", api_digests, name="digest_json")
+
+    return extend
+
+
+# --- static export --------------------------------------------------------------------------
+
+_LINK = re.compile(r'(href|src)="/([^"]*)"')
+
+
+def relativize(html: str, depth: int) -> str:
+    """Make site-absolute links relative for a page ``depth`` directories deep."""
+    prefix = "../" * depth
+
+    def sub(m: re.Match[str]) -> str:
+        path = m.group(2)
+        if path.startswith("static/"):
+            path = path.split("?", 1)[0]
+        elif path == "" or path.endswith("/"):
+            path += "index.html"
+        return f'{m.group(1)}="{prefix}{path}"'
+
+    return _LINK.sub(sub, html)
+
+
+def _static_url(name: str) -> str:
+    return f"/static/{name}"
+
+
+async def export_site(site: DigestSite, directory: Path) -> int:
+    """Write the whole public site into ``directory`` (replaced atomically); return files."""
+    settings = site.settings
+    forum_i18n = I18n(settings.forum.languages)
+    renderer = Renderer(forum_i18n, _static_url)
+    renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
+    files: dict[str, bytes] = {}
+    base = site.public_url.rstrip("/") + "/" if site.public_url else "../"
+
+    def page(path: str, template: str, lang: str, context: dict[str, Any]) -> None:
+        rest = path.split("/", 1)[1] if "/" in path else ""
+        rest = rest.removesuffix("index.html")
+        links = [
+            {"lang": o, "name": forum_i18n.language_name(o), "url": f"/{o}/{rest}"}
+            for o in settings.forum.languages
+        ]
+        html = renderer.render(
+            template,
+            lang,
+            forum_name=settings.text(settings.forum.name, lang),
+            forum_description=settings.text(settings.forum.description, lang),
+            language_links=links,
+            root="/",
+            **context,
+        )
+        files[path] = relativize(html, path.count("/")).encode()
+
+    weeks = await site.weeks()
+    for lang in settings.forum.languages:
+        page(f"{lang}/index.html", "digest_home.html", lang, await site.home_context(lang))
+        for week in weeks:
+            ctx = await site.week_context(lang, week)
+            assert ctx is not None
+            page(f"{lang}/week/{week}/index.html", "digest_week.html", lang, ctx)
+        for topic in settings.topics:
+            tctx = await site.topic_context(lang, topic.slug)
+            assert tctx is not None
+            page(f"{lang}/topic/{topic.slug}/index.html", "digest_topic.html", lang, tctx)
+        fctx = await site.feed_context(lang, base, renderer)
+        files[f"{lang}/feed.atom"] = renderer.render(
+            "digest_feed.xml",
+            lang,
+            forum_name=settings.text(settings.forum.name, lang),
+            forum_description=settings.text(settings.forum.description, lang),
+            **fctx,
+        ).encode()
+    primary = settings.primary_language
+    files["index.html"] = (
+        relativize(files[f"{primary}/index.html"].decode(), 0)
+        .replace('href="../', 'href="')
+        .encode()
+    )
+    files["api/digests.json"] = json.dumps(await site.json_body(), ensure_ascii=False).encode()
+    for name in ("style.css", "favicon.svg"):
+        files[f"static/{name}"] = (STATIC_DIR / name).read_bytes()
+    await asyncio.to_thread(_write_tree, directory, files)
+    return len(files)
+
+
+def _write_tree(directory: Path, files: dict[str, bytes]) -> None:
+    directory = directory.resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    for rel, data in files.items():
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    tmp.chmod(0o755)
+    old = None
+    if directory.exists():
+        old = directory.parent / f".{directory.name}-old-{tmp.name}"
+        directory.rename(old)
+    tmp.rename(directory)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

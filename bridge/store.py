@@ -1,0 +1,417 @@
+"""The digest's repository (the caller owns the transaction)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.models import (
+    DigestActivity,
+    DigestHighlight,
+    DigestMessage,
+    DigestReaction,
+    DigestState,
+    DigestWeek,
+    QuotePermission,
+)
+from bridge.summarize import keywords
+from forum.storage.models import utcnow
+
+NEWSPAPER = "📰"
+
+
+def keyword_text(body: str) -> tuple[str, int]:
+    words, length = keywords(body)
+    return " ".join(sorted(words)), length
+
+
+def _keyword_values(body: str) -> dict[str, Any]:
+    text, length = keyword_text(body)
+    return {"keywords": text, "words": length}
+
+
+def is_newspaper(key: str) -> bool:
+    return key.replace("\ufe0f", "") == NEWSPAPER
+
+
+def _insert(session: AsyncSession, model: type) -> postgresql.Insert | sqlite.Insert:
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    event_id: str
+    room_id: str
+    topic: str
+    sender: str
+    display_name: str
+    body: str
+    html: str | None
+    ts: datetime
+    reply_to: str | None
+    thread_root: str | None
+    edited: bool
+    basis: str
+
+
+MESSAGE_COLUMNS = (
+    DigestMessage.event_id,
+    DigestMessage.room_id,
+    DigestMessage.topic,
+    DigestMessage.sender,
+    DigestMessage.display_name,
+    DigestMessage.body,
+    DigestMessage.html,
+    DigestMessage.ts,
+    DigestMessage.reply_to,
+    DigestMessage.thread_root,
+    DigestMessage.edited,
+    DigestMessage.basis,
+)
+
+
+@dataclass(frozen=True)
+class Highlight:
+    target: str
+    room_id: str
+    author: str
+    heading: str | None
+    marker_event_id: str
+    status: str
+
+
+class DigestStore:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    # --- state ---------------------------------------------------------------------
+    async def get_state(self, key: str) -> str | None:
+        row = await self.session.get(DigestState, key)
+        return row.value if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        stmt = _insert(self.session, DigestState).values(key=key, value=value)
+        await self.session.execute(
+            stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value})
+        )
+
+    async def who(self, user_id: str) -> str:
+        """An opaque, keyed hash of a user id (for counting distinct people only)."""
+        salt = await self.get_state("salt")
+        if salt is None:
+            salt = secrets.token_hex(16)
+            stmt = _insert(self.session, DigestState).values(key="salt", value=salt)
+            await self.session.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
+            salt = await self.get_state("salt") or salt
+        return hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    # --- activity (everyone, numbers only) --------------------------------------------
+    async def add_activity(
+        self, event_id: str, room_id: str, kind: str, user_id: str, ts: datetime
+    ) -> None:
+        who = await self.who(user_id)
+        stmt = _insert(self.session, DigestActivity).values(
+            event_id=event_id, room_id=room_id, kind=kind, who=who, ts=ts
+        )
+        await self.session.execute(stmt.on_conflict_do_nothing(index_elements=["event_id"]))
+
+    async def activity(self, start: datetime, end: datetime) -> dict[str, tuple[int, int, int]]:
+        """room -> (messages, distinct participants, joins) in [start, end)."""
+        window = (DigestActivity.ts >= start, DigestActivity.ts < end)
+        msgs = await self.session.execute(
+            select(
+                DigestActivity.room_id,
+                func.count(),
+                func.count(func.distinct(DigestActivity.who)),
+            )
+            .where(DigestActivity.kind == "message", *window)
+            .group_by(DigestActivity.room_id)
+        )
+        joins = await self.session.execute(
+            select(DigestActivity.room_id, func.count(func.distinct(DigestActivity.who)))
+            .where(DigestActivity.kind == "join", *window)
+            .group_by(DigestActivity.room_id)
+        )
+        out: dict[str, tuple[int, int, int]] = {}
+        for room, n, people in msgs:
+            out[room] = (int(n), int(people), 0)
+        for room, n in joins:
+            m, p, _ = out.get(room, (0, 0, 0))
+            out[room] = (m, p, int(n))
+        return out
+
+    # --- messages ------------------------------------------------------------------
+    async def put_message(self, **values: Any) -> None:
+        if "keywords" not in values:
+            values["keywords"], values["words"] = keyword_text(str(values["body"]))
+        stmt = _insert(self.session, DigestMessage).values(**values)
+        await self.session.execute(stmt.on_conflict_do_nothing(index_elements=["event_id"]))
+
+    async def get_message(self, event_id: str) -> StoredMessage | None:
+        row = (
+            await self.session.execute(
+                select(*MESSAGE_COLUMNS).where(DigestMessage.event_id == event_id)
+            )
+        ).first()
+        return StoredMessage(*row) if row else None
+
+    async def edit_message(self, event_id: str, sender: str, body: str, html: str | None) -> bool:
+        """Replace the content (the old text is not kept). Only the author may edit."""
+        result = await self.session.execute(
+            update(DigestMessage)
+            .where(DigestMessage.event_id == event_id, DigestMessage.sender == sender)
+            .values(body=body, html=html, edited=True, **_keyword_values(body))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def delete_message(self, event_id: str) -> bool:
+        result = await self.session.execute(
+            delete(DigestMessage).where(DigestMessage.event_id == event_id)
+        )
+        await self.session.execute(delete(DigestReaction).where(DigestReaction.target == event_id))
+        await self.session.execute(
+            delete(DigestHighlight).where(DigestHighlight.target == event_id)
+        )
+        await self.session.execute(
+            delete(QuotePermission).where(QuotePermission.target == event_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def erase_user(self, user_id: str) -> int:
+        """Delete everything stored of ``user_id``'s words; the counts stay."""
+        ids = list(
+            await self.session.scalars(
+                select(DigestMessage.event_id).where(DigestMessage.sender == user_id)
+            )
+        )
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            await self.session.execute(
+                delete(DigestReaction).where(DigestReaction.target.in_(chunk))
+            )
+        await self.session.execute(delete(DigestMessage).where(DigestMessage.sender == user_id))
+        await self.session.execute(delete(DigestHighlight).where(DigestHighlight.author == user_id))
+        await self.session.execute(
+            delete(QuotePermission).where(QuotePermission.user_id == user_id)
+        )
+        return len(ids)
+
+    async def stream_messages(
+        self, start: datetime, end: datetime, *, basis: str | None = None
+    ) -> AsyncIterator[StoredMessage]:
+        stmt = select(*MESSAGE_COLUMNS).where(DigestMessage.ts >= start, DigestMessage.ts < end)
+        if basis:
+            stmt = stmt.where(DigestMessage.basis == basis)
+        result = await self.session.stream(stmt.execution_options(yield_per=5000))
+        async for rows in result.partitions():
+            for row in rows:
+                yield StoredMessage(*row)
+
+    async def stream_topic_keywords(
+        self, start: datetime, end: datetime, basis: str = "consent"
+    ) -> AsyncIterator[tuple[str, str]]:
+        stmt = select(DigestMessage.topic, DigestMessage.keywords).where(
+            DigestMessage.ts >= start, DigestMessage.ts < end, DigestMessage.basis == basis
+        )
+        result = await self.session.stream(stmt.execution_options(yield_per=5000))
+        async for rows in result.partitions():
+            for row in rows:
+                yield row  # type: ignore[misc]
+
+    async def stream_keywords(
+        self, start: datetime, end: datetime, basis: str = "consent"
+    ) -> AsyncIterator[tuple[str, str, str, str, str, int]]:
+        """(event_id, room_id, topic, display_name, keywords, words): the light rows a
+        week's build reads once, in large partitions (its floor)."""
+        stmt = select(
+            DigestMessage.event_id,
+            DigestMessage.room_id,
+            DigestMessage.topic,
+            DigestMessage.display_name,
+            DigestMessage.keywords,
+            DigestMessage.words,
+        ).where(DigestMessage.ts >= start, DigestMessage.ts < end, DigestMessage.basis == basis)
+        result = await self.session.stream(stmt.execution_options(yield_per=5000))
+        async for rows in result.partitions():
+            for row in rows:
+                yield row  # type: ignore[misc]
+
+    async def bodies(self, ids: Iterable[str]) -> dict[str, str]:
+        ids = list(ids)
+        out: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            rows = await self.session.execute(
+                select(DigestMessage.event_id, DigestMessage.body).where(
+                    DigestMessage.event_id.in_(ids[i : i + 500])
+                )
+            )
+            out.update({e: b for e, b in rows})
+        return out
+
+    async def messages(self, ids: Iterable[str]) -> dict[str, StoredMessage]:
+        ids = list(ids)
+        out: dict[str, StoredMessage] = {}
+        for i in range(0, len(ids), 500):
+            rows = await self.session.execute(
+                select(*MESSAGE_COLUMNS).where(DigestMessage.event_id.in_(ids[i : i + 500]))
+            )
+            out.update({r[0]: StoredMessage(*r) for r in rows})
+        return out
+
+    # --- reactions -------------------------------------------------------------------
+    async def add_reaction(self, event_id: str, target: str, key: str) -> None:
+        stmt = _insert(self.session, DigestReaction).values(
+            event_id=event_id, target=target, key=key
+        )
+        await self.session.execute(stmt.on_conflict_do_nothing(index_elements=["event_id"]))
+
+    async def delete_reaction(self, event_id: str) -> bool:
+        result = await self.session.execute(
+            delete(DigestReaction).where(DigestReaction.event_id == event_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def reaction_counts(self, start: datetime, end: datetime) -> dict[str, int]:
+        rows = await self.session.execute(
+            select(DigestReaction.target, func.count())
+            .join(DigestMessage, DigestMessage.event_id == DigestReaction.target)
+            .where(DigestMessage.ts >= start, DigestMessage.ts < end)
+            .group_by(DigestReaction.target)
+        )
+        return {t: int(n) for t, n in rows}
+
+    # --- highlights ------------------------------------------------------------------
+    async def mark(
+        self,
+        target: str,
+        room_id: str,
+        author: str,
+        heading: str | None,
+        marker_event_id: str,
+        marked_by: str,
+        status: str,
+    ) -> None:
+        values = {
+            "room_id": room_id,
+            "author": author,
+            "heading": heading,
+            "marker_event_id": marker_event_id,
+            "marked_by": marked_by,
+            "ts": utcnow(),
+            "status": status,
+        }
+        stmt = _insert(self.session, DigestHighlight).values(target=target, **values)
+        await self.session.execute(
+            stmt.on_conflict_do_update(index_elements=["target"], set_=values)
+        )
+
+    async def highlight(self, target: str) -> Highlight | None:
+        row = await self.session.get(DigestHighlight, target)
+        return _hl(row) if row else None
+
+    async def unmark_by_marker(self, marker_event_id: str) -> bool:
+        result = await self.session.execute(
+            delete(DigestHighlight).where(DigestHighlight.marker_event_id == marker_event_id)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def set_highlight_status(self, target: str, status: str) -> None:
+        await self.session.execute(
+            update(DigestHighlight).where(DigestHighlight.target == target).values(status=status)
+        )
+
+    async def highlights(self, targets: Iterable[str] | None = None) -> list[Highlight]:
+        stmt = select(DigestHighlight).where(DigestHighlight.status == "ok")
+        rows = await self.session.scalars(stmt)
+        wanted = None if targets is None else set(targets)
+        return [_hl(r) for r in rows if wanted is None or r.target in wanted]
+
+    async def highlights_between(self, start: datetime, end: datetime) -> list[Highlight]:
+        rows = await self.session.scalars(
+            select(DigestHighlight)
+            .join(DigestMessage, DigestMessage.event_id == DigestHighlight.target)
+            .where(
+                DigestHighlight.status == "ok", DigestMessage.ts >= start, DigestMessage.ts < end
+            )
+        )
+        return [_hl(r) for r in rows]
+
+    # --- per-message permissions ------------------------------------------------------
+    async def ask(
+        self, target: str, room_id: str, user_id: str, dm_room_id: str, ask_event_id: str
+    ) -> None:
+        values = {
+            "room_id": room_id,
+            "user_id": user_id,
+            "dm_room_id": dm_room_id,
+            "ask_event_id": ask_event_id,
+            "asked_at": utcnow(),
+            "granted": None,
+            "answered_at": None,
+        }
+        stmt = _insert(self.session, QuotePermission).values(target=target, **values)
+        await self.session.execute(
+            stmt.on_conflict_do_update(index_elements=["target"], set_=values)
+        )
+
+    async def permission(self, target: str) -> QuotePermission | None:
+        return await self.session.get(QuotePermission, target)
+
+    async def pending_question(self, user_id: str, dm_room_id: str) -> QuotePermission | None:
+        """The oldest unanswered question to ``user_id`` in that DM."""
+        return (
+            await self.session.scalars(
+                select(QuotePermission)
+                .where(
+                    QuotePermission.user_id == user_id,
+                    QuotePermission.dm_room_id == dm_room_id,
+                    QuotePermission.granted.is_(None),
+                )
+                .order_by(QuotePermission.asked_at)
+                .limit(1)
+            )
+        ).first()
+
+    async def question_by_ask_event(self, ask_event_id: str) -> QuotePermission | None:
+        return (
+            await self.session.scalars(
+                select(QuotePermission).where(QuotePermission.ask_event_id == ask_event_id)
+            )
+        ).first()
+
+    async def answer(self, target: str, granted: bool) -> None:
+        await self.session.execute(
+            update(QuotePermission)
+            .where(QuotePermission.target == target)
+            .values(granted=granted, answered_at=utcnow())
+        )
+
+    # --- published weeks --------------------------------------------------------------
+    async def publish(self, week: str) -> None:
+        now = utcnow()
+        stmt = _insert(self.session, DigestWeek).values(week=week, built_at=now)
+        await self.session.execute(
+            stmt.on_conflict_do_update(index_elements=["week"], set_={"built_at": now})
+        )
+
+    async def weeks(self) -> list[str]:
+        return list(
+            await self.session.scalars(select(DigestWeek.week).order_by(DigestWeek.week.desc()))
+        )
+
+
+def _hl(row: DigestHighlight) -> Highlight:
+    return Highlight(
+        row.target, row.room_id, row.author, row.heading, row.marker_event_id, row.status
+    )

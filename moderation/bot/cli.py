@@ -1,0 +1,45 @@
+"""``forum moderation log [--user USER] [--json]``: the audit log for operators."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from forum.settings import database_url, forum_home, load_settings
+from forum.storage import Database
+
+from .store import Audit
+
+
+async def cmd_log(args: argparse.Namespace) -> int:
+    settings = load_settings(getattr(args, "config", None))
+    db = await Database.open(database_url(settings, forum_home()))
+    try:
+        async with db.sessionmaker() as s:
+            entries = await Audit(s).entries(args.user, limit=args.limit)
+    finally:
+        await db.close()
+    if args.json:
+        print(json.dumps([e.as_json() for e in entries], ensure_ascii=False, indent=2))
+        return 0
+    for e in entries:
+        dry = " [dry run]" if e.dry_run else ""
+        reason = f" — {e.reason}" if e.reason else ""
+        print(
+            f"{e.created_at:%Y-%m-%d %H:%M:%S} {e.action}{dry} {e.target} by {e.actor} "
+            f"({e.source}, {len(e.rooms)} room(s)){reason}"
+        )
+    if not entries:
+        print("no moderation action recorded")
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    mod = subparsers.add_parser("moderation", help="the moderation bot")
+    sub = mod.add_subparsers(dest="moderation_command", required=True)
+    p = sub.add_parser("log", help="show the moderation audit log")
+    p.add_argument("--user", help="only actions about (or by) this user id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many entries")
+    p.set_defaults(func=cmd_log)

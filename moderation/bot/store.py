@@ -1,0 +1,232 @@
+"""Repositories of the moderation bot. The caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from forum.storage.models import utcnow
+from forum.storage.repositories import _insert
+
+from .models import AuditEntry, Case, DirectRoom, FirstJoin, KeyValue, Mute, PolicyBan, Strike
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    created_at: datetime
+    actor: str
+    action: str
+    target: str
+    rooms: list[str]
+    reason: str | None
+    event_id: str | None
+    source: str
+    dry_run: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "when": self.created_at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "rooms": self.rooms,
+            "reason": self.reason,
+            "event_id": self.event_id,
+            "source": self.source,
+            "dry_run": self.dry_run,
+        }
+
+
+class Audit:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(
+        self,
+        *,
+        actor: str,
+        action: str,
+        target: str,
+        rooms: Sequence[str] = (),
+        reason: str | None = None,
+        event_id: str | None = None,
+        source: str = "command",
+        dry_run: bool = False,
+    ) -> int:
+        row = AuditEntry(
+            actor=actor,
+            action=action,
+            target=target,
+            rooms={"rooms": list(rooms)},
+            reason=reason,
+            event_id=event_id,
+            source=source,
+            dry_run=dry_run,
+            created_at=utcnow(),
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row.id
+
+    async def entries(self, user: str | None = None, limit: int = 1000) -> list[AuditRecord]:
+        stmt = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if user:
+            stmt = stmt.where(or_(AuditEntry.target == user, AuditEntry.actor == user))
+        rows = (await self.session.scalars(stmt)).all()
+        return [
+            AuditRecord(
+                r.id,
+                r.created_at,
+                r.actor,
+                r.action,
+                r.target,
+                list((r.rooms or {}).get("rooms", [])),
+                r.reason,
+                r.event_id,
+                r.source,
+                r.dry_run,
+            )
+            for r in reversed(rows)
+        ]
+
+
+class Mutes:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def set(
+        self, user_id: str, until: datetime | None, reason: str | None, actor: str
+    ) -> None:
+        values = {"until": until, "reason": reason, "actor": actor, "created_at": utcnow()}
+        stmt = _insert(self.session, Mute).values(user_id=user_id, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=[Mute.user_id], set_=values)
+        await self.session.execute(stmt)
+
+    async def remove(self, user_id: str) -> bool:
+        res = await self.session.execute(delete(Mute).where(Mute.user_id == user_id))
+        return bool(getattr(res, "rowcount", 0))
+
+    async def all(self) -> list[Mute]:
+        return list((await self.session.scalars(select(Mute))).all())
+
+    async def get(self, user_id: str) -> Mute | None:
+        return await self.session.get(Mute, user_id)
+
+
+class Strikes:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: str) -> Strike | None:
+        return await self.session.get(Strike, user_id)
+
+    async def set(self, user_id: str, step: int, when: datetime) -> None:
+        stmt = _insert(self.session, Strike).values(user_id=user_id, step=step, last_at=when)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[Strike.user_id], set_={"step": step, "last_at": when}
+        )
+        await self.session.execute(stmt)
+
+
+class DirectRooms:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: str) -> str | None:
+        row = await self.session.get(DirectRoom, user_id)
+        return row.room_id if row else None
+
+    async def set(self, user_id: str, room_id: str) -> None:
+        stmt = _insert(self.session, DirectRoom).values(user_id=user_id, room_id=room_id)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[DirectRoom.user_id], set_={"room_id": room_id}
+        )
+        await self.session.execute(stmt)
+
+    async def user_of(self, room_id: str) -> str | None:
+        stmt = select(DirectRoom.user_id).where(DirectRoom.room_id == room_id)
+        user: str | None = await self.session.scalar(stmt)
+        return user
+
+
+class Cases:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def open(self, **fields: Any) -> Case | None:
+        """A new case, or ``None`` when ``external_id`` was seen already (replays)."""
+        stmt = (
+            _insert(self.session, Case)
+            .values(status="open", created_at=utcnow(), **fields)
+            .on_conflict_do_nothing(index_elements=[Case.external_id])
+            .returning(Case.id)
+        )
+        new_id: int | None = await self.session.scalar(stmt)
+        return None if new_id is None else await self.session.get(Case, new_id)
+
+    async def get(self, case_id: int) -> Case | None:
+        return await self.session.get(Case, case_id)
+
+    async def by_card(self, event_id: str) -> Case | None:
+        case: Case | None = await self.session.scalar(
+            select(Case).where(Case.card_event_id == event_id)
+        )
+        return case
+
+
+class State:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        row = await self.session.get(KeyValue, key)
+        return dict(row.value) if row else None
+
+    async def set(self, key: str, value: dict[str, Any]) -> None:
+        stmt = _insert(self.session, KeyValue).values(key=key, value=value)
+        stmt = stmt.on_conflict_do_update(index_elements=[KeyValue.key], set_={"value": value})
+        await self.session.execute(stmt)
+
+    async def delete(self, key: str) -> None:
+        await self.session.execute(delete(KeyValue).where(KeyValue.key == key))
+
+
+class FirstJoins:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def record(self, user_id: str, when: datetime) -> None:
+        stmt = _insert(self.session, FirstJoin).values(user_id=user_id, joined_at=when)
+        await self.session.execute(stmt.on_conflict_do_nothing(index_elements=[FirstJoin.user_id]))
+
+    async def get(self, user_id: str) -> datetime | None:
+        row = await self.session.get(FirstJoin, user_id)
+        return row.joined_at if row else None
+
+
+class PolicyBans:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, rule_key: str, user_id: str) -> None:
+        stmt = _insert(self.session, PolicyBan).values(rule_key=rule_key, user_id=user_id)
+        await self.session.execute(stmt.on_conflict_do_nothing())
+
+    async def pop(self, rule_key: str) -> list[str]:
+        stmt = select(PolicyBan.user_id).where(PolicyBan.rule_key == rule_key)
+        users = list((await self.session.scalars(stmt)).all())
+        await self.session.execute(delete(PolicyBan).where(PolicyBan.rule_key == rule_key))
+        return users
+
+    async def other_rules_of(self, user_id: str, rule_key: str) -> list[str]:
+        stmt = select(PolicyBan.rule_key).where(
+            PolicyBan.user_id == user_id, PolicyBan.rule_key != rule_key
+        )
+        return list((await self.session.scalars(stmt)).all())

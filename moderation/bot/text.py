@@ -1,0 +1,111 @@
+"""Pure text helpers: display-name normalisation, accent-insensitive word matching, globs,
+durations, mentions and links. No I/O."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from collections.abc import Iterable
+from datetime import timedelta
+from fnmatch import fnmatchcase
+
+_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+# Common look-alikes that NFKC keeps apart (Cyrillic and Greek letters shaped like Latin).
+_CONFUSABLES = str.maketrans(
+    {
+        "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i",
+        "ј": "j", "ѕ": "s", "һ": "h", "ԁ": "d", "ɡ": "g", "ν": "v", "ο": "o", "α": "a",
+        "ι": "i", "κ": "k", "τ": "t", "ρ": "p", "Ι": "i", "Ο": "o", "ℓ": "l", "ı": "i",
+        "0": "o", "1": "l",
+    }
+)  # fmt: skip
+
+URL_RE = re.compile(
+    r"(?i)\b(?:https?://|www\.)\S+|\b[a-z0-9-]+\.(?:com|net|org|io|xyz|ru|top|info|link|click|ly)\b(?:/\S*)?"
+)
+USER_ID_RE = re.compile(r"@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(?::\d{1,5})?")
+
+
+def strip_controls(text: str) -> str:
+    """Without format characters (bidi overrides, zero-width joiners, BOM...)."""
+    return "".join(ch for ch in text if unicodedata.category(ch) not in {"Cf", "Cc", "Co"})
+
+
+def normalize_name(name: str) -> str:
+    """NFKC, controls stripped, case-folded, whitespace collapsed."""
+    clean = strip_controls(unicodedata.normalize("NFKC", name))
+    return " ".join(clean.casefold().split())
+
+
+def skeleton(name: str) -> str:
+    """A coarse shape of a name, so that look-alikes compare equal."""
+    return fold(normalize_name(name)).translate(_CONFUSABLES)
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive form (NFKD without combining marks, case-folded)."""
+    decomposed = unicodedata.normalize("NFKD", strip_controls(text))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``words`` as whole words in :func:`fold` ed text."""
+    parts = [re.escape(fold(w).strip()) for w in words if w.strip()]
+    if not parts:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")(?!\w)")
+
+
+def parse_duration(token: str) -> timedelta | None:
+    m = _DURATION.match(token.strip().lower())
+    if not m:
+        return None
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def format_duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def is_glob(entity: str) -> bool:
+    return "*" in entity or "?" in entity
+
+
+def glob_match(pattern: str, value: str) -> bool:
+    return fnmatchcase(value, pattern)
+
+
+def mention_count(content: dict[str, object], body: str) -> int:
+    """People a message mentions: ``m.mentions`` or user ids / matrix.to links in the text."""
+    found: set[str] = set()
+    mentions = content.get("m.mentions")
+    if isinstance(mentions, dict):
+        ids = mentions.get("user_ids")
+        if isinstance(ids, list):
+            found.update(u for u in ids if isinstance(u, str))
+    found.update(USER_ID_RE.findall(body))
+    formatted = content.get("formatted_body")
+    if isinstance(formatted, str):
+        found.update(re.findall(r"matrix\.to/#/(@[^\"'>?/]+)", html.unescape(formatted)))
+    return len(found)
+
+
+def has_link(body: str, formatted: str | None) -> bool:
+    return bool(URL_RE.search(body) or (formatted and "<a " in formatted.lower()))
+
+
+def quote_html(text: str, limit: int = 500) -> str:
+    short = text if len(text) <= limit else text[:limit] + "…"
+    return "<blockquote>" + html.escape(short).replace("\n", "<br/>") + "</blockquote>"
+
+
+def quote_plain(text: str, limit: int = 500) -> str:
+    short = text if len(text) <= limit else text[:limit] + "…"
+    return "\n".join("> " + line for line in short.splitlines() or [""])

@@ -1,0 +1,88 @@
+"""Every text the membership bot sends, in English (the msgids of its catalogs in
+``locale/<lang>/LC_MESSAGES/forum.po``). Placeholders use ``str.format``."""
+
+from __future__ import annotations
+
+CHARTER_INTRO = (
+    "Welcome to {forum}! Here is our charter (version {version}). To accept it, reply"
+    ' "I accept" (or "yes"), or react with ✅ to this message.'
+)
+PUBLICATION_QUESTION = (
+    "Thank you, your acceptance of the charter is recorded. One more question: each "
+    "week a public digest of the discussions is published on the web. May your "
+    'messages be quoted in it? Reply "yes" or "no" (or react 👍 / 👎 to this message). '
+    "You can change this at any time with {prefix}publication yes|no."
+)
+WELCOME = (
+    "You are invited to {forum} and its rooms: accept the invitations to join. Type "
+    "{prefix}help to see what you can do here."
+)
+CARD = (
+    "Membership request from {user}: the charter is accepted. Approve with "
+    "{prefix}approve {user} or deny with {prefix}deny {user} reason, or react ✅ / ❌ "
+    "to this message."
+)
+ASK_LANGUAGE = (
+    "Which language would you like to use? Reply with the name of your language: {choices}."
+)
+PUBLICATION_YES = "Noted: your messages may be quoted in the public digest."
+PUBLICATION_NO = "Noted: your messages will not be quoted in the public digest."
+COMMANDS = "Commands:"
+STATUS_CHARTER = "Charter: version {version} accepted."
+STATUS_NO_CHARTER = "Charter: not accepted."
+STATUS_PUB_YES = "Publication in the digest: yes."
+STATUS_PUB_NO = "Publication in the digest: no."
+STATUS_MEMBER = "Membership: member."
+STATUS_NOT_MEMBER = "Membership: not a member."
+HELP_HELP = "this help"
+HELP_STATUS = "your consents and membership"
+HELP_PUBLICATION = "may your messages be quoted in the public digest (yes/no)"
+HELP_WITHDRAW = "withdraw your consent to be quoted"
+HELP_LEAVE = "leave the forum (removed from every room, consent ended)"
+HELP_MY_DATA = "everything stored about you, as a JSON file"
+STATUS_RECONSENT = "A new charter (version {version}) waits for your acceptance."
+LEFT = (
+    "You have left {forum}: you were removed from its rooms and your consent has "
+    "ended. Write to me here whenever you want to come back."
+)
+MY_DATA = "Here is everything stored about you."
+RECONSENT = (
+    "The charter has changed (version {version}). Please read it and accept it by "
+    'replying "I accept" or by reacting with ✅ to this message within {days} day(s); '
+    "otherwise {consequence}."
+)
+RECONSENT_THANKS = "Thank you, your acceptance of charter version {version} is recorded."
+FLOOD = "You are sending too many messages; I will ignore them for a moment."
+TOO_LONG = (
+    "Your message is too long (more than {limit} characters); I did not read it. Type"
+    " {prefix}help for help."
+)
+ONLY_MODERATORS = "Only moderators can do that."
+USAGE_DECIDE = "Usage: {prefix}approve @user, {prefix}deny @user reason"
+NO_PENDING = "No pending request for {user}."
+USAGE_PUBLICATION = "Usage: {prefix}publication yes|no"
+CHARTER_FIRST = "Please accept the charter first."
+NOTHING_TO_WITHDRAW = "You had not agreed to be quoted: there is nothing to withdraw."
+CONSEQUENCE_MUTE = "you will no longer be able to post in the forum rooms"
+CONSEQUENCE_REMOVE = "you will be removed from the forum"
+ALREADY_DM = "We already talk here: please write to me in this conversation."
+WAITING_APPROVAL = "A moderator will review your request shortly. I will tell you the outcome here."
+REQUEST_DECLINED = "Request declined"
+DENIED = "Your request to join {forum} was declined."
+APPROVED_BY = "{user} approved by {moderator}."
+DENIED_BY = "{user} denied by {moderator}."
+UNKNOWN_COMMAND = "Unknown command."
+CHARTER_REMINDER = (
+    'To join, please accept the charter: reply "I accept" or react with ✅ to the '
+    "charter message. Type {prefix}help for help."
+)
+REASON = "Reason: {reason}"
+MUTED = (
+    "You have not accepted the new charter: you can no longer post in the forum "
+    'rooms. Reply "I accept" or react with ✅ to the charter to post again.'
+)
+REMOVED = "You have not accepted the new charter: you were removed from the forum."
+PUBLICATION_REMINDER = (
+    'Please answer "yes" or "no": may your messages be quoted in the public digest?'
+)
+NOT_UNDERSTOOD = "I did not understand."

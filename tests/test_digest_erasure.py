@@ -1,0 +1,126 @@
+"""Erasure (DESIGN.md consent rules 3 and 4): a redaction, an edit, a withdrawal and an
+unmarking reach every output (pages, feed, JSON, the last static export) and the store
+within the bound, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bridge.models import DigestHighlight
+from forum.signals import PUBLICATION_WITHDRAWN
+from tests.digest_helpers import TOPIC, eventually, start_digest_forum
+
+pytestmark = pytest.mark.homeserver
+
+ERASURE_BOUND_SECONDS = 60
+
+REDACTED = "EFFACE-REDACT: une idée sur les cantines scolaires des filles."
+OLD = "EDIT-ANCIEN: première version sur les cantines scolaires."
+NEW = "EDIT-NOUVEAU: version corrigée sur les cantines scolaires."
+WITHDRAWN = "CYRIL-RETRAIT: mes mots sur les cantines scolaires des filles."
+UNMARKED = "DEMARQUE: un message marqué puis démarqué."
+
+
+def export_text(directory: Path) -> str:
+    return "\n".join(
+        p.read_text(encoding="utf-8", errors="replace")
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    )
+
+
+async def test_erasure_reaches_every_output(synapse, make_user, start_forum, db_url, tmp_path):
+    mod = await make_user("mod")
+    amina = await make_user("amina", display_name="Amina")
+    cyril = await make_user("cyril", display_name="Cyril")
+    forum = await start_digest_forum(synapse, start_forum, moderators=[mod.user_id], db_url=db_url)
+    room = forum.room()
+    for user in (mod, amina, cyril):
+        await forum.join(user, room)
+    await forum.consent(amina)
+    await forum.consent(cyril)
+    redacted = await amina.send_text(room, REDACTED)
+    edited = await amina.send_text(room, OLD, f"<p><em>{OLD}</em></p>")
+    withdrawn = await cyril.send_text(room, WITHDRAWN)
+    unmarked = await amina.send_text(room, UNMARKED)
+    for target in (redacted, edited, withdrawn):
+        await mod.react(room, target, "📰")
+    unmark_reaction = await mod.react(room, unmarked, "📰")
+
+    async def highlighted() -> bool:
+        async with forum.ctx.db.sessionmaker() as s:
+            return len(list(await s.scalars(select(DigestHighlight)))) == 4
+
+    await eventually(highlighted, 20, "four highlights")
+    week = forum.week()
+    await forum.digest.publish(week)
+    export = tmp_path / "site"
+    await forum.digest.export_to(export)
+
+    outputs = [
+        f"/fr/week/{week}/",
+        f"/en/week/{week}/",
+        f"/fr/topic/{TOPIC}/",
+        "/fr/",
+        "/fr/feed.atom",
+        "/en/feed.atom",
+        "/api/digests.json",
+    ]
+
+    async def everything() -> str:
+        texts = [export_text(export), " ".join(await forum.stored_bodies())]
+        for path in outputs:
+            status, body, _ = await forum.get(path)
+            assert status == 200, path
+            texts.append(body)
+        return "\n".join(texts)
+
+    before = await everything()
+    for marker in ("EFFACE-REDACT", "EDIT-ANCIEN", "CYRIL-RETRAIT", "DEMARQUE"):
+        assert marker in before
+    status, page, _ = await forum.get(f"/fr/week/{week}/")
+    assert "4 messages, 2 personnes actives" in page
+
+    # The author redacts one message, edits another; Cyril withdraws; the mark is removed.
+    await amina.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room}/redact/{redacted}/{uuid.uuid4().hex}",
+        {"reason": "oops"},
+    )
+    await amina.send(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": f"* {NEW}",
+            "m.new_content": {"msgtype": "m.text", "body": NEW},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": edited},
+        },
+    )
+    await forum.consent(cyril, granted=False)
+    await forum.ctx.signals.emit(PUBLICATION_WITHDRAWN, user_id=cyril.user_id)
+    await mod.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{room}/redact/{unmark_reaction}/{uuid.uuid4().hex}",
+        {},
+    )
+
+    async def erased() -> bool:
+        text = await everything()
+        gone = all(m not in text for m in ("EFFACE-REDACT", "EDIT-ANCIEN", "CYRIL-RETRAIT"))
+        return gone and text.count("EDIT-NOUVEAU") >= 5
+
+    await eventually(erased, ERASURE_BOUND_SECONDS, "erasure reached every output")
+    async with forum.ctx.db.sessionmaker() as s:
+        marks = {h.target for h in await s.scalars(select(DigestHighlight))}
+    assert marks == {edited}
+    status, page, _ = await forum.get(f"/fr/week/{week}/")
+    assert "EDIT-NOUVEAU" in page
+    assert "DEMARQUE" not in page.split("Points clés")[0]
+    # The figures stay: removed quotes, not removed activity.
+    assert "4 messages, 2 personnes actives" in page
+    assert "EDIT-NOUVEAU" in export_text(export)

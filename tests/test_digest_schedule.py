@@ -1,0 +1,140 @@
+"""The scheduler (cron + time zone) builds last week's digest, publishes it and posts a
+short summary with the link in the announcements room; the CLI builds and exports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import tomli_w
+from croniter import croniter
+from sqlalchemy import delete
+
+from bridge import add_commands
+from bridge.models import DigestActivity, DigestMessage
+from bridge.service import backfill
+from bridge.weeks import previous_week
+from tests.digest_helpers import TOPIC, eventually, start_digest_forum
+
+pytestmark = pytest.mark.homeserver
+
+
+async def test_scheduled_build_posts_in_announcements(synapse, make_user, start_forum):
+    mod = await make_user("mod")
+    forum = await start_digest_forum(
+        synapse, start_forum, moderators=[mod.user_id], public_url="https://digest.example.org"
+    )
+    announcements = forum.ctx.room_ids["announcements"]
+    await forum.join(mod, announcements)
+    settings = forum.ctx.settings
+    tz = ZoneInfo(settings.digest.timezone)
+    # A clock set just before the next scheduled time: the real loop fires within a second.
+    fire = croniter(settings.digest.schedule, datetime.now(tz)).get_next(datetime)
+    offset = fire - datetime.now(UTC) - timedelta(seconds=0.5)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset
+
+    mark = mod.mark()
+    task = forum.ctx.tasks.start("test:schedule", forum.digest.schedule_loop(clock))
+    try:
+        week = previous_week(fire, settings.digest.timezone)
+        event = await mod.wait_for_text(announcements, f"week/{week}/", timeout=20, after=mark)
+    finally:
+        task.cancel()
+    body = event["content"]["body"]
+    assert f"https://digest.example.org/fr/week/{week}/" in body
+    assert f"Résumé de la semaine {week}" in body
+    assert f"Digest of week {week}" in body
+    assert event["sender"] == settings.moderation_bot_id
+    assert (
+        f'href="https://digest.example.org/en/week/{week}/"' in event["content"]["formatted_body"]
+    )
+    status, _, _ = await forum.get(f"/fr/week/{week}/")
+    assert status == 200
+
+
+async def test_cli_build_and_export(synapse, make_user, start_forum, tmp_path, monkeypatch, capsys):
+    amina = await make_user("amina", display_name="Amina")
+    forum = await start_digest_forum(synapse, start_forum)
+    await forum.join(amina)
+    await forum.consent(amina)
+    await amina.send_text(forum.room(), "CLI: les jeunes du réseau préparent une campagne.")
+
+    async def stored() -> bool:
+        return len(await forum.stored_bodies()) == 1
+
+    await eventually(stored, 20, "message stored")
+    config = tmp_path / "forum.toml"
+    # the service's own settings, as an operator's file
+    data = json.loads(forum.ctx.settings.model_dump_json(exclude_none=True))
+    for bot in data["bots"].values() if isinstance(data["bots"], dict) else []:
+        if isinstance(bot, dict):
+            for key in ("password", "access_token"):
+                bot.pop(key, None)
+    data["bots"].pop("ignore", None)
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    monkeypatch.setenv("FORUM_HOME", str(forum.service.home))
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_commands(parser.add_subparsers(dest="command"))
+    week = forum.week()
+    args = parser.parse_args(["--config", str(config), "digest", "build", "--week", week, "--json"])
+    assert await args.func(args) == 0
+    built = json.loads(capsys.readouterr().out)
+    topic = next(t for t in built["topics"] if t["slug"] == TOPIC)
+    assert built["week"] == week
+    assert topic["messages"] == 1
+    assert topic["participants"] == 1
+
+    bad = parser.parse_args(["--config", str(config), "digest", "build", "--week", "2026-W60"])
+    assert await bad.func(bad) == 2
+    assert "2026-W60" in capsys.readouterr().err
+
+    out = tmp_path / "export"
+    args = parser.parse_args(["--config", str(config), "digest", "export", str(out)])
+    assert await args.func(args) == 0
+    page = (out / "fr" / "week" / week / "index.html").read_text(encoding="utf-8")
+    assert "les jeunes du réseau" in page
+    assert (out / "index.html").exists()
+    assert (out / "static" / "style.css").exists()
+
+
+async def test_backfill_reads_history_back_to_the_start_date(synapse, make_user, start_forum):
+    amina = await make_user("amina", display_name="Amina")
+    bruno = await make_user("bruno")
+    forum = await start_digest_forum(synapse, start_forum)
+    await forum.join(amina)
+    await forum.join(bruno)
+    await forum.consent(amina)
+    texts = [f"HISTOIRE-{i}: les clubs de lecture du réseau." for i in range(3)]
+    for text in texts:
+        await amina.send_text(forum.room(), text)
+    await bruno.send_text(forum.room(), "BRUNO-HISTOIRE: pas de consentement.")
+
+    async def collected() -> bool:
+        return len(await forum.stored_bodies()) == 3
+
+    await eventually(collected, 20, "live collection")
+    # A store that missed the history (first start): empty it, then backfill.
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await s.execute(delete(DigestMessage))
+        await s.execute(delete(DigestActivity))
+    since = datetime.now(UTC) - timedelta(days=1)
+    handled = await backfill(
+        forum.digest.collector, forum.ctx.moderation, [forum.room()], since, progress=True
+    )
+    assert handled >= 4
+    stored = " ".join(await forum.stored_bodies())
+    assert all(t in stored for t in texts)
+    assert "BRUNO" not in stored
+    week = forum.week()
+    await forum.digest.publish(week)
+    _, raw, _ = await forum.get("/api/digests.json")
+    topic = next(t for t in json.loads(raw)["weeks"][0]["topics"] if t["slug"] == TOPIC)
+    assert topic["messages"] == 4
+    assert topic["participants"] == 2

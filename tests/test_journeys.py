@@ -1,0 +1,105 @@
+"""Whole-forum journeys: every feature wired as in `forum run`, people acting as people."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+import bridge
+import moderation.bot
+from bridge.weeks import week_of
+from forum.app import ServiceContext
+from forum.storage import utcnow
+from moderation.membership import make_setup
+from tests.digest_helpers import eventually
+from tests.forum_fixtures import forum_data, settings_from
+from tests.membership_helpers import admit, wait_bot_text
+
+pytestmark = pytest.mark.homeserver
+
+NOT_UNDERSTOOD = ("pas compris", "not understand", "didn't understand")
+
+
+async def test_member_journey_through_every_feature(synapse, make_user, start_forum):
+    moderator = await make_user("afi")
+    data = forum_data(synapse, moderators=[moderator.user_id])
+    holder: dict[str, bridge.DigestService] = {}
+
+    async def digest(ctx: ServiceContext) -> None:
+        holder["digest"] = await bridge.setup(ctx)
+
+    service = await start_forum(
+        settings_from(data),
+        components=[make_setup(deadline_poll_seconds=0.5), moderation.bot.setup, digest],
+    )
+    ctx = service.ctx
+    server = [service.settings.server_name]
+    room = ctx.room_ids["topic:droits-enfants"]
+
+    # Amina agrees to be quoted; Kossi does not. Both are admitted through the consent flow.
+    amina, kossi = await make_user("amina"), await make_user("kossi")
+    amina_dm = await admit(amina, service, publication=True)
+    kossi_dm = await admit(kossi, service, publication=False)
+    for person in (amina, kossi):
+        await person.join(ctx.room_ids["space"], via=server)
+        await person.join(room, via=server)  # members of the Space join topic rooms freely
+    await moderator.join(room, via=server)
+
+    await amina.send_text(
+        room,
+        "Les filles doivent rester à l'école. Les mariages précoces privent les filles de "
+        "leur scolarité et de leur avenir.",
+    )
+    kossi_msg = await kossi.send_text(room, "Kossi propose une campagne radio sur l'école.")
+    await kossi.send_text(room, "Kossi ne veut pas être cité ici.")
+
+    # The moderator marks Kossi's message for the digest: Kossi is asked in his DM.
+    mark = kossi.mark()
+    await moderator.react(room, kossi_msg, "📰")
+    await wait_bot_text(kossi, kossi_dm, service, "campagne radio", after=mark)
+    mark = kossi.mark()
+    await kossi.send_text(kossi_dm, "oui")
+
+    digest_service = holder["digest"]
+    week = week_of(utcnow(), service.settings.digest.timezone)
+
+    async def published() -> str:
+        await digest_service.publish(week)
+        return await page(service, f"/fr/week/{week}/")
+
+    async def kossi_quoted() -> bool:
+        text = await published()
+        return "campagne radio" in text and "scolarité" in text
+
+    await eventually(kossi_quoted, 30, "Kossi's highlighted message and Amina's key point")
+    text = await published()
+    assert "Kossi ne veut pas être cité" not in text  # only the consented message
+    # The membership bot did not answer Kossi's "oui" as a message it did not understand.
+    later = [
+        e
+        for e in kossi.events[mark:]
+        if e.get("room_id") == kossi_dm
+        and e.get("type") == "m.room.message"
+        and e.get("sender") == service.settings.membership_bot_id
+    ]
+    assert not any(n in e["content"].get("body", "") for e in later for n in NOT_UNDERSTOOD)
+
+    # Amina withdraws her publication consent: her words leave the public pages.
+    mark = amina.mark()
+    await amina.send_text(amina_dm, "!retirer")
+    await wait_bot_text(amina, amina_dm, service, "pas cités", "not be quoted", after=mark)
+
+    async def amina_gone() -> bool:
+        return "scolarité" not in await published()
+
+    await eventually(amina_gone, 60, "Amina's words removed after withdrawal")
+    assert "campagne radio" in await published()
+
+
+async def page(service, path: str) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{service.bound_port}{path}") as resp,
+    ):
+        assert resp.status == 200, path
+        return await resp.text()

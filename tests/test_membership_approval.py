@@ -1,0 +1,146 @@
+"""Moderator approval (``approval = "moderators"``): a card in the management room,
+approved or denied by command or reaction; the person is told the outcome, and a denied
+knock is answered by a kick with the reason."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import make_url
+
+from forum.homeserver import EmbeddedHomeserver
+from forum.storage import create_database_if_missing, drop_database
+from tests.forum_fixtures import forum_data, settings_from
+from tests.matrix_user import TestUser
+from tests.membership_helpers import (
+    CHARTER_FR,
+    PUBLICATION_Q,
+    history,
+    start_service,
+    via,
+    wait_bot_text,
+    wait_dm,
+    wait_invites,
+)
+from tests.storage_fixtures import POSTGRES_BASE_URL
+
+pytestmark = pytest.mark.homeserver
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def forum(synapse: EmbeddedHomeserver, tmp_path_factory: pytest.TempPathFactory):
+    """One forum for the module, on PostgreSQL (the other modules use SQLite)."""
+    pg = make_url(POSTGRES_BASE_URL).set(database=f"forum_test_{secrets.token_hex(6)}")
+    await create_database_if_missing(pg)
+    moderator = await TestUser.create(synapse, "moderatrice")
+    data = forum_data(
+        synapse, moderators=[moderator.user_id], db_url=pg.render_as_string(hide_password=False)
+    )
+    data["membership"]["approval"] = "moderators"
+    service = await start_service(
+        synapse, settings_from(data), tmp_path_factory.mktemp("membership-approval")
+    )
+    management = service.ctx.room_ids["management"]
+    await moderator.wait_for_invite(management)
+    await moderator.join(management, via=via(service))
+    service.moderator = moderator  # type: ignore[attr-defined]
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await moderator.close()
+        await drop_database(pg)
+
+
+async def until_card(forum, user: TestUser) -> tuple[str, dict]:
+    """Walk ``user`` through charter and publication by a knock on a topic room; return
+    the DM room and the card the moderator sees."""
+    mod: TestUser = forum.moderator
+    topic = forum.ctx.topic_room_ids["egalite-filles"]
+    await user.knock(topic, "Bonjour, je suis journaliste", via=via(forum))
+    room = await wait_dm(user, forum)
+    await wait_bot_text(user, room, forum, CHARTER_FR)
+    mark = user.mark()
+    await user.send_text(room, "oui")
+    await wait_bot_text(user, room, forum, *PUBLICATION_Q, after=mark)
+    mark = user.mark()
+    await user.send_text(room, "non")
+    await wait_bot_text(user, room, forum, "modératrice", after=mark)
+    card = await wait_bot_text(
+        mod, forum.ctx.room_ids["management"], forum, f"adhésion de {user.user_id}"
+    )
+    return room, card
+
+
+async def test_approve_by_command(forum, make_user):
+    user = await make_user("approved")
+    room, _card = await until_card(forum, user)
+    management = forum.ctx.room_ids["management"]
+    # Nothing is invited before a moderator decides.
+    assert not [
+        e
+        for e in user.events
+        if e.get("_section") == "invite" and e["room_id"] in forum.ctx.forum_room_ids
+    ]
+    mark = user.mark()
+    await forum.moderator.send_text(management, f"!approve {user.user_id}")
+    await wait_bot_text(forum.moderator, management, forum, "approuvé")
+    await wait_invites(user, forum)
+    await wait_bot_text(user, room, forum, "Vous êtes invité", after=mark)
+
+
+async def test_deny_by_command_kicks_the_knock_with_reason(forum, make_user):
+    user = await make_user("denied")
+    room, _card = await until_card(forum, user)
+    management = forum.ctx.room_ids["management"]
+    topic = forum.ctx.topic_room_ids["egalite-filles"]
+    mark = user.mark()
+    await forum.moderator.send_text(management, f"!deny {user.user_id} profil non vérifié")
+    told = await wait_bot_text(user, room, forum, "refusée", after=mark)
+    assert "profil non vérifié" in told["content"]["body"]
+    # The knock is answered by a kick (by the moderation bot) carrying the reason.
+    kicked = await user.wait_for(
+        lambda e: (
+            e["room_id"] == topic
+            and e["type"] == "m.room.member"
+            and e["state_key"] == user.user_id
+            and e["content"]["membership"] == "leave"
+        ),
+        timeout=20,
+    )
+    assert "profil non vérifié" in kicked["content"].get("reason", "")
+    assert kicked["sender"] == forum.settings.moderation_bot_id
+    records = await history(forum, user.user_id)
+    assert [(r.scope, r.granted) for r in records] == [("charter", True), ("publication", False)]
+
+
+async def test_reactions_on_the_card(forum, make_user):
+    yes_user = await make_user("card-yes")
+    no_user = await make_user("card-no")
+    _, yes_card = await until_card(forum, yes_user)
+    no_room, no_card = await until_card(forum, no_user)
+    management = forum.ctx.room_ids["management"]
+    await forum.moderator.react(management, yes_card["event_id"], "✅")
+    await wait_invites(yes_user, forum)
+    mark = no_user.mark()
+    await forum.moderator.react(management, no_card["event_id"], "❌")
+    await wait_bot_text(no_user, no_room, forum, "refusée", after=mark)
+
+
+async def test_non_moderator_cannot_approve(forum, make_user):
+    user = await make_user("waiting")
+    await until_card(forum, user)
+    management = forum.ctx.room_ids["management"]
+    # A second person invited to the management room without the moderator level.
+    intruder = await make_user("intruder")
+    await forum.ctx.moderation.invite(management, intruder.user_id)
+    await intruder.wait_for_invite(management)
+    await intruder.join(management, via=via(forum))
+    await intruder.send_text(management, f"!approve {user.user_id}")
+    await wait_bot_text(intruder, management, forum, "Seuls les modératrices")
+    await forum.ctx.moderation.kick(management, intruder.user_id)
+    # The request is still pending: a moderator can still decide.
+    await forum.moderator.send_text(management, f"!deny {user.user_id}")
+    await wait_bot_text(forum.moderator, management, forum, f"{user.user_id} refusé")

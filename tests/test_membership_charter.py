@@ -1,0 +1,112 @@
+"""A new charter version: every member is asked again; after the grace period (0 days
+here) who has not accepted may no longer post (or is removed); accepting restores it.
+Restarts are part of the story: state survives them and nothing is done twice."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests.forum_fixtures import forum_data, settings_from
+from tests.matrix_user import MatrixRequestError, TestUser
+from tests.membership_helpers import (
+    admit,
+    config_dir_with_charters,
+    dm_invites,
+    history,
+    person,
+    start_service,
+    via,
+    wait_bot_text,
+)
+
+pytestmark = pytest.mark.homeserver
+
+
+async def can_post(user: TestUser, room: str) -> bool:
+    try:
+        await user.send_text(room, "Bonjour à toutes et à tous")
+    except MatrixRequestError as exc:
+        if exc.status != 403:
+            raise
+        return False
+    return True
+
+
+async def test_new_charter_mute_restore_and_remove(synapse, make_user, tmp_path):
+    config_dir = config_dir_with_charters(tmp_path / "config", versions=(1, 2, 3))
+    data = forum_data(synapse)
+    home = tmp_path / "home"
+    first = await start_service(synapse, settings_from(data), home, config_dir=config_dir)
+    try:
+        topic = first.ctx.topic_room_ids["droits-jeunes"]
+        amina = await make_user("amina")
+        kossi = await make_user("kossi")
+        amina_dm = await admit(amina, first)
+        kossi_dm = await admit(kossi, first, publication=False)
+        for user in (amina, kossi):
+            await user.join(first.ctx.room_ids["space"], via=via(first))
+            await user.join(topic, via=via(first))
+        assert await can_post(amina, topic)
+    finally:
+        await first.stop()
+
+    # Version 2, grace 0 days, mute on expiry.
+    v2 = copy.deepcopy(data)
+    v2["membership"]["charter"].update({"version": 2, "grace_days": 0, "on_expiry": "mute"})
+    marks = {u.user_id: u.mark() for u in (amina, kossi)}
+    second = await start_service(synapse, settings_from(v2), home, config_dir=config_dir)
+    try:
+        asked = await wait_bot_text(
+            amina, amina_dm, second, "La charte a changé", after=marks[amina.user_id]
+        )
+        assert "Version 2" in asked["content"]["body"]
+        k_asked = await wait_bot_text(
+            kossi, kossi_dm, second, "La charte a changé", after=marks[kossi.user_id]
+        )
+        # The grace period is over at once: both are muted in the topic room.
+        await wait_bot_text(amina, amina_dm, second, "ne pouvez plus écrire")
+        pl = await amina.get_state_event(topic, "m.room.power_levels")
+        assert pl["users"][amina.user_id] == -1
+        assert not await can_post(amina, topic)
+        # Accepting (a reply for one, a reaction for the other) gives the voice back.
+        mark = amina.mark()
+        await amina.send_text(amina_dm, "J'accepte")
+        await wait_bot_text(amina, amina_dm, second, "version 2 est enregistrée", after=mark)
+        assert await can_post(amina, topic)
+        await wait_bot_text(kossi, kossi_dm, second, "ne pouvez plus écrire")
+        mark = kossi.mark()
+        await kossi.react(kossi_dm, k_asked["event_id"], "✅")
+        await wait_bot_text(kossi, kossi_dm, second, "version 2 est enregistrée", after=mark)
+        assert await can_post(kossi, topic)
+        records = await history(second, amina.user_id)
+        charters = [(r.charter_version, r.method) for r in records if r.scope == "charter"]
+        assert charters == [(1, "reply"), (2, "reply")]
+        row = await person(second, amina.user_id)
+        assert row is not None
+        assert (row.muted, row.reconsent_version, row.grace_deadline) == (False, None, None)
+    finally:
+        await second.stop()
+
+    # Version 3 with removal: kossi does not answer and is removed; one DM all along.
+    v3 = copy.deepcopy(v2)
+    v3["membership"]["charter"].update({"version": 3, "on_expiry": "remove"})
+    third = await start_service(synapse, settings_from(v3), home, config_dir=config_dir)
+    try:
+        space = third.ctx.room_ids["space"]
+        await wait_bot_text(kossi, kossi_dm, third, "retiré·e du forum", timeout=30)
+        await kossi.wait_for(
+            lambda e: (
+                e["room_id"] == space
+                and e["type"] == "m.room.member"
+                and e["state_key"] == kossi.user_id
+                and e["content"]["membership"] == "leave"
+            ),
+            timeout=20,
+        )
+        assert (await person(third, kossi.user_id)).step == "left"
+        assert dm_invites(kossi, third) == {kossi_dm}
+        assert dm_invites(amina, third) == {amina_dm}
+    finally:
+        await third.stop()

@@ -1,0 +1,210 @@
+"""Kill the real service process (SIGKILL) between the consent record and the invite;
+restart it; the person is invited exactly once and nothing else is done twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import tomli_w
+from sqlalchemy import delete, select
+
+from forum.consent import ConsentRecords
+from forum.settings import database_url
+from forum.storage import Database
+from forum.storage.models import OutboxRow, ProcessedEvent, SyncToken
+from moderation.membership.bot import CRASH_ENV, INVITE
+from tests.forum_fixtures import forum_data, register_bots, settings_from
+from tests.membership_helpers import (
+    PUBLICATION_Q,
+    admit,
+    dm_invites,
+    history,
+    start_service,
+    wait_bot_text,
+    wait_dm,
+)
+
+pytestmark = pytest.mark.homeserver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_process(config: Path, home: Path, *, crash: bool) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    if crash:
+        env[CRASH_ENV] = "1"
+    env["PYTHONPATH"] = str(ROOT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.membership_helpers",
+        "serve",
+        str(config),
+        str(home),
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"service exited early ({await proc.wait()})")
+            if line.strip() == b"READY":
+                return proc
+
+
+async def outbox_invites(db: Database, user_id: str) -> list[OutboxRow]:
+    async with db.sessionmaker() as s:
+        rows = await s.scalars(select(OutboxRow).where(OutboxRow.kind == INVITE))
+        return [r for r in rows if r.payload.get("user_id") == user_id]
+
+
+async def test_sigkill_between_consent_and_invite(synapse, make_user, tmp_path):
+    data = forum_data(synapse)
+    settings = settings_from(data)
+    await register_bots(synapse, settings)
+    config = tmp_path / "forum.toml"
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    home = tmp_path / "home"
+    home.mkdir()
+
+    proc = await start_process(config, home, crash=True)
+    try:
+        user = await make_user("crash")
+        ids = {
+            key: await user.resolve_alias(settings.alias_id(spec.alias))
+            for key, spec in (
+                ("space", settings.rooms.space),
+                ("lobby", settings.rooms.lobby),
+                ("announcements", settings.rooms.announcements),
+            )
+        }
+        for t in settings.topics:
+            ids[f"topic:{t.slug}"] = await user.resolve_alias(settings.alias_id(t.effective_alias))
+        svc = SimpleNamespace(settings=settings, result=SimpleNamespace(room_ids=ids))
+        await user.knock(ids["space"], "Bonjour, je voudrais participer", via=[synapse.server_name])
+        room = await wait_dm(user, svc)  # type: ignore[arg-type]
+        await wait_bot_text(user, room, svc, "Charte")  # type: ignore[arg-type]
+        mark = user.mark()
+        await user.send_text(room, "oui")
+        await wait_bot_text(user, room, svc, *PUBLICATION_Q, after=mark)  # type: ignore[arg-type]
+        await user.send_text(room, "oui")
+        async with asyncio.timeout(30):
+            code = await proc.wait()
+        assert code == -signal.SIGKILL
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    # Killed after the commit: the consent and the queued invites are there, not sent.
+    db = await Database.open(database_url(settings, home))
+    try:
+        async with db.sessionmaker() as s:
+            status = await ConsentRecords(s).status(user.user_id)
+        assert (status.charter_version, status.publication) == (1, True)
+        pending = await outbox_invites(db, user.user_id)
+        assert len(pending) == len(ids)
+        assert all(r.done_at is None for r in pending)
+    finally:
+        await db.close()
+    assert not [
+        e for e in user.events if e.get("_section") == "invite" and e["room_id"] in ids.values()
+    ]
+
+    proc = await start_process(config, home, crash=False)
+    try:
+        for room_id in ids.values():
+            await user.wait_for_invite(room_id, timeout=30)
+        await wait_bot_text(user, room, svc, "Vous êtes invité")  # type: ignore[arg-type]
+        # Give a replay a chance to do something twice, then count.
+        await user.send_text(room, "!statut")
+        await wait_bot_text(user, room, svc, "Charte : version 1")  # type: ignore[arg-type]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            await proc.wait()
+    space_invites = [
+        e
+        for e in user.events
+        if e.get("_section") == "invite"
+        and e["room_id"] == ids["space"]
+        and e.get("type") == "m.room.member"
+        and e.get("state_key") == user.user_id
+        and e["content"].get("membership") == "invite"
+    ]
+    assert len(space_invites) == 1
+    assert dm_invites(user, svc) == {room}  # type: ignore[arg-type]
+    welcomes = [
+        e
+        for e in user.events
+        if e.get("room_id") == room and "Vous êtes invité" in e.get("content", {}).get("body", "")
+    ]
+    assert len(welcomes) == 1
+    db = await Database.open(database_url(settings, home))
+    try:
+        rows = await outbox_invites(db, user.user_id)
+        assert len(rows) == len(ids)
+        assert all(r.done_at is not None for r in rows)
+        async with db.sessionmaker() as s:
+            records = await ConsentRecords(s).history(user.user_id)
+        assert [r.scope for r in records] == ["charter", "publication"]
+    finally:
+        await db.close()
+
+
+async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
+    """The bot forgets its sync token and which events it handled, restarts, and sees
+    every knock and answer again: still one DM, one invite, the same records."""
+    data = forum_data(synapse)
+    home = tmp_path / "home"
+    first = await start_service(synapse, settings_from(data), home)
+    try:
+        user = await make_user("replay")
+        room = await admit(user, first)
+        space = first.ctx.room_ids["space"]
+    finally:
+        await first.stop()
+    bot = first.settings.membership_bot_id
+    db = await Database.open(database_url(first.settings, home))
+    try:
+        async with db.sessionmaker() as s, s.begin():
+            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
+            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
+    finally:
+        await db.close()
+    second = await start_service(synapse, settings_from(data), home)
+    try:
+        await second.ctx.membership.wait_synced(30)
+        # A later person goes through: the replayed backlog was handled before her.
+        later = await make_user("later")
+        await admit(later, second)
+        assert dm_invites(user, second) == {room}
+        space_invites = [
+            e
+            for e in user.events
+            if e.get("_section") == "invite"
+            and e["room_id"] == space
+            and e.get("type") == "m.room.member"
+            and e.get("state_key") == user.user_id
+        ]
+        assert len(space_invites) == 1
+        records = await history(second, user.user_id)
+        assert [r.scope for r in records] == ["charter", "publication"]
+        charters = [
+            e
+            for e in user.events
+            if e.get("room_id") == room and "Charte de" in e.get("content", {}).get("body", "")
+        ]
+        assert len(charters) == 1
+    finally:
+        await second.stop()

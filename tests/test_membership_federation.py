@@ -1,0 +1,43 @@
+"""A person of another homeserver goes through the same flow: knock over federation,
+the charter in a DM, acceptance, invites."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.forum_fixtures import forum_data, settings_from
+from tests.membership_helpers import (
+    CHARTER_EN,
+    PUBLICATION_Q,
+    history,
+    start_service,
+    wait_bot_text,
+    wait_dm,
+)
+
+pytestmark = [pytest.mark.homeserver, pytest.mark.federation]
+
+
+async def test_remote_user_knocks_accepts_and_is_invited(synapse_pair, make_user_on, tmp_path):
+    forum_hs, remote_hs = synapse_pair.a, synapse_pair.b
+    service = await start_service(forum_hs, settings_from(forum_data(forum_hs)), tmp_path / "home")
+    try:
+        remote = await make_user_on(remote_hs, "remote")
+        space = service.ctx.room_ids["space"]
+        await remote.knock(space, "Hello, I would like to join", via=[forum_hs.server_name])
+        room = await wait_dm(remote, service, timeout=30)
+        charter = await wait_bot_text(remote, room, service, CHARTER_EN, timeout=30)
+        mark = remote.mark()
+        await remote.react(room, charter["event_id"], "✅")
+        asked = await wait_bot_text(remote, room, service, *PUBLICATION_Q, timeout=30, after=mark)
+        await remote.react(room, asked["event_id"], "👍")
+        for room_id in [space, *service.ctx.topic_room_ids.values()]:
+            await remote.wait_for_invite(room_id, timeout=30)
+        await remote.join(space, via=[forum_hs.server_name])
+        records = await history(service, remote.user_id)
+        assert [(r.scope, r.granted, r.method) for r in records] == [
+            ("charter", True, "reaction"),
+            ("publication", True, "reaction"),
+        ]
+    finally:
+        await service.stop()

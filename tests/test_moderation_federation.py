@@ -1,0 +1,88 @@
+"""Subscription to another community's policy list on the second homeserver: its rules
+are enforced in every forum room, live additions too, and a removed rule is undone."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from moderation.bot.store import Audit
+from tests.conftest import MakeUserOn, SynapsePair
+from tests.forum_fixtures import forum_data
+from tests.moderation_helpers import FAST, start_moderated
+
+pytestmark = pytest.mark.federation
+
+
+async def test_remote_policy_list_rules_added_and_removed(
+    synapse_pair: SynapsePair, make_user_on: MakeUserOn, tmp_path
+) -> None:
+    a, b = synapse_pair
+    curator = await make_user_on(b, "curator")
+    alias_name = f"bans-{secrets.token_hex(3)}"
+    list_room = await curator.create_room(
+        preset="public_chat",
+        room_alias_name=alias_name,
+        initial_state=[
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "world_readable"},
+            }
+        ],
+    )
+    early = await make_user_on(a, "early")
+    await curator.put_state(
+        list_room, "m.policy.rule.user", {"entity": early.user_id, "recommendation": "m.ban",
+                                          "reason": "spam ailleurs"}, "r1",
+    )  # fmt: skip
+
+    mod = await make_user_on(a, "mod")
+    data = forum_data(a, moderators=[mod.user_id])
+    data["moderation"] = {**FAST, "policy_lists": [f"#{alias_name}:{b.server_name}"]}
+    forum = await start_moderated(a, tmp_path / "home", data=data, moderator=mod)
+    try:
+        # A rule present when the bot subscribes is enforced at once (ahead of any join).
+        await forum.mod.wait_for(
+            lambda e: (
+                e["type"] == "m.room.member"
+                and e["state_key"] == early.user_id
+                and e["content"]["membership"] == "ban"
+            ),
+            30,
+        )
+        member = await forum.member("member")
+        mark = forum.mod.mark()
+        await curator.put_state(
+            list_room, "m.policy.rule.user", {"entity": member.user_id,
+                                              "recommendation": "m.ban", "reason": "raid"}, "r2",
+        )  # fmt: skip
+        await forum.wait_membership(member.user_id, "ban", after=mark, timeout=30)
+        ban = await forum.mod.get_state_event(forum.topic, "m.room.member", member.user_id)
+        assert ban["reason"] == "raid"
+
+        mark = forum.mod.mark()
+        await curator.put_state(list_room, "m.policy.rule.user", {}, "r2")
+        await forum.wait_membership(member.user_id, "leave", after=mark, timeout=30)
+        async with forum.ctx.db.sessionmaker() as s:
+            actions = [(e.action, e.source) for e in await Audit(s).entries(member.user_id)]
+        assert actions == [("ban", "policy"), ("unban", "policy")]
+        # The moderator is never a target, even when a list names them.
+        await curator.put_state(
+            list_room, "m.policy.rule.user", {"entity": mod.user_id, "recommendation": "m.ban",
+                                              "reason": "erreur"}, "r3",
+        )  # fmt: skip
+        # A later rule is the sync point: rules from one server arrive in order.
+        victim = await forum.member("victim")
+        mark = forum.mod.mark()
+        await curator.put_state(
+            list_room, "m.policy.rule.user", {"entity": "@victim-*:" + a.server_name,
+                                              "recommendation": "m.ban"}, "r4",
+        )  # fmt: skip
+        await forum.wait_membership(victim.user_id, "ban", after=mark, timeout=30)
+        member_ev = await forum.mod.get_state_event(forum.topic, "m.room.member", mod.user_id)
+        assert member_ev["membership"] == "join"
+    finally:
+        await forum.service.stop()
+        await forum.close_users()

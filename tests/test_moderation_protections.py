@@ -1,0 +1,204 @@
+"""Protections against a real Synapse: each firing and not firing, graduated steps and
+their reset, dry run, join waves. Moderators are never targets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+
+from forum.storage.models import utcnow
+from moderation.bot.store import Audit, Strikes
+from tests.matrix_user import MatrixRequestError, TestUser
+from tests.moderation_helpers import ModForum, is_message, moderated_forum
+
+pytestmark = pytest.mark.homeserver
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def forum(synapse, tmp_path_factory) -> AsyncIterator[ModForum]:
+    async with moderated_forum(synapse, tmp_path_factory.mktemp("modprot")) as f:
+        yield f
+
+
+async def old_member(forum: ModForum, name: str) -> TestUser:
+    """A member whose first join is two days old (not "new")."""
+    user = await forum.member(name)
+    from moderation.bot.models import FirstJoin
+
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        row = await s.get(FirstJoin, user.user_id)
+        assert row is not None
+        row.joined_at = utcnow() - timedelta(days=2)
+    return user
+
+
+async def body_of(user: TestUser, room: str, event_id: str) -> str | None:
+    ev = await user.request("GET", f"/_matrix/client/v3/rooms/{room}/event/{event_id}")
+    return ev["content"].get("body")
+
+
+async def report_about(forum: ModForum, user_id: str, after: int, text: str = "") -> str:
+    ev = await forum.mod.wait_for(
+        lambda e: (
+            is_message(forum.mgmt, forum.bot_id)(e)
+            and user_id in e["content"]["body"]
+            and text in e["content"]["body"]
+        ),
+        20,
+        after=after,
+    )
+    return str(ev["content"]["formatted_body"])
+
+
+async def test_flood_redacts_every_message_and_warns(forum: ModForum):
+    flooder = await old_member(forum, "flooder")
+    mark, fmark = forum.mod.mark(), flooder.mark()
+    sent = [await flooder.send_text(forum.topic, f"pub {i} <b>x</b>") for i in range(5)]
+    await forum.wait_redacted(sent, after=mark)
+    html = await report_about(forum, flooder.user_id, mark, "Protection")
+    assert "<blockquote>pub 4 &lt;b&gt;x&lt;/b&gt;</blockquote>" in html
+    assert "https://matrix.to/#/" in html
+    assert sent[-1].replace("$", "") in html.replace("%24", "")
+    dm = await forum.dm_room(flooder, after=fmark)
+    await flooder.wait_for_text(dm, "Modération automatique", after=fmark)
+    assert await forum.power(forum.topic, flooder.user_id) == 0  # first step: a warning
+
+
+async def test_moderator_who_floods_is_never_touched(forum: ModForum):
+    mark = forum.mod.mark()
+    mine = [await forum.mod.send_text(forum.topic, f"annonce {i} arnaque") for i in range(7)]
+    # A member's offence afterwards is the sync point: by then the moderator's were seen.
+    member = await old_member(forum, "sync")
+    bad = await member.send_text(forum.topic, "une arnaque")
+    await forum.wait_redacted([bad], after=mark)
+    await report_about(forum, member.user_id, mark)
+    for ev in mine:
+        assert (await body_of(forum.mod, forum.topic, ev) or "").startswith("annonce")
+    assert await forum.power(forum.topic, forum.mod.user_id) == 50
+    async with forum.ctx.db.sessionmaker() as s:
+        assert await Audit(s).entries(forum.mod.user_id) == [] or all(
+            e.target != forum.mod.user_id for e in await Audit(s).entries(forum.mod.user_id)
+        )
+
+
+async def test_mention_spam(forum: ModForum):
+    person = await old_member(forum, "mentions")
+    others = [f"@someone{i}:{forum.hs.server_name}" for i in range(4)]
+    mark = forum.mod.mark()
+    ok = await person.send_text(forum.topic, "bonjour " + " ".join(others[:3]))
+    spam = await person.send_text(forum.topic, "regardez " + " ".join(others))
+    await forum.wait_redacted([spam], after=mark)
+    await report_about(forum, person.user_id, mark, "mentions")
+    assert (await body_of(person, forum.topic, ok) or "").startswith("bonjour")
+
+
+async def test_banned_words_ignore_case_and_accents_on_word_boundaries(forum: ModForum):
+    person = await old_member(forum, "words")
+    mark = forum.mod.mark()
+    fine = [
+        await person.send_text(forum.topic, "les arnaqueurs et idiotismes ne comptent pas"),
+        await person.send_text(forum.topic, "tout va bien"),
+    ]
+    bad = await person.send_text(forum.topic, "Quelle ARNÂQUE, vraiment")
+    await forum.wait_redacted([bad], after=mark)
+    await report_about(forum, person.user_id, mark, "mot interdit")
+    for ev in fine:
+        assert await body_of(person, forum.topic, ev)
+
+
+async def test_links_and_media_from_new_members_only(forum: ModForum):
+    newcomer = await forum.member("newcomer")
+    veteran = await old_member(forum, "veteran")
+    mark = forum.mod.mark()
+    kept = await veteran.send_text(forum.topic, "voir https://example.org/guide")
+    text_ok = await newcomer.send_text(forum.topic, "bonjour à toutes et tous")
+    link = await newcomer.send_text(forum.topic, "gagnez vite sur https://spam.example/x")
+    media = await newcomer.send(
+        forum.topic, "m.room.message", {"msgtype": "m.image", "body": "pic.png", "url": "mxc://x/y"}
+    )
+    await forum.wait_redacted([link, media], after=mark)
+    await report_about(forum, newcomer.user_id, mark, "nouveau membre")
+    assert await body_of(veteran, forum.topic, kept)
+    assert await body_of(newcomer, forum.topic, text_ok)
+
+
+async def test_graduated_steps_and_reset_after_quiet_period(forum: ModForum):
+    person = await old_member(forum, "steps")
+    mark = forum.mod.mark()
+    first = await person.send_text(forum.topic, "idiot")
+    await forum.wait_redacted([first], after=mark)
+    await report_about(forum, person.user_id, mark, "warn")
+    mark = forum.mod.mark()
+    second = await person.send_text(forum.topic, "IDIOT encore")
+    await forum.wait_redacted([second], after=mark)
+    await report_about(forum, person.user_id, mark, "!unmute")
+    for room in forum.forum_rooms:
+        assert await forum.power(room, person.user_id) == -1
+    with pytest.raises(MatrixRequestError):
+        await person.send_text(forum.topic, "muet")
+    await forum.command(f"!unmute {person.user_id}")
+    mark = forum.mod.mark()
+    await person.send_text(forum.topic, "toujours idiot")
+    await forum.wait_membership(person.user_id, "ban", after=mark)
+    await report_about(forum, person.user_id, mark, "!unban")
+
+    # Another person: after a quiet period the step goes back to a warning.
+    calm = await old_member(forum, "calm")
+    mark = forum.mod.mark()
+    await calm.send_text(forum.topic, "arnaque")
+    await report_about(forum, calm.user_id, mark, "warn")
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await Strikes(s).set(calm.user_id, 1, utcnow() - timedelta(hours=25))
+    mark = forum.mod.mark()
+    await calm.send_text(forum.topic, "arnaque")
+    await report_about(forum, calm.user_id, mark, "warn")
+    assert await forum.power(forum.topic, calm.user_id) == 0
+
+
+async def test_dry_run_reports_without_acting(forum: ModForum):
+    person = await old_member(forum, "dry")
+    await forum.command("!dry-run on")
+    try:
+        mark = forum.mod.mark()
+        ev = await person.send_text(forum.topic, "arnaque !")
+        html = await report_about(forum, person.user_id, mark, "[simulation]")
+        assert "arnaque" in html
+        assert await body_of(person, forum.topic, ev) == "arnaque !"
+    finally:
+        await forum.command("!dry-run off")
+    async with forum.ctx.db.sessionmaker() as s:
+        entries = await Audit(s).entries(person.user_id)
+    assert entries
+    assert all(e.dry_run for e in entries)
+
+
+async def test_join_wave_locks_joins_until_unlocked(forum: ModForum):
+    bot = forum.bot
+    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
+    bot.join_times.clear()
+    mark = forum.mod.mark()
+    try:
+        people = [await forum.user(f"wave{i}") for i in range(3)]
+        for p in people:
+            await forum.ctx.moderation.invite(forum.ids["space"], p.user_id)
+        await asyncio.gather(
+            *(p.join(forum.ids["space"], via=[forum.hs.server_name]) for p in people)
+        )
+        await report_about(forum, "", mark, "!unlock-joins")
+        rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+        assert rules["join_rule"] == "knock"
+        late = await forum.user("late")
+        await forum.ctx.moderation.invite(forum.ids["space"], late.user_id)
+        await late.join(forum.ids["space"], via=[forum.hs.server_name])
+        with pytest.raises(MatrixRequestError):
+            await late.join(forum.topic, via=[forum.hs.server_name])
+    finally:
+        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
+        await forum.command("!unlock-joins")
+    rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+    assert rules["join_rule"] == "knock_restricted"
+    await late.join(forum.topic, via=[forum.hs.server_name])

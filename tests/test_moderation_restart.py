@@ -1,0 +1,93 @@
+"""Timed mutes survive a restart of the whole service and expire on time; the audit log
+is read by operators with ``forum moderation log`` (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+
+import pytest
+import tomli_w
+
+from forum.app import Service
+from moderation.bot import add_commands, setup
+from moderation.bot.store import Mutes
+from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
+from tests.matrix_user import TestUser
+from tests.moderation_helpers import FAST, start_moderated
+
+pytestmark = pytest.mark.homeserver
+
+
+async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, capsys):
+    mod = await TestUser.create(synapse, "mod", display_name="Afi")
+    data = forum_data(synapse, moderators=[mod.user_id], db_url=db_url)
+    data["moderation"] = dict(FAST)
+    home = tmp_path / "home"
+    forum = await start_moderated(synapse, home, data=data, moderator=mod)
+    second: Service | None = None
+    try:
+        person = await forum.member("timed")
+        await forum.command(f"!mute {person.user_id} 12s trop de messages")
+        for room in forum.forum_rooms:
+            assert await forum.power(room, person.user_id) == -1
+        await forum.service.stop()
+
+        # Started again on the same database: provisioning reconciles the power levels,
+        # the bot mutes again until the stored deadline, then lifts the mute by itself.
+        mark = mod.mark()
+        second = Service(
+            settings_from(data), config_dir=CONFIG_DIR, home=home, components=[setup],
+            web_port=0,
+        )  # fmt: skip
+        await second.start()
+        async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
+            mute = await Mutes(s).get(person.user_id)
+        assert mute is not None
+        assert mute.until is not None
+        if datetime.now(UTC) < mute.until:
+            assert await forum.power(forum.topic, person.user_id) == -1
+        await mod.wait_for(
+            lambda e: (
+                e["type"] == "m.room.message"
+                and e["room_id"] == forum.mgmt
+                and person.user_id in e["content"]["body"]
+                and "expiré" in e["content"]["body"]
+            ),
+            40,
+            after=mark,
+        )
+        for room in forum.forum_rooms:
+            assert await forum.power(room, person.user_id) == 0
+        await person.send_text(forum.topic, "je peux reparler")
+    finally:
+        if second is not None:
+            await second.stop()
+        await forum.close_users()
+
+    # The operator's view of the audit log.
+    config = tmp_path / "forum.toml"
+    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["--config", str(config), "moderation", "log", "--user", person.user_id, "--json"]
+    )
+    capsys.readouterr()
+    assert await args.func(args) == 0
+    entries = json.loads(capsys.readouterr().out)
+    actions = [(e["action"], e["actor"], e["source"]) for e in entries]
+    assert actions == [
+        ("mute:12s", mod.user_id, "command"),
+        ("unmute", forum.bot_id, "timer"),
+    ]
+    assert entries[0]["reason"] == "trop de messages"
+    assert len(entries[0]["rooms"]) == len(forum.forum_rooms)
+    assert entries[0]["event_id"]
+    args = parser.parse_args(["--config", str(config), "moderation", "log"])
+    assert await args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "mute:12s" in text
+    assert person.user_id in text

@@ -1,0 +1,98 @@
+"""Pure parts of the moderation bot: the command framework, text helpers, settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from forum.settings import ConfigError, parse_settings
+from moderation.bot.bot import registry
+from moderation.bot.commands import UsageError, parse_args
+from moderation.bot.text import (
+    fold,
+    glob_match,
+    mention_count,
+    normalize_name,
+    parse_duration,
+    skeleton,
+    word_pattern,
+)
+from tests.forum_fixtures import _BASE
+
+
+def parsed(line: str) -> tuple[str, dict[str, object]]:
+    split = registry.split(line, "!")
+    assert split is not None
+    cmd, tokens = split
+    return cmd.name, parse_args(cmd, tokens)
+
+
+def test_commands_parse_typed_arguments_in_both_languages():
+    assert parsed("!mute @a:x 10m trop fort") == (
+        "mute",
+        {"user": "@a:x", "duration": timedelta(minutes=10), "reason": "trop fort"},
+    )
+    assert parsed("!sourdine @a:x calmez-vous") == (
+        "mute",
+        {"user": "@a:x", "duration": None, "reason": "calmez-vous"},
+    )
+    assert parsed("!effacer @a:x 2h") == ("redact", {"user": "@a:x", "limit": timedelta(hours=2),
+                                                      "reason": None})  # fmt: skip
+    assert parsed("!redact @a:x 20 spam")[1]["limit"] == 20
+    assert parsed('!warn "Ama Twin" soyez courtoise') == (
+        "warn",
+        {"user": "Ama Twin", "reason": "soyez courtoise"},
+    )
+    assert parsed("!DRY-RUN On") == ("dry-run", {"mode": "on"})
+    assert registry.split("!unknown x", "!") is None
+    assert registry.split("ban @a:x", "!") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "usage"),
+    [
+        ("!warn @a:x", "!warn USER REASON"),
+        ("!ban", "!ban USER [REASON]"),
+        ("!dry-run maybe", "!dry-run on|off"),
+        ("!case x ban", "!case NUMBER dismiss|redact|warn|mute|ban"),
+        ("!lock now", "!lock"),
+    ],
+)
+def test_bad_arguments_give_the_usage_line(line, usage):
+    split = registry.split(line, "!")
+    assert split is not None
+    with pytest.raises(UsageError) as err:
+        parse_args(*split)
+    assert err.value.command.usage("!") == usage
+
+
+def test_every_command_has_french_and_english_names_and_help():
+    for cmd in registry.commands:
+        assert cmd.help, cmd.name
+        assert cmd.aliases, cmd.name
+
+
+def test_text_helpers():
+    pattern = word_pattern(["arnaque", "Idiot"])
+    assert pattern is not None
+    assert pattern.search(fold("Quelle ARNÂQUE !"))
+    assert pattern.search(fold("ídiot"))
+    assert not pattern.search(fold("les arnaqueurs, idiotismes"))
+    assert normalize_name("  Afi\u200b\u202e ") == "afi"
+    assert skeleton("Аfі") == skeleton("Afi")  # Cyrillic А and і
+    assert parse_duration("90s") == timedelta(seconds=90)
+    assert parse_duration("soon") is None
+    assert glob_match("@*:spam.example", "@bot1:spam.example")
+    assert not glob_match("@*:spam.example", "@a:spam.example.org")
+    assert mention_count({"m.mentions": {"user_ids": ["@a:x", "@b:x"]}}, "hi @c:x @a:x") == 3
+
+
+def test_moderation_settings_are_validated():
+    data = dict(_BASE)
+    data["moderation"] = {"steps": ["warn", "mute:soon"], "policy_lists": ["bans"]}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(data, "t", env={})
+    text = str(err.value)
+    assert "moderation.steps[1]" in text
+    assert "moderation.policy_lists" in text
