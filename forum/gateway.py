@@ -120,6 +120,7 @@ class Gateway:
         self._txn = itertools.count()
         self._txn_prefix = secrets.token_hex(6)
         self._synced = asyncio.Event()
+        self._direct_lock = asyncio.Lock()
         self.next_batch: str | None = None
         self.stats = GatewayStats()
         self.device_id: str | None = None
@@ -719,10 +720,11 @@ class Gateway:
         if name:
             payload["name"] = name
         room_id = await self.create_room(payload)
-        direct = await self.get_account_data("m.direct") or {}
-        rooms = [r for r in direct.get(user_id, []) if isinstance(r, str)]
-        direct[user_id] = [*rooms, room_id]
-        await self.set_account_data("m.direct", direct)
+        async with self._direct_lock:  # read-modify-write of one account data event
+            direct = await self.get_account_data("m.direct") or {}
+            rooms = [r for r in direct.get(user_id, []) if isinstance(r, str)]
+            direct[user_id] = [*rooms, room_id]
+            await self.set_account_data("m.direct", direct)
         return room_id
 
     async def upload(self, data: bytes, content_type: str, filename: str) -> str:

@@ -67,6 +67,8 @@ class Options:
     """Tunables of the bot (tests shorten the intervals)."""
 
     deadline_poll_seconds: float = 30.0
+    entry_concurrency: int = 8
+    """People whose entry (opening the DM) is handled at the same time."""
     max_chars: int = 4000
     flood_limit: int = 10
     flood_window_seconds: float = 60.0
@@ -90,6 +92,7 @@ class MembershipBot:
         self.i18n = I18n(self.settings.forum.languages, locale_dir=LOCALE_DIR)
         self.prefix = self.settings.bots.command_prefix
         self._locks: dict[str, asyncio.Lock] = {}
+        self._entries = asyncio.Semaphore(self.options.entry_concurrency)
         self._charters: dict[tuple[int, str], Charter] = {}
         self.commands = [
             Command(("aide", "help"), "", msg.HELP_HELP, self.cmd_help),
@@ -131,6 +134,7 @@ class MembershipBot:
         self.ctx.outbox_executors[KICK] = self.exec_kick
         self.ctx.outbox_executors[NOTIFY] = self.exec_notify
         self.ctx.tasks.start("membership:charter", self.charter_task())
+        self.ctx.tasks.start("membership:pending-knocks", self.recover_pending())
 
     # --- helpers ------------------------------------------------------------------------
     def lock(self, user_id: str) -> asyncio.Lock:
@@ -204,13 +208,13 @@ class MembershipBot:
                 await self.on_dm_join(ev)
             return
         if ev.membership == "knock":
-            await self.enter(ev.target, "knock", text=ev.reason, knock_room=ev.room_id)
+            self.start_entry(ev.target, "knock", text=ev.reason, knock_room=ev.room_id)
         elif (
             ev.membership == "join"
             and ev.room_id == self.ctx.room_ids.get("lobby")
             and ev.prev_membership != "join"
         ):
-            await self.enter(ev.target, "lobby")
+            self.start_entry(ev.target, "lobby")
         elif ev.membership in {"leave", "ban"} and ev.prev_membership in {"join", "invite"}:
             await self.check_left_everything(ev.target)
 
@@ -249,10 +253,69 @@ class MembershipBot:
         except MatrixError as exc:
             log.warning("could not leave %s: %s", room_id, exc)
 
-    async def enter(
-        self, user_id: str, door: str, *, text: str | None = None, knock_room: str | None = None
+    def start_entry(
+        self,
+        user_id: str,
+        door: str,
+        *,
+        text: str | None = None,
+        knock_room: str | None = None,
+        recovering: bool = False,
     ) -> None:
-        """One flow per person, whatever the door: opens the DM once, sends the charter."""
+        """Handle an entry in the background, several people at once (one at a time per
+        person: :meth:`enter` holds the person's lock), so that a crowd of knocks does not
+        wait in a line. A knock lost to a crash is found again by :meth:`recover_pending`.
+        """
+
+        async def run() -> None:
+            async with self._entries:
+                await self.enter(
+                    user_id, door, text=text, knock_room=knock_room, recovering=recovering
+                )
+
+        self.ctx.tasks.start(f"membership:enter:{user_id}", run())
+
+    async def recover_pending(self) -> None:
+        """At start-up: knocks still pending on forum rooms, and people whose DM was never
+        opened, get their flow (each exactly once: :meth:`enter` is idempotent)."""
+        for room in self.forum_rooms:
+            try:
+                knocks = await self.gw.members(room, membership="knock")
+            except MatrixError as exc:
+                log.warning("cannot list the knocks on %s: %s", room, exc)
+                continue
+            for user_id, content in knocks.items():
+                if not self.ignored(user_id):
+                    reason = content.get("reason")
+                    self.start_entry(
+                        user_id,
+                        "knock",
+                        text=reason if isinstance(reason, str) else None,
+                        knock_room=room,
+                        recovering=True,
+                    )
+        async with self.ctx.db.sessionmaker() as s:
+            unopened = [
+                p.user_id
+                for p in await People(s).all()
+                if not p.dm_room_id and p.step in {m.LANGUAGE, m.CHARTER}
+            ]
+        for user_id in unopened:
+            self.start_entry(user_id, "restart", recovering=True)
+
+    async def enter(
+        self,
+        user_id: str,
+        door: str,
+        *,
+        text: str | None = None,
+        knock_room: str | None = None,
+        recovering: bool = False,
+    ) -> None:
+        """One flow per person, whatever the door: opens the DM once, sends the charter.
+
+        ``recovering``: found at start-up rather than received; a member's pending knock
+        then waits for the invites already queued for them."""
         async with self.lock(user_id):
             async with self.ctx.db.sessionmaker() as s, s.begin():
                 people = People(s)
@@ -265,7 +328,9 @@ class MembershipBot:
                 step, has_dm = person.step, bool(person.dm_room_id)
                 status = await ConsentRecords(s).status(user_id)
             if step == m.MEMBER and status.charter_version is not None:
-                if knock_room:  # a member knocking again (after leaving one room)...
+                if (
+                    knock_room and not recovering
+                ):  # a member knocking again (after leaving one room)...
                     state = await self.gw.get_state_event(knock_room, "m.room.member", user_id)
                     if state and state.get("membership") == "knock":  # ...not a replay
                         await self.queue_invites(user_id, [knock_room])
