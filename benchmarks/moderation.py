@@ -150,6 +150,20 @@ async def run(hs: EmbeddedHomeserver, tmp: Path, burst: int, senders: int) -> di
             samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
         result["ban_all_rooms"] = summary(samples, base)
 
+        # The floor under it: the same bans sent all at once straight through the bot's
+        # gateway (no command, no checks): what the homeserver itself needs.
+        floor_targets = [await forum.member(f"floor{i}") for i in range(8)]
+        await forum.command("!help")
+        samples = []
+        for t in floor_targets:
+            mark = mod.mark()
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(forum.ctx.moderation.ban(r, t.user_id, "bench") for r in forum.forum_rooms)
+            )
+            samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
+        result["ban_floor_bare_concurrent_bans"] = summary(samples, base)
+
         # Flood: the Nth message -> all N redactions seen.
         bot.cfg = quiet
         samples = []

@@ -133,26 +133,36 @@ async def build_week(
 
     # key points: two streaming passes over the consented messages
     count = settings.digest.key_points
-    summarisers: dict[str, Summariser[tuple[str, str, str]]] = {
+    summarisers: dict[str, Summariser[tuple[str, str]]] = {
         slug: Summariser(count) for slug in topics
     }
     reactions = await store.reaction_counts(start, end)
-    # two light passes over the precomputed keywords (frequencies, then scores); only
-    # the few candidates' bodies are read
-    async for topic, kw in store.stream_topic_keywords(start, end):
-        summariser = summarisers.get(topic)
-        if summariser is not None:
-            summariser.observe_keywords(kw)
-    async for event_id, room_id, topic, name, kw, words in store.stream_keywords(start, end):
-        s = summarisers.get(topic)
-        if s is not None and event_id not in hl_ids:
-            s.offer_keywords(kw, words, (name, room_id, event_id), reactions.get(event_id, 0))
-    wanted = [c[2] for s in summarisers.values() for c in s.candidate_sources()]
-    bodies = await store.bodies(wanted)
+    # One read of the light rows (precomputed keywords): frequencies first, then scores
+    # from the rows kept in memory; only the few candidates' bodies are read afterwards.
+    # Kept per topic as (event_id, keywords, words): a few tens of MB at 100,000 rows.
+    kept: dict[str, list[tuple[str, str, int]]] = {slug: [] for slug in summarisers}
+    async for event_id, topic, kw, words in store.stream_keywords(start, end):
+        bucket = kept.get(topic)
+        if bucket is not None:
+            summarisers[topic].observe_keywords(kw)
+            bucket.append((event_id, kw, words))
+    for slug, bucket in kept.items():
+        s, room = summarisers[slug], room_of[slug]
+        for event_id, kw, words in bucket:
+            if event_id not in hl_ids:
+                s.offer_keywords(kw, words, (room, event_id), reactions.get(event_id, 0))
+        bucket.clear()
+    wanted = [c[1] for s in summarisers.values() for c in s.candidate_sources()]
+    found = await store.bodies(wanted)
     for slug, s in summarisers.items():
-        texts = {c: bodies.get(c[2], "") for c in s.candidate_sources()}
+        texts = {c: found.get(c[1], ("", ""))[0] for c in s.candidate_sources()}
         topics[slug].key_points = [
-            KeyPointOut(kp.text, kp.source[0], matrix_to(kp.source[1], kp.source[2]), kp.source[2])
+            KeyPointOut(
+                kp.text,
+                found.get(kp.source[1], ("", ""))[1],
+                matrix_to(kp.source[0], kp.source[1]),
+                kp.source[1],
+            )
             for kp in s.key_points(texts)
         ]
 

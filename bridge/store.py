@@ -218,45 +218,35 @@ class DigestStore:
             for row in rows:
                 yield StoredMessage(*row)
 
-    async def stream_topic_keywords(
-        self, start: datetime, end: datetime, basis: str = "consent"
-    ) -> AsyncIterator[tuple[str, str]]:
-        stmt = select(DigestMessage.topic, DigestMessage.keywords).where(
-            DigestMessage.ts >= start, DigestMessage.ts < end, DigestMessage.basis == basis
-        )
-        result = await self.session.stream(stmt.execution_options(yield_per=5000))
-        async for rows in result.partitions():
-            for row in rows:
-                yield row  # type: ignore[misc]
-
     async def stream_keywords(
         self, start: datetime, end: datetime, basis: str = "consent"
-    ) -> AsyncIterator[tuple[str, str, str, str, str, int]]:
-        """(event_id, room_id, topic, display_name, keywords, words): the light rows a
-        week's build reads once, in large partitions (its floor)."""
+    ) -> AsyncIterator[tuple[str, str, str, int]]:
+        """(event_id, topic, keywords, words): the light rows a week's build reads once,
+        in large partitions (its floor)."""
         stmt = select(
             DigestMessage.event_id,
-            DigestMessage.room_id,
             DigestMessage.topic,
-            DigestMessage.display_name,
             DigestMessage.keywords,
             DigestMessage.words,
         ).where(DigestMessage.ts >= start, DigestMessage.ts < end, DigestMessage.basis == basis)
-        result = await self.session.stream(stmt.execution_options(yield_per=5000))
+        # Core rows straight from the connection: no ORM loading for plain columns.
+        conn = await self.session.connection()
+        result = await conn.stream(stmt.execution_options(yield_per=5000))
         async for rows in result.partitions():
             for row in rows:
                 yield row  # type: ignore[misc]
 
-    async def bodies(self, ids: Iterable[str]) -> dict[str, str]:
+    async def bodies(self, ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """(body, display name) of the given messages."""
         ids = list(ids)
-        out: dict[str, str] = {}
+        out: dict[str, tuple[str, str]] = {}
         for i in range(0, len(ids), 500):
             rows = await self.session.execute(
-                select(DigestMessage.event_id, DigestMessage.body).where(
-                    DigestMessage.event_id.in_(ids[i : i + 500])
-                )
+                select(
+                    DigestMessage.event_id, DigestMessage.body, DigestMessage.display_name
+                ).where(DigestMessage.event_id.in_(ids[i : i + 500]))
             )
-            out.update({e: b for e, b in rows})
+            out.update({e: (b, n) for e, b, n in rows})
         return out
 
     async def messages(self, ids: Iterable[str]) -> dict[str, StoredMessage]:
