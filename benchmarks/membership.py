@@ -97,7 +97,8 @@ async def crowd(hs: EmbeddedHomeserver, service: Service, n: int) -> dict[str, o
 
     async def create(i: int) -> TestUser:
         async with limit:
-            return await TestUser.create(hs, f"crowd{i}")
+            # 200 knocks on one room queue up in the homeserver: give them time.
+            return await TestUser.create(hs, f"crowd{i}", http_timeout=600)
 
     users = await asyncio.gather(*(create(i) for i in range(n)))
     space = service.ctx.room_ids["space"]

@@ -65,7 +65,12 @@ class TestUser:
     __test__ = False  # keep pytest from collecting it
 
     def __init__(
-        self, hs: EmbeddedHomeserver, user_id: str, password: str, client: AsyncClient
+        self,
+        hs: EmbeddedHomeserver,
+        user_id: str,
+        password: str,
+        client: AsyncClient,
+        http_timeout: float = 60,
     ) -> None:
         self.hs = hs
         self.user_id = user_id
@@ -76,7 +81,7 @@ class TestUser:
         self.next_batch: str | None = None
         self._http = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {self.access_token}"},
-            timeout=aiohttp.ClientTimeout(total=60),
+            timeout=aiohttp.ClientTimeout(total=http_timeout),
         )
         self._changed = asyncio.Condition()
         self._sync_error: BaseException | None = None
@@ -93,6 +98,7 @@ class TestUser:
         display_name: str | None = None,
         admin: bool = False,
         unique: bool = True,
+        http_timeout: float = 60,
     ) -> TestUser:
         """Register ``name-<random>`` (or ``name`` if not ``unique``), log in, start syncing."""
         localpart = f"{name}-{secrets.token_hex(4)}" if unique else name
@@ -100,17 +106,19 @@ class TestUser:
         user_id = await hs.register(
             localpart, password, admin=admin, display_name=display_name or name.capitalize()
         )
-        return await cls.login(hs, user_id, password)
+        return await cls.login(hs, user_id, password, http_timeout=http_timeout)
 
     @classmethod
-    async def login(cls, hs: EmbeddedHomeserver, user_id: str, password: str) -> TestUser:
+    async def login(
+        cls, hs: EmbeddedHomeserver, user_id: str, password: str, *, http_timeout: float = 60
+    ) -> TestUser:
         """Log in an existing account and start its sync loop."""
         client = AsyncClient(hs.url, user_id, config=AsyncClientConfig(store_sync_tokens=False))
         resp = await client.login(password, device_name="forum-tests")
         if not isinstance(resp, LoginResponse):
             await client.close()
             raise MatrixRequestError("POST", "/login", 0, {"error": str(resp)})
-        user = cls(hs, user_id, password, client)
+        user = cls(hs, user_id, password, client, http_timeout)
         user._sync_task = asyncio.create_task(user._sync_loop(), name=f"sync {user_id}")
         return user
 
