@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.app import ServiceContext
 from forum.consent import ConsentRecords, ConsentRow
@@ -566,15 +567,7 @@ class MembershipBot:
         lang = self.lang_of(person)
         charter = self.charter(lang, person.charter_version)
         async with self.ctx.db.sessionmaker() as s, s.begin():
-            await ConsentRecords(s).add(
-                user_id,
-                "charter",
-                True,
-                method=method,
-                charter_version=charter.version,
-                text_sha256=charter.sha256,
-                event_id=event_id,
-            )
+            await record_charter(s, user_id, charter, method, event_id)
             row = await People(s).get(user_id)
             assert row is not None
             row.step, row.question_event_id, row.updated_at = m.PUBLICATION, None, utcnow()
@@ -1131,15 +1124,7 @@ class MembershipBot:
         lang = self.lang_of(person)
         charter = self.charter(lang, person.reconsent_version)
         async with self.ctx.db.sessionmaker() as s, s.begin():
-            await ConsentRecords(s).add(
-                user_id,
-                "charter",
-                True,
-                method=method,
-                charter_version=charter.version,
-                text_sha256=charter.sha256,
-                event_id=event_id,
-            )
+            await record_charter(s, user_id, charter, method, event_id)
             row = await People(s).get(user_id)
             assert row is not None
             row.charter_version, row.reconsent_version = charter.version, None
@@ -1155,6 +1140,21 @@ class MembershipBot:
                 version=charter.version,
             ),
         )
+
+
+async def record_charter(
+    s: AsyncSession, user_id: str, charter: Charter, method: str, event_id: str
+) -> None:
+    """The append-only record of an accepted charter version (its text's SHA-256)."""
+    await ConsentRecords(s).add(
+        user_id,
+        "charter",
+        True,
+        method=method,
+        charter_version=charter.version,
+        text_sha256=charter.sha256,
+        event_id=event_id,
+    )
 
 
 async def export_person(sessionmaker: Any, user_id: str) -> dict[str, Any]:
