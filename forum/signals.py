@@ -16,6 +16,10 @@ PUBLICATION_GRANTED = "publication_granted"
 #: A person left every forum room or was removed. kwargs: user_id
 MEMBER_LEFT = "member_left"
 
+#: A person reported something to a bot other than the moderation bot (in a DM to the
+#: membership bot). kwargs: reporter, body, formatted_body (or None), event_id
+REPORT = "report"
+
 Receiver = Callable[..., Awaitable[None]]
 
 

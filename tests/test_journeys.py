@@ -103,3 +103,43 @@ async def page(service, path: str) -> str:
     ):
         assert resp.status == 200, path
         return await resp.text()
+
+
+async def test_report_written_to_the_welcome_bot_becomes_a_case(synapse, make_user, start_forum):
+    """A member reports a message in their DM with the membership bot: the moderators
+    get a case card in the management room, with the reported message quoted."""
+    moderator = await make_user("afi")
+    data = forum_data(synapse, moderators=[moderator.user_id])
+    service = await start_forum(
+        settings_from(data),
+        components=[make_setup(deadline_poll_seconds=0.5), moderation.bot.setup],
+    )
+    ctx = service.ctx
+    server = [service.settings.server_name]
+    room = ctx.room_ids["topic:engagement-civique"]
+    awa, troll = await make_user("awa"), await make_user("troll")
+    awa_dm = await admit(awa, service, publication=False)
+    await admit(troll, service, publication=False)
+    for person in (awa, troll):
+        await person.join(ctx.room_ids["space"], via=server)
+        await person.join(room, via=server)
+    await moderator.join(ctx.room_ids["management"], via=server)
+    bad = await troll.send_text(room, "Message insultant à signaler")
+
+    mark, mod_mark = awa.mark(), moderator.mark()
+    link = f"https://matrix.to/#/{room}/{bad}"
+    await awa.send_text(awa_dm, f"!signaler {link} insulte")
+    await wait_bot_text(
+        awa, awa_dm, service, "signalement a été transmis", "report was passed", after=mark
+    )
+    card = await moderator.wait_for(
+        lambda e: (
+            e["room_id"] == ctx.room_ids["management"]
+            and e["type"] == "m.room.message"
+            and "Message insultant à signaler" in e["content"].get("body", "")
+        ),
+        timeout=30,
+        after=mod_mark,
+    )
+    assert awa.user_id in card["content"]["body"]  # moderators see who reported
+    assert troll.user_id in card["content"]["body"]

@@ -124,6 +124,12 @@ async def test_glob_ban_hits_matching_members_only(forum: ModForum):
     await forum.ctx.moderation.invite(forum.ids["space"], late.user_id)
     await late.join(forum.ids["space"], via=[forum.hs.server_name])
     await forum.wait_membership(late.user_id, "ban", after=mark)
+    # Unbanning the glob withdraws the rule and lifts the bans it caught.
+    mark = forum.mod.mark()
+    echo = await forum.command(f"!unban {pattern}:{forum.hs.server_name}")
+    assert "Refusé" not in echo
+    for u in (a.user_id, late.user_id):
+        await forum.wait_membership(u, "leave", after=mark)
 
 
 async def test_moderators_cannot_be_targets(forum: ModForum):

@@ -144,6 +144,19 @@ class Actions:
     async def kick(self, user_id: str, reason: str | None) -> list[str]:
         return await self.across(lambda r: self.gw.kick(r, user_id, reason))
 
+    async def banned(self) -> set[str]:
+        """Everyone banned from at least one forum room."""
+        pages = await asyncio.gather(
+            *(self.gw.members(r, "ban") for r in self.rooms), return_exceptions=True
+        )
+        out: set[str] = set()
+        for page in pages:
+            if isinstance(page, asyncio.CancelledError):
+                raise page
+            if not isinstance(page, BaseException):
+                out.update(page)
+        return out
+
     async def members(self) -> dict[str, str | None]:
         """Joined members of the forum rooms and their display names."""
         pages = await asyncio.gather(

@@ -22,6 +22,7 @@ from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
 from forum.matrix import is_user_id, matrix_to, server_of
+from forum.signals import REPORT
 from forum.storage.models import utcnow
 
 from . import text as T
@@ -106,6 +107,7 @@ class ModerationBot:
         await self._load_own_rules()
         await self.actions.reapply_mutes()
         await self.actions.reapply_locks()
+        self.ctx.signals.connect(REPORT, self.report_from_text)
         gw = self.gw
         gw.on(Message, self.on_message)
         gw.on(Reaction, self.on_reaction)
@@ -734,27 +736,38 @@ class ModerationBot:
         body = ev.body.strip()
         if not body or registry.split(body, self.prefix) is not None:
             return  # commands are only taken in the management room
-        room_id = event_id = None
-        m = MATRIX_TO_EVENT.search(body) or MATRIX_TO_EVENT.search(ev.formatted_body or "")
+        await self.report_from_text(ev.sender, body, ev.formatted_body, ev.event_id)
+        thanks = self.t("Thank you: your report was passed to the moderators.")
+        await self.gw.send_text(ev.room_id, thanks, html.escape(thanks))
+
+    async def report_from_text(
+        self, reporter: str, body: str, formatted_body: str | None, event_id: str
+    ) -> None:
+        """A case from a report written to a bot (``event_id``: that message): a
+        matrix.to link in it names the reported message (in a forum room); the rest is
+        the reason."""
+        body = body.strip()
+        dm_event = event_id
+        room_id: str | None = None
+        reported: str | None = None
+        m = MATRIX_TO_EVENT.search(body) or MATRIX_TO_EVENT.search(formatted_body or "")
         if m:
-            room_ref, event_id = m.group(1), m.group(2)
+            room_ref, reported = m.group(1), m.group(2)
             room_id = room_ref
             if room_ref.startswith("#"):
                 room_id = await self.gw.resolve_alias(room_ref)
         if room_id is not None and room_id not in self.ctx.forum_room_ids:
-            room_id = event_id = None
+            room_id = reported = None
         head = self._report_word(body)
         reason = body[len(head) :].strip() if head else body
         await self.open_case(
             source="dm",
-            external_id=f"dm:{ev.event_id}",
+            external_id=f"dm:{dm_event}",
             room_id=room_id,
-            event_id=event_id,
-            reporter=ev.sender,
+            event_id=reported,
+            reporter=reporter,
             reason=reason,
         )
-        thanks = self.t("Thank you: your report was passed to the moderators.")
-        await self.gw.send_text(ev.room_id, thanks, html.escape(thanks))
 
     async def _poll_admin_reports(self) -> None:
         api = "/_synapse/admin/v1"
@@ -967,10 +980,10 @@ async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
         return
     await bot.actions.withdraw_rule("user", target)
     users = [target]
-    if T.is_glob(target):
-        users = []
+    if T.is_glob(target):  # lift the bans the glob caught
+        users = sorted(u for u in await bot.actions.banned() if T.glob_match(target, u))
     results = await asyncio.gather(*(bot.actions.unban(u) for u in users))
-    rooms: list[str] = results[0] if results else []
+    rooms = sorted({room for done in results for room in done})
     await bot.actions.audit(
         actor=inv.sender, action="unban", target=target, rooms=rooms, event_id=inv.event_id
     )

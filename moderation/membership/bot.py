@@ -34,7 +34,7 @@ from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction
 from forum.i18n import I18n
 from forum.matrix import server_of
-from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN
+from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN, REPORT
 from forum.storage import Outbox, utcnow
 
 from . import messages as msg
@@ -122,6 +122,7 @@ class MembershipBot:
                 msg.HELP_MY_DATA,
                 self.cmd_my_data,
             ),
+            Command(("signaler", "report"), " …", msg.HELP_REPORT, self.cmd_report),
         ]
 
     # --- wiring -------------------------------------------------------------------------
@@ -931,6 +932,17 @@ class MembershipBot:
                 forum=self.forum_name_in(lang),
             ),
         )
+
+    async def cmd_report(self, person: PersonRow, arg: str, ev: Message) -> None:
+        """Pass a report to the moderation bot (which opens a case for the moderators)."""
+        await self.ctx.signals.emit(
+            REPORT,
+            reporter=person.user_id,
+            body=ev.body,
+            formatted_body=ev.formatted_body,
+            event_id=ev.event_id,
+        )
+        await self.say(ev.room_id, self.t(self.lang_of(person), msg.REPORT_THANKS))
 
     async def cmd_my_data(self, person: PersonRow, arg: str, ev: Message) -> None:
         lang = self.lang_of(person)

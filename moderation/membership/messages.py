@@ -40,6 +40,8 @@ HELP_PUBLICATION = "may your messages be quoted in the public digest (yes/no)"
 HELP_WITHDRAW = "withdraw your consent to be quoted"
 HELP_LEAVE = "leave the forum (removed from every room, consent ended)"
 HELP_MY_DATA = "everything stored about you, as a JSON file"
+HELP_REPORT = "report a message to the moderators (paste its link) or describe the problem"
+REPORT_THANKS = "Thank you: your report was passed to the moderators."
 STATUS_RECONSENT = "A new charter (version {version}) waits for your acceptance."
 LEFT = (
     "You have left {forum}: you were removed from its rooms and your consent has "
