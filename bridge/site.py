@@ -10,8 +10,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -385,18 +385,22 @@ async def export_site(site: DigestSite, directory: Path) -> int:
 
 
 def _write_tree(directory: Path, files: dict[str, bytes]) -> None:
+    """Write the site in place, each file replaced atomically (a web host serving the
+    directory never sees it missing or a file half-written), then remove what is no
+    longer part of the site (removed text must not stay behind)."""
     directory = directory.resolve()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    directory.mkdir(parents=True, exist_ok=True)
     for rel, data in files.items():
-        target = tmp / rel
+        target = directory / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    tmp.chmod(0o755)
-    old = None
-    if directory.exists():
-        old = directory.parent / f".{directory.name}-old-{tmp.name}"
-        directory.rename(old)
-    tmp.rename(directory)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    wanted = {directory / rel for rel in files}
+    for path in sorted(directory.rglob("*"), reverse=True):
+        if path.is_file() and path not in wanted and not path.name.endswith(".tmp"):
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()

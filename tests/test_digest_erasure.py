@@ -4,6 +4,7 @@ within the bound, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -26,11 +27,14 @@ UNMARKED = "DEMARQUE: un message marqué puis démarqué."
 
 
 def export_text(directory: Path) -> str:
-    return "\n".join(
-        p.read_text(encoding="utf-8", errors="replace")
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    )
+    """Every file of the export; a file replaced while it is listed (the exporter's
+    temporary files) is read under its final name."""
+    texts = []
+    for p in sorted(directory.rglob("*")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file():
+                texts.append(p.read_text(encoding="utf-8", errors="replace"))
+    return "\n".join(texts)
 
 
 async def test_erasure_reaches_every_output(synapse, make_user, start_forum, db_url, tmp_path):
