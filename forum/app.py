@@ -324,7 +324,3 @@ class Service:
 
     async def wait_failed(self) -> None:
         await self.tasks.failed.wait()
-
-
-async def wait_synced(gateways: Sequence[Gateway], timeout: float = 30) -> None:  # noqa: ASYNC109
-    await asyncio.gather(*(g.wait_synced(timeout) for g in gateways))

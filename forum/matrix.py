@@ -125,13 +125,3 @@ class PowerLevels:
             "redact": self.redact,
         }[action]
         return self.level(user_id) >= required
-
-
-def state_map(events: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Index raw state events by (type, state_key)."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for ev in events:
-        etype, key = ev.get("type"), ev.get("state_key")
-        if isinstance(etype, str) and isinstance(key, str):
-            out[(etype, key)] = dict(ev)
-    return out
