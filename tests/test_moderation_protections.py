@@ -167,13 +167,22 @@ async def test_dry_run_reports_without_acting(forum: ModForum):
         ev = await person.send_text(forum.topic, "arnaque !")
         html = await report_about(forum, person.user_id, mark, "[simulation]")
         assert "arnaque" in html
+        assert ": warn." in html
         assert await body_of(person, forum.topic, ev) == "arnaque !"
+        # A second offence shows the next step of the graduation, still without acting.
+        mark = forum.mod.mark()
+        await person.send_text(forum.topic, "encore une arnaque")
+        html = await report_about(forum, person.user_id, mark, "[simulation]")
+        assert ": mute:1h." in html
     finally:
         await forum.command("!dry-run off")
     async with forum.ctx.db.sessionmaker() as s:
         entries = await Audit(s).entries(person.user_id)
-    assert entries
+        stored = await Strikes(s).get(person.user_id)
+    assert len(entries) == 2
     assert all(e.dry_run for e in entries)
+    assert stored is None  # the simulated tally is never stored
+    assert await forum.power(forum.topic, person.user_id) == 0  # not muted
 
 
 async def test_join_wave_locks_joins_until_unlocked(forum: ModForum):

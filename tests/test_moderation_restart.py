@@ -4,6 +4,7 @@ is read by operators with ``forum moderation log`` (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -11,8 +12,10 @@ import pytest
 import tomli_w
 
 from forum.app import Service
+from forum.storage.repositories import ProcessedEvents
 from moderation.bot import add_commands, setup
-from moderation.bot.store import Mutes
+from moderation.bot.bot import PENDING_COMMAND
+from moderation.bot.store import Audit, Mutes, State
 from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
 from tests.matrix_user import TestUser
 from tests.moderation_helpers import FAST, start_moderated
@@ -91,3 +94,65 @@ async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, ca
     text = capsys.readouterr().out
     assert "mute:12s" in text
     assert person.user_id in text
+
+
+async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(synapse, tmp_path):
+    """The bot stores a command before its event counts as handled; a command whose event
+    was handled but whose actions a crash cut short runs when the bot starts again."""
+    mod = await TestUser.create(synapse, "mod", display_name="Afi")
+    data = forum_data(synapse, moderators=[mod.user_id])
+    data["moderation"] = dict(FAST)
+    home = tmp_path / "home"
+    forum = await start_moderated(synapse, home, data=data, moderator=mod)
+    second: Service | None = None
+    try:
+        # A command that ran to the end leaves nothing pending.
+        await forum.command("!help")
+        async with asyncio.timeout(10):
+            while True:
+                async with forum.ctx.db.sessionmaker() as s:
+                    if not await State(s).with_prefix(PENDING_COMMAND):
+                        break
+                await asyncio.sleep(0.05)
+        person = await forum.member("cut")
+        await forum.service.stop()
+
+        # The state a crash leaves: the command event handled (its sync token is past
+        # it), its actions not done, the command stored as pending.
+        event_id = await mod.send_text(forum.mgmt, f"!ban {person.user_id} spam")
+        async with forum.ctx.db.sessionmaker() as s, s.begin():
+            await ProcessedEvents(s).mark(forum.bot_id, event_id)
+            await State(s).set(
+                PENDING_COMMAND + event_id,
+                {"sender": mod.user_id, "body": f"!ban {person.user_id} spam", "ts": 0},
+            )
+        mark = mod.mark()
+        second = Service(
+            settings_from(data), config_dir=CONFIG_DIR, home=home, components=[setup],
+            web_port=0,
+        )  # fmt: skip
+        await second.start()
+        await forum.wait_membership(person.user_id, "ban", after=mark, timeout=30)
+        echo = await mod.wait_for(
+            lambda e: (
+                e["room_id"] == forum.mgmt
+                and e["sender"] == forum.bot_id
+                and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
+            ),
+            20,
+            after=mark,
+        )
+        assert person.user_id in echo["content"]["body"]
+        async with asyncio.timeout(10):
+            while True:
+                async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
+                    if not await State(s).with_prefix(PENDING_COMMAND):
+                        break
+                await asyncio.sleep(0.05)
+        async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
+            bans = [e for e in await Audit(s).entries(person.user_id) if e.action == "ban"]
+        assert len(bans) == 1  # run once, not once more by a replay
+    finally:
+        if second is not None:
+            await second.stop()
+        await forum.close_users()

@@ -14,7 +14,7 @@ import re
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ MEDIA = frozenset({"m.image", "m.video", "m.file", "m.audio"})
 CASE_KEYS = {"🗑": "redact", "⚠": "warn", "🔇": "mute", "🔨": "ban", "✅": "dismiss"}
 CASE_ACTIONS = ("dismiss", "redact", "warn", "mute", "ban")
 REPORT_WORDS = ("signaler", "report")
+PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
 MATRIX_TO_EVENT = re.compile(r"matrix\.to/#/([!#][^/\s?]+)/(\$[^\s?&\"'<>]+)")
 
 registry = Registry()
@@ -88,6 +89,8 @@ class ModerationBot:
         self.mgmt = ctx.room_ids["management"]
         self.policy = ctx.room_ids["policy"]
         self.dry_run = self.cfg.dry_run
+        # Simulated strikes of a dry run (user -> step index, when); never stored.
+        self.dry_strikes: dict[str, tuple[int, datetime]] = {}
         self.words = T.word_pattern(self.cfg.words)
         self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
         self.join_times: deque[tuple[float, str]] = deque()
@@ -96,6 +99,7 @@ class ModerationBot:
         self.list_rooms: set[str] = set()
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
+        self.commands_started: dict[str, None] = {}  # event ids, oldest first
         self.seen_joined: set[str] = set()
 
     # --- life cycle -------------------------------------------------------------------
@@ -107,6 +111,7 @@ class ModerationBot:
         await self._load_own_rules()
         await self.actions.reapply_mutes()
         await self.actions.reapply_locks()
+        await self._resume_commands()
         self.ctx.signals.connect(REPORT, self.report_from_text)
         gw = self.gw
         gw.on(Message, self.on_message)
@@ -147,8 +152,9 @@ class ModerationBot:
     async def on_message(self, ev: Message) -> None:
         if ev.room_id == self.mgmt:
             split = registry.split(ev.body, self.prefix)
-            if split is not None:
-                self.ctx.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
+            if split is not None and ev.event_id not in self.commands_started:
+                await self._remember_command(ev)
+                self._start_command(ev)
             return
         if ev.room_id == self.policy or ev.room_id in self.list_rooms:
             return
@@ -200,7 +206,47 @@ class ModerationBot:
             await self.rule_changed(ev.room_id, ev.type, ev.state_key, ev.content)
 
     # --- commands ---------------------------------------------------------------------
+    async def _remember_command(self, ev: Message) -> None:
+        """Store a command before its event counts as handled: a command that a crash
+        or a stop interrupted runs again at the next start (its actions are idempotent)."""
+        async with self.db.sessionmaker() as s, s.begin():
+            await State(s).set(
+                PENDING_COMMAND + ev.event_id,
+                {"sender": ev.sender, "body": ev.body, "ts": ev.origin_server_ts},
+            )
+
+    async def _resume_commands(self) -> None:
+        async with self.db.sessionmaker() as s:
+            pending = await State(s).with_prefix(PENDING_COMMAND)
+        for key, saved in pending.items():
+            event_id = key.removeprefix(PENDING_COMMAND)
+            body, sender = str(saved.get("body", "")), str(saved.get("sender", ""))
+            log.info("resuming command %s from %s after a restart", event_id, sender)
+            ev = Message(
+                room_id=self.mgmt, event_id=event_id, sender=sender, type="m.room.message",
+                origin_server_ts=int(saved.get("ts") or 0), content={"body": body}, raw={},
+                msgtype="m.text", body=body,
+            )  # fmt: skip
+            self._start_command(ev)
+
+    def _start_command(self, ev: Message) -> None:
+        # A command resumed at start and then replayed by the sync runs once.
+        self.commands_started[ev.event_id] = None
+        while len(self.commands_started) > 1000:
+            del self.commands_started[next(iter(self.commands_started))]
+        self.ctx.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
+
     async def _command(self, ev: Message) -> None:
+        try:
+            await self._run_command(ev)
+        except asyncio.CancelledError:
+            raise  # stopped: stays pending, runs again at the next start
+        except Exception:
+            log.exception("command %s failed", ev.event_id)
+        async with self.db.sessionmaker() as s, s.begin():
+            await State(s).delete(PENDING_COMMAND + ev.event_id)
+
+    async def _run_command(self, ev: Message) -> None:
         async with self.command_slots:
             split = registry.split(ev.body, self.prefix)
             if split is None:
@@ -452,7 +498,7 @@ class ModerationBot:
         }
         reason = t("Automatic moderation: %(what)s") % {"what": labels[kind]}
         if self.dry_run:
-            step = self._peek_step(ev.sender)
+            step = await self._dry_step(ev.sender)
             await self.actions.audit(
                 actor=self.gw.user_id, action=step, target=ev.sender, rooms=[ev.room_id],
                 reason=reason, event_id=ev.event_id, source=f"protection:{kind}", dry_run=True,
@@ -497,22 +543,36 @@ class ModerationBot:
     def _steps(self) -> list[str]:
         return list(self.cfg.steps)
 
-    def _peek_step(self, user: str) -> str:
-        return self._steps()[0]
+    def _step_after(self, last: tuple[int, datetime] | None, now: datetime) -> int:
+        """The step index for an offence at ``now`` after the strike ``last`` (index, when):
+        the next step, or the first again after a quiet period."""
+        quiet = timedelta(hours=self.cfg.step_reset_hours)
+        if last is None or now - last[1] > quiet:
+            return 0
+        return min(last[0] + 1, len(self._steps()) - 1)
+
+    async def _dry_step(self, user: str) -> str:
+        """The step a real run would take, counted on a simulated tally (seeded from the
+        stored strikes) so that repeated offences in a dry run show the graduation, while
+        the stored strikes stay untouched."""
+        now = utcnow()
+        last = self.dry_strikes.get(user)
+        if last is None:
+            async with self.db.sessionmaker() as s:
+                stored = await Strikes(s).get(user)
+            last = (stored.step, stored.last_at) if stored else None
+        index = self._step_after(last, now)
+        self.dry_strikes[user] = (index, now)
+        return self._steps()[index]
 
     async def _next_step(self, user: str) -> str:
-        steps = self._steps()
         now = utcnow()
         async with self.db.sessionmaker() as s, s.begin():
             strikes = Strikes(s)
             current = await strikes.get(user)
-            quiet = timedelta(hours=self.cfg.step_reset_hours)
-            if current is None or now - current.last_at > quiet:
-                index = 0
-            else:
-                index = min(current.step + 1, len(steps) - 1)
+            index = self._step_after((current.step, current.last_at) if current else None, now)
             await strikes.set(user, index, now)
-        return steps[index]
+        return self._steps()[index]
 
     async def _report_protection(
         self, ev: Message, kind: str, label: str, step: str, redacted: int, *, dry: bool
@@ -1164,6 +1224,7 @@ async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
 )
 async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
     bot.dry_run = mode == "on"
+    bot.dry_strikes.clear()
     async with bot.db.sessionmaker() as s, s.begin():
         await State(s).set("dry_run", {"on": bot.dry_run})
     await bot.actions.audit(actor=inv.sender, action=f"dry-run:{mode}", target="*",

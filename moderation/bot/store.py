@@ -197,6 +197,15 @@ class State:
     async def delete(self, key: str) -> None:
         await self.session.execute(delete(KeyValue).where(KeyValue.key == key))
 
+    async def with_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every value whose key starts with ``prefix``, by key, in key order."""
+        stmt = (
+            select(KeyValue)
+            .where(KeyValue.key.startswith(prefix, autoescape=True))
+            .order_by(KeyValue.key)
+        )
+        return {row.key: dict(row.value) for row in await self.session.scalars(stmt)}
+
 
 class FirstJoins:
     def __init__(self, session: AsyncSession) -> None:
