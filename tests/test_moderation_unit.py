@@ -88,6 +88,26 @@ def test_text_helpers():
     assert mention_count({"m.mentions": {"user_ids": ["@a:x", "@b:x"]}}, "hi @c:x @a:x") == 3
 
 
+def test_lookalike_names_share_a_skeleton():
+    """Unicode's confusables data (UTS #39), not a hand-made table: scripts and forms
+    that no short list covers still meet on the same skeleton."""
+    same = [
+        ("Moderatrice", "Ｍｏｄｅｒａｔｒｉｃｅ"),  # fullwidth
+        ("Moderatrice", "𝐌𝐨𝐝𝐞𝐫𝐚𝐭𝐫𝐢𝐜𝐞"),  # mathematical bold
+        ("Kossi", "Ꮶossі"),  # Cherokee K, Cyrillic i
+        ("Amina", "Аmіnа"),  # Cyrillic a and i
+        ("Paul", "Pau1"),  # digit one for l
+        ("Ilona", "lIona"),  # capital I for small l
+        ("Yao", "Ya0"),
+        ("Afi", "A\u200bf\u202ei"),  # zero-width space, bidi override
+        ("Élodie", "Elodie"),
+    ]
+    for real, fake in same:
+        assert skeleton(real) == skeleton(fake), (real, fake)
+    for a, b in [("Afi", "Ami"), ("Kossi", "Kassi"), ("Yao", "Yawo")]:
+        assert skeleton(a) != skeleton(b), (a, b)
+
+
 def test_moderation_settings_are_validated():
     data = dict(_BASE)
     data["moderation"] = {"steps": ["warn", "mute:soon"], "policy_lists": ["bans"]}
