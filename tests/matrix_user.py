@@ -99,27 +99,37 @@ class TestUser:
         admin: bool = False,
         unique: bool = True,
         http_timeout: float = 60,
+        sync: bool = True,
     ) -> TestUser:
-        """Register ``name-<random>`` (or ``name`` if not ``unique``), log in, start syncing."""
+        """Register ``name-<random>`` (or ``name`` if not ``unique``), log in, start syncing
+        (unless ``sync`` is false: a client that only sends, as a benchmark's many senders,
+        and does not make the homeserver answer a long poll for every event)."""
         localpart = f"{name}-{secrets.token_hex(4)}" if unique else name
         password = password or secrets.token_urlsafe(16)
         user_id = await hs.register(
             localpart, password, admin=admin, display_name=display_name or name.capitalize()
         )
-        return await cls.login(hs, user_id, password, http_timeout=http_timeout)
+        return await cls.login(hs, user_id, password, http_timeout=http_timeout, sync=sync)
 
     @classmethod
     async def login(
-        cls, hs: EmbeddedHomeserver, user_id: str, password: str, *, http_timeout: float = 60
+        cls,
+        hs: EmbeddedHomeserver,
+        user_id: str,
+        password: str,
+        *,
+        http_timeout: float = 60,
+        sync: bool = True,
     ) -> TestUser:
-        """Log in an existing account and start its sync loop."""
+        """Log in an existing account and start its sync loop (if ``sync``)."""
         client = AsyncClient(hs.url, user_id, config=AsyncClientConfig(store_sync_tokens=False))
         resp = await client.login(password, device_name="forum-tests")
         if not isinstance(resp, LoginResponse):
             await client.close()
             raise MatrixRequestError("POST", "/login", 0, {"error": str(resp)})
         user = cls(hs, user_id, password, client, http_timeout)
-        user._sync_task = asyncio.create_task(user._sync_loop(), name=f"sync {user_id}")
+        if sync:
+            user._sync_task = asyncio.create_task(user._sync_loop(), name=f"sync {user_id}")
         return user
 
     async def close(self) -> None:
@@ -238,6 +248,8 @@ class TestUser:
         ``join.account_data``, ``account_data``, ``to_device``...) added. Raises
         ``TimeoutError`` naming what was seen if nothing matches in ``timeout`` seconds.
         """
+        if self._sync_task is None:
+            raise RuntimeError(f"{self.user_id} does not sync: it cannot wait for events")
         checked = after
 
         def find() -> Event | None:

@@ -81,14 +81,18 @@ class ModForum:
     def topic(self) -> str:
         return self.ids["topic:droits-enfants"]
 
-    async def user(self, name: str, display_name: str | None = None) -> TestUser:
-        user = await TestUser.create(self.hs, name, display_name=display_name)
+    async def user(
+        self, name: str, display_name: str | None = None, *, sync: bool = True
+    ) -> TestUser:
+        user = await TestUser.create(self.hs, name, display_name=display_name, sync=sync)
         self.users.append(user)
         return user
 
-    async def member(self, name: str, display_name: str | None = None) -> TestUser:
+    async def member(
+        self, name: str, display_name: str | None = None, *, sync: bool = True
+    ) -> TestUser:
         """A person who joined the Space and every forum room."""
-        user = await self.user(name, display_name)
+        user = await self.user(name, display_name, sync=sync)
         await self.join_forum(user)
         return user
 
