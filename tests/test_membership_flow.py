@@ -266,3 +266,47 @@ async def test_ignored_accounts_get_no_dm(forum, make_user):
     await wait_dm(control, forum)  # the bot handled the later knock...
     assert dm_invites(other, forum) == set()  # ...and not the ignored account's
     assert await person(forum, other.user_id) is None
+
+
+async def test_a_member_who_closed_the_dm_can_open_a_new_one(forum, make_user):
+    """Leaving the DM (closing the chat in a client) does not lock the person out: a new
+    DM replaces the old one, which the bot leaves; there the bot answers."""
+    yao = await make_user("yao")
+    room = await yao.create_room(
+        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
+    )
+    await wait_bot_text(yao, room, forum, "Which language")
+    mark = yao.mark()
+    await yao.send_text(room, "English please")
+    await wait_bot_text(yao, room, forum, CHARTER_EN, after=mark)
+    await yao.send_text(room, "I accept")
+    await wait_bot_text(yao, room, forum, "public digest", after=mark)
+    await yao.send_text(room, "no")
+    await wait_invites(yao, forum)
+    await yao.leave(room)
+
+    mark = yao.mark()
+    fresh = await yao.create_room(
+        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
+    )
+    await wait_bot_text(yao, fresh, forum, "Commands:", after=mark)
+    row = await person(forum, yao.user_id)
+    assert row is not None
+    assert row.dm_room_id == fresh
+    mark = yao.mark()
+    await yao.send_text(fresh, "!status")
+    status = await wait_bot_text(yao, fresh, forum, "Charter:", after=mark)
+    assert "version 1 accepted" in status["content"]["body"]
+    # While the person is still in their DM, a second one is still declined.
+    third = await yao.create_room(
+        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
+    )
+    await wait_bot_text(yao, fresh, forum, "We already talk here", after=mark)
+    await yao.wait_for(
+        lambda e: (
+            e["room_id"] == third
+            and e["type"] == "m.room.member"
+            and e["state_key"] == bot_id(forum)
+            and e["content"]["membership"] == "leave"
+        )
+    )

@@ -230,7 +230,12 @@ class MembershipBot:
             return
         async with self.lock(sender):
             person = await self.session_person(sender)
-            if person and person.dm_room_id and person.dm_room_id != inv.room_id:
+            if (
+                person
+                and person.dm_room_id
+                and person.dm_room_id != inv.room_id
+                and await self._still_in(person.dm_room_id, sender)
+            ):
                 await self._leave_quietly(inv.room_id)
                 lang = self.lang_of(person)
                 await self.say(
@@ -245,9 +250,31 @@ class MembershipBot:
                     row.dm_room_id = inv.room_id
                 await self.ask_language(sender, inv.room_id)
                 return
-            if not person.dm_room_id:
+            if person.dm_room_id and person.dm_room_id != inv.room_id:
+                # They left the old DM (closed the chat): the new one replaces it, and
+                # they find where they were (the pending question, or the commands).
+                await self.update_person(sender, dm_room_id=inv.room_id)
+                await self._leave_quietly(person.dm_room_id)
+                if person.step in {m.LANGUAGE, m.CHARTER}:
+                    await self.update_person(sender, charter_event_id=None, question_event_id=None)
+                    await self.greet(sender)
+                elif person.step == m.PUBLICATION:
+                    await self.ask_publication(sender, inv.room_id, self.lang_of(person))
+                else:
+                    await self.say(inv.room_id, self.help_text(self.lang_of(person)))
+            elif not person.dm_room_id:
                 await self.update_person(sender, dm_room_id=inv.room_id)
                 await self.restart_or_continue(person.user_id)
+
+    async def _still_in(self, room_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` is still joined (or invited) in ``room_id``; on an error,
+        assume so (the old DM is kept)."""
+        try:
+            members = await self.gw.members(room_id)
+        except MatrixError as exc:
+            log.warning("cannot read the members of %s: %s", room_id, exc)
+            return True
+        return members.get(user_id, {}).get("membership") in {"join", "invite"}
 
     async def _leave_quietly(self, room_id: str) -> None:
         try:
