@@ -5,7 +5,13 @@ the round trip (a message from one client seen in another's sync); ``!ban`` to t
 seen in every forum room; the Nth flooding message to the redaction of all N seen; a
 banned word to its redaction seen; a new rule in a subscribed policy list to the bans
 in every room; a burst of messages from many senders across rooms (processed vs sent,
-processing rate vs delivery rate); the process's resident memory.
+processing rate vs delivery rate); the resident memory of the service after the run.
+
+The service (``forum run``'s components: both bots, the digest collector, the web app)
+runs in its own process, as in production, so that its memory is its own; the benchmark
+drives it through a pipe (read its room ids, tune a protection between phases, count
+the messages it processed). Only the observing client (the moderator) syncs: idle test
+clients would make the homeserver answer one long poll per client per event.
 
     .venv/bin/python benchmarks/moderation.py [--burst 5000] [--senders 50]
 """
@@ -14,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import multiprocessing
 import secrets
 import statistics
 import sys
@@ -27,9 +35,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
-from tests.forum_fixtures import forum_data  # noqa: E402
+from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from  # noqa: E402
 from tests.matrix_user import Event, TestUser  # noqa: E402
-from tests.moderation_helpers import FAST, ModForum, start_moderated  # noqa: E402
+from tests.moderation_helpers import FAST  # noqa: E402
 
 EXTRA_TOPICS = 4  # 6 configured + 4 = 10 topic rooms
 
@@ -47,8 +55,8 @@ def summary(samples: list[float], base: float) -> dict[str, Any]:
     }
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
@@ -59,7 +67,7 @@ async def seen(user: TestUser, pred: Any, after: int, timeout: float = 30) -> fl
     return time.perf_counter()
 
 
-async def round_trip(forum: ModForum, a: TestUser, b: TestUser, n: int = 20) -> list[float]:
+async def round_trip(forum: Remote, a: TestUser, b: TestUser, n: int = 20) -> list[float]:
     room = forum.ids["lobby"]
     out = []
     for i in range(n):
@@ -71,7 +79,7 @@ async def round_trip(forum: ModForum, a: TestUser, b: TestUser, n: int = 20) -> 
     return out
 
 
-def all_bans(forum: ModForum, user_id: str) -> Any:
+def all_bans(forum: Remote, user_id: str) -> Any:
     waiting = set(forum.forum_rooms)
 
     def pred(e: Event) -> bool:
@@ -86,7 +94,7 @@ def all_bans(forum: ModForum, user_id: str) -> Any:
     return pred
 
 
-def bot_said(forum: ModForum, contains: str) -> Any:
+def bot_said(forum: Remote, contains: str) -> Any:
     """The bot's message in the management room naming ``contains`` (its echo or report):
     a sample is over only when the bot's follow-up work for it is done."""
 
@@ -112,6 +120,146 @@ def all_redacted(ids: list[str]) -> Any:
     return pred
 
 
+# --- the service, in its own process ------------------------------------------------------
+def serve(data: dict[str, Any], home: str, conn: Any) -> None:
+    """The child process: the whole service, answering the benchmark's requests."""
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_serve(data, Path(home), conn))
+
+
+async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
+    from forum.app import Service, default_components
+    from forum.consent import ConsentRecords
+    from moderation.bot import text as T
+    from moderation.membership.models import MEMBER, People
+
+    service = Service(
+        settings_from(data), config_dir=CONFIG_DIR, home=home,
+        components=default_components(), web_port=0,
+    )  # fmt: skip
+    await service.start()
+    ctx = service.ctx
+    assert ctx is not None
+    bot = ctx.moderation_bot
+    quiet = bot.cfg
+    loop = asyncio.get_running_loop()
+    answer: Any = {
+        "room_ids": dict(ctx.room_ids),
+        "forum_rooms": list(ctx.forum_room_ids),
+        "topic_rooms": list(ctx.topic_room_ids.values()),
+        "bot_id": ctx.moderation.user_id,
+    }
+    while True:
+        conn.send(answer)
+        command, arg = await loop.run_in_executor(None, conn.recv)
+        try:
+            if command == "stop":
+                await service.stop()
+                conn.send(None)
+                return
+            if command == "cfg":  # a protection tuned for one phase (None: as configured)
+                bot.cfg = quiet if arg is None else quiet.model_copy(update=arg)
+                bot.words = T.word_pattern(bot.cfg.words)
+                answer = None
+            elif command == "admit":  # members already (charter accepted): no entry flow
+                async with ctx.db.sessionmaker() as s, s.begin():
+                    for user in arg:
+                        row = await People(s).create(user, "benchmark", "fr")
+                        row.step = MEMBER
+                        await ConsentRecords(s).add(
+                            user, "charter", True, method="benchmark",
+                            charter_version=ctx.settings.membership.charter.version,
+                        )  # fmt: skip
+                answer = None
+            elif command == "invite":
+                await asyncio.gather(
+                    *(ctx.moderation.invite(ctx.room_ids["space"], u) for u in arg)
+                )
+                answer = None
+            elif command == "bare_bans":
+                await asyncio.gather(
+                    *(ctx.moderation.ban(r, arg, "bench") for r in ctx.forum_room_ids)
+                )
+                answer = None
+            elif command == "processed":
+                answer = bot.processed_messages
+            elif command == "rss":
+                answer = rss_mb()
+            else:
+                answer = {"error": f"unknown command {command}"}
+        except Exception as exc:  # reported to the benchmark, which fails loudly
+            answer = {"error": repr(exc)}
+
+
+class Remote:
+    """The benchmark's side: the service's ids and a call through the pipe."""
+
+    def __init__(self, hs: EmbeddedHomeserver, mod: TestUser, proc: Any, conn: Any) -> None:
+        self.hs, self.mod, self.proc, self.conn = hs, mod, proc, conn
+        self.lock = asyncio.Lock()
+        self.info: dict[str, Any] = {}
+
+    async def call(self, command: str, arg: Any = None) -> Any:
+        async with self.lock:
+
+            def roundtrip() -> Any:
+                self.conn.send((command, arg))
+                return self.conn.recv()
+
+            answer = await asyncio.get_running_loop().run_in_executor(None, roundtrip)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(f"service: {command}: {answer['error']}")
+        return answer
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return dict(self.info["room_ids"])
+
+    @property
+    def mgmt(self) -> str:
+        return self.ids["management"]
+
+    @property
+    def topic(self) -> str:
+        return self.ids["topic:droits-enfants"]
+
+    @property
+    def forum_rooms(self) -> list[str]:
+        return list(self.info["forum_rooms"])
+
+    @property
+    def bot_id(self) -> str:
+        return str(self.info["bot_id"])
+
+    async def join_forum(self, people: list[TestUser]) -> None:
+        """People join the Space (invited by the bot) and every other forum room."""
+        via = [self.hs.server_name]
+        await self.call("admit", [p.user_id for p in people])
+        await self.call("invite", [p.user_id for p in people])
+        others = [r for r in self.forum_rooms if r != self.ids["space"]]
+
+        async def join(p: TestUser) -> None:
+            await p.join(self.ids["space"], via=via)
+            await asyncio.gather(*(p.join(r, via=via) for r in others))
+
+        for i in range(0, len(people), 10):
+            await asyncio.gather(*(join(p) for p in people[i : i + 10]))
+
+    async def command(self, text: str) -> None:
+        """A command from the moderator; returns once the bot replied to it."""
+        mark = self.mod.mark()
+        event_id = await self.mod.send_text(self.mgmt, text)
+        await self.mod.wait_for(
+            lambda e: (
+                e["room_id"] == self.mgmt
+                and e["sender"] == self.bot_id
+                and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
+            ),
+            30,
+            after=mark,
+        )
+
+
 async def main(burst: int, senders: int) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,17 +267,45 @@ async def main(burst: int, senders: int) -> dict[str, Any]:
             Path(tmp) / "synapse", server_name="bench.test", port=free_port(), for_tests=True
         )
         await hs.start()
+        users: list[TestUser] = []
         try:
-            return await run(hs, Path(tmp), burst, senders)
+            return await run(hs, Path(tmp), burst, senders, users)
         finally:
+            for u in users:
+                await u.close()
             await hs.stop()
 
 
-async def run(hs: EmbeddedHomeserver, tmp: Path, burst: int, senders: int) -> dict[str, Any]:
+async def people(hs: EmbeddedHomeserver, names: list[str]) -> list[TestUser]:
+    out: list[TestUser] = []
+    for i in range(0, len(names), 10):
+        batch = names[i : i + 10]
+        out += await asyncio.gather(*(TestUser.create(hs, n, sync=False) for n in batch))
+    return out
+
+
+async def run(
+    hs: EmbeddedHomeserver, tmp: Path, burst: int, senders: int, users: list[TestUser]
+) -> dict[str, Any]:
     curator = await TestUser.create(hs, "curator", sync=False)
+    mod = await TestUser.create(hs, "mod")
+    users += [curator, mod]
     alias = f"bench-list-{secrets.token_hex(2)}"
     list_room = await curator.create_room(preset="public_chat", room_alias_name=alias)
-    mod = await TestUser.create(hs, "mod")
+    groups = {
+        "a": ["a"],
+        "ban": [f"ban{i}" for i in range(8)],
+        "floor": [f"floor{i}" for i in range(8)],
+        "flood": [f"flood{i}" for i in range(6)],
+        "speaker": ["speaker"],
+        "listed": [f"listed{i}" for i in range(6)],
+        "burst": [f"burst{i}" for i in range(senders)],
+    }
+    made = await people(hs, [n for names in groups.values() for n in names])
+    users += made
+    it = iter(made)
+    crowd = {key: [next(it) for _ in names] for key, names in groups.items()}
+
     data = forum_data(hs, moderators=[mod.user_id])
     for i in range(EXTRA_TOPICS):
         data["topics"].append(
@@ -142,144 +318,159 @@ async def run(hs: EmbeddedHomeserver, tmp: Path, burst: int, senders: int) -> di
         "flood_messages": 5,
         "policy_lists": [f"#{alias}:{hs.server_name}"],
     }
-    forum = await start_moderated(hs, tmp / "home", data=data, moderator=mod)
-    forum.users.append(curator)  # closed with the others
-    result: dict[str, Any] = {"forum_rooms": len(forum.forum_rooms)}
+    settings = settings_from(data)
+    await register_bots(hs, settings)
+    home = tmp / "home"
+    home.mkdir()
+    mp = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = mp.Pipe()
+    proc = mp.Process(target=serve, args=(data, str(home), child_conn), name="forum-service")
+    proc.start()
+    forum = Remote(hs, mod, proc, parent_conn)
     try:
-        bot = forum.bot
-        quiet = bot.cfg
-        bot.cfg = quiet.model_copy(update={"flood_messages": 1_000_000})
-        a = await forum.member("a", sync=False)
-        base_samples = await round_trip(forum, a, mod)
-        base = statistics.median(base_samples)
-        result["round_trip"] = summary(base_samples, base)
-
-        # !ban -> banned in every forum room, seen by the moderator's client.
-        targets = [await forum.member(f"ban{i}", sync=False) for i in range(8)]
-        await forum.command("!help")  # the bot has handled everything before
-        samples = []
-        for t in targets:
-            mark = mod.mark()
-            t0 = time.perf_counter()
-            await mod.send_text(forum.mgmt, f"!ban {t.user_id} bench")
-            samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
-            await seen(mod, bot_said(forum, t.user_id), mark)
-        result["ban_all_rooms"] = summary(samples, base)
-
-        # The floor under it: the same bans sent all at once straight through the bot's
-        # gateway (no command, no checks): what the homeserver itself needs.
-        floor_targets = [await forum.member(f"floor{i}", sync=False) for i in range(8)]
-        await forum.command("!help")
-        samples = []
-        for t in floor_targets:
-            mark = mod.mark()
-            t0 = time.perf_counter()
-            await asyncio.gather(
-                *(forum.ctx.moderation.ban(r, t.user_id, "bench") for r in forum.forum_rooms)
-            )
-            samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
-        result["ban_floor_bare_concurrent_bans"] = summary(samples, base)
-
-        # Flood: the Nth message -> all N redactions seen.
-        bot.cfg = quiet
-        samples = []
-        n = forum.bot.cfg.flood_messages
-        for i in range(6):
-            flooder = await forum.member(f"flood{i}", sync=False)
-            await forum.command("!help")
-            ids = [await flooder.send_text(forum.topic, f"flood {k}") for k in range(n - 1)]
-            mark = mod.mark()
-            t0 = time.perf_counter()
-            ids.append(await flooder.send_text(forum.topic, "flood last"))
-            samples.append(await seen(mod, all_redacted(ids), mark) - t0)
-            await seen(mod, bot_said(forum, flooder.user_id), mark)
-        result["flood_all_redacted"] = summary(samples, base)
-        result["flood_all_redacted"]["messages"] = n
-
-        # Banned word -> redaction seen.
-        samples = []
-        speaker = await forum.member("speaker", sync=False)
-        await forum.command("!help")
-        bot.cfg = quiet.model_copy(update={"steps": ["warn"], "flood_messages": 1_000_000})
-        for i in range(10):
-            mark = mod.mark()
-            t0 = time.perf_counter()
-            ev = await speaker.send_text(forum.topic, f"c'est une arnaque {i}")
-            samples.append(await seen(mod, all_redacted([ev]), mark) - t0)
-            await seen(mod, bot_said(forum, speaker.user_id), mark)
-        result["word_redacted"] = summary(samples, base)
-
-        # A rule in a subscribed list -> bans in every room.
-        samples = []
-        for i in range(6):
-            victim = await forum.member(f"listed{i}", sync=False)
-            await forum.command("!help")
-            mark = mod.mark()
-            t0 = time.perf_counter()
-            await curator.put_state(
-                list_room, "m.policy.rule.user",
-                {"entity": victim.user_id, "recommendation": "m.ban", "reason": "bench"},
-                f"rule-{i}",
-            )  # fmt: skip
-            samples.append(await seen(mod, all_bans(forum, victim.user_id), mark) - t0)
-            await seen(mod, bot_said(forum, victim.user_id), mark)
-        result["policy_rule_bans"] = summary(samples, base)
-
-        result["burst"] = await burst_run(forum, burst, senders)
-        result["rss_mb_process"] = round(rss_mb(), 1)
-        result["rss_note"] = (
-            "the whole benchmark process: the service (both bots, DB, web) plus "
-            f"{len(forum.users)} test clients"
-        )
+        forum.info = await asyncio.get_running_loop().run_in_executor(None, parent_conn.recv)
+        return await phases(forum, crowd, curator, list_room, burst)
     finally:
-        await forum.service.stop()
-        await forum.close_users()
+        if proc.is_alive():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(forum.call("stop"), 60)
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+
+
+async def phases(
+    forum: Remote,
+    crowd: dict[str, list[TestUser]],
+    curator: TestUser,
+    list_room: str,
+    burst: int,
+) -> dict[str, Any]:
+    mod = forum.mod
+    via = [forum.hs.server_name]
+    rooms = [*forum.forum_rooms, forum.mgmt]
+    for room in rooms:
+        await mod.wait_for_invite(room, timeout=60)
+    await asyncio.gather(*(mod.join(r, via=via) for r in rooms))
+    members = [u for key, group in crowd.items() if key != "burst" for u in group]
+    await forum.join_forum(members)
+    result: dict[str, Any] = {"forum_rooms": len(forum.forum_rooms)}
+
+    await forum.call("cfg", {"flood_messages": 1_000_000})
+    (a,) = crowd["a"]
+    await forum.command("!help")
+    base_samples = await round_trip(forum, a, mod)
+    base = statistics.median(base_samples)
+    result["round_trip"] = summary(base_samples, base)
+
+    # !ban -> banned in every forum room, seen by the moderator's client.
+    samples = []
+    for t in crowd["ban"]:
+        mark = mod.mark()
+        t0 = time.perf_counter()
+        await mod.send_text(forum.mgmt, f"!ban {t.user_id} bench")
+        samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
+        await seen(mod, bot_said(forum, t.user_id), mark)
+    result["ban_all_rooms"] = summary(samples, base)
+
+    # The floor under it: the same bans sent all at once straight through the bot's
+    # gateway (no command, no checks): what the homeserver itself needs.
+    samples = []
+    for t in crowd["floor"]:
+        mark = mod.mark()
+        t0 = time.perf_counter()
+        await forum.call("bare_bans", t.user_id)
+        samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
+    result["ban_floor_bare_concurrent_bans"] = summary(samples, base)
+
+    # Flood: the Nth message -> all N redactions seen.
+    await forum.call("cfg", None)
+    samples = []
+    n = 5  # the flood threshold configured above
+    for flooder in crowd["flood"]:
+        ids = [await flooder.send_text(forum.topic, f"flood {k}") for k in range(n - 1)]
+        mark = mod.mark()
+        t0 = time.perf_counter()
+        ids.append(await flooder.send_text(forum.topic, "flood last"))
+        samples.append(await seen(mod, all_redacted(ids), mark) - t0)
+        await seen(mod, bot_said(forum, flooder.user_id), mark)
+    result["flood_all_redacted"] = summary(samples, base)
+    result["flood_all_redacted"]["messages"] = n
+
+    # Banned word -> redaction seen.
+    samples = []
+    (speaker,) = crowd["speaker"]
+    await forum.call("cfg", {"steps": ["warn"], "flood_messages": 1_000_000})
+    for i in range(10):
+        mark = mod.mark()
+        t0 = time.perf_counter()
+        ev = await speaker.send_text(forum.topic, f"c'est une arnaque {i}")
+        samples.append(await seen(mod, all_redacted([ev]), mark) - t0)
+        await seen(mod, bot_said(forum, speaker.user_id), mark)
+    result["word_redacted"] = summary(samples, base)
+
+    # A rule in a subscribed list -> bans in every room.
+    samples = []
+    for i, victim in enumerate(crowd["listed"]):
+        mark = mod.mark()
+        t0 = time.perf_counter()
+        await curator.put_state(
+            list_room, "m.policy.rule.user",
+            {"entity": victim.user_id, "recommendation": "m.ban", "reason": "bench"},
+            f"rule-{i}",
+        )  # fmt: skip
+        samples.append(await seen(mod, all_bans(forum, victim.user_id), mark) - t0)
+        await seen(mod, bot_said(forum, victim.user_id), mark)
+    result["policy_rule_bans"] = summary(samples, base)
+
+    result["burst"] = await burst_run(forum, crowd["burst"], burst)
+    result["rss_mb_service"] = round(await forum.call("rss"), 1)
+    result["rss_mb_homeserver"] = round(rss_mb(forum.hs.pid), 1) if forum.hs.pid else None
+    result["rss_note"] = (
+        "rss_mb_service: the service's own process (membership and moderation bots, digest "
+        "collector, web app, outbox) after the run; the homeserver is apart"
+    )
     return result
 
 
-async def burst_run(forum: ModForum, total: int, senders: int) -> dict[str, Any]:
-    bot = forum.bot
+async def burst_run(forum: Remote, senders: list[TestUser], total: int) -> dict[str, Any]:
     # Throughput only: no protection should act on the burst (50 people joining at once
     # would otherwise be a join wave).
-    bot.cfg = bot.cfg.model_copy(
-        update={"flood_messages": 1_000_000, "words": [], "join_wave_joins": 1_000_000}
+    await forum.call(
+        "cfg", {"flood_messages": 1_000_000, "words": [], "join_wave_joins": 1_000_000}
     )
-    rooms = [forum.ids["lobby"], *list(forum.ctx.topic_room_ids.values())][:10]
-    people = await asyncio.gather(
-        *(TestUser.create(forum.hs, f"burst{i}", sync=False) for i in range(senders))
-    )
-    forum.users.extend(people)
+    rooms = [forum.ids["lobby"], *forum.info["topic_rooms"]][:10]
     via = [forum.hs.server_name]
+    await forum.call("admit", [p.user_id for p in senders])
+    await forum.call("invite", [p.user_id for p in senders])
 
     async def enter(i: int, p: TestUser) -> None:
-        await forum.ctx.moderation.invite(forum.ids["space"], p.user_id)
         await p.join(forum.ids["space"], via=via)
         await p.join(rooms[i % len(rooms)], via=via)
 
-    await asyncio.gather(*(enter(i, p) for i, p in enumerate(people)))
-    start_count = bot.processed_messages
-    per = total // senders
+    await asyncio.gather(*(enter(i, p) for i, p in enumerate(senders)))
+    start_count = await forum.call("processed")
+    per = total // len(senders)
     t0 = time.perf_counter()
-    acks: list[float] = []
 
     async def send_all(i: int, p: TestUser) -> None:
         room = rooms[i % len(rooms)]
         for k in range(per):
             await p.send_text(room, f"burst {i}-{k}")
-            acks.append(time.perf_counter())
 
-    await asyncio.gather(*(send_all(i, p) for i, p in enumerate(people)))
-    sent = per * senders
+    await asyncio.gather(*(send_all(i, p) for i, p in enumerate(senders)))
+    sent = per * len(senders)
     t_sent = time.perf_counter()
     deadline = t_sent + 120
-    while bot.processed_messages - start_count < sent and time.perf_counter() < deadline:  # noqa: ASYNC110 - polling a counter
-        await asyncio.sleep(0.05)
-    processed = bot.processed_messages - start_count
+    processed = await forum.call("processed") - start_count
+    while processed < sent and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)  # polling the service's counter
+        processed = await forum.call("processed") - start_count
     t_done = time.perf_counter()
     return {
         "sent": sent,
         "processed": processed,
-        "senders": senders,
+        "senders": len(senders),
         "rooms": len(rooms),
         "delivered_rate_per_s": round(sent / (t_sent - t0), 1),
         "processed_rate_per_s": round(processed / (t_done - t0), 1),
