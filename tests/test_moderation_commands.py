@@ -4,7 +4,6 @@ its own people."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -244,6 +243,20 @@ async def test_dry_run_switch_and_ban_server(forum: ModForum):
         forum.ids["policy"], "m.policy.rule.server", rule_state_key("spam.example")
     )
     assert rule["entity"] == "spam.example"
-    await asyncio.sleep(0)  # the room is still usable by local people
+    # The room is still usable by local people.
+    mark = forum.mod.mark()
     await forum.mod.send_text(forum.topic, "toujours là")
-    assert is_message(forum.topic)
+    await forum.mod.wait_for(is_message(forum.topic, forum.mod.user_id, "toujours là"), after=mark)
+    status = await forum.command("!etat")
+    assert "Simulation : non." in status
+    assert f"Flood : {forum.bot.cfg.flood_messages} messages en 20 s." in status
+    assert "Étapes : warn → mute:1h → ban" in status
+    # Undone as easily: the rule is withdrawn and the ACL lets the server in again.
+    echo = await forum.command("!unban-server spam.example")
+    assert "spam.example" in echo
+    acl = await forum.mod.get_state_event(forum.topic, "m.room.server_acl")
+    assert "spam.example" not in acl["deny"]
+    rule = await forum.mod.get_state_event(
+        forum.ids["policy"], "m.policy.rule.server", rule_state_key("spam.example")
+    )
+    assert rule == {}

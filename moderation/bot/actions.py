@@ -331,6 +331,19 @@ class Actions:
 
         return await self.across(one)
 
+    async def allow_server(self, server: str) -> list[str]:
+        """Lift :meth:`deny_server`: ``server`` leaves the ACL's deny list of every room."""
+
+        async def one(room: str) -> None:
+            content = await self.gw.get_state_event(room, "m.room.server_acl")
+            if not content or server not in (content.get("deny") or []):
+                return
+            acl = dict(content)
+            acl["deny"] = [d for d in content.get("deny") or [] if d != server]
+            await self.gw.put_state(room, "m.room.server_acl", acl)
+
+        return await self.across(one)
+
     # --- messages -------------------------------------------------------------------
     async def redact_many(self, events: Iterable[tuple[str, str]], reason: str | None) -> int:
         """Redact (room, event id) pairs concurrently; how many were redacted."""

@@ -28,7 +28,7 @@ from forum.storage.models import utcnow
 from . import text as T
 from .actions import Actions
 from .commands import Arg, Command, Registry, UsageError, parse_args
-from .store import Audit, Cases, FirstJoins, PolicyBans, State, Strikes
+from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State, Strikes
 
 if TYPE_CHECKING:
     from forum.app import ServiceContext
@@ -1251,7 +1251,64 @@ async def cmd_ban_server(bot: ModerationBot, inv: Invocation, server: str, reaso
     rooms = await bot.actions.deny_server(server)
     await bot.actions.audit(actor=inv.sender, action="ban-server", target=server, rooms=rooms,
                             reason=reason, event_id=inv.event_id)  # fmt: skip
-    await bot.echo(inv, bot.t("banned the server"), server, rooms, reason)
+    await bot.echo(
+        inv, bot.t("banned the server"), server, rooms, reason,
+        undo=f"{bot.prefix}unban-server {server}",
+    )  # fmt: skip
+
+
+@registry.command(
+    "unban-server",
+    aliases=("debannir-serveur",),
+    args=(Arg("server", "word"),),
+    help=_("Lift a server ban (policy rule and server ACL)."),
+)
+async def cmd_unban_server(bot: ModerationBot, inv: Invocation, server: str) -> None:
+    await bot.actions.withdraw_rule("server", server)
+    rooms = await bot.actions.allow_server(server)
+    await bot.actions.audit(actor=inv.sender, action="unban-server", target=server, rooms=rooms,
+                            event_id=inv.event_id)  # fmt: skip
+    await bot.echo(inv, bot.t("lifted the ban of the server"), server, rooms, None)
+
+
+@registry.command(
+    "status",
+    aliases=("etat",),
+    help=_("Show the protections' settings and what is in force now."),
+)
+async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
+    t, cfg = bot.t, bot.cfg
+    async with bot.db.sessionmaker() as s:
+        mutes = await Mutes(s).all()
+        open_cases = await Cases(s).open_count()
+        locked = await State(s).get("lock") is not None
+        joins_locked = await State(s).get("join_lock") is not None
+    yes, no = t("yes"), t("no")
+    lines = [
+        t("Dry run: %(state)s.") % {"state": yes if bot.dry_run else no},
+        t("Flood: %(n)d messages in %(s)d s.")
+        % {"n": cfg.flood_messages, "s": int(cfg.flood_seconds)},
+        t("Mention spam: more than %(n)d mentions.") % {"n": cfg.mention_limit},
+        t("Links and media held back from members who joined less than %(h)s h ago.")
+        % {"h": f"{cfg.new_member_hours:g}"},
+        t("Banned words: %(n)d.") % {"n": len(cfg.words)},
+        t("Join wave: %(n)d joins in %(s)d s.")
+        % {"n": cfg.join_wave_joins, "s": int(cfg.join_wave_seconds)},
+        t("Steps: %(steps)s (back to the first after %(h)s quiet hours).")
+        % {"steps": " → ".join(cfg.steps), "h": f"{cfg.step_reset_hours:g}"},
+        t("Topic rooms read-only: %(state)s; joins knock-only: %(joins)s.")
+        % {"state": yes if locked else no, "joins": yes if joins_locked else no},
+        t("Muted now: %(n)d. Open reports: %(cases)d.") % {"n": len(mutes), "cases": open_cases},
+        t("Policy lists followed: %(n)d of %(total)d (%(rules)d rules); our own rules: %(own)d.")
+        % {
+            "n": len(bot.list_rooms),
+            "total": len(cfg.policy_lists),
+            "rules": len(bot.rules),
+            "own": len(bot.own_rules),
+        },
+    ]
+    html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+    await bot.reply(inv, "\n".join(lines), html_body)
 
 
 @registry.command(

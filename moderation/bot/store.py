@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.storage.models import utcnow
@@ -173,6 +173,10 @@ class Cases:
 
     async def get(self, case_id: int) -> Case | None:
         return await self.session.get(Case, case_id)
+
+    async def open_count(self) -> int:
+        stmt = select(func.count()).select_from(Case).where(Case.status == "open")
+        return int(await self.session.scalar(stmt) or 0)
 
     async def by_card(self, event_id: str) -> Case | None:
         case: Case | None = await self.session.scalar(
