@@ -383,11 +383,11 @@ class ModerationBot:
             members = await self.actions.members()
             users = [u for u in members if T.glob_match(target, u)]
         users = [u for u in users if not await self.actions.is_exempt(u)]
-        # The rule is published while the bans are carried out (all at once).
-        bans = asyncio.gather(*(self.actions.ban(u, reason) for u in users))
+        # The bans first, all at once (the homeserver persists events one after another:
+        # the person is out of every room sooner), then the rule for other communities.
+        results = await asyncio.gather(*(self.actions.ban(u, reason) for u in users))
         if publish:
-            await asyncio.gather(self.actions.publish_rule("user", target, reason), bans)
-        results = await bans
+            await self.actions.publish_rule("user", target, reason)
         for user, rooms in zip(users, results, strict=True):
             await self.actions.audit(
                 actor=actor,
