@@ -6,6 +6,7 @@ them to a :class:`WeekDigest` with the pure :class:`~bridge.summarize.Summariser
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -131,39 +132,38 @@ async def build_week(
             continue
         topics[slug].highlights.append(quote_of(m, h.heading))
 
-    # key points: two streaming passes over the consented messages
+    # key points: two streaming passes over the light rows of the consented messages
+    # (precomputed keywords), a partition at a time; what stays in memory is bounded per
+    # topic (keyword frequencies, a few candidates), whatever the size of the week
     count = settings.digest.key_points
-    summarisers: dict[str, Summariser[tuple[str, str]]] = {
-        slug: Summariser(count) for slug in topics
-    }
+    summarisers: dict[str, Summariser[str]] = {slug: Summariser(count) for slug in topics}
+    # 1. document frequencies
+    async for pairs in store.topic_keywords(start, end):
+        texts: dict[str, list[str]] = defaultdict(list)
+        for topic, kw in pairs:
+            texts[topic].append(kw)
+        for topic, kws in texts.items():
+            if topic in summarisers:
+                summarisers[topic].observe_keywords(kws)
+    # 2. scores against the week's frequencies; the best few candidates are kept
     reactions = await store.reaction_counts(start, end)
-    # One read of the light rows (precomputed keywords): frequencies first, then scores
-    # from the rows kept in memory; only the few candidates' bodies are read afterwards.
-    # Kept per topic as (event_id, keywords, words): a few tens of MB at 100,000 rows.
-    kept: dict[str, list[tuple[str, str, int]]] = {slug: [] for slug in summarisers}
-    async for event_id, topic, kw, words in store.stream_keywords(start, end):
-        bucket = kept.get(topic)
-        if bucket is not None:
-            summarisers[topic].observe_keywords(kw)
-            bucket.append((event_id, kw, words))
-    for slug, bucket in kept.items():
-        s, room = summarisers[slug], room_of[slug]
-        for event_id, kw, words in bucket:
-            if event_id not in hl_ids:
-                s.offer_keywords(kw, words, (room, event_id), reactions.get(event_id, 0))
-        bucket.clear()
-    wanted = [c[1] for s in summarisers.values() for c in s.candidate_sources()]
+    async for rows in store.keyword_rows(start, end):
+        light: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
+        for event_id, topic, kw, words in rows:
+            light[topic].append((event_id, kw, words))
+        for topic, batch in light.items():
+            if topic in summarisers:
+                summarisers[topic].offer_keywords(batch, reactions, hl_ids)
+    # only the candidates' bodies are read, and split into sentences
+    wanted = [c for s in summarisers.values() for c in s.candidate_sources()]
     found = await store.bodies(wanted)
     for slug, s in summarisers.items():
-        texts = {c: found.get(c[1], ("", ""))[0] for c in s.candidate_sources()}
+        bodies = {c: found[c][0] for c in s.candidate_sources() if c in found}
         topics[slug].key_points = [
             KeyPointOut(
-                kp.text,
-                found.get(kp.source[1], ("", ""))[1],
-                matrix_to(kp.source[0], kp.source[1]),
-                kp.source[1],
+                kp.text, found[kp.source][1], matrix_to(room_of[slug], kp.source), kp.source
             )
-            for kp in s.key_points(texts)
+            for kp in s.key_points(bodies)
         ]
 
     # figures: everyone, as numbers

@@ -14,7 +14,7 @@ import itertools
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, TypeVar
@@ -82,6 +82,15 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _segmenter(language_of(text)).segment(text) if s.strip()]
 
 
+class _Weights(dict[str, float]):
+    """Keyword weights (a word without one weighs nothing) and the heaviest, ``top``."""
+
+    top = 0.0
+
+    def __missing__(self, word: str) -> float:
+        return 0.0
+
+
 @dataclass(frozen=True)
 class KeyPoint(Generic[T]):
     text: str
@@ -97,7 +106,7 @@ class Summariser(Generic[T]):
         self.df: Counter[str] = Counter()
         self.documents = 0
         self._heap: list[tuple[float, int, str, T]] = []
-        self._weight_table: dict[str, float] | None = None
+        self._weight_table: _Weights | None = None
         self._weight_docs = -1
         self._seq = 0
 
@@ -105,12 +114,13 @@ class Summariser(Generic[T]):
         self.documents += 1
         self.df.update(keywords(text)[0])
 
-    def _weights(self) -> dict[str, float]:
+    def _weights(self) -> _Weights:
         if self._weight_table is None or self._weight_docs != self.documents:
             busy = self.documents > 2
-            self._weight_table = {
-                w: math.log1p(df) for w, df in self.df.items() if df > 1 or not busy
-            }
+            self._weight_table = _Weights(
+                (w, math.log1p(df)) for w, df in self.df.items() if df > 1 or not busy
+            )
+            self._weight_table.top = max(self._weight_table.values(), default=0.0)
             self._weight_docs = self.documents
         return self._weight_table
 
@@ -121,20 +131,52 @@ class Summariser(Generic[T]):
         get = self._weights().get
         return sum(map(get, words, _ZEROS)) / math.sqrt(length)
 
-    def observe_keywords(self, keywords: str) -> None:
-        """:meth:`observe` from precomputed keywords (space-separated)."""
-        self.documents += 1
-        self.df.update(keywords.split())
+    def observe_keywords(self, keyword_texts: Sequence[str]) -> None:
+        """:meth:`observe` for many messages from their precomputed keywords (each a
+        space-separated string of distinct words): one split and one count per batch."""
+        self.documents += len(keyword_texts)
+        self.df.update(" ".join(keyword_texts).split())
 
-    def offer_keywords(self, keywords: str, length: int, source: T, bonus: float = 0.0) -> None:
-        """:meth:`offer` from precomputed keywords; the text is given to
-        :meth:`key_points` later, for the few candidates kept."""
-        words = keywords.split()
-        if self.count <= 0 or len(words) < 2:
+    def offer_keywords(
+        self,
+        rows: Sequence[tuple[T, str, int]],
+        bonus: Mapping[T, int] | None = None,
+        skip: Container[T] = (),
+    ) -> None:
+        """:meth:`offer` for a batch of messages from their precomputed (source, keywords,
+        length in words), once all were observed; ``bonus`` counts reactions, ``skip`` is
+        left out. Only the best few are kept, without their text: :meth:`key_points` is
+        given the text of the :meth:`candidate_sources` later."""
+        if self.count <= 0 or not rows:
             return
-        get = self._weights().get
-        score = sum(map(get, words, _ZEROS)) / math.sqrt(max(length, 1))
-        self._push(score * (1.0 + 0.25 * bonus), "", source)
+        table = self._weights()
+        weight, sqrt, top = table.__getitem__, math.sqrt, table.top
+        # offered in order (on a tie the earlier message stays): sequence numbers follow
+        seq, heap = self._seq, self._heap
+        self._seq += len(rows)
+        if top <= 0:
+            return  # nothing can score
+        floor = heap[0][0] if len(heap) >= self.candidates else 0.0
+        # A message scores at most ``top`` per keyword: one that cannot pass the floor of
+        # a full heap is not split at all (the margin covers rounding).
+        reach = floor / top * (1.0 - 1e-9)
+        for i, (source, kw, length) in enumerate(rows):
+            root = sqrt(length or 1)
+            boost = 1.0 + 0.25 * bonus.get(source, 0) if bonus else 1.0
+            if (kw.count(" ") + 1) * boost <= reach * root:
+                continue
+            words = kw.split()
+            if len(words) < 2 or source in skip:
+                continue
+            # :meth:`score` (then the reactions), on the stored keywords
+            score = sum(map(weight, words)) / root
+            if bonus:
+                score *= boost
+            if score > floor:
+                self._push(score, seq + i + 1, "", source)
+                if len(heap) >= self.candidates:
+                    floor = heap[0][0]
+                    reach = floor / top * (1.0 - 1e-9)
 
     def candidate_sources(self) -> list[T]:
         return [item[3] for item in self._heap]
@@ -142,13 +184,14 @@ class Summariser(Generic[T]):
     def offer(self, text: str, source: T, bonus: float = 0.0) -> None:
         if self.count <= 0:
             return
-        self._push(self.score(text) * (1.0 + 0.25 * bonus), text, source)
+        score = self.score(text) * (1.0 + 0.25 * bonus)
+        if score > 0:
+            self._seq += 1
+            self._push(score, self._seq, text, source)
 
-    def _push(self, s: float, text: str, source: T) -> None:
-        if s <= 0:
-            return
-        self._seq += 1
-        item = (s, -self._seq, text, source)
+    def _push(self, s: float, seq: int, text: str, source: T) -> None:
+        """Keep a candidate if it is among the best (on a tie, the earlier one)."""
+        item = (s, -seq, text, source)
         if len(self._heap) < self.candidates:
             heapq.heappush(self._heap, item)
         elif item[:2] > self._heap[0][:2]:
