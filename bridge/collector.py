@@ -103,6 +103,12 @@ class DigestCollector:
             return
         if ev.display_name:
             self.names[(ev.room_id, ev.target)] = ev.display_name
+        if ev.membership == "join" and ev.prev_membership == "join" and ev.display_name:
+            # A profile change: quotes follow the name the person uses now.
+            async with self.sessionmaker() as s, s.begin():
+                renamed = await DigestStore(s).rename(ev.room_id, ev.target, ev.display_name)
+            if renamed:
+                self.on_change()
         if ev.membership == "join" and ev.prev_membership != "join":
             async with self.sessionmaker() as s, s.begin():
                 await DigestStore(s).add_activity(

@@ -185,6 +185,20 @@ class DigestStore:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def rename(self, room_id: str, user_id: str, name: str) -> bool:
+        """A new display name for the person's stored messages in ``room_id`` (the
+        digest shows people under the name they chose last, not an old one)."""
+        result = await self.session.execute(
+            update(DigestMessage)
+            .where(
+                DigestMessage.room_id == room_id,
+                DigestMessage.sender == user_id,
+                DigestMessage.display_name != name,
+            )
+            .values(display_name=name)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def delete_message(self, event_id: str) -> bool:
         result = await self.session.execute(
             delete(DigestMessage).where(DigestMessage.event_id == event_id)

@@ -1,6 +1,6 @@
-"""Erasure (DESIGN.md consent rules 3 and 4): a redaction, an edit, a withdrawal and an
-unmarking reach every output (pages, feed, JSON, the last static export) and the store
-within the bound, on SQLite and PostgreSQL."""
+"""Erasure (DESIGN.md consent rules 3 and 4): a redaction, an edit, a withdrawal, an
+unmarking and a change of display name reach every output (pages, feed, JSON, the last
+static export) and the store within the bound, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ async def test_erasure_reaches_every_output(synapse, make_user, start_forum, db_
         return "\n".join(texts)
 
     before = await everything()
-    for marker in ("EFFACE-REDACT", "EDIT-ANCIEN", "CYRIL-RETRAIT", "DEMARQUE"):
+    for marker in ("EFFACE-REDACT", "EDIT-ANCIEN", "CYRIL-RETRAIT", "DEMARQUE", "Amina"):
         assert marker in before
     status, page, _ = await forum.get(f"/fr/week/{week}/")
     assert "4 messages, 2 personnes actives" in page
@@ -112,11 +112,17 @@ async def test_erasure_reaches_every_output(synapse, make_user, start_forum, db_
         f"/_matrix/client/v3/rooms/{room}/redact/{unmark_reaction}/{uuid.uuid4().hex}",
         {},
     )
+    # Amina changes her display name: her quotes follow the name she uses now.
+    await amina.request(
+        "PUT", f"/_matrix/client/v3/profile/{amina.user_id}/displayname", {"displayname": "Ama"}
+    )
 
     async def erased() -> bool:
         text = await everything()
-        gone = all(m not in text for m in ("EFFACE-REDACT", "EDIT-ANCIEN", "CYRIL-RETRAIT"))
-        return gone and text.count("EDIT-NOUVEAU") >= 5
+        gone = all(
+            m not in text for m in ("EFFACE-REDACT", "EDIT-ANCIEN", "CYRIL-RETRAIT", "Amina")
+        )
+        return gone and text.count("EDIT-NOUVEAU") >= 5 and "Ama" in text
 
     await eventually(erased, ERASURE_BOUND_SECONDS, "erasure reached every output")
     async with forum.ctx.db.sessionmaker() as s:
