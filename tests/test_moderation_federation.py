@@ -1,5 +1,6 @@
 """Subscription to another community's policy list on the second homeserver: its rules
-are enforced in every forum room, live additions too, and a removed rule is undone."""
+are enforced in every forum room, live additions too, and a removed rule is undone, even
+when it was removed while the bot was down."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import secrets
 
 import pytest
 
+from forum.app import Service
+from moderation.bot import setup
 from moderation.bot.store import Audit
 from tests.conftest import MakeUserOn, SynapsePair
-from tests.forum_fixtures import forum_data
+from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
 from tests.moderation_helpers import FAST, start_moderated
 
 pytestmark = pytest.mark.federation
@@ -42,6 +45,7 @@ async def test_remote_policy_list_rules_added_and_removed(
     data = forum_data(a, moderators=[mod.user_id])
     data["moderation"] = {**FAST, "policy_lists": [f"#{alias_name}:{b.server_name}"]}
     forum = await start_moderated(a, tmp_path / "home", data=data, moderator=mod)
+    second: Service | None = None
     try:
         # A rule present when the bot subscribes is enforced at once (ahead of any join).
         await forum.mod.wait_for(
@@ -83,6 +87,22 @@ async def test_remote_policy_list_rules_added_and_removed(
         await forum.wait_membership(victim.user_id, "ban", after=mark, timeout=30)
         member_ev = await forum.mod.get_state_event(forum.topic, "m.room.member", mod.user_id)
         assert member_ev["membership"] == "join"
+
+        # A rule removed while the bot is down: its bans are lifted when it starts again.
+        await forum.service.stop()
+        await curator.put_state(list_room, "m.policy.rule.user", {}, "r4")
+        mark = forum.mod.mark()
+        second = Service(
+            settings_from(data), config_dir=CONFIG_DIR, home=tmp_path / "home",
+            components=[setup], web_port=0,
+        )  # fmt: skip
+        await second.start()
+        await forum.wait_membership(victim.user_id, "leave", after=mark, timeout=60)
+        async with forum.ctx.db.sessionmaker() as s:
+            actions = [(e.action, e.source) for e in await Audit(s).entries(victim.user_id)]
+        assert actions == [("ban", "policy"), ("unban", "policy")]
     finally:
+        if second is not None:
+            await second.stop()
         await forum.service.stop()
         await forum.close_users()

@@ -708,6 +708,7 @@ class ModerationBot:
                 await self.rule_changed(
                     room_id, etype, str(ev.get("state_key")), ev.get("content") or {}
                 )
+        await self._lift_missing_rules(room_id)
         log.info("subscribed to the policy list %s (%s)", ref, room_id)
         return True
 
@@ -726,20 +727,36 @@ class ModerationBot:
             return
         if self.rules.pop(key, None) is None:
             return
-        async with self.db.sessionmaker() as s, s.begin():
-            users = await PolicyBans(s).pop(key)
+        await self._lift(key)
+
+    async def _lift(self, key: str) -> None:
+        """Undo the bans of a removed rule. Each ban is forgotten only once its unban is
+        done, so unbans cut short by a crash are found again at the next start."""
+        async with self.db.sessionmaker() as s:
+            users = await PolicyBans(s).users_of(key)
         for user in users:
             async with self.db.sessionmaker() as s:
-                others = [k for k in await PolicyBans(s).other_rules_of(user, key)]
-            if others or self._matching_rule(user):
-                continue
-            rooms = await self.actions.unban(user, "policy rule removed")
-            await self.actions.audit(
-                actor=self.gw.user_id, action="unban", target=user, rooms=rooms,
-                reason="policy rule removed", source="policy",
-            )  # fmt: skip
-            body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
-            await self.say(body, html.escape(body))
+                others = await PolicyBans(s).other_rules_of(user, key)
+            if not others and not self._matching_rule(user):
+                rooms = await self.actions.unban(user, "policy rule removed")
+                await self.actions.audit(
+                    actor=self.gw.user_id, action="unban", target=user, rooms=rooms,
+                    reason="policy rule removed", source="policy",
+                )  # fmt: skip
+                body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
+                await self.say(body, html.escape(body))
+            async with self.db.sessionmaker() as s, s.begin():
+                await PolicyBans(s).remove(key, user)
+
+    async def _lift_missing_rules(self, room_id: str) -> None:
+        """After (re)reading a list: bans recorded for rules it no longer has (removed
+        while the bot was down, or lifted only in part before a crash) are undone."""
+        async with self.db.sessionmaker() as s:
+            keys = await PolicyBans(s).keys_in(room_id)
+        for key in keys:
+            if key not in self.rules:
+                log.info("policy rule %s is gone: lifting its bans", key)
+                await self._lift(key)
 
     async def _enforce(self, key: str, rule: Rule) -> None:
         if rule.kind == "user" and not T.is_glob(rule.entity):

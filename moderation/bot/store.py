@@ -232,11 +232,25 @@ class PolicyBans:
         stmt = _insert(self.session, PolicyBan).values(rule_key=rule_key, user_id=user_id)
         await self.session.execute(stmt.on_conflict_do_nothing())
 
-    async def pop(self, rule_key: str) -> list[str]:
+    async def users_of(self, rule_key: str) -> list[str]:
         stmt = select(PolicyBan.user_id).where(PolicyBan.rule_key == rule_key)
-        users = list((await self.session.scalars(stmt)).all())
-        await self.session.execute(delete(PolicyBan).where(PolicyBan.rule_key == rule_key))
-        return users
+        return list((await self.session.scalars(stmt)).all())
+
+    async def remove(self, rule_key: str, user_id: str | None = None) -> None:
+        """Forget the bans of ``rule_key`` (of one user, or all)."""
+        stmt = delete(PolicyBan).where(PolicyBan.rule_key == rule_key)
+        if user_id is not None:
+            stmt = stmt.where(PolicyBan.user_id == user_id)
+        await self.session.execute(stmt)
+
+    async def keys_in(self, room_id: str) -> list[str]:
+        """The rule keys of a list room that still have bans recorded."""
+        stmt = (
+            select(PolicyBan.rule_key)
+            .where(PolicyBan.rule_key.startswith(f"{room_id}|", autoescape=True))
+            .distinct()
+        )
+        return list((await self.session.scalars(stmt)).all())
 
     async def other_rules_of(self, user_id: str, rule_key: str) -> list[str]:
         stmt = select(PolicyBan.rule_key).where(
