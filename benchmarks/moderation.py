@@ -176,6 +176,10 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
                     *(ctx.moderation.invite(ctx.room_ids["space"], u) for u in arg)
                 )
                 answer = None
+            elif command == "serial_bans":  # one room after another, as the peer does
+                for room in ctx.forum_room_ids:
+                    await ctx.moderation.ban(room, arg, "bench")
+                answer = None
             elif command == "bare_bans":
                 await asyncio.gather(
                     *(ctx.moderation.ban(r, arg, "bench") for r in ctx.forum_room_ids)
@@ -296,6 +300,7 @@ async def run(
         "a": ["a"],
         "ban": [f"ban{i}" for i in range(8)],
         "floor": [f"floor{i}" for i in range(8)],
+        "serial": [f"serial{i}" for i in range(4)],
         "flood": [f"flood{i}" for i in range(6)],
         "speaker": ["speaker"],
         "listed": [f"listed{i}" for i in range(6)],
@@ -382,6 +387,15 @@ async def phases(
         await forum.call("bare_bans", t.user_id)
         samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
     result["ban_floor_bare_concurrent_bans"] = summary(samples, base)
+
+    # For comparison, the same bare bans one room after another (the leading peer's way).
+    samples = []
+    for t in crowd["serial"]:
+        mark = mod.mark()
+        t0 = time.perf_counter()
+        await forum.call("serial_bans", t.user_id)
+        samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
+    result["ban_bare_one_room_after_another"] = summary(samples, base)
 
     # Flood: the Nth message -> all N redactions seen.
     await forum.call("cfg", None)
