@@ -67,7 +67,7 @@ async def seen(user: TestUser, pred: Any, after: int, timeout: float = 30) -> fl
     return time.perf_counter()
 
 
-async def round_trip(forum: Remote, a: TestUser, b: TestUser, n: int = 20) -> list[float]:
+async def round_trip(forum: Remote, a: TestUser, b: TestUser, n: int = 50) -> list[float]:
     room = forum.ids["lobby"]
     out = []
     for i in range(n):
