@@ -378,24 +378,20 @@ async def phases(
         await seen(mod, bot_said(forum, t.user_id), mark)
     result["ban_all_rooms"] = summary(samples, base)
 
-    # The floor under it: the same bans sent all at once straight through the bot's
-    # gateway (no command, no checks): what the homeserver itself needs.
-    samples = []
-    for t in crowd["floor"]:
-        mark = mod.mark()
-        t0 = time.perf_counter()
-        await forum.call("bare_bans", t.user_id)
-        samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
-    result["ban_floor_bare_concurrent_bans"] = summary(samples, base)
+    async def bare(how: str, people: list[TestUser]) -> dict[str, Any]:
+        samples = []
+        for t in people:
+            mark = mod.mark()
+            t0 = time.perf_counter()
+            await forum.call(how, t.user_id)
+            samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
+        return summary(samples, base)
 
-    # For comparison, the same bare bans one room after another (the leading peer's way).
-    samples = []
-    for t in crowd["serial"]:
-        mark = mod.mark()
-        t0 = time.perf_counter()
-        await forum.call("serial_bans", t.user_id)
-        samples.append(await seen(mod, all_bans(forum, t.user_id), mark) - t0)
-    result["ban_bare_one_room_after_another"] = summary(samples, base)
+    # The floor under it: the same bans sent all at once straight through the bot's
+    # gateway (no command, no checks): what the homeserver itself needs. For comparison,
+    # the same bare bans one room after another (the leading peer's way).
+    result["ban_floor_bare_concurrent_bans"] = await bare("bare_bans", crowd["floor"])
+    result["ban_bare_one_room_after_another"] = await bare("serial_bans", crowd["serial"])
 
     # Flood: the Nth message -> all N redactions seen.
     await forum.call("cfg", None)

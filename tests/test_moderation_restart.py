@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import json
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -21,6 +23,26 @@ from tests.matrix_user import TestUser
 from tests.moderation_helpers import FAST, start_moderated
 
 pytestmark = pytest.mark.homeserver
+
+
+async def restart(data: dict[str, Any], home: Path) -> Service:
+    """The moderation service started again on the same home (and database)."""
+    service = Service(
+        settings_from(data), config_dir=CONFIG_DIR, home=home, components=[setup], web_port=0
+    )
+    await service.start()
+    return service
+
+
+async def nothing_pending(service: Service) -> None:
+    """Wait until no command is stored as pending (the last one ran to its end)."""
+    assert service.ctx is not None
+    async with asyncio.timeout(10):
+        while True:
+            async with service.ctx.db.sessionmaker() as s:
+                if not await State(s).with_prefix(PENDING_COMMAND):
+                    return
+            await asyncio.sleep(0.05)
 
 
 async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, capsys):
@@ -40,11 +62,7 @@ async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, ca
         # Started again on the same database: provisioning reconciles the power levels,
         # the bot mutes again until the stored deadline, then lifts the mute by itself.
         mark = mod.mark()
-        second = Service(
-            settings_from(data), config_dir=CONFIG_DIR, home=home, components=[setup],
-            web_port=0,
-        )  # fmt: skip
-        await second.start()
+        second = await restart(data, home)
         async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
             mute = await Mutes(s).get(person.user_id)
         assert mute is not None
@@ -108,12 +126,7 @@ async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(synapse, tm
     try:
         # A command that ran to the end leaves nothing pending.
         await forum.command("!help")
-        async with asyncio.timeout(10):
-            while True:
-                async with forum.ctx.db.sessionmaker() as s:
-                    if not await State(s).with_prefix(PENDING_COMMAND):
-                        break
-                await asyncio.sleep(0.05)
+        await nothing_pending(forum.service)
         person = await forum.member("cut")
         await forum.service.stop()
 
@@ -127,11 +140,7 @@ async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(synapse, tm
                 {"sender": mod.user_id, "body": f"!ban {person.user_id} spam", "ts": 0},
             )
         mark = mod.mark()
-        second = Service(
-            settings_from(data), config_dir=CONFIG_DIR, home=home, components=[setup],
-            web_port=0,
-        )  # fmt: skip
-        await second.start()
+        second = await restart(data, home)
         await forum.wait_membership(person.user_id, "ban", after=mark, timeout=30)
         echo = await mod.wait_for(
             lambda e: (
@@ -143,12 +152,7 @@ async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(synapse, tm
             after=mark,
         )
         assert person.user_id in echo["content"]["body"]
-        async with asyncio.timeout(10):
-            while True:
-                async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
-                    if not await State(s).with_prefix(PENDING_COMMAND):
-                        break
-                await asyncio.sleep(0.05)
+        await nothing_pending(second)
         async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
             bans = [e for e in await Audit(s).entries(person.user_id) if e.action == "ban"]
         assert len(bans) == 1  # run once, not once more by a replay
