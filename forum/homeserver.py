@@ -73,6 +73,17 @@ _TEST_RATE_LIMITS: dict[str, Any] = {
 }
 
 
+# The embedded (demo) homeserver: a person joins the Space, the lobby, the announcements
+# and every topic room on arrival, a moderator the management and policy rooms too. Each
+# join is an event, and Synapse's defaults (a burst of 10 events, then one every 5 s; a
+# burst of 10 joins, then one every 10 s) refused the 11th of a moderator's first joins
+# with a 429. Spam is the moderation bot's business (its flood protection), not this.
+_FORUM_LIMITS: dict[str, Any] = {
+    "rc_message": {"per_second": 1, "burst_count": 30},
+    "rc_joins": {"local": {"per_second": 1, "burst_count": 50}},
+}
+
+
 class HomeserverStartError(RuntimeError):
     """The embedded homeserver could not be prepared or did not become ready."""
 
@@ -402,6 +413,7 @@ class EmbeddedHomeserver:
             # Lets our users see the hierarchy of a Space their server is not in yet
             # (GET /hierarchy?org.matrix.msc4235.via=SERVER), as a remote forum's Space.
             "experimental_features": {"msc4235_enabled": True},
+            **_FORUM_LIMITS,
         }
         if self.federation_port is not None:
             cert = self.directory / TLS_CERT_FILE
