@@ -15,7 +15,7 @@ from bridge.collector import DigestCollector
 from bridge.service import EXPORT_STATE_KEY, backfill
 from bridge.site import DigestSite, export_site, summary_line
 from bridge.store import DigestStore
-from bridge.weeks import parse_week, previous_week
+from bridge.weeks import parse_week, previous_week, week_of
 from forum.settings import Settings, database_url, forum_home, load_settings
 from forum.storage import Database
 from forum.storage.repositories import RoomRegistry
@@ -56,6 +56,9 @@ async def cmd_build(args: argparse.Namespace) -> int:
                     f"{len(topic.key_points)} key point(s), {topic.messages} message(s), "
                     f"{topic.participants} participant(s), {topic.new_members} new member(s)"
                 )
+            if not args.week:
+                now = week_of(datetime.now(UTC), settings.digest.timezone)
+                print(f"(the last complete week; the week in progress is {now}: --week {now})")
     finally:
         await db.close()
     return 0

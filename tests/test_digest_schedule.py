@@ -91,6 +91,12 @@ async def test_cli_build_and_export(synapse, make_user, start_forum, tmp_path, m
     assert topic["messages"] == 1
     assert topic["participants"] == 1
 
+    # Without --week: the last complete week, and a pointer to the week in progress.
+    args = parser.parse_args(["--config", str(config), "digest", "build"])
+    assert await args.func(args) == 0
+    text = capsys.readouterr().out
+    assert f"the week in progress is {week}: --week {week}" in text
+
     bad = parser.parse_args(["--config", str(config), "digest", "build", "--week", "2026-W60"])
     assert await bad.func(bad) == 2
     assert "2026-W60" in capsys.readouterr().err
