@@ -89,6 +89,12 @@ async def test_members_list_and_show(db: Database, db_url, tmp_path, capsys, mon
     assert await run(config, "members", "show", "@amina:forum.test") == 0
     text = capsys.readouterr().out
     assert "publication withdrawn (command)" in text
+    # A first "no" is a refusal, not a withdrawal.
+    async with db.sessionmaker() as s, s.begin():
+        await ConsentRecords(s).add("@kossi:forum.test", "publication", False, method="reply")
+    assert await run(config, "members", "show", "@kossi:forum.test") == 0
+    text = capsys.readouterr().out
+    assert "publication refused (reply)" in text
     assert await run(config, "members", "show", "@nobody:forum.test") == 1
     assert "unknown user" in capsys.readouterr().out
 

@@ -90,8 +90,11 @@ async def cmd_show(args: argparse.Namespace) -> int:
         f"{user}: step {st['step']}, charter {st['charter_version'] or '-'}, "
         f"publication {'yes' if st['publication'] else 'no'}"
     )
+    held: dict[str, bool] = {}  # scope -> granted by the record before
     for r in data["consent_records"]:
-        what = "granted" if r["granted"] else "withdrawn"
+        # A "no" after a "yes" withdraws consent; a first "no" refuses it.
+        what = "granted" if r["granted"] else "withdrawn" if held.get(r["scope"]) else "refused"
+        held[r["scope"]] = bool(r["granted"])
         version = f" v{r['charter_version']}" if r["charter_version"] else ""
         print(f"  {r['created_at']}  {r['scope']}{version} {what} ({r['method']})")
     return 0
