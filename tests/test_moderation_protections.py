@@ -61,6 +61,7 @@ async def test_flood_redacts_every_message_and_warns(forum: ModForum):
     await forum.wait_redacted(sent, after=mark)
     html = await report_about(forum, flooder.user_id, mark, "Protection")
     assert "<blockquote>pub 4 &lt;b&gt;x&lt;/b&gt;</blockquote>" in html
+    assert "dans Droits des enfants ;" in html  # the room by its name, not a key
     assert "https://matrix.to/#/" in html
     assert sent[-1].replace("$", "") in html.replace("%24", "")
     dm = await forum.dm_room(flooder, after=fmark)

@@ -22,6 +22,7 @@ from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
 from forum.matrix import is_user_id, matrix_to, server_of
+from forum.settings import RoomSpec
 from forum.signals import REPORT
 from forum.storage.models import utcnow
 
@@ -143,9 +144,17 @@ class ModerationBot:
         await self.say(body, html_body or html.escape(body), reply_to=inv.event_id)
 
     def room_label(self, room_id: str) -> str:
+        """The room's name as configured, in the bot's language (its id if unknown)."""
+        settings = self.settings
         for key, rid in self.ctx.room_ids.items():
-            if rid == room_id:
-                return key
+            if rid != room_id:
+                continue
+            kind, _, slug = key.partition(":")
+            if kind == "topic":
+                spec = next((t for t in settings.topics if t.slug == slug), None)
+                return settings.text(spec.name, self.lang) if spec else slug
+            room = getattr(settings.rooms, key, None)
+            return settings.text(room.name, self.lang) if isinstance(room, RoomSpec) else key
         return room_id
 
     # --- routing ----------------------------------------------------------------------
