@@ -62,7 +62,7 @@ async def test_reply_report_card_and_reactions(forum: ModForum):
     # Reactions offered on the card; a moderator's ⚠ warns the author.
     await forum.mod.react(forum.mgmt, card["event_id"], "⚠️")
     done = await forum.mod.wait_for(
-        is_message(forum.mgmt, forum.bot_id, f"Dossier n°{number} : warn par"), 20, after=mark
+        is_message(forum.mgmt, forum.bot_id, f"Dossier n°{number} : averti(e) par"), 20, after=mark
     )
     assert forum.mod.user_id in done["content"]["body"]
     dm = await forum.dm_room(author, after=amark)
@@ -108,10 +108,10 @@ async def test_dm_report_and_case_command(forum: ModForum):
     assert author.user_id in card["content"]["body"]
     await reporter.wait_for_text(dm, "Merci", after=rmark)
     answer_mark = forum.mod.mark()
-    await forum.mod.send_text(forum.mgmt, f"!dossier {number} redact")
+    await forum.mod.send_text(forum.mgmt, f"!dossier {number} effacer")
     await forum.wait_redacted([bad], after=answer_mark)
     await forum.mod.wait_for(
-        is_message(forum.mgmt, forum.bot_id, f"Dossier n°{number} : redact"), 20, after=mark
+        is_message(forum.mgmt, forum.bot_id, f"Dossier n°{number} : message effacé"), 20, after=mark
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,10 @@ def test_commands_parse_typed_arguments_in_both_languages():
         ("!warn @a:x", "!warn USER REASON"),
         ("!ban", "!ban USER [REASON]"),
         ("!dry-run maybe", "!dry-run on|off"),
-        ("!case x ban", "!case NUMBER dismiss|redact|warn|mute|ban"),
+        (
+            "!case x ban",
+            "!case NUMBER dismiss|redact|warn|mute|ban|classer|effacer|avertir|silence|bannir",
+        ),
         ("!lock now", "!lock"),
     ],
 )
@@ -116,3 +120,24 @@ def test_moderation_settings_are_validated():
     text = str(err.value)
     assert "moderation.steps[1]" in text
     assert "moderation.policy_lists" in text
+
+
+def test_every_string_of_the_moderation_bot_is_in_both_catalogs():
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    bot_dir = Path(__file__).resolve().parent.parent / "moderation" / "bot"
+    found = {
+        msg if isinstance(msg, str) else msg[0]
+        for _, _, msg, _, _ in extract_from_dir(
+            bot_dir, method_map=[("**.py", "python")], keywords={"t": None, "_": None}
+        )
+    }
+    assert len(found) > 50
+    for lang in ("fr", "en"):
+        with (bot_dir / "locale" / lang / "LC_MESSAGES" / "forum.po").open("rb") as fp:
+            catalog = read_po(fp)
+        have = {m.id for m in catalog if m.id}
+        assert sorted(found - have) == [], lang
+        if lang == "fr":
+            assert all(m.string for m in catalog if m.id), "untranslated French messages"

@@ -49,6 +49,14 @@ POLICY_TYPES = {
 MEDIA = frozenset({"m.image", "m.video", "m.file", "m.audio"})
 CASE_KEYS = {"🗑": "redact", "⚠": "warn", "🔇": "mute", "🔨": "ban", "✅": "dismiss"}
 CASE_ACTIONS = ("dismiss", "redact", "warn", "mute", "ban")
+# The French words the case card shows, accepted by !case / !dossier too.
+CASE_ACTIONS_FR = {
+    "classer": "dismiss",
+    "effacer": "redact",
+    "avertir": "warn",
+    "silence": "mute",
+    "bannir": "ban",
+}
 REPORT_WORDS = ("signaler", "report")
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
 MATRIX_TO_EVENT = re.compile(r"matrix\.to/#/([!#][^/\s?]+)/(\$[^\s?&\"'<>]+)")
@@ -59,6 +67,16 @@ registry = Registry()
 def _(msg: str) -> str:
     """Marks a help text for extraction; translated when shown."""
     return msg
+
+
+# How a case's outcome reads ("Case #3: redacted by @afi").
+CASE_OUTCOMES = {
+    "dismiss": _("dismissed"),
+    "redact": _("message redacted"),
+    "warn": _("warned"),
+    "mute": _("muted"),
+    "ban": _("banned"),
+}
 
 
 @dataclass(frozen=True)
@@ -962,6 +980,10 @@ class ModerationBot:
             return
         await self.act_on_case(case.id, action, ev.sender, ev.event_id)
 
+    def case_outcome(self, action: str | None) -> str:
+        outcome = CASE_OUTCOMES.get(action or "")
+        return self.t(outcome) if outcome else str(action)
+
     async def act_on_case(
         self, case_id: int, action: str, moderator: str, event_id: str
     ) -> str | None:
@@ -974,7 +996,7 @@ class ModerationBot:
         if case.status != "open":
             return t("Case #%(n)d was already handled: %(action)s by %(who)s.") % {
                 "n": case_id,
-                "action": case.handled_action,
+                "action": self.case_outcome(case.handled_action),
                 "who": case.handled_by,
             }
         reported = case.reported_user
@@ -1012,7 +1034,7 @@ class ModerationBot:
             row.handled_action = action
         body = t("Case #%(n)d: %(action)s by %(who)s.") % {
             "n": case_id,
-            "action": action,
+            "action": self.case_outcome(action),
             "who": moderator,
         }
         await self.say(body, html.escape(body), reply_to=case.card_event_id)
@@ -1340,10 +1362,14 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
 @registry.command(
     "case",
     aliases=("dossier",),
-    args=(Arg("number", "int"), Arg("action", "choice", choices=CASE_ACTIONS)),
+    args=(
+        Arg("number", "int"),
+        Arg("action", "choice", choices=(*CASE_ACTIONS, *CASE_ACTIONS_FR)),
+    ),
     help=_("Act on a report: dismiss, redact, warn, mute or ban."),
 )
 async def cmd_case(bot: ModerationBot, inv: Invocation, number: int, action: str) -> None:
+    action = CASE_ACTIONS_FR.get(action, action)
     problem = await bot.act_on_case(number, action, inv.sender, inv.event_id)
     if problem:
         await bot.reply(inv, problem)
