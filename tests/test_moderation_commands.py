@@ -143,13 +143,16 @@ async def test_kick_warn_and_history(forum: ModForum):
     person = await forum.member("kicked")
     mark = forum.mod.mark()
     pmark = person.mark()
-    await forum.command(f"!warn {person.user_id} restez courtois")
+    echo = await forum.command(f"!warn {person.user_id} restez courtois")
+    assert f"{person.user_id} averti(e)." in echo  # a direct message, not "in 0 rooms"
     dm = await forum.dm_room(person, after=pmark)
     await person.wait_for_text(dm, "restez courtois", after=pmark)
     # A second warning reuses the same DM room.
     await forum.command(f"!avertir {person.user_id} deuxième fois")
     second = await person.wait_for_text(dm, "deuxième fois", after=pmark)
     assert second["room_id"] == dm
+    # Bad arguments: the usage line, and what is wrong, in the bot's language.
+    assert "Utilisation : !kick USER [REASON] (user manquant)" in await forum.command("!expulser")
     await forum.command(f"!kick {person.user_id} hors sujet")
     await forum.wait_membership(person.user_id, "leave", after=mark)
     history = await forum.command(f"!historique {person.user_id}")

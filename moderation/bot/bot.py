@@ -314,7 +314,10 @@ class ModerationBot:
                 await self.reply(
                     inv,
                     t("Usage: %(usage)s (%(problem)s)")
-                    % {"usage": command.usage(self.prefix), "problem": exc.problem},
+                    % {
+                        "usage": command.usage(self.prefix),
+                        "problem": t(exc.template) % exc.params,
+                    },
                 )
                 return
             try:
@@ -372,16 +375,19 @@ class ModerationBot:
         rooms: list[str],
         reason: str | None,
         undo: str | None = None,
+        *,
+        in_rooms: bool = True,
     ) -> None:
-        """Tell the management room what was done (and how to undo it)."""
+        """Tell the management room what was done (and how to undo it); ``in_rooms``
+        false for what is not done in rooms (a warning is a direct message)."""
         t = self.t
         who = inv.sender if inv else self.gw.user_id
-        body = t("%(who)s: %(action)s %(target)s in %(n)d room(s).") % {
-            "who": who,
-            "action": action,
-            "target": target,
-            "n": len(rooms),
-        }
+        template = (
+            t("%(who)s: %(action)s %(target)s in %(n)d room(s).")
+            if in_rooms
+            else t("%(who)s: %(action)s %(target)s.")
+        )
+        body = template % {"who": who, "action": action, "target": target, "n": len(rooms)}
         html_body = html.escape(body).replace(html.escape(target), self.user_html(target), 1)
         if reason:
             line = t("Reason: %(reason)s") % {"reason": reason}
@@ -1163,7 +1169,7 @@ async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) 
     if target is None or await bot.refuse_if_exempt(inv, target):
         return
     await bot.do_warn(target, reason, actor=inv.sender, source="command", event_id=inv.event_id)
-    await bot.echo(inv, bot.t("warned"), target, [], reason)
+    await bot.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
 
 
 @registry.command(

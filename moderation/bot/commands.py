@@ -46,11 +46,20 @@ class Command:
         return " ".join([prefix + self.name, *(a.usage() for a in self.args)])
 
 
+def _(msg: str) -> str:
+    """Marks a message for extraction; translated when shown."""
+    return msg
+
+
 class UsageError(Exception):
-    def __init__(self, command: Command, problem: str) -> None:
+    """Bad arguments: ``template % params`` says what is wrong (translate the template)."""
+
+    def __init__(self, command: Command, template: str, **params: str) -> None:
         self.command = command
-        self.problem = problem
-        super().__init__(problem)
+        self.template = template
+        self.params = params
+        self.problem = template % params
+        super().__init__(self.problem)
 
 
 @dataclass
@@ -101,13 +110,13 @@ def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
             text = " ".join(tokens[i:]).strip()
             i = len(tokens)
             if not text and not arg.optional:
-                raise UsageError(command, f"{arg.name} missing")
+                raise UsageError(command, _("%(arg)s missing"), arg=arg.name)
             values[arg.name] = text or None
             continue
         token = tokens[i] if i < len(tokens) else None
         if token is None:
             if not arg.optional:
-                raise UsageError(command, f"{arg.name} missing")
+                raise UsageError(command, _("%(arg)s missing"), arg=arg.name)
             values[arg.name] = None
             continue
         value, ok = _convert(arg, token)
@@ -115,11 +124,13 @@ def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
             if arg.optional:
                 values[arg.name] = None
                 continue
-            raise UsageError(command, f"{arg.name}: {token!r}")
+            raise UsageError(
+                command, _("%(arg)s: %(token)s is not valid"), arg=arg.name, token=token
+            )
         values[arg.name] = value
         i += 1
     if i < len(tokens):
-        raise UsageError(command, f"unexpected {tokens[i]!r}")
+        raise UsageError(command, _("unexpected %(token)s"), token=tokens[i])
     return values
 
 
