@@ -69,6 +69,19 @@ def _(msg: str) -> str:
     return msg
 
 
+# Audit actions as moderators read them in !history.
+AUDIT_LABELS = {
+    "ban": _("banned"),
+    "unban": _("unbanned"),
+    "kick": _("kicked"),
+    "mute": _("muted"),
+    "unmute": _("unmuted"),
+    "warn": _("warned"),
+    "redact": _("message redacted"),
+    "dismiss": _("dismissed"),
+    "refused": _("refused"),
+}
+
 # How a case's outcome reads ("Case #3: redacted by @afi").
 CASE_OUTCOMES = {
     "dismiss": _("dismissed"),
@@ -986,6 +999,14 @@ class ModerationBot:
             return
         await self.act_on_case(case.id, action, ev.sender, ev.event_id)
 
+    def action_label(self, action: str) -> str:
+        """An audit action ("ban", "mute:10m"...) in the bot's language."""
+        name, _, detail = action.partition(":")
+        label = AUDIT_LABELS.get(name)
+        if label is None:
+            return action
+        return self.t(label) + (f" ({detail})" if detail else "")
+
     def case_outcome(self, action: str | None) -> str:
         outcome = CASE_OUTCOMES.get(action or "")
         return self.t(outcome) if outcome else str(action)
@@ -1216,10 +1237,10 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
         return
     lines = [bot.t("History of %(user)s:") % {"user": target}]
     for e in entries:
-        dry = " [dry run]" if e.dry_run else ""
+        dry = " " + bot.t("[dry run]") if e.dry_run else ""
         lines.append(
-            f"{e.created_at:%Y-%m-%d %H:%M} {e.action}{dry} — {e.actor} ({e.source})"
-            + (f": {e.reason}" if e.reason else "")
+            f"{e.created_at:%Y-%m-%d %H:%M} {bot.action_label(e.action)}{dry} — {e.actor} "
+            f"({e.source})" + (f": {e.reason}" if e.reason else "")
         )
     await bot.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
 
