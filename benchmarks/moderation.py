@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
 from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from  # noqa: E402
 from tests.matrix_user import Event, TestUser  # noqa: E402
-from tests.moderation_helpers import FAST  # noqa: E402
+from tests.moderation_helpers import FAST, is_reply  # noqa: E402
 
 EXTRA_TOPICS = 4  # 6 configured + 4 = 10 topic rooms
 
@@ -253,15 +253,7 @@ class Remote:
         """A command from the moderator; returns once the bot replied to it."""
         mark = self.mod.mark()
         event_id = await self.mod.send_text(self.mgmt, text)
-        await self.mod.wait_for(
-            lambda e: (
-                e["room_id"] == self.mgmt
-                and e["sender"] == self.bot_id
-                and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
-            ),
-            30,
-            after=mark,
-        )
+        await self.mod.wait_for(is_reply(self.mgmt, self.bot_id, event_id), 30, after=mark)
 
 
 async def main(burst: int, senders: int) -> dict[str, Any]:

@@ -133,6 +133,15 @@ def dm_invites(user: TestUser, service: Service) -> set[str]:
     }
 
 
+async def open_dm_with_bot(user: TestUser, service: Service) -> str:
+    """The person opens a DM with the welcome bot (door 3) and gets the language question."""
+    room = await user.create_room(
+        is_direct=True, invite=[bot_id(service)], preset="trusted_private_chat"
+    )
+    await wait_bot_text(user, room, service, "Which language")
+    return room
+
+
 async def wait_bot_text(
     user: TestUser, room: str, service: Service, *needles: str, timeout: float = 20, after: int = 0
 ) -> Event:

@@ -43,6 +43,19 @@ def is_message(room: str, sender: str | None = None, contains: str | None = None
     return pred
 
 
+def is_reply(room: str, sender: str, event_id: str) -> Any:
+    """``sender``'s message in ``room`` replying to ``event_id``."""
+
+    def pred(e: Event) -> bool:
+        return (
+            e["room_id"] == room
+            and e["sender"] == sender
+            and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
+        )
+
+    return pred
+
+
 class ModForum:
     """A running forum with the moderation bot and a joined moderator."""
 
@@ -109,13 +122,7 @@ class ModForum:
         mark = sender.mark()
         event_id = await sender.send_text(self.mgmt, text)
         reply = await sender.wait_for(
-            lambda e: (
-                e["room_id"] == self.mgmt
-                and e["sender"] == self.bot_id
-                and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
-            ),
-            timeout,
-            after=mark,
+            is_reply(self.mgmt, self.bot_id, event_id), timeout, after=mark
         )
         return str(reply["content"]["body"])
 

@@ -24,6 +24,7 @@ from tests.membership_helpers import (
     bot_id,
     dm_invites,
     history,
+    open_dm_with_bot,
     person,
     start_service,
     via,
@@ -140,10 +141,7 @@ async def test_each_reply_form_accepts(forum, make_user, answer):
 async def test_dm_door_commands_and_bad_input(forum, make_user):
     """Door 3: a DM to the bot; then every DM command, nonsense and oversized input."""
     afi = await make_user("afi")
-    room = await afi.create_room(
-        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
-    )
-    await wait_bot_text(afi, room, forum, "Which language")
+    room = await open_dm_with_bot(afi, forum)
     mark = afi.mark()
     await afi.send_text(room, "Hello, I would like to join please")
     await wait_bot_text(afi, room, forum, CHARTER_EN, after=mark)
@@ -272,10 +270,7 @@ async def test_a_member_who_closed_the_dm_can_open_a_new_one(forum, make_user):
     """Leaving the DM (closing the chat in a client) does not lock the person out: a new
     DM replaces the old one, which the bot leaves; there the bot answers."""
     yao = await make_user("yao")
-    room = await yao.create_room(
-        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
-    )
-    await wait_bot_text(yao, room, forum, "Which language")
+    room = await open_dm_with_bot(yao, forum)
     mark = yao.mark()
     await yao.send_text(room, "English please")
     await wait_bot_text(yao, room, forum, CHARTER_EN, after=mark)

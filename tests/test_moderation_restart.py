@@ -20,7 +20,7 @@ from moderation.bot.bot import PENDING_COMMAND
 from moderation.bot.store import Audit, Mutes, State
 from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
 from tests.matrix_user import TestUser
-from tests.moderation_helpers import FAST, start_moderated
+from tests.moderation_helpers import FAST, is_reply, start_moderated
 
 pytestmark = pytest.mark.homeserver
 
@@ -142,15 +142,7 @@ async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(synapse, tm
         mark = mod.mark()
         second = await restart(data, home)
         await forum.wait_membership(person.user_id, "ban", after=mark, timeout=30)
-        echo = await mod.wait_for(
-            lambda e: (
-                e["room_id"] == forum.mgmt
-                and e["sender"] == forum.bot_id
-                and e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == event_id
-            ),
-            20,
-            after=mark,
-        )
+        echo = await mod.wait_for(is_reply(forum.mgmt, forum.bot_id, event_id), 20, after=mark)
         assert person.user_id in echo["content"]["body"]
         await nothing_pending(second)
         async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
