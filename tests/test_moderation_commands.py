@@ -47,6 +47,18 @@ async def test_help_in_both_languages_and_refusals(forum: ModForum):
     member = await target.get_state_event(forum.topic, "m.room.member", target.user_id)
     assert member["membership"] == "join"
 
+    # Authority follows the room's power levels as they change (read from the room's
+    # state, kept in step by its m.room.power_levels events).
+    async def set_level(level: int) -> None:
+        content = await forum.mod.get_state_event(forum.mgmt, "m.room.power_levels")
+        content["users"][helper.user_id] = level
+        await forum.ctx.moderation.put_state(forum.mgmt, "m.room.power_levels", content)
+
+    await set_level(50)
+    assert "Simulation" in await forum.command("!etat", sender=helper)
+    await set_level(0)
+    assert "Refusé" in await forum.command("!etat", sender=helper)
+
     # Bad arguments give the usage line.
     assert "!mute USER [DURATION] [REASON]" in await forum.command("!mute")
     assert "!dry-run on|off" in await forum.command("!dry-run peut-être")
@@ -62,7 +74,7 @@ async def test_help_in_both_languages_and_refusals(forum: ModForum):
     )
     async with forum.ctx.db.sessionmaker() as s:
         refused = [e for e in await Audit(s).entries(helper.user_id) if e.action == "refused"]
-    assert len(refused) == 2
+    assert len(refused) == 3
 
 
 async def test_ban_everywhere_published_and_unban(forum: ModForum):

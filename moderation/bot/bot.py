@@ -295,7 +295,8 @@ class ModerationBot:
             inv = Invocation(ev.sender, ev.event_id, command)
             t = self.t
             try:
-                level = (await self.gw.power_levels(self.mgmt)).level(ev.sender)
+                # Kept in step with the room: a power-level change clears it (on_state).
+                level = (await self.actions.power_levels(self.mgmt)).level(ev.sender)
             except MatrixError:
                 log.exception("cannot read the management room's power levels")
                 return
@@ -994,7 +995,7 @@ class ModerationBot:
             case = await Cases(s).by_card(ev.reacts_to)
         if case is None:
             return
-        level = (await self.gw.power_levels(self.mgmt)).level(ev.sender)
+        level = (await self.actions.power_levels(self.mgmt)).level(ev.sender)
         if level < self.settings.power_levels.moderator:
             return
         await self.act_on_case(case.id, action, ev.sender, ev.event_id)
