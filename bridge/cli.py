@@ -12,7 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge.collector import DigestCollector
-from bridge.service import EXPORT_STATE_KEY, backfill
+from bridge.digest import WeekDigest
+from bridge.service import EXPORT_STATE_KEY, announcement, backfill
 from bridge.site import DigestSite, export_site, summary_line
 from bridge.store import DigestStore
 from bridge.weeks import parse_week, previous_week, week_of
@@ -59,9 +60,39 @@ async def cmd_build(args: argparse.Namespace) -> int:
             if not args.week:
                 now = week_of(datetime.now(UTC), settings.digest.timezone)
                 print(f"(the last complete week; the week in progress is {now}: --week {now})")
+        if args.announce:
+            event_id = await _announce(settings, db, rooms, site, digest)
+            print(f"announced in the announcements room ({event_id})", file=sys.stderr)
     finally:
         await db.close()
     return 0
+
+
+async def _announce(
+    settings: Settings, db: Database, rooms: dict[str, str], site: DigestSite, digest: WeekDigest
+) -> str:
+    """Post the week's summary in the announcements room as the moderation bot (as the
+    schedule does), starting the embedded homeserver for it if ``forum run`` is not."""
+    from forum.app import bot_credentials, embedded_homeserver, make_gateway
+
+    home = forum_home()
+    hs = None
+    if settings.homeserver.mode == "embedded":
+        embedded = embedded_homeserver(settings, home)
+        if not embedded.running_elsewhere():
+            embedded.prepare()
+            await embedded.start()
+            hs = embedded
+    creds = bot_credentials(settings, home)["moderation"]
+    gw = make_gateway(settings, db, settings.moderation_bot_id, creds, "forum moderation bot")
+    try:
+        await gw.login()
+        plain, rich = announcement(settings, site, digest)
+        return await gw.send_text(rooms["announcements"], plain, rich)
+    finally:
+        await gw.close()
+        if hs is not None:
+            await hs.stop()
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
@@ -119,6 +150,11 @@ def add_commands(subparsers: Any) -> None:
     sub = digest.add_subparsers(dest="digest_command", required=True)
     p = sub.add_parser("build", help="build (and publish) one week's digest")
     p.add_argument("--week", help="ISO week like 2026-W48 (default: last complete week)")
+    p.add_argument(
+        "--announce",
+        action="store_true",
+        help="also post its summary in the announcements room, as the weekly schedule does",
+    )
     p.add_argument("--json", action="store_true", help="print the digest as JSON")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("export", help="write the public site as static files")

@@ -22,6 +22,7 @@ from bridge.store import DigestStore
 from bridge.weeks import previous_week
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
+from forum.settings import Settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_WITHDRAWN
 
 if TYPE_CHECKING:
@@ -108,26 +109,12 @@ class DigestService:
         return digest
 
     def week_url(self, lang: str, week: str) -> str:
-        base = self.site.public_url or self.ctx.settings.web.public_url
-        if not base:
-            web = self.ctx.settings.web
-            base = f"http://{web.host}:{web.port}"
-        return f"{base.rstrip('/')}/{lang}/week/{week}/"
+        return week_url(self.ctx.settings, self.site, lang, week)
 
     async def announce(self, digest: WeekDigest) -> str:
         room = self.ctx.room_ids["announcements"]
-        plain: list[str] = []
-        rich: list[str] = []
-        for lang in self.ctx.settings.forum.languages:
-            t = self.site.gettext(lang)
-            title = t("Digest of week {week}").format(week=digest.week)
-            line = summary_line(digest, t)
-            url = self.week_url(lang, digest.week)
-            plain.append(f"{title}: {line} {url}")
-            rich.append(
-                f'<p><a href="{html.escape(url)}">{html.escape(title)}</a>: {html.escape(line)}</p>'
-            )
-        return await self.ctx.moderation.send_text(room, "\n".join(plain), "".join(rich))
+        plain, rich = announcement(self.ctx.settings, self.site, digest)
+        return await self.ctx.moderation.send_text(room, plain, rich)
 
     async def schedule_loop(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         digest = self.ctx.settings.digest
@@ -220,3 +207,28 @@ async def _first_backfill(ctx: ServiceContext, service: DigestService) -> None:
         await DigestStore(s).set_state("backfilled", datetime.now(UTC).isoformat())
     log.info("digest: backfilled %d event(s)", n)
     service.changed()
+
+
+def week_url(settings: Settings, site: DigestSite, lang: str, week: str) -> str:
+    """The public address of one week's page."""
+    base = site.public_url or settings.web.public_url
+    if not base:
+        base = f"http://{settings.web.host}:{settings.web.port}"
+    return f"{base.rstrip('/')}/{lang}/week/{week}/"
+
+
+def announcement(settings: Settings, site: DigestSite, digest: WeekDigest) -> tuple[str, str]:
+    """The post for the announcements room (plain, HTML): the week's summary in every
+    forum language, with the link to its page."""
+    plain: list[str] = []
+    rich: list[str] = []
+    for lang in settings.forum.languages:
+        t = site.gettext(lang)
+        title = t("Digest of week {week}").format(week=digest.week)
+        line = summary_line(digest, t)
+        url = week_url(settings, site, lang, digest.week)
+        plain.append(f"{title}: {line} {url}")
+        rich.append(
+            f'<p><a href="{html.escape(url)}">{html.escape(title)}</a>: {html.escape(line)}</p>'
+        )
+    return "\n".join(plain), "".join(rich)

@@ -91,6 +91,20 @@ async def test_cli_build_and_export(synapse, make_user, start_forum, tmp_path, m
     assert topic["messages"] == 1
     assert topic["participants"] == 1
 
+    # --announce posts the summary in the announcements room, as the schedule does, from
+    # the operator's shell (the bot's stored session; no password in the file).
+    announcements = forum.ctx.room_ids["announcements"]
+    await forum.join(amina, announcements)
+    mark = amina.mark()
+    args = parser.parse_args(
+        ["--config", str(config), "digest", "build", "--week", week, "--announce"]
+    )
+    assert await args.func(args) == 0
+    capsys.readouterr()
+    posted = await amina.wait_for_text(announcements, f"/fr/week/{week}/", after=mark)
+    assert f"Résumé de la semaine {week}" in posted["content"]["body"]
+    assert posted["sender"] == forum.ctx.settings.moderation_bot_id
+
     # Without --week: the last complete week, and a pointer to the week in progress.
     args = parser.parse_args(["--config", str(config), "digest", "build"])
     assert await args.func(args) == 0
