@@ -292,6 +292,10 @@ class Actions:
             await State(s).set("join_lock", {"rooms": saved})
         return rooms
 
+    async def locked(self) -> bool:
+        async with self.db.sessionmaker() as s:
+            return (await State(s).get("lock")) is not None
+
     async def joins_locked(self) -> bool:
         async with self.db.sessionmaker() as s:
             return (await State(s).get("join_lock")) is not None

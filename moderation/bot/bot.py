@@ -22,7 +22,6 @@ from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
 from forum.matrix import is_user_id, matrix_to, server_of
-from forum.settings import RoomSpec
 from forum.signals import REPORT
 from forum.storage.models import utcnow
 
@@ -69,7 +68,7 @@ def _(msg: str) -> str:
     return msg
 
 
-# Audit actions as moderators read them in !history.
+# Audit actions as moderators read them (!history, the outcome of a case).
 AUDIT_LABELS = {
     "ban": _("banned"),
     "unban": _("unbanned"),
@@ -80,15 +79,6 @@ AUDIT_LABELS = {
     "redact": _("message redacted"),
     "dismiss": _("dismissed"),
     "refused": _("refused"),
-}
-
-# How a case's outcome reads ("Case #3: redacted by @afi").
-CASE_OUTCOMES = {
-    "dismiss": _("dismissed"),
-    "redact": _("message redacted"),
-    "warn": _("warned"),
-    "mute": _("muted"),
-    "ban": _("banned"),
 }
 
 
@@ -176,16 +166,12 @@ class ModerationBot:
 
     def room_label(self, room_id: str) -> str:
         """The room's name as configured, in the bot's language (its id if unknown)."""
-        settings = self.settings
         for key, rid in self.ctx.room_ids.items():
-            if rid != room_id:
-                continue
-            kind, _, slug = key.partition(":")
-            if kind == "topic":
-                spec = next((t for t in settings.topics if t.slug == slug), None)
-                return settings.text(spec.name, self.lang) if spec else slug
-            room = getattr(settings.rooms, key, None)
-            return settings.text(room.name, self.lang) if isinstance(room, RoomSpec) else key
+            if rid == room_id:
+                spec = self.settings.room_spec(key)
+                if spec is None:  # a topic dropped from the config: its slug
+                    return key.removeprefix("topic:")
+                return self.settings.text(spec.name, self.lang)
         return room_id
 
     # --- routing ----------------------------------------------------------------------
@@ -1008,10 +994,6 @@ class ModerationBot:
             return action
         return self.t(label) + (f" ({detail})" if detail else "")
 
-    def case_outcome(self, action: str | None) -> str:
-        outcome = CASE_OUTCOMES.get(action or "")
-        return self.t(outcome) if outcome else str(action)
-
     async def act_on_case(
         self, case_id: int, action: str, moderator: str, event_id: str
     ) -> str | None:
@@ -1024,7 +1006,7 @@ class ModerationBot:
         if case.status != "open":
             return t("Case #%(n)d was already handled: %(action)s by %(who)s.") % {
                 "n": case_id,
-                "action": self.case_outcome(case.handled_action),
+                "action": self.action_label(case.handled_action or "?"),
                 "who": case.handled_by,
             }
         reported = case.reported_user
@@ -1062,7 +1044,7 @@ class ModerationBot:
             row.handled_action = action
         body = t("Case #%(n)d: %(action)s by %(who)s.") % {
             "n": case_id,
-            "action": self.case_outcome(action),
+            "action": self.action_label(action),
             "who": moderator,
         }
         await self.say(body, html.escape(body), reply_to=case.card_event_id)
@@ -1357,8 +1339,7 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
     async with bot.db.sessionmaker() as s:
         mutes = await Mutes(s).all()
         open_cases = await Cases(s).open_count()
-        locked = await State(s).get("lock") is not None
-        joins_locked = await State(s).get("join_lock") is not None
+    locked, joins_locked = await bot.actions.locked(), await bot.actions.joins_locked()
     yes, no = t("yes"), t("no")
     lines = [
         t("Dry run: %(state)s.") % {"state": yes if bot.dry_run else no},
