@@ -174,7 +174,7 @@ class DigestSite:
         }
 
     async def topic_context(self, lang: str, slug: str) -> dict[str, Any] | None:
-        spec = next((t for t in self.settings.topics if t.slug == slug), None)
+        spec = self.settings.topic(slug)
         if spec is None:
             return None
         entries: list[tuple[str, TopicDigest]] = []

@@ -419,6 +419,17 @@ class Settings(_Model):
     def alias_id(self, alias: str) -> str:
         return f"#{alias}:{self.server_name}"
 
+    def topic(self, slug: str) -> TopicSpec | None:
+        return next((t for t in self.topics if t.slug == slug), None)
+
+    def room_spec(self, key: str) -> RoomSpec | TopicSpec | None:
+        """The configured room behind a registry key ("lobby", "topic:SLUG"...)."""
+        kind, _, slug = key.partition(":")
+        if kind == "topic":
+            return self.topic(slug)
+        room = getattr(self.rooms, key, None)
+        return room if isinstance(room, RoomSpec) else None
+
     def text(self, localized: Mapping[str, str], lang: str | None = None) -> str:
         """The text in ``lang``, else in the primary language."""
         if lang and lang in localized:
