@@ -283,10 +283,12 @@ class DigestCollector:
         direct = await self.membership.get_account_data("m.direct") or {}
         joined = set(await self.membership.joined_rooms())
         for room in direct.get(user_id) or []:
-            if isinstance(room, str) and room in joined:
-                members = await self.membership.members(room)
-                if members.get(user_id, {}).get("membership") in ("join", "invite"):
-                    return room
+            if (
+                isinstance(room, str)
+                and room in joined
+                and await self.membership.membership(room, user_id) in ("join", "invite")
+            ):
+                return room
         return await self.membership.create_dm(user_id)
 
     def _texts(self, key: str, **kw: str) -> tuple[str, str]:

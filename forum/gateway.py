@@ -658,6 +658,13 @@ class Gateway:
                 out[ev["state_key"]] = ev.get("content") or {}
         return out
 
+    async def membership(self, room_id: str, user_id: str) -> str | None:
+        """``user_id``'s membership in ``room_id`` ("join", "invite", "leave"...), or
+        ``None`` if they never had one."""
+        content = await self.get_state_event(room_id, "m.room.member", user_id)
+        value = (content or {}).get("membership")
+        return value if isinstance(value, str) else None
+
     async def hierarchy(self, space_id: str, max_depth: int = 1) -> list[dict[str, Any]]:
         rooms: list[dict[str, Any]] = []
         token: str | None = None

@@ -270,11 +270,11 @@ class MembershipBot:
         """Whether ``user_id`` is still joined (or invited) in ``room_id``; on an error,
         assume so (the old DM is kept)."""
         try:
-            members = await self.gw.members(room_id)
+            membership = await self.gw.membership(room_id, user_id)
         except MatrixError as exc:
-            log.warning("cannot read the members of %s: %s", room_id, exc)
+            log.warning("cannot read the membership of %s in %s: %s", user_id, room_id, exc)
             return True
-        return members.get(user_id, {}).get("membership") in {"join", "invite"}
+        return membership in {"join", "invite"}
 
     async def _leave_quietly(self, room_id: str) -> None:
         try:
