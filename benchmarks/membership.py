@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from forum.app import Service  # noqa: E402
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
-from moderation.membership import make_setup  # noqa: E402
+from moderation.membership import feature  # noqa: E402
 from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from  # noqa: E402
 from tests.matrix_user import TestUser  # noqa: E402
 from tests.membership_helpers import (  # noqa: E402
@@ -75,7 +75,7 @@ async def baseline(hs: EmbeddedHomeserver, samples: int) -> list[float]:
 async def one_person(hs: EmbeddedHomeserver, service: Service) -> tuple[float, float]:
     user = await TestUser.create(hs, "person")
     try:
-        space = service.ctx.room_ids["space"]
+        space = service.ctx.rooms["space"]
         t0 = time.perf_counter()
         await user.knock(space, "Bonjour, je voudrais participer", via=[hs.server_name])
         room = await wait_dm(user, service, timeout=60)
@@ -101,7 +101,7 @@ async def crowd(hs: EmbeddedHomeserver, service: Service, n: int) -> dict[str, o
             return await TestUser.create(hs, f"crowd{i}", http_timeout=600)
 
     users = await asyncio.gather(*(create(i) for i in range(n)))
-    space = service.ctx.room_ids["space"]
+    space = service.ctx.rooms["space"]
     lost: list[str] = []
 
     async def go(user: TestUser) -> None:
@@ -153,7 +153,7 @@ async def main(samples: int, crowd_size: int) -> dict[str, object]:
                 settings,
                 config_dir=CONFIG_DIR,
                 home=Path(tmp) / "home",
-                components=[make_setup()],
+                features=[feature()],
                 web_port=0,
             )
             (Path(tmp) / "home").mkdir()

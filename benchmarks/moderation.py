@@ -7,7 +7,7 @@ banned word to its redaction seen; a new rule in a subscribed policy list to the
 in every room; a burst of messages from many senders across rooms (processed vs sent,
 processing rate vs delivery rate); the resident memory of the service after the run.
 
-The service (``forum run``'s components: both bots, the digest collector, the web app)
+The service (``forum run``'s features: both bots, the digest collector, the web app)
 runs in its own process, as in production, so that its memory is its own; the benchmark
 drives it through a pipe (read its room ids, tune a protection between phases, count
 the messages it processed). Only the observing client (the moderator) syncs: idle test
@@ -128,26 +128,26 @@ def serve(data: dict[str, Any], home: str, conn: Any) -> None:
 
 
 async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
-    from forum.app import Service, default_components
+    from forum.app import Service, default_features
     from forum.consent import ConsentRecords
     from moderation.bot import text as T
     from moderation.membership.models import MEMBER, People
 
     service = Service(
         settings_from(data), config_dir=CONFIG_DIR, home=home,
-        components=default_components(), web_port=0,
+        features=default_features(), web_port=0,
     )  # fmt: skip
     await service.start()
     ctx = service.ctx
     assert ctx is not None
-    bot = ctx.moderation_bot
+    bot = service.feature("moderation")
     quiet = bot.cfg
     loop = asyncio.get_running_loop()
     answer: Any = {
-        "room_ids": dict(ctx.room_ids),
-        "forum_rooms": list(ctx.forum_room_ids),
-        "topic_rooms": list(ctx.topic_room_ids.values()),
-        "bot_id": ctx.moderation.user_id,
+        "room_ids": dict(ctx.rooms),
+        "forum_rooms": list(ctx.rooms.forum_ids),
+        "topic_rooms": list(ctx.rooms.topic_ids.values()),
+        "bot_id": ctx.moderation_gateway.user_id,
     }
     while True:
         conn.send(answer)
@@ -173,16 +173,16 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
                 answer = None
             elif command == "invite":
                 await asyncio.gather(
-                    *(ctx.moderation.invite(ctx.room_ids["space"], u) for u in arg)
+                    *(ctx.moderation_gateway.invite(ctx.rooms["space"], u) for u in arg)
                 )
                 answer = None
             elif command == "serial_bans":  # one room after another, as the peer does
-                for room in ctx.forum_room_ids:
-                    await ctx.moderation.ban(room, arg, "bench")
+                for room in ctx.rooms.forum_ids:
+                    await ctx.moderation_gateway.ban(room, arg, "bench")
                 answer = None
             elif command == "bare_bans":
                 await asyncio.gather(
-                    *(ctx.moderation.ban(r, arg, "bench") for r in ctx.forum_room_ids)
+                    *(ctx.moderation_gateway.ban(r, arg, "bench") for r in ctx.rooms.forum_ids)
                 )
                 answer = None
             elif command == "processed":

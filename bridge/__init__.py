@@ -1,12 +1,15 @@
 """From rooms to the public: collector, curation, weekly digest, web pages, feed, export.
 
-Entry points for the composition root: :func:`setup` (a component) and
-:func:`add_commands` (``forum digest ...``).
+Entry point for the composition root: :data:`FEATURE` (the digest's setup and its
+``forum digest ...`` commands).
 """
 
 from __future__ import annotations
 
 from bridge.cli import add_commands
 from bridge.service import DigestService, setup
+from forum.context import Feature
 
-__all__ = ["DigestService", "add_commands", "setup"]
+FEATURE = Feature("digest", setup, add_commands)
+
+__all__ = ["FEATURE", "DigestService", "setup"]

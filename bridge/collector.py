@@ -11,7 +11,7 @@ import asyncio
 import html
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ class DigestCollector:
         sessionmaker: async_sessionmaker[AsyncSession],
         moderation: Gateway,
         membership: Gateway,
-        room_ids: dict[str, str],
+        room_ids: Mapping[str, str],
         i18n: I18n,
         on_change: Callable[[], None],
         notify_outbox: Callable[[], None] = lambda: None,
@@ -374,7 +374,7 @@ class DigestCollector:
         self.on_change()
 
 
-def _topic_rooms(room_ids: dict[str, str]) -> dict[str, str]:
+def _topic_rooms(room_ids: Mapping[str, str]) -> dict[str, str]:
     out = {k.removeprefix("topic:"): v for k, v in room_ids.items() if k.startswith("topic:")}
     if "announcements" in room_ids:
         out[ANNOUNCEMENTS] = room_ids["announcements"]

@@ -7,6 +7,7 @@ them to a :class:`WeekDigest` with the pure :class:`~bridge.summarize.Summariser
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -100,7 +101,9 @@ def quote_of(m: StoredMessage, heading: str | None = None) -> Quote:
     )
 
 
-def topic_rooms(settings: Settings, room_ids: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
+def topic_rooms(
+    settings: Settings, room_ids: Mapping[str, str]
+) -> list[tuple[str, dict[str, str]]]:
     """(slug, localized names) of every digest section with a known room, in order."""
     out = [(t.slug, dict(t.name)) for t in settings.topics if f"topic:{t.slug}" in room_ids]
     if "announcements" in room_ids:
@@ -109,7 +112,7 @@ def topic_rooms(settings: Settings, room_ids: dict[str, str]) -> list[tuple[str,
 
 
 async def build_week(
-    session: AsyncSession, settings: Settings, room_ids: dict[str, str], week: str
+    session: AsyncSession, settings: Settings, room_ids: Mapping[str, str], week: str
 ) -> WeekDigest:
     start, end = week_bounds(week, settings.digest.timezone)
     store = DigestStore(session)

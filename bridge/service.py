@@ -26,7 +26,7 @@ from forum.settings import Settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_WITHDRAWN
 
 if TYPE_CHECKING:
-    from forum.app import ServiceContext
+    from forum.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +37,23 @@ EXPORT_STATE_KEY = "export_dir"
 class DigestService:
     def __init__(self, ctx: ServiceContext, public_url: str | None) -> None:
         self.ctx = ctx
-        self.site = DigestSite(
-            ctx.settings, ctx.db.sessionmaker, ctx.room_ids, public_url=public_url
-        )
+        self.site = DigestSite(ctx.settings, ctx.db.sessionmaker, ctx.rooms, public_url=public_url)
         self.collector = DigestCollector(
             ctx.settings,
             ctx.db.sessionmaker,
-            ctx.moderation,
-            ctx.membership,
-            ctx.room_ids,
+            ctx.moderation_gateway,
+            ctx.membership_gateway,
+            ctx.rooms,
             self.site.i18n,
             self.changed,
             self._notify_outbox,
         )
-        ctx.dm_claims.append(self.collector.claims_dm)
+        ctx.register.dm_claim(self.collector.claims_dm)
         self._dirty = asyncio.Event()
         self.exports = 0
 
     def _notify_outbox(self) -> None:
-        if self.ctx.outbox is not None:
-            self.ctx.outbox.notify()
+        self.ctx.outbox.notify()
 
     def changed(self) -> None:
         self.site.changed()
@@ -112,9 +109,9 @@ class DigestService:
         return week_url(self.ctx.settings, self.site, lang, week)
 
     async def announce(self, digest: WeekDigest) -> str:
-        room = self.ctx.room_ids["announcements"]
+        room = self.ctx.rooms["announcements"]
         plain, rich = announcement(self.ctx.settings, self.site, digest)
-        return await self.ctx.moderation.send_text(room, plain, rich)
+        return await self.ctx.moderation_gateway.send_text(room, plain, rich)
 
     async def schedule_loop(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         digest = self.ctx.settings.digest
@@ -182,10 +179,10 @@ async def setup(ctx: ServiceContext) -> DigestService:
     """The digest component (``bridge.setup``)."""
     service = DigestService(ctx, ctx.settings.web.public_url)
     service.collector.register()
-    ctx.outbox_executors[ASK_KIND] = service.collector.ask_from_outbox
+    ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
     ctx.signals.connect(PUBLICATION_WITHDRAWN, service.collector.erase)
     ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
-    ctx.web_extensions.append(web_extension(service.site))
+    ctx.register.web_routes(web_extension(service.site))
     ctx.tasks.start("digest:export", service.export_loop())
     ctx.tasks.start("digest:schedule", service.schedule_loop())
     if ctx.settings.digest.history_start:
@@ -202,7 +199,7 @@ async def _first_backfill(ctx: ServiceContext, service: DigestService) -> None:
     assert start is not None
     since = datetime.fromisoformat(start).replace(tzinfo=ZoneInfo(ctx.settings.digest.timezone))
     rooms = list(service.collector.rooms)
-    n = await backfill(service.collector, ctx.moderation, rooms, since)
+    n = await backfill(service.collector, ctx.moderation_gateway, rooms, since)
     async with ctx.db.sessionmaker() as s, s.begin():
         await DigestStore(s).set_state("backfilled", datetime.now(UTC).isoformat())
     log.info("digest: backfilled %d event(s)", n)

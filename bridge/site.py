@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class DigestSite:
         self,
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
-        room_ids: dict[str, str],
+        room_ids: Mapping[str, str],
         *,
         public_url: str | None = None,
     ) -> None:

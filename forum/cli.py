@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from forum.kit import OperatorKit, homeserver_for_command, load
 from forum.settings import ConfigError, Settings, config_dir_of, forum_home, load_settings
 
 log = logging.getLogger("forum")
@@ -22,10 +23,6 @@ EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-def _load(args: argparse.Namespace) -> Settings:
-    return load_settings(getattr(args, "config", None))
 
 
 # --- check-config --------------------------------------------------------------------------
@@ -57,53 +54,29 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 async def cmd_provision(args: argparse.Namespace) -> int:
-    from forum.app import (
-        bot_credentials,
-        embedded_homeserver,
-        exempt_from_rate_limits,
-        make_gateway,
-        register_embedded_accounts,
-    )
+    from forum.bots import exempt_from_rate_limits, register_embedded_accounts
     from forum.provisioning import provision
-    from forum.settings import database_url
-    from forum.storage import Database
 
-    settings = _load(args)
-    home = forum_home()
-    hs = None
-    if settings.homeserver.mode == "embedded":
-        embedded = embedded_homeserver(settings, home)
-        if not embedded.running_elsewhere():  # else: `forum run` has it; leave it running
-            embedded.prepare()
-            await embedded.start()
-            hs = embedded
-        await register_embedded_accounts(settings, home, embedded)
-    db = await Database.open(database_url(settings, home))
-    try:
-        creds = bot_credentials(settings, home)
-        mod = make_gateway(
-            settings, db, settings.moderation_bot_id, creds["moderation"], "forum moderation bot"
-        )
-        mem = make_gateway(
-            settings, db, settings.membership_bot_id, creds["membership"], "forum membership bot"
-        )
-        try:
-            await mod.login()
-            await exempt_from_rate_limits(mod, [mod.user_id, mem.user_id])
-            joiners = {}
-            if not args.dry_run:
-                await mem.login()
-                joiners[mem.user_id] = mem
-            the_plan, result = await provision(
-                settings, mod, db.sessionmaker, dry_run=args.dry_run, joiners=joiners
-            )
-        finally:
-            await mod.close()
-            await mem.close()
-    finally:
-        await db.close()
+    async with OperatorKit.open(args) as kit:
+        hs = await kit.homeserver()
         if hs is not None:
-            await hs.stop()
+            await register_embedded_accounts(kit.settings, kit.home, hs)
+        moderation_gateway = await kit.gateway("moderation")
+        joiners = {}
+        if not args.dry_run:
+            membership_gateway = await kit.gateway("membership")
+            joiners[membership_gateway.user_id] = membership_gateway
+        await exempt_from_rate_limits(
+            moderation_gateway,
+            [kit.settings.moderation_bot_id, kit.settings.membership_bot_id],
+        )
+        the_plan, result = await provision(
+            kit.settings,
+            moderation_gateway,
+            kit.db.sessionmaker,
+            dry_run=args.dry_run,
+            joiners=joiners,
+        )
     if args.json:
         out: dict[str, Any] = {
             "dry_run": args.dry_run,
@@ -136,9 +109,7 @@ async def cmd_provision(args: argparse.Namespace) -> int:
 
 
 async def cmd_homeserver_register(args: argparse.Namespace) -> int:
-    from forum.app import embedded_homeserver
-
-    settings = _load(args)
+    settings = load(args)
     if settings.homeserver.mode != "embedded":
         print(
             "homeserver register works with the embedded homeserver only; on your own "
@@ -146,21 +117,13 @@ async def cmd_homeserver_register(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    home = forum_home()
-    hs = embedded_homeserver(settings, home)
-    started = False
-    if not hs.running_elsewhere():  # else: `forum run` has it running
-        hs.prepare()
-        await hs.start()
-        started = True
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        hs = await homeserver_for_command(settings, forum_home(), stack)
+        assert hs is not None  # embedded
         password = args.password or secrets.token_urlsafe(12)
         user_id = await hs.register(
             args.name, password, admin=args.admin, display_name=args.display_name
         )
-    finally:
-        if started:
-            await hs.stop()
     print(f"{user_id}\tpassword: {password}")
     print(f"Sign in at {hs.url} with any Matrix client (for example Element).")
     return 0
@@ -170,9 +133,10 @@ async def cmd_homeserver_register(args: argparse.Namespace) -> int:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from forum.app import Service, embedded_homeserver, register_embedded_accounts
+    from forum.app import Service
+    from forum.bots import embedded_homeserver, register_embedded_accounts
 
-    settings = _load(args)
+    settings = load(args)
     home = forum_home()
     home.mkdir(parents=True, exist_ok=True)
     hs = None
@@ -185,7 +149,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
     try:
         if settings.homeserver.mode == "embedded":
             hs = embedded_homeserver(settings, home)
-            hs.prepare()
             print(f"Starting the embedded homeserver (Synapse) at {hs.url} ...", flush=True)
             await hs.start(stop_stale=True)
             demo_passwords = await register_embedded_accounts(settings, home, hs)
@@ -267,13 +230,8 @@ def _banner(facts: dict[str, Any], home: Path) -> str:
 
 
 async def cmd_migrate(args: argparse.Namespace) -> int:
-    from forum.settings import database_url
-    from forum.storage import Database
-
-    settings = _load(args)
-    db = await Database.open(database_url(settings, forum_home()))
-    revs = await db.current_revisions()
-    await db.close()
+    async with OperatorKit.open(args) as kit:
+        revs = await kit.db.current_revisions()
     print(f"Database at {', '.join(sorted(revs))}.")
     return 0
 
@@ -313,10 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--display-name")
     p.set_defaults(func=cmd_homeserver_register)
 
-    from forum.app import feature_commands
+    from forum.app import default_features
 
-    for add_commands in feature_commands():
-        add_commands(sub)
+    for feature in default_features():
+        if feature.add_commands is not None:
+            feature.add_commands(sub)
     return parser
 
 

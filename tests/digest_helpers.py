@@ -15,7 +15,7 @@ import aiohttp
 from multidict import CIMultiDict
 from sqlalchemy import select
 
-from bridge import DigestService, setup
+from bridge import FEATURE, DigestService
 from bridge.models import DigestMessage
 from bridge.weeks import week_of
 from forum.app import Service, ServiceContext
@@ -44,7 +44,7 @@ class DigestForum:
         return f"http://127.0.0.1:{self.service.bound_port}"
 
     def room(self, slug: str = TOPIC) -> str:
-        return self.ctx.room_ids[f"topic:{slug}"]
+        return self.ctx.rooms[f"topic:{slug}"]
 
     @property
     def server(self) -> str:
@@ -58,7 +58,7 @@ class DigestForum:
         for room in rooms or (self.room(),):
             # already invited: moderators are invited by provisioning
             with contextlib.suppress(MatrixError):
-                await self.ctx.moderation.invite(room, user.user_id)
+                await self.ctx.moderation_gateway.invite(room, user.user_id)
             await user.join(room, via=[self.server])
 
     async def consent(self, user: TestUser | str, granted: bool = True) -> None:
@@ -95,13 +95,8 @@ async def start_digest_forum(
     data["digest"].update(digest)
     if public_url:
         data.setdefault("web", {})["public_url"] = public_url
-    holder: dict[str, DigestService] = {}
-
-    async def component(ctx: ServiceContext) -> None:
-        holder["digest"] = await setup(ctx)
-
-    service = await start_forum(settings_from(data), components=[component])
-    return DigestForum(service, holder["digest"])
+    service = await start_forum(settings_from(data), features=[FEATURE])
+    return DigestForum(service, service.feature("digest"))
 
 
 async def eventually(

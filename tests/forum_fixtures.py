@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest_asyncio
 
-from forum.app import Component, Service
+from forum.app import Service
+from forum.context import Feature
 from forum.homeserver import EmbeddedHomeserver
 from forum.settings import DEFAULT_CONFIG, Settings, parse_settings
 
@@ -78,13 +79,13 @@ async def start_forum(synapse: EmbeddedHomeserver, tmp_path: Path) -> AsyncItera
     services: list[Service] = []
 
     async def factory(
-        settings: Settings, *, components: list[Component] | None = None, home: Path | None = None
+        settings: Settings, *, features: list[Feature] | None = None, home: Path | None = None
     ) -> Service:
         await register_bots(synapse, settings)
         svc_home = home or tmp_path / f"home-{len(services)}"
         svc_home.mkdir(parents=True, exist_ok=True)
         service = Service(
-            settings, config_dir=CONFIG_DIR, home=svc_home, components=components or [], web_port=0
+            settings, config_dir=CONFIG_DIR, home=svc_home, features=features or [], web_port=0
         )
         services.append(service)
         await service.start()

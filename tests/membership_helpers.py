@@ -17,7 +17,7 @@ from forum.consent import ConsentRecord, ConsentRecords
 from forum.homeserver import EmbeddedHomeserver
 from forum.settings import Settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN
-from moderation.membership import make_setup
+from moderation.membership import feature
 from moderation.membership.models import People, PersonRow
 from tests.forum_fixtures import CONFIG_DIR, register_bots
 from tests.matrix_user import TestUser
@@ -82,7 +82,7 @@ async def start_service(
         settings,
         config_dir=config_dir,
         home=home,
-        components=[make_setup(**opts)],
+        features=[feature(**opts)],
         web_port=0,
     )
     try:
@@ -168,7 +168,7 @@ INVITED = ("Vous êtes invité", "You are invited")
 async def wait_invites(user: TestUser, service: Service, timeout: float = 30) -> None:
     """Wait for invites to the Space and every topic room."""
     assert service.ctx is not None
-    for room in [service.ctx.room_ids["space"], *service.ctx.topic_room_ids.values()]:
+    for room in [service.ctx.rooms["space"], *service.ctx.rooms.topic_ids.values()]:
         await user.wait_for_invite(room, timeout)
 
 
@@ -190,7 +190,7 @@ async def admit(
     """Walk ``user`` through the whole flow by a knock on the Space; returns the DM room."""
     assert service.ctx is not None
     mark = user.mark()
-    await user.knock(service.ctx.room_ids["space"], knock, via=via(service))
+    await user.knock(service.ctx.rooms["space"], knock, via=via(service))
     room = await wait_dm(user, service, after=mark)
     await wait_bot_text(user, room, service, CHARTER_FR, CHARTER_EN)
     mark = user.mark()
@@ -215,7 +215,7 @@ async def _serve(config: str, home: str) -> None:
         settings,
         config_dir=CONFIG_DIR,
         home=Path(home),
-        components=[make_setup(deadline_poll_seconds=1)],
+        features=[feature(deadline_poll_seconds=1)],
         web_port=0,
     )
     await service.start()

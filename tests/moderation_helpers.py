@@ -12,7 +12,7 @@ from typing import Any
 
 from forum.app import Service
 from forum.homeserver import EmbeddedHomeserver
-from moderation.bot import setup
+from moderation.bot import FEATURE
 from moderation.bot.bot import ModerationBot
 from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from
 from tests.matrix_user import Event, TestUser
@@ -72,15 +72,15 @@ class ModForum:
 
     @property
     def bot(self) -> ModerationBot:
-        return self.ctx.moderation_bot  # type: ignore[no-any-return]
+        return self.service.feature("moderation")  # type: ignore[no-any-return]
 
     @property
     def bot_id(self) -> str:
-        return str(self.ctx.moderation.user_id)
+        return str(self.ctx.moderation_gateway.user_id)
 
     @property
     def ids(self) -> dict[str, str]:
-        return dict(self.ctx.room_ids)
+        return dict(self.ctx.rooms)
 
     @property
     def mgmt(self) -> str:
@@ -88,7 +88,7 @@ class ModForum:
 
     @property
     def forum_rooms(self) -> list[str]:
-        return list(self.ctx.forum_room_ids)
+        return list(self.ctx.rooms.forum_ids)
 
     @property
     def topic(self) -> str:
@@ -111,7 +111,7 @@ class ModForum:
 
     async def join_forum(self, user: TestUser) -> None:
         via = [self.hs.server_name]
-        await self.ctx.moderation.invite(self.ids["space"], user.user_id)
+        await self.ctx.moderation_gateway.invite(self.ids["space"], user.user_id)
         await user.join(self.ids["space"], via=via)
         others = [r for r in self.forum_rooms if r != self.ids["space"]]
         await asyncio.gather(*(user.join(r, via=via) for r in others))
@@ -199,7 +199,7 @@ async def start_moderated(
     settings = settings_from(data)
     await register_bots(hs, settings)
     await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
-    service = Service(settings, config_dir=CONFIG_DIR, home=home, components=[setup], web_port=0)
+    service = Service(settings, config_dir=CONFIG_DIR, home=home, features=[FEATURE], web_port=0)
     await service.start()
     forum = ModForum(hs, service, mod)
     ids = forum.ids

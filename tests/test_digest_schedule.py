@@ -13,7 +13,7 @@ import tomli_w
 from croniter import croniter
 from sqlalchemy import delete
 
-from bridge import add_commands
+from bridge.cli import add_commands
 from bridge.models import DigestActivity, DigestMessage
 from bridge.service import backfill
 from bridge.weeks import previous_week
@@ -27,7 +27,7 @@ async def test_scheduled_build_posts_in_announcements(synapse, make_user, start_
     forum = await start_digest_forum(
         synapse, start_forum, moderators=[mod.user_id], public_url="https://digest.example.org"
     )
-    announcements = forum.ctx.room_ids["announcements"]
+    announcements = forum.ctx.rooms["announcements"]
     await forum.join(mod, announcements)
     settings = forum.ctx.settings
     tz = ZoneInfo(settings.digest.timezone)
@@ -93,7 +93,7 @@ async def test_cli_build_and_export(synapse, make_user, start_forum, tmp_path, m
 
     # --announce posts the summary in the announcements room, as the schedule does, from
     # the operator's shell (the bot's stored session; no password in the file).
-    announcements = forum.ctx.room_ids["announcements"]
+    announcements = forum.ctx.rooms["announcements"]
     await forum.join(amina, announcements)
     mark = amina.mark()
     args = parser.parse_args(
@@ -146,7 +146,7 @@ async def test_backfill_reads_history_back_to_the_start_date(synapse, make_user,
         await s.execute(delete(DigestActivity))
     since = datetime.now(UTC) - timedelta(days=1)
     handled = await backfill(
-        forum.digest.collector, forum.ctx.moderation, [forum.room()], since, progress=True
+        forum.digest.collector, forum.ctx.moderation_gateway, [forum.room()], since, progress=True
     )
     assert handled >= 4
     stored = " ".join(await forum.stored_bodies())

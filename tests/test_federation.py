@@ -41,7 +41,7 @@ async def test_remote_user_sees_the_space_and_knocks(
     a, b = synapse_pair
     settings = settings_from(forum_data(a))
     await register_bots(a, settings)
-    service = Service(settings, config_dir=CONFIG_DIR, home=tmp_path, components=[], web_port=0)
+    service = Service(settings, config_dir=CONFIG_DIR, home=tmp_path, features=[], web_port=0)
     await service.start()
     try:
         ids = service.result.room_ids
@@ -61,7 +61,7 @@ async def test_remote_user_sees_the_space_and_knocks(
         assert rooms[topic_id]["name"] == "Égalité des filles et des jeunes femmes"
         assert rooms[topic_id]["join_rule"] == "knock_restricted"
 
-        moderation_bot = service.ctx.moderation
+        moderation_bot = service.ctx.moderation_gateway
         before = await moderation_bot.members(topic_id, membership="knock")
         assert remote.user_id not in before
         await remote.knock(

@@ -8,9 +8,8 @@ import pytest
 import bridge
 import moderation.bot
 from bridge.weeks import week_of
-from forum.app import ServiceContext
 from forum.storage import utcnow
-from moderation.membership import make_setup
+from moderation.membership import feature
 from tests.digest_helpers import eventually
 from tests.forum_fixtures import forum_data, settings_from
 from tests.membership_helpers import admit, wait_bot_text
@@ -23,25 +22,20 @@ NOT_UNDERSTOOD = ("pas compris", "not understand", "didn't understand")
 async def test_member_journey_through_every_feature(synapse, make_user, start_forum):
     moderator = await make_user("afi")
     data = forum_data(synapse, moderators=[moderator.user_id])
-    holder: dict[str, bridge.DigestService] = {}
-
-    async def digest(ctx: ServiceContext) -> None:
-        holder["digest"] = await bridge.setup(ctx)
-
     service = await start_forum(
         settings_from(data),
-        components=[make_setup(deadline_poll_seconds=0.5), moderation.bot.setup, digest],
+        features=[feature(deadline_poll_seconds=0.5), moderation.bot.FEATURE, bridge.FEATURE],
     )
     ctx = service.ctx
     server = [service.settings.server_name]
-    room = ctx.room_ids["topic:droits-enfants"]
+    room = ctx.rooms["topic:droits-enfants"]
 
     # Amina agrees to be quoted; Kossi does not. Both are admitted through the consent flow.
     amina, kossi = await make_user("amina"), await make_user("kossi")
     amina_dm = await admit(amina, service, publication=True)
     kossi_dm = await admit(kossi, service, publication=False)
     for person in (amina, kossi):
-        await person.join(ctx.room_ids["space"], via=server)
+        await person.join(ctx.rooms["space"], via=server)
         await person.join(room, via=server)  # members of the Space join topic rooms freely
     await moderator.join(room, via=server)
 
@@ -60,7 +54,7 @@ async def test_member_journey_through_every_feature(synapse, make_user, start_fo
     mark = kossi.mark()
     await kossi.send_text(kossi_dm, "oui")
 
-    digest_service = holder["digest"]
+    digest_service = service.feature("digest")
     week = week_of(utcnow(), service.settings.digest.timezone)
 
     async def published() -> str:
@@ -112,18 +106,18 @@ async def test_report_written_to_the_welcome_bot_becomes_a_case(synapse, make_us
     data = forum_data(synapse, moderators=[moderator.user_id])
     service = await start_forum(
         settings_from(data),
-        components=[make_setup(deadline_poll_seconds=0.5), moderation.bot.setup],
+        features=[feature(deadline_poll_seconds=0.5), moderation.bot.FEATURE],
     )
     ctx = service.ctx
     server = [service.settings.server_name]
-    room = ctx.room_ids["topic:engagement-civique"]
+    room = ctx.rooms["topic:engagement-civique"]
     awa, troll = await make_user("awa"), await make_user("troll")
     awa_dm = await admit(awa, service, publication=False)
     await admit(troll, service, publication=False)
     for person in (awa, troll):
-        await person.join(ctx.room_ids["space"], via=server)
+        await person.join(ctx.rooms["space"], via=server)
         await person.join(room, via=server)
-    await moderator.join(ctx.room_ids["management"], via=server)
+    await moderator.join(ctx.rooms["management"], via=server)
     bad = await troll.send_text(room, "Message insultant à signaler")
 
     mark, mod_mark = awa.mark(), moderator.mark()
@@ -134,7 +128,7 @@ async def test_report_written_to_the_welcome_bot_becomes_a_case(synapse, make_us
     )
     card = await moderator.wait_for(
         lambda e: (
-            e["room_id"] == ctx.room_ids["management"]
+            e["room_id"] == ctx.rooms["management"]
             and e["type"] == "m.room.message"
             and "Message insultant à signaler" in e["content"].get("body", "")
         ),

@@ -42,7 +42,7 @@ async def forum(synapse: EmbeddedHomeserver, tmp_path_factory: pytest.TempPathFa
     service = await start_service(
         synapse, settings_from(data), tmp_path_factory.mktemp("membership-approval")
     )
-    management = service.ctx.room_ids["management"]
+    management = service.ctx.rooms["management"]
     await moderator.wait_for_invite(management)
     await moderator.join(management, via=via(service))
     service.moderator = moderator  # type: ignore[attr-defined]
@@ -58,7 +58,7 @@ async def until_card(forum, user: TestUser) -> tuple[str, dict]:
     """Walk ``user`` through charter and publication by a knock on a topic room; return
     the DM room and the card the moderator sees."""
     mod: TestUser = forum.moderator
-    topic = forum.ctx.topic_room_ids["egalite-filles"]
+    topic = forum.ctx.rooms.topic_ids["egalite-filles"]
     await user.knock(topic, "Bonjour, je suis journaliste", via=via(forum))
     room = await wait_dm(user, forum)
     await wait_bot_text(user, room, forum, CHARTER_FR)
@@ -69,7 +69,7 @@ async def until_card(forum, user: TestUser) -> tuple[str, dict]:
     await user.send_text(room, "non")
     await wait_bot_text(user, room, forum, "modératrice", after=mark)
     card = await wait_bot_text(
-        mod, forum.ctx.room_ids["management"], forum, f"adhésion de {user.user_id}"
+        mod, forum.ctx.rooms["management"], forum, f"adhésion de {user.user_id}"
     )
     return room, card
 
@@ -77,12 +77,12 @@ async def until_card(forum, user: TestUser) -> tuple[str, dict]:
 async def test_approve_by_command(forum, make_user):
     user = await make_user("approved")
     room, _card = await until_card(forum, user)
-    management = forum.ctx.room_ids["management"]
+    management = forum.ctx.rooms["management"]
     # Nothing is invited before a moderator decides.
     assert not [
         e
         for e in user.events
-        if e.get("_section") == "invite" and e["room_id"] in forum.ctx.forum_room_ids
+        if e.get("_section") == "invite" and e["room_id"] in forum.ctx.rooms.forum_ids
     ]
     mark = user.mark()
     await forum.moderator.send_text(management, f"!approve {user.user_id}")
@@ -94,8 +94,8 @@ async def test_approve_by_command(forum, make_user):
 async def test_deny_by_command_kicks_the_knock_with_reason(forum, make_user):
     user = await make_user("denied")
     room, _card = await until_card(forum, user)
-    management = forum.ctx.room_ids["management"]
-    topic = forum.ctx.topic_room_ids["egalite-filles"]
+    management = forum.ctx.rooms["management"]
+    topic = forum.ctx.rooms.topic_ids["egalite-filles"]
     mark = user.mark()
     await forum.moderator.send_text(management, f"!deny {user.user_id} profil non vérifié")
     told = await wait_bot_text(user, room, forum, "refusée", after=mark)
@@ -121,7 +121,7 @@ async def test_reactions_on_the_card(forum, make_user):
     no_user = await make_user("card-no")
     _, yes_card = await until_card(forum, yes_user)
     no_room, no_card = await until_card(forum, no_user)
-    management = forum.ctx.room_ids["management"]
+    management = forum.ctx.rooms["management"]
     await forum.moderator.react(management, yes_card["event_id"], "✅")
     await wait_invites(yes_user, forum)
     mark = no_user.mark()
@@ -132,15 +132,15 @@ async def test_reactions_on_the_card(forum, make_user):
 async def test_non_moderator_cannot_approve(forum, make_user):
     user = await make_user("waiting")
     await until_card(forum, user)
-    management = forum.ctx.room_ids["management"]
+    management = forum.ctx.rooms["management"]
     # A second person invited to the management room without the moderator level.
     intruder = await make_user("intruder")
-    await forum.ctx.moderation.invite(management, intruder.user_id)
+    await forum.ctx.moderation_gateway.invite(management, intruder.user_id)
     await intruder.wait_for_invite(management)
     await intruder.join(management, via=via(forum))
     await intruder.send_text(management, f"!approve {user.user_id}")
     await wait_bot_text(intruder, management, forum, "Seuls les modératrices")
-    await forum.ctx.moderation.kick(management, intruder.user_id)
+    await forum.ctx.moderation_gateway.kick(management, intruder.user_id)
     # The request is still pending: a moderator can still decide.
     await forum.moderator.send_text(management, f"!deny {user.user_id}")
     await wait_bot_text(forum.moderator, management, forum, f"{user.user_id} refusé")

@@ -40,13 +40,13 @@ async def test_new_charter_mute_restore_and_remove(synapse, make_user, tmp_path)
     home = tmp_path / "home"
     first = await start_service(synapse, settings_from(data), home, config_dir=config_dir)
     try:
-        topic = first.ctx.topic_room_ids["droits-jeunes"]
+        topic = first.ctx.rooms.topic_ids["droits-jeunes"]
         amina = await make_user("amina")
         kossi = await make_user("kossi")
         amina_dm = await admit(amina, first)
         kossi_dm = await admit(kossi, first, publication=False)
         for user in (amina, kossi):
-            await user.join(first.ctx.room_ids["space"], via=via(first))
+            await user.join(first.ctx.rooms["space"], via=via(first))
             await user.join(topic, via=via(first))
         assert await can_post(amina, topic)
     finally:
@@ -94,7 +94,7 @@ async def test_new_charter_mute_restore_and_remove(synapse, make_user, tmp_path)
     v3["membership"]["charter"].update({"version": 3, "on_expiry": "remove"})
     third = await start_service(synapse, settings_from(v3), home, config_dir=config_dir)
     try:
-        space = third.ctx.room_ids["space"]
+        space = third.ctx.rooms["space"]
         await wait_bot_text(kossi, kossi_dm, third, "retiré·e du forum", timeout=30)
         await kossi.wait_for(
             lambda e: (

@@ -171,7 +171,7 @@ async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
     try:
         user = await make_user("replay")
         room = await admit(user, first)
-        space = first.ctx.room_ids["space"]
+        space = first.ctx.rooms["space"]
     finally:
         await first.stop()
     bot = first.settings.membership_bot_id
@@ -184,7 +184,7 @@ async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
         await db.close()
     second = await start_service(synapse, settings_from(data), home)
     try:
-        await second.ctx.membership.wait_synced(30)
+        await second.ctx.membership_gateway.wait_synced(30)
         # A later person goes through: the replayed backlog was handled before her.
         later = await make_user("later")
         await admit(later, second)

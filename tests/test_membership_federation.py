@@ -23,7 +23,7 @@ async def test_remote_user_knocks_accepts_and_is_invited(synapse_pair, make_user
     service = await start_service(forum_hs, settings_from(forum_data(forum_hs)), tmp_path / "home")
     try:
         remote = await make_user_on(remote_hs, "remote")
-        space = service.ctx.room_ids["space"]
+        space = service.ctx.rooms["space"]
         await remote.knock(space, "Hello, I would like to join", via=[forum_hs.server_name])
         room = await wait_dm(remote, service, timeout=30)
         charter = await wait_bot_text(remote, room, service, CHARTER_EN, timeout=30)
@@ -31,7 +31,7 @@ async def test_remote_user_knocks_accepts_and_is_invited(synapse_pair, make_user
         await remote.react(room, charter["event_id"], "✅")
         asked = await wait_bot_text(remote, room, service, *PUBLICATION_Q, timeout=30, after=mark)
         await remote.react(room, asked["event_id"], "👍")
-        for room_id in [space, *service.ctx.topic_room_ids.values()]:
+        for room_id in [space, *service.ctx.rooms.topic_ids.values()]:
             await remote.wait_for_invite(room_id, timeout=30)
         await remote.join(space, via=[forum_hs.server_name])
         records = await history(service, remote.user_id)

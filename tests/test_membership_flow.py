@@ -65,14 +65,14 @@ def charter_sha(lang: str) -> str:
 async def test_knock_french_reply_and_duplicate_knock(forum, make_user):
     """Door 1: a knock with a French reason; a second knock opens no second DM."""
     amina = await make_user("amina")
-    space = forum.ctx.room_ids["space"]
+    space = forum.ctx.rooms["space"]
     await amina.knock(space, "Bonjour, je voudrais rejoindre l'espace", via=via(forum))
     room = await wait_dm(amina, forum)
     charter = await wait_bot_text(amina, room, forum, CHARTER_FR, CHARTER_EN)
     assert CHARTER_FR in charter["content"]["body"]  # French guessed from the knock
     assert "<strong>Respect.</strong>" in charter["content"]["formatted_body"]
     # The same person knocks on a topic room too: same flow, no second DM.
-    topic = forum.ctx.topic_room_ids["droits-enfants"]
+    topic = forum.ctx.rooms.topic_ids["droits-enfants"]
     await amina.knock(topic, "Bonjour encore", via=via(forum))
     mark = amina.mark()
     await amina.send_text(room, "J’accepte !")
@@ -101,7 +101,7 @@ async def test_knock_french_reply_and_duplicate_knock(forum, make_user):
 async def test_lobby_door_language_question_reaction_and_refusal(forum, make_user):
     """Door 2: joining the lobby; the bot asks the language in both, ✅ and 👎."""
     kossi = await make_user("kossi")
-    await kossi.join(forum.ctx.room_ids["lobby"], via=via(forum))
+    await kossi.join(forum.ctx.rooms["lobby"], via=via(forum))
     room = await wait_dm(kossi, forum)
     question = await wait_bot_text(kossi, room, forum, "Which language")
     assert "Dans quelle langue" in question["content"]["body"]
@@ -125,7 +125,7 @@ async def test_lobby_door_language_question_reaction_and_refusal(forum, make_use
 @pytest.mark.parametrize("answer", ["I accept", "yes", "ACCEPT!", "jaccepte"])
 async def test_each_reply_form_accepts(forum, make_user, answer):
     user = await make_user("forms")
-    await user.knock(forum.ctx.room_ids["space"], "Hello, I would like to join", via=via(forum))
+    await user.knock(forum.ctx.rooms["space"], "Hello, I would like to join", via=via(forum))
     room = await wait_dm(user, forum)
     await wait_bot_text(user, room, forum, CHARTER_EN)
     mark = user.mark()
@@ -203,7 +203,7 @@ async def test_dm_door_commands_and_bad_input(forum, make_user):
     assert data["membership"]["dm_room_id"] == room
     # Leaving: removed from every forum room, consent ended.
     await ask("!quitter", "You have left")
-    space = forum.ctx.room_ids["space"]
+    space = forum.ctx.rooms["space"]
     await afi.wait_for(
         lambda e: (
             e["room_id"] == space
@@ -225,7 +225,7 @@ async def test_dm_door_commands_and_bad_input(forum, make_user):
 async def test_leaving_every_room_ends_publication(forum, make_user):
     yao = await make_user("yao")
     await admit(yao, forum, publication=True)
-    for room in forum.ctx.forum_room_ids:
+    for room in forum.ctx.rooms.forum_ids:
         await yao.leave(room)  # rejects each invitation
     await forum.signals_log.wait(PUBLICATION_WITHDRAWN, yao.user_id, timeout=30)
     await forum.signals_log.wait(MEMBER_LEFT, yao.user_id)
@@ -235,7 +235,7 @@ async def test_leaving_every_room_ends_publication(forum, make_user):
 
 async def test_flood_is_noticed_once_then_ignored_until_quiet(forum, make_user):
     ama = await make_user("ama")
-    await ama.knock(forum.ctx.room_ids["space"], "Bonjour", via=via(forum))
+    await ama.knock(forum.ctx.rooms["space"], "Bonjour", via=via(forum))
     room = await wait_dm(ama, forum)
     await wait_bot_text(ama, room, forum, CHARTER_FR)
     mark = ama.mark()
@@ -259,8 +259,8 @@ async def test_flood_is_noticed_once_then_ignored_until_quiet(forum, make_user):
 async def test_ignored_accounts_get_no_dm(forum, make_user):
     other = forum.ignored_user
     control = await make_user("control")
-    await other.knock(forum.ctx.room_ids["space"], "Hello", via=via(forum))
-    await control.knock(forum.ctx.room_ids["space"], "Hello", via=via(forum))
+    await other.knock(forum.ctx.rooms["space"], "Hello", via=via(forum))
+    await control.knock(forum.ctx.rooms["space"], "Hello", via=via(forum))
     await wait_dm(control, forum)  # the bot handled the later knock...
     assert dm_invites(other, forum) == set()  # ...and not the ignored account's
     assert await person(forum, other.user_id) is None

@@ -52,7 +52,7 @@ async def test_help_in_both_languages_and_refusals(forum: ModForum):
     async def set_level(level: int) -> None:
         content = await forum.mod.get_state_event(forum.mgmt, "m.room.power_levels")
         content["users"][helper.user_id] = level
-        await forum.ctx.moderation.put_state(forum.mgmt, "m.room.power_levels", content)
+        await forum.ctx.moderation_gateway.put_state(forum.mgmt, "m.room.power_levels", content)
 
     await set_level(50)
     assert "Simulation" in await forum.command("!etat", sender=helper)
@@ -132,7 +132,7 @@ async def test_glob_ban_hits_matching_members_only(forum: ModForum):
     # A later join matching the published glob is banned on arrival.
     late = await forum.user("globa")
     mark = forum.mod.mark()
-    await forum.ctx.moderation.invite(forum.ids["space"], late.user_id)
+    await forum.ctx.moderation_gateway.invite(forum.ids["space"], late.user_id)
     await late.join(forum.ids["space"], via=[forum.hs.server_name])
     await forum.wait_membership(late.user_id, "ban", after=mark)
     # Unbanning the glob withdraws the rule and lifts the bans it caught.

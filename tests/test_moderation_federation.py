@@ -9,7 +9,7 @@ import secrets
 import pytest
 
 from forum.app import Service
-from moderation.bot import setup
+from moderation.bot import FEATURE
 from moderation.bot.store import Audit
 from tests.conftest import MakeUserOn, SynapsePair
 from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
@@ -94,7 +94,7 @@ async def test_remote_policy_list_rules_added_and_removed(
         mark = forum.mod.mark()
         second = Service(
             settings_from(data), config_dir=CONFIG_DIR, home=tmp_path / "home",
-            components=[setup], web_port=0,
+            features=[FEATURE], web_port=0,
         )  # fmt: skip
         await second.start()
         await forum.wait_membership(victim.user_id, "leave", after=mark, timeout=60)

@@ -194,7 +194,7 @@ async def test_join_wave_locks_joins_until_unlocked(forum: ModForum):
     try:
         people = [await forum.user(f"wave{i}") for i in range(3)]
         for p in people:
-            await forum.ctx.moderation.invite(forum.ids["space"], p.user_id)
+            await forum.ctx.moderation_gateway.invite(forum.ids["space"], p.user_id)
         await asyncio.gather(
             *(p.join(forum.ids["space"], via=[forum.hs.server_name]) for p in people)
         )
@@ -202,7 +202,7 @@ async def test_join_wave_locks_joins_until_unlocked(forum: ModForum):
         rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
         assert rules["join_rule"] == "knock"
         late = await forum.user("late")
-        await forum.ctx.moderation.invite(forum.ids["space"], late.user_id)
+        await forum.ctx.moderation_gateway.invite(forum.ids["space"], late.user_id)
         await late.join(forum.ids["space"], via=[forum.hs.server_name])
         with pytest.raises(MatrixRequestError):
             await late.join(forum.topic, via=[forum.hs.server_name])

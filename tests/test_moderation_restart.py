@@ -15,7 +15,7 @@ import tomli_w
 
 from forum.app import Service
 from forum.storage.repositories import ProcessedEvents
-from moderation.bot import add_commands, setup
+from moderation.bot import FEATURE, add_commands
 from moderation.bot.bot import PENDING_COMMAND
 from moderation.bot.store import Audit, Mutes, State
 from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.homeserver
 async def restart(data: dict[str, Any], home: Path) -> Service:
     """The moderation service started again on the same home (and database)."""
     service = Service(
-        settings_from(data), config_dir=CONFIG_DIR, home=home, components=[setup], web_port=0
+        settings_from(data), config_dir=CONFIG_DIR, home=home, features=[FEATURE], web_port=0
     )
     await service.start()
     return service

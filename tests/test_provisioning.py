@@ -70,7 +70,7 @@ async def test_layout_as_members_see_it(synapse, make_user, start_forum):
     mem = await outsider.request("GET", f"/_matrix/client/v3/rooms/{ids['lobby']}/joined_members")
     assert settings.membership_bot_id in mem["joined"]
     again, _ = await provision(
-        settings, service.ctx.moderation, service.db.sessionmaker, dry_run=True
+        settings, service.ctx.moderation_gateway, service.db.sessionmaker, dry_run=True
     )
     assert again.changes == []
     assert again.problems == []
@@ -80,7 +80,7 @@ async def test_config_changes_are_applied(synapse, make_user, start_forum):
     first_mod = await make_user("mod1")
     data = forum_data(synapse, moderators=[first_mod.user_id])
     service = await start_forum(settings_from(data))
-    gw, sm = service.ctx.moderation, service.db.sessionmaker
+    gw, sm = service.ctx.moderation_gateway, service.db.sessionmaker
     ids = dict(service.result.room_ids)
 
     new_mod = await make_user("mod2")

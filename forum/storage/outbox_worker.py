@@ -49,7 +49,7 @@ class OutboxWorker:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.sessionmaker = sessionmaker
-        self.executors = dict(executors)
+        self.executors = executors  # read at each item: registrations may add kinds
         self.poll_interval = poll_interval
         self.max_attempts = max_attempts
         self.batch_size = batch_size

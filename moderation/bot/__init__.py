@@ -1,27 +1,22 @@
 """The moderation bot: commands, space-wide actions, policy lists, protections, reports
-and the audit log. Entry points: :func:`setup` (a service component) and
-:func:`add_commands` (the ``forum moderation`` subcommands)."""
+and the audit log. Entry point: :data:`FEATURE` (the bot's setup and its
+``forum moderation ...`` commands)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from forum.context import Feature, ServiceContext
 
-if TYPE_CHECKING:
-    from forum.app import ServiceContext
+from .bot import ModerationBot
+from .cli import add_commands
 
-__all__ = ["add_commands", "setup"]
+__all__ = ["FEATURE", "ModerationBot", "setup"]
 
 
-async def setup(ctx: ServiceContext) -> None:
+async def setup(ctx: ServiceContext) -> ModerationBot:
     """Register the moderation bot's handlers and background tasks on ``ctx``."""
-    from .bot import ModerationBot
-
     bot = ModerationBot(ctx)
     await bot.start()
-    setattr(ctx, "moderation_bot", bot)  # noqa: B010 - for tests and benchmarks
+    return bot
 
 
-def add_commands(subparsers: Any) -> None:
-    from .cli import add_commands as add
-
-    add(subparsers)
+FEATURE = Feature("moderation", setup, add_commands)

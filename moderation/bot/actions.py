@@ -21,7 +21,7 @@ from forum.storage.models import utcnow
 from .store import Audit, DirectRooms, Mutes, State
 
 if TYPE_CHECKING:
-    from forum.app import ServiceContext
+    from forum.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class Actions:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.gw = ctx.moderation
+        self.gw = ctx.moderation_gateway
         self.settings = ctx.settings
         self.db = ctx.db
         self._pl_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -48,11 +48,11 @@ class Actions:
     # --- rooms ----------------------------------------------------------------------
     @property
     def rooms(self) -> list[str]:
-        return list(self.ctx.forum_room_ids)
+        return list(self.ctx.rooms.forum_ids)
 
     @property
     def topic_rooms(self) -> list[str]:
-        return list(self.ctx.topic_room_ids.values())
+        return list(self.ctx.rooms.topic_ids.values())
 
     async def across(
         self, fn: Callable[[str], Awaitable[Any]], rooms: Iterable[str] | None = None
@@ -101,7 +101,7 @@ class Actions:
         if user_id in s.moderator_ids:
             return True
         mod = s.power_levels.moderator
-        for room in {room_id or self.ctx.room_ids["management"], self.ctx.room_ids["management"]}:
+        for room in {room_id or self.ctx.rooms["management"], self.ctx.rooms["management"]}:
             try:
                 if (await self.power_levels(room)).level(user_id) >= mod:
                     return True
@@ -421,10 +421,10 @@ class Actions:
     async def publish_rule(self, kind: str, entity: str, reason: str | None) -> str:
         content = {"entity": entity, "recommendation": "m.ban", "reason": reason or ""}
         return await self.gw.put_state(
-            self.ctx.room_ids["policy"], f"m.policy.rule.{kind}", content, rule_state_key(entity)
+            self.ctx.rooms["policy"], f"m.policy.rule.{kind}", content, rule_state_key(entity)
         )
 
     async def withdraw_rule(self, kind: str, entity: str) -> str:
         return await self.gw.put_state(
-            self.ctx.room_ids["policy"], f"m.policy.rule.{kind}", {}, rule_state_key(entity)
+            self.ctx.rooms["policy"], f"m.policy.rule.{kind}", {}, rule_state_key(entity)
         )

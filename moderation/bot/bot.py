@@ -31,7 +31,7 @@ from .commands import Arg, Command, Registry, UsageError, parse_args
 from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State, Strikes
 
 if TYPE_CHECKING:
-    from forum.app import ServiceContext
+    from forum.context import ServiceContext
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Invocation:
 class ModerationBot:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.gw = ctx.moderation
+        self.gw = ctx.moderation_gateway
         self.settings = ctx.settings
         self.cfg = ctx.settings.moderation
         self.db = ctx.db
@@ -108,8 +108,8 @@ class ModerationBot:
         self.lang = ctx.settings.primary_language
         self.t = self.i18n.gettext(self.lang)
         self.prefix = ctx.settings.bots.command_prefix
-        self.mgmt = ctx.room_ids["management"]
-        self.policy = ctx.room_ids["policy"]
+        self.mgmt = ctx.rooms["management"]
+        self.policy = ctx.rooms["policy"]
         self.dry_run = self.cfg.dry_run
         # Simulated strikes of a dry run (user -> step index, when); never stored.
         self.dry_strikes: dict[str, tuple[int, datetime]] = {}
@@ -166,7 +166,7 @@ class ModerationBot:
 
     def room_label(self, room_id: str) -> str:
         """The room's name as configured, in the bot's language (its id if unknown)."""
-        for key, rid in self.ctx.room_ids.items():
+        for key, rid in self.ctx.rooms.items():
             if rid == room_id:
                 spec = self.settings.room_spec(key)
                 if spec is None:  # a topic dropped from the config: its slug
@@ -184,7 +184,7 @@ class ModerationBot:
             return
         if ev.room_id == self.policy or ev.room_id in self.list_rooms:
             return
-        if ev.room_id in self.ctx.forum_room_ids:
+        if ev.room_id in self.ctx.rooms.forum_ids:
             self.processed_messages += 1
             if self._report_word(ev.body) and ev.reply_to:
                 await self._report_from_reply(ev)
@@ -645,7 +645,7 @@ class ModerationBot:
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:
-        if ev.room_id not in self.ctx.forum_room_ids:
+        if ev.room_id not in self.ctx.rooms.forum_ids:
             return
         if ev.membership != "join" or ev.prev_membership == "join":
             return
@@ -866,7 +866,7 @@ class ModerationBot:
             room_id = room_ref
             if room_ref.startswith("#"):
                 room_id = await self.gw.resolve_alias(room_ref)
-        if room_id is not None and room_id not in self.ctx.forum_room_ids:
+        if room_id is not None and room_id not in self.ctx.rooms.forum_ids:
             room_id = reported = None
         head = self._report_word(body)
         reason = body[len(head) :].strip() if head else body
@@ -900,7 +900,7 @@ class ModerationBot:
                 key=lambda r: int(r["id"]),
             )
             for r in reports:
-                if r.get("room_id") in self.ctx.forum_room_ids:
+                if r.get("room_id") in self.ctx.rooms.forum_ids:
                     await self.open_case(
                         source="admin",
                         external_id=f"admin:{r['id']}",
@@ -1086,7 +1086,7 @@ async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | 
     banned = await bot.do_ban(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
-    rooms = list(bot.ctx.forum_room_ids) if banned else []
+    rooms = list(bot.ctx.rooms.forum_ids) if banned else []
     label = target if not T.is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
     await bot.echo(inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}")
 

@@ -6,20 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from forum.settings import database_url, forum_home, load_settings
-from forum.storage import Database
+from forum.kit import OperatorKit
 
 from .store import Audit
 
 
 async def cmd_log(args: argparse.Namespace) -> int:
-    settings = load_settings(getattr(args, "config", None))
-    db = await Database.open(database_url(settings, forum_home()))
-    try:
-        async with db.sessionmaker() as s:
-            entries = await Audit(s).entries(args.user, limit=args.limit)
-    finally:
-        await db.close()
+    async with OperatorKit.open(args) as kit, kit.db.sessionmaker() as s:
+        entries = await Audit(s).entries(args.user, limit=args.limit)
     if args.json:
         print(json.dumps([e.as_json() for e in entries], ensure_ascii=False, indent=2))
         return 0

@@ -1,8 +1,7 @@
 """The membership bot: consent-based entry, publication consent, withdrawal, re-consent
-and data rights (issue #3). Entry points: :func:`setup` (component) and
-:func:`add_commands` (``forum members ...``)."""
+and data rights (issue #3). Entry point: :func:`feature` (the bot's setup and its
+``forum members ...`` commands)."""
 
-from .bot import MembershipBot, Options, make_setup, setup
-from .cli import add_commands
+from .bot import MembershipBot, Options, feature
 
-__all__ = ["MembershipBot", "Options", "add_commands", "make_setup", "setup"]
+__all__ = ["MembershipBot", "Options", "feature"]

@@ -28,8 +28,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from forum.app import ServiceContext
 from forum.consent import ConsentRecords, ConsentRow
+from forum.context import Feature, ServiceContext
 from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction
 from forum.i18n import I18n
@@ -87,8 +87,8 @@ class MembershipBot:
     def __init__(self, ctx: ServiceContext, options: Options | None = None) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.gw = ctx.membership
-        self.mod = ctx.moderation
+        self.gw = ctx.membership_gateway
+        self.mod = ctx.moderation_gateway
         self.options = options or Options()
         self.i18n = I18n(self.settings.forum.languages, locale_dir=LOCALE_DIR)
         self.prefix = self.settings.bots.command_prefix
@@ -132,9 +132,9 @@ class MembershipBot:
         self.gw.on(Invite, self.on_invite)
         self.gw.on(Message, self.on_message)
         self.gw.on(Reaction, self.on_reaction)
-        self.ctx.outbox_executors[INVITE] = self.exec_invite
-        self.ctx.outbox_executors[KICK] = self.exec_kick
-        self.ctx.outbox_executors[NOTIFY] = self.exec_notify
+        self.ctx.register.outbox_executor(INVITE, self.exec_invite)
+        self.ctx.register.outbox_executor(KICK, self.exec_kick)
+        self.ctx.register.outbox_executor(NOTIFY, self.exec_notify)
         self.ctx.tasks.start("membership:charter", self.charter_task())
         self.ctx.tasks.start("membership:pending-knocks", self.recover_pending())
 
@@ -147,11 +147,11 @@ class MembershipBot:
 
     @property
     def forum_rooms(self) -> list[str]:
-        return self.ctx.forum_room_ids
+        return self.ctx.rooms.forum_ids
 
     @property
     def management(self) -> str | None:
-        return self.ctx.room_ids.get("management")
+        return self.ctx.rooms.get("management")
 
     def lang_of(self, person: PersonRow | None) -> str:
         if person and person.lang in self.settings.forum.languages:
@@ -213,7 +213,7 @@ class MembershipBot:
             self.start_entry(ev.target, "knock", text=ev.reason, knock_room=ev.room_id)
         elif (
             ev.membership == "join"
-            and ev.room_id == self.ctx.room_ids.get("lobby")
+            and ev.room_id == self.ctx.rooms.get("lobby")
             and ev.prev_membership != "join"
         ):
             self.start_entry(ev.target, "lobby")
@@ -552,7 +552,7 @@ class MembershipBot:
             await self.send_charter(user_id, room, lang)  # coming back
         elif person.reconsent_version and is_acceptance(body):
             await self.accept_reconsent(user_id, "reply", ev.event_id)
-        elif any([await claim(ev) for claim in self.ctx.dm_claims]):
+        elif await self.ctx.register.claimed(ev):
             return  # an answer to another feature's question (the digest's)
         else:
             await self.say(room, self.t(lang, msg.NOT_UNDERSTOOD) + "\n" + self.help_text(lang))
@@ -691,8 +691,7 @@ class MembershipBot:
         self._notify_outbox()
 
     def _notify_outbox(self) -> None:
-        if self.ctx.outbox is not None:
-            self.ctx.outbox.notify()
+        self.ctx.outbox.notify()
 
     # --- outbox executors (idempotent) ----------------------------------------------------
     async def exec_invite(self, payload: dict[str, Any]) -> None:
@@ -1229,16 +1228,16 @@ async def export_person(sessionmaker: Any, user_id: str) -> dict[str, Any]:
     }
 
 
-def make_setup(**options: Any) -> Callable[[ServiceContext], Awaitable[None]]:
-    """A ``setup`` component with tuned :class:`Options` (tests shorten intervals)."""
+def feature(**options: Any) -> Feature:
+    """The membership bot as a feature of the service, with tuned :class:`Options` (tests
+    shorten intervals)."""
     opts = Options(**options)
 
-    async def setup(ctx: ServiceContext) -> None:
-        MembershipBot(ctx, opts).register()
+    async def setup(ctx: ServiceContext) -> MembershipBot:
+        bot = MembershipBot(ctx, opts)
+        bot.register()
+        return bot
 
-    return setup
+    from .cli import add_commands
 
-
-async def setup(ctx: ServiceContext) -> None:
-    """The membership bot component (wired in ``forum.app.default_components``)."""
-    MembershipBot(ctx).register()
+    return Feature("membership", setup, add_commands)

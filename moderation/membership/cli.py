@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from forum.consent import ConsentRecords
-from forum.settings import database_url, forum_home, load_settings
+from forum.kit import OperatorKit
 from forum.storage import Database
 
 from .models import People
@@ -23,12 +23,6 @@ def add_commands(sub: Any) -> None:
     show.add_argument("user", help="full Matrix id, or a local name on this homeserver")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
-
-
-async def _open(args: argparse.Namespace) -> tuple[Any, Database]:
-    settings = load_settings(args.config)
-    db = await Database.open(database_url(settings, forum_home()))
-    return settings, db
 
 
 async def list_members(db: Database) -> list[dict[str, Any]]:
@@ -52,11 +46,8 @@ async def list_members(db: Database) -> list[dict[str, Any]]:
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    _, db = await _open(args)
-    try:
-        rows = await list_members(db)
-    finally:
-        await db.close()
+    async with OperatorKit.open(args) as kit:
+        rows = await list_members(kit.db)
     if args.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -73,12 +64,9 @@ async def cmd_list(args: argparse.Namespace) -> int:
 async def cmd_show(args: argparse.Namespace) -> int:
     from .bot import export_person
 
-    settings, db = await _open(args)
-    user = settings.user_id(args.user)
-    try:
-        data = await export_person(db.sessionmaker, user)
-    finally:
-        await db.close()
+    async with OperatorKit.open(args) as kit:
+        user = kit.settings.user_id(args.user)
+        data = await export_person(kit.db.sessionmaker, user)
     if data["membership"] is None and not data["consent_records"]:
         print(f"unknown user {user}")
         return 1

@@ -1,0 +1,169 @@
+"""What a feature may use, and where it declares what it adds to the service.
+
+The composition root (:mod:`forum.app`) builds a :class:`ServiceContext` once the bots are
+logged in and the forum is provisioned, and hands it to each :class:`Feature`'s ``setup``.
+Everything in the context is built and immutable; a feature adds handlers to a gateway
+(``gateway.on``), starts its background work on ``tasks`` and declares its outbox
+executors, web routes, direct-chat claims and stop hooks on ``register``
+(:class:`Registrations`). Features import this module, never :mod:`forum.app`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+
+from forum.events import Message
+from forum.gateway import Gateway
+from forum.i18n import I18n
+from forum.settings import Settings
+from forum.signals import Signals
+from forum.storage import Database, Executor, OutboxWorker, utcnow
+from forum.tasks import TaskSupervisor
+
+#: Adds routes to the public web app.
+WebRoutes = Callable[[web.Application], None]
+#: Says whether a message in the membership bot's direct chats answers a question of the
+#: feature's own (the digest asks whether a message may be quoted): the membership bot then
+#: leaves it alone.
+DmClaim = Callable[[Message], Awaitable[bool]]
+StopHook = Callable[[], Awaitable[None]]
+#: Adds a feature's subcommands to the ``forum`` argument parser.
+AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+class RegistrationClosed(RuntimeError):
+    """A feature tried to register something after the service started."""
+
+
+class Registrations:
+    """The registration points of the service. Features declare what they add during their
+    ``setup``; the composition root reads it afterwards and closes the registrations."""
+
+    def __init__(self) -> None:
+        self._executors: dict[str, Executor] = {}
+        self._web_routes: list[WebRoutes] = []
+        self._dm_claims: list[DmClaim] = []
+        self._stop_hooks: list[StopHook] = []
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RegistrationClosed("registrations are closed once the service has started")
+
+    def outbox_executor(self, kind: str, executor: Executor) -> None:
+        """Carry out outbox items of ``kind`` with ``executor`` (idempotent, see
+        :mod:`forum.storage.outbox_worker`)."""
+        self._check_open()
+        if kind in self._executors:
+            raise ValueError(f"outbox kind {kind!r} is registered twice")
+        self._executors[kind] = executor
+
+    def web_routes(self, routes: WebRoutes) -> None:
+        self._check_open()
+        self._web_routes.append(routes)
+
+    def dm_claim(self, claim: DmClaim) -> None:
+        self._check_open()
+        self._dm_claims.append(claim)
+
+    def on_stop(self, hook: StopHook) -> None:
+        self._check_open()
+        self._stop_hooks.append(hook)
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def outbox_executors(self) -> Mapping[str, Executor]:
+        return MappingProxyType(self._executors)
+
+    @property
+    def all_web_routes(self) -> tuple[WebRoutes, ...]:
+        return tuple(self._web_routes)
+
+    @property
+    def dm_claims(self) -> tuple[DmClaim, ...]:
+        return tuple(self._dm_claims)
+
+    @property
+    def stop_hooks(self) -> tuple[StopHook, ...]:
+        return tuple(self._stop_hooks)
+
+    async def claimed(self, message: Message) -> bool:
+        """Whether a feature claims this direct-chat message (every claim is asked)."""
+        return any([await claim(message) for claim in self._dm_claims])
+
+
+class Rooms(Mapping[str, str]):
+    """The forum's room ids by key, as provisioning left them: ``space``, ``lobby``,
+    ``announcements``, ``management``, ``policy`` and ``topic:<slug>``. Read-only."""
+
+    def __init__(self, ids: Mapping[str, str]) -> None:
+        self._ids = dict(ids)
+
+    def __getitem__(self, key: str) -> str:
+        return self._ids[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return f"Rooms({self._ids!r})"
+
+    @property
+    def topic_ids(self) -> dict[str, str]:
+        """Topic room ids by slug."""
+        return {k.removeprefix("topic:"): v for k, v in self._ids.items() if k.startswith("topic:")}
+
+    @property
+    def forum_ids(self) -> list[str]:
+        """The rooms members use: the Space, lobby, announcements and topics."""
+        return [v for k, v in self._ids.items() if k not in {"management", "policy"}]
+
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What features receive: everything is built already, nothing is started."""
+
+    settings: Settings
+    config_dir: Path
+    home: Path
+    db: Database
+    membership_gateway: Gateway
+    moderation_gateway: Gateway
+    i18n: I18n
+    tasks: TaskSupervisor
+    rooms: Rooms
+    signals: Signals
+    outbox: OutboxWorker
+    register: Registrations
+    clock: Clock = field(default=utcnow)
+    """Now, in UTC (tests may set another clock)."""
+    schedules: bool = True
+    """Whether time-driven loops (the weekly digest) run; the tests' harness turns them off
+    unless a test asks for them."""
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A part of the service: its ``setup`` registers handlers and background work on the
+    context and returns the feature's own object (kept by the service, for its tests and
+    benchmarks); ``add_commands`` adds its ``forum ...`` subcommands."""
+
+    name: str
+    setup: Callable[[ServiceContext], Awaitable[Any]]
+    add_commands: AddCommands | None = None
