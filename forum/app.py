@@ -21,10 +21,11 @@ from typing import Any
 
 from aiohttp import web
 
+from forum.credentials import load_or_create_secrets
 from forum.errors import MatrixError
 from forum.events import Message
 from forum.gateway import Gateway
-from forum.homeserver import EmbeddedHomeserver, load_or_create_secrets
+from forum.homeserver import EmbeddedHomeserver
 from forum.i18n import I18n
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url

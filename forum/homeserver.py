@@ -17,10 +17,8 @@ import datetime
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -31,6 +29,8 @@ from typing import Any
 
 import aiohttp
 import yaml
+
+from forum.credentials import load_or_create_secrets, write_private
 
 log = logging.getLogger(__name__)
 
@@ -121,45 +121,6 @@ def port_is_free(host: str, port: int) -> bool:
         return True
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically to ``path`` with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def load_or_create_secrets(path: Path, names: Iterable[str]) -> dict[str, str]:
-    """The secrets named ``names`` from the JSON file ``path``, generating missing ones.
-
-    Existing values are kept; new ones are random URL-safe strings. The file is written
-    with mode 0600 (and an existing file is tightened to 0600). Returns every secret in
-    the file, not only the ones asked for.
-    """
-    data: dict[str, str] = {}
-    if path.exists():
-        try:
-            loaded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read the secrets file: {exc}") from exc
-        if not isinstance(loaded, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
-        ):
-            raise ValueError(f"{path}: expected a JSON object of strings")
-        data = dict(loaded)
-    missing = [n for n in names if n not in data]
-    for name in missing:
-        data[name] = secrets.token_urlsafe(24)
-    if missing or not path.exists():
-        _write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    elif path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
-    return data
-
-
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
@@ -196,7 +157,7 @@ def _make_self_signed_cert(cert_path: Path, key_path: Path) -> None:
         )
         .sign(key, hashes.SHA256())
     )
-    _write_private(
+    write_private(
         key_path,
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -325,7 +286,7 @@ class EmbeddedHomeserver:
             cert, key = self.directory / TLS_CERT_FILE, self.directory / TLS_KEY_FILE
             if not (cert.exists() and key.exists()):
                 _make_self_signed_cert(cert, key)
-        _write_private(
+        write_private(
             self.overrides_path,
             "# Written by forum on every start; edits are lost.\n"
             + yaml.safe_dump(self.overrides(), sort_keys=False),
