@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import signal
@@ -28,70 +26,20 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-import yaml
 
-from forum.credentials import load_or_create_secrets, write_private
+from forum.homeserver.config import HomeserverStartError, SynapseConfig
+
+__all__ = [
+    "EmbeddedHomeserver",
+    "HomeserverStartError",
+    "RegistrationError",
+    "free_port",
+    "port_is_free",
+]
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "homeserver.yaml"
-OVERRIDES_FILE = "forum-overrides.yaml"
-LOG_CONFIG_FILE = "forum-log.yaml"
-LOG_FILE = "homeserver.log"
 PID_FILE = "forum-synapse.pid"
-SECRETS_FILE = "forum-secrets.json"
-TLS_CERT_FILE = "tls.crt"
-TLS_KEY_FILE = "tls.key"
-
-# A rate limit loose enough that tests never see a 429.
-_LOOSE: dict[str, float] = {"per_second": 10000, "burst_count": 100000}
-
-# The rate limits of Synapse 1.163 that tests loosen (MATRIX-FACTS.md).
-_TEST_RATE_LIMITS: dict[str, Any] = {
-    "rc_message": _LOOSE,
-    "rc_registration": _LOOSE,
-    "rc_login": {"address": _LOOSE, "account": _LOOSE, "failed_attempts": _LOOSE},
-    "rc_joins": {"local": _LOOSE, "remote": _LOOSE},
-    "rc_joins_per_room": _LOOSE,
-    "rc_invites": {"per_room": _LOOSE, "per_user": _LOOSE, "per_issuer": _LOOSE},
-    "rc_room_creation": _LOOSE,
-    "rc_3pid_validation": _LOOSE,
-    "rc_admin_redaction": _LOOSE,
-    "rc_delayed_event_mgmt": _LOOSE,
-    "rc_reports": _LOOSE,
-    "rc_profile": _LOOSE,
-    "rc_user_directory": _LOOSE,
-    "rc_media_create": _LOOSE,
-    "rc_presence": {"per_user": _LOOSE},
-    "rc_federation": {
-        "window_size": 1000,
-        "sleep_limit": 10000,
-        "sleep_delay": 0,
-        "reject_limit": 100000,
-        "concurrent": 1000,
-    },
-}
-
-
-# The embedded (demo) homeserver: a person joins the Space, the lobby, the announcements
-# and every topic room on arrival, a moderator the management and policy rooms too. Each
-# join is an event, and Synapse's defaults (a burst of 10 events, then one every 5 s; a
-# burst of 10 joins, then one every 10 s) refused the 11th of a moderator's first joins
-# with a 429. Spam is the moderation bot's business (its flood protection), not this.
-# Everyone signs in from 127.0.0.1 here, and Synapse's default (5 logins per address,
-# then one every 5 minutes) locked out the third demo account signed in twice.
-_FORUM_LIMITS: dict[str, Any] = {
-    "rc_message": {"per_second": 1, "burst_count": 30},
-    "rc_joins": {"local": {"per_second": 1, "burst_count": 50}},
-    "rc_login": {
-        "address": {"per_second": 1, "burst_count": 30},
-        "account": {"per_second": 1, "burst_count": 30},
-    },
-}
-
-
-class HomeserverStartError(RuntimeError):
-    """The embedded homeserver could not be prepared or did not become ready."""
 
 
 class RegistrationError(RuntimeError):
@@ -119,53 +67,6 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _make_self_signed_cert(cert_path: Path, key_path: Path) -> None:
-    """A self-signed certificate for 127.0.0.1 / localhost (federation on loopback)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    write_private(
-        key_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        ).decode("ascii"),
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _process_alive(pid: int) -> bool:
@@ -209,37 +110,62 @@ class EmbeddedHomeserver:
         federation_port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self.directory = Path(directory).resolve()
-        self._server_name = server_name
-        self.host = host
-        self.port = port
-        self.for_tests = for_tests
-        self.federation_port = federation_port
-        self.extra_config: dict[str, Any] = dict(extra_config or {})
+        self._config = SynapseConfig(
+            Path(directory).resolve(),
+            server_name,
+            port,
+            host=host,
+            for_tests=for_tests,
+            federation_port=federation_port,
+            extra_config=dict(extra_config or {}),
+        )
         self._process: asyncio.subprocess.Process | None = None
         self._log_handle: Any = None
 
     # --- facts -------------------------------------------------------------------
     @property
+    def directory(self) -> Path:
+        return self._config.directory
+
+    @property
     def server_name(self) -> str:
-        return self._server_name
+        return self._config.server_name
+
+    @property
+    def host(self) -> str:
+        return self._config.host
+
+    @property
+    def port(self) -> int:
+        return self._config.port
+
+    @property
+    def for_tests(self) -> bool:
+        return self._config.for_tests
+
+    @property
+    def federation_port(self) -> int | None:
+        return self._config.federation_port
+
+    @property
+    def extra_config(self) -> dict[str, Any]:
+        return self._config.extra_config
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._config.url
 
     @property
     def config_path(self) -> Path:
-        return self.directory / CONFIG_FILE
+        return self._config.config_path
 
     @property
     def overrides_path(self) -> Path:
-        return self.directory / OVERRIDES_FILE
+        return self._config.overrides_path
 
     @property
     def log_path(self) -> Path:
-        return self.directory / LOG_FILE
+        return self._config.log_path
 
     @property
     def pid_path(self) -> Path:
@@ -255,10 +181,7 @@ class EmbeddedHomeserver:
 
     @property
     def registration_shared_secret(self) -> str:
-        path = self.directory / SECRETS_FILE
-        return load_or_create_secrets(path, ["registration_shared_secret"])[
-            "registration_shared_secret"
-        ]
+        return self._config.registration_shared_secret
 
     def user_id(self, localpart: str) -> str:
         return f"@{localpart}:{self.server_name}"
@@ -270,146 +193,12 @@ class EmbeddedHomeserver:
         Blocking (runs ``--generate-config`` the first time); :meth:`start` calls it
         in a thread.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not self.config_path.exists():
-            self._generate()
-        else:
-            existing = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-            if existing.get("server_name") != self.server_name:
-                raise HomeserverStartError(
-                    f"{self.config_path} was generated for server name "
-                    f"{existing.get('server_name')!r}, not {self.server_name!r}; a server "
-                    "name cannot change: use another directory"
-                )
-        self._write_log_config()
-        if self.federation_port is not None:
-            cert, key = self.directory / TLS_CERT_FILE, self.directory / TLS_KEY_FILE
-            if not (cert.exists() and key.exists()):
-                _make_self_signed_cert(cert, key)
-        write_private(
-            self.overrides_path,
-            "# Written by forum on every start; edits are lost.\n"
-            + yaml.safe_dump(self.overrides(), sort_keys=False),
-        )
-
-    def _generate(self) -> None:
-        import subprocess
-
-        cmd = [
-            sys.executable,
-            "-m",
-            "synapse.app.homeserver",
-            "--server-name",
-            self.server_name,
-            "--config-path",
-            str(self.config_path),
-            "--data-directory",
-            str(self.directory),
-            "--generate-config",
-            "--report-stats=no",
-        ]
-        log.info("Generating Synapse configuration in %s", self.directory)
-        result = subprocess.run(  # noqa: S603 - fixed command, our interpreter
-            cmd, cwd=self.directory, capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0 or not self.config_path.exists():
-            raise HomeserverStartError(
-                f"generating the Synapse configuration in {self.directory} failed "
-                f"(exit {result.returncode}):\n{result.stderr[-2000:]}"
-            )
-
-    def _write_log_config(self) -> None:
-        level = "WARNING"
-        config = {
-            "version": 1,
-            "formatters": {
-                "precise": {
-                    "format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - "
-                    "%(request)s - %(message)s"
-                }
-            },
-            "handlers": {
-                "file": {
-                    "class": "logging.FileHandler",
-                    "formatter": "precise",
-                    "filename": str(self.log_path),
-                    "encoding": "utf8",
-                }
-            },
-            "loggers": {"synapse.storage.SQL": {"level": level}},
-            "root": {"level": level, "handlers": ["file"]},
-            "disable_existing_loggers": False,
-        }
-        (self.directory / LOG_CONFIG_FILE).write_text(
-            yaml.safe_dump(config, sort_keys=False), encoding="utf-8"
-        )
+        self._config.prepare()
 
     def overrides(self) -> dict[str, Any]:
         """The settings written to ``forum-overrides.yaml`` (reads only the kept
         shared secret)."""
-        listeners: list[dict[str, Any]] = [
-            {
-                "port": self.port,
-                "bind_addresses": [self.host],
-                "type": "http",
-                "tls": False,
-                "x_forwarded": False,
-                "resources": [{"names": ["client"], "compress": False}],
-            }
-        ]
-        config: dict[str, Any] = {
-            "server_name": self.server_name,
-            "pid_file": str(self.directory / "homeserver.pid"),
-            "listeners": listeners,
-            "database": {
-                "name": "sqlite3",
-                "args": {"database": str(self.directory / "homeserver.db")},
-            },
-            "media_store_path": str(self.directory / "media_store"),
-            "log_config": str(self.directory / LOG_CONFIG_FILE),
-            "enable_registration": False,
-            "registration_shared_secret": self.registration_shared_secret,
-            "report_stats": False,
-            "trusted_key_servers": [],
-            "suppress_key_server_warning": True,
-            "presence": {"enabled": False},
-            "enable_metrics": False,
-            "url_preview_enabled": False,
-            # The forum publishes its lobby to the room directory.
-            "room_list_publication_rules": [{"action": "allow"}],
-            # Lets our users see the hierarchy of a Space their server is not in yet
-            # (GET /hierarchy?org.matrix.msc4235.via=SERVER), as a remote forum's Space.
-            "experimental_features": {"msc4235_enabled": True},
-            **_FORUM_LIMITS,
-        }
-        if self.federation_port is not None:
-            cert = self.directory / TLS_CERT_FILE
-            key = self.directory / TLS_KEY_FILE
-            listeners.append(
-                {
-                    "port": self.federation_port,
-                    "bind_addresses": ["127.0.0.1"],
-                    "type": "http",
-                    "tls": True,
-                    "x_forwarded": False,
-                    "resources": [{"names": ["federation"], "compress": False}],
-                }
-            )
-            config |= {
-                "tls_certificate_path": str(cert),
-                "tls_private_key_path": str(key),
-                "federation_verify_certificates": False,
-                "ip_range_blacklist": [],
-                "ip_range_whitelist": ["127.0.0.1/32"],
-                "federation": {
-                    "destination_min_retry_interval": "1s",
-                    "destination_max_retry_interval": "5s",
-                },
-            }
-        if self.for_tests:
-            config |= _TEST_RATE_LIMITS
-            config["caches"] = {"sync_response_cache_duration": 0}
-        return _deep_merge(config, self.extra_config)
+        return self._config.overrides()
 
     # --- life cycle ----------------------------------------------------------------
     def running_elsewhere(self) -> bool:
@@ -466,10 +255,7 @@ class EmbeddedHomeserver:
         await asyncio.to_thread(self._check_stale, stop_stale)
         if stop_stale:
             await self._wait_stale_gone(grace=15)
-        wanted = [(self.host, self.port)]
-        if self.federation_port is not None:
-            wanted.append(("127.0.0.1", self.federation_port))
-        for host, port in wanted:
+        for host, port in self._config.listen_addresses():
             if not port_is_free(host, port):
                 raise HomeserverStartError(
                     f"cannot start the homeserver: port {port} on {host} is already "
