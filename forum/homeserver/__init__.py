@@ -11,16 +11,12 @@ Nothing happens at import time; the Synapse process is started by :meth:`start` 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import aiohttp
-
+from forum.homeserver.accounts import RegistrationError, SharedSecretRegistration
 from forum.homeserver.config import HomeserverStartError, SynapseConfig
 from forum.homeserver.process import SynapseProcess, free_port, port_is_free
 
@@ -31,15 +27,6 @@ __all__ = [
     "free_port",
     "port_is_free",
 ]
-
-log = logging.getLogger(__name__)
-
-
-class RegistrationError(RuntimeError):
-    """The shared-secret registration API refused a user."""
-
-
-# --- the homeserver --------------------------------------------------------------------
 
 
 class EmbeddedHomeserver:
@@ -72,6 +59,7 @@ class EmbeddedHomeserver:
             extra_config=dict(extra_config or {}),
         )
         self._synapse = SynapseProcess(self._config)
+        self._accounts = SharedSecretRegistration(self._config)
 
     # --- facts -------------------------------------------------------------------
     @property
@@ -135,7 +123,7 @@ class EmbeddedHomeserver:
         return self._config.registration_shared_secret
 
     def user_id(self, localpart: str) -> str:
-        return f"@{localpart}:{self.server_name}"
+        return self._accounts.user_id(localpart)
 
     # --- configuration -----------------------------------------------------------
     def prepare(self) -> None:
@@ -199,46 +187,12 @@ class EmbeddedHomeserver:
 
         A user that already exists is not an error (its password is not changed).
         """
-        secret = self.registration_shared_secret.encode("utf-8")
-        endpoint = f"{self.url}/_synapse/admin/v1/register"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            async with http.get(endpoint) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200:
-                    raise RegistrationError(f"cannot get a registration nonce: {body}")
-                nonce = str(body["nonce"])
-            mac = hmac.new(secret, digestmod=hashlib.sha1)
-            for part in (nonce, localpart, password, "admin" if admin else "notadmin"):
-                if part != nonce:
-                    mac.update(b"\x00")
-                mac.update(part.encode("utf-8"))
-            payload: dict[str, Any] = {
-                "nonce": nonce,
-                "username": localpart,
-                "password": password,
-                "admin": admin,
-                "mac": mac.hexdigest(),
-            }
-            if display_name is not None:
-                payload["displayname"] = display_name
-            async with http.post(endpoint, json=payload) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status == 200:
-                    user_id = str(body["user_id"])
-                    log.info("Registered %s", user_id)
-                    return user_id
-                if body.get("errcode") == "M_USER_IN_USE":
-                    return self.user_id(localpart)
-                raise RegistrationError(
-                    f"registering {localpart!r} failed ({resp.status}): "
-                    f"{body.get('errcode')} {body.get('error')}"
-                )
+        return await self._accounts.register(
+            localpart, password, admin=admin, display_name=display_name
+        )
 
     async def ensure_accounts(
         self, accounts: Iterable[tuple[str, str, bool, str | None]]
     ) -> list[str]:
         """Register every ``(localpart, password, admin, display_name)``; return the ids."""
-        return [
-            await self.register(localpart, password, admin=admin, display_name=display_name)
-            for localpart, password, admin, display_name in accounts
-        ]
+        return await self._accounts.ensure_accounts(accounts)
