@@ -9,12 +9,8 @@ import aiohttp
 import pytest
 import yaml
 
-from forum.homeserver import (
-    EmbeddedHomeserver,
-    HomeserverStartError,
-    free_port,
-    load_or_create_secrets,
-)
+from forum.credentials import load_or_create_secrets
+from forum.homeserver import EmbeddedHomeserver, HomeserverStartError, free_port
 from tests.conftest import MakeUser
 from tests.matrix_user import TestUser
 

@@ -1,0 +1,238 @@
+"""The embedded Synapse's life: start, wait until ready, stop.
+
+Synapse runs in its own process group with its console output in ``homeserver.log``;
+``forum-synapse.pid`` names it, so that another ``forum`` command sees a Synapse already
+running on the directory and a new start finds one left from a crashed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+import aiohttp
+
+from forum.homeserver.config import HomeserverStartError, SynapseConfig
+
+log = logging.getLogger(__name__)
+
+PID_FILE = "forum-synapse.pid"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if nothing listens on ``host:port`` (a bind succeeds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie or a recycled pid is not our Synapse.
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            return False
+        return b"synapse.app.homeserver" in text
+    return True
+
+
+class SynapseProcess:
+    """The Synapse process of one :class:`SynapseConfig`, started and stopped by us."""
+
+    def __init__(self, config: SynapseConfig) -> None:
+        self._config = config
+        self._process: asyncio.subprocess.Process | None = None
+        self._log_handle: IO[bytes] | None = None
+
+    @property
+    def pid_path(self) -> Path:
+        return self._config.directory / PID_FILE
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _pid_in_file(self) -> int:
+        """The pid written in the pid file; 0 when there is none or it cannot be read."""
+        try:
+            return int(self.pid_path.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return 0
+
+    def running_elsewhere(self) -> bool:
+        """A Synapse started by another process (``forum run``) runs on this directory."""
+        if not self.pid_path.exists():
+            return False
+        pid = self._pid_in_file()
+        return pid > 0 and pid != self.pid and _process_alive(pid)
+
+    def _check_stale(self, stop_stale: bool) -> None:
+        if not self.pid_path.exists():
+            return
+        pid = self._pid_in_file()
+        if pid > 0 and _process_alive(pid):
+            if not stop_stale:
+                raise HomeserverStartError(
+                    f"a Synapse from a previous run (pid {pid}) is still running on "
+                    f"{self._config.directory}; stop it first (kill {pid})"
+                )
+            log.warning("Stopping the Synapse left from a previous run (pid %d)", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        else:
+            log.info("Removing the stale pid file %s", self.pid_path)
+            self.pid_path.unlink(missing_ok=True)
+
+    def _tail_log(self, lines: int = 40) -> str:
+        try:
+            text = self._config.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def start(
+        self,
+        timeout: float = 60,  # noqa: ASYNC109 - a deadline for the whole start-up
+        *,
+        stop_stale: bool = False,
+    ) -> None:
+        """Prepare the configuration, start Synapse and wait until ``GET /health``
+        answers 200.
+
+        Raises :class:`HomeserverStartError` if the port is taken, a Synapse from a
+        previous run still runs on this directory (unless ``stop_stale``), the process
+        exits, or it is not ready within ``timeout`` seconds.
+        """
+        if self.running:
+            return
+        config = self._config
+        await asyncio.to_thread(self._check_stale, stop_stale)
+        if stop_stale:
+            await self._wait_stale_gone(grace=15)
+        for host, port in config.listen_addresses():
+            if not port_is_free(host, port):
+                raise HomeserverStartError(
+                    f"cannot start the homeserver: port {port} on {host} is already "
+                    "in use by another program"
+                )
+        await asyncio.to_thread(config.prepare)
+        self._log_handle = await asyncio.to_thread(config.log_path.open, "ab")
+        cmd = [
+            sys.executable,
+            "-m",
+            "synapse.app.homeserver",
+            "-c",
+            str(config.config_path),
+            "-c",
+            str(config.overrides_path),
+        ]
+        log.info("Starting Synapse %s on %s", config.server_name, config.url)
+        self._process = await asyncio.create_subprocess_exec(
+            *cmd,
+            cwd=config.directory,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log_handle,
+            stderr=self._log_handle,
+            start_new_session=True,
+        )
+        self.pid_path.write_text(f"{self._process.pid}\n", encoding="utf-8")
+        try:
+            await self._wait_ready(timeout)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("Synapse %s ready (pid %d)", config.server_name, self._process.pid)
+
+    async def _wait_stale_gone(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.pid_path.exists():
+            pid = self._pid_in_file()
+            if pid <= 0 or not _process_alive(pid):
+                break
+            if loop.time() > deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+        self.pid_path.unlink(missing_ok=True)
+
+    async def _wait_ready(self, limit: float) -> None:
+        assert self._process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        log_path = self._config.log_path
+        client_timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=client_timeout) as http:
+            while True:
+                if self._process.returncode is not None:
+                    raise HomeserverStartError(
+                        f"Synapse exited with code {self._process.returncode} while "
+                        f"starting; last lines of {log_path}:\n{self._tail_log()}"
+                    )
+                try:
+                    async with http.get(f"{self._config.url}/health") as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                if loop.time() > deadline:
+                    raise HomeserverStartError(
+                        f"Synapse did not answer /health within {limit:.0f} s; last "
+                        f"lines of {log_path}:\n{self._tail_log()}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._process.wait(), 0.1)
+
+    async def stop(self, timeout: float = 15) -> None:  # noqa: ASYNC109 - grace period
+        """SIGTERM the process group, SIGKILL after ``timeout`` seconds. Idempotent."""
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.returncode is None:
+                log.info("Stopping Synapse %s (pid %d)", self._config.server_name, process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(process.wait(), timeout)
+                except TimeoutError:
+                    log.warning("Synapse did not stop in %.0f s; killing it", timeout)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    await process.wait()
+            if process is not None:
+                self.pid_path.unlink(missing_ok=True)
+        finally:
+            if self._log_handle is not None:
+                self._log_handle.close()
+                self._log_handle = None
