@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from forum.credentials import load_or_create_secrets
 from forum.errors import MatrixError
 from forum.gateway import Gateway
-from forum.homeserver import EmbeddedHomeserver, load_or_create_secrets
+from forum.homeserver import EmbeddedHomeserver
 from forum.settings import Settings
 from forum.storage import Database
 
