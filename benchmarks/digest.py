@@ -59,7 +59,7 @@ def rooms() -> dict[str, str]:
 
 async def fill(url: str, n: int) -> None:
     from bridge.models import DigestActivity, DigestMessage
-    from bridge.store import keyword_text
+    from bridge.repositories import keyword_text
     from bridge.weeks import week_bounds
     from forum.storage import Database
 
@@ -117,8 +117,8 @@ async def fill(url: str, n: int) -> None:
 async def measure(url: str, what: str) -> dict[str, Any]:
     import jinja2
 
+    from bridge.repositories import DigestStore
     from bridge.site import TEMPLATES, DigestSite, LocalWeek
-    from bridge.store import DigestStore
     from bridge.weeks import week_bounds
     from forum.i18n import I18n
     from forum.settings import parse_settings

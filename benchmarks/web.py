@@ -31,8 +31,8 @@ from digest import WEEK, fill, rooms, settings_data  # type: ignore[import-not-f
 async def serve_digest(url: str, port: int) -> None:
     from aiohttp import web
 
+    from bridge.repositories import DigestStore
     from bridge.site import DigestSite, web_extension
-    from bridge.store import DigestStore
     from forum.i18n import I18n
     from forum.settings import parse_settings
     from forum.storage import Database

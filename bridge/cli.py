@@ -12,9 +12,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge.collector import DigestCollector
+from bridge.repositories import DigestStore
 from bridge.service import EXPORT_STATE_KEY, announcement, backfill
 from bridge.site import DigestSite, export_site, summary_line
-from bridge.store import DigestStore
 from bridge.weeks import parse_week, previous_week, week_of
 from forum.i18n import I18n
 from forum.kit import OperatorKit, load

@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS
+from bridge.repositories import DigestStore, is_newspaper
 from bridge.sanitize import clean_html, strip_reply_fallback
-from bridge.store import DigestStore, is_newspaper
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event

@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.repositories import DigestStore, Highlight, StoredMessage
 from bridge.sanitize import clean_html
-from bridge.store import DigestStore, Highlight, StoredMessage
 from bridge.summarize import Summariser
 from bridge.weeks import week_bounds
 from forum.matrix import matrix_to

@@ -17,8 +17,8 @@ from croniter import croniter
 
 from bridge.collector import ASK_KIND, DigestCollector
 from bridge.digest import WeekDigest
+from bridge.repositories import DigestStore
 from bridge.site import DigestSite, export_site, summary_line, web_extension
-from bridge.store import DigestStore
 from bridge.weeks import previous_week
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway

@@ -25,7 +25,7 @@ from babel.support import NullTranslations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS, TopicDigest, WeekDigest, build_week
-from bridge.store import DigestStore
+from bridge.repositories import DigestStore
 from bridge.weeks import WEEK_RE
 from forum.i18n import I18n
 from forum.matrix import matrix_to

@@ -9,9 +9,9 @@ import pytest
 
 from bridge.collector import answer_of
 from bridge.digest import build_week
+from bridge.repositories import DigestStore, is_newspaper
 from bridge.sanitize import clean_html, strip_reply_fallback
 from bridge.site import relativize
-from bridge.store import DigestStore, is_newspaper
 from bridge.summarize import Summariser, language_of, sentences, tokens
 from bridge.weeks import parse_week, previous_week, week_bounds, week_of
 from forum.settings import load_settings
