@@ -77,9 +77,9 @@ async def test_state_and_hierarchy(make_user: MakeUser) -> None:
 
 
 async def test_generated_config_binds_loopback_only(synapse: EmbeddedHomeserver) -> None:
-    assert synapse.config_path == synapse.directory / "homeserver.yaml"
-    assert synapse.config_path.is_file()
-    overrides = yaml.safe_load(synapse.overrides_path.read_text())
+    assert synapse.config.config_path == synapse.directory / "homeserver.yaml"
+    assert synapse.config.config_path.is_file()
+    overrides = yaml.safe_load(synapse.config.overrides_path.read_text())
     for listener in overrides["listeners"]:
         assert listener["bind_addresses"] == ["127.0.0.1"]
         names = {n for r in listener["resources"] for n in r["names"]}
@@ -88,7 +88,7 @@ async def test_generated_config_binds_loopback_only(synapse: EmbeddedHomeserver)
     assert overrides["trusted_key_servers"] == []
     assert overrides["caches"]["sync_response_cache_duration"] == 0
     assert Path(overrides["database"]["args"]["database"]).parent == synapse.directory
-    assert synapse.log_path.is_file()
+    assert synapse.config.log_path.is_file()
 
 
 async def test_restart_reuses_state_and_ignores_stale_pid_file(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ async def test_restart_reuses_state_and_ignores_stale_pid_file(tmp_path: Path) -
     hs = EmbeddedHomeserver(tmp_path, server_name="restart.test", port=port, for_tests=True)
     async with hs:
         user_id = await hs.register("keeper", "keeper-pw")
-        secret = hs.registration_shared_secret
+        secret = hs.config.registration_shared_secret
     assert not hs.running
     await hs.stop()  # idempotent
     signing_key = (tmp_path / "restart.test.signing.key").read_text()
@@ -105,7 +105,7 @@ async def test_restart_reuses_state_and_ignores_stale_pid_file(tmp_path: Path) -
 
     again = EmbeddedHomeserver(tmp_path, server_name="restart.test", port=free_port())
     async with again:
-        assert again.registration_shared_secret == secret
+        assert again.config.registration_shared_secret == secret
         assert (tmp_path / "restart.test.signing.key").read_text() == signing_key
         user = await TestUser.login(again, user_id, "keeper-pw")
         await user.close()

@@ -49,7 +49,7 @@ class EmbeddedHomeserver:
         federation_port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
     ) -> None:
-        self._config = SynapseConfig(
+        self.config = SynapseConfig(
             Path(directory).resolve(),
             server_name,
             port,
@@ -58,91 +58,41 @@ class EmbeddedHomeserver:
             federation_port=federation_port,
             extra_config=dict(extra_config or {}),
         )
-        self._synapse = SynapseProcess(self._config)
-        self._accounts = SharedSecretRegistration(self._config)
+        """Where everything lives and what Synapse is told (paths, ports, overrides)."""
+        self.process = SynapseProcess(self.config)
+        self.accounts = SharedSecretRegistration(self.config)
 
-    # --- facts -------------------------------------------------------------------
     @property
     def directory(self) -> Path:
-        return self._config.directory
+        return self.config.directory
 
     @property
     def server_name(self) -> str:
-        return self._config.server_name
-
-    @property
-    def host(self) -> str:
-        return self._config.host
-
-    @property
-    def port(self) -> int:
-        return self._config.port
-
-    @property
-    def for_tests(self) -> bool:
-        return self._config.for_tests
-
-    @property
-    def federation_port(self) -> int | None:
-        return self._config.federation_port
-
-    @property
-    def extra_config(self) -> dict[str, Any]:
-        return self._config.extra_config
+        return self.config.server_name
 
     @property
     def url(self) -> str:
-        return self._config.url
-
-    @property
-    def config_path(self) -> Path:
-        return self._config.config_path
-
-    @property
-    def overrides_path(self) -> Path:
-        return self._config.overrides_path
-
-    @property
-    def log_path(self) -> Path:
-        return self._config.log_path
-
-    @property
-    def pid_path(self) -> Path:
-        return self._synapse.pid_path
+        return self.config.url
 
     @property
     def running(self) -> bool:
-        return self._synapse.running
+        return self.process.running
 
     @property
     def pid(self) -> int | None:
-        return self._synapse.pid
-
-    @property
-    def registration_shared_secret(self) -> str:
-        return self._config.registration_shared_secret
+        return self.process.pid
 
     def user_id(self, localpart: str) -> str:
-        return self._accounts.user_id(localpart)
+        return self.accounts.user_id(localpart)
 
-    # --- configuration -----------------------------------------------------------
     def prepare(self) -> None:
-        """Write the Synapse configuration (generate once, overrides every time).
-
-        Blocking (runs ``--generate-config`` the first time); :meth:`start` calls it
-        in a thread.
-        """
-        self._config.prepare()
-
-    def overrides(self) -> dict[str, Any]:
-        """The settings written to ``forum-overrides.yaml`` (reads only the kept
-        shared secret)."""
-        return self._config.overrides()
+        """Write the Synapse configuration (blocking: :meth:`start` runs it in a thread)."""
+        self.config.prepare()
 
     # --- life cycle ----------------------------------------------------------------
     def running_elsewhere(self) -> bool:
         """A Synapse started by another process (``forum run``) runs on this directory."""
-        return self._synapse.running_elsewhere()
+        return self.process.running_elsewhere()
 
     async def start(
         self,
@@ -156,11 +106,11 @@ class EmbeddedHomeserver:
         previous run still runs on this directory (unless ``stop_stale``), the process
         exits, or it is not ready within ``timeout`` seconds.
         """
-        await self._synapse.start(timeout, stop_stale=stop_stale)
+        await self.process.start(timeout, stop_stale=stop_stale)
 
     async def stop(self, timeout: float = 15) -> None:  # noqa: ASYNC109 - grace period
         """SIGTERM the process group, SIGKILL after ``timeout`` seconds. Idempotent."""
-        await self._synapse.stop(timeout)
+        await self.process.stop(timeout)
 
     async def __aenter__(self) -> EmbeddedHomeserver:
         await self.start()
@@ -175,24 +125,13 @@ class EmbeddedHomeserver:
         await self.stop()
 
     # --- accounts ------------------------------------------------------------------
-    async def register(
-        self,
-        localpart: str,
-        password: str,
-        *,
-        admin: bool = False,
-        display_name: str | None = None,
-    ) -> str:
-        """Register a user through the shared-secret admin API; return the user id.
-
-        A user that already exists is not an error (its password is not changed).
-        """
-        return await self._accounts.register(
-            localpart, password, admin=admin, display_name=display_name
-        )
+    async def register(self, localpart: str, password: str, **options: Any) -> str:
+        """Register a user (``admin``, ``display_name``); see
+        :meth:`SharedSecretRegistration.register`."""
+        return await self.accounts.register(localpart, password, **options)
 
     async def ensure_accounts(
         self, accounts: Iterable[tuple[str, str, bool, str | None]]
     ) -> list[str]:
         """Register every ``(localpart, password, admin, display_name)``; return the ids."""
-        return await self._accounts.ensure_accounts(accounts)
+        return await self.accounts.ensure_accounts(accounts)
