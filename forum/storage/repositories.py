@@ -8,10 +8,11 @@ transaction, on SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,6 +34,15 @@ def _insert(session: AsyncSession, model: type[Any]) -> Any:
     if dialect == "sqlite":
         return sqlite.insert(model)
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+
+
+R = TypeVar("R")
+
+
+def record_of(record: type[R], row: object) -> R:
+    """A frozen record (a dataclass) filled from the ORM row's attributes of the same names:
+    what repositories hand out, so that nothing outside a session touches a live row."""
+    return record(**{f.name: getattr(row, f.name) for f in dataclasses.fields(record)})  # type: ignore[arg-type]
 
 
 class SyncTokens:
@@ -116,18 +126,6 @@ class RoomRecord:
     created_at: datetime
     updated_at: datetime
 
-    @classmethod
-    def _from_row(cls, row: Room) -> RoomRecord:
-        return cls(
-            key=row.key,
-            room_id=row.room_id,
-            kind=row.kind,
-            alias=row.alias,
-            detached=row.detached,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
 
 class RoomRegistry:
     """The rooms the forum manages, by stable key ("space", "lobby", "topic:<slug>")."""
@@ -138,7 +136,7 @@ class RoomRegistry:
     async def _one(self, *where: Any) -> RoomRecord | None:
         stmt = select(Room).where(*where).execution_options(populate_existing=True)
         row = await self.session.scalar(stmt)
-        return None if row is None else RoomRecord._from_row(row)
+        return None if row is None else record_of(RoomRecord, row)
 
     async def get(self, key: str) -> RoomRecord | None:
         return await self._one(Room.key == key)
@@ -151,7 +149,7 @@ class RoomRegistry:
         if not include_detached:
             stmt = stmt.where(Room.detached.is_(False))
         rows = await self.session.scalars(stmt)
-        return [RoomRecord._from_row(row) for row in rows]
+        return [record_of(RoomRecord, row) for row in rows]
 
     async def upsert(self, key: str, room_id: str, kind: str, alias: str | None) -> RoomRecord:
         """Record (or move) ``key`` to ``room_id``; an upserted room is attached again."""
@@ -239,20 +237,6 @@ class OutboxItem:
     last_error: str | None
 
 
-def _item(row: OutboxRow) -> OutboxItem:
-    return OutboxItem(
-        id=row.id,
-        kind=row.kind,
-        payload=row.payload,
-        dedupe_key=row.dedupe_key,
-        created_at=row.created_at,
-        attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at,
-        done_at=row.done_at,
-        last_error=row.last_error,
-    )
-
-
 class Outbox:
     """Actions to carry out once the transaction that wrote them has committed.
 
@@ -293,7 +277,7 @@ class Outbox:
             .execution_options(populate_existing=True)
         )
         row = await self.session.scalar(stmt)
-        return None if row is None else _item(row)
+        return None if row is None else record_of(OutboxItem, row)
 
     async def due(self, now: datetime, limit: int = 50) -> list[OutboxItem]:
         """Pending items whose time has come, oldest first."""
@@ -304,7 +288,7 @@ class Outbox:
             .limit(limit)
             .execution_options(populate_existing=True)
         )
-        return [_item(row) for row in await self.session.scalars(stmt)]
+        return [record_of(OutboxItem, row) for row in await self.session.scalars(stmt)]
 
     async def mark_done(self, item_id: int) -> None:
         stmt = (
@@ -345,4 +329,4 @@ class Outbox:
             .limit(limit)
             .execution_options(populate_existing=True)
         )
-        return [_item(row) for row in await self.session.scalars(stmt)]
+        return [record_of(OutboxItem, row) for row in await self.session.scalars(stmt)]
