@@ -17,7 +17,7 @@ from bridge.service import EXPORT_STATE_KEY, announcement, backfill
 from bridge.site import DigestSite, export_site, summary_line
 from bridge.weeks import parse_week, previous_week, week_of
 from forum.i18n import I18n
-from forum.kit import OperatorKit, load
+from forum.kit import OperatorKit, command_group, load
 
 EXIT_USAGE = 2
 
@@ -101,8 +101,7 @@ async def cmd_backfill(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     """Add ``forum digest ...`` to the ``forum`` argument parser."""
-    digest = subparsers.add_parser("digest", help="the weekly public digest")
-    sub = digest.add_subparsers(dest="digest_command", required=True)
+    sub = command_group(subparsers, "digest", "the weekly public digest")
     p = sub.add_parser("build", help="build (and publish) one week's digest")
     p.add_argument("--week", help="ISO week like 2026-W48 (default: last complete week)")
     p.add_argument(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from forum.kit import OperatorKit, homeserver_for_command, load
+from forum.kit import OperatorKit, command_group, homeserver_for_command, load
 from forum.settings import ConfigError, Settings, config_dir_of, forum_home, load_settings
 
 log = logging.getLogger("forum")
@@ -262,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="upgrade the database to this version")
     p.set_defaults(func=cmd_migrate)
 
-    hs = sub.add_parser("homeserver", help="the embedded homeserver")
-    hs_sub = hs.add_subparsers(dest="hs_command", required=True)
+    hs_sub = command_group(sub, "homeserver", "the embedded homeserver")
     p = hs_sub.add_parser("register", help="add an account to the embedded homeserver")
     p.add_argument("name", help="local name of the account, e.g. 'amina'")
     p.add_argument("--password", help="default: a generated one, printed")

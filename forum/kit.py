@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from forum.bots import BotRole, bot_credentials, bot_gateway, embedded_homeserver
 from forum.gateway import Gateway
@@ -92,3 +93,9 @@ async def homeserver_for_command(
         await hs.start()  # prepares its configuration in a thread
         stack.push_async_callback(hs.stop)
     return hs
+
+
+def command_group(subparsers: Any, name: str, help: str) -> Any:
+    """Add ``forum NAME ...`` and return its subcommands' parser collection."""
+    group = subparsers.add_parser(name, help=help)
+    return group.add_subparsers(dest=f"{name}_command", required=True)

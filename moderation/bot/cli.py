@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from forum.kit import OperatorKit
+from forum.kit import OperatorKit, command_group
 
 from .store import Audit
 
@@ -30,8 +30,7 @@ async def cmd_log(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    mod = subparsers.add_parser("moderation", help="the moderation bot")
-    sub = mod.add_subparsers(dest="moderation_command", required=True)
+    sub = command_group(subparsers, "moderation", "the moderation bot")
     p = sub.add_parser("log", help="show the moderation audit log")
     p.add_argument("--user", help="only actions about (or by) this user id")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -7,15 +7,14 @@ import json
 from typing import Any
 
 from forum.consent import ConsentRecords
-from forum.kit import OperatorKit
+from forum.kit import OperatorKit, command_group
 from forum.storage import Database
 
 from .models import People
 
 
 def add_commands(sub: Any) -> None:
-    members = sub.add_parser("members", help="members and their consents")
-    msub = members.add_subparsers(dest="members_command", required=True)
+    msub = command_group(sub, "members", "members and their consents")
     lst = msub.add_parser("list", help="every person the membership bot knows, with status")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.set_defaults(func=cmd_list)
