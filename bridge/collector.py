@@ -55,8 +55,8 @@ class DigestCollector:
         self,
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
-        moderation: Gateway,
-        membership: Gateway,
+        moderation_gateway: Gateway,
+        membership_gateway: Gateway,
         room_ids: Mapping[str, str],
         i18n: I18n,
         on_change: Callable[[], None],
@@ -64,8 +64,8 @@ class DigestCollector:
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
-        self.moderation = moderation
-        self.membership = membership
+        self.moderation_gateway = moderation_gateway
+        self.membership_gateway = membership_gateway
         self.i18n = i18n
         self.on_change = on_change
         self.notify_outbox = notify_outbox
@@ -76,12 +76,12 @@ class DigestCollector:
         self._lock = asyncio.Lock()
 
     def register(self) -> None:
-        self.moderation.on(Message, self.on_message)
-        self.moderation.on(Reaction, self.on_reaction)
-        self.moderation.on(Redaction, self.on_redaction)
-        self.moderation.on(Membership, self.on_membership)
-        self.membership.on(Message, self.on_dm_message)
-        self.membership.on(Reaction, self.on_dm_reaction)
+        self.moderation_gateway.on(Message, self.on_message)
+        self.moderation_gateway.on(Reaction, self.on_reaction)
+        self.moderation_gateway.on(Redaction, self.on_redaction)
+        self.moderation_gateway.on(Membership, self.on_membership)
+        self.membership_gateway.on(Message, self.on_dm_message)
+        self.membership_gateway.on(Reaction, self.on_dm_reaction)
 
     def _ignored(self, user_id: str) -> bool:
         return user_id in self.settings.ignored_user_ids
@@ -91,7 +91,9 @@ class DigestCollector:
         name = self.names.get((room_id, user_id))
         if name is None:
             try:
-                ev = await self.moderation.get_state_event(room_id, "m.room.member", user_id)
+                ev = await self.moderation_gateway.get_state_event(
+                    room_id, "m.room.member", user_id
+                )
             except MatrixError:
                 ev = None
             name = (ev or {}).get("displayname") or user_id.split(":", 1)[0].lstrip("@")
@@ -215,7 +217,7 @@ class DigestCollector:
         if user_id in self.editors:
             return True
         try:
-            levels = await self.moderation.power_levels(room_id)
+            levels = await self.moderation_gateway.power_levels(room_id)
         except MatrixError:
             log.warning("digest: could not read power levels of %s", room_id)
             return False
@@ -227,7 +229,7 @@ class DigestCollector:
         if not await self.may_curate(room_id, marked_by):
             return
         try:
-            raw = await self.moderation.get_event(room_id, target)
+            raw = await self.moderation_gateway.get_event(room_id, target)
         except MatrixError:
             log.warning("digest: marked event %s cannot be read", target)
             return
@@ -272,7 +274,7 @@ class DigestCollector:
         if permission is not None or highlight is None or highlight.status != "asking":
             return  # already asked, answered, unmarked or redacted
         try:
-            raw = await self.moderation.get_event(room_id, target)
+            raw = await self.moderation_gateway.get_event(room_id, target)
         except NotFound:
             return
         if raw.get("sender") != author:
@@ -280,16 +282,16 @@ class DigestCollector:
         await self.ask_author(room_id, target, author, raw)
 
     async def dm_room(self, user_id: str) -> str:
-        direct = await self.membership.get_account_data("m.direct") or {}
-        joined = set(await self.membership.joined_rooms())
+        direct = await self.membership_gateway.get_account_data("m.direct") or {}
+        joined = set(await self.membership_gateway.joined_rooms())
         for room in direct.get(user_id) or []:
             if (
                 isinstance(room, str)
                 and room in joined
-                and await self.membership.membership(room, user_id) in ("join", "invite")
+                and await self.membership_gateway.membership(room, user_id) in ("join", "invite")
             ):
                 return room
-        return await self.membership.create_dm(user_id)
+        return await self.membership_gateway.create_dm(user_id)
 
     def _texts(self, key: str, **kw: str) -> tuple[str, str]:
         """The text in every forum language (plain, HTML) for someone whose language we
@@ -312,7 +314,7 @@ class DigestCollector:
         )
         quoted = "\n".join("> " + line for line in body.splitlines())
         html_body = f"<blockquote>{html.escape(body)}</blockquote><p>{q_html}</p>"
-        ask_id = await self.membership.send_text(
+        ask_id = await self.membership_gateway.send_text(
             room, f"{quoted}\n\n{q_plain}", html_body, notice=False, mentions=[author]
         )
         async with self.sessionmaker() as s, s.begin():
@@ -353,7 +355,7 @@ class DigestCollector:
         raw: dict[str, Any] | None = None
         if answer:
             try:
-                raw = await self.moderation.get_event(room_id, target)
+                raw = await self.moderation_gateway.get_event(room_id, target)
             except MatrixError:
                 raw = None
         async with self.sessionmaker() as s, s.begin():
@@ -370,7 +372,7 @@ class DigestCollector:
             else "Understood: this message will not be quoted."
         )
         plain, rich = self._texts(key)
-        await self.membership.send_text(dm, plain, rich)
+        await self.membership_gateway.send_text(dm, plain, rich)
         self.on_change()
 
 

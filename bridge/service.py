@@ -7,13 +7,14 @@ import asyncio
 import html
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.collector import ASK_KIND, DigestCollector
 from bridge.digest import WeekDigest
@@ -35,25 +36,37 @@ EXPORT_STATE_KEY = "export_dir"
 
 
 class DigestService:
-    def __init__(self, ctx: ServiceContext, public_url: str | None) -> None:
-        self.ctx = ctx
-        self.site = DigestSite(ctx.settings, ctx.db.sessionmaker, ctx.rooms, public_url=public_url)
+    """The digest at work: the collector, the public site, its exports and the weekly
+    publication, announced in the announcements room by the moderation bot."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        rooms: Mapping[str, str],
+        moderation_gateway: Gateway,
+        membership_gateway: Gateway,
+        notify_outbox: Callable[[], None],
+        public_url: str | None,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.rooms = rooms
+        self.moderation_gateway = moderation_gateway
+        self.site = DigestSite(settings, sessionmaker, rooms, public_url=public_url)
         self.collector = DigestCollector(
-            ctx.settings,
-            ctx.db.sessionmaker,
-            ctx.moderation_gateway,
-            ctx.membership_gateway,
-            ctx.rooms,
+            settings,
+            sessionmaker,
+            moderation_gateway,
+            membership_gateway,
+            rooms,
             self.site.i18n,
             self.changed,
-            self._notify_outbox,
+            notify_outbox,
         )
-        ctx.register.dm_claim(self.collector.claims_dm)
         self._dirty = asyncio.Event()
         self.exports = 0
-
-    def _notify_outbox(self) -> None:
-        self.ctx.outbox.notify()
 
     def changed(self) -> None:
         self.site.changed()
@@ -61,9 +74,9 @@ class DigestService:
 
     async def export_dirs(self) -> list[Path]:
         dirs: list[Path] = []
-        if self.ctx.settings.digest.export_dir:
-            dirs.append(Path(self.ctx.settings.digest.export_dir))
-        async with self.ctx.db.sessionmaker() as s:
+        if self.settings.digest.export_dir:
+            dirs.append(Path(self.settings.digest.export_dir))
+        async with self.sessionmaker() as s:
             last = await DigestStore(s).get_state(EXPORT_STATE_KEY)
         if last and Path(last) not in dirs:
             dirs.append(Path(last))
@@ -77,7 +90,7 @@ class DigestService:
     async def export_to(self, directory: Path) -> int:
         """Export the site to ``directory`` and keep it up to date after every change."""
         n = await export_site(self.site, directory)
-        async with self.ctx.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await DigestStore(s).set_state(EXPORT_STATE_KEY, str(directory))
         return n
 
@@ -93,28 +106,28 @@ class DigestService:
                 log.exception("digest: re-export failed")
 
     async def publish(self, week: str) -> WeekDigest:
-        async with self.ctx.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await DigestStore(s).publish(week)
         self.changed()
         return await self.site.week(week)
 
     async def scheduled_build(self, moment: datetime) -> WeekDigest:
-        week = previous_week(moment, self.ctx.settings.digest.timezone)
+        week = previous_week(moment, self.settings.digest.timezone)
         digest = await self.publish(week)
         await self.export_all()
         await self.announce(digest)
         return digest
 
     def week_url(self, lang: str, week: str) -> str:
-        return week_url(self.ctx.settings, self.site, lang, week)
+        return week_url(self.settings, self.site, lang, week)
 
     async def announce(self, digest: WeekDigest) -> str:
-        room = self.ctx.rooms["announcements"]
-        plain, rich = announcement(self.ctx.settings, self.site, digest)
-        return await self.ctx.moderation_gateway.send_text(room, plain, rich)
+        room = self.rooms["announcements"]
+        plain, rich = announcement(self.settings, self.site, digest)
+        return await self.moderation_gateway.send_text(room, plain, rich)
 
     async def schedule_loop(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        digest = self.ctx.settings.digest
+        digest = self.settings.digest
         tz = ZoneInfo(digest.timezone)
         while True:
             base = now().astimezone(tz)
@@ -177,8 +190,17 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 async def setup(ctx: ServiceContext) -> DigestService:
     """The digest component (``bridge.setup``)."""
-    service = DigestService(ctx, ctx.settings.web.public_url)
+    service = DigestService(
+        settings=ctx.settings,
+        sessionmaker=ctx.db.sessionmaker,
+        rooms=ctx.rooms,
+        moderation_gateway=ctx.moderation_gateway,
+        membership_gateway=ctx.membership_gateway,
+        notify_outbox=ctx.outbox.notify,
+        public_url=ctx.settings.web.public_url,
+    )
     service.collector.register()
+    ctx.register.dm_claim(service.collector.claims_dm)
     ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
     ctx.signals.connect(PUBLICATION_WITHDRAWN, service.collector.erase)
     ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
