@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forum.app import exempt_from_rate_limits  # noqa: E402
+from forum.bots import exempt_from_rate_limits  # noqa: E402
 from forum.gateway import Gateway  # noqa: E402
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
 from forum.provisioning import provision  # noqa: E402
