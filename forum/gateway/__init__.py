@@ -17,41 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
-import secrets
-import time
-import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, Unpack
 
-import aiohttp
-from nio import AsyncClient, AsyncClientConfig, LoginResponse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from forum.errors import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    HomeserverUnavailable,
-    MatrixError,
-    NotFound,
-    RateLimited,
-    Unauthorized,
-)
+from forum.errors import MatrixError, NotFound, Unauthorized
 from forum.events import Invite, RoomEvent, parse_room_event
+from forum.gateway.transport import CLIENT_V1, CLIENT_V3, GatewayStats, RequestOptions, Transport
+from forum.gateway.transport import path as _path
 from forum.matrix import PowerLevels
 from forum.storage import BotSessions, ProcessedEvents, SyncTokens
+
+__all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats"]
 
 log = logging.getLogger(__name__)
 
 E = TypeVar("E")
 Handler = Callable[[Any], Awaitable[None]]
 
-CLIENT_V3 = "/_matrix/client/v3"
-CLIENT_V1 = "/_matrix/client/v1"
 MAX_GAP_EVENTS = 2000
 
 
@@ -61,20 +48,6 @@ class _Registration:
     handler: Handler
     include_own: bool
     name: str
-
-
-@dataclass
-class GatewayStats:
-    requests: int = 0
-    writes: int = 0
-    retries: int = 0
-    events_dispatched: int = 0
-    handler_failures: int = 0
-    by_endpoint: dict[str, int] = field(default_factory=dict)
-
-
-def _path(*parts: str) -> str:
-    return "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
 
 
 class Gateway:
@@ -100,35 +73,35 @@ class Gateway:
         self._password = password
         self._given_token = access_token
         self._device_name = device_name
-        self._request_timeout = request_timeout
-        self.max_retries = max_retries
         self._sync_timeout_ms = sync_timeout_ms
         self._timeline_limit = timeline_limit
-        self._client = AsyncClient(
+        self.stats = GatewayStats()
+        self._transport = Transport(
             self.homeserver_url,
             user_id,
-            config=AsyncClientConfig(
-                max_limit_exceeded=0,
-                max_timeouts=0,
-                request_timeout=request_timeout,
-                store_sync_tokens=False,
-                encryption_enabled=False,
-            ),
+            stats=self.stats,
+            request_timeout=request_timeout,
+            max_retries=max_retries,
         )
         self._registrations: list[_Registration] = []
         self._stopping = asyncio.Event()
-        self._txn = itertools.count()
-        self._txn_prefix = secrets.token_hex(6)
         self._synced = asyncio.Event()
         self._direct_lock = asyncio.Lock()
         self.next_batch: str | None = None
-        self.stats = GatewayStats()
         self.device_id: str | None = None
 
     # --- identity -------------------------------------------------------------------
     @property
     def access_token(self) -> str | None:
-        return self._client.access_token or None
+        return self._transport.access_token
+
+    @property
+    def max_retries(self) -> int:
+        return self._transport.max_retries
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        self._transport.max_retries = value
 
     async def login(self) -> None:
         """Log in: a given token, then a stored token, then the password."""
@@ -140,7 +113,7 @@ class Gateway:
         if stored and stored.homeserver == self.homeserver_url:
             candidates.append((stored.access_token, stored.device_id))
         for token, device_id in candidates:
-            self._client.access_token = token
+            self._transport.access_token = token
             try:
                 who = await self.request("GET", "/account/whoami", retry_unavailable=True)
             except Unauthorized:
@@ -152,149 +125,25 @@ class Gateway:
                 )
             self.device_id = who.get("device_id") or device_id
             return
-        self._client.access_token = ""
+        self._transport.access_token = None
         if not self._password:
             raise Unauthorized(f"no valid access token and no password for {self.user_id}")
-        resp = await self._with_retries(
-            lambda: self._client.login(self._password, device_name=self._device_name),
-            "login",
-        )
-        if not isinstance(resp, LoginResponse):
-            status = getattr(resp, "status_code", None)
-            raise Unauthorized(
-                f"login of {self.user_id} failed: {getattr(resp, 'message', resp)}",
-                errcode=str(status),
-            )
-        self.device_id = resp.device_id
+        device_id, token = await self._transport.password_login(self._password, self._device_name)
+        self.device_id = device_id
         async with self._sessionmaker() as s, s.begin():
-            await BotSessions(s).save(
-                self.user_id, self.homeserver_url, resp.device_id, resp.access_token
-            )
-        log.info("logged in as %s (device %s)", self.user_id, resp.device_id)
-
-    async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
-        delay = 0.5
-        for attempt in itertools.count():
-            try:
-                return await call()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt >= self.max_retries:
-                    raise HomeserverUnavailable(f"{what}: {exc}") from exc
-                await self._backoff(delay)
-                delay = min(delay * 2, 30)
-        raise AssertionError("unreachable")
-
-    async def _backoff(self, seconds: float) -> None:
-        self.stats.retries += 1
-        await asyncio.sleep(seconds)
+            await BotSessions(s).save(self.user_id, self.homeserver_url, device_id, token)
+        log.info("logged in as %s (device %s)", self.user_id, device_id)
 
     async def close(self) -> None:
         self._stopping.set()
-        await self._client.close()
+        await self._transport.close()
 
     # --- checked requests ------------------------------------------------------------
     async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, str | int | Iterable[str]] | None = None,
-        body: Any = None,
-        api: str = CLIENT_V3,
-        timeout: float | None = None,
-        retry_unavailable: bool = True,
-        raw_body: bytes | None = None,
-        content_type: str = "application/json",
+        self, method: str, path: str, **options: Unpack[RequestOptions]
     ) -> dict[str, Any]:
-        """Send one request; return its JSON; raise a typed error.
-
-        429 is retried after ``retry_after_ms`` and 5xx / connection failures with
-        exponential backoff, at most ``max_retries`` times each.
-        """
-        full = api + path
-        if query:
-            pairs: list[tuple[str, str]] = []
-            for k, v in query.items():
-                if isinstance(v, str | int):
-                    pairs.append((k, str(v)))
-                else:
-                    pairs.extend((k, str(x)) for x in v)
-            full += "?" + urllib.parse.urlencode(pairs)
-        headers = {"Content-Type": content_type}
-        if self._client.access_token:
-            headers["Authorization"] = f"Bearer {self._client.access_token}"
-        data: bytes | str | None = raw_body
-        if data is None and body is not None:
-            data = json.dumps(body)
-        self.stats.requests += 1
-        if method != "GET":
-            self.stats.writes += 1
-        key = f"{method} {path.split('/')[1] if '/' in path else path}"
-        self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
-        rate_limited = 0
-        unavailable = 0
-        delay = 0.5
-        while True:
-            try:
-                resp = await self._client.send(
-                    method,
-                    full,
-                    data,
-                    headers,
-                    timeout=timeout if timeout is not None else self._request_timeout,
-                )
-                async with resp:
-                    status = resp.status
-                    text = await resp.text()
-                    retry_header = resp.headers.get("Retry-After")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                unavailable += 1
-                if not retry_unavailable or unavailable > self.max_retries:
-                    raise HomeserverUnavailable(
-                        f"{method} {path}: homeserver unreachable ({exc.__class__.__name__})"
-                    ) from exc
-                await self._backoff(delay)
-                delay = min(delay * 2, 30)
-                continue
-            try:
-                payload = json.loads(text) if text else {}
-            except ValueError:
-                payload = {}
-            if not isinstance(payload, dict):
-                payload = {"value": payload}
-            if 200 <= status < 300:
-                return payload
-            errcode = payload.get("errcode") if isinstance(payload.get("errcode"), str) else None
-            message = payload.get("error") or text[:200] or f"HTTP {status}"
-            if status == 429 or errcode == "M_LIMIT_EXCEEDED":
-                retry_ms = payload.get("retry_after_ms")
-                if not isinstance(retry_ms, int | float):
-                    retry_ms = (
-                        float(retry_header) * 1000
-                        if retry_header and retry_header.isdigit()
-                        else 1000
-                    )
-                rate_limited += 1
-                if rate_limited > self.max_retries:
-                    raise RateLimited(
-                        f"{method} {path}: {message}",
-                        retry_ms / 1000,
-                        status=status,
-                        errcode=errcode,
-                    )
-                log.info("rate limited on %s %s; waiting %d ms", method, path, retry_ms)
-                await self._backoff(retry_ms / 1000)
-                continue
-            if status >= 500 and retry_unavailable:
-                unavailable += 1
-                if unavailable <= self.max_retries:
-                    await self._backoff(delay)
-                    delay = min(delay * 2, 30)
-                    continue
-                raise HomeserverUnavailable(
-                    f"{method} {path}: {message}", status=status, errcode=errcode
-                )
-            raise _error_for(status, errcode, f"{method} {path}: {message}")
+        """One checked request (see :meth:`Transport.request`)."""
+        return await self._transport.request(method, path, **options)
 
     # --- handlers and the sync loop ---------------------------------------------------
     def on(
@@ -347,7 +196,9 @@ class Gateway:
         if since:
             query["since"] = since
         wait = query["timeout"] / 1000 if isinstance(query["timeout"], int) else 30
-        return await self.request("GET", "/sync", query=query, timeout=wait + self._request_timeout)
+        return await self.request(
+            "GET", "/sync", query=query, timeout=wait + self._transport.request_timeout
+        )
 
     async def _process(self, data: dict[str, Any], since: str | None) -> int:
         batch = await self._collect(data, since)
@@ -504,12 +355,11 @@ class Gateway:
         await asyncio.wait_for(self._synced.wait(), timeout)
 
     # --- actions ---------------------------------------------------------------------
-    def _txn_id(self) -> str:
-        return f"forum-{self._txn_prefix}-{time.monotonic_ns()}-{next(self._txn)}"
-
     async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
         data = await self.request(
-            "PUT", _path("rooms", room_id, "send", event_type, self._txn_id()), body=content
+            "PUT",
+            _path("rooms", room_id, "send", event_type, self._transport.txn_id()),
+            body=content,
         )
         return str(data["event_id"])
 
@@ -542,7 +392,7 @@ class Gateway:
     async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
         body = {"reason": reason} if reason else {}
         data = await self.request(
-            "PUT", _path("rooms", room_id, "redact", event_id, self._txn_id()), body=body
+            "PUT", _path("rooms", room_id, "redact", event_id, self._transport.txn_id()), body=body
         )
         return str(data.get("event_id", ""))
 
@@ -759,18 +609,3 @@ class Gateway:
         except MatrixError:
             return False
         return True
-
-
-def _error_for(status: int, errcode: str | None, message: str) -> MatrixError:
-    kw: dict[str, Any] = {"status": status, "errcode": errcode}
-    if status == 401 or errcode in {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}:
-        return Unauthorized(message, **kw)
-    if status == 403 or errcode == "M_FORBIDDEN":
-        return Forbidden(message, **kw)
-    if status == 404 or errcode == "M_NOT_FOUND":
-        return NotFound(message, **kw)
-    if status == 409 or errcode == "M_ROOM_IN_USE":
-        return Conflict(message, **kw)
-    if status == 400:
-        return BadRequest(message, **kw)
-    return MatrixError(message, **kw)
