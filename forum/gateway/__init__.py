@@ -27,10 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError, NotFound, Unauthorized
 from forum.events import Invite, RoomEvent, parse_room_event
+from forum.gateway.session import Session
 from forum.gateway.transport import CLIENT_V1, CLIENT_V3, GatewayStats, RequestOptions, Transport
 from forum.gateway.transport import path as _path
 from forum.matrix import PowerLevels
-from forum.storage import BotSessions, ProcessedEvents, SyncTokens
+from forum.storage import ProcessedEvents, SyncTokens
 
 __all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats"]
 
@@ -70,9 +71,6 @@ class Gateway:
         self.homeserver_url = homeserver_url.rstrip("/")
         self.user_id = user_id
         self._sessionmaker = sessionmaker
-        self._password = password
-        self._given_token = access_token
-        self._device_name = device_name
         self._sync_timeout_ms = sync_timeout_ms
         self._timeline_limit = timeline_limit
         self.stats = GatewayStats()
@@ -82,6 +80,13 @@ class Gateway:
             stats=self.stats,
             request_timeout=request_timeout,
             max_retries=max_retries,
+        )
+        self._session = Session(
+            self._transport,
+            sessionmaker,
+            password=password,
+            access_token=access_token,
+            device_name=device_name,
         )
         self._registrations: list[_Registration] = []
         self._stopping = asyncio.Event()
@@ -105,34 +110,7 @@ class Gateway:
 
     async def login(self) -> None:
         """Log in: a given token, then a stored token, then the password."""
-        candidates: list[tuple[str, str | None]] = []
-        if self._given_token:
-            candidates.append((self._given_token, None))
-        async with self._sessionmaker() as s:
-            stored = await BotSessions(s).get(self.user_id)
-        if stored and stored.homeserver == self.homeserver_url:
-            candidates.append((stored.access_token, stored.device_id))
-        for token, device_id in candidates:
-            self._transport.access_token = token
-            try:
-                who = await self.request("GET", "/account/whoami", retry_unavailable=True)
-            except Unauthorized:
-                log.info("stored access token of %s was refused; logging in again", self.user_id)
-                continue
-            if who.get("user_id") != self.user_id:
-                raise MatrixError(
-                    f"the access token belongs to {who.get('user_id')}, not {self.user_id}"
-                )
-            self.device_id = who.get("device_id") or device_id
-            return
-        self._transport.access_token = None
-        if not self._password:
-            raise Unauthorized(f"no valid access token and no password for {self.user_id}")
-        device_id, token = await self._transport.password_login(self._password, self._device_name)
-        self.device_id = device_id
-        async with self._sessionmaker() as s, s.begin():
-            await BotSessions(s).save(self.user_id, self.homeserver_url, device_id, token)
-        log.info("logged in as %s (device %s)", self.user_id, device_id)
+        self.device_id = await self._session.login()
 
     async def close(self) -> None:
         self._stopping.set()
@@ -330,9 +308,7 @@ class Gateway:
                 raise
             except Unauthorized:
                 log.error("%s: access token refused; logging in again", self.user_id)
-                async with self._sessionmaker() as s, s.begin():
-                    await BotSessions(s).delete(self.user_id)
-                self._given_token = None
+                await self._session.forget()
                 try:
                     await self.login()
                 except MatrixError:
