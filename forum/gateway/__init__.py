@@ -16,39 +16,24 @@ not cover (joins and knocks with ``via``, members by membership, reports, hierar
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar, Unpack
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from forum.errors import MatrixError, NotFound, Unauthorized
-from forum.events import Invite, RoomEvent, parse_room_event
+from forum.errors import MatrixError, NotFound
 from forum.gateway.session import Session
+from forum.gateway.sync import SyncLoop
 from forum.gateway.transport import CLIENT_V1, CLIENT_V3, GatewayStats, RequestOptions, Transport
 from forum.gateway.transport import path as _path
 from forum.matrix import PowerLevels
-from forum.storage import ProcessedEvents, SyncTokens
 
 __all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats"]
 
 log = logging.getLogger(__name__)
 
 E = TypeVar("E")
-Handler = Callable[[Any], Awaitable[None]]
-
-MAX_GAP_EVENTS = 2000
-
-
-@dataclass
-class _Registration:
-    kind: type
-    handler: Handler
-    include_own: bool
-    name: str
 
 
 class Gateway:
@@ -70,9 +55,6 @@ class Gateway:
     ) -> None:
         self.homeserver_url = homeserver_url.rstrip("/")
         self.user_id = user_id
-        self._sessionmaker = sessionmaker
-        self._sync_timeout_ms = sync_timeout_ms
-        self._timeline_limit = timeline_limit
         self.stats = GatewayStats()
         self._transport = Transport(
             self.homeserver_url,
@@ -88,11 +70,15 @@ class Gateway:
             access_token=access_token,
             device_name=device_name,
         )
-        self._registrations: list[_Registration] = []
-        self._stopping = asyncio.Event()
-        self._synced = asyncio.Event()
+        self._sync = SyncLoop(
+            self._transport,
+            sessionmaker,
+            stats=self.stats,
+            relogin=self._relogin,
+            sync_timeout_ms=sync_timeout_ms,
+            timeline_limit=timeline_limit,
+        )
         self._direct_lock = asyncio.Lock()
-        self.next_batch: str | None = None
         self.device_id: str | None = None
 
     # --- identity -------------------------------------------------------------------
@@ -113,7 +99,7 @@ class Gateway:
         self.device_id = await self._session.login()
 
     async def close(self) -> None:
-        self._stopping.set()
+        self._sync.stop()
         await self._transport.close()
 
     # --- checked requests ------------------------------------------------------------
@@ -131,204 +117,40 @@ class Gateway:
 
         Events sent by this account are skipped unless ``include_own``.
         """
-        name = getattr(handler, "__qualname__", repr(handler))
-        self._registrations.append(_Registration(kind, handler, include_own, name))
+        self._sync.on(kind, handler, include_own=include_own)
 
-    def _handlers_for(self, event: RoomEvent | Invite) -> list[_Registration]:
-        own = isinstance(event, RoomEvent) and event.sender == self.user_id
-        return [
-            r
-            for r in self._registrations
-            if isinstance(event, r.kind) and (r.include_own or not own)
-        ]
+    @property
+    def next_batch(self) -> str | None:
+        return self._sync.next_batch
+
+    @next_batch.setter
+    def next_batch(self, token: str | None) -> None:
+        self._sync.next_batch = token
 
     def sync_filter(self) -> dict[str, Any]:
-        return {
-            "room": {
-                "timeline": {"limit": self._timeline_limit},
-                "state": {"lazy_load_members": False},
-                "ephemeral": {"not_types": ["*"]},
-                "account_data": {"not_types": ["*"]},
-            },
-            "presence": {"not_types": ["*"]},
-            "account_data": {"not_types": ["*"]},
-        }
+        return self._sync.filter()
 
     async def load_token(self) -> str | None:
-        async with self._sessionmaker() as s:
-            self.next_batch = await SyncTokens(s).get(self.user_id)
-        return self.next_batch
+        return await self._sync.load_token()
 
     async def sync_once(self, timeout_ms: int | None = None) -> int:
         """One ``/sync``: dispatch new events, then persist the token. Returns events handled."""
-        since = self.next_batch
-        data = await self._poll(timeout_ms)
-        return await self._process(data, since)
-
-    async def _poll(self, timeout_ms: int | None = None) -> dict[str, Any]:
-        query: dict[str, str | int] = {
-            "filter": json.dumps(self.sync_filter(), separators=(",", ":")),
-            "timeout": self._sync_timeout_ms if timeout_ms is None else timeout_ms,
-        }
-        since = self.next_batch
-        if since:
-            query["since"] = since
-        wait = query["timeout"] / 1000 if isinstance(query["timeout"], int) else 30
-        return await self.request(
-            "GET", "/sync", query=query, timeout=wait + self._transport.request_timeout
-        )
-
-    async def _process(self, data: dict[str, Any], since: str | None) -> int:
-        batch = await self._collect(data, since)
-        handled = await self._dispatch(batch)
-        token = data.get("next_batch")
-        if isinstance(token, str):
-            async with self._sessionmaker() as s, s.begin():
-                await SyncTokens(s).set(self.user_id, token)
-            self.next_batch = token
-        self._synced.set()
-        return handled
-
-    async def _collect(self, data: dict[str, Any], since: str | None) -> list[RoomEvent | Invite]:
-        out: list[RoomEvent | Invite] = []
-        rooms: dict[str, Any] = data["rooms"] if isinstance(data.get("rooms"), dict) else {}
-        for room_id, room in (rooms.get("invite") or {}).items():
-            out.append(self._invite_from(room_id, room))
-        for section in ("join", "leave"):
-            for room_id, room in (rooms.get(section) or {}).items():
-                timeline = room.get("timeline") or {}
-                raw_events = [e for e in timeline.get("events") or [] if isinstance(e, dict)]
-                if timeline.get("limited") and since and timeline.get("prev_batch"):
-                    gap = await self._fill_gap(room_id, timeline["prev_batch"], since)
-                    known = {e.get("event_id") for e in raw_events}
-                    raw_events = [e for e in gap if e.get("event_id") not in known] + raw_events
-                for raw in raw_events:
-                    ev = parse_room_event(room_id, raw)
-                    if ev is None:
-                        log.warning("malformed event skipped in %s", room_id)
-                        continue
-                    out.append(ev)
-        return out
-
-    def _invite_from(self, room_id: str, room: dict[str, Any]) -> Invite:
-        state = tuple(
-            e for e in (room.get("invite_state") or {}).get("events") or [] if isinstance(e, dict)
-        )
-        sender, is_direct, event_id = "", False, ""
-        for ev in state:
-            if ev.get("type") == "m.room.member" and ev.get("state_key") == self.user_id:
-                sender = ev.get("sender") or ""
-                content = ev.get("content") or {}
-                is_direct = bool(content.get("is_direct"))
-                event_id = ev.get("event_id") or ""
-        return Invite(
-            room_id=room_id,
-            sender=sender,
-            is_direct=is_direct,
-            event_id=event_id or f"invite:{room_id}:{sender}",
-            state=state,
-        )
-
-    async def _fill_gap(self, room_id: str, prev_batch: str, since: str) -> list[dict[str, Any]]:
-        """Events between our last sync and a limited timeline, oldest first."""
-        collected: list[dict[str, Any]] = []
-        token: str | None = prev_batch
-        while token and len(collected) < MAX_GAP_EVENTS:
-            page = await self.request(
-                "GET",
-                _path("rooms", room_id, "messages"),
-                query={"from": token, "to": since, "dir": "b", "limit": 100},
-            )
-            chunk = [e for e in page.get("chunk") or [] if isinstance(e, dict)]
-            if not chunk:
-                break
-            collected.extend(chunk)
-            end = page.get("end")
-            token = end if isinstance(end, str) and end != token else None
-        if len(collected) >= MAX_GAP_EVENTS:
-            log.warning("gap in %s larger than %d events; oldest skipped", room_id, MAX_GAP_EVENTS)
-        collected.reverse()
-        return collected
-
-    async def _dispatch(self, events: list[RoomEvent | Invite]) -> int:
-        todo = [(ev, regs) for ev in events if (regs := self._handlers_for(ev))]
-        if not todo:
-            return 0
-        async with self._sessionmaker() as s:
-            seen = await ProcessedEvents(s).seen_many(self.user_id, [ev.event_id for ev, _ in todo])
-        handled = 0
-        for ev, regs in todo:
-            if ev.event_id in seen:
-                continue
-            seen.add(ev.event_id)
-            for reg in regs:
-                try:
-                    await reg.handler(ev)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self.stats.handler_failures += 1
-                    log.exception(
-                        "handler %s failed on %s %s in %s",
-                        reg.name,
-                        type(ev).__name__,
-                        ev.event_id,
-                        ev.room_id,
-                    )
-            async with self._sessionmaker() as s, s.begin():
-                await ProcessedEvents(s).mark(self.user_id, ev.event_id)
-            handled += 1
-            self.stats.events_dispatched += 1
-        return handled
+        return await self._sync.sync_once(timeout_ms)
 
     async def run(self) -> None:
         """Sync until :meth:`stop`. Survives homeserver outages (with backoff)."""
-        if self.next_batch is None:
-            await self.load_token()
-        delay = 1.0
-        while not self._stopping.is_set():
-            try:
-                # Only the long poll is interrupted by stop(); a batch that arrived is
-                # handled and its token stored before the loop ends.
-                since = self.next_batch
-                poll = asyncio.ensure_future(self._poll())
-                stopping = asyncio.ensure_future(self._stopping.wait())
-                try:
-                    await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopping.cancel()
-                    if not poll.done():
-                        poll.cancel()
-                        await asyncio.gather(poll, return_exceptions=True)
-                if poll.cancelled():
-                    return
-                await self._process(poll.result(), since)
-                delay = 1.0
-            except asyncio.CancelledError:
-                raise
-            except Unauthorized:
-                log.error("%s: access token refused; logging in again", self.user_id)
-                await self._session.forget()
-                try:
-                    await self.login()
-                except MatrixError:
-                    log.exception("%s: login failed; retrying in %.0fs", self.user_id, delay)
-                    await self._sleep_or_stop(delay)
-                    delay = min(delay * 2, 60)
-            except MatrixError as exc:
-                log.warning("%s: sync failed (%s); retrying in %.0fs", self.user_id, exc, delay)
-                await self._sleep_or_stop(delay)
-                delay = min(delay * 2, 60)
-
-    async def _sleep_or_stop(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        await self._sync.run()
 
     def stop(self) -> None:
-        self._stopping.set()
+        self._sync.stop()
 
     async def wait_synced(self, timeout: float = 30) -> None:
-        await asyncio.wait_for(self._synced.wait(), timeout)
+        await self._sync.wait_synced(timeout)
+
+    async def _relogin(self) -> None:
+        """The homeserver refused our token while syncing: forget it, log in again."""
+        await self._session.forget()
+        await self.login()
 
     # --- actions ---------------------------------------------------------------------
     async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
