@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.errors import MatrixError, Unauthorized
 from forum.events import Invite, RoomEvent, parse_room_event
 from forum.gateway.transport import GatewayStats, Transport, path
+from forum.retry import retry_call, retrying
 from forum.storage import ProcessedEvents, SyncTokens
 
 log = logging.getLogger(__name__)
@@ -228,39 +229,44 @@ class SyncLoop:
         """Sync until :meth:`stop`. Survives homeserver outages (with backoff)."""
         if self.next_batch is None:
             await self.load_token()
-        delay = 1.0
         while not self._stopping.is_set():
+            # A new policy after each batch handled: the backoff starts again from 1 s.
+            policy = retrying(
+                None,
+                retryable=lambda exc: isinstance(exc, MatrixError),
+                initial=1.0,
+                cap=60.0,
+                sleep=self._sleep_or_stop,
+                on_retry=self._log_retry,
+            )
+            await retry_call(policy, self._poll_and_handle)
+
+    async def _poll_and_handle(self) -> None:
+        """Poll once and handle what came; a refused token is replaced by a new login."""
+        if self._stopping.is_set():
+            return
+        try:
+            # Only the long poll is interrupted by stop(); a batch that arrived is
+            # handled and its token stored before the loop ends.
+            since = self.next_batch
+            poll = asyncio.ensure_future(self._poll())
+            stopping = asyncio.ensure_future(self._stopping.wait())
             try:
-                # Only the long poll is interrupted by stop(); a batch that arrived is
-                # handled and its token stored before the loop ends.
-                since = self.next_batch
-                poll = asyncio.ensure_future(self._poll())
-                stopping = asyncio.ensure_future(self._stopping.wait())
-                try:
-                    await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    stopping.cancel()
-                    if not poll.done():
-                        poll.cancel()
-                        await asyncio.gather(poll, return_exceptions=True)
-                if poll.cancelled():
-                    return
-                await self._process(poll.result(), since)
-                delay = 1.0
-            except asyncio.CancelledError:
-                raise
-            except Unauthorized:
-                log.error("%s: access token refused; logging in again", self.user_id)
-                try:
-                    await self._relogin()
-                except MatrixError:
-                    log.exception("%s: login failed; retrying in %.0fs", self.user_id, delay)
-                    await self._sleep_or_stop(delay)
-                    delay = min(delay * 2, 60)
-            except MatrixError as exc:
-                log.warning("%s: sync failed (%s); retrying in %.0fs", self.user_id, exc, delay)
-                await self._sleep_or_stop(delay)
-                delay = min(delay * 2, 60)
+                await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+                if not poll.done():
+                    poll.cancel()
+                    await asyncio.gather(poll, return_exceptions=True)
+            if poll.cancelled():
+                return
+            await self._process(poll.result(), since)
+        except Unauthorized:
+            log.error("%s: access token refused; logging in again", self.user_id)
+            await self._relogin()
+
+    def _log_retry(self, error: BaseException, wait: float) -> None:
+        log.warning("%s: sync failed (%s); retrying in %.0fs", self.user_id, error, wait)
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -3,24 +3,24 @@
 :class:`Transport` owns matrix-nio's ``AsyncClient`` (its HTTP session and login). Every
 request goes through :meth:`Transport.request`, which maps errors to :mod:`forum.errors`
 and retries 429 (honouring ``retry_after_ms``) and 5xx / connection failures a bounded
-number of times.
+number of times, under the one retry policy of :mod:`forum.retry`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import aiohttp
-from nio import AsyncClient, AsyncClientConfig, LoginResponse
+from nio import AsyncClient, AsyncClientConfig, LoginError, LoginResponse
+from tenacity import AsyncRetrying
 
 from forum.errors import (
     BadRequest,
@@ -32,6 +32,7 @@ from forum.errors import (
     RateLimited,
     Unauthorized,
 )
+from forum.retry import is_rate_limit, is_transient, retry_call, retrying
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,14 @@ class Transport:
 
     async def password_login(self, password: str, device_name: str) -> tuple[str, str]:
         """Log in with the password; return ``(device_id, access_token)``."""
-        resp = await self._with_retries(
-            lambda: self._client.login(password, device_name=device_name), "login"
-        )
+
+        async def login_once() -> LoginResponse | LoginError:
+            try:
+                return await self._client.login(password, device_name=device_name)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HomeserverUnavailable(f"login: {exc}") from exc
+
+        resp = await retry_call(self._policy(retry_unavailable=True), login_once)
         if not isinstance(resp, LoginResponse):
             status = getattr(resp, "status_code", None)
             raise Unauthorized(
@@ -128,21 +134,17 @@ class Transport:
             )
         return resp.device_id, resp.access_token
 
-    async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
-        delay = 0.5
-        for attempt in itertools.count():
-            try:
-                return await call()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt >= self.max_retries:
-                    raise HomeserverUnavailable(f"{what}: {exc}") from exc
-                await self._backoff(delay)
-                delay = min(delay * 2, 30)
-        raise AssertionError("unreachable")
+    def _policy(self, *, retry_unavailable: bool) -> AsyncRetrying:
+        return retrying(
+            self.max_retries,
+            retryable=is_transient if retry_unavailable else is_rate_limit,
+            on_retry=self._note_retry,
+        )
 
-    async def _backoff(self, seconds: float) -> None:
+    def _note_retry(self, error: BaseException, wait: float) -> None:
         self.stats.retries += 1
-        await asyncio.sleep(seconds)
+        if isinstance(error, RateLimited):
+            log.info("rate limited on %s; waiting %d ms", error, wait * 1000)
 
     async def request(
         self,
@@ -159,8 +161,8 @@ class Transport:
     ) -> dict[str, Any]:
         """Send one request; return its JSON; raise a typed error.
 
-        429 is retried after ``retry_after_ms`` and 5xx / connection failures with
-        exponential backoff, at most ``max_retries`` times each.
+        429 is retried after ``retry_after_ms`` and 5xx / connection failures (unless not
+        ``retry_unavailable``) with exponential backoff, at most ``max_retries`` times.
         """
         full = api + path
         if query:
@@ -182,10 +184,9 @@ class Transport:
             self.stats.writes += 1
         key = f"{method} {path.split('/')[1] if '/' in path else path}"
         self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
-        rate_limited = 0
-        unavailable = 0
-        delay = 0.5
-        while True:
+        label = f"{method} {path}"
+
+        async def send_once() -> dict[str, Any]:
             try:
                 resp = await self._client.send(
                     method,
@@ -199,14 +200,9 @@ class Transport:
                     text = await resp.text()
                     retry_header = resp.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError) as exc:
-                unavailable += 1
-                if not retry_unavailable or unavailable > self.max_retries:
-                    raise HomeserverUnavailable(
-                        f"{method} {path}: homeserver unreachable ({exc.__class__.__name__})"
-                    ) from exc
-                await self._backoff(delay)
-                delay = min(delay * 2, 30)
-                continue
+                raise HomeserverUnavailable(
+                    f"{label}: homeserver unreachable ({exc.__class__.__name__})"
+                ) from exc
             try:
                 payload = json.loads(text) if text else {}
             except ValueError:
@@ -215,41 +211,26 @@ class Transport:
                 payload = {"value": payload}
             if 200 <= status < 300:
                 return payload
-            errcode = payload.get("errcode") if isinstance(payload.get("errcode"), str) else None
-            message = payload.get("error") or text[:200] or f"HTTP {status}"
-            if status == 429 or errcode == "M_LIMIT_EXCEEDED":
-                retry_ms = payload.get("retry_after_ms")
-                if not isinstance(retry_ms, int | float):
-                    retry_ms = (
-                        float(retry_header) * 1000
-                        if retry_header and retry_header.isdigit()
-                        else 1000
-                    )
-                rate_limited += 1
-                if rate_limited > self.max_retries:
-                    raise RateLimited(
-                        f"{method} {path}: {message}",
-                        retry_ms / 1000,
-                        status=status,
-                        errcode=errcode,
-                    )
-                log.info("rate limited on %s %s; waiting %d ms", method, path, retry_ms)
-                await self._backoff(retry_ms / 1000)
-                continue
-            if status >= 500 and retry_unavailable:
-                unavailable += 1
-                if unavailable <= self.max_retries:
-                    await self._backoff(delay)
-                    delay = min(delay * 2, 30)
-                    continue
-                raise HomeserverUnavailable(
-                    f"{method} {path}: {message}", status=status, errcode=errcode
-                )
-            raise _error_for(status, errcode, f"{method} {path}: {message}")
+            raise _error_for(status, payload, text, retry_header, label)
+
+        return await retry_call(self._policy(retry_unavailable=retry_unavailable), send_once)
 
 
-def _error_for(status: int, errcode: str | None, message: str) -> MatrixError:
+def _error_for(
+    status: int, payload: dict[str, Any], text: str, retry_header: str | None, label: str
+) -> MatrixError:
+    errcode = payload.get("errcode") if isinstance(payload.get("errcode"), str) else None
+    message = f"{label}: {payload.get('error') or text[:200] or f'HTTP {status}'}"
     kw: dict[str, Any] = {"status": status, "errcode": errcode}
+    if status == 429 or errcode == "M_LIMIT_EXCEEDED":
+        retry_ms = payload.get("retry_after_ms")
+        if not isinstance(retry_ms, int | float):
+            retry_ms = (
+                float(retry_header) * 1000 if retry_header and retry_header.isdigit() else 1000
+            )
+        return RateLimited(message, retry_ms / 1000, **kw)
+    if status >= 500:
+        return HomeserverUnavailable(message, **kw)
     if status == 401 or errcode in {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}:
         return Unauthorized(message, **kw)
     if status == 403 or errcode == "M_FORBIDDEN":
