@@ -1,0 +1,79 @@
+"""Login and session of one account: a given token, then the stored one, then the password.
+
+A password login is stored (:class:`forum.storage.BotSessions`) so that a restart reuses
+its token and device instead of logging in again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from forum.errors import MatrixError, Unauthorized
+from forum.gateway.transport import Transport
+from forum.storage import BotSessions
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """Finds a working access token for the transport's account."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        password: str | None,
+        access_token: str | None,
+        device_name: str,
+    ) -> None:
+        self._transport = transport
+        self._sessionmaker = sessionmaker
+        self._password = password
+        self._given_token = access_token
+        self._device_name = device_name
+
+    @property
+    def user_id(self) -> str:
+        return self._transport.user_id
+
+    async def login(self) -> str | None:
+        """Log in: a given token, then a stored token, then the password. Returns the
+        device id (``None`` when a token's owner does not say it)."""
+        transport = self._transport
+        candidates: list[tuple[str, str | None]] = []
+        if self._given_token:
+            candidates.append((self._given_token, None))
+        async with self._sessionmaker() as s:
+            stored = await BotSessions(s).get(self.user_id)
+        if stored and stored.homeserver == transport.homeserver_url:
+            candidates.append((stored.access_token, stored.device_id))
+        for token, device_id in candidates:
+            transport.access_token = token
+            try:
+                who = await transport.request("GET", "/account/whoami", retry_unavailable=True)
+            except Unauthorized:
+                log.info("stored access token of %s was refused; logging in again", self.user_id)
+                continue
+            if who.get("user_id") != self.user_id:
+                raise MatrixError(
+                    f"the access token belongs to {who.get('user_id')}, not {self.user_id}"
+                )
+            found: str | None = who.get("device_id") or device_id
+            return found
+        transport.access_token = None
+        if not self._password:
+            raise Unauthorized(f"no valid access token and no password for {self.user_id}")
+        device_id, token = await transport.password_login(self._password, self._device_name)
+        async with self._sessionmaker() as s, s.begin():
+            await BotSessions(s).save(self.user_id, transport.homeserver_url, device_id, token)
+        log.info("logged in as %s (device %s)", self.user_id, device_id)
+        return device_id
+
+    async def forget(self) -> None:
+        """The homeserver refused our token: drop it (stored and given) before logging in."""
+        async with self._sessionmaker() as s, s.begin():
+            await BotSessions(s).delete(self.user_id)
+        self._given_token = None

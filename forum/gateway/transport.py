@@ -1,0 +1,244 @@
+"""One checked request to the homeserver.
+
+:class:`Transport` owns matrix-nio's ``AsyncClient`` (its HTTP session and login). Every
+request goes through :meth:`Transport.request`, which maps errors to :mod:`forum.errors`
+and retries 429 (honouring ``retry_after_ms``) and 5xx / connection failures a bounded
+number of times, under the one retry policy of :mod:`forum.retry`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import aiohttp
+from nio import AsyncClient, AsyncClientConfig, LoginError, LoginResponse
+from tenacity import AsyncRetrying
+
+from forum.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HomeserverUnavailable,
+    MatrixError,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
+from forum.retry import is_rate_limit, is_transient, retry_call, retrying
+
+log = logging.getLogger(__name__)
+
+CLIENT_V3 = "/_matrix/client/v3"
+CLIENT_V1 = "/_matrix/client/v1"
+
+
+@dataclass
+class GatewayStats:
+    requests: int = 0
+    writes: int = 0
+    retries: int = 0
+    events_dispatched: int = 0
+    handler_failures: int = 0
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+
+
+class RequestOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Transport.request`."""
+
+    query: Mapping[str, str | int | Iterable[str]] | None
+    body: Any
+    api: str
+    timeout: float | None
+    retry_unavailable: bool
+    raw_body: bytes | None
+    content_type: str
+
+
+def path(*parts: str) -> str:
+    """A request path from its segments, each one percent-encoded."""
+    return "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
+
+
+class Transport:
+    """The HTTP side of one account: checked requests, retries, transaction ids."""
+
+    def __init__(
+        self,
+        homeserver_url: str,
+        user_id: str,
+        *,
+        stats: GatewayStats,
+        request_timeout: float,
+        max_retries: int,
+    ) -> None:
+        self.homeserver_url = homeserver_url
+        self.user_id = user_id
+        self.stats = stats
+        self.max_retries = max_retries
+        self._request_timeout = request_timeout
+        self._client = AsyncClient(
+            homeserver_url,
+            user_id,
+            config=AsyncClientConfig(
+                max_limit_exceeded=0,
+                max_timeouts=0,
+                request_timeout=request_timeout,
+                store_sync_tokens=False,
+                encryption_enabled=False,
+            ),
+        )
+        self._txn = itertools.count()
+        self._txn_prefix = secrets.token_hex(6)
+
+    @property
+    def access_token(self) -> str | None:
+        return self._client.access_token or None
+
+    @access_token.setter
+    def access_token(self, token: str | None) -> None:
+        self._client.access_token = token or ""
+
+    @property
+    def request_timeout(self) -> float:
+        return self._request_timeout
+
+    def txn_id(self) -> str:
+        return f"forum-{self._txn_prefix}-{time.monotonic_ns()}-{next(self._txn)}"
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def password_login(self, password: str, device_name: str) -> tuple[str, str]:
+        """Log in with the password; return ``(device_id, access_token)``."""
+
+        async def login_once() -> LoginResponse | LoginError:
+            try:
+                return await self._client.login(password, device_name=device_name)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HomeserverUnavailable(f"login: {exc}") from exc
+
+        resp = await retry_call(self._policy(retry_unavailable=True), login_once)
+        if not isinstance(resp, LoginResponse):
+            status = getattr(resp, "status_code", None)
+            raise Unauthorized(
+                f"login of {self.user_id} failed: {getattr(resp, 'message', resp)}",
+                errcode=str(status),
+            )
+        return resp.device_id, resp.access_token
+
+    def _policy(self, *, retry_unavailable: bool) -> AsyncRetrying:
+        return retrying(
+            self.max_retries,
+            retryable=is_transient if retry_unavailable else is_rate_limit,
+            on_retry=self._note_retry,
+        )
+
+    def _note_retry(self, error: BaseException, wait: float) -> None:
+        self.stats.retries += 1
+        if isinstance(error, RateLimited):
+            log.info("rate limited on %s; waiting %d ms", error, wait * 1000)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int | Iterable[str]] | None = None,
+        body: Any = None,
+        api: str = CLIENT_V3,
+        timeout: float | None = None,
+        retry_unavailable: bool = True,
+        raw_body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """Send one request; return its JSON; raise a typed error.
+
+        429 is retried after ``retry_after_ms`` and 5xx / connection failures (unless not
+        ``retry_unavailable``) with exponential backoff, at most ``max_retries`` times.
+        """
+        full = api + path
+        if query:
+            pairs: list[tuple[str, str]] = []
+            for k, v in query.items():
+                if isinstance(v, str | int):
+                    pairs.append((k, str(v)))
+                else:
+                    pairs.extend((k, str(x)) for x in v)
+            full += "?" + urllib.parse.urlencode(pairs)
+        headers = {"Content-Type": content_type}
+        if self._client.access_token:
+            headers["Authorization"] = f"Bearer {self._client.access_token}"
+        data: bytes | str | None = raw_body
+        if data is None and body is not None:
+            data = json.dumps(body)
+        self.stats.requests += 1
+        if method != "GET":
+            self.stats.writes += 1
+        key = f"{method} {path.split('/')[1] if '/' in path else path}"
+        self.stats.by_endpoint[key] = self.stats.by_endpoint.get(key, 0) + 1
+        label = f"{method} {path}"
+
+        async def send_once() -> dict[str, Any]:
+            try:
+                resp = await self._client.send(
+                    method,
+                    full,
+                    data,
+                    headers,
+                    timeout=timeout if timeout is not None else self._request_timeout,
+                )
+                async with resp:
+                    status = resp.status
+                    text = await resp.text()
+                    retry_header = resp.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HomeserverUnavailable(
+                    f"{label}: homeserver unreachable ({exc.__class__.__name__})"
+                ) from exc
+            try:
+                payload = json.loads(text) if text else {}
+            except ValueError:
+                payload = {}
+            if not isinstance(payload, dict):
+                payload = {"value": payload}
+            if 200 <= status < 300:
+                return payload
+            raise _error_for(status, payload, text, retry_header, label)
+
+        return await retry_call(self._policy(retry_unavailable=retry_unavailable), send_once)
+
+
+def _error_for(
+    status: int, payload: dict[str, Any], text: str, retry_header: str | None, label: str
+) -> MatrixError:
+    errcode = payload.get("errcode") if isinstance(payload.get("errcode"), str) else None
+    message = f"{label}: {payload.get('error') or text[:200] or f'HTTP {status}'}"
+    kw: dict[str, Any] = {"status": status, "errcode": errcode}
+    if status == 429 or errcode == "M_LIMIT_EXCEEDED":
+        retry_ms = payload.get("retry_after_ms")
+        if not isinstance(retry_ms, int | float):
+            retry_ms = (
+                float(retry_header) * 1000 if retry_header and retry_header.isdigit() else 1000
+            )
+        return RateLimited(message, retry_ms / 1000, **kw)
+    if status >= 500:
+        return HomeserverUnavailable(message, **kw)
+    if status == 401 or errcode in {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}:
+        return Unauthorized(message, **kw)
+    if status == 403 or errcode == "M_FORBIDDEN":
+        return Forbidden(message, **kw)
+    if status == 404 or errcode == "M_NOT_FOUND":
+        return NotFound(message, **kw)
+    if status == 409 or errcode == "M_ROOM_IN_USE":
+        return Conflict(message, **kw)
+    if status == 400:
+        return BadRequest(message, **kw)
+    return MatrixError(message, **kw)
