@@ -5,7 +5,6 @@ the operator's commands (:mod:`forum.kit`)."""
 from __future__ import annotations
 
 import logging
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,12 +120,7 @@ async def exempt_from_rate_limits(admin: Gateway, user_ids: Sequence[str]) -> bo
     when the homeserver refused: the bots then live with the limits (429s are retried)."""
     for user_id in user_ids:
         try:
-            await admin.request(
-                "POST",
-                f"/users/{urllib.parse.quote(user_id, safe='')}/override_ratelimit",
-                body={"messages_per_second": 0, "burst_count": 0},
-                api="/_synapse/admin/v1",
-            )
+            await admin.lift_rate_limits(user_id)
         except MatrixError as exc:
             log.info("rate limits of the bots stay as they are (%s)", exc)
             return False
