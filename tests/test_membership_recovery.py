@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from forum.app import bot_credentials, make_gateway
+from forum.bots import bot_credentials, bot_gateway
 from forum.settings import database_url
 from forum.storage import Database
 from tests.forum_fixtures import forum_data, settings_from
@@ -37,12 +37,8 @@ async def test_knock_lost_in_a_crash_is_answered_at_start(synapse, make_user, tm
     await late.knock(space, "Bonjour, je voudrais rejoindre l'espace", via=via(service))
     db = await Database.open(database_url(settings, home))
     try:
-        bot = make_gateway(
-            settings,
-            db,
-            settings.membership_bot_id,
-            bot_credentials(settings, home)["membership"],
-            "test",
+        bot = bot_gateway(
+            settings, db, "membership", bot_credentials(settings, home)["membership"], "test"
         )
         await bot.login()
         await bot.load_token()
