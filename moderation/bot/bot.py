@@ -18,20 +18,38 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
 from forum.matrix import is_user_id, matrix_to, server_of
-from forum.signals import REPORT
+from forum.settings import Settings
+from forum.signals import REPORT, Signals
 from forum.storage.models import utcnow
+from forum.tasks import TaskSupervisor
 
-from . import text as T
 from .actions import Actions
 from .commands import Arg, Command, Registry, UsageError, parse_args
 from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State, Strikes
+from .text import (
+    fold,
+    format_duration,
+    glob_match,
+    has_link,
+    is_glob,
+    mention_count,
+    parse_duration,
+    quote_html,
+    quote_plain,
+    skeleton,
+    strip_controls,
+    word_pattern,
+)
 
 if TYPE_CHECKING:
-    from forum.context import ServiceContext
+    from forum.context import Clock, Rooms
+    from forum.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +115,37 @@ class Invocation:
 
 
 class ModerationBot:
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.ctx = ctx
-        self.gw = ctx.moderation_gateway
-        self.settings = ctx.settings
-        self.cfg = ctx.settings.moderation
-        self.db = ctx.db
-        self.actions = Actions(ctx)
-        self.i18n = I18n(ctx.settings.forum.languages, locale_dir=LOCALE_DIR)
-        self.lang = ctx.settings.primary_language
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        moderation_gateway: Gateway,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        rooms: Rooms,
+        tasks: TaskSupervisor,
+        signals: Signals,
+        actions: Actions,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.gateway = moderation_gateway
+        self.settings = settings
+        self.cfg = settings.moderation
+        self.sessionmaker = sessionmaker
+        self.forum_rooms = rooms
+        self.tasks = tasks
+        self.signals = signals
+        self.clock = clock
+        self.actions = actions
+        self.i18n = I18n(settings.forum.languages, locale_dir=LOCALE_DIR)
+        self.lang = settings.primary_language
         self.t = self.i18n.gettext(self.lang)
-        self.prefix = ctx.settings.bots.command_prefix
-        self.mgmt = ctx.rooms["management"]
-        self.policy = ctx.rooms["policy"]
+        self.prefix = settings.bots.command_prefix
+        self.mgmt = rooms["management"]
+        self.policy = rooms["policy"]
         self.dry_run = self.cfg.dry_run
         # Simulated strikes of a dry run (user -> step index, when); never stored.
         self.dry_strikes: dict[str, tuple[int, datetime]] = {}
-        self.words = T.word_pattern(self.cfg.words)
+        self.words = word_pattern(self.cfg.words)
         self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
         self.join_times: deque[tuple[float, str]] = deque()
         self.own_rules: dict[str, Rule] = {}
@@ -126,7 +158,7 @@ class ModerationBot:
 
     # --- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             saved = await State(s).get("dry_run")
         if saved is not None:
             self.dry_run = bool(saved.get("on"))
@@ -134,19 +166,19 @@ class ModerationBot:
         await self.actions.reapply_mutes()
         await self.actions.reapply_locks()
         await self._resume_commands()
-        self.ctx.signals.connect(REPORT, self.report_from_text)
-        gw = self.gw
-        gw.on(Message, self.on_message)
-        gw.on(Reaction, self.on_reaction)
-        gw.on(Membership, self.on_membership)
-        gw.on(StateChange, self.on_state, include_own=True)
-        gw.on(Invite, self.on_invite)
-        self.ctx.tasks.start("moderation:mutes", self.actions.expire_mutes(self._mute_expired))
-        self.ctx.tasks.start("moderation:subscriptions", self._subscribe_all())
-        self.ctx.tasks.start("moderation:admin-reports", self._poll_admin_reports())
+        self.signals.connect(REPORT, self.report_from_text)
+        gateway = self.gateway
+        gateway.on(Message, self.on_message)
+        gateway.on(Reaction, self.on_reaction)
+        gateway.on(Membership, self.on_membership)
+        gateway.on(StateChange, self.on_state, include_own=True)
+        gateway.on(Invite, self.on_invite)
+        self.tasks.start("moderation:mutes", self.actions.expire_mutes(self._mute_expired))
+        self.tasks.start("moderation:subscriptions", self._subscribe_all())
+        self.tasks.start("moderation:admin-reports", self._poll_admin_reports())
 
     async def _load_own_rules(self) -> None:
-        for ev in await self.gw.get_state(self.policy):
+        for ev in await self.gateway.get_state(self.policy):
             kind = POLICY_TYPES.get(str(ev.get("type")))
             content = ev.get("content") or {}
             if kind and content.get("recommendation") in POLICY_BAN and content.get("entity"):
@@ -159,14 +191,14 @@ class ModerationBot:
         return f'<a href="{html.escape(matrix_to(user_id))}">{html.escape(user_id)}</a>'
 
     async def say(self, body: str, html_body: str, reply_to: str | None = None) -> str:
-        return await self.gw.send_text(self.mgmt, body, html_body, reply_to=reply_to)
+        return await self.gateway.send_text(self.mgmt, body, html_body, reply_to=reply_to)
 
     async def reply(self, inv: Invocation, body: str, html_body: str | None = None) -> None:
         await self.say(body, html_body or html.escape(body), reply_to=inv.event_id)
 
     def room_label(self, room_id: str) -> str:
         """The room's name as configured, in the bot's language (its id if unknown)."""
-        for key, rid in self.ctx.rooms.items():
+        for key, rid in self.forum_rooms.items():
             if rid == room_id:
                 spec = self.settings.room_spec(key)
                 if spec is None:  # a topic dropped from the config: its slug
@@ -184,7 +216,7 @@ class ModerationBot:
             return
         if ev.room_id == self.policy or ev.room_id in self.list_rooms:
             return
-        if ev.room_id in self.ctx.rooms.forum_ids:
+        if ev.room_id in self.forum_rooms.forum_ids:
             self.processed_messages += 1
             if self._report_word(ev.body) and ev.reply_to:
                 await self._report_from_reply(ev)
@@ -210,7 +242,7 @@ class ModerationBot:
     async def on_invite(self, inv: Invite) -> None:
         if inv.is_direct:
             try:
-                await self.gw.join(inv.room_id, via=[server_of(inv.sender)])
+                await self.gateway.join(inv.room_id, via=[server_of(inv.sender)])
             except MatrixError as exc:
                 log.info("could not join the DM from %s: %s", inv.sender, exc)
 
@@ -235,14 +267,14 @@ class ModerationBot:
     async def _remember_command(self, ev: Message) -> None:
         """Store a command before its event counts as handled: a command that a crash
         or a stop interrupted runs again at the next start (its actions are idempotent)."""
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await State(s).set(
                 PENDING_COMMAND + ev.event_id,
                 {"sender": ev.sender, "body": ev.body, "ts": ev.origin_server_ts},
             )
 
     async def _resume_commands(self) -> None:
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             pending = await State(s).with_prefix(PENDING_COMMAND)
         for key, saved in pending.items():
             event_id = key.removeprefix(PENDING_COMMAND)
@@ -260,7 +292,7 @@ class ModerationBot:
         self.commands_started[ev.event_id] = None
         while len(self.commands_started) > 1000:
             del self.commands_started[next(iter(self.commands_started))]
-        self.ctx.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
+        self.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
 
     async def _command(self, ev: Message) -> None:
         try:
@@ -269,7 +301,7 @@ class ModerationBot:
             raise  # stopped: stays pending, runs again at the next start
         except Exception:
             log.exception("command %s failed", ev.event_id)
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await State(s).delete(PENDING_COMMAND + ev.event_id)
 
     async def _run_command(self, ev: Message) -> None:
@@ -330,8 +362,8 @@ class ModerationBot:
         """A user id for ``token`` (id, glob, or unambiguous display name), or ``None``
         after telling the moderator why."""
         t = self.t
-        token = T.strip_controls(token).strip()
-        if token.startswith("@") and T.is_glob(token):
+        token = strip_controls(token).strip()
+        if token.startswith("@") and is_glob(token):
             if glob:
                 return token
             await self.reply(inv, t("Globs are only accepted by !ban."))
@@ -339,12 +371,12 @@ class ModerationBot:
         if is_user_id(token):
             return token
         members = await self.actions.members()
-        wanted = T.skeleton(token.removeprefix("@"))
+        wanted = skeleton(token.removeprefix("@"))
         # Look-alikes (confusable letters, bidi and zero-width controls) compare equal, so
         # a name shaped like a moderator's is always reported as ambiguous, never chosen.
-        exact = [u for u, n in members.items() if n and T.skeleton(n) == wanted]
+        exact = [u for u, n in members.items() if n and skeleton(n) == wanted]
         if not exact:
-            exact = [u for u in members if T.skeleton(u[1:].split(":")[0]) == wanted]
+            exact = [u for u in members if skeleton(u[1:].split(":")[0]) == wanted]
         if len(exact) == 1:
             return exact[0]
         if not exact:
@@ -381,7 +413,7 @@ class ModerationBot:
         """Tell the management room what was done (and how to undo it); ``in_rooms``
         false for what is not done in rooms (a warning is a direct message)."""
         t = self.t
-        who = inv.sender if inv else self.gw.user_id
+        who = inv.sender if inv else self.gateway.user_id
         template = (
             t("%(who)s: %(action)s %(target)s in %(n)d room(s).")
             if in_rooms
@@ -412,9 +444,9 @@ class ModerationBot:
     ) -> list[str]:
         """Ban a user id or a glob everywhere, publish the rule; the banned user ids."""
         users = [target]
-        if T.is_glob(target):
+        if is_glob(target):
             members = await self.actions.members()
-            users = [u for u in members if T.glob_match(target, u)]
+            users = [u for u in members if glob_match(target, u)]
         users = [u for u in users if not await self.actions.is_exempt(u)]
         # The bans first, all at once (the homeserver persists events one after another:
         # the person is out of every room sooner), then the rule for other communities.
@@ -431,7 +463,7 @@ class ModerationBot:
                 event_id=event_id,
                 source=source,
             )
-        if T.is_glob(target):
+        if is_glob(target):
             await self.actions.audit(
                 actor=actor, action="ban-rule", target=target, reason=reason,
                 event_id=event_id, source=source,
@@ -448,11 +480,11 @@ class ModerationBot:
         source: str,
         event_id: str | None,
     ) -> list[str]:
-        until = utcnow() + duration if duration else None
+        until = self.clock() + duration if duration else None
         rooms = await self.actions.mute(user, until, reason, actor)
         await self.actions.audit(
             actor=actor,
-            action="mute" if duration is None else f"mute:{T.format_duration(duration)}",
+            action="mute" if duration is None else f"mute:{format_duration(duration)}",
             target=user,
             rooms=rooms,
             reason=reason,
@@ -478,7 +510,11 @@ class ModerationBot:
 
     async def _mute_expired(self, user: str) -> None:
         await self.actions.audit(
-            actor=self.gw.user_id, action="unmute", target=user, reason="expired", source="timer"
+            actor=self.gateway.user_id,
+            action="unmute",
+            target=user,
+            reason="expired",
+            source="timer",
         )
         body = self.t("The mute of %(user)s has expired.") % {"user": user}
         await self.say(body, html.escape(body).replace(html.escape(user), self.user_html(user)))
@@ -496,11 +532,11 @@ class ModerationBot:
         offence: tuple[str, list[tuple[str, str]]] | None = None
         body = ev.body
         single = [(ev.room_id, ev.event_id)]
-        if self.words is not None and self.words.search(T.fold(body)):
+        if self.words is not None and self.words.search(fold(body)):
             offence = ("word", single)
-        elif T.mention_count(ev.content, body) > cfg.mention_limit:
+        elif mention_count(ev.content, body) > cfg.mention_limit:
             offence = ("mentions", single)
-        elif (ev.msgtype in MEDIA or T.has_link(body, ev.formatted_body)) and await self._is_new(
+        elif (ev.msgtype in MEDIA or has_link(body, ev.formatted_body)) and await self._is_new(
             ev.sender
         ):
             offence = ("new-member-link", single)
@@ -517,9 +553,11 @@ class ModerationBot:
     async def _is_new(self, user: str) -> bool:
         if self.cfg.new_member_hours <= 0:
             return False
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             joined = await FirstJoins(s).get(user)
-        return joined is not None and utcnow() - joined < timedelta(hours=self.cfg.new_member_hours)
+        return joined is not None and self.clock() - joined < timedelta(
+            hours=self.cfg.new_member_hours
+        )
 
     async def offend(self, ev: Message, kind: str, events: list[tuple[str, str]]) -> None:
         t = self.t
@@ -533,7 +571,7 @@ class ModerationBot:
         if self.dry_run:
             step = await self._dry_step(ev.sender)
             await self.actions.audit(
-                actor=self.gw.user_id, action=step, target=ev.sender, rooms=[ev.room_id],
+                actor=self.gateway.user_id, action=step, target=ev.sender, rooms=[ev.room_id],
                 reason=reason, event_id=ev.event_id, source=f"protection:{kind}", dry_run=True,
             )  # fmt: skip
             await self._report_protection(ev, kind, labels[kind], step, len(events), dry=True)
@@ -541,11 +579,11 @@ class ModerationBot:
         redacted = await self.actions.redact_many(events, reason)
         step = await self._next_step(ev.sender)
         await self.actions.audit(
-            actor=self.gw.user_id, action="redact", target=ev.sender,
+            actor=self.gateway.user_id, action="redact", target=ev.sender,
             rooms=sorted({r for r, _ in events}), reason=reason, event_id=ev.event_id,
             source=f"protection:{kind}",
         )  # fmt: skip
-        self.ctx.tasks.start(
+        self.tasks.start(
             f"moderation:step:{ev.event_id}",
             self._apply_step(ev, kind, labels[kind], step, reason, redacted),
         )
@@ -554,13 +592,13 @@ class ModerationBot:
         self, ev: Message, kind: str, label: str, step: str, reason: str, redacted: int
     ) -> None:
         source = f"protection:{kind}"
-        actor = self.gw.user_id
+        actor = self.gateway.user_id
         if step == "warn":
             await self.do_warn(ev.sender, reason, actor=actor, source=source, event_id=ev.event_id)
         elif step.startswith("mute"):
             _, _, dur = step.partition(":")
             await self.do_mute(
-                ev.sender, T.parse_duration(dur) if dur else None, reason,
+                ev.sender, parse_duration(dur) if dur else None, reason,
                 actor=actor, source=source, event_id=ev.event_id,
             )  # fmt: skip
         elif step == "kick":
@@ -588,10 +626,10 @@ class ModerationBot:
         """The step a real run would take, counted on a simulated tally (seeded from the
         stored strikes) so that repeated offences in a dry run show the graduation, while
         the stored strikes stay untouched."""
-        now = utcnow()
+        now = self.clock()
         last = self.dry_strikes.get(user)
         if last is None:
-            async with self.db.sessionmaker() as s:
+            async with self.sessionmaker() as s:
                 stored = await Strikes(s).get(user)
             last = (stored.step, stored.last_at) if stored else None
         index = self._step_after(last, now)
@@ -599,8 +637,8 @@ class ModerationBot:
         return self._steps()[index]
 
     async def _next_step(self, user: str) -> str:
-        now = utcnow()
-        async with self.db.sessionmaker() as s, s.begin():
+        now = self.clock()
+        async with self.sessionmaker() as s, s.begin():
             strikes = Strikes(s)
             current = await strikes.get(user)
             index = self._step_after((current.step, current.last_at) if current else None, now)
@@ -631,10 +669,10 @@ class ModerationBot:
             "n": redacted,
             "step": step,
         }
-        body = head + "\n" + T.quote_plain(ev.body) + "\n" + link
+        body = head + "\n" + quote_plain(ev.body) + "\n" + link
         html_body = (
             html.escape(head).replace(html.escape(ev.sender), self.user_html(ev.sender), 1)
-            + T.quote_html(ev.body)
+            + quote_html(ev.body)
             + f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>'
         )
         if undo and not dry:
@@ -645,14 +683,14 @@ class ModerationBot:
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:
-        if ev.room_id not in self.ctx.rooms.forum_ids:
+        if ev.room_id not in self.forum_rooms.forum_ids:
             return
         if ev.membership != "join" or ev.prev_membership == "join":
             return
         user = ev.target
         if user not in self.seen_joined:  # one write per person, not per room
-            async with self.db.sessionmaker() as s, s.begin():
-                await FirstJoins(s).record(user, utcnow())
+            async with self.sessionmaker() as s, s.begin():
+                await FirstJoins(s).record(user, self.clock())
             self.seen_joined.add(user)
         if await self.actions.is_exempt(user, ev.room_id):
             return
@@ -662,10 +700,10 @@ class ModerationBot:
             reason = found.reason or self.t("Policy list rule")
             rooms = await self.actions.ban(user, reason)
             if key in self.rules:
-                async with self.db.sessionmaker() as s, s.begin():
+                async with self.sessionmaker() as s, s.begin():
                     await PolicyBans(s).add(key, user)
             await self.actions.audit(
-                actor=self.gw.user_id, action="ban", target=user, rooms=rooms, reason=reason,
+                actor=self.gateway.user_id, action="ban", target=user, rooms=rooms, reason=reason,
                 event_id=ev.event_id, source="policy",
             )  # fmt: skip
             return
@@ -673,9 +711,9 @@ class ModerationBot:
 
     def _matching_rule(self, user: str) -> tuple[str, Rule] | None:
         for key, rule in [*self.own_rules.items(), *self.rules.items()]:
-            if rule.kind == "user" and T.glob_match(rule.entity, user):
+            if rule.kind == "user" and glob_match(rule.entity, user):
                 return key, rule
-            if rule.kind == "server" and T.glob_match(rule.entity, server_of(user)):
+            if rule.kind == "server" and glob_match(rule.entity, server_of(user)):
                 return key, rule
         return None
 
@@ -699,7 +737,7 @@ class ModerationBot:
         rooms = await self.actions.lock_joins()
         self.join_times.clear()
         await self.actions.audit(
-            actor=self.gw.user_id, action="lock-joins", target="*", rooms=rooms,
+            actor=self.gateway.user_id, action="lock-joins", target="*", rooms=rooms,
             reason="join wave", source="protection:join-wave",
         )  # fmt: skip
         body = t("Join wave: %(n)d people joined in %(s)d s; topic rooms are now knock-only.") % {
@@ -729,8 +767,8 @@ class ModerationBot:
         if not via and server_of(room_ref):
             via = [server_of(room_ref)]
         try:
-            room_id = await self.gw.join(room_ref, via=via)
-            state = await self.gw.get_state(room_id)
+            room_id = await self.gateway.join(room_ref, via=via)
+            state = await self.gateway.get_state(room_id)
         except MatrixError as exc:
             log.warning("cannot subscribe to the policy list %s: %s", ref, exc)
             return False
@@ -765,26 +803,26 @@ class ModerationBot:
     async def _lift(self, key: str) -> None:
         """Undo the bans of a removed rule. Each ban is forgotten only once its unban is
         done, so unbans cut short by a crash are found again at the next start."""
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             users = await PolicyBans(s).users_of(key)
         for user in users:
-            async with self.db.sessionmaker() as s:
+            async with self.sessionmaker() as s:
                 others = await PolicyBans(s).other_rules_of(user, key)
             if not others and not self._matching_rule(user):
                 rooms = await self.actions.unban(user, "policy rule removed")
                 await self.actions.audit(
-                    actor=self.gw.user_id, action="unban", target=user, rooms=rooms,
+                    actor=self.gateway.user_id, action="unban", target=user, rooms=rooms,
                     reason="policy rule removed", source="policy",
                 )  # fmt: skip
                 body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
                 await self.say(body, html.escape(body))
-            async with self.db.sessionmaker() as s, s.begin():
+            async with self.sessionmaker() as s, s.begin():
                 await PolicyBans(s).remove(key, user)
 
     async def _lift_missing_rules(self, room_id: str) -> None:
         """After (re)reading a list: bans recorded for rules it no longer has (removed
         while the bot was down, or lifted only in part before a crash) are undone."""
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             keys = await PolicyBans(s).keys_in(room_id)
         for key in keys:
             if key not in self.rules:
@@ -792,12 +830,12 @@ class ModerationBot:
                 await self._lift(key)
 
     async def _enforce(self, key: str, rule: Rule) -> None:
-        if rule.kind == "user" and not T.is_glob(rule.entity):
+        if rule.kind == "user" and not is_glob(rule.entity):
             targets = [rule.entity]  # member or not: a ban ahead of a join is allowed
         else:
             members = await self.actions.members()
             key_of = (lambda u: u) if rule.kind == "user" else server_of
-            targets = [u for u in members if T.glob_match(rule.entity, key_of(u))]
+            targets = [u for u in members if glob_match(rule.entity, key_of(u))]
         targets = [u for u in targets if not await self.actions.is_exempt(u)]
         if not targets:
             return
@@ -810,12 +848,12 @@ class ModerationBot:
             await self.say(body, html.escape(body))
             return
         results = await asyncio.gather(*(self.actions.ban(u, reason) for u in targets))
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             for user in targets:
                 await PolicyBans(s).add(key, user)
         for user, rooms in zip(targets, results, strict=True):
             await self.actions.audit(
-                actor=self.gw.user_id, action="ban", target=user, rooms=rooms, reason=reason,
+                actor=self.gateway.user_id, action="ban", target=user, rooms=rooms, reason=reason,
                 source="policy",
             )  # fmt: skip
         body = self.t("Policy rule %(entity)s: banned %(users)s.") % {
@@ -829,7 +867,7 @@ class ModerationBot:
         parts = self._without_fallback(ev.body).split(maxsplit=1)
         text = " ".join(parts[1].split()) if len(parts) > 1 else ""
         try:
-            await self.gw.redact(ev.room_id, ev.event_id, "report received")
+            await self.gateway.redact(ev.room_id, ev.event_id, "report received")
         except MatrixError as exc:
             log.info("could not hide the report message: %s", exc)
         assert ev.reply_to is not None
@@ -848,7 +886,7 @@ class ModerationBot:
             return  # commands are only taken in the management room
         await self.report_from_text(ev.sender, body, ev.formatted_body, ev.event_id)
         thanks = self.t("Thank you: your report was passed to the moderators.")
-        await self.gw.send_text(ev.room_id, thanks, html.escape(thanks))
+        await self.gateway.send_text(ev.room_id, thanks, html.escape(thanks))
 
     async def report_from_text(
         self, reporter: str, body: str, formatted_body: str | None, event_id: str
@@ -860,13 +898,13 @@ class ModerationBot:
         dm_event = event_id
         room_id: str | None = None
         reported: str | None = None
-        m = MATRIX_TO_EVENT.search(body) or MATRIX_TO_EVENT.search(formatted_body or "")
-        if m:
-            room_ref, reported = m.group(1), m.group(2)
+        link = MATRIX_TO_EVENT.search(body) or MATRIX_TO_EVENT.search(formatted_body or "")
+        if link:
+            room_ref, reported = link.group(1), link.group(2)
             room_id = room_ref
             if room_ref.startswith("#"):
-                room_id = await self.gw.resolve_alias(room_ref)
-        if room_id is not None and room_id not in self.ctx.rooms.forum_ids:
+                room_id = await self.gateway.resolve_alias(room_ref)
+        if room_id is not None and room_id not in self.forum_rooms.forum_ids:
             room_id = reported = None
         head = self._report_word(body)
         reason = body[len(head) :].strip() if head else body
@@ -882,11 +920,11 @@ class ModerationBot:
     async def _poll_admin_reports(self) -> None:
         api = "/_synapse/admin/v1"
         while True:
-            async with self.db.sessionmaker() as s:
+            async with self.sessionmaker() as s:
                 cursor = (await State(s).get("admin_reports")) or {"last_id": -1}
             last = int(cursor.get("last_id", -1))
             try:
-                data = await self.gw.request(
+                data = await self.gateway.request(
                     "GET", "/event_reports", query={"limit": 100, "dir": "b"}, api=api
                 )
             except Forbidden:
@@ -900,7 +938,7 @@ class ModerationBot:
                 key=lambda r: int(r["id"]),
             )
             for r in reports:
-                if r.get("room_id") in self.ctx.rooms.forum_ids:
+                if r.get("room_id") in self.forum_rooms.forum_ids:
                     await self.open_case(
                         source="admin",
                         external_id=f"admin:{r['id']}",
@@ -910,7 +948,7 @@ class ModerationBot:
                         reason=r.get("reason"),
                     )
                 last = int(r["id"])
-                async with self.db.sessionmaker() as s, s.begin():
+                async with self.sessionmaker() as s, s.begin():
                     await State(s).set("admin_reports", {"last_id": last})
             await asyncio.sleep(self.cfg.report_poll_seconds)
 
@@ -927,12 +965,12 @@ class ModerationBot:
         reported = quoted = None
         if room_id and event_id:
             try:
-                target = await self.gw.get_event(room_id, event_id)
+                target = await self.gateway.get_event(room_id, event_id)
                 reported = target.get("sender")
                 quoted = str((target.get("content") or {}).get("body") or "")
             except MatrixError as exc:
                 log.info("reported event %s unreadable: %s", event_id, exc)
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             case = await Cases(s).open(
                 source=source, external_id=external_id, room_id=room_id, event_id=event_id,
                 reported_user=reported, reporter=reporter, reason=reason, quoted=quoted,
@@ -950,8 +988,8 @@ class ModerationBot:
         parts_plain = [head]
         parts_html = [html.escape(head)]
         if quoted is not None:
-            parts_plain.append(T.quote_plain(quoted))
-            parts_html.append(T.quote_html(quoted))
+            parts_plain.append(quote_plain(quoted))
+            parts_html.append(quote_html(quoted))
         if room_id and event_id:
             link = matrix_to(room_id, event_id, via=[self.settings.server_name])
             parts_plain.append(link)
@@ -965,11 +1003,11 @@ class ModerationBot:
         parts_plain.append(help_line)
         parts_html.append(html.escape(help_line))
         card = await self.say("\n".join(parts_plain), "<br/>".join(parts_html))
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             row = await Cases(s).get(case.id)
             assert row is not None
             row.card_event_id = card
-        await asyncio.gather(*(self.gw.react(self.mgmt, card, k) for k in CASE_KEYS))
+        await asyncio.gather(*(self.gateway.react(self.mgmt, card, k) for k in CASE_KEYS))
 
     async def on_reaction(self, ev: Reaction) -> None:
         if ev.room_id != self.mgmt:
@@ -977,7 +1015,7 @@ class ModerationBot:
         action = CASE_KEYS.get(ev.key.replace("\ufe0f", ""))
         if action is None:
             return
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             case = await Cases(s).by_card(ev.reacts_to)
         if case is None:
             return
@@ -999,7 +1037,7 @@ class ModerationBot:
     ) -> str | None:
         """Carry out ``action`` on a case; returns a problem to tell, or ``None``."""
         t = self.t
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             case = await Cases(s).get(case_id)
         if case is None:
             return t("No case #%(n)d.") % {"n": case_id}
@@ -1017,7 +1055,7 @@ class ModerationBot:
         if action != "dismiss" and reported and await self.actions.is_exempt(reported):
             return t("Refused: %(user)s is a moderator or a bot.") % {"user": reported}
         if action == "redact" and case.room_id and case.event_id:
-            await self.gw.redact(case.room_id, case.event_id, reason)
+            await self.gateway.redact(case.room_id, case.event_id, reason)
             await self.actions.audit(
                 actor=moderator, action="redact", target=reported or "?", rooms=[case.room_id],
                 reason=reason, event_id=event_id, source=src,
@@ -1036,7 +1074,7 @@ class ModerationBot:
                 actor=moderator, action="dismiss", target=reported or "?", reason=reason,
                 event_id=event_id, source=src,
             )  # fmt: skip
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             row = await Cases(s).get(case_id)
             assert row is not None
             row.status = "closed"
@@ -1081,13 +1119,13 @@ async def cmd_help(bot: ModerationBot, inv: Invocation) -> None:
 )
 async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
     target = await bot.resolve(inv, user, glob=True)
-    if target is None or (not T.is_glob(target) and await bot.refuse_if_exempt(inv, target)):
+    if target is None or (not is_glob(target) and await bot.refuse_if_exempt(inv, target)):
         return
     banned = await bot.do_ban(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
-    rooms = list(bot.ctx.rooms.forum_ids) if banned else []
-    label = target if not T.is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
+    rooms = list(bot.forum_rooms.forum_ids) if banned else []
+    label = target if not is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
     await bot.echo(inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}")
 
 
@@ -1098,8 +1136,8 @@ async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
         return
     await bot.actions.withdraw_rule("user", target)
     users = [target]
-    if T.is_glob(target):  # lift the bans the glob caught
-        users = sorted(u for u in await bot.actions.banned() if T.glob_match(target, u))
+    if is_glob(target):  # lift the bans the glob caught
+        users = sorted(u for u in await bot.actions.banned() if glob_match(target, u))
     results = await asyncio.gather(*(bot.actions.unban(u) for u in users))
     rooms = sorted({room for done in results for room in done})
     await bot.actions.audit(
@@ -1144,7 +1182,7 @@ async def cmd_mute(
     )
     what = bot.t("muted")
     if duration:
-        what += " " + bot.t("for %(d)s") % {"d": T.format_duration(duration)}
+        what += " " + bot.t("for %(d)s") % {"d": format_duration(duration)}
     await bot.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
 
 
@@ -1213,7 +1251,7 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
     target = await bot.resolve(inv, user)
     if target is None:
         return
-    async with bot.db.sessionmaker() as s:
+    async with bot.sessionmaker() as s:
         entries = [e for e in await Audit(s).entries(target) if e.target == target][-30:]
     if not entries:
         await bot.reply(inv, bot.t("No recorded action about %(user)s.") % {"user": target})
@@ -1283,7 +1321,7 @@ async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
 async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
     bot.dry_run = mode == "on"
     bot.dry_strikes.clear()
-    async with bot.db.sessionmaker() as s, s.begin():
+    async with bot.sessionmaker() as s, s.begin():
         await State(s).set("dry_run", {"on": bot.dry_run})
     await bot.actions.audit(actor=inv.sender, action=f"dry-run:{mode}", target="*",
                             event_id=inv.event_id)  # fmt: skip
@@ -1302,7 +1340,7 @@ async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
     help=_("Ban a whole homeserver (policy rule and server ACL)."),
 )
 async def cmd_ban_server(bot: ModerationBot, inv: Invocation, server: str, reason: str) -> None:
-    if T.glob_match(server, bot.settings.server_name):
+    if glob_match(server, bot.settings.server_name):
         await bot.reply(inv, bot.t("Refused: that would ban this forum's own homeserver."))
         return
     await bot.actions.publish_rule("server", server, reason)
@@ -1336,7 +1374,7 @@ async def cmd_unban_server(bot: ModerationBot, inv: Invocation, server: str) -> 
 )
 async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
     t, cfg = bot.t, bot.cfg
-    async with bot.db.sessionmaker() as s:
+    async with bot.sessionmaker() as s:
         mutes = await Mutes(s).all()
         open_cases = await Cases(s).open_count()
     locked, joins_locked = await bot.actions.locked(), await bot.actions.joins_locked()
