@@ -30,7 +30,8 @@ from forum.storage.models import utcnow
 from forum.tasks import TaskSupervisor
 
 from .actions import Actions
-from .commands import Arg, Command, Registry, UsageError, parse_args
+from .commands import Arg, Invocation, UsageError, parse_args, registry
+from .management import ManagementRoom, user_html
 from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State, Strikes
 from .text import (
     fold,
@@ -78,8 +79,6 @@ REPORT_WORDS = ("signaler", "report")
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
 MATRIX_TO_EVENT = re.compile(r"matrix\.to/#/([!#][^/\s?]+)/(\$[^\s?&\"'<>]+)")
 
-registry = Registry()
-
 
 def _(msg: str) -> str:
     """Marks a help text for extraction; translated when shown."""
@@ -105,13 +104,6 @@ class Rule:
     kind: str
     entity: str
     reason: str
-
-
-@dataclass(frozen=True)
-class Invocation:
-    sender: str
-    event_id: str
-    command: Command
 
 
 class ModerationBot:
@@ -141,6 +133,9 @@ class ModerationBot:
         self.t = self.i18n.gettext(self.lang)
         self.prefix = settings.bots.command_prefix
         self.mgmt = rooms["management"]
+        self.management = ManagementRoom(
+            settings=settings, moderation_gateway=moderation_gateway, rooms=rooms, gettext=self.t
+        )
         self.policy = rooms["policy"]
         self.dry_run = self.cfg.dry_run
         # Simulated strikes of a dry run (user -> step index, when); never stored.
@@ -185,26 +180,6 @@ class ModerationBot:
                 self.own_rules[str(ev.get("state_key"))] = Rule(
                     kind, str(content["entity"]), str(content.get("reason") or "")
                 )
-
-    # --- output helpers ---------------------------------------------------------------
-    def user_html(self, user_id: str) -> str:
-        return f'<a href="{html.escape(matrix_to(user_id))}">{html.escape(user_id)}</a>'
-
-    async def say(self, body: str, html_body: str, reply_to: str | None = None) -> str:
-        return await self.gateway.send_text(self.mgmt, body, html_body, reply_to=reply_to)
-
-    async def reply(self, inv: Invocation, body: str, html_body: str | None = None) -> None:
-        await self.say(body, html_body or html.escape(body), reply_to=inv.event_id)
-
-    def room_label(self, room_id: str) -> str:
-        """The room's name as configured, in the bot's language (its id if unknown)."""
-        for key, rid in self.forum_rooms.items():
-            if rid == room_id:
-                spec = self.settings.room_spec(key)
-                if spec is None:  # a topic dropped from the config: its slug
-                    return key.removeprefix("topic:")
-                return self.settings.text(spec.name, self.lang)
-        return room_id
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
@@ -322,7 +297,7 @@ class ModerationBot:
                 self.settings.power_levels.moderator if command.power is None else command.power
             )
             if level < needed:
-                await self.reply(
+                await self.management.reply(
                     inv,
                     t("Refused: %(cmd)s needs power level %(need)d here; %(user)s has %(have)s.")
                     % {
@@ -343,7 +318,7 @@ class ModerationBot:
             try:
                 values = parse_args(command, tokens)
             except UsageError as exc:
-                await self.reply(
+                await self.management.reply(
                     inv,
                     t("Usage: %(usage)s (%(problem)s)")
                     % {
@@ -356,7 +331,9 @@ class ModerationBot:
                 await command.handler(self, inv, **values)
             except MatrixError as exc:
                 log.warning("command %s failed: %s", command.name, exc)
-                await self.reply(inv, t("The command failed: %(error)s") % {"error": str(exc)})
+                await self.management.reply(
+                    inv, t("The command failed: %(error)s") % {"error": str(exc)}
+                )
 
     async def resolve(self, inv: Invocation, token: str, *, glob: bool = False) -> str | None:
         """A user id for ``token`` (id, glob, or unambiguous display name), or ``None``
@@ -366,7 +343,7 @@ class ModerationBot:
         if token.startswith("@") and is_glob(token):
             if glob:
                 return token
-            await self.reply(inv, t("Globs are only accepted by !ban."))
+            await self.management.reply(inv, t("Globs are only accepted by !ban."))
             return None
         if is_user_id(token):
             return token
@@ -380,10 +357,12 @@ class ModerationBot:
         if len(exact) == 1:
             return exact[0]
         if not exact:
-            await self.reply(inv, t("Nobody in the forum is named %(name)s.") % {"name": token})
+            await self.management.reply(
+                inv, t("Nobody in the forum is named %(name)s.") % {"name": token}
+            )
             return None
         listing = ", ".join(sorted(exact))
-        await self.reply(
+        await self.management.reply(
             inv,
             t("%(name)s is ambiguous: %(ids)s. Give the full user id.")
             % {"name": token, "ids": listing},
@@ -392,44 +371,12 @@ class ModerationBot:
 
     async def refuse_if_exempt(self, inv: Invocation, user: str) -> bool:
         if await self.actions.is_exempt(user):
-            await self.reply(
+            await self.management.reply(
                 inv,
                 self.t("Refused: %(user)s is a moderator or a bot.") % {"user": user},
             )
             return True
         return False
-
-    async def echo(
-        self,
-        inv: Invocation | None,
-        action: str,
-        target: str,
-        rooms: list[str],
-        reason: str | None,
-        undo: str | None = None,
-        *,
-        in_rooms: bool = True,
-    ) -> None:
-        """Tell the management room what was done (and how to undo it); ``in_rooms``
-        false for what is not done in rooms (a warning is a direct message)."""
-        t = self.t
-        who = inv.sender if inv else self.gateway.user_id
-        template = (
-            t("%(who)s: %(action)s %(target)s in %(n)d room(s).")
-            if in_rooms
-            else t("%(who)s: %(action)s %(target)s.")
-        )
-        body = template % {"who": who, "action": action, "target": target, "n": len(rooms)}
-        html_body = html.escape(body).replace(html.escape(target), self.user_html(target), 1)
-        if reason:
-            line = t("Reason: %(reason)s") % {"reason": reason}
-            body += "\n" + line
-            html_body += "<br/>" + html.escape(line)
-        if undo:
-            line = t("To undo: %(command)s") % {"command": undo}
-            body += "\n" + line
-            html_body += "<br/>" + html.escape(line)
-        await self.say(body, html_body, reply_to=inv.event_id if inv else None)
 
     # --- actions shared by commands, protections, cases and policy -------------------
     async def do_ban(
@@ -517,7 +464,9 @@ class ModerationBot:
             source="timer",
         )
         body = self.t("The mute of %(user)s has expired.") % {"user": user}
-        await self.say(body, html.escape(body).replace(html.escape(user), self.user_html(user)))
+        await self.management.say(
+            body, html.escape(body).replace(html.escape(user), user_html(user))
+        )
 
     # --- protections ------------------------------------------------------------------
     async def protect(self, ev: Message) -> None:
@@ -665,13 +614,13 @@ class ModerationBot:
         ) % {
             "kind": label,
             "user": ev.sender,
-            "room": self.room_label(ev.room_id),
+            "room": self.management.room_label(ev.room_id),
             "n": redacted,
             "step": step,
         }
         body = head + "\n" + quote_plain(ev.body) + "\n" + link
         html_body = (
-            html.escape(head).replace(html.escape(ev.sender), self.user_html(ev.sender), 1)
+            html.escape(head).replace(html.escape(ev.sender), user_html(ev.sender), 1)
             + quote_html(ev.body)
             + f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>'
         )
@@ -679,7 +628,7 @@ class ModerationBot:
             line = t("To undo: %(command)s") % {"command": undo}
             body += "\n" + line
             html_body += "<br/>" + html.escape(line)
-        await self.say(body, html_body)
+        await self.management.say(body, html_body)
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:
@@ -731,7 +680,7 @@ class ModerationBot:
                 "n": len(distinct),
                 "s": int(cfg.join_wave_seconds),
             }
-            await self.say(body, html.escape(body))
+            await self.management.say(body, html.escape(body))
             self.join_times.clear()
             return
         rooms = await self.actions.lock_joins()
@@ -745,7 +694,7 @@ class ModerationBot:
             "s": int(cfg.join_wave_seconds),
         }
         body += "\n" + t("To undo: %(command)s") % {"command": f"{self.prefix}unlock-joins"}
-        await self.say(body, html.escape(body).replace("\n", "<br/>"))
+        await self.management.say(body, html.escape(body).replace("\n", "<br/>"))
 
     # --- policy subscriptions ---------------------------------------------------------
     async def _subscribe_all(self) -> None:
@@ -815,7 +764,7 @@ class ModerationBot:
                     reason="policy rule removed", source="policy",
                 )  # fmt: skip
                 body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
-                await self.say(body, html.escape(body))
+                await self.management.say(body, html.escape(body))
             async with self.sessionmaker() as s, s.begin():
                 await PolicyBans(s).remove(key, user)
 
@@ -845,7 +794,7 @@ class ModerationBot:
                 "entity": rule.entity,
                 "users": ", ".join(targets),
             }
-            await self.say(body, html.escape(body))
+            await self.management.say(body, html.escape(body))
             return
         results = await asyncio.gather(*(self.actions.ban(u, reason) for u in targets))
         async with self.sessionmaker() as s, s.begin():
@@ -860,7 +809,7 @@ class ModerationBot:
             "entity": rule.entity,
             "users": ", ".join(targets),
         }
-        await self.say(body, html.escape(body))
+        await self.management.say(body, html.escape(body))
 
     # --- reports and cases ------------------------------------------------------------
     async def _report_from_reply(self, ev: Message) -> None:
@@ -983,7 +932,7 @@ class ModerationBot:
             "source": source,
             "reporter": reporter,
             "reported": reported or "?",
-            "room": self.room_label(room_id) if room_id else "-",
+            "room": self.management.room_label(room_id) if room_id else "-",
         }
         parts_plain = [head]
         parts_html = [html.escape(head)]
@@ -1002,7 +951,7 @@ class ModerationBot:
         ) % {"cmd": self.prefix + "case", "n": case.id}
         parts_plain.append(help_line)
         parts_html.append(html.escape(help_line))
-        card = await self.say("\n".join(parts_plain), "<br/>".join(parts_html))
+        card = await self.management.say("\n".join(parts_plain), "<br/>".join(parts_html))
         async with self.sessionmaker() as s, s.begin():
             row = await Cases(s).get(case.id)
             assert row is not None
@@ -1085,7 +1034,7 @@ class ModerationBot:
             "action": self.action_label(action),
             "who": moderator,
         }
-        await self.say(body, html.escape(body), reply_to=case.card_event_id)
+        await self.management.say(body, html.escape(body), reply_to=case.card_event_id)
         return None
 
 
@@ -1108,7 +1057,9 @@ async def cmd_help(bot: ModerationBot, inv: Invocation) -> None:
             f"<li><code>{html.escape(names)} {html.escape(usage)}</code> — "
             f"{html.escape(t(c.help))}</li>"
         )
-    await bot.reply(inv, "\n".join(lines), f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>")
+    await bot.management.reply(
+        inv, "\n".join(lines), f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>"
+    )
 
 
 @registry.command(
@@ -1126,7 +1077,9 @@ async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | 
     )
     rooms = list(bot.forum_rooms.forum_ids) if banned else []
     label = target if not is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
-    await bot.echo(inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}")
+    await bot.management.echo(
+        inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}"
+    )
 
 
 @registry.command("unban", aliases=("debannir", "débannir"), args=(USER,), help=_("Lift a ban."))
@@ -1143,7 +1096,7 @@ async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
     await bot.actions.audit(
         actor=inv.sender, action="unban", target=target, rooms=rooms, event_id=inv.event_id
     )
-    await bot.echo(inv, bot.t("unbanned"), target, rooms, None)
+    await bot.management.echo(inv, bot.t("unbanned"), target, rooms, None)
 
 
 @registry.command(
@@ -1158,7 +1111,7 @@ async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str |
         actor=inv.sender, action="kick", target=target, rooms=rooms, reason=reason,
         event_id=inv.event_id,
     )  # fmt: skip
-    await bot.echo(inv, bot.t("kicked"), target, rooms, reason)
+    await bot.management.echo(inv, bot.t("kicked"), target, rooms, reason)
 
 
 @registry.command(
@@ -1183,7 +1136,7 @@ async def cmd_mute(
     what = bot.t("muted")
     if duration:
         what += " " + bot.t("for %(d)s") % {"d": format_duration(duration)}
-    await bot.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
+    await bot.management.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
 
 
 @registry.command(
@@ -1197,7 +1150,7 @@ async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
     await bot.actions.audit(
         actor=inv.sender, action="unmute", target=target, rooms=rooms, event_id=inv.event_id
     )
-    await bot.echo(inv, bot.t("unmuted"), target, rooms, None)
+    await bot.management.echo(inv, bot.t("unmuted"), target, rooms, None)
 
 
 @registry.command(
@@ -1211,7 +1164,7 @@ async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) 
     if target is None or await bot.refuse_if_exempt(inv, target):
         return
     await bot.do_warn(target, reason, actor=inv.sender, source="command", event_id=inv.event_id)
-    await bot.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
+    await bot.management.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
 
 
 @registry.command(
@@ -1241,7 +1194,9 @@ async def cmd_redact(
         actor=inv.sender, action=f"redact:{n}", target=target, rooms=rooms, reason=reason,
         event_id=inv.event_id,
     )  # fmt: skip
-    await bot.echo(inv, bot.t("removed %(n)d message(s) of") % {"n": n}, target, rooms, reason)
+    await bot.management.echo(
+        inv, bot.t("removed %(n)d message(s) of") % {"n": n}, target, rooms, reason
+    )
 
 
 @registry.command(
@@ -1254,7 +1209,9 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
     async with bot.sessionmaker() as s:
         entries = [e for e in await Audit(s).entries(target) if e.target == target][-30:]
     if not entries:
-        await bot.reply(inv, bot.t("No recorded action about %(user)s.") % {"user": target})
+        await bot.management.reply(
+            inv, bot.t("No recorded action about %(user)s.") % {"user": target}
+        )
         return
     lines = [bot.t("History of %(user)s:") % {"user": target}]
     for e in entries:
@@ -1263,7 +1220,7 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
             f"{e.created_at:%Y-%m-%d %H:%M} {bot.action_label(e.action)}{dry} — {e.actor} "
             f"({e.source})" + (f": {e.reason}" if e.reason else "")
         )
-    await bot.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
+    await bot.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
 
 
 @registry.command("lock", aliases=("verrouiller",), help=_("Make every topic room read-only."))
@@ -1276,7 +1233,7 @@ async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
         "n": len(rooms),
         "cmd": f"{bot.prefix}unlock",
     }
-    await bot.reply(inv, body)
+    await bot.management.reply(inv, body)
 
 
 @registry.command(
@@ -1293,7 +1250,7 @@ async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
         "who": inv.sender,
         "n": len(set(rooms) | set(joins)),
     }
-    await bot.reply(inv, body)
+    await bot.management.reply(inv, body)
 
 
 @registry.command(
@@ -1309,7 +1266,7 @@ async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
         "who": inv.sender,
         "n": len(rooms),
     }
-    await bot.reply(inv, body)
+    await bot.management.reply(inv, body)
 
 
 @registry.command(
@@ -1330,7 +1287,7 @@ async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
         if bot.dry_run
         else bot.t("Dry run is off: protections act.")
     )
-    await bot.reply(inv, body)
+    await bot.management.reply(inv, body)
 
 
 @registry.command(
@@ -1341,13 +1298,15 @@ async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
 )
 async def cmd_ban_server(bot: ModerationBot, inv: Invocation, server: str, reason: str) -> None:
     if glob_match(server, bot.settings.server_name):
-        await bot.reply(inv, bot.t("Refused: that would ban this forum's own homeserver."))
+        await bot.management.reply(
+            inv, bot.t("Refused: that would ban this forum's own homeserver.")
+        )
         return
     await bot.actions.publish_rule("server", server, reason)
     rooms = await bot.actions.deny_server(server)
     await bot.actions.audit(actor=inv.sender, action="ban-server", target=server, rooms=rooms,
                             reason=reason, event_id=inv.event_id)  # fmt: skip
-    await bot.echo(
+    await bot.management.echo(
         inv, bot.t("banned the server"), server, rooms, reason,
         undo=f"{bot.prefix}unban-server {server}",
     )  # fmt: skip
@@ -1364,7 +1323,7 @@ async def cmd_unban_server(bot: ModerationBot, inv: Invocation, server: str) -> 
     rooms = await bot.actions.allow_server(server)
     await bot.actions.audit(actor=inv.sender, action="unban-server", target=server, rooms=rooms,
                             event_id=inv.event_id)  # fmt: skip
-    await bot.echo(inv, bot.t("lifted the ban of the server"), server, rooms, None)
+    await bot.management.echo(inv, bot.t("lifted the ban of the server"), server, rooms, None)
 
 
 @registry.command(
@@ -1403,7 +1362,7 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
         },
     ]
     html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
-    await bot.reply(inv, "\n".join(lines), html_body)
+    await bot.management.reply(inv, "\n".join(lines), html_body)
 
 
 @registry.command(
@@ -1419,4 +1378,4 @@ async def cmd_case(bot: ModerationBot, inv: Invocation, number: int, action: str
     action = CASE_ACTIONS_FR.get(action, action)
     problem = await bot.act_on_case(number, action, inv.sender, inv.event_id)
     if problem:
-        await bot.reply(inv, problem)
+        await bot.management.reply(inv, problem)
