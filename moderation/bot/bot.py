@@ -12,9 +12,8 @@ import html
 import logging
 import re
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,29 +23,36 @@ from forum.errors import Forbidden, MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
 from forum.matrix import is_user_id, matrix_to, server_of
-from forum.settings import Settings
+from forum.settings import ModerationSection, Settings
 from forum.signals import REPORT, Signals
 from forum.storage.models import utcnow
 from forum.tasks import TaskSupervisor
 
 from .actions import Actions
 from .commands import Arg, Invocation, UsageError, parse_args, registry
+from .consequences import DryRun, DryRunSwitch, Enforcement
 from .management import ManagementRoom, user_html
-from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State, Strikes
+from .protections import (
+    BannedWords,
+    Flood,
+    JoinWave,
+    MentionSpam,
+    MessageGuard,
+    NewMemberLinks,
+)
+from .sanctions import Sanctions
+from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State
+from .strikes import SimulatedStrikes, StrikeLadder
 from .text import (
-    fold,
     format_duration,
     glob_match,
-    has_link,
     is_glob,
-    mention_count,
-    parse_duration,
     quote_html,
     quote_plain,
     skeleton,
     strip_controls,
-    word_pattern,
 )
+from .tuning import Tuning
 
 if TYPE_CHECKING:
     from forum.context import Clock, Rooms
@@ -121,7 +127,6 @@ class ModerationBot:
     ) -> None:
         self.gateway = moderation_gateway
         self.settings = settings
-        self.cfg = settings.moderation
         self.sessionmaker = sessionmaker
         self.forum_rooms = rooms
         self.tasks = tasks
@@ -137,12 +142,27 @@ class ModerationBot:
             settings=settings, moderation_gateway=moderation_gateway, rooms=rooms, gettext=self.t
         )
         self.policy = rooms["policy"]
-        self.dry_run = self.cfg.dry_run
-        # Simulated strikes of a dry run (user -> step index, when); never stored.
-        self.dry_strikes: dict[str, tuple[int, datetime]] = {}
-        self.words = word_pattern(self.cfg.words)
-        self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
-        self.join_times: deque[tuple[float, str]] = deque()
+        self.tuning = Tuning(settings.moderation)
+        self.sanctions = Sanctions(actions=actions, settings=settings, gettext=self.t, clock=clock)
+        strikes = StrikeLadder(tuning=self.tuning, sessionmaker=sessionmaker, clock=clock)
+        self.consequences = DryRunSwitch(
+            Enforcement(
+                self.management, actions, sanctions=self.sanctions, strikes=strikes, tasks=tasks,
+                sessionmaker=sessionmaker,
+            ),
+            DryRun(self.management, actions, strikes=SimulatedStrikes(strikes)),
+            on=settings.moderation.dry_run,
+        )  # fmt: skip
+        protections = [
+            BannedWords(self.tuning),
+            MentionSpam(self.tuning),
+            NewMemberLinks(self.tuning, sessionmaker=sessionmaker, clock=clock),
+            Flood(self.tuning),
+        ]
+        self.guard = MessageGuard(
+            protections, actions=actions, consequences=self.consequences, gettext=self.t
+        )
+        self.join_wave = JoinWave(self.tuning, actions=actions, consequences=self.consequences)
         self.own_rules: dict[str, Rule] = {}
         self.rules: dict[str, Rule] = {}  # subscribed: "room|type|state_key" -> rule
         self.list_rooms: set[str] = set()
@@ -151,12 +171,26 @@ class ModerationBot:
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
         self.seen_joined: set[str] = set()
 
+    @property
+    def cfg(self) -> ModerationSection:
+        """The ``[moderation]`` settings in force (tests and benchmarks may replace them)."""
+        return self.tuning.current
+
+    @cfg.setter
+    def cfg(self, value: ModerationSection) -> None:
+        self.tuning.current = value
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether protections and policy rules only report."""
+        return self.consequences.on
+
     # --- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         async with self.sessionmaker() as s:
             saved = await State(s).get("dry_run")
         if saved is not None:
-            self.dry_run = bool(saved.get("on"))
+            self.consequences.on = bool(saved.get("on"))
         await self._load_own_rules()
         await self.actions.reapply_mutes()
         await self.actions.reapply_locks()
@@ -196,7 +230,7 @@ class ModerationBot:
             if self._report_word(ev.body) and ev.reply_to:
                 await self._report_from_reply(ev)
                 return
-            await self.protect(ev)
+            await self.guard.protect(ev)
             return
         await self._report_from_dm(ev)
 
@@ -378,83 +412,6 @@ class ModerationBot:
             return True
         return False
 
-    # --- actions shared by commands, protections, cases and policy -------------------
-    async def do_ban(
-        self,
-        target: str,
-        reason: str | None,
-        *,
-        actor: str,
-        source: str,
-        event_id: str | None,
-        publish: bool = True,
-    ) -> list[str]:
-        """Ban a user id or a glob everywhere, publish the rule; the banned user ids."""
-        users = [target]
-        if is_glob(target):
-            members = await self.actions.members()
-            users = [u for u in members if glob_match(target, u)]
-        users = [u for u in users if not await self.actions.is_exempt(u)]
-        # The bans first, all at once (the homeserver persists events one after another:
-        # the person is out of every room sooner), then the rule for other communities.
-        results = await asyncio.gather(*(self.actions.ban(u, reason) for u in users))
-        if publish:
-            await self.actions.publish_rule("user", target, reason)
-        for user, rooms in zip(users, results, strict=True):
-            await self.actions.audit(
-                actor=actor,
-                action="ban",
-                target=user,
-                rooms=rooms,
-                reason=reason,
-                event_id=event_id,
-                source=source,
-            )
-        if is_glob(target):
-            await self.actions.audit(
-                actor=actor, action="ban-rule", target=target, reason=reason,
-                event_id=event_id, source=source,
-            )  # fmt: skip
-        return users
-
-    async def do_mute(
-        self,
-        user: str,
-        duration: timedelta | None,
-        reason: str | None,
-        *,
-        actor: str,
-        source: str,
-        event_id: str | None,
-    ) -> list[str]:
-        until = self.clock() + duration if duration else None
-        rooms = await self.actions.mute(user, until, reason, actor)
-        await self.actions.audit(
-            actor=actor,
-            action="mute" if duration is None else f"mute:{format_duration(duration)}",
-            target=user,
-            rooms=rooms,
-            reason=reason,
-            event_id=event_id,
-            source=source,
-        )
-        return rooms
-
-    async def do_warn(
-        self, user: str, reason: str, *, actor: str, source: str, event_id: str | None
-    ) -> None:
-        t = self.t
-        forum = self.settings.text(self.settings.forum.name, self.lang)
-        body = t("A warning from the moderators of %(forum)s: %(reason)s") % {
-            "forum": forum,
-            "reason": reason,
-        }
-        await self.actions.dm(user, body, html.escape(body))
-        await self.actions.audit(
-            actor=actor, action="warn", target=user, reason=reason, event_id=event_id,
-            source=source,
-        )  # fmt: skip
-
     async def _mute_expired(self, user: str) -> None:
         await self.actions.audit(
             actor=self.gateway.user_id,
@@ -467,168 +424,6 @@ class ModerationBot:
         await self.management.say(
             body, html.escape(body).replace(html.escape(user), user_html(user))
         )
-
-    # --- protections ------------------------------------------------------------------
-    async def protect(self, ev: Message) -> None:
-        cfg = self.cfg
-        now = ev.origin_server_ts / 1000 if ev.origin_server_ts else time.time()
-        window = self.recent[ev.sender]
-        window.append((now, ev.room_id, ev.event_id))
-        while window and window[0][0] < now - cfg.flood_seconds:
-            window.popleft()
-        if not window:
-            del self.recent[ev.sender]
-        offence: tuple[str, list[tuple[str, str]]] | None = None
-        body = ev.body
-        single = [(ev.room_id, ev.event_id)]
-        if self.words is not None and self.words.search(fold(body)):
-            offence = ("word", single)
-        elif mention_count(ev.content, body) > cfg.mention_limit:
-            offence = ("mentions", single)
-        elif (ev.msgtype in MEDIA or has_link(body, ev.formatted_body)) and await self._is_new(
-            ev.sender
-        ):
-            offence = ("new-member-link", single)
-        elif len(window) >= cfg.flood_messages:
-            offence = ("flood", [(r, e) for _, r, e in window])
-        if offence is None:
-            return
-        if await self.actions.is_exempt(ev.sender, ev.room_id):
-            return
-        if offence[0] == "flood":
-            window.clear()
-        await self.offend(ev, offence[0], offence[1])
-
-    async def _is_new(self, user: str) -> bool:
-        if self.cfg.new_member_hours <= 0:
-            return False
-        async with self.sessionmaker() as s:
-            joined = await FirstJoins(s).get(user)
-        return joined is not None and self.clock() - joined < timedelta(
-            hours=self.cfg.new_member_hours
-        )
-
-    async def offend(self, ev: Message, kind: str, events: list[tuple[str, str]]) -> None:
-        t = self.t
-        labels = {
-            "word": t("a banned word"),
-            "mentions": t("mention spam"),
-            "new-member-link": t("a link or media from a new member"),
-            "flood": t("flooding"),
-        }
-        reason = t("Automatic moderation: %(what)s") % {"what": labels[kind]}
-        if self.dry_run:
-            step = await self._dry_step(ev.sender)
-            await self.actions.audit(
-                actor=self.gateway.user_id, action=step, target=ev.sender, rooms=[ev.room_id],
-                reason=reason, event_id=ev.event_id, source=f"protection:{kind}", dry_run=True,
-            )  # fmt: skip
-            await self._report_protection(ev, kind, labels[kind], step, len(events), dry=True)
-            return
-        redacted = await self.actions.redact_many(events, reason)
-        step = await self._next_step(ev.sender)
-        await self.actions.audit(
-            actor=self.gateway.user_id, action="redact", target=ev.sender,
-            rooms=sorted({r for r, _ in events}), reason=reason, event_id=ev.event_id,
-            source=f"protection:{kind}",
-        )  # fmt: skip
-        self.tasks.start(
-            f"moderation:step:{ev.event_id}",
-            self._apply_step(ev, kind, labels[kind], step, reason, redacted),
-        )
-
-    async def _apply_step(
-        self, ev: Message, kind: str, label: str, step: str, reason: str, redacted: int
-    ) -> None:
-        source = f"protection:{kind}"
-        actor = self.gateway.user_id
-        if step == "warn":
-            await self.do_warn(ev.sender, reason, actor=actor, source=source, event_id=ev.event_id)
-        elif step.startswith("mute"):
-            _, _, dur = step.partition(":")
-            await self.do_mute(
-                ev.sender, parse_duration(dur) if dur else None, reason,
-                actor=actor, source=source, event_id=ev.event_id,
-            )  # fmt: skip
-        elif step == "kick":
-            rooms = await self.actions.kick(ev.sender, reason)
-            await self.actions.audit(
-                actor=actor, action="kick", target=ev.sender, rooms=rooms, reason=reason,
-                event_id=ev.event_id, source=source,
-            )  # fmt: skip
-        elif step == "ban":
-            await self.do_ban(ev.sender, reason, actor=actor, source=source, event_id=ev.event_id)
-        await self._report_protection(ev, kind, label, step, redacted, dry=False)
-
-    def _steps(self) -> list[str]:
-        return list(self.cfg.steps)
-
-    def _step_after(self, last: tuple[int, datetime] | None, now: datetime) -> int:
-        """The step index for an offence at ``now`` after the strike ``last`` (index, when):
-        the next step, or the first again after a quiet period."""
-        quiet = timedelta(hours=self.cfg.step_reset_hours)
-        if last is None or now - last[1] > quiet:
-            return 0
-        return min(last[0] + 1, len(self._steps()) - 1)
-
-    async def _dry_step(self, user: str) -> str:
-        """The step a real run would take, counted on a simulated tally (seeded from the
-        stored strikes) so that repeated offences in a dry run show the graduation, while
-        the stored strikes stay untouched."""
-        now = self.clock()
-        last = self.dry_strikes.get(user)
-        if last is None:
-            async with self.sessionmaker() as s:
-                stored = await Strikes(s).get(user)
-            last = (stored.step, stored.last_at) if stored else None
-        index = self._step_after(last, now)
-        self.dry_strikes[user] = (index, now)
-        return self._steps()[index]
-
-    async def _next_step(self, user: str) -> str:
-        now = self.clock()
-        async with self.sessionmaker() as s, s.begin():
-            strikes = Strikes(s)
-            current = await strikes.get(user)
-            index = self._step_after((current.step, current.last_at) if current else None, now)
-            await strikes.set(user, index, now)
-        return self._steps()[index]
-
-    async def _report_protection(
-        self, ev: Message, kind: str, label: str, step: str, redacted: int, *, dry: bool
-    ) -> None:
-        t = self.t
-        link = matrix_to(ev.room_id, ev.event_id, via=[self.settings.server_name])
-        undo = {
-            "warn": None,
-            "kick": None,
-            "ban": f"{self.prefix}unban {ev.sender}",
-        }.get(step, f"{self.prefix}unmute {ev.sender}")
-        head = (
-            t("[dry run] Protection %(kind)s would act on %(user)s in %(room)s: %(step)s.")
-            if dry
-            else t(
-                "Protection %(kind)s: %(user)s in %(room)s; %(n)d message(s) removed; step: "
-                "%(step)s."
-            )
-        ) % {
-            "kind": label,
-            "user": ev.sender,
-            "room": self.management.room_label(ev.room_id),
-            "n": redacted,
-            "step": step,
-        }
-        body = head + "\n" + quote_plain(ev.body) + "\n" + link
-        html_body = (
-            html.escape(head).replace(html.escape(ev.sender), user_html(ev.sender), 1)
-            + quote_html(ev.body)
-            + f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>'
-        )
-        if undo and not dry:
-            line = t("To undo: %(command)s") % {"command": undo}
-            body += "\n" + line
-            html_body += "<br/>" + html.escape(line)
-        await self.management.say(body, html_body)
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:
@@ -656,7 +451,7 @@ class ModerationBot:
                 event_id=ev.event_id, source="policy",
             )  # fmt: skip
             return
-        await self._join_wave(user, ev.origin_server_ts / 1000 or time.time())
+        await self.join_wave.joined(user, ev.origin_server_ts / 1000 or time.time())
 
     def _matching_rule(self, user: str) -> tuple[str, Rule] | None:
         for key, rule in [*self.own_rules.items(), *self.rules.items()]:
@@ -665,36 +460,6 @@ class ModerationBot:
             if rule.kind == "server" and glob_match(rule.entity, server_of(user)):
                 return key, rule
         return None
-
-    async def _join_wave(self, user: str, now: float) -> None:
-        cfg = self.cfg
-        self.join_times.append((now, user))
-        while self.join_times and self.join_times[0][0] < now - cfg.join_wave_seconds:
-            self.join_times.popleft()
-        distinct = {u for _, u in self.join_times}
-        if len(distinct) < cfg.join_wave_joins or await self.actions.joins_locked():
-            return
-        t = self.t
-        if self.dry_run:
-            body = t("[dry run] Join wave: %(n)d people joined in %(s)d s.") % {
-                "n": len(distinct),
-                "s": int(cfg.join_wave_seconds),
-            }
-            await self.management.say(body, html.escape(body))
-            self.join_times.clear()
-            return
-        rooms = await self.actions.lock_joins()
-        self.join_times.clear()
-        await self.actions.audit(
-            actor=self.gateway.user_id, action="lock-joins", target="*", rooms=rooms,
-            reason="join wave", source="protection:join-wave",
-        )  # fmt: skip
-        body = t("Join wave: %(n)d people joined in %(s)d s; topic rooms are now knock-only.") % {
-            "n": len(distinct),
-            "s": int(cfg.join_wave_seconds),
-        }
-        body += "\n" + t("To undo: %(command)s") % {"command": f"{self.prefix}unlock-joins"}
-        await self.management.say(body, html.escape(body).replace("\n", "<br/>"))
 
     # --- policy subscriptions ---------------------------------------------------------
     async def _subscribe_all(self) -> None:
@@ -789,27 +554,7 @@ class ModerationBot:
         if not targets:
             return
         reason = rule.reason or self.t("Policy list rule")
-        if self.dry_run:
-            body = self.t("[dry run] Policy rule %(entity)s would ban %(users)s.") % {
-                "entity": rule.entity,
-                "users": ", ".join(targets),
-            }
-            await self.management.say(body, html.escape(body))
-            return
-        results = await asyncio.gather(*(self.actions.ban(u, reason) for u in targets))
-        async with self.sessionmaker() as s, s.begin():
-            for user in targets:
-                await PolicyBans(s).add(key, user)
-        for user, rooms in zip(targets, results, strict=True):
-            await self.actions.audit(
-                actor=self.gateway.user_id, action="ban", target=user, rooms=rooms, reason=reason,
-                source="policy",
-            )  # fmt: skip
-        body = self.t("Policy rule %(entity)s: banned %(users)s.") % {
-            "entity": rule.entity,
-            "users": ", ".join(targets),
-        }
-        await self.management.say(body, html.escape(body))
+        await self.consequences.current.policy_bans(key, rule.entity, reason, targets)
 
     # --- reports and cases ------------------------------------------------------------
     async def _report_from_reply(self, ev: Message) -> None:
@@ -1010,14 +755,18 @@ class ModerationBot:
                 reason=reason, event_id=event_id, source=src,
             )  # fmt: skip
         elif action == "warn" and reported:
-            await self.do_warn(reported, reason, actor=moderator, source=src, event_id=event_id)
+            await self.sanctions.warn(
+                reported, reason, actor=moderator, source=src, event_id=event_id
+            )
         elif action == "mute" and reported:
-            await self.do_mute(
+            await self.sanctions.mute(
                 reported, timedelta(hours=1), reason, actor=moderator, source=src,
                 event_id=event_id,
             )  # fmt: skip
         elif action == "ban" and reported:
-            await self.do_ban(reported, reason, actor=moderator, source=src, event_id=event_id)
+            await self.sanctions.ban(
+                reported, reason, actor=moderator, source=src, event_id=event_id
+            )
         else:
             await self.actions.audit(
                 actor=moderator, action="dismiss", target=reported or "?", reason=reason,
@@ -1072,7 +821,7 @@ async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | 
     target = await bot.resolve(inv, user, glob=True)
     if target is None or (not is_glob(target) and await bot.refuse_if_exempt(inv, target)):
         return
-    banned = await bot.do_ban(
+    banned = await bot.sanctions.ban(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
     rooms = list(bot.forum_rooms.forum_ids) if banned else []
@@ -1130,7 +879,7 @@ async def cmd_mute(
     target = await bot.resolve(inv, user)
     if target is None or await bot.refuse_if_exempt(inv, target):
         return
-    rooms = await bot.do_mute(
+    rooms = await bot.sanctions.mute(
         target, duration, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
     what = bot.t("muted")
@@ -1163,7 +912,9 @@ async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) 
     target = await bot.resolve(inv, user)
     if target is None or await bot.refuse_if_exempt(inv, target):
         return
-    await bot.do_warn(target, reason, actor=inv.sender, source="command", event_id=inv.event_id)
+    await bot.sanctions.warn(
+        target, reason, actor=inv.sender, source="command", event_id=inv.event_id
+    )
     await bot.management.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
 
 
@@ -1276,8 +1027,7 @@ async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
     help=_("Protections only report (on) or act (off)."),
 )
 async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
-    bot.dry_run = mode == "on"
-    bot.dry_strikes.clear()
+    bot.consequences.turn(mode == "on")
     async with bot.sessionmaker() as s, s.begin():
         await State(s).set("dry_run", {"on": bot.dry_run})
     await bot.actions.audit(actor=inv.sender, action=f"dry-run:{mode}", target="*",
