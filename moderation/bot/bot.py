@@ -12,10 +12,9 @@ import html
 import logging
 import re
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -32,6 +31,7 @@ from .actions import Actions
 from .commands import Arg, Invocation, UsageError, parse_args, registry
 from .consequences import DryRun, DryRunSwitch, Enforcement
 from .management import ManagementRoom, user_html
+from .policy import PolicyLists
 from .protections import (
     BannedWords,
     Flood,
@@ -41,7 +41,7 @@ from .protections import (
     NewMemberLinks,
 )
 from .sanctions import Sanctions
-from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State
+from .store import Audit, Cases, FirstJoins, Mutes, State
 from .strikes import SimulatedStrikes, StrikeLadder
 from .text import (
     format_duration,
@@ -61,16 +61,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-POLICY_BAN = frozenset({"m.ban", "org.matrix.mjolnir.ban"})
-POLICY_TYPES = {
-    "m.policy.rule.user": "user",
-    "m.room.rule.user": "user",
-    "org.matrix.mjolnir.rule.user": "user",
-    "m.policy.rule.server": "server",
-    "m.room.rule.server": "server",
-    "org.matrix.mjolnir.rule.server": "server",
-}
-MEDIA = frozenset({"m.image", "m.video", "m.file", "m.audio"})
 CASE_KEYS = {"🗑": "redact", "⚠": "warn", "🔇": "mute", "🔨": "ban", "✅": "dismiss"}
 CASE_ACTIONS = ("dismiss", "redact", "warn", "mute", "ban")
 # The French words the case card shows, accepted by !case / !dossier too.
@@ -105,13 +95,6 @@ AUDIT_LABELS = {
 }
 
 
-@dataclass(frozen=True)
-class Rule:
-    kind: str
-    entity: str
-    reason: str
-
-
 class ModerationBot:
     def __init__(
         self,
@@ -141,7 +124,6 @@ class ModerationBot:
         self.management = ManagementRoom(
             settings=settings, moderation_gateway=moderation_gateway, rooms=rooms, gettext=self.t
         )
-        self.policy = rooms["policy"]
         self.tuning = Tuning(settings.moderation)
         self.sanctions = Sanctions(actions=actions, settings=settings, gettext=self.t, clock=clock)
         strikes = StrikeLadder(tuning=self.tuning, sessionmaker=sessionmaker, clock=clock)
@@ -163,9 +145,12 @@ class ModerationBot:
             protections, actions=actions, consequences=self.consequences, gettext=self.t
         )
         self.join_wave = JoinWave(self.tuning, actions=actions, consequences=self.consequences)
-        self.own_rules: dict[str, Rule] = {}
-        self.rules: dict[str, Rule] = {}  # subscribed: "room|type|state_key" -> rule
-        self.list_rooms: set[str] = set()
+        self.policy_lists = PolicyLists(
+            moderation_gateway=moderation_gateway, actions=actions, sessionmaker=sessionmaker,
+            management=self.management, consequences=self.consequences,
+            policy_room=rooms["policy"], subscriptions=list(settings.moderation.policy_lists),
+            gettext=self.t,
+        )  # fmt: skip
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
@@ -191,7 +176,7 @@ class ModerationBot:
             saved = await State(s).get("dry_run")
         if saved is not None:
             self.consequences.on = bool(saved.get("on"))
-        await self._load_own_rules()
+        await self.policy_lists.load_own_rules()
         await self.actions.reapply_mutes()
         await self.actions.reapply_locks()
         await self._resume_commands()
@@ -203,17 +188,8 @@ class ModerationBot:
         gateway.on(StateChange, self.on_state, include_own=True)
         gateway.on(Invite, self.on_invite)
         self.tasks.start("moderation:mutes", self.actions.expire_mutes(self._mute_expired))
-        self.tasks.start("moderation:subscriptions", self._subscribe_all())
+        self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
         self.tasks.start("moderation:admin-reports", self._poll_admin_reports())
-
-    async def _load_own_rules(self) -> None:
-        for ev in await self.gateway.get_state(self.policy):
-            kind = POLICY_TYPES.get(str(ev.get("type")))
-            content = ev.get("content") or {}
-            if kind and content.get("recommendation") in POLICY_BAN and content.get("entity"):
-                self.own_rules[str(ev.get("state_key"))] = Rule(
-                    kind, str(content["entity"]), str(content.get("reason") or "")
-                )
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
@@ -223,7 +199,7 @@ class ModerationBot:
                 await self._remember_command(ev)
                 self._start_command(ev)
             return
-        if ev.room_id == self.policy or ev.room_id in self.list_rooms:
+        if self.policy_lists.is_list_room(ev.room_id):
             return
         if ev.room_id in self.forum_rooms.forum_ids:
             self.processed_messages += 1
@@ -259,18 +235,7 @@ class ModerationBot:
         if ev.type == "m.room.power_levels":
             self.actions.forget_power_levels(ev.room_id)
             return
-        kind = POLICY_TYPES.get(ev.type)
-        if kind is None:
-            return
-        if ev.room_id == self.policy:
-            if ev.content.get("recommendation") in POLICY_BAN and ev.content.get("entity"):
-                self.own_rules[ev.state_key] = Rule(
-                    kind, str(ev.content["entity"]), str(ev.content.get("reason") or "")
-                )
-            else:
-                self.own_rules.pop(ev.state_key, None)
-        elif ev.room_id in self.list_rooms:
-            await self.rule_changed(ev.room_id, ev.type, ev.state_key, ev.content)
+        await self.policy_lists.on_state(ev)
 
     # --- commands ---------------------------------------------------------------------
     async def _remember_command(self, ev: Message) -> None:
@@ -438,123 +403,9 @@ class ModerationBot:
             self.seen_joined.add(user)
         if await self.actions.is_exempt(user, ev.room_id):
             return
-        rule = self._matching_rule(user)
-        if rule is not None:
-            key, found = rule
-            reason = found.reason or self.t("Policy list rule")
-            rooms = await self.actions.ban(user, reason)
-            if key in self.rules:
-                async with self.sessionmaker() as s, s.begin():
-                    await PolicyBans(s).add(key, user)
-            await self.actions.audit(
-                actor=self.gateway.user_id, action="ban", target=user, rooms=rooms, reason=reason,
-                event_id=ev.event_id, source="policy",
-            )  # fmt: skip
+        if await self.policy_lists.ban_on_join(user, ev.event_id):
             return
         await self.join_wave.joined(user, ev.origin_server_ts / 1000 or time.time())
-
-    def _matching_rule(self, user: str) -> tuple[str, Rule] | None:
-        for key, rule in [*self.own_rules.items(), *self.rules.items()]:
-            if rule.kind == "user" and glob_match(rule.entity, user):
-                return key, rule
-            if rule.kind == "server" and glob_match(rule.entity, server_of(user)):
-                return key, rule
-        return None
-
-    # --- policy subscriptions ---------------------------------------------------------
-    async def _subscribe_all(self) -> None:
-        pending = list(self.cfg.policy_lists)
-        delay = 2.0
-        while pending:
-            failed = []
-            for ref in pending:
-                if not await self._subscribe(ref):
-                    failed.append(ref)
-            pending = failed
-            if pending:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 300)
-
-    async def _subscribe(self, ref: str) -> bool:
-        room_ref, _, query = ref.partition("?")
-        via = [v.removeprefix("via=") for v in query.split("&") if v.startswith("via=")]
-        if not via and server_of(room_ref):
-            via = [server_of(room_ref)]
-        try:
-            room_id = await self.gateway.join(room_ref, via=via)
-            state = await self.gateway.get_state(room_id)
-        except MatrixError as exc:
-            log.warning("cannot subscribe to the policy list %s: %s", ref, exc)
-            return False
-        self.list_rooms.add(room_id)
-        for ev in state:
-            etype = str(ev.get("type"))
-            if etype in POLICY_TYPES:
-                await self.rule_changed(
-                    room_id, etype, str(ev.get("state_key")), ev.get("content") or {}
-                )
-        await self._lift_missing_rules(room_id)
-        log.info("subscribed to the policy list %s (%s)", ref, room_id)
-        return True
-
-    async def rule_changed(
-        self, room_id: str, etype: str, state_key: str, content: dict[str, Any]
-    ) -> None:
-        key = f"{room_id}|{etype}|{state_key}"
-        kind = POLICY_TYPES[etype]
-        entity = content.get("entity")
-        if content.get("recommendation") in POLICY_BAN and isinstance(entity, str) and entity:
-            rule = Rule(kind, entity, str(content.get("reason") or ""))
-            if self.rules.get(key) == rule:
-                return
-            self.rules[key] = rule
-            await self._enforce(key, rule)
-            return
-        if self.rules.pop(key, None) is None:
-            return
-        await self._lift(key)
-
-    async def _lift(self, key: str) -> None:
-        """Undo the bans of a removed rule. Each ban is forgotten only once its unban is
-        done, so unbans cut short by a crash are found again at the next start."""
-        async with self.sessionmaker() as s:
-            users = await PolicyBans(s).users_of(key)
-        for user in users:
-            async with self.sessionmaker() as s:
-                others = await PolicyBans(s).other_rules_of(user, key)
-            if not others and not self._matching_rule(user):
-                rooms = await self.actions.unban(user, "policy rule removed")
-                await self.actions.audit(
-                    actor=self.gateway.user_id, action="unban", target=user, rooms=rooms,
-                    reason="policy rule removed", source="policy",
-                )  # fmt: skip
-                body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
-                await self.management.say(body, html.escape(body))
-            async with self.sessionmaker() as s, s.begin():
-                await PolicyBans(s).remove(key, user)
-
-    async def _lift_missing_rules(self, room_id: str) -> None:
-        """After (re)reading a list: bans recorded for rules it no longer has (removed
-        while the bot was down, or lifted only in part before a crash) are undone."""
-        async with self.sessionmaker() as s:
-            keys = await PolicyBans(s).keys_in(room_id)
-        for key in keys:
-            if key not in self.rules:
-                log.info("policy rule %s is gone: lifting its bans", key)
-                await self._lift(key)
-
-    async def _enforce(self, key: str, rule: Rule) -> None:
-        if rule.kind == "user" and not is_glob(rule.entity):
-            targets = [rule.entity]  # member or not: a ban ahead of a join is allowed
-        else:
-            members = await self.actions.members()
-            key_of = (lambda u: u) if rule.kind == "user" else server_of
-            targets = [u for u in members if glob_match(rule.entity, key_of(u))]
-        targets = [u for u in targets if not await self.actions.is_exempt(u)]
-        if not targets:
-            return
-        reason = rule.reason or self.t("Policy list rule")
-        await self.consequences.current.policy_bans(key, rule.entity, reason, targets)
 
     # --- reports and cases ------------------------------------------------------------
     async def _report_from_reply(self, ev: Message) -> None:
@@ -1105,10 +956,10 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
         t("Muted now: %(n)d. Open reports: %(cases)d.") % {"n": len(mutes), "cases": open_cases},
         t("Policy lists followed: %(n)d of %(total)d (%(rules)d rules); our own rules: %(own)d.")
         % {
-            "n": len(bot.list_rooms),
+            "n": len(bot.policy_lists.list_rooms),
             "total": len(cfg.policy_lists),
-            "rules": len(bot.rules),
-            "own": len(bot.own_rules),
+            "rules": len(bot.policy_lists.rules),
+            "own": len(bot.policy_lists.own_rules),
         },
     ]
     html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
