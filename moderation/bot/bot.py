@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,17 +17,18 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from forum.errors import Forbidden, MatrixError
+from forum.errors import MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
-from forum.matrix import is_user_id, matrix_to, server_of
+from forum.matrix import is_user_id, server_of
 from forum.settings import ModerationSection, Settings
 from forum.signals import REPORT, Signals
 from forum.storage.models import utcnow
 from forum.tasks import TaskSupervisor
 
 from .actions import Actions
-from .commands import Arg, Invocation, UsageError, parse_args, registry
+from .cases import CASE_ACTIONS, CASE_ACTIONS_FR, CaseDesk
+from .commands import Arg, Invocation, UsageError, _, parse_args, registry
 from .consequences import DryRun, DryRunSwitch, Enforcement
 from .management import ManagementRoom, user_html
 from .policy import PolicyLists
@@ -40,6 +40,7 @@ from .protections import (
     MessageGuard,
     NewMemberLinks,
 )
+from .reports import Reports
 from .sanctions import Sanctions
 from .store import Audit, Cases, FirstJoins, Mutes, State
 from .strikes import SimulatedStrikes, StrikeLadder
@@ -47,8 +48,6 @@ from .text import (
     format_duration,
     glob_match,
     is_glob,
-    quote_html,
-    quote_plain,
     skeleton,
     strip_controls,
 )
@@ -61,38 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-CASE_KEYS = {"🗑": "redact", "⚠": "warn", "🔇": "mute", "🔨": "ban", "✅": "dismiss"}
-CASE_ACTIONS = ("dismiss", "redact", "warn", "mute", "ban")
-# The French words the case card shows, accepted by !case / !dossier too.
-CASE_ACTIONS_FR = {
-    "classer": "dismiss",
-    "effacer": "redact",
-    "avertir": "warn",
-    "silence": "mute",
-    "bannir": "ban",
-}
-REPORT_WORDS = ("signaler", "report")
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
-MATRIX_TO_EVENT = re.compile(r"matrix\.to/#/([!#][^/\s?]+)/(\$[^\s?&\"'<>]+)")
-
-
-def _(msg: str) -> str:
-    """Marks a help text for extraction; translated when shown."""
-    return msg
-
-
-# Audit actions as moderators read them (!history, the outcome of a case).
-AUDIT_LABELS = {
-    "ban": _("banned"),
-    "unban": _("unbanned"),
-    "kick": _("kicked"),
-    "mute": _("muted"),
-    "unmute": _("unmuted"),
-    "warn": _("warned"),
-    "redact": _("message redacted"),
-    "dismiss": _("dismissed"),
-    "refused": _("refused"),
-}
 
 
 class ModerationBot:
@@ -151,6 +119,14 @@ class ModerationBot:
             policy_room=rooms["policy"], subscriptions=list(settings.moderation.policy_lists),
             gettext=self.t,
         )  # fmt: skip
+        self.cases = CaseDesk(
+            moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, actions=actions,
+            sanctions=self.sanctions, management=self.management,
+        )  # fmt: skip
+        self.reports = Reports(
+            moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, rooms=rooms,
+            cases=self.cases, tuning=self.tuning, prefix=self.prefix, gettext=self.t,
+        )  # fmt: skip
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
@@ -180,16 +156,16 @@ class ModerationBot:
         await self.actions.reapply_mutes()
         await self.actions.reapply_locks()
         await self._resume_commands()
-        self.signals.connect(REPORT, self.report_from_text)
+        self.signals.connect(REPORT, self.reports.from_text)
         gateway = self.gateway
         gateway.on(Message, self.on_message)
-        gateway.on(Reaction, self.on_reaction)
+        gateway.on(Reaction, self.cases.on_reaction)
         gateway.on(Membership, self.on_membership)
         gateway.on(StateChange, self.on_state, include_own=True)
         gateway.on(Invite, self.on_invite)
         self.tasks.start("moderation:mutes", self.actions.expire_mutes(self._mute_expired))
         self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
-        self.tasks.start("moderation:admin-reports", self._poll_admin_reports())
+        self.tasks.start("moderation:admin-reports", self.reports.poll_admin_reports())
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
@@ -203,26 +179,12 @@ class ModerationBot:
             return
         if ev.room_id in self.forum_rooms.forum_ids:
             self.processed_messages += 1
-            if self._report_word(ev.body) and ev.reply_to:
-                await self._report_from_reply(ev)
+            if self.reports.is_report(ev):
+                await self.reports.from_reply(ev)
                 return
             await self.guard.protect(ev)
             return
-        await self._report_from_dm(ev)
-
-    @staticmethod
-    def _without_fallback(body: str) -> str:
-        """The body without a reply fallback (leading "> " quoted lines)."""
-        lines = body.splitlines()
-        while lines and (lines[0].startswith(">") or not lines[0].strip()):
-            lines.pop(0)
-        return "\n".join(lines).strip()
-
-    def _report_word(self, body: str) -> str | None:
-        head = self._without_fallback(body).split(maxsplit=1)
-        if head and head[0].casefold() in {self.prefix + w for w in REPORT_WORDS}:
-            return head[0]
-        return None
+        await self.reports.from_dm(ev)
 
     async def on_invite(self, inv: Invite) -> None:
         if inv.is_direct:
@@ -407,236 +369,6 @@ class ModerationBot:
             return
         await self.join_wave.joined(user, ev.origin_server_ts / 1000 or time.time())
 
-    # --- reports and cases ------------------------------------------------------------
-    async def _report_from_reply(self, ev: Message) -> None:
-        parts = self._without_fallback(ev.body).split(maxsplit=1)
-        text = " ".join(parts[1].split()) if len(parts) > 1 else ""
-        try:
-            await self.gateway.redact(ev.room_id, ev.event_id, "report received")
-        except MatrixError as exc:
-            log.info("could not hide the report message: %s", exc)
-        assert ev.reply_to is not None
-        await self.open_case(
-            source="reply",
-            external_id=f"reply:{ev.event_id}",
-            room_id=ev.room_id,
-            event_id=ev.reply_to,
-            reporter=ev.sender,
-            reason=text or None,
-        )
-
-    async def _report_from_dm(self, ev: Message) -> None:
-        body = ev.body.strip()
-        if not body or registry.split(body, self.prefix) is not None:
-            return  # commands are only taken in the management room
-        await self.report_from_text(ev.sender, body, ev.formatted_body, ev.event_id)
-        thanks = self.t("Thank you: your report was passed to the moderators.")
-        await self.gateway.send_text(ev.room_id, thanks, html.escape(thanks))
-
-    async def report_from_text(
-        self, reporter: str, body: str, formatted_body: str | None, event_id: str
-    ) -> None:
-        """A case from a report written to a bot (``event_id``: that message): a
-        matrix.to link in it names the reported message (in a forum room); the rest is
-        the reason."""
-        body = body.strip()
-        dm_event = event_id
-        room_id: str | None = None
-        reported: str | None = None
-        link = MATRIX_TO_EVENT.search(body) or MATRIX_TO_EVENT.search(formatted_body or "")
-        if link:
-            room_ref, reported = link.group(1), link.group(2)
-            room_id = room_ref
-            if room_ref.startswith("#"):
-                room_id = await self.gateway.resolve_alias(room_ref)
-        if room_id is not None and room_id not in self.forum_rooms.forum_ids:
-            room_id = reported = None
-        head = self._report_word(body)
-        reason = body[len(head) :].strip() if head else body
-        await self.open_case(
-            source="dm",
-            external_id=f"dm:{dm_event}",
-            room_id=room_id,
-            event_id=reported,
-            reporter=reporter,
-            reason=reason,
-        )
-
-    async def _poll_admin_reports(self) -> None:
-        api = "/_synapse/admin/v1"
-        while True:
-            async with self.sessionmaker() as s:
-                cursor = (await State(s).get("admin_reports")) or {"last_id": -1}
-            last = int(cursor.get("last_id", -1))
-            try:
-                data = await self.gateway.request(
-                    "GET", "/event_reports", query={"limit": 100, "dir": "b"}, api=api
-                )
-            except Forbidden:
-                log.info("the moderation bot is not a server admin: event reports not polled")
-                return
-            except MatrixError as exc:
-                log.warning("cannot read event reports: %s", exc)
-                data = {}
-            reports = sorted(
-                (r for r in data.get("event_reports") or [] if int(r.get("id", -1)) > last),
-                key=lambda r: int(r["id"]),
-            )
-            for r in reports:
-                if r.get("room_id") in self.forum_rooms.forum_ids:
-                    await self.open_case(
-                        source="admin",
-                        external_id=f"admin:{r['id']}",
-                        room_id=str(r["room_id"]),
-                        event_id=str(r.get("event_id")),
-                        reporter=str(r.get("user_id")),
-                        reason=r.get("reason"),
-                    )
-                last = int(r["id"])
-                async with self.sessionmaker() as s, s.begin():
-                    await State(s).set("admin_reports", {"last_id": last})
-            await asyncio.sleep(self.cfg.report_poll_seconds)
-
-    async def open_case(
-        self,
-        *,
-        source: str,
-        external_id: str,
-        room_id: str | None,
-        event_id: str | None,
-        reporter: str,
-        reason: str | None,
-    ) -> None:
-        reported = quoted = None
-        if room_id and event_id:
-            try:
-                target = await self.gateway.get_event(room_id, event_id)
-                reported = target.get("sender")
-                quoted = str((target.get("content") or {}).get("body") or "")
-            except MatrixError as exc:
-                log.info("reported event %s unreadable: %s", event_id, exc)
-        async with self.sessionmaker() as s, s.begin():
-            case = await Cases(s).open(
-                source=source, external_id=external_id, room_id=room_id, event_id=event_id,
-                reported_user=reported, reporter=reporter, reason=reason, quoted=quoted,
-            )  # fmt: skip
-        if case is None:
-            return
-        t = self.t
-        head = t("Case #%(n)d (%(source)s): %(reporter)s reports %(reported)s in %(room)s.") % {
-            "n": case.id,
-            "source": source,
-            "reporter": reporter,
-            "reported": reported or "?",
-            "room": self.management.room_label(room_id) if room_id else "-",
-        }
-        parts_plain = [head]
-        parts_html = [html.escape(head)]
-        if quoted is not None:
-            parts_plain.append(quote_plain(quoted))
-            parts_html.append(quote_html(quoted))
-        if room_id and event_id:
-            link = matrix_to(room_id, event_id, via=[self.settings.server_name])
-            parts_plain.append(link)
-            parts_html.append(f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>')
-        line = t("Reason: %(reason)s") % {"reason": reason or "-"}
-        parts_plain.append(line)
-        parts_html.append(html.escape(line))
-        help_line = t(
-            "React 🗑 redact, ⚠ warn, 🔇 mute, 🔨 ban, ✅ dismiss; or %(cmd)s %(n)d ACTION."
-        ) % {"cmd": self.prefix + "case", "n": case.id}
-        parts_plain.append(help_line)
-        parts_html.append(html.escape(help_line))
-        card = await self.management.say("\n".join(parts_plain), "<br/>".join(parts_html))
-        async with self.sessionmaker() as s, s.begin():
-            row = await Cases(s).get(case.id)
-            assert row is not None
-            row.card_event_id = card
-        await asyncio.gather(*(self.gateway.react(self.mgmt, card, k) for k in CASE_KEYS))
-
-    async def on_reaction(self, ev: Reaction) -> None:
-        if ev.room_id != self.mgmt:
-            return
-        action = CASE_KEYS.get(ev.key.replace("\ufe0f", ""))
-        if action is None:
-            return
-        async with self.sessionmaker() as s:
-            case = await Cases(s).by_card(ev.reacts_to)
-        if case is None:
-            return
-        level = (await self.actions.power_levels(self.mgmt)).level(ev.sender)
-        if level < self.settings.power_levels.moderator:
-            return
-        await self.act_on_case(case.id, action, ev.sender, ev.event_id)
-
-    def action_label(self, action: str) -> str:
-        """An audit action ("ban", "mute:10m"...) in the bot's language."""
-        name, _, detail = action.partition(":")
-        label = AUDIT_LABELS.get(name)
-        if label is None:
-            return action
-        return self.t(label) + (f" ({detail})" if detail else "")
-
-    async def act_on_case(
-        self, case_id: int, action: str, moderator: str, event_id: str
-    ) -> str | None:
-        """Carry out ``action`` on a case; returns a problem to tell, or ``None``."""
-        t = self.t
-        async with self.sessionmaker() as s:
-            case = await Cases(s).get(case_id)
-        if case is None:
-            return t("No case #%(n)d.") % {"n": case_id}
-        if case.status != "open":
-            return t("Case #%(n)d was already handled: %(action)s by %(who)s.") % {
-                "n": case_id,
-                "action": self.action_label(case.handled_action or "?"),
-                "who": case.handled_by,
-            }
-        reported = case.reported_user
-        if action != "dismiss" and reported is None:
-            return t("Case #%(n)d has no reported message; only dismiss applies.") % {"n": case_id}
-        reason = t("Report #%(n)d: %(reason)s") % {"n": case_id, "reason": case.reason or "-"}
-        src = f"case:{case_id}"
-        if action != "dismiss" and reported and await self.actions.is_exempt(reported):
-            return t("Refused: %(user)s is a moderator or a bot.") % {"user": reported}
-        if action == "redact" and case.room_id and case.event_id:
-            await self.gateway.redact(case.room_id, case.event_id, reason)
-            await self.actions.audit(
-                actor=moderator, action="redact", target=reported or "?", rooms=[case.room_id],
-                reason=reason, event_id=event_id, source=src,
-            )  # fmt: skip
-        elif action == "warn" and reported:
-            await self.sanctions.warn(
-                reported, reason, actor=moderator, source=src, event_id=event_id
-            )
-        elif action == "mute" and reported:
-            await self.sanctions.mute(
-                reported, timedelta(hours=1), reason, actor=moderator, source=src,
-                event_id=event_id,
-            )  # fmt: skip
-        elif action == "ban" and reported:
-            await self.sanctions.ban(
-                reported, reason, actor=moderator, source=src, event_id=event_id
-            )
-        else:
-            await self.actions.audit(
-                actor=moderator, action="dismiss", target=reported or "?", reason=reason,
-                event_id=event_id, source=src,
-            )  # fmt: skip
-        async with self.sessionmaker() as s, s.begin():
-            row = await Cases(s).get(case_id)
-            assert row is not None
-            row.status = "closed"
-            row.handled_by = moderator
-            row.handled_action = action
-        body = t("Case #%(n)d: %(action)s by %(who)s.") % {
-            "n": case_id,
-            "action": self.action_label(action),
-            "who": moderator,
-        }
-        await self.management.say(body, html.escape(body), reply_to=case.card_event_id)
-        return None
-
 
 # === the commands =======================================================================
 
@@ -819,7 +551,7 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
     for e in entries:
         dry = " " + bot.t("[dry run]") if e.dry_run else ""
         lines.append(
-            f"{e.created_at:%Y-%m-%d %H:%M} {bot.action_label(e.action)}{dry} — {e.actor} "
+            f"{e.created_at:%Y-%m-%d %H:%M} {bot.cases.action_label(e.action)}{dry} — {e.actor} "
             f"({e.source})" + (f": {e.reason}" if e.reason else "")
         )
     await bot.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
@@ -977,6 +709,6 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
 )
 async def cmd_case(bot: ModerationBot, inv: Invocation, number: int, action: str) -> None:
     action = CASE_ACTIONS_FR.get(action, action)
-    problem = await bot.act_on_case(number, action, inv.sender, inv.event_id)
+    problem = await bot.cases.act_on_case(number, action, inv.sender, inv.event_id)
     if problem:
         await bot.management.reply(inv, problem)
