@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import logging
@@ -226,22 +225,6 @@ class Actions:
         now = self.clock()
         active = [m.user_id for m in mutes if m.until is None or m.until > now]
         await asyncio.gather(*(self._set_muted(u, True) for u in active))
-
-    async def expire_mutes(self, on_expired: Callable[[str], Awaitable[None]]) -> None:
-        """Forever: undo each timed mute at its deadline (stored, so restarts keep it)."""
-        while True:
-            self.mute_changed.clear()
-            async with self.sessionmaker() as s:
-                mutes = await Mutes(s).all()
-            now = self.clock()
-            for m in mutes:
-                if m.until is not None and m.until <= now:
-                    await self.unmute(m.user_id)
-                    await on_expired(m.user_id)
-            upcoming = [m.until for m in mutes if m.until is not None and m.until > now]
-            wait = min([(u - now).total_seconds() for u in upcoming] + [60.0])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.mute_changed.wait(), timeout=max(wait, 0.05))
 
     # --- locks ----------------------------------------------------------------------
     async def lock(self) -> list[str]:

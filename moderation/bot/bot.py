@@ -30,7 +30,8 @@ from .actions import Actions
 from .cases import CASE_ACTIONS, CASE_ACTIONS_FR, CaseDesk
 from .commands import Arg, Invocation, UsageError, _, parse_args, registry
 from .consequences import DryRun, DryRunSwitch, Enforcement
-from .management import ManagementRoom, user_html
+from .management import ManagementRoom
+from .mutes import MuteTimer
 from .policy import PolicyLists
 from .protections import (
     BannedWords,
@@ -127,6 +128,9 @@ class ModerationBot:
             moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, rooms=rooms,
             cases=self.cases, tuning=self.tuning, prefix=self.prefix, gettext=self.t,
         )  # fmt: skip
+        self.mute_timer = MuteTimer(
+            actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock
+        )
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
@@ -163,7 +167,7 @@ class ModerationBot:
         gateway.on(Membership, self.on_membership)
         gateway.on(StateChange, self.on_state, include_own=True)
         gateway.on(Invite, self.on_invite)
-        self.tasks.start("moderation:mutes", self.actions.expire_mutes(self._mute_expired))
+        self.tasks.start("moderation:mutes", self.mute_timer.run())
         self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
         self.tasks.start("moderation:admin-reports", self.reports.poll_admin_reports())
 
@@ -338,19 +342,6 @@ class ModerationBot:
             )
             return True
         return False
-
-    async def _mute_expired(self, user: str) -> None:
-        await self.actions.audit(
-            actor=self.gateway.user_id,
-            action="unmute",
-            target=user,
-            reason="expired",
-            source="timer",
-        )
-        body = self.t("The mute of %(user)s has expired.") % {"user": user}
-        await self.management.say(
-            body, html.escape(body).replace(html.escape(user), user_html(user))
-        )
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:
