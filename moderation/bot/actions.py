@@ -107,15 +107,15 @@ class Actions:
 
     async def is_exempt(self, user_id: str, room_id: str | None = None) -> bool:
         """Moderators and bots are never targets of protections or policy rules."""
-        s = self.settings
-        if user_id == self.gateway.user_id or user_id in s.ignored_user_ids:
+        settings = self.settings
+        if user_id == self.gateway.user_id or user_id in settings.ignored_user_ids:
             return True
-        if user_id in s.moderator_ids:
+        if user_id in settings.moderator_ids:
             return True
-        mod = s.power_levels.moderator
+        moderator_level = settings.power_levels.moderator
         for room in {room_id or self.forum_rooms["management"], self.forum_rooms["management"]}:
             try:
-                if (await self.power_levels(room)).level(user_id) >= mod:
+                if (await self.power_levels(room)).level(user_id) >= moderator_level:
                     return True
             except MatrixError:
                 log.warning("cannot read power levels of %s", room)

@@ -1,8 +1,11 @@
-"""The moderation bot: commands in the management room, protections in forum rooms,
-policy-list publishing and subscriptions, reports as case cards.
+"""The moderation bot's core: it builds its parts, routes the events of the moderation
+gateway (:mod:`forum.gateway`) to them and checks who may run a command.
 
-Handlers run on the moderation gateway (:mod:`forum.gateway`); commands run as supervised
-background tasks so that a flood of commands never holds up the protections.
+Its parts: commands by subject in :mod:`.command_groups` (run as supervised background
+tasks, so that a flood of commands never holds up the protections), the protections in
+:mod:`.protections` and what they ask for in :mod:`.consequences`, policy lists in
+:mod:`.policy`, reports and cases in :mod:`.reports` and :mod:`.cases`, timed mutes in
+:mod:`.mutes`; space-wide actions in :mod:`.actions`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
 
 
 class ModerationBot:
+    """The moderation bot; :meth:`start` reads its saved state and registers its handlers
+    and background tasks."""
+
     def __init__(
         self,
         *,

@@ -30,8 +30,8 @@ async def cmd_log(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    mod = subparsers.add_parser("moderation", help="the moderation bot")
-    sub = mod.add_subparsers(dest="moderation_command", required=True)
+    moderation_parser = subparsers.add_parser("moderation", help="the moderation bot")
+    sub = moderation_parser.add_subparsers(dest="moderation_command", required=True)
     p = sub.add_parser("log", help="show the moderation audit log")
     p.add_argument("--user", help="only actions about (or by) this user id")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -97,9 +97,6 @@ class Consequences(ABC):
             body, html_body = with_line(body, html_body, management.undo_line(undo))
         await management.say(body, html_body)
 
-    async def tell(self, body: str) -> None:
-        await self.management.say(body, html.escape(body))
-
 
 class Enforcement(Consequences):
     """The real thing."""
@@ -176,7 +173,7 @@ class Enforcement(Consequences):
                 actor=self.actor, action="ban", target=user, rooms=rooms, reason=reason,
                 source="policy",
             )  # fmt: skip
-        await self.tell(
+        await self.management.tell(
             self.t("Policy rule %(entity)s: banned %(users)s.")
             % {"entity": entity, "users": ", ".join(users)}
         )
@@ -202,13 +199,13 @@ class DryRun(Consequences):
         await self.report_offence(offence, step, len(offence.events), dry=True)
 
     async def join_wave(self, joined: int, seconds: int) -> None:
-        await self.tell(
+        await self.management.tell(
             self.t("[dry run] Join wave: %(n)d people joined in %(s)d s.")
             % {"n": joined, "s": seconds}
         )
 
     async def policy_bans(self, key: str, entity: str, reason: str, users: list[str]) -> None:
-        await self.tell(
+        await self.management.tell(
             self.t("[dry run] Policy rule %(entity)s would ban %(users)s.")
             % {"entity": entity, "users": ", ".join(users)}
         )

@@ -51,6 +51,10 @@ class ManagementRoom:
     async def reply(self, inv: Invocation, body: str, html_body: str | None = None) -> None:
         await self.say(body, html_body or html.escape(body), reply_to=inv.event_id)
 
+    async def tell(self, body: str) -> None:
+        """Say plain ``body``."""
+        await self.say(body, html.escape(body))
+
     async def say_about(self, user: str, body: str) -> None:
         """``body``, the first mention of ``user`` in it a link to them."""
         await self.say(body, html.escape(body).replace(html.escape(user), user_html(user)))

@@ -6,7 +6,6 @@ against every rule."""
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,7 +200,7 @@ class PolicyLists:
                     reason="policy rule removed", source="policy",
                 )  # fmt: skip
                 body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
-                await self.management.say(body, html.escape(body))
+                await self.management.tell(body)
             async with self.sessionmaker() as s, s.begin():
                 await PolicyBans(s).remove(key, user)
 
