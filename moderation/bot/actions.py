@@ -1,6 +1,7 @@
 """Space-wide actions of the moderation bot: each applies to every forum room at once
 (``asyncio.gather``), is written to the audit log and keeps its persistent state
-(mutes, locks, server ACL) so that it survives restarts and provisioning runs."""
+(mutes, server ACL) so that it survives restarts and provisioning runs. The locks of the
+topic rooms are in :mod:`.locks`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from forum.matrix import PowerLevels
 from forum.settings import Settings
 from forum.storage.models import utcnow
 
-from .store import Audit, DirectRooms, Mutes, State
+from .store import Audit, DirectRooms, Mutes
 
 if TYPE_CHECKING:
     from forum.context import Clock, Rooms
@@ -37,7 +38,7 @@ def rule_state_key(entity: str) -> str:
 
 
 class Actions:
-    """The bot's hands: bans, mutes, locks, redactions, warnings, policy rules."""
+    """The bot's hands: bans, mutes, redactions, warnings, server ACLs, policy rules."""
 
     def __init__(
         self,
@@ -225,98 +226,6 @@ class Actions:
         now = self.clock()
         active = [m.user_id for m in mutes if m.until is None or m.until > now]
         await asyncio.gather(*(self._set_muted(u, True) for u in active))
-
-    # --- locks ----------------------------------------------------------------------
-    async def lock(self) -> list[str]:
-        level = self.settings.power_levels.moderator
-        saved: dict[str, int] = {}
-
-        async def one(room: str) -> None:
-            def change(pl: dict[str, Any]) -> bool:
-                current = int(pl.get("events_default", 0))
-                saved.setdefault(room, current)
-                if current >= level:
-                    return False
-                pl["events_default"] = level
-                return True
-
-            await self.edit_power_levels(room, change)
-
-        async with self.sessionmaker() as s:
-            previous = (await State(s).get("lock")) or {}
-        rooms = await self.across(one, self.topic_rooms)
-        merged = {**{r: v for r, v in saved.items() if v < level}, **previous.get("rooms", {})}
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).set("lock", {"rooms": merged})
-        return rooms
-
-    async def unlock(self) -> list[str]:
-        async with self.sessionmaker() as s:
-            state = (await State(s).get("lock")) or {}
-        previous: dict[str, int] = state.get("rooms", {})
-        members = self.settings.power_levels.members
-
-        async def one(room: str) -> None:
-            def change(pl: dict[str, Any]) -> bool:
-                target = previous.get(room, members)
-                if pl.get("events_default") == target:
-                    return False
-                pl["events_default"] = target
-                return True
-
-            await self.edit_power_levels(room, change)
-
-        rooms = await self.across(one, self.topic_rooms)
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).delete("lock")
-        return rooms
-
-    async def lock_joins(self) -> list[str]:
-        async with self.sessionmaker() as s:
-            previous = (await State(s).get("join_lock")) or {}
-        saved: dict[str, Any] = dict(previous.get("rooms", {}))
-
-        async def one(room: str) -> None:
-            content = await self.gateway.get_state_event(room, "m.room.join_rules") or {}
-            if content.get("join_rule") in {"knock", "invite"}:
-                return
-            saved.setdefault(room, content)
-            await self.gateway.put_state(room, "m.room.join_rules", {"join_rule": "knock"})
-
-        rooms = await self.across(one, self.topic_rooms)
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).set("join_lock", {"rooms": saved})
-        return rooms
-
-    async def locked(self) -> bool:
-        async with self.sessionmaker() as s:
-            return (await State(s).get("lock")) is not None
-
-    async def joins_locked(self) -> bool:
-        async with self.sessionmaker() as s:
-            return (await State(s).get("join_lock")) is not None
-
-    async def unlock_joins(self) -> list[str]:
-        async with self.sessionmaker() as s:
-            state = await State(s).get("join_lock")
-        if state is None:
-            return []
-        saved: dict[str, Any] = state.get("rooms", {})
-        rooms = await self.across(
-            lambda r: self.gateway.put_state(r, "m.room.join_rules", saved[r]), list(saved)
-        )
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).delete("join_lock")
-        return rooms
-
-    async def reapply_locks(self) -> None:
-        async with self.sessionmaker() as s:
-            lock = await State(s).get("lock")
-            join_lock = await State(s).get("join_lock")
-        if lock is not None:
-            await self.lock()
-        if join_lock is not None:
-            await self.lock_joins()
 
     # --- server ACL -----------------------------------------------------------------
     async def deny_server(self, server: str) -> list[str]:

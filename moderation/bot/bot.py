@@ -32,6 +32,7 @@ from .actions import Actions
 from .cases import CaseDesk
 from .commands import Invocation, UsageError, parse_args, registry
 from .consequences import DryRun, DryRunSwitch, Enforcement
+from .locks import RoomLocks
 from .management import ManagementRoom
 from .mutes import MuteTimer
 from .policy import PolicyLists
@@ -92,11 +93,12 @@ class ModerationBot:
         )
         self.tuning = Tuning(settings.moderation)
         self.sanctions = Sanctions(actions=actions, settings=settings, gettext=self.t, clock=clock)
+        self.locks = RoomLocks(actions=actions, settings=settings, sessionmaker=sessionmaker)
         strikes = StrikeLadder(tuning=self.tuning, sessionmaker=sessionmaker, clock=clock)
         self.consequences = DryRunSwitch(
             Enforcement(
-                self.management, actions, sanctions=self.sanctions, strikes=strikes, tasks=tasks,
-                sessionmaker=sessionmaker,
+                self.management, actions, sanctions=self.sanctions, strikes=strikes,
+                locks=self.locks, tasks=tasks, sessionmaker=sessionmaker,
             ),
             DryRun(self.management, actions, strikes=SimulatedStrikes(strikes)),
             on=settings.moderation.dry_run,
@@ -110,7 +112,7 @@ class ModerationBot:
         self.guard = MessageGuard(
             protections, actions=actions, consequences=self.consequences, gettext=self.t
         )
-        self.join_wave = JoinWave(self.tuning, actions=actions, consequences=self.consequences)
+        self.join_wave = JoinWave(self.tuning, locks=self.locks, consequences=self.consequences)
         self.policy_lists = PolicyLists(
             moderation_gateway=moderation_gateway, actions=actions, sessionmaker=sessionmaker,
             management=self.management, consequences=self.consequences,
@@ -155,7 +157,7 @@ class ModerationBot:
             self.consequences.on = bool(saved.get("on"))
         await self.policy_lists.load_own_rules()
         await self.actions.reapply_mutes()
-        await self.actions.reapply_locks()
+        await self.locks.reapply_locks()
         await self._resume_commands()
         self.signals.connect(REPORT, self.reports.from_text)
         gateway = self.gateway

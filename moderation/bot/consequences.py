@@ -16,6 +16,7 @@ from forum.matrix import matrix_to
 from forum.tasks import TaskSupervisor
 
 from .actions import Actions
+from .locks import RoomLocks
 from .management import ManagementRoom, user_html, with_line
 from .sanctions import Sanctions
 from .store import PolicyBans
@@ -108,12 +109,14 @@ class Enforcement(Consequences):
         *,
         sanctions: Sanctions,
         strikes: StrikeLadder,
+        locks: RoomLocks,
         tasks: TaskSupervisor,
         sessionmaker: async_sessionmaker[AsyncSession],
     ) -> None:
         super().__init__(management, actions)
         self.sanctions = sanctions
         self.strikes = strikes
+        self.locks = locks
         self.tasks = tasks
         self.sessionmaker = sessionmaker
 
@@ -150,7 +153,7 @@ class Enforcement(Consequences):
         await self.report_offence(offence, step, redacted, dry=False)
 
     async def join_wave(self, joined: int, seconds: int) -> None:
-        rooms = await self.actions.lock_joins()
+        rooms = await self.locks.lock_joins()
         await self.actions.audit(
             actor=self.actor, action="lock-joins", target="*", rooms=rooms,
             reason="join wave", source="protection:join-wave",

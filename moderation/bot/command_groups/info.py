@@ -65,7 +65,7 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
     async with bot.sessionmaker() as s:
         mutes = await Mutes(s).all()
         open_cases = await Cases(s).open_count()
-    locked, joins_locked = await bot.actions.locked(), await bot.actions.joins_locked()
+    locked, joins_locked = await bot.locks.locked(), await bot.locks.joins_locked()
     yes, no = t("yes"), t("no")
     lines = [
         t("Dry run: %(state)s.") % {"state": yes if bot.dry_run else no},

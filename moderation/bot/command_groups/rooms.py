@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 @registry.command("lock", aliases=("verrouiller",), help=_("Make every topic room read-only."))
 async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
-    rooms = await bot.actions.lock()
+    rooms = await bot.locks.lock()
     await bot.actions.audit(actor=inv.sender, action="lock", target="*", rooms=rooms,
                             event_id=inv.event_id)  # fmt: skip
     body = bot.t("%(who)s locked the topic rooms (%(n)d). To undo: %(cmd)s") % {
@@ -29,8 +29,8 @@ async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
     help=_("Let members post again (and lift a join lock)."),
 )
 async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
-    rooms = await bot.actions.unlock()
-    joins = await bot.actions.unlock_joins()
+    rooms = await bot.locks.unlock()
+    joins = await bot.locks.unlock_joins()
     await bot.actions.audit(actor=inv.sender, action="unlock", target="*", rooms=rooms,
                             event_id=inv.event_id)  # fmt: skip
     body = bot.t("%(who)s unlocked the topic rooms (%(n)d).") % {
@@ -46,7 +46,7 @@ async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
     help=_("Restore the join rules after a join wave."),
 )
 async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
-    rooms = await bot.actions.unlock_joins()
+    rooms = await bot.locks.unlock_joins()
     await bot.actions.audit(actor=inv.sender, action="unlock-joins", target="*", rooms=rooms,
                             event_id=inv.event_id)  # fmt: skip
     body = bot.t("%(who)s restored the join rules (%(n)d room(s)).") % {

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..actions import Actions
 from ..consequences import DryRunSwitch
+from ..locks import RoomLocks
 from ..tuning import Tuning
 
 
 class JoinWave:
     """Watches the joins to the forum rooms (not a message protection: it sees joins)."""
 
-    def __init__(self, tuning: Tuning, *, actions: Actions, consequences: DryRunSwitch) -> None:
+    def __init__(self, tuning: Tuning, *, locks: RoomLocks, consequences: DryRunSwitch) -> None:
         self.tuning = tuning
-        self.actions = actions
+        self.locks = locks
         self.consequences = consequences
         #: Recent joins: (when, user id), oldest first.
         self.join_times: deque[tuple[float, str]] = deque()
@@ -27,7 +27,7 @@ class JoinWave:
         while joins and joins[0][0] < now - cfg.join_wave_seconds:
             joins.popleft()
         distinct = {u for _, u in joins}
-        if len(distinct) < cfg.join_wave_joins or await self.actions.joins_locked():
+        if len(distinct) < cfg.join_wave_joins or await self.locks.joins_locked():
             return
         joins.clear()
         await self.consequences.current.join_wave(len(distinct), int(cfg.join_wave_seconds))
