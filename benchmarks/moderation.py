@@ -130,7 +130,6 @@ def serve(data: dict[str, Any], home: str, conn: Any) -> None:
 async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
     from forum.app import Service, default_features
     from forum.consent import ConsentRecords
-    from moderation.bot import text as T
     from moderation.membership.models import MEMBER, People
 
     service = Service(
@@ -159,7 +158,6 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
                 return
             if command == "cfg":  # a protection tuned for one phase (None: as configured)
                 bot.cfg = quiet if arg is None else quiet.model_copy(update=arg)
-                bot.words = T.word_pattern(bot.cfg.words)
                 answer = None
             elif command == "admit":  # members already (charter accepted): no entry flow
                 async with ctx.db.sessionmaker() as s, s.begin():

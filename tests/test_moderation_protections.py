@@ -189,7 +189,7 @@ async def test_dry_run_reports_without_acting(forum: ModForum):
 async def test_join_wave_locks_joins_until_unlocked(forum: ModForum):
     bot = forum.bot
     bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
-    bot.join_times.clear()
+    bot.join_wave.join_times.clear()
     mark = forum.mod.mark()
     try:
         people = [await forum.user(f"wave{i}") for i in range(3)]

@@ -1,11 +1,11 @@
 """Space-wide actions of the moderation bot: each applies to every forum room at once
 (``asyncio.gather``), is written to the audit log and keeps its persistent state
-(mutes, locks, server ACL) so that it survives restarts and provisioning runs."""
+(mutes, server ACL) so that it survives restarts and provisioning runs. The locks of the
+topic rooms are in :mod:`.locks`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import logging
@@ -14,14 +14,18 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from forum.errors import MatrixError
 from forum.matrix import PowerLevels
+from forum.settings import Settings
 from forum.storage.models import utcnow
 
-from .store import Audit, DirectRooms, Mutes, State
+from .store import Audit, DirectRooms, Mutes
 
 if TYPE_CHECKING:
-    from forum.context import ServiceContext
+    from forum.context import Clock, Rooms
+    from forum.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +38,22 @@ def rule_state_key(entity: str) -> str:
 
 
 class Actions:
-    """The bot's hands: bans, mutes, locks, redactions, warnings, policy rules."""
+    """The bot's hands: bans, mutes, redactions, warnings, server ACLs, policy rules."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.ctx = ctx
-        self.gw = ctx.moderation_gateway
-        self.settings = ctx.settings
-        self.db = ctx.db
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        moderation_gateway: Gateway,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        rooms: Rooms,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.gateway = moderation_gateway
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.forum_rooms = rooms
+        self.clock = clock
         self._pl_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._pl_cache: dict[str, PowerLevels] = {}
         self.mute_changed = asyncio.Event()
@@ -48,11 +61,11 @@ class Actions:
     # --- rooms ----------------------------------------------------------------------
     @property
     def rooms(self) -> list[str]:
-        return list(self.ctx.rooms.forum_ids)
+        return list(self.forum_rooms.forum_ids)
 
     @property
     def topic_rooms(self) -> list[str]:
-        return list(self.ctx.rooms.topic_ids.values())
+        return list(self.forum_rooms.topic_ids.values())
 
     async def across(
         self, fn: Callable[[str], Awaitable[Any]], rooms: Iterable[str] | None = None
@@ -79,7 +92,7 @@ class Actions:
     async def power_levels(self, room_id: str) -> PowerLevels:
         cached = self._pl_cache.get(room_id)
         if cached is None:
-            cached = self._pl_cache[room_id] = await self.gw.power_levels(room_id)
+            cached = self._pl_cache[room_id] = await self.gateway.power_levels(room_id)
         return cached
 
     async def edit_power_levels(
@@ -87,23 +100,23 @@ class Actions:
     ) -> None:
         """Read-modify-write ``m.room.power_levels`` (one writer per room at a time)."""
         async with self._pl_locks[room_id]:
-            content = await self.gw.get_state_event(room_id, "m.room.power_levels") or {}
+            content = await self.gateway.get_state_event(room_id, "m.room.power_levels") or {}
             new = copy.deepcopy(content)
             if change(new):
-                await self.gw.put_state(room_id, "m.room.power_levels", new)
+                await self.gateway.put_state(room_id, "m.room.power_levels", new)
                 self.forget_power_levels(room_id)
 
     async def is_exempt(self, user_id: str, room_id: str | None = None) -> bool:
         """Moderators and bots are never targets of protections or policy rules."""
-        s = self.settings
-        if user_id == self.gw.user_id or user_id in s.ignored_user_ids:
+        settings = self.settings
+        if user_id == self.gateway.user_id or user_id in settings.ignored_user_ids:
             return True
-        if user_id in s.moderator_ids:
+        if user_id in settings.moderator_ids:
             return True
-        mod = s.power_levels.moderator
-        for room in {room_id or self.ctx.rooms["management"], self.ctx.rooms["management"]}:
+        moderator_level = settings.power_levels.moderator
+        for room in {room_id or self.forum_rooms["management"], self.forum_rooms["management"]}:
             try:
-                if (await self.power_levels(room)).level(user_id) >= mod:
+                if (await self.power_levels(room)).level(user_id) >= moderator_level:
                     return True
             except MatrixError:
                 log.warning("cannot read power levels of %s", room)
@@ -122,7 +135,7 @@ class Actions:
         source: str = "command",
         dry_run: bool = False,
     ) -> None:
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await Audit(s).add(
                 actor=actor,
                 action=action,
@@ -136,18 +149,18 @@ class Actions:
 
     # --- membership -----------------------------------------------------------------
     async def ban(self, user_id: str, reason: str | None) -> list[str]:
-        return await self.across(lambda r: self.gw.ban(r, user_id, reason))
+        return await self.across(lambda r: self.gateway.ban(r, user_id, reason))
 
     async def unban(self, user_id: str, reason: str | None = None) -> list[str]:
-        return await self.across(lambda r: self.gw.unban(r, user_id, reason))
+        return await self.across(lambda r: self.gateway.unban(r, user_id, reason))
 
     async def kick(self, user_id: str, reason: str | None) -> list[str]:
-        return await self.across(lambda r: self.gw.kick(r, user_id, reason))
+        return await self.across(lambda r: self.gateway.kick(r, user_id, reason))
 
     async def banned(self) -> set[str]:
         """Everyone banned from at least one forum room."""
         pages = await asyncio.gather(
-            *(self.gw.members(r, "ban") for r in self.rooms), return_exceptions=True
+            *(self.gateway.members(r, "ban") for r in self.rooms), return_exceptions=True
         )
         out: set[str] = set()
         for page in pages:
@@ -160,7 +173,7 @@ class Actions:
     async def members(self) -> dict[str, str | None]:
         """Joined members of the forum rooms and their display names."""
         pages = await asyncio.gather(
-            *(self.gw.members(r, "join") for r in self.rooms), return_exceptions=True
+            *(self.gateway.members(r, "join") for r in self.rooms), return_exceptions=True
         )
         out: dict[str, str | None] = {}
         for page in pages:
@@ -193,14 +206,14 @@ class Actions:
     async def mute(
         self, user_id: str, until: datetime | None, reason: str | None, actor: str
     ) -> list[str]:
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await Mutes(s).set(user_id, until, reason, actor)
         rooms = await self._set_muted(user_id, True)
         self.mute_changed.set()
         return rooms
 
     async def unmute(self, user_id: str) -> tuple[bool, list[str]]:
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             was = await Mutes(s).remove(user_id)
         rooms = await self._set_muted(user_id, False)
         self.mute_changed.set()
@@ -208,130 +221,22 @@ class Actions:
 
     async def reapply_mutes(self) -> None:
         """After a restart (provisioning may have reset power levels): mute again."""
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             mutes = await Mutes(s).all()
-        now = utcnow()
+        now = self.clock()
         active = [m.user_id for m in mutes if m.until is None or m.until > now]
         await asyncio.gather(*(self._set_muted(u, True) for u in active))
-
-    async def expire_mutes(self, on_expired: Callable[[str], Awaitable[None]]) -> None:
-        """Forever: undo each timed mute at its deadline (stored, so restarts keep it)."""
-        while True:
-            self.mute_changed.clear()
-            async with self.db.sessionmaker() as s:
-                mutes = await Mutes(s).all()
-            now = utcnow()
-            for m in mutes:
-                if m.until is not None and m.until <= now:
-                    await self.unmute(m.user_id)
-                    await on_expired(m.user_id)
-            upcoming = [m.until for m in mutes if m.until is not None and m.until > now]
-            wait = min([(u - now).total_seconds() for u in upcoming] + [60.0])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.mute_changed.wait(), timeout=max(wait, 0.05))
-
-    # --- locks ----------------------------------------------------------------------
-    async def lock(self) -> list[str]:
-        level = self.settings.power_levels.moderator
-        saved: dict[str, int] = {}
-
-        async def one(room: str) -> None:
-            def change(pl: dict[str, Any]) -> bool:
-                current = int(pl.get("events_default", 0))
-                saved.setdefault(room, current)
-                if current >= level:
-                    return False
-                pl["events_default"] = level
-                return True
-
-            await self.edit_power_levels(room, change)
-
-        async with self.db.sessionmaker() as s:
-            previous = (await State(s).get("lock")) or {}
-        rooms = await self.across(one, self.topic_rooms)
-        merged = {**{r: v for r, v in saved.items() if v < level}, **previous.get("rooms", {})}
-        async with self.db.sessionmaker() as s, s.begin():
-            await State(s).set("lock", {"rooms": merged})
-        return rooms
-
-    async def unlock(self) -> list[str]:
-        async with self.db.sessionmaker() as s:
-            state = (await State(s).get("lock")) or {}
-        previous: dict[str, int] = state.get("rooms", {})
-        members = self.settings.power_levels.members
-
-        async def one(room: str) -> None:
-            def change(pl: dict[str, Any]) -> bool:
-                target = previous.get(room, members)
-                if pl.get("events_default") == target:
-                    return False
-                pl["events_default"] = target
-                return True
-
-            await self.edit_power_levels(room, change)
-
-        rooms = await self.across(one, self.topic_rooms)
-        async with self.db.sessionmaker() as s, s.begin():
-            await State(s).delete("lock")
-        return rooms
-
-    async def lock_joins(self) -> list[str]:
-        async with self.db.sessionmaker() as s:
-            previous = (await State(s).get("join_lock")) or {}
-        saved: dict[str, Any] = dict(previous.get("rooms", {}))
-
-        async def one(room: str) -> None:
-            content = await self.gw.get_state_event(room, "m.room.join_rules") or {}
-            if content.get("join_rule") in {"knock", "invite"}:
-                return
-            saved.setdefault(room, content)
-            await self.gw.put_state(room, "m.room.join_rules", {"join_rule": "knock"})
-
-        rooms = await self.across(one, self.topic_rooms)
-        async with self.db.sessionmaker() as s, s.begin():
-            await State(s).set("join_lock", {"rooms": saved})
-        return rooms
-
-    async def locked(self) -> bool:
-        async with self.db.sessionmaker() as s:
-            return (await State(s).get("lock")) is not None
-
-    async def joins_locked(self) -> bool:
-        async with self.db.sessionmaker() as s:
-            return (await State(s).get("join_lock")) is not None
-
-    async def unlock_joins(self) -> list[str]:
-        async with self.db.sessionmaker() as s:
-            state = await State(s).get("join_lock")
-        if state is None:
-            return []
-        saved: dict[str, Any] = state.get("rooms", {})
-        rooms = await self.across(
-            lambda r: self.gw.put_state(r, "m.room.join_rules", saved[r]), list(saved)
-        )
-        async with self.db.sessionmaker() as s, s.begin():
-            await State(s).delete("join_lock")
-        return rooms
-
-    async def reapply_locks(self) -> None:
-        async with self.db.sessionmaker() as s:
-            lock = await State(s).get("lock")
-            join_lock = await State(s).get("join_lock")
-        if lock is not None:
-            await self.lock()
-        if join_lock is not None:
-            await self.lock_joins()
 
     # --- server ACL -----------------------------------------------------------------
     async def deny_server(self, server: str) -> list[str]:
         async def one(room: str) -> None:
-            content = await self.gw.get_state_event(room, "m.room.server_acl")
+            content = await self.gateway.get_state_event(room, "m.room.server_acl")
             acl = dict(content or {"allow": ["*"], "allow_ip_literals": True, "deny": []})
             deny = list(acl.get("deny") or [])
             if server in deny:
                 return
             acl["deny"] = [*deny, server]
-            await self.gw.put_state(room, "m.room.server_acl", acl)
+            await self.gateway.put_state(room, "m.room.server_acl", acl)
 
         return await self.across(one)
 
@@ -339,12 +244,12 @@ class Actions:
         """Lift :meth:`deny_server`: ``server`` leaves the ACL's deny list of every room."""
 
         async def one(room: str) -> None:
-            content = await self.gw.get_state_event(room, "m.room.server_acl")
+            content = await self.gateway.get_state_event(room, "m.room.server_acl")
             if not content or server not in (content.get("deny") or []):
                 return
             acl = dict(content)
             acl["deny"] = [d for d in content.get("deny") or [] if d != server]
-            await self.gw.put_state(room, "m.room.server_acl", acl)
+            await self.gateway.put_state(room, "m.room.server_acl", acl)
 
         return await self.across(one)
 
@@ -353,7 +258,7 @@ class Actions:
         """Redact (room, event id) pairs concurrently; how many were redacted."""
         pairs = list(dict.fromkeys(events))
         results = await asyncio.gather(
-            *(self.gw.redact(room, ev, reason) for room, ev in pairs), return_exceptions=True
+            *(self.gateway.redact(room, ev, reason) for room, ev in pairs), return_exceptions=True
         )
         failed = [r for r in results if isinstance(r, BaseException)]
         for r in failed:
@@ -366,14 +271,14 @@ class Actions:
         self, user_id: str, count: int | None, since: timedelta | None
     ) -> list[tuple[str, str, int]]:
         """The person's recent redactable events in forum rooms: (room, event id, ts)."""
-        cutoff = int((utcnow() - since).timestamp() * 1000) if since else 0
+        cutoff = int((self.clock() - since).timestamp() * 1000) if since else 0
         wanted = count or 1000
 
         async def scan(room: str) -> list[tuple[str, str, int]]:
             found: list[tuple[str, str, int]] = []
             token: str | None = None
             for _ in range(20):
-                page = await self.gw.messages(room, from_token=token, limit=100)
+                page = await self.gateway.messages(room, from_token=token, limit=100)
                 chunk = [e for e in page.get("chunk") or [] if isinstance(e, dict)]
                 for e in chunk:
                     ts = int(e.get("origin_server_ts") or 0)
@@ -409,22 +314,22 @@ class Actions:
     # --- direct messages ------------------------------------------------------------
     async def dm(self, user_id: str, body: str, html: str) -> str:
         """Send to the person in the DM room the bot keeps with them (made once)."""
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             room = await DirectRooms(s).get(user_id)
         if room is None:
-            room = await self.gw.create_dm(user_id)
-            async with self.db.sessionmaker() as s, s.begin():
+            room = await self.gateway.create_dm(user_id)
+            async with self.sessionmaker() as s, s.begin():
                 await DirectRooms(s).set(user_id, room)
-        return await self.gw.send_text(room, body, html)
+        return await self.gateway.send_text(room, body, html)
 
     # --- policy list ----------------------------------------------------------------
     async def publish_rule(self, kind: str, entity: str, reason: str | None) -> str:
         content = {"entity": entity, "recommendation": "m.ban", "reason": reason or ""}
-        return await self.gw.put_state(
-            self.ctx.rooms["policy"], f"m.policy.rule.{kind}", content, rule_state_key(entity)
+        return await self.gateway.put_state(
+            self.forum_rooms["policy"], f"m.policy.rule.{kind}", content, rule_state_key(entity)
         )
 
     async def withdraw_rule(self, kind: str, entity: str) -> str:
-        return await self.gw.put_state(
-            self.ctx.rooms["policy"], f"m.policy.rule.{kind}", {}, rule_state_key(entity)
+        return await self.gateway.put_state(
+            self.forum_rooms["policy"], f"m.policy.rule.{kind}", {}, rule_state_key(entity)
         )

@@ -1,216 +1,198 @@
-"""The moderation bot: commands in the management room, protections in forum rooms,
-policy-list publishing and subscriptions, reports as case cards.
+"""The moderation bot's core: it builds its parts, routes the events of the moderation
+gateway (:mod:`forum.gateway`) to them and checks who may run a command.
 
-Handlers run on the moderation gateway (:mod:`forum.gateway`); commands run as supervised
-background tasks so that a flood of commands never holds up the protections.
+Its parts: commands by subject in :mod:`.command_groups` (run as supervised background
+tasks, so that a flood of commands never holds up the protections), the protections in
+:mod:`.protections` and what they ask for in :mod:`.consequences`, policy lists in
+:mod:`.policy`, reports and cases in :mod:`.reports` and :mod:`.cases`, timed mutes in
+:mod:`.mutes`; space-wide actions in :mod:`.actions`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
-import re
 import time
-from collections import defaultdict, deque
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from forum.errors import Forbidden, MatrixError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from forum.errors import MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
-from forum.matrix import is_user_id, matrix_to, server_of
-from forum.signals import REPORT
+from forum.matrix import server_of
+from forum.settings import ModerationSection, Settings
+from forum.signals import REPORT, Signals
 from forum.storage.models import utcnow
+from forum.tasks import TaskSupervisor
 
-from . import text as T
+from . import command_groups  # noqa: F401 - declares the commands
 from .actions import Actions
-from .commands import Arg, Command, Registry, UsageError, parse_args
-from .store import Audit, Cases, FirstJoins, Mutes, PolicyBans, State, Strikes
+from .cases import CaseDesk
+from .commands import Invocation, UsageError, parse_args, registry
+from .consequences import DryRun, DryRunSwitch, Enforcement
+from .locks import RoomLocks
+from .management import ManagementRoom
+from .mutes import MuteTimer
+from .policy import PolicyLists
+from .protections import (
+    BannedWords,
+    Flood,
+    JoinWave,
+    MentionSpam,
+    MessageGuard,
+    NewMemberLinks,
+)
+from .reports import Reports
+from .sanctions import Sanctions
+from .store import FirstJoins, State
+from .strikes import SimulatedStrikes, StrikeLadder
+from .tuning import Tuning
 
 if TYPE_CHECKING:
-    from forum.context import ServiceContext
+    from forum.context import Clock, Rooms
+    from forum.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-POLICY_BAN = frozenset({"m.ban", "org.matrix.mjolnir.ban"})
-POLICY_TYPES = {
-    "m.policy.rule.user": "user",
-    "m.room.rule.user": "user",
-    "org.matrix.mjolnir.rule.user": "user",
-    "m.policy.rule.server": "server",
-    "m.room.rule.server": "server",
-    "org.matrix.mjolnir.rule.server": "server",
-}
-MEDIA = frozenset({"m.image", "m.video", "m.file", "m.audio"})
-CASE_KEYS = {"🗑": "redact", "⚠": "warn", "🔇": "mute", "🔨": "ban", "✅": "dismiss"}
-CASE_ACTIONS = ("dismiss", "redact", "warn", "mute", "ban")
-# The French words the case card shows, accepted by !case / !dossier too.
-CASE_ACTIONS_FR = {
-    "classer": "dismiss",
-    "effacer": "redact",
-    "avertir": "warn",
-    "silence": "mute",
-    "bannir": "ban",
-}
-REPORT_WORDS = ("signaler", "report")
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
-MATRIX_TO_EVENT = re.compile(r"matrix\.to/#/([!#][^/\s?]+)/(\$[^\s?&\"'<>]+)")
-
-registry = Registry()
-
-
-def _(msg: str) -> str:
-    """Marks a help text for extraction; translated when shown."""
-    return msg
-
-
-# Audit actions as moderators read them (!history, the outcome of a case).
-AUDIT_LABELS = {
-    "ban": _("banned"),
-    "unban": _("unbanned"),
-    "kick": _("kicked"),
-    "mute": _("muted"),
-    "unmute": _("unmuted"),
-    "warn": _("warned"),
-    "redact": _("message redacted"),
-    "dismiss": _("dismissed"),
-    "refused": _("refused"),
-}
-
-
-@dataclass(frozen=True)
-class Rule:
-    kind: str
-    entity: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Invocation:
-    sender: str
-    event_id: str
-    command: Command
 
 
 class ModerationBot:
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.ctx = ctx
-        self.gw = ctx.moderation_gateway
-        self.settings = ctx.settings
-        self.cfg = ctx.settings.moderation
-        self.db = ctx.db
-        self.actions = Actions(ctx)
-        self.i18n = I18n(ctx.settings.forum.languages, locale_dir=LOCALE_DIR)
-        self.lang = ctx.settings.primary_language
+    """The moderation bot; :meth:`start` reads its saved state and registers its handlers
+    and background tasks."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        moderation_gateway: Gateway,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        rooms: Rooms,
+        tasks: TaskSupervisor,
+        signals: Signals,
+        actions: Actions,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.gateway = moderation_gateway
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.forum_rooms = rooms
+        self.tasks = tasks
+        self.signals = signals
+        self.clock = clock
+        self.actions = actions
+        self.i18n = I18n(settings.forum.languages, locale_dir=LOCALE_DIR)
+        self.lang = settings.primary_language
         self.t = self.i18n.gettext(self.lang)
-        self.prefix = ctx.settings.bots.command_prefix
-        self.mgmt = ctx.rooms["management"]
-        self.policy = ctx.rooms["policy"]
-        self.dry_run = self.cfg.dry_run
-        # Simulated strikes of a dry run (user -> step index, when); never stored.
-        self.dry_strikes: dict[str, tuple[int, datetime]] = {}
-        self.words = T.word_pattern(self.cfg.words)
-        self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
-        self.join_times: deque[tuple[float, str]] = deque()
-        self.own_rules: dict[str, Rule] = {}
-        self.rules: dict[str, Rule] = {}  # subscribed: "room|type|state_key" -> rule
-        self.list_rooms: set[str] = set()
+        self.prefix = settings.bots.command_prefix
+        self.management = ManagementRoom(
+            settings=settings, moderation_gateway=moderation_gateway, rooms=rooms, gettext=self.t
+        )
+        self.tuning = Tuning(settings.moderation)
+        self.sanctions = Sanctions(actions=actions, settings=settings, gettext=self.t, clock=clock)
+        self.locks = RoomLocks(actions=actions, settings=settings, sessionmaker=sessionmaker)
+        strikes = StrikeLadder(tuning=self.tuning, sessionmaker=sessionmaker, clock=clock)
+        self.consequences = DryRunSwitch(
+            Enforcement(
+                self.management, actions, sanctions=self.sanctions, strikes=strikes,
+                locks=self.locks, tasks=tasks, sessionmaker=sessionmaker,
+            ),
+            DryRun(self.management, actions, strikes=SimulatedStrikes(strikes)),
+            on=settings.moderation.dry_run,
+        )  # fmt: skip
+        protections = [
+            BannedWords(self.tuning),
+            MentionSpam(self.tuning),
+            NewMemberLinks(self.tuning, sessionmaker=sessionmaker, clock=clock),
+            Flood(self.tuning),
+        ]
+        self.guard = MessageGuard(
+            protections, actions=actions, consequences=self.consequences, gettext=self.t
+        )
+        self.join_wave = JoinWave(self.tuning, locks=self.locks, consequences=self.consequences)
+        self.policy_lists = PolicyLists(
+            moderation_gateway=moderation_gateway, actions=actions, sessionmaker=sessionmaker,
+            management=self.management, consequences=self.consequences,
+            policy_room=rooms["policy"], subscriptions=list(settings.moderation.policy_lists),
+            gettext=self.t,
+        )  # fmt: skip
+        self.cases = CaseDesk(
+            moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, actions=actions,
+            sanctions=self.sanctions, management=self.management,
+        )  # fmt: skip
+        self.reports = Reports(
+            moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, rooms=rooms,
+            cases=self.cases, tuning=self.tuning, prefix=self.prefix, gettext=self.t,
+        )  # fmt: skip
+        self.mute_timer = MuteTimer(
+            actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock
+        )
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
         self.seen_joined: set[str] = set()
 
+    @property
+    def cfg(self) -> ModerationSection:
+        """The ``[moderation]`` settings in force (tests and benchmarks may replace them)."""
+        return self.tuning.current
+
+    @cfg.setter
+    def cfg(self, value: ModerationSection) -> None:
+        self.tuning.current = value
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether protections and policy rules only report."""
+        return self.consequences.on
+
     # --- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             saved = await State(s).get("dry_run")
         if saved is not None:
-            self.dry_run = bool(saved.get("on"))
-        await self._load_own_rules()
+            self.consequences.on = bool(saved.get("on"))
+        await self.policy_lists.load_own_rules()
         await self.actions.reapply_mutes()
-        await self.actions.reapply_locks()
+        await self.locks.reapply_locks()
         await self._resume_commands()
-        self.ctx.signals.connect(REPORT, self.report_from_text)
-        gw = self.gw
-        gw.on(Message, self.on_message)
-        gw.on(Reaction, self.on_reaction)
-        gw.on(Membership, self.on_membership)
-        gw.on(StateChange, self.on_state, include_own=True)
-        gw.on(Invite, self.on_invite)
-        self.ctx.tasks.start("moderation:mutes", self.actions.expire_mutes(self._mute_expired))
-        self.ctx.tasks.start("moderation:subscriptions", self._subscribe_all())
-        self.ctx.tasks.start("moderation:admin-reports", self._poll_admin_reports())
-
-    async def _load_own_rules(self) -> None:
-        for ev in await self.gw.get_state(self.policy):
-            kind = POLICY_TYPES.get(str(ev.get("type")))
-            content = ev.get("content") or {}
-            if kind and content.get("recommendation") in POLICY_BAN and content.get("entity"):
-                self.own_rules[str(ev.get("state_key"))] = Rule(
-                    kind, str(content["entity"]), str(content.get("reason") or "")
-                )
-
-    # --- output helpers ---------------------------------------------------------------
-    def user_html(self, user_id: str) -> str:
-        return f'<a href="{html.escape(matrix_to(user_id))}">{html.escape(user_id)}</a>'
-
-    async def say(self, body: str, html_body: str, reply_to: str | None = None) -> str:
-        return await self.gw.send_text(self.mgmt, body, html_body, reply_to=reply_to)
-
-    async def reply(self, inv: Invocation, body: str, html_body: str | None = None) -> None:
-        await self.say(body, html_body or html.escape(body), reply_to=inv.event_id)
-
-    def room_label(self, room_id: str) -> str:
-        """The room's name as configured, in the bot's language (its id if unknown)."""
-        for key, rid in self.ctx.rooms.items():
-            if rid == room_id:
-                spec = self.settings.room_spec(key)
-                if spec is None:  # a topic dropped from the config: its slug
-                    return key.removeprefix("topic:")
-                return self.settings.text(spec.name, self.lang)
-        return room_id
+        self.signals.connect(REPORT, self.reports.from_text)
+        gateway = self.gateway
+        gateway.on(Message, self.on_message)
+        gateway.on(Reaction, self.cases.on_reaction)
+        gateway.on(Membership, self.on_membership)
+        gateway.on(StateChange, self.on_state, include_own=True)
+        gateway.on(Invite, self.on_invite)
+        self.tasks.start("moderation:mutes", self.mute_timer.run())
+        self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
+        self.tasks.start("moderation:admin-reports", self.reports.poll_admin_reports())
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
-        if ev.room_id == self.mgmt:
+        if ev.room_id == self.management.room_id:
             split = registry.split(ev.body, self.prefix)
             if split is not None and ev.event_id not in self.commands_started:
                 await self._remember_command(ev)
                 self._start_command(ev)
             return
-        if ev.room_id == self.policy or ev.room_id in self.list_rooms:
+        if self.policy_lists.is_list_room(ev.room_id):
             return
-        if ev.room_id in self.ctx.rooms.forum_ids:
+        if ev.room_id in self.forum_rooms.forum_ids:
             self.processed_messages += 1
-            if self._report_word(ev.body) and ev.reply_to:
-                await self._report_from_reply(ev)
+            if self.reports.is_report(ev):
+                await self.reports.from_reply(ev)
                 return
-            await self.protect(ev)
+            await self.guard.protect(ev)
             return
-        await self._report_from_dm(ev)
-
-    @staticmethod
-    def _without_fallback(body: str) -> str:
-        """The body without a reply fallback (leading "> " quoted lines)."""
-        lines = body.splitlines()
-        while lines and (lines[0].startswith(">") or not lines[0].strip()):
-            lines.pop(0)
-        return "\n".join(lines).strip()
-
-    def _report_word(self, body: str) -> str | None:
-        head = self._without_fallback(body).split(maxsplit=1)
-        if head and head[0].casefold() in {self.prefix + w for w in REPORT_WORDS}:
-            return head[0]
-        return None
+        await self.reports.from_dm(ev)
 
     async def on_invite(self, inv: Invite) -> None:
         if inv.is_direct:
             try:
-                await self.gw.join(inv.room_id, via=[server_of(inv.sender)])
+                await self.gateway.join(inv.room_id, via=[server_of(inv.sender)])
             except MatrixError as exc:
                 log.info("could not join the DM from %s: %s", inv.sender, exc)
 
@@ -218,40 +200,29 @@ class ModerationBot:
         if ev.type == "m.room.power_levels":
             self.actions.forget_power_levels(ev.room_id)
             return
-        kind = POLICY_TYPES.get(ev.type)
-        if kind is None:
-            return
-        if ev.room_id == self.policy:
-            if ev.content.get("recommendation") in POLICY_BAN and ev.content.get("entity"):
-                self.own_rules[ev.state_key] = Rule(
-                    kind, str(ev.content["entity"]), str(ev.content.get("reason") or "")
-                )
-            else:
-                self.own_rules.pop(ev.state_key, None)
-        elif ev.room_id in self.list_rooms:
-            await self.rule_changed(ev.room_id, ev.type, ev.state_key, ev.content)
+        await self.policy_lists.on_state(ev)
 
     # --- commands ---------------------------------------------------------------------
     async def _remember_command(self, ev: Message) -> None:
         """Store a command before its event counts as handled: a command that a crash
         or a stop interrupted runs again at the next start (its actions are idempotent)."""
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await State(s).set(
                 PENDING_COMMAND + ev.event_id,
                 {"sender": ev.sender, "body": ev.body, "ts": ev.origin_server_ts},
             )
 
     async def _resume_commands(self) -> None:
-        async with self.db.sessionmaker() as s:
+        async with self.sessionmaker() as s:
             pending = await State(s).with_prefix(PENDING_COMMAND)
         for key, saved in pending.items():
             event_id = key.removeprefix(PENDING_COMMAND)
             body, sender = str(saved.get("body", "")), str(saved.get("sender", ""))
             log.info("resuming command %s from %s after a restart", event_id, sender)
             ev = Message(
-                room_id=self.mgmt, event_id=event_id, sender=sender, type="m.room.message",
-                origin_server_ts=int(saved.get("ts") or 0), content={"body": body}, raw={},
-                msgtype="m.text", body=body,
+                room_id=self.management.room_id, event_id=event_id, sender=sender,
+                type="m.room.message", origin_server_ts=int(saved.get("ts") or 0),
+                content={"body": body}, raw={}, msgtype="m.text", body=body,
             )  # fmt: skip
             self._start_command(ev)
 
@@ -260,7 +231,7 @@ class ModerationBot:
         self.commands_started[ev.event_id] = None
         while len(self.commands_started) > 1000:
             del self.commands_started[next(iter(self.commands_started))]
-        self.ctx.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
+        self.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
 
     async def _command(self, ev: Message) -> None:
         try:
@@ -269,7 +240,7 @@ class ModerationBot:
             raise  # stopped: stays pending, runs again at the next start
         except Exception:
             log.exception("command %s failed", ev.event_id)
-        async with self.db.sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await State(s).delete(PENDING_COMMAND + ev.event_id)
 
     async def _run_command(self, ev: Message) -> None:
@@ -282,7 +253,7 @@ class ModerationBot:
             t = self.t
             try:
                 # Kept in step with the room: a power-level change clears it (on_state).
-                level = (await self.actions.power_levels(self.mgmt)).level(ev.sender)
+                level = (await self.actions.power_levels(self.management.room_id)).level(ev.sender)
             except MatrixError:
                 log.exception("cannot read the management room's power levels")
                 return
@@ -290,7 +261,7 @@ class ModerationBot:
                 self.settings.power_levels.moderator if command.power is None else command.power
             )
             if level < needed:
-                await self.reply(
+                await self.management.reply(
                     inv,
                     t("Refused: %(cmd)s needs power level %(need)d here; %(user)s has %(have)s.")
                     % {
@@ -311,7 +282,7 @@ class ModerationBot:
             try:
                 values = parse_args(command, tokens)
             except UsageError as exc:
-                await self.reply(
+                await self.management.reply(
                     inv,
                     t("Usage: %(usage)s (%(problem)s)")
                     % {
@@ -324,1061 +295,23 @@ class ModerationBot:
                 await command.handler(self, inv, **values)
             except MatrixError as exc:
                 log.warning("command %s failed: %s", command.name, exc)
-                await self.reply(inv, t("The command failed: %(error)s") % {"error": str(exc)})
-
-    async def resolve(self, inv: Invocation, token: str, *, glob: bool = False) -> str | None:
-        """A user id for ``token`` (id, glob, or unambiguous display name), or ``None``
-        after telling the moderator why."""
-        t = self.t
-        token = T.strip_controls(token).strip()
-        if token.startswith("@") and T.is_glob(token):
-            if glob:
-                return token
-            await self.reply(inv, t("Globs are only accepted by !ban."))
-            return None
-        if is_user_id(token):
-            return token
-        members = await self.actions.members()
-        wanted = T.skeleton(token.removeprefix("@"))
-        # Look-alikes (confusable letters, bidi and zero-width controls) compare equal, so
-        # a name shaped like a moderator's is always reported as ambiguous, never chosen.
-        exact = [u for u, n in members.items() if n and T.skeleton(n) == wanted]
-        if not exact:
-            exact = [u for u in members if T.skeleton(u[1:].split(":")[0]) == wanted]
-        if len(exact) == 1:
-            return exact[0]
-        if not exact:
-            await self.reply(inv, t("Nobody in the forum is named %(name)s.") % {"name": token})
-            return None
-        listing = ", ".join(sorted(exact))
-        await self.reply(
-            inv,
-            t("%(name)s is ambiguous: %(ids)s. Give the full user id.")
-            % {"name": token, "ids": listing},
-        )
-        return None
-
-    async def refuse_if_exempt(self, inv: Invocation, user: str) -> bool:
-        if await self.actions.is_exempt(user):
-            await self.reply(
-                inv,
-                self.t("Refused: %(user)s is a moderator or a bot.") % {"user": user},
-            )
-            return True
-        return False
-
-    async def echo(
-        self,
-        inv: Invocation | None,
-        action: str,
-        target: str,
-        rooms: list[str],
-        reason: str | None,
-        undo: str | None = None,
-        *,
-        in_rooms: bool = True,
-    ) -> None:
-        """Tell the management room what was done (and how to undo it); ``in_rooms``
-        false for what is not done in rooms (a warning is a direct message)."""
-        t = self.t
-        who = inv.sender if inv else self.gw.user_id
-        template = (
-            t("%(who)s: %(action)s %(target)s in %(n)d room(s).")
-            if in_rooms
-            else t("%(who)s: %(action)s %(target)s.")
-        )
-        body = template % {"who": who, "action": action, "target": target, "n": len(rooms)}
-        html_body = html.escape(body).replace(html.escape(target), self.user_html(target), 1)
-        if reason:
-            line = t("Reason: %(reason)s") % {"reason": reason}
-            body += "\n" + line
-            html_body += "<br/>" + html.escape(line)
-        if undo:
-            line = t("To undo: %(command)s") % {"command": undo}
-            body += "\n" + line
-            html_body += "<br/>" + html.escape(line)
-        await self.say(body, html_body, reply_to=inv.event_id if inv else None)
-
-    # --- actions shared by commands, protections, cases and policy -------------------
-    async def do_ban(
-        self,
-        target: str,
-        reason: str | None,
-        *,
-        actor: str,
-        source: str,
-        event_id: str | None,
-        publish: bool = True,
-    ) -> list[str]:
-        """Ban a user id or a glob everywhere, publish the rule; the banned user ids."""
-        users = [target]
-        if T.is_glob(target):
-            members = await self.actions.members()
-            users = [u for u in members if T.glob_match(target, u)]
-        users = [u for u in users if not await self.actions.is_exempt(u)]
-        # The bans first, all at once (the homeserver persists events one after another:
-        # the person is out of every room sooner), then the rule for other communities.
-        results = await asyncio.gather(*(self.actions.ban(u, reason) for u in users))
-        if publish:
-            await self.actions.publish_rule("user", target, reason)
-        for user, rooms in zip(users, results, strict=True):
-            await self.actions.audit(
-                actor=actor,
-                action="ban",
-                target=user,
-                rooms=rooms,
-                reason=reason,
-                event_id=event_id,
-                source=source,
-            )
-        if T.is_glob(target):
-            await self.actions.audit(
-                actor=actor, action="ban-rule", target=target, reason=reason,
-                event_id=event_id, source=source,
-            )  # fmt: skip
-        return users
-
-    async def do_mute(
-        self,
-        user: str,
-        duration: timedelta | None,
-        reason: str | None,
-        *,
-        actor: str,
-        source: str,
-        event_id: str | None,
-    ) -> list[str]:
-        until = utcnow() + duration if duration else None
-        rooms = await self.actions.mute(user, until, reason, actor)
-        await self.actions.audit(
-            actor=actor,
-            action="mute" if duration is None else f"mute:{T.format_duration(duration)}",
-            target=user,
-            rooms=rooms,
-            reason=reason,
-            event_id=event_id,
-            source=source,
-        )
-        return rooms
-
-    async def do_warn(
-        self, user: str, reason: str, *, actor: str, source: str, event_id: str | None
-    ) -> None:
-        t = self.t
-        forum = self.settings.text(self.settings.forum.name, self.lang)
-        body = t("A warning from the moderators of %(forum)s: %(reason)s") % {
-            "forum": forum,
-            "reason": reason,
-        }
-        await self.actions.dm(user, body, html.escape(body))
-        await self.actions.audit(
-            actor=actor, action="warn", target=user, reason=reason, event_id=event_id,
-            source=source,
-        )  # fmt: skip
-
-    async def _mute_expired(self, user: str) -> None:
-        await self.actions.audit(
-            actor=self.gw.user_id, action="unmute", target=user, reason="expired", source="timer"
-        )
-        body = self.t("The mute of %(user)s has expired.") % {"user": user}
-        await self.say(body, html.escape(body).replace(html.escape(user), self.user_html(user)))
-
-    # --- protections ------------------------------------------------------------------
-    async def protect(self, ev: Message) -> None:
-        cfg = self.cfg
-        now = ev.origin_server_ts / 1000 if ev.origin_server_ts else time.time()
-        window = self.recent[ev.sender]
-        window.append((now, ev.room_id, ev.event_id))
-        while window and window[0][0] < now - cfg.flood_seconds:
-            window.popleft()
-        if not window:
-            del self.recent[ev.sender]
-        offence: tuple[str, list[tuple[str, str]]] | None = None
-        body = ev.body
-        single = [(ev.room_id, ev.event_id)]
-        if self.words is not None and self.words.search(T.fold(body)):
-            offence = ("word", single)
-        elif T.mention_count(ev.content, body) > cfg.mention_limit:
-            offence = ("mentions", single)
-        elif (ev.msgtype in MEDIA or T.has_link(body, ev.formatted_body)) and await self._is_new(
-            ev.sender
-        ):
-            offence = ("new-member-link", single)
-        elif len(window) >= cfg.flood_messages:
-            offence = ("flood", [(r, e) for _, r, e in window])
-        if offence is None:
-            return
-        if await self.actions.is_exempt(ev.sender, ev.room_id):
-            return
-        if offence[0] == "flood":
-            window.clear()
-        await self.offend(ev, offence[0], offence[1])
-
-    async def _is_new(self, user: str) -> bool:
-        if self.cfg.new_member_hours <= 0:
-            return False
-        async with self.db.sessionmaker() as s:
-            joined = await FirstJoins(s).get(user)
-        return joined is not None and utcnow() - joined < timedelta(hours=self.cfg.new_member_hours)
-
-    async def offend(self, ev: Message, kind: str, events: list[tuple[str, str]]) -> None:
-        t = self.t
-        labels = {
-            "word": t("a banned word"),
-            "mentions": t("mention spam"),
-            "new-member-link": t("a link or media from a new member"),
-            "flood": t("flooding"),
-        }
-        reason = t("Automatic moderation: %(what)s") % {"what": labels[kind]}
-        if self.dry_run:
-            step = await self._dry_step(ev.sender)
-            await self.actions.audit(
-                actor=self.gw.user_id, action=step, target=ev.sender, rooms=[ev.room_id],
-                reason=reason, event_id=ev.event_id, source=f"protection:{kind}", dry_run=True,
-            )  # fmt: skip
-            await self._report_protection(ev, kind, labels[kind], step, len(events), dry=True)
-            return
-        redacted = await self.actions.redact_many(events, reason)
-        step = await self._next_step(ev.sender)
-        await self.actions.audit(
-            actor=self.gw.user_id, action="redact", target=ev.sender,
-            rooms=sorted({r for r, _ in events}), reason=reason, event_id=ev.event_id,
-            source=f"protection:{kind}",
-        )  # fmt: skip
-        self.ctx.tasks.start(
-            f"moderation:step:{ev.event_id}",
-            self._apply_step(ev, kind, labels[kind], step, reason, redacted),
-        )
-
-    async def _apply_step(
-        self, ev: Message, kind: str, label: str, step: str, reason: str, redacted: int
-    ) -> None:
-        source = f"protection:{kind}"
-        actor = self.gw.user_id
-        if step == "warn":
-            await self.do_warn(ev.sender, reason, actor=actor, source=source, event_id=ev.event_id)
-        elif step.startswith("mute"):
-            _, _, dur = step.partition(":")
-            await self.do_mute(
-                ev.sender, T.parse_duration(dur) if dur else None, reason,
-                actor=actor, source=source, event_id=ev.event_id,
-            )  # fmt: skip
-        elif step == "kick":
-            rooms = await self.actions.kick(ev.sender, reason)
-            await self.actions.audit(
-                actor=actor, action="kick", target=ev.sender, rooms=rooms, reason=reason,
-                event_id=ev.event_id, source=source,
-            )  # fmt: skip
-        elif step == "ban":
-            await self.do_ban(ev.sender, reason, actor=actor, source=source, event_id=ev.event_id)
-        await self._report_protection(ev, kind, label, step, redacted, dry=False)
-
-    def _steps(self) -> list[str]:
-        return list(self.cfg.steps)
-
-    def _step_after(self, last: tuple[int, datetime] | None, now: datetime) -> int:
-        """The step index for an offence at ``now`` after the strike ``last`` (index, when):
-        the next step, or the first again after a quiet period."""
-        quiet = timedelta(hours=self.cfg.step_reset_hours)
-        if last is None or now - last[1] > quiet:
-            return 0
-        return min(last[0] + 1, len(self._steps()) - 1)
-
-    async def _dry_step(self, user: str) -> str:
-        """The step a real run would take, counted on a simulated tally (seeded from the
-        stored strikes) so that repeated offences in a dry run show the graduation, while
-        the stored strikes stay untouched."""
-        now = utcnow()
-        last = self.dry_strikes.get(user)
-        if last is None:
-            async with self.db.sessionmaker() as s:
-                stored = await Strikes(s).get(user)
-            last = (stored.step, stored.last_at) if stored else None
-        index = self._step_after(last, now)
-        self.dry_strikes[user] = (index, now)
-        return self._steps()[index]
-
-    async def _next_step(self, user: str) -> str:
-        now = utcnow()
-        async with self.db.sessionmaker() as s, s.begin():
-            strikes = Strikes(s)
-            current = await strikes.get(user)
-            index = self._step_after((current.step, current.last_at) if current else None, now)
-            await strikes.set(user, index, now)
-        return self._steps()[index]
-
-    async def _report_protection(
-        self, ev: Message, kind: str, label: str, step: str, redacted: int, *, dry: bool
-    ) -> None:
-        t = self.t
-        link = matrix_to(ev.room_id, ev.event_id, via=[self.settings.server_name])
-        undo = {
-            "warn": None,
-            "kick": None,
-            "ban": f"{self.prefix}unban {ev.sender}",
-        }.get(step, f"{self.prefix}unmute {ev.sender}")
-        head = (
-            t("[dry run] Protection %(kind)s would act on %(user)s in %(room)s: %(step)s.")
-            if dry
-            else t(
-                "Protection %(kind)s: %(user)s in %(room)s; %(n)d message(s) removed; step: "
-                "%(step)s."
-            )
-        ) % {
-            "kind": label,
-            "user": ev.sender,
-            "room": self.room_label(ev.room_id),
-            "n": redacted,
-            "step": step,
-        }
-        body = head + "\n" + T.quote_plain(ev.body) + "\n" + link
-        html_body = (
-            html.escape(head).replace(html.escape(ev.sender), self.user_html(ev.sender), 1)
-            + T.quote_html(ev.body)
-            + f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>'
-        )
-        if undo and not dry:
-            line = t("To undo: %(command)s") % {"command": undo}
-            body += "\n" + line
-            html_body += "<br/>" + html.escape(line)
-        await self.say(body, html_body)
+                await self.management.reply(
+                    inv, t("The command failed: %(error)s") % {"error": str(exc)}
+                )
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:
-        if ev.room_id not in self.ctx.rooms.forum_ids:
+        if ev.room_id not in self.forum_rooms.forum_ids:
             return
         if ev.membership != "join" or ev.prev_membership == "join":
             return
         user = ev.target
         if user not in self.seen_joined:  # one write per person, not per room
-            async with self.db.sessionmaker() as s, s.begin():
-                await FirstJoins(s).record(user, utcnow())
+            async with self.sessionmaker() as s, s.begin():
+                await FirstJoins(s).record(user, self.clock())
             self.seen_joined.add(user)
         if await self.actions.is_exempt(user, ev.room_id):
             return
-        rule = self._matching_rule(user)
-        if rule is not None:
-            key, found = rule
-            reason = found.reason or self.t("Policy list rule")
-            rooms = await self.actions.ban(user, reason)
-            if key in self.rules:
-                async with self.db.sessionmaker() as s, s.begin():
-                    await PolicyBans(s).add(key, user)
-            await self.actions.audit(
-                actor=self.gw.user_id, action="ban", target=user, rooms=rooms, reason=reason,
-                event_id=ev.event_id, source="policy",
-            )  # fmt: skip
+        if await self.policy_lists.ban_on_join(user, ev.event_id):
             return
-        await self._join_wave(user, ev.origin_server_ts / 1000 or time.time())
-
-    def _matching_rule(self, user: str) -> tuple[str, Rule] | None:
-        for key, rule in [*self.own_rules.items(), *self.rules.items()]:
-            if rule.kind == "user" and T.glob_match(rule.entity, user):
-                return key, rule
-            if rule.kind == "server" and T.glob_match(rule.entity, server_of(user)):
-                return key, rule
-        return None
-
-    async def _join_wave(self, user: str, now: float) -> None:
-        cfg = self.cfg
-        self.join_times.append((now, user))
-        while self.join_times and self.join_times[0][0] < now - cfg.join_wave_seconds:
-            self.join_times.popleft()
-        distinct = {u for _, u in self.join_times}
-        if len(distinct) < cfg.join_wave_joins or await self.actions.joins_locked():
-            return
-        t = self.t
-        if self.dry_run:
-            body = t("[dry run] Join wave: %(n)d people joined in %(s)d s.") % {
-                "n": len(distinct),
-                "s": int(cfg.join_wave_seconds),
-            }
-            await self.say(body, html.escape(body))
-            self.join_times.clear()
-            return
-        rooms = await self.actions.lock_joins()
-        self.join_times.clear()
-        await self.actions.audit(
-            actor=self.gw.user_id, action="lock-joins", target="*", rooms=rooms,
-            reason="join wave", source="protection:join-wave",
-        )  # fmt: skip
-        body = t("Join wave: %(n)d people joined in %(s)d s; topic rooms are now knock-only.") % {
-            "n": len(distinct),
-            "s": int(cfg.join_wave_seconds),
-        }
-        body += "\n" + t("To undo: %(command)s") % {"command": f"{self.prefix}unlock-joins"}
-        await self.say(body, html.escape(body).replace("\n", "<br/>"))
-
-    # --- policy subscriptions ---------------------------------------------------------
-    async def _subscribe_all(self) -> None:
-        pending = list(self.cfg.policy_lists)
-        delay = 2.0
-        while pending:
-            failed = []
-            for ref in pending:
-                if not await self._subscribe(ref):
-                    failed.append(ref)
-            pending = failed
-            if pending:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 300)
-
-    async def _subscribe(self, ref: str) -> bool:
-        room_ref, _, query = ref.partition("?")
-        via = [v.removeprefix("via=") for v in query.split("&") if v.startswith("via=")]
-        if not via and server_of(room_ref):
-            via = [server_of(room_ref)]
-        try:
-            room_id = await self.gw.join(room_ref, via=via)
-            state = await self.gw.get_state(room_id)
-        except MatrixError as exc:
-            log.warning("cannot subscribe to the policy list %s: %s", ref, exc)
-            return False
-        self.list_rooms.add(room_id)
-        for ev in state:
-            etype = str(ev.get("type"))
-            if etype in POLICY_TYPES:
-                await self.rule_changed(
-                    room_id, etype, str(ev.get("state_key")), ev.get("content") or {}
-                )
-        await self._lift_missing_rules(room_id)
-        log.info("subscribed to the policy list %s (%s)", ref, room_id)
-        return True
-
-    async def rule_changed(
-        self, room_id: str, etype: str, state_key: str, content: dict[str, Any]
-    ) -> None:
-        key = f"{room_id}|{etype}|{state_key}"
-        kind = POLICY_TYPES[etype]
-        entity = content.get("entity")
-        if content.get("recommendation") in POLICY_BAN and isinstance(entity, str) and entity:
-            rule = Rule(kind, entity, str(content.get("reason") or ""))
-            if self.rules.get(key) == rule:
-                return
-            self.rules[key] = rule
-            await self._enforce(key, rule)
-            return
-        if self.rules.pop(key, None) is None:
-            return
-        await self._lift(key)
-
-    async def _lift(self, key: str) -> None:
-        """Undo the bans of a removed rule. Each ban is forgotten only once its unban is
-        done, so unbans cut short by a crash are found again at the next start."""
-        async with self.db.sessionmaker() as s:
-            users = await PolicyBans(s).users_of(key)
-        for user in users:
-            async with self.db.sessionmaker() as s:
-                others = await PolicyBans(s).other_rules_of(user, key)
-            if not others and not self._matching_rule(user):
-                rooms = await self.actions.unban(user, "policy rule removed")
-                await self.actions.audit(
-                    actor=self.gw.user_id, action="unban", target=user, rooms=rooms,
-                    reason="policy rule removed", source="policy",
-                )  # fmt: skip
-                body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
-                await self.say(body, html.escape(body))
-            async with self.db.sessionmaker() as s, s.begin():
-                await PolicyBans(s).remove(key, user)
-
-    async def _lift_missing_rules(self, room_id: str) -> None:
-        """After (re)reading a list: bans recorded for rules it no longer has (removed
-        while the bot was down, or lifted only in part before a crash) are undone."""
-        async with self.db.sessionmaker() as s:
-            keys = await PolicyBans(s).keys_in(room_id)
-        for key in keys:
-            if key not in self.rules:
-                log.info("policy rule %s is gone: lifting its bans", key)
-                await self._lift(key)
-
-    async def _enforce(self, key: str, rule: Rule) -> None:
-        if rule.kind == "user" and not T.is_glob(rule.entity):
-            targets = [rule.entity]  # member or not: a ban ahead of a join is allowed
-        else:
-            members = await self.actions.members()
-            key_of = (lambda u: u) if rule.kind == "user" else server_of
-            targets = [u for u in members if T.glob_match(rule.entity, key_of(u))]
-        targets = [u for u in targets if not await self.actions.is_exempt(u)]
-        if not targets:
-            return
-        reason = rule.reason or self.t("Policy list rule")
-        if self.dry_run:
-            body = self.t("[dry run] Policy rule %(entity)s would ban %(users)s.") % {
-                "entity": rule.entity,
-                "users": ", ".join(targets),
-            }
-            await self.say(body, html.escape(body))
-            return
-        results = await asyncio.gather(*(self.actions.ban(u, reason) for u in targets))
-        async with self.db.sessionmaker() as s, s.begin():
-            for user in targets:
-                await PolicyBans(s).add(key, user)
-        for user, rooms in zip(targets, results, strict=True):
-            await self.actions.audit(
-                actor=self.gw.user_id, action="ban", target=user, rooms=rooms, reason=reason,
-                source="policy",
-            )  # fmt: skip
-        body = self.t("Policy rule %(entity)s: banned %(users)s.") % {
-            "entity": rule.entity,
-            "users": ", ".join(targets),
-        }
-        await self.say(body, html.escape(body))
-
-    # --- reports and cases ------------------------------------------------------------
-    async def _report_from_reply(self, ev: Message) -> None:
-        parts = self._without_fallback(ev.body).split(maxsplit=1)
-        text = " ".join(parts[1].split()) if len(parts) > 1 else ""
-        try:
-            await self.gw.redact(ev.room_id, ev.event_id, "report received")
-        except MatrixError as exc:
-            log.info("could not hide the report message: %s", exc)
-        assert ev.reply_to is not None
-        await self.open_case(
-            source="reply",
-            external_id=f"reply:{ev.event_id}",
-            room_id=ev.room_id,
-            event_id=ev.reply_to,
-            reporter=ev.sender,
-            reason=text or None,
-        )
-
-    async def _report_from_dm(self, ev: Message) -> None:
-        body = ev.body.strip()
-        if not body or registry.split(body, self.prefix) is not None:
-            return  # commands are only taken in the management room
-        await self.report_from_text(ev.sender, body, ev.formatted_body, ev.event_id)
-        thanks = self.t("Thank you: your report was passed to the moderators.")
-        await self.gw.send_text(ev.room_id, thanks, html.escape(thanks))
-
-    async def report_from_text(
-        self, reporter: str, body: str, formatted_body: str | None, event_id: str
-    ) -> None:
-        """A case from a report written to a bot (``event_id``: that message): a
-        matrix.to link in it names the reported message (in a forum room); the rest is
-        the reason."""
-        body = body.strip()
-        dm_event = event_id
-        room_id: str | None = None
-        reported: str | None = None
-        m = MATRIX_TO_EVENT.search(body) or MATRIX_TO_EVENT.search(formatted_body or "")
-        if m:
-            room_ref, reported = m.group(1), m.group(2)
-            room_id = room_ref
-            if room_ref.startswith("#"):
-                room_id = await self.gw.resolve_alias(room_ref)
-        if room_id is not None and room_id not in self.ctx.rooms.forum_ids:
-            room_id = reported = None
-        head = self._report_word(body)
-        reason = body[len(head) :].strip() if head else body
-        await self.open_case(
-            source="dm",
-            external_id=f"dm:{dm_event}",
-            room_id=room_id,
-            event_id=reported,
-            reporter=reporter,
-            reason=reason,
-        )
-
-    async def _poll_admin_reports(self) -> None:
-        api = "/_synapse/admin/v1"
-        while True:
-            async with self.db.sessionmaker() as s:
-                cursor = (await State(s).get("admin_reports")) or {"last_id": -1}
-            last = int(cursor.get("last_id", -1))
-            try:
-                data = await self.gw.request(
-                    "GET", "/event_reports", query={"limit": 100, "dir": "b"}, api=api
-                )
-            except Forbidden:
-                log.info("the moderation bot is not a server admin: event reports not polled")
-                return
-            except MatrixError as exc:
-                log.warning("cannot read event reports: %s", exc)
-                data = {}
-            reports = sorted(
-                (r for r in data.get("event_reports") or [] if int(r.get("id", -1)) > last),
-                key=lambda r: int(r["id"]),
-            )
-            for r in reports:
-                if r.get("room_id") in self.ctx.rooms.forum_ids:
-                    await self.open_case(
-                        source="admin",
-                        external_id=f"admin:{r['id']}",
-                        room_id=str(r["room_id"]),
-                        event_id=str(r.get("event_id")),
-                        reporter=str(r.get("user_id")),
-                        reason=r.get("reason"),
-                    )
-                last = int(r["id"])
-                async with self.db.sessionmaker() as s, s.begin():
-                    await State(s).set("admin_reports", {"last_id": last})
-            await asyncio.sleep(self.cfg.report_poll_seconds)
-
-    async def open_case(
-        self,
-        *,
-        source: str,
-        external_id: str,
-        room_id: str | None,
-        event_id: str | None,
-        reporter: str,
-        reason: str | None,
-    ) -> None:
-        reported = quoted = None
-        if room_id and event_id:
-            try:
-                target = await self.gw.get_event(room_id, event_id)
-                reported = target.get("sender")
-                quoted = str((target.get("content") or {}).get("body") or "")
-            except MatrixError as exc:
-                log.info("reported event %s unreadable: %s", event_id, exc)
-        async with self.db.sessionmaker() as s, s.begin():
-            case = await Cases(s).open(
-                source=source, external_id=external_id, room_id=room_id, event_id=event_id,
-                reported_user=reported, reporter=reporter, reason=reason, quoted=quoted,
-            )  # fmt: skip
-        if case is None:
-            return
-        t = self.t
-        head = t("Case #%(n)d (%(source)s): %(reporter)s reports %(reported)s in %(room)s.") % {
-            "n": case.id,
-            "source": source,
-            "reporter": reporter,
-            "reported": reported or "?",
-            "room": self.room_label(room_id) if room_id else "-",
-        }
-        parts_plain = [head]
-        parts_html = [html.escape(head)]
-        if quoted is not None:
-            parts_plain.append(T.quote_plain(quoted))
-            parts_html.append(T.quote_html(quoted))
-        if room_id and event_id:
-            link = matrix_to(room_id, event_id, via=[self.settings.server_name])
-            parts_plain.append(link)
-            parts_html.append(f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>')
-        line = t("Reason: %(reason)s") % {"reason": reason or "-"}
-        parts_plain.append(line)
-        parts_html.append(html.escape(line))
-        help_line = t(
-            "React 🗑 redact, ⚠ warn, 🔇 mute, 🔨 ban, ✅ dismiss; or %(cmd)s %(n)d ACTION."
-        ) % {"cmd": self.prefix + "case", "n": case.id}
-        parts_plain.append(help_line)
-        parts_html.append(html.escape(help_line))
-        card = await self.say("\n".join(parts_plain), "<br/>".join(parts_html))
-        async with self.db.sessionmaker() as s, s.begin():
-            row = await Cases(s).get(case.id)
-            assert row is not None
-            row.card_event_id = card
-        await asyncio.gather(*(self.gw.react(self.mgmt, card, k) for k in CASE_KEYS))
-
-    async def on_reaction(self, ev: Reaction) -> None:
-        if ev.room_id != self.mgmt:
-            return
-        action = CASE_KEYS.get(ev.key.replace("\ufe0f", ""))
-        if action is None:
-            return
-        async with self.db.sessionmaker() as s:
-            case = await Cases(s).by_card(ev.reacts_to)
-        if case is None:
-            return
-        level = (await self.actions.power_levels(self.mgmt)).level(ev.sender)
-        if level < self.settings.power_levels.moderator:
-            return
-        await self.act_on_case(case.id, action, ev.sender, ev.event_id)
-
-    def action_label(self, action: str) -> str:
-        """An audit action ("ban", "mute:10m"...) in the bot's language."""
-        name, _, detail = action.partition(":")
-        label = AUDIT_LABELS.get(name)
-        if label is None:
-            return action
-        return self.t(label) + (f" ({detail})" if detail else "")
-
-    async def act_on_case(
-        self, case_id: int, action: str, moderator: str, event_id: str
-    ) -> str | None:
-        """Carry out ``action`` on a case; returns a problem to tell, or ``None``."""
-        t = self.t
-        async with self.db.sessionmaker() as s:
-            case = await Cases(s).get(case_id)
-        if case is None:
-            return t("No case #%(n)d.") % {"n": case_id}
-        if case.status != "open":
-            return t("Case #%(n)d was already handled: %(action)s by %(who)s.") % {
-                "n": case_id,
-                "action": self.action_label(case.handled_action or "?"),
-                "who": case.handled_by,
-            }
-        reported = case.reported_user
-        if action != "dismiss" and reported is None:
-            return t("Case #%(n)d has no reported message; only dismiss applies.") % {"n": case_id}
-        reason = t("Report #%(n)d: %(reason)s") % {"n": case_id, "reason": case.reason or "-"}
-        src = f"case:{case_id}"
-        if action != "dismiss" and reported and await self.actions.is_exempt(reported):
-            return t("Refused: %(user)s is a moderator or a bot.") % {"user": reported}
-        if action == "redact" and case.room_id and case.event_id:
-            await self.gw.redact(case.room_id, case.event_id, reason)
-            await self.actions.audit(
-                actor=moderator, action="redact", target=reported or "?", rooms=[case.room_id],
-                reason=reason, event_id=event_id, source=src,
-            )  # fmt: skip
-        elif action == "warn" and reported:
-            await self.do_warn(reported, reason, actor=moderator, source=src, event_id=event_id)
-        elif action == "mute" and reported:
-            await self.do_mute(
-                reported, timedelta(hours=1), reason, actor=moderator, source=src,
-                event_id=event_id,
-            )  # fmt: skip
-        elif action == "ban" and reported:
-            await self.do_ban(reported, reason, actor=moderator, source=src, event_id=event_id)
-        else:
-            await self.actions.audit(
-                actor=moderator, action="dismiss", target=reported or "?", reason=reason,
-                event_id=event_id, source=src,
-            )  # fmt: skip
-        async with self.db.sessionmaker() as s, s.begin():
-            row = await Cases(s).get(case_id)
-            assert row is not None
-            row.status = "closed"
-            row.handled_by = moderator
-            row.handled_action = action
-        body = t("Case #%(n)d: %(action)s by %(who)s.") % {
-            "n": case_id,
-            "action": self.action_label(action),
-            "who": moderator,
-        }
-        await self.say(body, html.escape(body), reply_to=case.card_event_id)
-        return None
-
-
-# === the commands =======================================================================
-
-USER = Arg("user", "user")
-REASON = Arg("reason", "text", optional=True)
-
-
-@registry.command("help", aliases=("aide",), power=0, help=_("Show this help."))
-async def cmd_help(bot: ModerationBot, inv: Invocation) -> None:
-    t = bot.t
-    lines = [t("Commands (management room only):")]
-    rows = []
-    for c in registry.commands:
-        names = " / ".join(bot.prefix + n for n in c.names)
-        usage = " ".join(a.usage() for a in c.args)
-        lines.append(f"{names} {usage} — {t(c.help)}")
-        rows.append(
-            f"<li><code>{html.escape(names)} {html.escape(usage)}</code> — "
-            f"{html.escape(t(c.help))}</li>"
-        )
-    await bot.reply(inv, "\n".join(lines), f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>")
-
-
-@registry.command(
-    "ban",
-    aliases=("bannir",),
-    args=(USER, REASON),
-    help=_("Ban a person (or a glob like @*:spam.example) from every forum room."),
-)
-async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
-    target = await bot.resolve(inv, user, glob=True)
-    if target is None or (not T.is_glob(target) and await bot.refuse_if_exempt(inv, target)):
-        return
-    banned = await bot.do_ban(
-        target, reason, actor=inv.sender, source="command", event_id=inv.event_id
-    )
-    rooms = list(bot.ctx.rooms.forum_ids) if banned else []
-    label = target if not T.is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
-    await bot.echo(inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}")
-
-
-@registry.command("unban", aliases=("debannir", "débannir"), args=(USER,), help=_("Lift a ban."))
-async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await bot.resolve(inv, user, glob=True)
-    if target is None:
-        return
-    await bot.actions.withdraw_rule("user", target)
-    users = [target]
-    if T.is_glob(target):  # lift the bans the glob caught
-        users = sorted(u for u in await bot.actions.banned() if T.glob_match(target, u))
-    results = await asyncio.gather(*(bot.actions.unban(u) for u in users))
-    rooms = sorted({room for done in results for room in done})
-    await bot.actions.audit(
-        actor=inv.sender, action="unban", target=target, rooms=rooms, event_id=inv.event_id
-    )
-    await bot.echo(inv, bot.t("unbanned"), target, rooms, None)
-
-
-@registry.command(
-    "kick", aliases=("expulser",), args=(USER, REASON), help=_("Remove a person from every room.")
-)
-async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
-    target = await bot.resolve(inv, user)
-    if target is None or await bot.refuse_if_exempt(inv, target):
-        return
-    rooms = await bot.actions.kick(target, reason)
-    await bot.actions.audit(
-        actor=inv.sender, action="kick", target=target, rooms=rooms, reason=reason,
-        event_id=inv.event_id,
-    )  # fmt: skip
-    await bot.echo(inv, bot.t("kicked"), target, rooms, reason)
-
-
-@registry.command(
-    "mute",
-    aliases=("sourdine", "muet"),
-    args=(USER, Arg("duration", "duration", optional=True), REASON),
-    help=_("Stop a person from posting (for a duration like 10m, 2h, 1d)."),
-)
-async def cmd_mute(
-    bot: ModerationBot,
-    inv: Invocation,
-    user: str,
-    duration: timedelta | None,
-    reason: str | None,
-) -> None:
-    target = await bot.resolve(inv, user)
-    if target is None or await bot.refuse_if_exempt(inv, target):
-        return
-    rooms = await bot.do_mute(
-        target, duration, reason, actor=inv.sender, source="command", event_id=inv.event_id
-    )
-    what = bot.t("muted")
-    if duration:
-        what += " " + bot.t("for %(d)s") % {"d": T.format_duration(duration)}
-    await bot.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
-
-
-@registry.command(
-    "unmute", aliases=("fin-sourdine", "demuet"), args=(USER,), help=_("Let a person post again.")
-)
-async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await bot.resolve(inv, user)
-    if target is None:
-        return
-    _was, rooms = await bot.actions.unmute(target)
-    await bot.actions.audit(
-        actor=inv.sender, action="unmute", target=target, rooms=rooms, event_id=inv.event_id
-    )
-    await bot.echo(inv, bot.t("unmuted"), target, rooms, None)
-
-
-@registry.command(
-    "warn",
-    aliases=("avertir",),
-    args=(USER, Arg("reason", "text")),
-    help=_("Send a person a warning in a direct message."),
-)
-async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) -> None:
-    target = await bot.resolve(inv, user)
-    if target is None or await bot.refuse_if_exempt(inv, target):
-        return
-    await bot.do_warn(target, reason, actor=inv.sender, source="command", event_id=inv.event_id)
-    await bot.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
-
-
-@registry.command(
-    "redact",
-    aliases=("effacer",),
-    args=(USER, Arg("limit", "count_or_since", optional=True), REASON),
-    help=_("Remove a person's recent messages (a count, or a duration like 2h)."),
-)
-async def cmd_redact(
-    bot: ModerationBot,
-    inv: Invocation,
-    user: str,
-    limit: int | timedelta | None,
-    reason: str | None,
-) -> None:
-    target = await bot.resolve(inv, user)
-    if target is None or await bot.refuse_if_exempt(inv, target):
-        return
-    count = limit if isinstance(limit, int) else None
-    since = limit if isinstance(limit, timedelta) else None
-    if count is None and since is None:
-        count = 100
-    events = await bot.actions.recent_events(target, count, since)
-    n = await bot.actions.redact_many([(r, e) for r, e, _ in events], reason)
-    rooms = sorted({r for r, _, _ in events})
-    await bot.actions.audit(
-        actor=inv.sender, action=f"redact:{n}", target=target, rooms=rooms, reason=reason,
-        event_id=inv.event_id,
-    )  # fmt: skip
-    await bot.echo(inv, bot.t("removed %(n)d message(s) of") % {"n": n}, target, rooms, reason)
-
-
-@registry.command(
-    "history", aliases=("historique",), args=(USER,), help=_("Past actions about a person.")
-)
-async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await bot.resolve(inv, user)
-    if target is None:
-        return
-    async with bot.db.sessionmaker() as s:
-        entries = [e for e in await Audit(s).entries(target) if e.target == target][-30:]
-    if not entries:
-        await bot.reply(inv, bot.t("No recorded action about %(user)s.") % {"user": target})
-        return
-    lines = [bot.t("History of %(user)s:") % {"user": target}]
-    for e in entries:
-        dry = " " + bot.t("[dry run]") if e.dry_run else ""
-        lines.append(
-            f"{e.created_at:%Y-%m-%d %H:%M} {bot.action_label(e.action)}{dry} — {e.actor} "
-            f"({e.source})" + (f": {e.reason}" if e.reason else "")
-        )
-    await bot.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
-
-
-@registry.command("lock", aliases=("verrouiller",), help=_("Make every topic room read-only."))
-async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
-    rooms = await bot.actions.lock()
-    await bot.actions.audit(actor=inv.sender, action="lock", target="*", rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    body = bot.t("%(who)s locked the topic rooms (%(n)d). To undo: %(cmd)s") % {
-        "who": inv.sender,
-        "n": len(rooms),
-        "cmd": f"{bot.prefix}unlock",
-    }
-    await bot.reply(inv, body)
-
-
-@registry.command(
-    "unlock",
-    aliases=("deverrouiller", "déverrouiller"),
-    help=_("Let members post again (and lift a join lock)."),
-)
-async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
-    rooms = await bot.actions.unlock()
-    joins = await bot.actions.unlock_joins()
-    await bot.actions.audit(actor=inv.sender, action="unlock", target="*", rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    body = bot.t("%(who)s unlocked the topic rooms (%(n)d).") % {
-        "who": inv.sender,
-        "n": len(set(rooms) | set(joins)),
-    }
-    await bot.reply(inv, body)
-
-
-@registry.command(
-    "unlock-joins",
-    aliases=("ouvrir-entrees", "ouvrir-entrées"),
-    help=_("Restore the join rules after a join wave."),
-)
-async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
-    rooms = await bot.actions.unlock_joins()
-    await bot.actions.audit(actor=inv.sender, action="unlock-joins", target="*", rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    body = bot.t("%(who)s restored the join rules (%(n)d room(s)).") % {
-        "who": inv.sender,
-        "n": len(rooms),
-    }
-    await bot.reply(inv, body)
-
-
-@registry.command(
-    "dry-run",
-    aliases=("simulation",),
-    args=(Arg("mode", "choice", choices=("on", "off")),),
-    help=_("Protections only report (on) or act (off)."),
-)
-async def cmd_dry_run(bot: ModerationBot, inv: Invocation, mode: str) -> None:
-    bot.dry_run = mode == "on"
-    bot.dry_strikes.clear()
-    async with bot.db.sessionmaker() as s, s.begin():
-        await State(s).set("dry_run", {"on": bot.dry_run})
-    await bot.actions.audit(actor=inv.sender, action=f"dry-run:{mode}", target="*",
-                            event_id=inv.event_id)  # fmt: skip
-    body = (
-        bot.t("Dry run is on: protections only report.")
-        if bot.dry_run
-        else bot.t("Dry run is off: protections act.")
-    )
-    await bot.reply(inv, body)
-
-
-@registry.command(
-    "ban-server",
-    aliases=("bannir-serveur",),
-    args=(Arg("server", "word"), Arg("reason", "text")),
-    help=_("Ban a whole homeserver (policy rule and server ACL)."),
-)
-async def cmd_ban_server(bot: ModerationBot, inv: Invocation, server: str, reason: str) -> None:
-    if T.glob_match(server, bot.settings.server_name):
-        await bot.reply(inv, bot.t("Refused: that would ban this forum's own homeserver."))
-        return
-    await bot.actions.publish_rule("server", server, reason)
-    rooms = await bot.actions.deny_server(server)
-    await bot.actions.audit(actor=inv.sender, action="ban-server", target=server, rooms=rooms,
-                            reason=reason, event_id=inv.event_id)  # fmt: skip
-    await bot.echo(
-        inv, bot.t("banned the server"), server, rooms, reason,
-        undo=f"{bot.prefix}unban-server {server}",
-    )  # fmt: skip
-
-
-@registry.command(
-    "unban-server",
-    aliases=("debannir-serveur",),
-    args=(Arg("server", "word"),),
-    help=_("Lift a server ban (policy rule and server ACL)."),
-)
-async def cmd_unban_server(bot: ModerationBot, inv: Invocation, server: str) -> None:
-    await bot.actions.withdraw_rule("server", server)
-    rooms = await bot.actions.allow_server(server)
-    await bot.actions.audit(actor=inv.sender, action="unban-server", target=server, rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    await bot.echo(inv, bot.t("lifted the ban of the server"), server, rooms, None)
-
-
-@registry.command(
-    "status",
-    aliases=("etat",),
-    help=_("Show the protections' settings and what is in force now."),
-)
-async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
-    t, cfg = bot.t, bot.cfg
-    async with bot.db.sessionmaker() as s:
-        mutes = await Mutes(s).all()
-        open_cases = await Cases(s).open_count()
-    locked, joins_locked = await bot.actions.locked(), await bot.actions.joins_locked()
-    yes, no = t("yes"), t("no")
-    lines = [
-        t("Dry run: %(state)s.") % {"state": yes if bot.dry_run else no},
-        t("Flood: %(n)d messages in %(s)d s.")
-        % {"n": cfg.flood_messages, "s": int(cfg.flood_seconds)},
-        t("Mention spam: more than %(n)d mentions.") % {"n": cfg.mention_limit},
-        t("Links and media held back from members who joined less than %(h)s h ago.")
-        % {"h": f"{cfg.new_member_hours:g}"},
-        t("Banned words: %(n)d.") % {"n": len(cfg.words)},
-        t("Join wave: %(n)d joins in %(s)d s.")
-        % {"n": cfg.join_wave_joins, "s": int(cfg.join_wave_seconds)},
-        t("Steps: %(steps)s (back to the first after %(h)s quiet hours).")
-        % {"steps": " → ".join(cfg.steps), "h": f"{cfg.step_reset_hours:g}"},
-        t("Topic rooms read-only: %(state)s; joins knock-only: %(joins)s.")
-        % {"state": yes if locked else no, "joins": yes if joins_locked else no},
-        t("Muted now: %(n)d. Open reports: %(cases)d.") % {"n": len(mutes), "cases": open_cases},
-        t("Policy lists followed: %(n)d of %(total)d (%(rules)d rules); our own rules: %(own)d.")
-        % {
-            "n": len(bot.list_rooms),
-            "total": len(cfg.policy_lists),
-            "rules": len(bot.rules),
-            "own": len(bot.own_rules),
-        },
-    ]
-    html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
-    await bot.reply(inv, "\n".join(lines), html_body)
-
-
-@registry.command(
-    "case",
-    aliases=("dossier",),
-    args=(
-        Arg("number", "int"),
-        Arg("action", "choice", choices=(*CASE_ACTIONS, *CASE_ACTIONS_FR)),
-    ),
-    help=_("Act on a report: dismiss, redact, warn, mute or ban."),
-)
-async def cmd_case(bot: ModerationBot, inv: Invocation, number: int, action: str) -> None:
-    action = CASE_ACTIONS_FR.get(action, action)
-    problem = await bot.act_on_case(number, action, inv.sender, inv.event_id)
-    if problem:
-        await bot.reply(inv, problem)
+        await self.join_wave.joined(user, ev.origin_server_ts / 1000 or time.time())

@@ -46,6 +46,15 @@ class Command:
         return " ".join([prefix + self.name, *(a.usage() for a in self.args)])
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """A command as given: who, in which event."""
+
+    sender: str
+    event_id: str
+    command: Command
+
+
 def _(msg: str) -> str:
     """Marks a message for extraction; translated when shown."""
     return msg
@@ -99,6 +108,10 @@ class Registry:
         except ValueError:
             tokens = rest.split()
         return cmd, tokens
+
+
+registry = Registry()
+"""The moderation bot's commands: each command group declares its commands on it."""
 
 
 def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:

@@ -101,10 +101,10 @@ def word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
 
 
 def parse_duration(token: str) -> timedelta | None:
-    m = _DURATION.match(token.strip().lower())
-    if not m:
+    found = _DURATION.match(token.strip().lower())
+    if not found:
         return None
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    return timedelta(seconds=int(found.group(1)) * _UNITS[found.group(2)])
 
 
 def format_duration(delta: timedelta) -> str:

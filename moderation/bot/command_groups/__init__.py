@@ -1,0 +1,11 @@
+"""The moderation bot's commands, one group per file by subject, all declared on the one
+registry (:data:`moderation.bot.commands.registry`); the help lists them group by group,
+in the order of the imports below."""
+
+# isort: skip_file
+
+from __future__ import annotations
+
+from . import info, members, rooms, protections, servers, cases
+
+__all__ = ["cases", "info", "members", "protections", "rooms", "servers"]

@@ -1,0 +1,94 @@
+"""Information commands: the help, a person's history, the status of the protections."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+from ..commands import Invocation, _, registry
+from ..store import Audit, Cases, Mutes
+from .targets import USER, resolve_user
+
+if TYPE_CHECKING:
+    from ..bot import ModerationBot
+
+
+@registry.command("help", aliases=("aide",), power=0, help=_("Show this help."))
+async def cmd_help(bot: ModerationBot, inv: Invocation) -> None:
+    t = bot.t
+    lines = [t("Commands (management room only):")]
+    rows = []
+    for c in registry.commands:
+        names = " / ".join(bot.prefix + n for n in c.names)
+        usage = " ".join(a.usage() for a in c.args)
+        lines.append(f"{names} {usage} — {t(c.help)}")
+        rows.append(
+            f"<li><code>{html.escape(names)} {html.escape(usage)}</code> — "
+            f"{html.escape(t(c.help))}</li>"
+        )
+    await bot.management.reply(
+        inv, "\n".join(lines), f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>"
+    )
+
+
+@registry.command(
+    "history", aliases=("historique",), args=(USER,), help=_("Past actions about a person.")
+)
+async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
+    target = await resolve_user(bot, inv, user)
+    if target is None:
+        return
+    async with bot.sessionmaker() as s:
+        entries = [e for e in await Audit(s).entries(target) if e.target == target][-30:]
+    if not entries:
+        await bot.management.reply(
+            inv, bot.t("No recorded action about %(user)s.") % {"user": target}
+        )
+        return
+    lines = [bot.t("History of %(user)s:") % {"user": target}]
+    for e in entries:
+        dry = " " + bot.t("[dry run]") if e.dry_run else ""
+        lines.append(
+            f"{e.created_at:%Y-%m-%d %H:%M} {bot.cases.action_label(e.action)}{dry} — {e.actor} "
+            f"({e.source})" + (f": {e.reason}" if e.reason else "")
+        )
+    await bot.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
+
+
+@registry.command(
+    "status",
+    aliases=("etat",),
+    help=_("Show the protections' settings and what is in force now."),
+)
+async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
+    t, cfg = bot.t, bot.cfg
+    async with bot.sessionmaker() as s:
+        mutes = await Mutes(s).all()
+        open_cases = await Cases(s).open_count()
+    locked, joins_locked = await bot.locks.locked(), await bot.locks.joins_locked()
+    yes, no = t("yes"), t("no")
+    lines = [
+        t("Dry run: %(state)s.") % {"state": yes if bot.dry_run else no},
+        t("Flood: %(n)d messages in %(s)d s.")
+        % {"n": cfg.flood_messages, "s": int(cfg.flood_seconds)},
+        t("Mention spam: more than %(n)d mentions.") % {"n": cfg.mention_limit},
+        t("Links and media held back from members who joined less than %(h)s h ago.")
+        % {"h": f"{cfg.new_member_hours:g}"},
+        t("Banned words: %(n)d.") % {"n": len(cfg.words)},
+        t("Join wave: %(n)d joins in %(s)d s.")
+        % {"n": cfg.join_wave_joins, "s": int(cfg.join_wave_seconds)},
+        t("Steps: %(steps)s (back to the first after %(h)s quiet hours).")
+        % {"steps": " → ".join(cfg.steps), "h": f"{cfg.step_reset_hours:g}"},
+        t("Topic rooms read-only: %(state)s; joins knock-only: %(joins)s.")
+        % {"state": yes if locked else no, "joins": yes if joins_locked else no},
+        t("Muted now: %(n)d. Open reports: %(cases)d.") % {"n": len(mutes), "cases": open_cases},
+        t("Policy lists followed: %(n)d of %(total)d (%(rules)d rules); our own rules: %(own)d.")
+        % {
+            "n": len(bot.policy_lists.list_rooms),
+            "total": len(cfg.policy_lists),
+            "rules": len(bot.policy_lists.rules),
+            "own": len(bot.policy_lists.own_rules),
+        },
+    ]
+    html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+    await bot.management.reply(inv, "\n".join(lines), html_body)

@@ -1,0 +1,151 @@
+"""Commands about members: ban, unban, kick, mute, unmute, warn, redact."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ..commands import Arg, Invocation, _, registry
+from ..text import format_duration, glob_match, is_glob
+from .targets import REASON, USER, refuse_if_exempt, resolve_user
+
+if TYPE_CHECKING:
+    from ..bot import ModerationBot
+
+
+@registry.command(
+    "ban",
+    aliases=("bannir",),
+    args=(USER, REASON),
+    help=_("Ban a person (or a glob like @*:spam.example) from every forum room."),
+)
+async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
+    target = await resolve_user(bot, inv, user, glob=True)
+    if target is None or (not is_glob(target) and await refuse_if_exempt(bot, inv, target)):
+        return
+    banned = await bot.sanctions.ban(
+        target, reason, actor=inv.sender, source="command", event_id=inv.event_id
+    )
+    rooms = list(bot.forum_rooms.forum_ids) if banned else []
+    label = target if not is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
+    await bot.management.echo(
+        inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}"
+    )
+
+
+@registry.command("unban", aliases=("debannir", "débannir"), args=(USER,), help=_("Lift a ban."))
+async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
+    target = await resolve_user(bot, inv, user, glob=True)
+    if target is None:
+        return
+    await bot.actions.withdraw_rule("user", target)
+    users = [target]
+    if is_glob(target):  # lift the bans the glob caught
+        users = sorted(u for u in await bot.actions.banned() if glob_match(target, u))
+    results = await asyncio.gather(*(bot.actions.unban(u) for u in users))
+    rooms = sorted({room for done in results for room in done})
+    await bot.actions.audit(
+        actor=inv.sender, action="unban", target=target, rooms=rooms, event_id=inv.event_id
+    )
+    await bot.management.echo(inv, bot.t("unbanned"), target, rooms, None)
+
+
+@registry.command(
+    "kick", aliases=("expulser",), args=(USER, REASON), help=_("Remove a person from every room.")
+)
+async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
+    target = await resolve_user(bot, inv, user)
+    if target is None or await refuse_if_exempt(bot, inv, target):
+        return
+    rooms = await bot.sanctions.kick(
+        target, reason, actor=inv.sender, source="command", event_id=inv.event_id
+    )
+    await bot.management.echo(inv, bot.t("kicked"), target, rooms, reason)
+
+
+@registry.command(
+    "mute",
+    aliases=("sourdine", "muet"),
+    args=(USER, Arg("duration", "duration", optional=True), REASON),
+    help=_("Stop a person from posting (for a duration like 10m, 2h, 1d)."),
+)
+async def cmd_mute(
+    bot: ModerationBot,
+    inv: Invocation,
+    user: str,
+    duration: timedelta | None,
+    reason: str | None,
+) -> None:
+    target = await resolve_user(bot, inv, user)
+    if target is None or await refuse_if_exempt(bot, inv, target):
+        return
+    rooms = await bot.sanctions.mute(
+        target, duration, reason, actor=inv.sender, source="command", event_id=inv.event_id
+    )
+    what = bot.t("muted")
+    if duration:
+        what += " " + bot.t("for %(d)s") % {"d": format_duration(duration)}
+    await bot.management.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
+
+
+@registry.command(
+    "unmute", aliases=("fin-sourdine", "demuet"), args=(USER,), help=_("Let a person post again.")
+)
+async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
+    target = await resolve_user(bot, inv, user)
+    if target is None:
+        return
+    _was, rooms = await bot.actions.unmute(target)
+    await bot.actions.audit(
+        actor=inv.sender, action="unmute", target=target, rooms=rooms, event_id=inv.event_id
+    )
+    await bot.management.echo(inv, bot.t("unmuted"), target, rooms, None)
+
+
+@registry.command(
+    "warn",
+    aliases=("avertir",),
+    args=(USER, Arg("reason", "text")),
+    help=_("Send a person a warning in a direct message."),
+)
+async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) -> None:
+    target = await resolve_user(bot, inv, user)
+    if target is None or await refuse_if_exempt(bot, inv, target):
+        return
+    await bot.sanctions.warn(
+        target, reason, actor=inv.sender, source="command", event_id=inv.event_id
+    )
+    await bot.management.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
+
+
+@registry.command(
+    "redact",
+    aliases=("effacer",),
+    args=(USER, Arg("limit", "count_or_since", optional=True), REASON),
+    help=_("Remove a person's recent messages (a count, or a duration like 2h)."),
+)
+async def cmd_redact(
+    bot: ModerationBot,
+    inv: Invocation,
+    user: str,
+    limit: int | timedelta | None,
+    reason: str | None,
+) -> None:
+    target = await resolve_user(bot, inv, user)
+    if target is None or await refuse_if_exempt(bot, inv, target):
+        return
+    count = limit if isinstance(limit, int) else None
+    since = limit if isinstance(limit, timedelta) else None
+    if count is None and since is None:
+        count = 100
+    events = await bot.actions.recent_events(target, count, since)
+    n = await bot.actions.redact_many([(r, e) for r, e, _ in events], reason)
+    rooms = sorted({r for r, _, _ in events})
+    await bot.actions.audit(
+        actor=inv.sender, action=f"redact:{n}", target=target, rooms=rooms, reason=reason,
+        event_id=inv.event_id,
+    )  # fmt: skip
+    await bot.management.echo(
+        inv, bot.t("removed %(n)d message(s) of") % {"n": n}, target, rooms, reason
+    )

@@ -1,0 +1,64 @@
+"""Who a command is about: a user id from what the moderator typed, and the refusal to
+act on moderators and bots."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forum.matrix import is_user_id
+
+from ..commands import Arg, Invocation
+from ..text import is_glob, skeleton, strip_controls
+
+if TYPE_CHECKING:
+    from ..bot import ModerationBot
+
+USER = Arg("user", "user")
+REASON = Arg("reason", "text", optional=True)
+
+
+async def resolve_user(
+    bot: ModerationBot, inv: Invocation, token: str, *, glob: bool = False
+) -> str | None:
+    """A user id for ``token`` (id, glob, or unambiguous display name), or ``None``
+    after telling the moderator why."""
+    t = bot.t
+    token = strip_controls(token).strip()
+    if token.startswith("@") and is_glob(token):
+        if glob:
+            return token
+        await bot.management.reply(inv, t("Globs are only accepted by !ban."))
+        return None
+    if is_user_id(token):
+        return token
+    members = await bot.actions.members()
+    wanted = skeleton(token.removeprefix("@"))
+    # Look-alikes (confusable letters, bidi and zero-width controls) compare equal, so
+    # a name shaped like a moderator's is always reported as ambiguous, never chosen.
+    exact = [u for u, n in members.items() if n and skeleton(n) == wanted]
+    if not exact:
+        exact = [u for u in members if skeleton(u[1:].split(":")[0]) == wanted]
+    if len(exact) == 1:
+        return exact[0]
+    if not exact:
+        await bot.management.reply(
+            inv, t("Nobody in the forum is named %(name)s.") % {"name": token}
+        )
+        return None
+    listing = ", ".join(sorted(exact))
+    await bot.management.reply(
+        inv,
+        t("%(name)s is ambiguous: %(ids)s. Give the full user id.")
+        % {"name": token, "ids": listing},
+    )
+    return None
+
+
+async def refuse_if_exempt(bot: ModerationBot, inv: Invocation, user: str) -> bool:
+    if await bot.actions.is_exempt(user):
+        await bot.management.reply(
+            inv,
+            bot.t("Refused: %(user)s is a moderator or a bot.") % {"user": user},
+        )
+        return True
+    return False

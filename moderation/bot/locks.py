@@ -1,0 +1,118 @@
+"""Locks of the topic rooms: read-only (``!lock``) and knock-only joins (after a join
+wave). Each lock keeps what it replaced, stored, so that unlocking restores it and a
+restart (or a provisioning run) locks again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from forum.settings import Settings
+
+from .actions import Actions
+from .store import State
+
+
+class RoomLocks:
+    def __init__(
+        self,
+        *,
+        actions: Actions,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        self.actions = actions
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+
+    async def lock(self) -> list[str]:
+        level = self.settings.power_levels.moderator
+        saved: dict[str, int] = {}
+
+        async def one(room: str) -> None:
+            def change(pl: dict[str, Any]) -> bool:
+                current = int(pl.get("events_default", 0))
+                saved.setdefault(room, current)
+                if current >= level:
+                    return False
+                pl["events_default"] = level
+                return True
+
+            await self.actions.edit_power_levels(room, change)
+
+        async with self.sessionmaker() as s:
+            previous = (await State(s).get("lock")) or {}
+        rooms = await self.actions.across(one, self.actions.topic_rooms)
+        merged = {**{r: v for r, v in saved.items() if v < level}, **previous.get("rooms", {})}
+        async with self.sessionmaker() as s, s.begin():
+            await State(s).set("lock", {"rooms": merged})
+        return rooms
+
+    async def unlock(self) -> list[str]:
+        async with self.sessionmaker() as s:
+            state = (await State(s).get("lock")) or {}
+        previous: dict[str, int] = state.get("rooms", {})
+        members = self.settings.power_levels.members
+
+        async def one(room: str) -> None:
+            def change(pl: dict[str, Any]) -> bool:
+                target = previous.get(room, members)
+                if pl.get("events_default") == target:
+                    return False
+                pl["events_default"] = target
+                return True
+
+            await self.actions.edit_power_levels(room, change)
+
+        rooms = await self.actions.across(one, self.actions.topic_rooms)
+        async with self.sessionmaker() as s, s.begin():
+            await State(s).delete("lock")
+        return rooms
+
+    async def lock_joins(self) -> list[str]:
+        async with self.sessionmaker() as s:
+            previous = (await State(s).get("join_lock")) or {}
+        saved: dict[str, Any] = dict(previous.get("rooms", {}))
+
+        async def one(room: str) -> None:
+            content = await self.actions.gateway.get_state_event(room, "m.room.join_rules") or {}
+            if content.get("join_rule") in {"knock", "invite"}:
+                return
+            saved.setdefault(room, content)
+            await self.actions.gateway.put_state(room, "m.room.join_rules", {"join_rule": "knock"})
+
+        rooms = await self.actions.across(one, self.actions.topic_rooms)
+        async with self.sessionmaker() as s, s.begin():
+            await State(s).set("join_lock", {"rooms": saved})
+        return rooms
+
+    async def locked(self) -> bool:
+        async with self.sessionmaker() as s:
+            return (await State(s).get("lock")) is not None
+
+    async def joins_locked(self) -> bool:
+        async with self.sessionmaker() as s:
+            return (await State(s).get("join_lock")) is not None
+
+    async def unlock_joins(self) -> list[str]:
+        async with self.sessionmaker() as s:
+            state = await State(s).get("join_lock")
+        if state is None:
+            return []
+        saved: dict[str, Any] = state.get("rooms", {})
+        rooms = await self.actions.across(
+            lambda r: self.actions.gateway.put_state(r, "m.room.join_rules", saved[r]), list(saved)
+        )
+        async with self.sessionmaker() as s, s.begin():
+            await State(s).delete("join_lock")
+        return rooms
+
+    async def reapply_locks(self) -> None:
+        async with self.sessionmaker() as s:
+            lock = await State(s).get("lock")
+            join_lock = await State(s).get("join_lock")
+        if lock is not None:
+            await self.lock()
+        if join_lock is not None:
+            await self.lock_joins()

@@ -1,0 +1,228 @@
+"""Policy lists: the forum's own ban rules (published in its policy room) and the lists it
+subscribes to. A subscribed rule bans the people it matches; a removed one lifts the bans
+it made, also when it went away while the bot was down. Anyone who joins is checked
+against every rule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from forum.errors import MatrixError
+from forum.events import StateChange
+from forum.matrix import server_of
+
+from .actions import Actions
+from .consequences import DryRunSwitch
+from .management import ManagementRoom
+from .store import PolicyBans
+from .text import glob_match, is_glob
+
+if TYPE_CHECKING:
+    from forum.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+POLICY_BAN = frozenset({"m.ban", "org.matrix.mjolnir.ban"})
+POLICY_TYPES = {
+    "m.policy.rule.user": "user",
+    "m.room.rule.user": "user",
+    "org.matrix.mjolnir.rule.user": "user",
+    "m.policy.rule.server": "server",
+    "m.room.rule.server": "server",
+    "org.matrix.mjolnir.rule.server": "server",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    entity: str
+    reason: str
+
+
+def own_rule(kind: str, content: dict[str, Any]) -> Rule | None:
+    """The ban rule of a state event of the forum's own policy room, if it is one."""
+    if content.get("recommendation") in POLICY_BAN and content.get("entity"):
+        return Rule(kind, str(content["entity"]), str(content.get("reason") or ""))
+    return None
+
+
+class PolicyLists:
+    def __init__(
+        self,
+        *,
+        moderation_gateway: Gateway,
+        actions: Actions,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        management: ManagementRoom,
+        consequences: DryRunSwitch,
+        policy_room: str,
+        subscriptions: list[str],
+        gettext: Callable[[str], str],
+    ) -> None:
+        self.gateway = moderation_gateway
+        self.actions = actions
+        self.sessionmaker = sessionmaker
+        self.management = management
+        self.consequences = consequences
+        self.policy_room = policy_room
+        self.subscriptions = subscriptions
+        self.t = gettext
+        self.own_rules: dict[str, Rule] = {}
+        self.rules: dict[str, Rule] = {}  # subscribed: "room|type|state_key" -> rule
+        self.list_rooms: set[str] = set()
+
+    @property
+    def actor(self) -> str:
+        return self.gateway.user_id
+
+    def is_list_room(self, room_id: str) -> bool:
+        return room_id == self.policy_room or room_id in self.list_rooms
+
+    # --- our own rules ----------------------------------------------------------------
+    async def load_own_rules(self) -> None:
+        for ev in await self.gateway.get_state(self.policy_room):
+            kind = POLICY_TYPES.get(str(ev.get("type")))
+            rule = own_rule(kind, ev.get("content") or {}) if kind else None
+            if rule is not None:
+                self.own_rules[str(ev.get("state_key"))] = rule
+
+    async def on_state(self, ev: StateChange) -> None:
+        kind = POLICY_TYPES.get(ev.type)
+        if kind is None:
+            return
+        if ev.room_id == self.policy_room:
+            rule = own_rule(kind, ev.content)
+            if rule is not None:
+                self.own_rules[ev.state_key] = rule
+            else:
+                self.own_rules.pop(ev.state_key, None)
+        elif ev.room_id in self.list_rooms:
+            await self.rule_changed(ev.room_id, ev.type, ev.state_key, ev.content)
+
+    # --- joins ------------------------------------------------------------------------
+    def matching_rule(self, user: str) -> tuple[str, Rule] | None:
+        for key, rule in [*self.own_rules.items(), *self.rules.items()]:
+            if rule.kind == "user" and glob_match(rule.entity, user):
+                return key, rule
+            if rule.kind == "server" and glob_match(rule.entity, server_of(user)):
+                return key, rule
+        return None
+
+    async def ban_on_join(self, user: str, event_id: str) -> bool:
+        """Ban ``user``, who just joined, if a rule matches them; whether one did."""
+        rule = self.matching_rule(user)
+        if rule is None:
+            return False
+        key, found = rule
+        reason = found.reason or self.t("Policy list rule")
+        rooms = await self.actions.ban(user, reason)
+        if key in self.rules:
+            async with self.sessionmaker() as s, s.begin():
+                await PolicyBans(s).add(key, user)
+        await self.actions.audit(
+            actor=self.actor, action="ban", target=user, rooms=rooms, reason=reason,
+            event_id=event_id, source="policy",
+        )  # fmt: skip
+        return True
+
+    # --- subscriptions ----------------------------------------------------------------
+    async def subscribe_all(self) -> None:
+        pending = list(self.subscriptions)
+        delay = 2.0
+        while pending:
+            failed = []
+            for ref in pending:
+                if not await self.subscribe(ref):
+                    failed.append(ref)
+            pending = failed
+            if pending:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 300)
+
+    async def subscribe(self, ref: str) -> bool:
+        room_ref, _, query = ref.partition("?")
+        via = [v.removeprefix("via=") for v in query.split("&") if v.startswith("via=")]
+        if not via and server_of(room_ref):
+            via = [server_of(room_ref)]
+        try:
+            room_id = await self.gateway.join(room_ref, via=via)
+            state = await self.gateway.get_state(room_id)
+        except MatrixError as exc:
+            log.warning("cannot subscribe to the policy list %s: %s", ref, exc)
+            return False
+        self.list_rooms.add(room_id)
+        for ev in state:
+            etype = str(ev.get("type"))
+            if etype in POLICY_TYPES:
+                await self.rule_changed(
+                    room_id, etype, str(ev.get("state_key")), ev.get("content") or {}
+                )
+        await self.lift_missing_rules(room_id)
+        log.info("subscribed to the policy list %s (%s)", ref, room_id)
+        return True
+
+    async def rule_changed(
+        self, room_id: str, etype: str, state_key: str, content: dict[str, Any]
+    ) -> None:
+        key = f"{room_id}|{etype}|{state_key}"
+        kind = POLICY_TYPES[etype]
+        entity = content.get("entity")
+        if content.get("recommendation") in POLICY_BAN and isinstance(entity, str) and entity:
+            rule = Rule(kind, entity, str(content.get("reason") or ""))
+            if self.rules.get(key) == rule:
+                return
+            self.rules[key] = rule
+            await self.enforce(key, rule)
+            return
+        if self.rules.pop(key, None) is None:
+            return
+        await self.lift(key)
+
+    async def lift(self, key: str) -> None:
+        """Undo the bans of a removed rule. Each ban is forgotten only once its unban is
+        done, so unbans cut short by a crash are found again at the next start."""
+        async with self.sessionmaker() as s:
+            users = await PolicyBans(s).users_of(key)
+        for user in users:
+            async with self.sessionmaker() as s:
+                others = await PolicyBans(s).other_rules_of(user, key)
+            if not others and not self.matching_rule(user):
+                rooms = await self.actions.unban(user, "policy rule removed")
+                await self.actions.audit(
+                    actor=self.actor, action="unban", target=user, rooms=rooms,
+                    reason="policy rule removed", source="policy",
+                )  # fmt: skip
+                body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
+                await self.management.tell(body)
+            async with self.sessionmaker() as s, s.begin():
+                await PolicyBans(s).remove(key, user)
+
+    async def lift_missing_rules(self, room_id: str) -> None:
+        """After (re)reading a list: bans recorded for rules it no longer has (removed
+        while the bot was down, or lifted only in part before a crash) are undone."""
+        async with self.sessionmaker() as s:
+            keys = await PolicyBans(s).keys_in(room_id)
+        for key in keys:
+            if key not in self.rules:
+                log.info("policy rule %s is gone: lifting its bans", key)
+                await self.lift(key)
+
+    async def enforce(self, key: str, rule: Rule) -> None:
+        if rule.kind == "user" and not is_glob(rule.entity):
+            targets = [rule.entity]  # member or not: a ban ahead of a join is allowed
+        else:
+            members = await self.actions.members()
+            key_of = (lambda u: u) if rule.kind == "user" else server_of
+            targets = [u for u in members if glob_match(rule.entity, key_of(u))]
+        targets = [u for u in targets if not await self.actions.is_exempt(u)]
+        if not targets:
+            return
+        reason = rule.reason or self.t("Policy list rule")
+        await self.consequences.current.policy_bans(key, rule.entity, reason, targets)

@@ -1,0 +1,33 @@
+"""Join waves: when more distinct people than configured join within the configured
+seconds, the topic rooms become knock-only (lifted by ``!unlock-joins``)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..consequences import DryRunSwitch
+from ..locks import RoomLocks
+from ..tuning import Tuning
+
+
+class JoinWave:
+    """Watches the joins to the forum rooms (not a message protection: it sees joins)."""
+
+    def __init__(self, tuning: Tuning, *, locks: RoomLocks, consequences: DryRunSwitch) -> None:
+        self.tuning = tuning
+        self.locks = locks
+        self.consequences = consequences
+        #: Recent joins: (when, user id), oldest first.
+        self.join_times: deque[tuple[float, str]] = deque()
+
+    async def joined(self, user: str, now: float) -> None:
+        cfg = self.tuning.current
+        joins = self.join_times
+        joins.append((now, user))
+        while joins and joins[0][0] < now - cfg.join_wave_seconds:
+            joins.popleft()
+        distinct = {u for _, u in joins}
+        if len(distinct) < cfg.join_wave_joins or await self.locks.joins_locked():
+            return
+        joins.clear()
+        await self.consequences.current.join_wave(len(distinct), int(cfg.join_wave_seconds))

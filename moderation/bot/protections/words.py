@@ -1,0 +1,32 @@
+"""Banned words, matched as whole words, case- and accent-insensitively."""
+
+from __future__ import annotations
+
+import re
+
+from forum.events import Message
+
+from ..text import fold, word_pattern
+from .base import Events, Protection, _
+
+
+class BannedWords(Protection):
+    kind = "word"
+    label = _("a banned word")
+
+    _words: tuple[str, ...] | None = None
+    _pattern: re.Pattern[str] | None = None
+
+    @property
+    def pattern(self) -> re.Pattern[str] | None:
+        """The pattern of the configured words (made again when they change)."""
+        words = tuple(self.tuning.current.words)
+        if words != self._words:
+            self._words, self._pattern = words, word_pattern(words)
+        return self._pattern
+
+    async def check(self, ev: Message) -> Events | None:
+        pattern = self.pattern
+        if pattern is not None and pattern.search(fold(ev.body)):
+            return [(ev.room_id, ev.event_id)]
+        return None
