@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from moderation.bot.actions import rule_state_key
-from moderation.bot.store import Audit
+from moderation.bot.repositories import Audit
 from tests.matrix_user import MatrixRequestError
 from tests.moderation_helpers import ModForum, is_message, moderated_forum
 
@@ -184,7 +184,7 @@ async def test_mute_and_unmute_everywhere(forum: ModForum):
         await person.send_text(forum.topic, "je parle quand même")
     assert refused.value.status == 403
     async with forum.ctx.db.sessionmaker() as s:
-        from moderation.bot.store import Mutes
+        from moderation.bot.repositories import Mutes
 
         mute = await Mutes(s).get(person.user_id)
     assert mute is not None

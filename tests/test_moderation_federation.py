@@ -10,7 +10,7 @@ import pytest
 
 from forum.app import Service
 from moderation.bot import FEATURE
-from moderation.bot.store import Audit
+from moderation.bot.repositories import Audit
 from tests.conftest import MakeUserOn, SynapsePair
 from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
 from tests.moderation_helpers import FAST, start_moderated

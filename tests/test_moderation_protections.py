@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from forum.storage.models import utcnow
-from moderation.bot.store import Audit, Strikes
+from moderation.bot.repositories import Audit, Strikes
 from tests.matrix_user import MatrixRequestError, TestUser
 from tests.moderation_helpers import ModForum, is_message, moderated_forum
 

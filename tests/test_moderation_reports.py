@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from moderation.bot.store import Cases
+from moderation.bot.repositories import Cases
 from tests.matrix_user import Event, TestUser
 from tests.moderation_helpers import ModForum, is_message, moderated_forum
 

@@ -17,7 +17,7 @@ from forum.app import Service
 from forum.storage.repositories import ProcessedEvents
 from moderation.bot import FEATURE, add_commands
 from moderation.bot.bot import PENDING_COMMAND
-from moderation.bot.store import Audit, Mutes, State
+from moderation.bot.repositories import Audit, Mutes, State
 from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
 from tests.matrix_user import TestUser
 from tests.moderation_helpers import FAST, is_reply, start_moderated

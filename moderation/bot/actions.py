@@ -21,7 +21,7 @@ from forum.matrix import PowerLevels
 from forum.settings import Settings
 from forum.storage.models import utcnow
 
-from .store import Audit, DirectRooms, Mutes
+from .repositories import Audit, DirectRooms, Mutes
 
 if TYPE_CHECKING:
     from forum.context import Clock, Rooms

@@ -45,8 +45,8 @@ from .protections import (
     NewMemberLinks,
 )
 from .reports import Reports
+from .repositories import FirstJoins, State
 from .sanctions import Sanctions
-from .store import FirstJoins, State
 from .strikes import SimulatedStrikes, StrikeLadder
 from .tuning import Tuning
 

@@ -18,8 +18,8 @@ from forum.matrix import matrix_to
 
 from .actions import Actions
 from .management import ManagementRoom
+from .repositories import Cases
 from .sanctions import Sanctions
-from .store import Cases
 from .text import quote_html, quote_plain
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import Any
 
 from forum.kit import OperatorKit, command_group
 
-from .store import Audit
+from .repositories import Audit
 
 
 async def cmd_log(args: argparse.Namespace) -> int:

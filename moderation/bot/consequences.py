@@ -18,8 +18,8 @@ from forum.tasks import TaskSupervisor
 from .actions import Actions
 from .locks import RoomLocks
 from .management import ManagementRoom, user_html, with_line
+from .repositories import PolicyBans
 from .sanctions import Sanctions
-from .store import PolicyBans
 from .strikes import SimulatedStrikes, StrikeLadder
 from .text import parse_duration, quote_html, quote_plain
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.settings import Settings
 
 from .actions import Actions
-from .store import State
+from .repositories import State
 
 
 class RoomLocks:

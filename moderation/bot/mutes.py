@@ -13,7 +13,7 @@ from forum.storage.models import utcnow
 
 from .actions import Actions
 from .management import ManagementRoom
-from .store import Mutes
+from .repositories import Mutes
 
 if TYPE_CHECKING:
     from forum.context import Clock

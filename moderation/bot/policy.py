@@ -20,7 +20,7 @@ from forum.matrix import server_of
 from .actions import Actions
 from .consequences import DryRunSwitch
 from .management import ManagementRoom
-from .store import PolicyBans
+from .repositories import PolicyBans
 from .text import glob_match, is_glob
 
 if TYPE_CHECKING:

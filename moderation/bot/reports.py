@@ -18,7 +18,7 @@ from forum.events import Message
 
 from .cases import CaseDesk
 from .commands import registry
-from .store import State
+from .repositories import State
 from .tuning import Tuning
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.storage.models import utcnow
 
-from .store import Strikes
+from .repositories import Strikes
 from .tuning import Tuning
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import html
 from typing import TYPE_CHECKING
 
 from ..commands import Invocation, _, registry
-from ..store import Audit, Cases, Mutes
+from ..repositories import Audit, Cases, Mutes
 from .targets import USER, resolve_user
 
 if TYPE_CHECKING:

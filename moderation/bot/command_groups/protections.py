@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..commands import Arg, Invocation, _, registry
-from ..store import State
+from ..repositories import State
 
 if TYPE_CHECKING:
     from ..bot import ModerationBot

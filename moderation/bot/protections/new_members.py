@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.events import Message
 from forum.storage.models import utcnow
 
-from ..store import FirstJoins
+from ..repositories import FirstJoins
 from ..text import has_link
 from ..tuning import Tuning
 from .base import Events, Protection, _
