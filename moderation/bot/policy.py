@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.errors import MatrixError
 from forum.events import StateChange
 from forum.matrix import server_of
+from forum.retry import retry_call, retrying
 
 from .actions import Actions
 from .consequences import DryRunSwitch
@@ -37,6 +39,10 @@ POLICY_TYPES = {
     "m.room.rule.server": "server",
     "org.matrix.mjolnir.rule.server": "server",
 }
+
+
+class _NotYet(Exception):
+    """A policy list could not be read yet."""
 
 
 @dataclass(frozen=True)
@@ -134,17 +140,22 @@ class PolicyLists:
 
     # --- subscriptions ----------------------------------------------------------------
     async def subscribe_all(self) -> None:
-        pending = list(self.subscriptions)
-        delay = 2.0
-        while pending:
-            failed = []
-            for ref in pending:
-                if not await self.subscribe(ref):
-                    failed.append(ref)
-            pending = failed
-            if pending:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 300)
+        """Follow every configured list. One that cannot be read now (its server is down,
+        say) is tried again with the project's retry policy, backing off up to 5 minutes,
+        until it can."""
+        policy = retrying(
+            None, retryable=lambda exc: isinstance(exc, _NotYet), initial=2.0, cap=300.0
+        )
+        await asyncio.gather(
+            *(
+                retry_call(policy.copy(), partial(self._subscribe_or_raise, ref))
+                for ref in self.subscriptions
+            )
+        )
+
+    async def _subscribe_or_raise(self, ref: str) -> None:
+        if not await self.subscribe(ref):
+            raise _NotYet(ref)
 
     async def subscribe(self, ref: str) -> bool:
         room_ref, _, query = ref.partition("?")
