@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from forum.context import Feature, ServiceContext
 
-from .actions import Actions
 from .bot import ModerationBot
 from .cli import add_commands
 
@@ -15,22 +14,13 @@ __all__ = ["FEATURE", "ModerationBot", "setup"]
 
 async def setup(ctx: ServiceContext) -> ModerationBot:
     """Register the moderation bot's handlers and background tasks on ``ctx``."""
-    sessionmaker = ctx.db.sessionmaker
-    actions = Actions(
-        settings=ctx.settings,
-        moderation_gateway=ctx.moderation_gateway,
-        sessionmaker=sessionmaker,
-        rooms=ctx.rooms,
-        clock=ctx.clock,
-    )
     bot = ModerationBot(
         settings=ctx.settings,
         moderation_gateway=ctx.moderation_gateway,
-        sessionmaker=sessionmaker,
+        sessionmaker=ctx.db.sessionmaker,
         rooms=ctx.rooms,
         tasks=ctx.tasks,
         signals=ctx.signals,
-        actions=actions,
         clock=ctx.clock,
     )
     await bot.start()

@@ -10,9 +10,9 @@ import copy
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -21,7 +21,7 @@ from forum.matrix import PowerLevels
 from forum.settings import Settings
 from forum.storage.models import utcnow
 
-from .repositories import Audit, DirectRooms, Mutes
+from .repositories import Audit, AuditFields, DirectRooms, Mutes
 
 if TYPE_CHECKING:
     from forum.context import Clock, Rooms
@@ -123,29 +123,10 @@ class Actions:
         return False
 
     # --- audit ----------------------------------------------------------------------
-    async def audit(
-        self,
-        *,
-        actor: str,
-        action: str,
-        target: str,
-        rooms: Sequence[str] = (),
-        reason: str | None = None,
-        event_id: str | None = None,
-        source: str = "command",
-        dry_run: bool = False,
-    ) -> None:
+    async def audit(self, **fields: Unpack[AuditFields]) -> None:
+        """Record an action in the audit log, in its own transaction."""
         async with self.sessionmaker() as s, s.begin():
-            await Audit(s).add(
-                actor=actor,
-                action=action,
-                target=target,
-                rooms=rooms,
-                reason=reason,
-                event_id=event_id,
-                source=source,
-                dry_run=dry_run,
-            )
+            await Audit(s).add(**fields)
 
     # --- membership -----------------------------------------------------------------
     async def ban(self, user_id: str, reason: str | None) -> list[str]:

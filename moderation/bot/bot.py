@@ -73,7 +73,6 @@ class ModerationBot:
         rooms: Rooms,
         tasks: TaskSupervisor,
         signals: Signals,
-        actions: Actions,
         clock: Clock = utcnow,
     ) -> None:
         self.gateway = moderation_gateway
@@ -83,7 +82,13 @@ class ModerationBot:
         self.tasks = tasks
         self.signals = signals
         self.clock = clock
-        self.actions = actions
+        self.actions = actions = Actions(
+            settings=settings,
+            moderation_gateway=moderation_gateway,
+            sessionmaker=sessionmaker,
+            rooms=rooms,
+            clock=clock,
+        )
         self.i18n = I18n(settings.forum.languages, locale_dir=LOCALE_DIR)
         self.lang = settings.primary_language
         self.t = self.i18n.gettext(self.lang)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,31 +44,34 @@ class AuditRecord:
         }
 
 
+class AuditFields(TypedDict):
+    """What an audit entry says: who did what to whom, where, why, and how it came."""
+
+    actor: str
+    action: str
+    target: str
+    rooms: NotRequired[Sequence[str]]
+    reason: NotRequired[str | None]
+    event_id: NotRequired[str | None]
+    source: NotRequired[str]
+    """"command" (the default), "protection", "policy", "case" ..."""
+    dry_run: NotRequired[bool]
+
+
 class Audit:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(
-        self,
-        *,
-        actor: str,
-        action: str,
-        target: str,
-        rooms: Sequence[str] = (),
-        reason: str | None = None,
-        event_id: str | None = None,
-        source: str = "command",
-        dry_run: bool = False,
-    ) -> int:
+    async def add(self, **fields: Unpack[AuditFields]) -> int:
         row = AuditEntry(
-            actor=actor,
-            action=action,
-            target=target,
-            rooms={"rooms": list(rooms)},
-            reason=reason,
-            event_id=event_id,
-            source=source,
-            dry_run=dry_run,
+            actor=fields["actor"],
+            action=fields["action"],
+            target=fields["target"],
+            rooms={"rooms": list(fields.get("rooms", ()))},
+            reason=fields.get("reason"),
+            event_id=fields.get("event_id"),
+            source=fields.get("source", "command"),
+            dry_run=fields.get("dry_run", False),
             created_at=utcnow(),
         )
         self.session.add(row)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..commands import Invocation, _, registry
 
@@ -10,17 +10,21 @@ if TYPE_CHECKING:
     from ..bot import ModerationBot
 
 
+async def _done(
+    bot: ModerationBot, inv: Invocation, action: str, rooms: list[str], said: str, **values: Any
+) -> None:
+    """Audit a room-wide action and tell the moderators, in the bot's language."""
+    await bot.actions.audit(
+        actor=inv.sender, action=action, target="*", rooms=rooms, event_id=inv.event_id
+    )
+    await bot.management.reply(inv, bot.t(said) % {"who": inv.sender, **values})
+
+
 @registry.command("lock", aliases=("verrouiller",), help=_("Make every topic room read-only."))
 async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
     rooms = await bot.locks.lock()
-    await bot.actions.audit(actor=inv.sender, action="lock", target="*", rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    body = bot.t("%(who)s locked the topic rooms (%(n)d). To undo: %(cmd)s") % {
-        "who": inv.sender,
-        "n": len(rooms),
-        "cmd": f"{bot.prefix}unlock",
-    }
-    await bot.management.reply(inv, body)
+    said = _("%(who)s locked the topic rooms (%(n)d). To undo: %(cmd)s")
+    await _done(bot, inv, "lock", rooms, said, n=len(rooms), cmd=f"{bot.prefix}unlock")
 
 
 @registry.command(
@@ -31,13 +35,8 @@ async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
 async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
     rooms = await bot.locks.unlock()
     joins = await bot.locks.unlock_joins()
-    await bot.actions.audit(actor=inv.sender, action="unlock", target="*", rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    body = bot.t("%(who)s unlocked the topic rooms (%(n)d).") % {
-        "who": inv.sender,
-        "n": len(set(rooms) | set(joins)),
-    }
-    await bot.management.reply(inv, body)
+    said = _("%(who)s unlocked the topic rooms (%(n)d).")
+    await _done(bot, inv, "unlock", rooms, said, n=len(set(rooms) | set(joins)))
 
 
 @registry.command(
@@ -47,10 +46,5 @@ async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
 )
 async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
     rooms = await bot.locks.unlock_joins()
-    await bot.actions.audit(actor=inv.sender, action="unlock-joins", target="*", rooms=rooms,
-                            event_id=inv.event_id)  # fmt: skip
-    body = bot.t("%(who)s restored the join rules (%(n)d room(s)).") % {
-        "who": inv.sender,
-        "n": len(rooms),
-    }
-    await bot.management.reply(inv, body)
+    said = _("%(who)s restored the join rules (%(n)d room(s)).")
+    await _done(bot, inv, "unlock-joins", rooms, said, n=len(rooms))
