@@ -34,7 +34,7 @@ from . import messages
 from .approval import Approval
 from .commands import MemberCommands
 from .consent import Conversation, record_charter
-from .entry import Entry
+from .entry import Arrival, Entry
 from .export import export_person
 from .leaving import Leaving
 from .models import PUBLICATION, People, PersonRow
@@ -117,13 +117,13 @@ class MembershipBot:
                 await self.entry.on_dm_join(ev)
             return
         if ev.membership == "knock":
-            self.entry.start(ev.target, "knock", text=ev.reason, knock_room=ev.room_id)
+            self.entry.start(Arrival(ev.target, "knock", ev.reason, knock_room=ev.room_id))
         elif (
             ev.membership == "join"
             and ev.room_id == shared.rooms.get("lobby")
             and ev.prev_membership != "join"
         ):
-            self.entry.start(ev.target, "lobby")
+            self.entry.start(Arrival(ev.target, "lobby"))
         elif ev.membership in {"leave", "ban"} and ev.prev_membership in {"join", "invite"}:
             await self.leaving.check_left_everything(ev.target)
 

@@ -38,8 +38,9 @@ from .text import (
 
 async def record_charter(
     s: AsyncSession, user_id: str, charter: Charter, method: str, event_id: str
-) -> None:
-    """The append-only record of an accepted charter version (its text's SHA-256)."""
+) -> PersonRow:
+    """The append-only record of an accepted charter version (its text's SHA-256); returns
+    the person's row, to update in the same transaction."""
     await ConsentRecords(s).add(
         user_id,
         "charter",
@@ -49,6 +50,9 @@ async def record_charter(
         text_sha256=charter.sha256,
         event_id=event_id,
     )
+    row = await People(s).get(user_id)
+    assert row is not None
+    return row
 
 
 class Conversation:
@@ -132,9 +136,7 @@ class Conversation:
         lang = shared.lang_of(person)
         charter = shared.charter(lang, person.charter_version)
         async with shared.sessionmaker() as s, s.begin():
-            await record_charter(s, user_id, charter, method, event_id)
-            row = await People(s).get(user_id)
-            assert row is not None
+            row = await record_charter(s, user_id, charter, method, event_id)
             row.step, row.question_event_id, row.updated_at = PUBLICATION, None, utcnow()
         await self.ask_publication(user_id, person.dm_room_id, lang)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError
@@ -22,6 +23,20 @@ from .shared import Shared
 from .text import guess_language
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Someone at a door: ``door`` is "knock", "lobby" or "restart" (a DM never opened)."""
+
+    user_id: str
+    door: str
+    text: str | None = None
+    """What they wrote with their knock (it may tell their language)."""
+    knock_room: str | None = None
+    recovering: bool = False
+    """Found at start-up rather than received: a member's pending knock then waits for the
+    invites already queued for them."""
 
 
 class Entry:
@@ -105,15 +120,7 @@ class Entry:
         except MatrixError as exc:
             log.warning("could not leave %s: %s", room_id, exc)
 
-    def start(
-        self,
-        user_id: str,
-        door: str,
-        *,
-        text: str | None = None,
-        knock_room: str | None = None,
-        recovering: bool = False,
-    ) -> None:
+    def start(self, arrival: Arrival) -> None:
         """Handle an entry in the background, several people at once (one at a time per
         person: :meth:`enter` holds the person's lock), so that a crowd of knocks does not
         wait in a line. A knock lost to a crash is found again by :meth:`recover_pending`.
@@ -121,11 +128,9 @@ class Entry:
 
         async def run() -> None:
             async with self._entries:
-                await self.enter(
-                    user_id, door, text=text, knock_room=knock_room, recovering=recovering
-                )
+                await self.enter(arrival)
 
-        self.tasks.start(f"membership:enter:{user_id}", run())
+        self.tasks.start(f"membership:enter:{arrival.user_id}", run())
 
     async def recover_pending(self) -> None:
         """At start-up: knocks still pending on forum rooms, and people whose DM was never
@@ -140,13 +145,8 @@ class Entry:
             for user_id, content in knocks.items():
                 if not shared.ignored(user_id):
                     reason = content.get("reason")
-                    self.start(
-                        user_id,
-                        "knock",
-                        text=reason if isinstance(reason, str) else None,
-                        knock_room=room,
-                        recovering=True,
-                    )
+                    text = reason if isinstance(reason, str) else None
+                    self.start(Arrival(user_id, "knock", text, knock_room=room, recovering=True))
         async with shared.sessionmaker() as s:
             unopened = [
                 p.user_id
@@ -154,36 +154,26 @@ class Entry:
                 if not p.dm_room_id and p.step in {LANGUAGE, CHARTER}
             ]
         for user_id in unopened:
-            self.start(user_id, "restart", recovering=True)
+            self.start(Arrival(user_id, "restart", recovering=True))
 
-    async def enter(
-        self,
-        user_id: str,
-        door: str,
-        *,
-        text: str | None = None,
-        knock_room: str | None = None,
-        recovering: bool = False,
-    ) -> None:
-        """One flow per person, whatever the door: opens the DM once, sends the charter.
-
-        ``recovering``: found at start-up rather than received; a member's pending knock
-        then waits for the invites already queued for them."""
+    async def enter(self, arrival: Arrival) -> None:
+        """One flow per person, whatever the door: opens the DM once, sends the charter."""
+        user_id, knock_room = arrival.user_id, arrival.knock_room
         shared = self.shared
         async with shared.lock(user_id):
             async with shared.sessionmaker() as s, s.begin():
                 people = People(s)
                 person = await people.get(user_id)
                 if person is None:
-                    lang = guess_language(text, shared.settings.forum.languages)
-                    person = await people.create(user_id, door, lang)
+                    lang = guess_language(arrival.text, shared.settings.forum.languages)
+                    person = await people.create(user_id, arrival.door, lang)
                 if knock_room and knock_room not in (person.knocked_rooms or []):
                     person.knocked_rooms = [*(person.knocked_rooms or []), knock_room]
                 step, has_dm = person.step, bool(person.dm_room_id)
                 status = await ConsentRecords(s).status(user_id)
             if step == MEMBER and status.charter_version is not None:
                 # A member knocking again (after leaving one room)...
-                if knock_room and not recovering:
+                if knock_room and not arrival.recovering:
                     state = await shared.membership_gateway.get_state_event(
                         knock_room, "m.room.member", user_id
                     )

@@ -132,9 +132,7 @@ class Reconsent:
         lang = shared.lang_of(person)
         charter = shared.charter(lang, person.reconsent_version)
         async with shared.sessionmaker() as s, s.begin():
-            await record_charter(s, user_id, charter, method, event_id)
-            row = await People(s).get(user_id)
-            assert row is not None
+            row = await record_charter(s, user_id, charter, method, event_id)
             row.charter_version, row.reconsent_version = charter.version, None
             row.reconsent_event_id, row.grace_deadline = None, None
             was_muted, row.muted, row.updated_at = row.muted, False, utcnow()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,34 +36,27 @@ class Options:
     flood_window_seconds: float = 60.0
 
 
+@dataclass
 class Shared:
     """The state and helpers the parts of the bot (entry, conversation, commands, approval,
     re-consent, leaving, outbox executors) have in common; built once by the bot."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        config_dir: Path,
-        membership_gateway: Gateway,
-        moderation_gateway: Gateway,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        rooms: Rooms,
-        outbox: OutboxWorker,
-        options: Options,
-    ) -> None:
-        self.settings = settings
-        self.config_dir = config_dir
-        self.membership_gateway = membership_gateway
-        self.moderation_gateway = moderation_gateway
-        self.sessionmaker = sessionmaker
-        self.rooms = rooms
-        self.outbox = outbox
-        self.options = options
-        self.i18n = I18n(settings.forum.languages, locale_dir=LOCALE_DIR)
-        self.prefix = settings.bots.command_prefix
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._charters: dict[tuple[int, str], Charter] = {}
+    settings: Settings
+    config_dir: Path
+    membership_gateway: Gateway
+    moderation_gateway: Gateway
+    sessionmaker: async_sessionmaker[AsyncSession]
+    rooms: Rooms
+    outbox: OutboxWorker
+    options: Options
+    i18n: I18n = field(init=False)
+    prefix: str = field(init=False)
+    _locks: dict[str, asyncio.Lock] = field(init=False, default_factory=dict)
+    _charters: dict[tuple[int, str], Charter] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.i18n = I18n(self.settings.forum.languages, locale_dir=LOCALE_DIR)
+        self.prefix = self.settings.bots.command_prefix
 
     def lock(self, user_id: str) -> asyncio.Lock:
         """One flow step at a time per person."""
