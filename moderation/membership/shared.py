@@ -36,7 +36,7 @@ class Options:
     flood_window_seconds: float = 60.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Shared:
     """The state and helpers the parts of the bot (entry, conversation, commands, approval,
     re-consent, leaving, outbox executors) have in common; built once by the bot."""
