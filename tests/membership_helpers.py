@@ -1,19 +1,22 @@
 """Helpers for the membership bot's tests: a forum with the membership component, people
 walking through the flow as a Matrix client would, and a process entry point for the
-crash test (``python -m tests.membership_helpers serve CONFIG HOME``)."""
+crash test (``python -m tests.membership_helpers serve CONFIG HOME [--crash-after-consent]``)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from forum.app import Service
 from forum.consent import ConsentRecord, ConsentRecords
+from forum.context import Feature, ServiceContext
 from forum.homeserver import EmbeddedHomeserver
 from forum.settings import Settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN
@@ -204,18 +207,37 @@ async def admit(
 # --- a real process for the crash test ------------------------------------------------------
 
 
-async def _serve(config: str, home: str) -> None:
+def _crashing(base: Feature) -> Feature:
+    """``base`` whose bot kills its own process (SIGKILL) right after committing a
+    publication answer with its outbox items, before anything is sent (the crash test)."""
+
+    async def setup(ctx: ServiceContext) -> Any:
+        bot = await base.setup(ctx)
+        record = bot.conversation.record_publication
+
+        async def record_then_die(*args: Any, **kwargs: Any) -> None:
+            await record(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        bot.conversation.record_publication = record_then_die
+        return bot
+
+    return replace(base, setup=setup)
+
+
+async def _serve(config: str, home: str, *, crash_after_consent: bool = False) -> None:
     import logging
 
     from forum.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     settings = load_settings(config, env={})
+    membership = feature(deadline_poll_seconds=1)
     service = Service(
         settings,
         config_dir=CONFIG_DIR,
         home=Path(home),
-        features=[feature(deadline_poll_seconds=1)],
+        features=[_crashing(membership) if crash_after_consent else membership],
         web_port=0,
     )
     await service.start()
@@ -230,9 +252,14 @@ def copy_charters(dst: Path) -> None:
     shutil.copytree(CONFIG_DIR / "charter", dst / "charter", dirs_exist_ok=True)
 
 
+CRASH_FLAG = "--crash-after-consent"
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "serve":
-        asyncio.run(_serve(sys.argv[2], sys.argv[3]))
+    if len(sys.argv) in {4, 5} and sys.argv[1] == "serve" and sys.argv[4:] in ([], [CRASH_FLAG]):
+        asyncio.run(_serve(sys.argv[2], sys.argv[3], crash_after_consent=len(sys.argv) == 5))
     else:
-        print("usage: python -m tests.membership_helpers serve CONFIG HOME", file=sys.stderr)
+        print(
+            f"usage: python -m tests.membership_helpers serve CONFIG HOME [{CRASH_FLAG}]",
+            file=sys.stderr,
+        )
         sys.exit(2)

@@ -135,5 +135,5 @@ def test_markdown_is_escaped():
     assert "<script>" not in out
     assert "&lt;script&gt;" in out
     assert "<h1>T &lt;b&gt;</h1>" in out
-    assert "<ol><li><strong>x</strong>" in out
+    assert "<ol>\n<li><strong>x</strong>" in out
     assert "<p>end &amp; <em>it</em></p>" in out

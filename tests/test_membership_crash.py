@@ -18,9 +18,10 @@ from forum.consent import ConsentRecords
 from forum.settings import database_url
 from forum.storage import Database
 from forum.storage.models import OutboxRow, ProcessedEvent, SyncToken
-from moderation.membership.bot import CRASH_ENV, INVITE
+from moderation.membership.outbox import INVITE
 from tests.forum_fixtures import forum_data, register_bots, settings_from
 from tests.membership_helpers import (
+    CRASH_FLAG,
     PUBLICATION_Q,
     admit,
     dm_invites,
@@ -36,10 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def start_process(config: Path, home: Path, *, crash: bool) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
-    if crash:
-        env[CRASH_ENV] = "1"
-    env["PYTHONPATH"] = str(ROOT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -47,6 +45,7 @@ async def start_process(config: Path, home: Path, *, crash: bool) -> asyncio.sub
         "serve",
         str(config),
         str(home),
+        *([CRASH_FLAG] if crash else []),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,

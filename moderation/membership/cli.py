@@ -10,6 +10,7 @@ from forum.consent import ConsentRecords
 from forum.kit import OperatorKit, command_group
 from forum.storage import Database
 
+from .export import export_person
 from .models import People
 
 
@@ -61,8 +62,6 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
-    from .bot import export_person
-
     async with OperatorKit.open(args) as kit:
         user = kit.settings.user_id(args.user)
         data = await export_person(kit.db.sessionmaker, user)

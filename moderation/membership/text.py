@@ -3,12 +3,13 @@ reading and rendering the charter. No I/O except reading the charter file."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import html
-import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from markdown_it import MarkdownIt
 
 _SKIN_TONES = {chr(c) for c in range(0x1F3FB, 0x1F400)}
 
@@ -200,59 +201,13 @@ def load_charter(directory: Path, version: int, lang: str, fallback: str) -> Cha
     raise CharterMissing(f"no charter v{version} in {directory} for {lang!r} or {fallback!r}")
 
 
-_INLINE = [
-    (re.compile(r"\*\*(.+?)\*\*"), r"<strong>\1</strong>"),
-    (re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])"), r"<em>\1</em>"),
-    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
-]
-
-
-def _inline(text: str) -> str:
-    out = html.escape(text, quote=False)
-    for pattern, repl in _INLINE:
-        out = pattern.sub(repl, out)
-    return out
+@functools.cache
+def _markdown() -> MarkdownIt:
+    # CommonMark without raw HTML (it is shown escaped); a line break is kept as <br>.
+    return MarkdownIt("commonmark", {"html": False, "breaks": True, "xhtmlOut": False})
 
 
 def markdown_to_html(text: str) -> str:
-    """A small, safe Markdown subset: headings, ordered and bullet lists, paragraphs,
-    bold, italic, code. Everything is escaped first: no raw HTML passes through."""
-    blocks: list[str] = []
-    para: list[str] = []
-    list_kind: str | None = None
-    items: list[str] = []
-
-    def flush() -> None:
-        nonlocal list_kind, items
-        if para:
-            blocks.append("<p>" + "<br>".join(_inline(p) for p in para) + "</p>")
-            para.clear()
-        if list_kind:
-            blocks.append(
-                f"<{list_kind}>" + "".join(f"<li>{i}</li>" for i in items) + f"</{list_kind}>"
-            )
-            list_kind, items = None, []
-
-    for raw in text.splitlines():
-        line = raw.strip()
-        heading = re.match(r"^(#{1,6})\s+(.*)$", line)
-        ordered = re.match(r"^\d+[.)]\s+(.*)$", line)
-        bullet = re.match(r"^[-*+]\s+(.*)$", line)
-        if not line:
-            flush()
-        elif heading:
-            flush()
-            level = len(heading.group(1))
-            blocks.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif ordered or bullet:
-            kind = "ol" if ordered else "ul"
-            if para or (list_kind and list_kind != kind):
-                flush()
-            list_kind = kind
-            items.append(_inline((ordered or bullet).group(1)))  # type: ignore[union-attr]
-        else:
-            if list_kind:
-                flush()
-            para.append(line)
-    flush()
-    return "\n".join(blocks)
+    """The charter's Markdown (CommonMark) as HTML for a message's ``formatted_body``. Raw
+    HTML in the text does not pass: it is escaped, like every other character."""
+    return str(_markdown().render(text))

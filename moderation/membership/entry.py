@@ -1,0 +1,238 @@
+"""The three doors to the consent flow — a knock on a forum room, a join of the lobby, a
+direct chat the person opens — and the one DM per person they all lead to."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from forum.consent import ConsentRecords
+from forum.errors import MatrixError
+from forum.events import Invite, Membership
+from forum.matrix import server_of
+from forum.storage import Outbox, utcnow
+from forum.tasks import TaskSupervisor
+
+from . import messages
+from .consent import Conversation
+from .models import CHARTER, DENIED, LANGUAGE, LEFT, MEMBER, PUBLICATION, People
+from .outbox import add_invites
+from .shared import Shared
+from .text import guess_language
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Someone at a door: ``door`` is "knock", "lobby" or "restart" (a DM never opened)."""
+
+    user_id: str
+    door: str
+    text: str | None = None
+    """What they wrote with their knock (it may tell their language)."""
+    knock_room: str | None = None
+    recovering: bool = False
+    """Found at start-up rather than received: a member's pending knock then waits for the
+    invites already queued for them."""
+
+
+class Entry:
+    def __init__(
+        self,
+        shared: Shared,
+        conversation: Conversation,
+        tasks: TaskSupervisor,
+        help_text: Callable[[str], str],
+    ) -> None:
+        self.shared = shared
+        self.conversation = conversation
+        self.tasks = tasks
+        self.help_text = help_text
+        self._entries = asyncio.Semaphore(shared.options.entry_concurrency)
+
+    async def on_invite(self, inv: Invite) -> None:
+        """Someone invites the bot to a direct chat (door 3, or a DM they closed and open
+        again): one DM per person, the newest one kept. Other invites are declined."""
+        shared, sender = self.shared, inv.sender
+        if not sender or shared.ignored(sender):
+            return
+        if not inv.is_direct:
+            log.info("declining a non-direct invite to %s from %s", inv.room_id, sender)
+            await self.leave_quietly(inv.room_id)
+            return
+        async with shared.lock(sender):
+            person = await shared.person(sender)
+            if (
+                person
+                and person.dm_room_id
+                and person.dm_room_id != inv.room_id
+                and await self._still_in(person.dm_room_id, sender)
+            ):
+                await self.leave_quietly(inv.room_id)
+                await shared.say(
+                    person.dm_room_id, shared.t(shared.lang_of(person), messages.ALREADY_DM)
+                )
+                return
+            server = server_of(sender)
+            await shared.membership_gateway.join(inv.room_id, via=[server] if server else [])
+            if person is None:
+                async with shared.sessionmaker() as s, s.begin():
+                    row = await People(s).create(sender, "dm", None)
+                    row.dm_room_id = inv.room_id
+                await self.conversation.ask_language(sender, inv.room_id)
+                return
+            if person.dm_room_id and person.dm_room_id != inv.room_id:
+                # They left the old DM (closed the chat): the new one replaces it, and
+                # they find where they were (the pending question, or the commands).
+                await shared.update_person(sender, dm_room_id=inv.room_id)
+                await self.leave_quietly(person.dm_room_id)
+                if person.step in {LANGUAGE, CHARTER}:
+                    await shared.update_person(
+                        sender, charter_event_id=None, question_event_id=None
+                    )
+                    await self.greet(sender)
+                elif person.step == PUBLICATION:
+                    await self.conversation.ask_publication(
+                        sender, inv.room_id, shared.lang_of(person)
+                    )
+                else:
+                    await shared.say(inv.room_id, self.help_text(shared.lang_of(person)))
+            elif not person.dm_room_id:
+                await shared.update_person(sender, dm_room_id=inv.room_id)
+                await self.restart_or_continue(person.user_id)
+
+    async def _still_in(self, room_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` is still joined (or invited) in ``room_id``; on an error,
+        assume so (the old DM is kept)."""
+        try:
+            membership = await self.shared.membership_gateway.membership(room_id, user_id)
+        except MatrixError as exc:
+            log.warning("cannot read the membership of %s in %s: %s", user_id, room_id, exc)
+            return True
+        return membership in {"join", "invite"}
+
+    async def leave_quietly(self, room_id: str) -> None:
+        try:
+            await self.shared.membership_gateway.leave(room_id)
+        except MatrixError as exc:
+            log.warning("could not leave %s: %s", room_id, exc)
+
+    def start(self, arrival: Arrival) -> None:
+        """Handle an entry in the background, several people at once (one at a time per
+        person: :meth:`enter` holds the person's lock), so that a crowd of knocks does not
+        wait in a line. A knock lost to a crash is found again by :meth:`recover_pending`.
+        """
+
+        async def run() -> None:
+            async with self._entries:
+                await self.enter(arrival)
+
+        self.tasks.start(f"membership:enter:{arrival.user_id}", run())
+
+    async def recover_pending(self) -> None:
+        """At start-up: knocks still pending on forum rooms, and people whose DM was never
+        opened, get their flow (each exactly once: :meth:`enter` is idempotent)."""
+        shared = self.shared
+        for room in shared.forum_rooms:
+            try:
+                knocks = await shared.membership_gateway.members(room, membership="knock")
+            except MatrixError as exc:
+                log.warning("cannot list the knocks on %s: %s", room, exc)
+                continue
+            for user_id, content in knocks.items():
+                if not shared.ignored(user_id):
+                    reason = content.get("reason")
+                    text = reason if isinstance(reason, str) else None
+                    self.start(Arrival(user_id, "knock", text, knock_room=room, recovering=True))
+        async with shared.sessionmaker() as s:
+            unopened = [
+                p.user_id
+                for p in await People(s).all()
+                if not p.dm_room_id and p.step in {LANGUAGE, CHARTER}
+            ]
+        for user_id in unopened:
+            self.start(Arrival(user_id, "restart", recovering=True))
+
+    async def enter(self, arrival: Arrival) -> None:
+        """One flow per person, whatever the door: opens the DM once, sends the charter."""
+        user_id, knock_room = arrival.user_id, arrival.knock_room
+        shared = self.shared
+        async with shared.lock(user_id):
+            async with shared.sessionmaker() as s, s.begin():
+                people = People(s)
+                person = await people.get(user_id)
+                if person is None:
+                    lang = guess_language(arrival.text, shared.settings.forum.languages)
+                    person = await people.create(user_id, arrival.door, lang)
+                if knock_room and knock_room not in (person.knocked_rooms or []):
+                    person.knocked_rooms = [*(person.knocked_rooms or []), knock_room]
+                step, has_dm = person.step, bool(person.dm_room_id)
+                status = await ConsentRecords(s).status(user_id)
+            if step == MEMBER and status.charter_version is not None:
+                # A member knocking again (after leaving one room)...
+                if knock_room and not arrival.recovering:
+                    state = await shared.membership_gateway.get_state_event(
+                        knock_room, "m.room.member", user_id
+                    )
+                    if state and state.get("membership") == "knock":  # ...not a replay
+                        await self.queue_invites(user_id, [knock_room])
+                return
+            if has_dm and step not in {LEFT, DENIED}:
+                return  # the flow is already under way: one DM, nothing twice
+            await self.restart_or_continue(user_id)
+
+    async def queue_invites(self, user_id: str, rooms: list[str]) -> None:
+        async with self.shared.sessionmaker() as s, s.begin():
+            await add_invites(Outbox(s), user_id, rooms, user_id, utcnow().isoformat())
+        self.shared.notify_outbox()
+
+    async def restart_or_continue(self, user_id: str) -> None:
+        """Open the DM if needed; once the person is in it, ask the language or send the
+        charter (a remote server does not backfill what was sent before the join)."""
+        shared = self.shared
+        person = await shared.person(user_id)
+        if person is None:
+            return
+        room = person.dm_room_id
+        if not room:
+            room = await self.open_dm(user_id)
+        step = CHARTER if person.lang else LANGUAGE
+        await shared.update_person(
+            user_id, dm_room_id=room, step=step, charter_event_id=None, question_event_id=None
+        )
+        state = await shared.membership_gateway.get_state_event(room, "m.room.member", user_id)
+        if state and state.get("membership") == "join":
+            await self.greet(user_id)
+
+    async def greet(self, user_id: str) -> None:
+        """Send what the person waits for in the DM, unless it was sent already."""
+        shared = self.shared
+        person = await shared.person(user_id)
+        if person is None or not person.dm_room_id:
+            return
+        if person.step == CHARTER and not person.charter_event_id:
+            await self.conversation.send_charter(user_id, person.dm_room_id, shared.lang_of(person))
+        elif person.step == LANGUAGE and not person.question_event_id:
+            await self.conversation.ask_language(user_id, person.dm_room_id)
+
+    async def on_dm_join(self, ev: Membership) -> None:
+        """The person joined the DM the bot opened: greet them there."""
+        async with self.shared.sessionmaker() as s:
+            person = await People(s).by_dm_room(ev.room_id)
+        if person is None or person.user_id != ev.target:
+            return
+        async with self.shared.lock(person.user_id):
+            await self.greet(person.user_id)
+
+    async def open_dm(self, user_id: str) -> str:
+        """A DM with ``user_id``: reuse one recorded in ``m.direct`` (a crash between
+        creating it and storing it must not open a second one), else create it."""
+        gateway = self.shared.membership_gateway
+        direct = await gateway.get_account_data("m.direct") or {}
+        existing = [r for r in direct.get(user_id, []) if isinstance(r, str)]
+        if existing:
+            return existing[-1]
+        return await gateway.create_dm(user_id, name=self.shared.forum_name)

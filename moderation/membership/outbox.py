@@ -1,0 +1,88 @@
+"""What the membership bot does through the outbox (invites, kicks, notices): the items it
+queues in the caller's transaction, and their executors (idempotent: an item replayed
+after a crash does nothing twice)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from forum.errors import Forbidden
+from forum.storage import Executor, Outbox
+
+from . import messages
+from .models import PersonRow
+
+if TYPE_CHECKING:
+    from .shared import Shared
+
+INVITE = "membership.invite"
+KICK = "membership.kick"
+NOTIFY = "membership.notify"
+
+
+async def add_invites(
+    outbox: Outbox, user_id: str, rooms: list[str], tag: str, stamp: str | None = None
+) -> None:
+    """Invite ``user_id`` to ``rooms`` (``tag`` and ``stamp`` make the items' keys unique)."""
+    for room in rooms:
+        key = f"{INVITE}:{tag}:{room}" if stamp is None else f"{INVITE}:{tag}:{room}:{stamp}"
+        await outbox.add(INVITE, {"user_id": user_id, "room_id": room}, key)
+
+
+async def add_kicks(
+    outbox: Outbox, user_id: str, rooms: list[str], reason: str, stamp: str
+) -> None:
+    """Remove ``user_id`` from ``rooms`` (where they are still joined, invited or knocking)."""
+    for room in rooms:
+        await outbox.add(
+            KICK,
+            {"user_id": user_id, "room_id": room, "reason": reason},
+            f"{KICK}:{user_id}:{room}:{stamp}",
+        )
+
+
+async def add_notice(outbox: Outbox, room_id: str | None, body: str, key: str) -> None:
+    await outbox.add(NOTIFY, {"room_id": room_id, "body": body}, f"{NOTIFY}:{key}")
+
+
+async def queue_admission(shared: Shared, session: AsyncSession, row: PersonRow, lang: str) -> None:
+    """Invites to every forum room, then a welcome in the DM (in ``session``'s transaction)."""
+    outbox = Outbox(session)
+    tag = f"{row.user_id}:v{row.charter_version}:{row.entries}"
+    await add_invites(outbox, row.user_id, shared.forum_rooms, tag)
+    text = shared.t(lang, messages.WELCOME, forum=shared.forum_name_in(lang), prefix=shared.prefix)
+    await add_notice(outbox, row.dm_room_id, text, f"welcome:{tag}")
+
+
+class Executors:
+    """Carry out the bot's outbox items."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+
+    def by_kind(self) -> dict[str, Executor]:
+        return {INVITE: self.invite, KICK: self.kick, NOTIFY: self.notify}
+
+    async def invite(self, payload: dict[str, Any]) -> None:
+        room, user = payload["room_id"], payload["user_id"]
+        gateway = self.shared.membership_gateway
+        try:
+            await gateway.invite(room, user)
+        except Forbidden:
+            state = await gateway.get_state_event(room, "m.room.member", user)
+            if state and state.get("membership") in {"invite", "join"}:
+                return  # done already (a replay after a crash)
+            raise
+
+    async def kick(self, payload: dict[str, Any]) -> None:
+        room, user = payload["room_id"], payload["user_id"]
+        gateway = self.shared.moderation_gateway
+        state = await gateway.get_state_event(room, "m.room.member", user)
+        if not state or state.get("membership") not in {"join", "invite", "knock"}:
+            return
+        await gateway.kick(room, user, payload.get("reason") or None)
+
+    async def notify(self, payload: dict[str, Any]) -> None:
+        await self.shared.say(payload["room_id"], payload["body"])

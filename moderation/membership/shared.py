@@ -1,0 +1,151 @@
+"""What every part of the membership bot shares: its settings and tunables, the rooms, the
+two gateways, the per-person locks, the translated texts, the charter cache, and the few
+actions all parts use (send a notice, read and update a person, mute)."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from forum.context import Rooms
+from forum.gateway import Gateway
+from forum.i18n import I18n
+from forum.settings import Settings
+from forum.storage import OutboxWorker, utcnow
+
+from .models import People, PersonRow
+from .text import Charter, load_charter
+
+LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Tunables of the bot (tests shorten the intervals)."""
+
+    deadline_poll_seconds: float = 30.0
+    entry_concurrency: int = 8
+    """People whose entry (opening the DM) is handled at the same time."""
+    max_chars: int = 4000
+    flood_limit: int = 10
+    flood_window_seconds: float = 60.0
+
+
+@dataclass(eq=False)
+class Shared:
+    """The state and helpers the parts of the bot (entry, conversation, commands, approval,
+    re-consent, leaving, outbox executors) have in common; built once by the bot."""
+
+    settings: Settings
+    config_dir: Path
+    membership_gateway: Gateway
+    moderation_gateway: Gateway
+    sessionmaker: async_sessionmaker[AsyncSession]
+    rooms: Rooms
+    outbox: OutboxWorker
+    options: Options
+    i18n: I18n = field(init=False)
+    prefix: str = field(init=False)
+    _locks: dict[str, asyncio.Lock] = field(init=False, default_factory=dict)
+    _charters: dict[tuple[int, str], Charter] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.i18n = I18n(self.settings.forum.languages, locale_dir=LOCALE_DIR)
+        self.prefix = self.settings.bots.command_prefix
+
+    def lock(self, user_id: str) -> asyncio.Lock:
+        """One flow step at a time per person."""
+        return self._locks.setdefault(user_id, asyncio.Lock())
+
+    def ignored(self, user_id: str) -> bool:
+        return user_id in self.settings.ignored_user_ids
+
+    @property
+    def forum_rooms(self) -> list[str]:
+        return self.rooms.forum_ids
+
+    @property
+    def management(self) -> str | None:
+        return self.rooms.get("management")
+
+    def lang_of(self, person: PersonRow | None) -> str:
+        if person and person.lang in self.settings.forum.languages:
+            return str(person.lang)
+        return self.settings.primary_language
+
+    def t(self, lang: str, msgid: str, **kw: Any) -> str:
+        """The text of ``msgid`` (:mod:`.messages`) in ``lang``, its placeholders filled."""
+        text = self.i18n.gettext(lang)(msgid)
+        return text.format(**kw) if kw else text
+
+    @property
+    def forum_name(self) -> str:
+        return self.settings.text(self.settings.forum.name)
+
+    def forum_name_in(self, lang: str) -> str:
+        return self.settings.text(self.settings.forum.name, lang)
+
+    def charter(self, lang: str, version: int | None = None) -> Charter:
+        """The charter text (read once per version and language, then cached)."""
+        key = (version or self.settings.membership.charter.version, lang)
+        cached = self._charters.get(key)
+        if cached is None:
+            cached = self._charters[key] = load_charter(
+                self.settings.charter_dir(self.config_dir),
+                key[0],
+                lang,
+                self.settings.primary_language,
+            )
+        return cached
+
+    async def say(self, room_id: str, text: str, html_body: str | None = None) -> str:
+        """A notice with an HTML form (``text`` escaped when no HTML is given)."""
+        if html_body is None:
+            html_body = html.escape(text).replace("\n", "<br>")
+        return await self.membership_gateway.send_text(room_id, text, html_body)
+
+    async def say_charter(self, room_id: str, intro: str, charter: Charter) -> str:
+        """``intro``, then the charter (its Markdown rendered in the HTML form)."""
+        return await self.say(
+            room_id,
+            f"{intro}\n\n{charter.text}",
+            f"<p>{html.escape(intro)}</p>\n{charter.html}",
+        )
+
+    async def person(self, user_id: str) -> PersonRow | None:
+        async with self.sessionmaker() as s:
+            return await People(s).get(user_id)
+
+    async def update_person(self, user_id: str, **values: Any) -> None:
+        async with self.sessionmaker() as s, s.begin():
+            row = await People(s).get(user_id)
+            if row is None:
+                return
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.updated_at = utcnow()
+
+    def notify_outbox(self) -> None:
+        """Items were committed to the outbox: the worker runs them now."""
+        self.outbox.notify()
+
+    async def set_muted(self, user_id: str, muted: bool) -> None:
+        """Level -1 in each forum room where members post (events_default 0), or back."""
+        gateway = self.moderation_gateway
+        for room in self.forum_rooms:
+            content = await gateway.get_state_event(room, "m.room.power_levels")
+            if content is None or content.get("events_default", 0) != 0:
+                continue
+            users = dict(content.get("users") or {})
+            if muted and users.get(user_id) != -1:
+                users[user_id] = -1
+            elif not muted and users.get(user_id) == -1:
+                users.pop(user_id)
+            else:
+                continue
+            await gateway.put_state(room, "m.room.power_levels", {**content, "users": users})
