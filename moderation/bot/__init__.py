@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from forum.context import Feature, ServiceContext
 
+from . import command_groups  # noqa: F401 - declares the commands on the registry
 from .bot import ModerationBot
 from .cli import add_commands
 

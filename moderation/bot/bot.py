@@ -27,7 +27,6 @@ from forum.signals import REPORT, Signals
 from forum.storage.models import utcnow
 from forum.tasks import TaskSupervisor
 
-from . import command_groups  # noqa: F401 - declares the commands
 from .actions import Actions
 from .cases import CaseDesk
 from .commands import Invocation, UsageError, parse_args, registry
