@@ -267,13 +267,12 @@ class ModerationBot:
             if level < needed:
                 await self.management.reply(
                     inv,
-                    t("Refused: %(cmd)s needs power level %(need)d here; %(user)s has %(have)s.")
-                    % {
-                        "cmd": self.prefix + command.name,
-                        "need": needed,
-                        "user": ev.sender,
-                        "have": int(level) if level != float("inf") else "∞",
-                    },
+                    t("Refused: {cmd} needs power level {need} here; {user} has {have}.").format(
+                        cmd=self.prefix + command.name,
+                        need=needed,
+                        user=ev.sender,
+                        have=int(level) if level != float("inf") else "∞",
+                    ),
                 )
                 await self.actions.audit(
                     actor=ev.sender,
@@ -288,11 +287,10 @@ class ModerationBot:
             except UsageError as exc:
                 await self.management.reply(
                     inv,
-                    t("Usage: %(usage)s (%(problem)s)")
-                    % {
-                        "usage": command.usage(self.prefix),
-                        "problem": t(exc.template) % exc.params,
-                    },
+                    t("Usage: {usage} ({problem})").format(
+                        usage=command.usage(self.prefix),
+                        problem=t(exc.template).format(**exc.params),
+                    ),
                 )
                 return
             try:
@@ -300,7 +298,7 @@ class ModerationBot:
             except MatrixError as exc:
                 log.warning("command %s failed: %s", command.name, exc)
                 await self.management.reply(
-                    inv, t("The command failed: %(error)s") % {"error": str(exc)}
+                    inv, t("The command failed: {error}").format(error=str(exc))
                 )
 
     # --- joins: first-join times, join waves, policy rules ---------------------------

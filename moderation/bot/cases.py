@@ -115,13 +115,13 @@ class CaseDesk:
         if case is None:
             return
         t, management = self.t, self.management
-        head = t("Case #%(n)d (%(source)s): %(reporter)s reports %(reported)s in %(room)s.") % {
-            "n": case.id,
-            "source": source,
-            "reporter": reporter,
-            "reported": reported or "?",
-            "room": management.room_label(room_id) if room_id else "-",
-        }
+        head = t("Case #{n} ({source}): {reporter} reports {reported} in {room}.").format(
+            n=case.id,
+            source=source,
+            reporter=reporter,
+            reported=reported or "?",
+            room=management.room_label(room_id) if room_id else "-",
+        )
         parts_plain = [head]
         parts_html = [html.escape(head)]
         if quoted is not None:
@@ -131,12 +131,12 @@ class CaseDesk:
             link = matrix_to(room_id, event_id, via=[management.settings.server_name])
             parts_plain.append(link)
             parts_html.append(f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>')
-        line = t("Reason: %(reason)s") % {"reason": reason or "-"}
+        line = t("Reason: {reason}").format(reason=reason or "-")
         parts_plain.append(line)
         parts_html.append(html.escape(line))
         help_line = t(
-            "React 🗑 redact, ⚠ warn, 🔇 mute, 🔨 ban, ✅ dismiss; or %(cmd)s %(n)d ACTION."
-        ) % {"cmd": management.prefix + "case", "n": case.id}
+            "React 🗑 redact, ⚠ warn, 🔇 mute, 🔨 ban, ✅ dismiss; or {cmd} {n} ACTION."
+        ).format(cmd=management.prefix + "case", n=case.id)
         parts_plain.append(help_line)
         parts_html.append(html.escape(help_line))
         card = await management.say("\n".join(parts_plain), "<br/>".join(parts_html))
@@ -169,19 +169,17 @@ class CaseDesk:
         async with self.sessionmaker() as s:
             case = await Cases(s).get(case_id)
         if case is None:
-            return t("No case #%(n)d.") % {"n": case_id}
+            return t("No case #{n}.").format(n=case_id)
         if case.status != "open":
-            return t("Case #%(n)d was already handled: %(action)s by %(who)s.") % {
-                "n": case_id,
-                "action": self.action_label(case.handled_action or "?"),
-                "who": case.handled_by,
-            }
+            return t("Case #{n} was already handled: {action} by {who}.").format(
+                n=case_id, action=self.action_label(case.handled_action or "?"), who=case.handled_by
+            )
         reported = case.reported_user
         if action != "dismiss" and reported is None:
-            return t("Case #%(n)d has no reported message; only dismiss applies.") % {"n": case_id}
-        reason = t("Report #%(n)d: %(reason)s") % {"n": case_id, "reason": case.reason or "-"}
+            return t("Case #{n} has no reported message; only dismiss applies.").format(n=case_id)
+        reason = t("Report #{n}: {reason}").format(n=case_id, reason=case.reason or "-")
         if action != "dismiss" and reported and await self.actions.is_exempt(reported):
-            return t("Refused: %(user)s is a moderator or a bot.") % {"user": reported}
+            return t("Refused: {user} is a moderator or a bot.").format(user=reported)
         source = f"case:{case_id}"
         sanctions = self.sanctions
         if action == "redact" and case.room_id and case.event_id:
@@ -212,10 +210,8 @@ class CaseDesk:
             row.status = "closed"
             row.handled_by = moderator
             row.handled_action = action
-        body = t("Case #%(n)d: %(action)s by %(who)s.") % {
-            "n": case_id,
-            "action": self.action_label(action),
-            "who": moderator,
-        }
+        body = t("Case #{n}: {action} by {who}.").format(
+            n=case_id, action=self.action_label(action), who=moderator
+        )
         await self.management.say(body, html.escape(body), reply_to=case.card_event_id)
         return None

@@ -61,13 +61,13 @@ def _(msg: str) -> str:
 
 
 class UsageError(Exception):
-    """Bad arguments: ``template % params`` says what is wrong (translate the template)."""
+    """Bad arguments: ``template.format(**params)`` says what is wrong (translate the template)."""
 
     def __init__(self, command: Command, template: str, **params: str) -> None:
         self.command = command
         self.template = template
         self.params = params
-        self.problem = template % params
+        self.problem = template.format(**params)
         super().__init__(self.problem)
 
 
@@ -123,13 +123,13 @@ def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
             text = " ".join(tokens[i:]).strip()
             i = len(tokens)
             if not text and not arg.optional:
-                raise UsageError(command, _("%(arg)s missing"), arg=arg.name)
+                raise UsageError(command, _("{arg} missing"), arg=arg.name)
             values[arg.name] = text or None
             continue
         token = tokens[i] if i < len(tokens) else None
         if token is None:
             if not arg.optional:
-                raise UsageError(command, _("%(arg)s missing"), arg=arg.name)
+                raise UsageError(command, _("{arg} missing"), arg=arg.name)
             values[arg.name] = None
             continue
         value, ok = _convert(arg, token)
@@ -137,13 +137,11 @@ def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
             if arg.optional:
                 values[arg.name] = None
                 continue
-            raise UsageError(
-                command, _("%(arg)s: %(token)s is not valid"), arg=arg.name, token=token
-            )
+            raise UsageError(command, _("{arg}: {token} is not valid"), arg=arg.name, token=token)
         values[arg.name] = value
         i += 1
     if i < len(tokens):
-        raise UsageError(command, _("unexpected %(token)s"), token=tokens[i])
+        raise UsageError(command, _("unexpected {token}"), token=tokens[i])
     return values
 
 

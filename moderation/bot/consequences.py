@@ -75,19 +75,16 @@ class Consequences(ABC):
             "ban": f"{prefix}unban {ev.sender}",
         }.get(step, f"{prefix}unmute {ev.sender}")
         head = (
-            t("[dry run] Protection %(kind)s would act on %(user)s in %(room)s: %(step)s.")
+            t("[dry run] Protection {kind} would act on {user} in {room}: {step}.")
             if dry
-            else t(
-                "Protection %(kind)s: %(user)s in %(room)s; %(n)d message(s) removed; step: "
-                "%(step)s."
-            )
-        ) % {
-            "kind": offence.label,
-            "user": ev.sender,
-            "room": management.room_label(ev.room_id),
-            "n": removed,
-            "step": step,
-        }
+            else t("Protection {kind}: {user} in {room}; {n} message(s) removed; step: {step}.")
+        ).format(
+            kind=offence.label,
+            user=ev.sender,
+            room=management.room_label(ev.room_id),
+            n=removed,
+            step=step,
+        )
         body = head + "\n" + quote_plain(ev.body) + "\n" + link
         html_body = (
             html.escape(head).replace(html.escape(ev.sender), user_html(ev.sender), 1)
@@ -159,10 +156,9 @@ class Enforcement(Consequences):
             reason="join wave", source="protection:join-wave",
         )  # fmt: skip
         t = self.t
-        body = t("Join wave: %(n)d people joined in %(s)d s; topic rooms are now knock-only.") % {
-            "n": joined,
-            "s": seconds,
-        }
+        body = t("Join wave: {n} people joined in {s} s; topic rooms are now knock-only.").format(
+            n=joined, s=seconds
+        )
         body += "\n" + self.management.undo_line(f"{self.management.prefix}unlock-joins")
         await self.management.say(body, html.escape(body).replace("\n", "<br/>"))
 
@@ -177,8 +173,9 @@ class Enforcement(Consequences):
                 source="policy",
             )  # fmt: skip
         await self.management.tell(
-            self.t("Policy rule %(entity)s: banned %(users)s.")
-            % {"entity": entity, "users": ", ".join(users)}
+            self.t("Policy rule {entity}: banned {users}.").format(
+                entity=entity, users=", ".join(users)
+            )
         )
 
 
@@ -203,14 +200,14 @@ class DryRun(Consequences):
 
     async def join_wave(self, joined: int, seconds: int) -> None:
         await self.management.tell(
-            self.t("[dry run] Join wave: %(n)d people joined in %(s)d s.")
-            % {"n": joined, "s": seconds}
+            self.t("[dry run] Join wave: {n} people joined in {s} s.").format(n=joined, s=seconds)
         )
 
     async def policy_bans(self, key: str, entity: str, reason: str, users: list[str]) -> None:
         await self.management.tell(
-            self.t("[dry run] Policy rule %(entity)s would ban %(users)s.")
-            % {"entity": entity, "users": ", ".join(users)}
+            self.t("[dry run] Policy rule {entity} would ban {users}.").format(
+                entity=entity, users=", ".join(users)
+            )
         )
 
 

@@ -70,7 +70,7 @@ class ManagementRoom:
         return room_id
 
     def undo_line(self, command: str) -> str:
-        return self.t("To undo: %(command)s") % {"command": command}
+        return self.t("To undo: {command}").format(command=command)
 
     async def echo(
         self,
@@ -88,15 +88,15 @@ class ManagementRoom:
         t = self.t
         who = inv.sender if inv else self.gateway.user_id
         template = (
-            t("%(who)s: %(action)s %(target)s in %(n)d room(s).")
+            t("{who}: {action} {target} in {n} room(s).")
             if in_rooms
-            else t("%(who)s: %(action)s %(target)s.")
+            else t("{who}: {action} {target}.")
         )
-        body = template % {"who": who, "action": action, "target": target, "n": len(rooms)}
+        body = template.format(who=who, action=action, target=target, n=len(rooms))
         html_body = html.escape(body).replace(html.escape(target), user_html(target), 1)
         if reason:
             body, html_body = with_line(
-                body, html_body, t("Reason: %(reason)s") % {"reason": reason}
+                body, html_body, t("Reason: {reason}").format(reason=reason)
             )
         if undo:
             body, html_body = with_line(body, html_body, self.undo_line(undo))

@@ -56,5 +56,5 @@ class MuteTimer:
             actor=self.management.gateway.user_id, action="unmute", target=user,
             reason="expired", source="timer",
         )  # fmt: skip
-        body = self.management.t("The mute of %(user)s has expired.") % {"user": user}
+        body = self.management.t("The mute of {user} has expired.").format(user=user)
         await self.management.say_about(user, body)

@@ -210,7 +210,7 @@ class PolicyLists:
                     actor=self.actor, action="unban", target=user, rooms=rooms,
                     reason="policy rule removed", source="policy",
                 )  # fmt: skip
-                body = self.t("Policy rule removed: %(user)s unbanned.") % {"user": user}
+                body = self.t("Policy rule removed: {user} unbanned.").format(user=user)
                 await self.management.tell(body)
             async with self.sessionmaker() as s, s.begin():
                 await PolicyBans(s).remove(key, user)

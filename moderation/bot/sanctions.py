@@ -107,10 +107,9 @@ class Sanctions:
     ) -> None:
         lang = self.settings.primary_language
         forum = self.settings.text(self.settings.forum.name, lang)
-        body = self.t("A warning from the moderators of %(forum)s: %(reason)s") % {
-            "forum": forum,
-            "reason": reason,
-        }
+        body = self.t("A warning from the moderators of {forum}: {reason}").format(
+            forum=forum, reason=reason
+        )
         await self.actions.dm(user, body, html.escape(body))
         await self.actions.audit(
             actor=actor, action="warn", target=user, reason=reason, event_id=event_id,

@@ -42,10 +42,10 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
         entries = [e for e in await Audit(s).entries(target) if e.target == target][-30:]
     if not entries:
         await bot.management.reply(
-            inv, bot.t("No recorded action about %(user)s.") % {"user": target}
+            inv, bot.t("No recorded action about {user}.").format(user=target)
         )
         return
-    lines = [bot.t("History of %(user)s:") % {"user": target}]
+    lines = [bot.t("History of {user}:").format(user=target)]
     for e in entries:
         dry = " " + bot.t("[dry run]") if e.dry_run else ""
         lines.append(
@@ -68,27 +68,29 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
     locked, joins_locked = await bot.locks.locked(), await bot.locks.joins_locked()
     yes, no = t("yes"), t("no")
     lines = [
-        t("Dry run: %(state)s.") % {"state": yes if bot.dry_run else no},
-        t("Flood: %(n)d messages in %(s)d s.")
-        % {"n": cfg.flood_messages, "s": int(cfg.flood_seconds)},
-        t("Mention spam: more than %(n)d mentions.") % {"n": cfg.mention_limit},
-        t("Links and media held back from members who joined less than %(h)s h ago.")
-        % {"h": f"{cfg.new_member_hours:g}"},
-        t("Banned words: %(n)d.") % {"n": len(cfg.words)},
-        t("Join wave: %(n)d joins in %(s)d s.")
-        % {"n": cfg.join_wave_joins, "s": int(cfg.join_wave_seconds)},
-        t("Steps: %(steps)s (back to the first after %(h)s quiet hours).")
-        % {"steps": " → ".join(cfg.steps), "h": f"{cfg.step_reset_hours:g}"},
-        t("Topic rooms read-only: %(state)s; joins knock-only: %(joins)s.")
-        % {"state": yes if locked else no, "joins": yes if joins_locked else no},
-        t("Muted now: %(n)d. Open reports: %(cases)d.") % {"n": len(mutes), "cases": open_cases},
-        t("Policy lists followed: %(n)d of %(total)d (%(rules)d rules); our own rules: %(own)d.")
-        % {
-            "n": len(bot.policy_lists.list_rooms),
-            "total": len(cfg.policy_lists),
-            "rules": len(bot.policy_lists.rules),
-            "own": len(bot.policy_lists.own_rules),
-        },
+        t("Dry run: {state}.").format(state=yes if bot.dry_run else no),
+        t("Flood: {n} messages in {s} s.").format(n=cfg.flood_messages, s=int(cfg.flood_seconds)),
+        t("Mention spam: more than {n} mentions.").format(n=cfg.mention_limit),
+        t("Links and media held back from members who joined less than {h} h ago.").format(
+            h=f"{cfg.new_member_hours:g}"
+        ),
+        t("Banned words: {n}.").format(n=len(cfg.words)),
+        t("Join wave: {n} joins in {s} s.").format(
+            n=cfg.join_wave_joins, s=int(cfg.join_wave_seconds)
+        ),
+        t("Steps: {steps} (back to the first after {h} quiet hours).").format(
+            steps=" → ".join(cfg.steps), h=f"{cfg.step_reset_hours:g}"
+        ),
+        t("Topic rooms read-only: {state}; joins knock-only: {joins}.").format(
+            state=yes if locked else no, joins=yes if joins_locked else no
+        ),
+        t("Muted now: {n}. Open reports: {cases}.").format(n=len(mutes), cases=open_cases),
+        t("Policy lists followed: {n} of {total} ({rules} rules); our own rules: {own}.").format(
+            n=len(bot.policy_lists.list_rooms),
+            total=len(cfg.policy_lists),
+            rules=len(bot.policy_lists.rules),
+            own=len(bot.policy_lists.own_rules),
+        ),
     ]
     html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
     await bot.management.reply(inv, "\n".join(lines), html_body)

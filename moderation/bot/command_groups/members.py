@@ -85,7 +85,7 @@ async def cmd_mute(
     )
     what = bot.t("muted")
     if duration:
-        what += " " + bot.t("for %(d)s") % {"d": format_duration(duration)}
+        what += " " + bot.t("for {d}").format(d=format_duration(duration))
     await bot.management.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
 
 
@@ -147,5 +147,5 @@ async def cmd_redact(
         event_id=inv.event_id,
     )  # fmt: skip
     await bot.management.echo(
-        inv, bot.t("removed %(n)d message(s) of") % {"n": n}, target, rooms, reason
+        inv, bot.t("removed {n} message(s) of").format(n=n), target, rooms, reason
     )

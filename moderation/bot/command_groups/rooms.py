@@ -17,13 +17,13 @@ async def _done(
     await bot.actions.audit(
         actor=inv.sender, action=action, target="*", rooms=rooms, event_id=inv.event_id
     )
-    await bot.management.reply(inv, bot.t(said) % {"who": inv.sender, **values})
+    await bot.management.reply(inv, bot.t(said).format(who=inv.sender, **values))
 
 
 @registry.command("lock", aliases=("verrouiller",), help=_("Make every topic room read-only."))
 async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
     rooms = await bot.locks.lock()
-    said = _("%(who)s locked the topic rooms (%(n)d). To undo: %(cmd)s")
+    said = _("{who} locked the topic rooms ({n}). To undo: {cmd}")
     await _done(bot, inv, "lock", rooms, said, n=len(rooms), cmd=f"{bot.prefix}unlock")
 
 
@@ -35,7 +35,7 @@ async def cmd_lock(bot: ModerationBot, inv: Invocation) -> None:
 async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
     rooms = await bot.locks.unlock()
     joins = await bot.locks.unlock_joins()
-    said = _("%(who)s unlocked the topic rooms (%(n)d).")
+    said = _("{who} unlocked the topic rooms ({n}).")
     await _done(bot, inv, "unlock", rooms, said, n=len(set(rooms) | set(joins)))
 
 
@@ -46,5 +46,5 @@ async def cmd_unlock(bot: ModerationBot, inv: Invocation) -> None:
 )
 async def cmd_unlock_joins(bot: ModerationBot, inv: Invocation) -> None:
     rooms = await bot.locks.unlock_joins()
-    said = _("%(who)s restored the join rules (%(n)d room(s)).")
+    said = _("{who} restored the join rules ({n} room(s)).")
     await _done(bot, inv, "unlock-joins", rooms, said, n=len(rooms))

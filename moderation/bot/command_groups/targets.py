@@ -42,14 +42,13 @@ async def resolve_user(
         return exact[0]
     if not exact:
         await bot.management.reply(
-            inv, t("Nobody in the forum is named %(name)s.") % {"name": token}
+            inv, t("Nobody in the forum is named {name}.").format(name=token)
         )
         return None
     listing = ", ".join(sorted(exact))
     await bot.management.reply(
         inv,
-        t("%(name)s is ambiguous: %(ids)s. Give the full user id.")
-        % {"name": token, "ids": listing},
+        t("{name} is ambiguous: {ids}. Give the full user id.").format(name=token, ids=listing),
     )
     return None
 
@@ -58,7 +57,7 @@ async def refuse_if_exempt(bot: ModerationBot, inv: Invocation, user: str) -> bo
     if await bot.actions.is_exempt(user):
         await bot.management.reply(
             inv,
-            bot.t("Refused: %(user)s is a moderator or a bot.") % {"user": user},
+            bot.t("Refused: {user} is a moderator or a bot.").format(user=user),
         )
         return True
     return False

@@ -59,6 +59,6 @@ class MessageGuard:
             return
         protection.acted(ev)
         label = self.t(protection.label)
-        reason = self.t("Automatic moderation: %(what)s") % {"what": label}
+        reason = self.t("Automatic moderation: {what}").format(what=label)
         offence = Offence(ev, protection.kind, label, reason, events)
         await self.consequences.current.offence(offence)
