@@ -33,7 +33,7 @@ from tests.membership_helpers import (
 
 pytestmark = pytest.mark.homeserver
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def start_process(config: Path, home: Path, *, crash: bool) -> asyncio.subprocess.Process:

@@ -126,7 +126,7 @@ def test_every_string_of_the_moderation_bot_is_in_both_catalogs():
     from babel.messages.extract import extract_from_dir
     from babel.messages.pofile import read_po
 
-    bot_dir = Path(__file__).resolve().parent.parent / "moderation" / "bot"
+    bot_dir = Path(__file__).resolve().parents[2] / "moderation" / "bot"
     found = {
         msg if isinstance(msg, str) else msg[0]
         for _, _, msg, _, _ in extract_from_dir(

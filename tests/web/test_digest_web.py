@@ -22,7 +22,7 @@ from tests.digest_helpers import OTHER_TOPIC, TOPIC, eventually, start_digest_fo
 
 pytestmark = pytest.mark.homeserver
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 LINK = re.compile(r'(?:href|src)="([^"]+)"')
 

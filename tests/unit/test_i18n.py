@@ -12,7 +12,7 @@ from babel.messages.pofile import read_po
 
 from forum.i18n import LOCALE_DIR, I18n, catalog_path, parse_accept_language
 
-FORUM_DIR = Path(__file__).resolve().parent.parent / "forum"
+FORUM_DIR = Path(__file__).resolve().parents[2] / "forum"
 LANGS = ["fr", "en"]
 
 
