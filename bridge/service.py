@@ -206,7 +206,8 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
     ctx.register.web_routes(web_extension(service.site))
     ctx.tasks.start("digest:export", service.export_loop())
-    ctx.tasks.start("digest:schedule", service.schedule_loop())
+    if ctx.schedules:  # time-driven: on the service's clock
+        ctx.tasks.start("digest:schedule", service.schedule_loop(ctx.clock))
     if ctx.settings.digest.history_start:
         ctx.tasks.start("digest:backfill", _first_backfill(ctx, service))
     return service
