@@ -17,7 +17,7 @@ import pytest_asyncio
 from forum.homeserver import EmbeddedHomeserver, free_port
 from tests.matrix_user import TestUser
 
-pytest_plugins = ["tests.storage_fixtures", "tests.forum_fixtures"]
+pytest_plugins = ["tests.storage_fixtures", "tests.harness"]
 
 # =====================================================================================
 # Homeserver: one real Synapse for the whole session

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bridge.models import DigestHighlight
 from forum.signals import PUBLICATION_WITHDRAWN
-from tests.digest_helpers import TOPIC, eventually, start_digest_forum
+from tests.harness import TOPIC, ForumStarter, eventually
 
 pytestmark = pytest.mark.homeserver
 
@@ -37,11 +37,11 @@ def export_text(directory: Path) -> str:
     return "\n".join(texts)
 
 
-async def test_erasure_reaches_every_output(synapse, make_user, start_forum, db_url, tmp_path):
+async def test_erasure_reaches_every_output(make_user, start_forum: ForumStarter, db_url, tmp_path):
     mod = await make_user("mod")
     amina = await make_user("amina", display_name="Amina")
     cyril = await make_user("cyril", display_name="Cyril")
-    forum = await start_digest_forum(synapse, start_forum, moderators=[mod.user_id], db_url=db_url)
+    forum = await start_forum("digest", moderator=mod, moderator_joins=(), db_url=db_url)
     room = forum.room()
     for user in (mod, amina, cyril):
         await forum.join(user, room)

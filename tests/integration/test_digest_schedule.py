@@ -17,34 +17,32 @@ from bridge.cli import add_commands
 from bridge.models import DigestActivity, DigestMessage
 from bridge.service import backfill
 from bridge.weeks import previous_week
-from tests.digest_helpers import TOPIC, eventually, start_digest_forum
+from tests.harness import BASE_CONFIG, TOPIC, ForumStarter, TestClock, eventually
 
 pytestmark = pytest.mark.homeserver
 
 
-async def test_scheduled_build_posts_in_announcements(synapse, make_user, start_forum):
+async def test_scheduled_build_posts_in_announcements(make_user, start_forum: ForumStarter):
     mod = await make_user("mod")
-    forum = await start_digest_forum(
-        synapse, start_forum, moderators=[mod.user_id], public_url="https://digest.example.org"
+    schedule = BASE_CONFIG["digest"]["schedule"]
+    tz = ZoneInfo(BASE_CONFIG["digest"]["timezone"])
+    # The service's clock set a few seconds before the next scheduled time: the
+    # schedule loop the service runs (schedules on) fires soon after the start.
+    fire = croniter(schedule, datetime.now(tz)).get_next(datetime)
+    clock = TestClock.just_before(fire, by=timedelta(seconds=8))
+    forum = await start_forum(
+        "digest",
+        moderator=mod,
+        moderator_joins=(),
+        config={"web": {"public_url": "https://digest.example.org"}},
+        clock=clock,
+        schedules=True,
     )
-    announcements = forum.ctx.rooms["announcements"]
+    announcements = forum.rooms["announcements"]
     await forum.join(mod, announcements)
-    settings = forum.ctx.settings
-    tz = ZoneInfo(settings.digest.timezone)
-    # A clock set just before the next scheduled time: the real loop fires within a second.
-    fire = croniter(settings.digest.schedule, datetime.now(tz)).get_next(datetime)
-    offset = fire - datetime.now(UTC) - timedelta(seconds=0.5)
-
-    def clock() -> datetime:
-        return datetime.now(UTC) + offset
-
-    mark = mod.mark()
-    task = forum.ctx.tasks.start("test:schedule", forum.digest.schedule_loop(clock))
-    try:
-        week = previous_week(fire, settings.digest.timezone)
-        event = await mod.wait_for_text(announcements, f"week/{week}/", timeout=20, after=mark)
-    finally:
-        task.cancel()
+    settings = forum.settings
+    week = previous_week(fire, settings.digest.timezone)
+    event = await mod.wait_for_text(announcements, f"week/{week}/", timeout=30)
     body = event["content"]["body"]
     assert f"https://digest.example.org/fr/week/{week}/" in body
     assert f"Résumé de la semaine {week}" in body
@@ -57,9 +55,12 @@ async def test_scheduled_build_posts_in_announcements(synapse, make_user, start_
     assert status == 200
 
 
-async def test_cli_build_and_export(synapse, make_user, start_forum, tmp_path, monkeypatch, capsys):
+async def test_cli_build_and_export(
+    make_user, start_forum: ForumStarter, tmp_path, monkeypatch, capsys
+):
+    """In a time zone far from UTC (UTC+14): weeks are the forum's, not the server's."""
     amina = await make_user("amina", display_name="Amina")
-    forum = await start_digest_forum(synapse, start_forum)
+    forum = await start_forum("digest", config={"digest": {"timezone": "Pacific/Kiritimati"}})
     await forum.join(amina)
     await forum.consent(amina)
     await amina.send_text(forum.room(), "CLI: les jeunes du réseau préparent une campagne.")
@@ -124,10 +125,10 @@ async def test_cli_build_and_export(synapse, make_user, start_forum, tmp_path, m
     assert (out / "static" / "style.css").exists()
 
 
-async def test_backfill_reads_history_back_to_the_start_date(synapse, make_user, start_forum):
+async def test_backfill_reads_history_back_to_the_start_date(make_user, start_forum: ForumStarter):
     amina = await make_user("amina", display_name="Amina")
     bruno = await make_user("bruno")
-    forum = await start_digest_forum(synapse, start_forum)
+    forum = await start_forum("digest")
     await forum.join(amina)
     await forum.join(bruno)
     await forum.consent(amina)

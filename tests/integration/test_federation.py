@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import MakeUserOn, SynapsePair
+from tests.harness import ForumStarter
 
 pytestmark = pytest.mark.federation
 
@@ -35,16 +36,11 @@ async def test_remote_user_sees_the_space_and_knocks(
     synapse_pair: SynapsePair, make_user_on: MakeUserOn, tmp_path
 ) -> None:
     """A user of the second server sees the forum's Space hierarchy and knocks on a topic."""
-    from forum.app import Service
-    from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from
-
     a, b = synapse_pair
-    settings = settings_from(forum_data(a))
-    await register_bots(a, settings)
-    service = Service(settings, config_dir=CONFIG_DIR, home=tmp_path, features=[], web_port=0)
-    await service.start()
-    try:
-        ids = service.result.room_ids
+    async with ForumStarter(a, lambda: tmp_path) as start_forum:
+        service = await start_forum()
+        settings = service.settings
+        ids = service.rooms
         remote = await make_user_on(b, "remote")
         # Joining the public lobby by alias brings the forum to server b.
         await remote.join(settings.alias_id(settings.rooms.lobby.alias))
@@ -69,5 +65,3 @@ async def test_remote_user_sees_the_space_and_knocks(
         )
         knocks = await moderation_bot.members(topic_id, membership="knock")
         assert knocks[remote.user_id]["reason"] == "Je travaille sur la scolarisation des filles"
-    finally:
-        await service.stop()

@@ -103,9 +103,12 @@ async def test_failing_handler_does_not_stop_the_loop(synapse, make_user, sqlite
         await reactions.wait_until(lambda: reactions == ["✅"])
         assert gw.stats.handler_failures == 2
         own = await gw.send_text(room, "from the bot itself")
-        await alice.send_text(room, "trois")
+        trois = await alice.send_text(room, "trois")
         await seen.wait_until(lambda: "trois" in seen)
-        assert own
+        # the bot's own message came before the marker in the room, and was not delivered
+        await alice.wait_for(lambda e: e["event_id"] == trois)
+        order = [e["event_id"] for e in alice.events if e.get("event_id") in (own, trois)]
+        assert order == [own, trois]
         assert "from the bot itself" not in seen
 
 

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
-import bridge
-import moderation.bot
-from bridge.weeks import week_of
-from forum.storage import utcnow
-from moderation.membership import feature
-from tests.digest_helpers import eventually
-from tests.forum_fixtures import forum_data, settings_from
-from tests.membership_helpers import admit, wait_bot_text
+from tests.harness import Forum, ForumStarter, eventually
 
 pytestmark = pytest.mark.homeserver
 
 NOT_UNDERSTOOD = ("pas compris", "not understand", "didn't understand")
 
 
-async def test_member_journey_through_every_feature(synapse, make_user, start_forum):
+async def test_member_journey_through_every_feature(make_user, start_forum: ForumStarter):
     moderator = await make_user("afi")
-    data = forum_data(synapse, moderators=[moderator.user_id])
     service = await start_forum(
-        settings_from(data),
-        features=[feature(deadline_poll_seconds=0.5), moderation.bot.FEATURE, bridge.FEATURE],
+        "membership", "moderation", "digest", moderator=moderator, moderator_joins=()
     )
     ctx = service.ctx
     server = [service.settings.server_name]
@@ -32,8 +22,8 @@ async def test_member_journey_through_every_feature(synapse, make_user, start_fo
 
     # Amina agrees to be quoted; Kossi does not. Both are admitted through the consent flow.
     amina, kossi = await make_user("amina"), await make_user("kossi")
-    amina_dm = await admit(amina, service, publication=True)
-    kossi_dm = await admit(kossi, service, publication=False)
+    amina_dm = await service.admit(amina, publication=True)
+    kossi_dm = await service.admit(kossi, publication=False)
     for person in (amina, kossi):
         await person.join(ctx.rooms["space"], via=server)
         await person.join(room, via=server)  # members of the Space join topic rooms freely
@@ -50,15 +40,14 @@ async def test_member_journey_through_every_feature(synapse, make_user, start_fo
     # The moderator marks Kossi's message for the digest: Kossi is asked in his DM.
     mark = kossi.mark()
     await moderator.react(room, kossi_msg, "📰")
-    await wait_bot_text(kossi, kossi_dm, service, "campagne radio", after=mark)
+    await service.wait_bot_text(kossi, kossi_dm, "campagne radio", after=mark)
     mark = kossi.mark()
     await kossi.send_text(kossi_dm, "oui")
 
-    digest_service = service.feature("digest")
-    week = week_of(utcnow(), service.settings.digest.timezone)
+    week = service.week()
 
     async def published() -> str:
-        await digest_service.publish(week)
+        await service.digest.publish(week)
         return await page(service, f"/fr/week/{week}/")
 
     async def kossi_quoted() -> bool:
@@ -69,19 +58,22 @@ async def test_member_journey_through_every_feature(synapse, make_user, start_fo
     text = await published()
     assert "Kossi ne veut pas être cité" not in text  # only the consented message
     # The membership bot did not answer Kossi's "oui" as a message it did not understand.
-    later = [
-        e
-        for e in kossi.events[mark:]
-        if e.get("room_id") == kossi_dm
-        and e.get("type") == "m.room.message"
-        and e.get("sender") == service.settings.membership_bot_id
-    ]
-    assert not any(n in e["content"].get("body", "") for e in later for n in NOT_UNDERSTOOD)
+    await service.assert_nothing(
+        kossi,
+        lambda e: (
+            e["room_id"] == kossi_dm
+            and e["sender"] == service.membership_bot_id
+            and any(n in e["content"]["body"] for n in NOT_UNDERSTOOD)
+        ),
+        service.membership_marker(kossi, kossi_dm),
+        after=mark,
+        what="the quote answer taken for a message not understood",
+    )
 
     # Amina withdraws her publication consent: her words leave the public pages.
     mark = amina.mark()
     await amina.send_text(amina_dm, "!retirer")
-    await wait_bot_text(amina, amina_dm, service, "pas cités", "not be quoted", after=mark)
+    await service.wait_bot_text(amina, amina_dm, "pas cités", "not be quoted", after=mark)
 
     async def amina_gone() -> bool:
         return "scolarité" not in await published()
@@ -90,30 +82,25 @@ async def test_member_journey_through_every_feature(synapse, make_user, start_fo
     assert "campagne radio" in await published()
 
 
-async def page(service, path: str) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{service.bound_port}{path}") as resp,
-    ):
-        assert resp.status == 200, path
-        return await resp.text()
+async def page(forum: Forum, path: str) -> str:
+    status, text, _ = await forum.get(path)
+    assert status == 200, path
+    return text
 
 
-async def test_report_written_to_the_welcome_bot_becomes_a_case(synapse, make_user, start_forum):
+async def test_report_written_to_the_welcome_bot_becomes_a_case(
+    make_user, start_forum: ForumStarter
+):
     """A member reports a message in their DM with the membership bot: the moderators
     get a case card in the management room, with the reported message quoted."""
     moderator = await make_user("afi")
-    data = forum_data(synapse, moderators=[moderator.user_id])
-    service = await start_forum(
-        settings_from(data),
-        features=[feature(deadline_poll_seconds=0.5), moderation.bot.FEATURE],
-    )
+    service = await start_forum("membership", "moderation", moderator=moderator, moderator_joins=())
     ctx = service.ctx
     server = [service.settings.server_name]
     room = ctx.rooms["topic:engagement-civique"]
     awa, troll = await make_user("awa"), await make_user("troll")
-    awa_dm = await admit(awa, service, publication=False)
-    await admit(troll, service, publication=False)
+    awa_dm = await service.admit(awa, publication=False)
+    await service.admit(troll, publication=False)
     for person in (awa, troll):
         await person.join(ctx.rooms["space"], via=server)
         await person.join(room, via=server)
@@ -123,8 +110,8 @@ async def test_report_written_to_the_welcome_bot_becomes_a_case(synapse, make_us
     mark, mod_mark = awa.mark(), moderator.mark()
     link = f"https://matrix.to/#/{room}/{bad}"
     await awa.send_text(awa_dm, f"!signaler {link} insulte")
-    await wait_bot_text(
-        awa, awa_dm, service, "signalement a été transmis", "report was passed", after=mark
+    await service.wait_bot_text(
+        awa, awa_dm, "signalement a été transmis", "report was passed", after=mark
     )
     card = await moderator.wait_for(
         lambda e: (

@@ -10,47 +10,28 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import make_url
 
-from forum.homeserver import EmbeddedHomeserver
 from forum.storage import create_database_if_missing, drop_database
-from tests.forum_fixtures import forum_data, settings_from
+from tests.harness import CHARTER_FR, PUBLICATION_Q, ForumStarter
 from tests.matrix_user import TestUser
-from tests.membership_helpers import (
-    CHARTER_FR,
-    PUBLICATION_Q,
-    history,
-    start_service,
-    via,
-    wait_bot_text,
-    wait_dm,
-    wait_invites,
-)
 from tests.storage_fixtures import POSTGRES_BASE_URL
 
 pytestmark = pytest.mark.homeserver
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def forum(synapse: EmbeddedHomeserver, tmp_path_factory: pytest.TempPathFactory):
+async def forum(start_module_forum: ForumStarter):
     """One forum for the module, on PostgreSQL (the other modules use SQLite)."""
     pg = make_url(POSTGRES_BASE_URL).set(database=f"forum_test_{secrets.token_hex(6)}")
     await create_database_if_missing(pg)
-    moderator = await TestUser.create(synapse, "moderatrice")
-    data = forum_data(
-        synapse, moderators=[moderator.user_id], db_url=pg.render_as_string(hide_password=False)
-    )
-    data["membership"]["approval"] = "moderators"
-    service = await start_service(
-        synapse, settings_from(data), tmp_path_factory.mktemp("membership-approval")
-    )
-    management = service.ctx.rooms["management"]
-    await moderator.wait_for_invite(management)
-    await moderator.join(management, via=via(service))
-    service.moderator = moderator  # type: ignore[attr-defined]
     try:
-        yield service
+        yield await start_module_forum(
+            "membership",
+            moderator=True,
+            db_url=pg.render_as_string(hide_password=False),
+            config={"membership": {"approval": "moderators"}},
+        )
     finally:
-        await service.stop()
-        await moderator.close()
+        await start_module_forum.close()
         await drop_database(pg)
 
 
@@ -59,17 +40,17 @@ async def until_card(forum, user: TestUser) -> tuple[str, dict]:
     the DM room and the card the moderator sees."""
     mod: TestUser = forum.moderator
     topic = forum.ctx.rooms.topic_ids["egalite-filles"]
-    await user.knock(topic, "Bonjour, je suis journaliste", via=via(forum))
-    room = await wait_dm(user, forum)
-    await wait_bot_text(user, room, forum, CHARTER_FR)
+    await user.knock(topic, "Bonjour, je suis journaliste", via=forum.via)
+    room = await forum.wait_dm(user)
+    await forum.wait_bot_text(user, room, CHARTER_FR)
     mark = user.mark()
     await user.send_text(room, "oui")
-    await wait_bot_text(user, room, forum, *PUBLICATION_Q, after=mark)
+    await forum.wait_bot_text(user, room, *PUBLICATION_Q, after=mark)
     mark = user.mark()
     await user.send_text(room, "non")
-    await wait_bot_text(user, room, forum, "modératrice", after=mark)
-    card = await wait_bot_text(
-        mod, forum.ctx.rooms["management"], forum, f"adhésion de {user.user_id}"
+    await forum.wait_bot_text(user, room, "modératrice", after=mark)
+    card = await forum.wait_bot_text(
+        mod, forum.ctx.rooms["management"], f"adhésion de {user.user_id}"
     )
     return room, card
 
@@ -79,16 +60,18 @@ async def test_approve_by_command(forum, make_user):
     room, _card = await until_card(forum, user)
     management = forum.ctx.rooms["management"]
     # Nothing is invited before a moderator decides.
-    assert not [
-        e
-        for e in user.events
-        if e.get("_section") == "invite" and e["room_id"] in forum.ctx.rooms.forum_ids
-    ]
+    await forum.assert_nothing(
+        user,
+        lambda e: e["_section"] == "invite" and e["room_id"] in forum.rooms.forum_ids,
+        forum.membership_marker(user, room),
+        after=0,
+        what="an invite before the moderators' decision",
+    )
     mark = user.mark()
     await forum.moderator.send_text(management, f"!approve {user.user_id}")
-    await wait_bot_text(forum.moderator, management, forum, "approuvé")
-    await wait_invites(user, forum)
-    await wait_bot_text(user, room, forum, "Vous êtes invité", after=mark)
+    await forum.wait_bot_text(forum.moderator, management, "approuvé")
+    await forum.wait_invites(user)
+    await forum.wait_bot_text(user, room, "Vous êtes invité", after=mark)
 
 
 async def test_deny_by_command_kicks_the_knock_with_reason(forum, make_user):
@@ -98,7 +81,7 @@ async def test_deny_by_command_kicks_the_knock_with_reason(forum, make_user):
     topic = forum.ctx.rooms.topic_ids["egalite-filles"]
     mark = user.mark()
     await forum.moderator.send_text(management, f"!deny {user.user_id} profil non vérifié")
-    told = await wait_bot_text(user, room, forum, "refusée", after=mark)
+    told = await forum.wait_bot_text(user, room, "refusée", after=mark)
     assert "profil non vérifié" in told["content"]["body"]
     # The knock is answered by a kick (by the moderation bot) carrying the reason.
     kicked = await user.wait_for(
@@ -112,7 +95,7 @@ async def test_deny_by_command_kicks_the_knock_with_reason(forum, make_user):
     )
     assert "profil non vérifié" in kicked["content"].get("reason", "")
     assert kicked["sender"] == forum.settings.moderation_bot_id
-    records = await history(forum, user.user_id)
+    records = await forum.history(user.user_id)
     assert [(r.scope, r.granted) for r in records] == [("charter", True), ("publication", False)]
 
 
@@ -123,10 +106,10 @@ async def test_reactions_on_the_card(forum, make_user):
     no_room, no_card = await until_card(forum, no_user)
     management = forum.ctx.rooms["management"]
     await forum.moderator.react(management, yes_card["event_id"], "✅")
-    await wait_invites(yes_user, forum)
+    await forum.wait_invites(yes_user)
     mark = no_user.mark()
     await forum.moderator.react(management, no_card["event_id"], "❌")
-    await wait_bot_text(no_user, no_room, forum, "refusée", after=mark)
+    await forum.wait_bot_text(no_user, no_room, "refusée", after=mark)
 
 
 async def test_non_moderator_cannot_approve(forum, make_user):
@@ -137,10 +120,10 @@ async def test_non_moderator_cannot_approve(forum, make_user):
     intruder = await make_user("intruder")
     await forum.ctx.moderation_gateway.invite(management, intruder.user_id)
     await intruder.wait_for_invite(management)
-    await intruder.join(management, via=via(forum))
+    await intruder.join(management, via=forum.via)
     await intruder.send_text(management, f"!approve {user.user_id}")
-    await wait_bot_text(intruder, management, forum, "Seuls les modératrices")
+    await forum.wait_bot_text(intruder, management, "Seuls les modératrices")
     await forum.ctx.moderation_gateway.kick(management, intruder.user_id)
     # The request is still pending: a moderator can still decide.
     await forum.moderator.send_text(management, f"!deny {user.user_id}")
-    await wait_bot_text(forum.moderator, management, forum, f"{user.user_id} refusé")
+    await forum.wait_bot_text(forum.moderator, management, f"{user.user_id} refusé")

@@ -21,7 +21,7 @@ from moderation.membership.text import (
     normalise,
     yes_no,
 )
-from tests.forum_fixtures import forum_data
+from tests.harness import forum_data
 
 
 def parser() -> argparse.ArgumentParser:

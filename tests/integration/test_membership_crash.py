@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import tomli_w
@@ -19,16 +18,13 @@ from forum.settings import database_url
 from forum.storage import Database
 from forum.storage.models import OutboxRow, ProcessedEvent, SyncToken
 from moderation.membership.outbox import INVITE
-from tests.forum_fixtures import forum_data, register_bots, settings_from
-from tests.membership_helpers import (
-    CRASH_FLAG,
+from tests.harness import (
     PUBLICATION_Q,
-    admit,
-    dm_invites,
-    history,
-    start_service,
-    wait_bot_text,
-    wait_dm,
+    Forum,
+    ForumStarter,
+    forum_data,
+    register_bots,
+    settings_from,
 )
 
 pytestmark = pytest.mark.homeserver
@@ -41,11 +37,10 @@ async def start_process(config: Path, home: Path, *, crash: bool) -> asyncio.sub
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.membership_helpers",
-        "serve",
+        "tests.harness",
+        "serve-crash" if crash else "serve",
         str(config),
         str(home),
-        *([CRASH_FLAG] if crash else []),
         cwd=ROOT,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -89,13 +84,13 @@ async def test_sigkill_between_consent_and_invite(synapse, make_user, tmp_path):
         }
         for t in settings.topics:
             ids[f"topic:{t.slug}"] = await user.resolve_alias(settings.alias_id(t.effective_alias))
-        svc = SimpleNamespace(settings=settings, result=SimpleNamespace(room_ids=ids))
+        svc = Forum(synapse, settings, ids)  # the service runs in its own process
         await user.knock(ids["space"], "Bonjour, je voudrais participer", via=[synapse.server_name])
-        room = await wait_dm(user, svc)  # type: ignore[arg-type]
-        await wait_bot_text(user, room, svc, "Charte")  # type: ignore[arg-type]
+        room = await svc.wait_dm(user)
+        await svc.wait_bot_text(user, room, "Charte")
         mark = user.mark()
         await user.send_text(room, "oui")
-        await wait_bot_text(user, room, svc, *PUBLICATION_Q, after=mark)  # type: ignore[arg-type]
+        await svc.wait_bot_text(user, room, *PUBLICATION_Q, after=mark)
         await user.send_text(room, "oui")
         async with asyncio.timeout(30):
             code = await proc.wait()
@@ -116,18 +111,22 @@ async def test_sigkill_between_consent_and_invite(synapse, make_user, tmp_path):
         assert all(r.done_at is None for r in pending)
     finally:
         await db.close()
-    assert not [
-        e for e in user.events if e.get("_section") == "invite" and e["room_id"] in ids.values()
-    ]
+    await svc.assert_nothing(
+        user,
+        lambda e: e["_section"] == "invite" and e["room_id"] in ids.values(),
+        svc.own_marker(user, room),
+        after=0,
+        what="an invite sent before the crash",
+    )
 
     proc = await start_process(config, home, crash=False)
     try:
         for room_id in ids.values():
             await user.wait_for_invite(room_id, timeout=30)
-        await wait_bot_text(user, room, svc, "Vous êtes invité")  # type: ignore[arg-type]
+        await svc.wait_bot_text(user, room, "Vous êtes invité")
         # Give a replay a chance to do something twice, then count.
         await user.send_text(room, "!statut")
-        await wait_bot_text(user, room, svc, "Charte : version 1")  # type: ignore[arg-type]
+        await svc.wait_bot_text(user, room, "Charte : version 1")
     finally:
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
@@ -142,7 +141,7 @@ async def test_sigkill_between_consent_and_invite(synapse, make_user, tmp_path):
         and e["content"].get("membership") == "invite"
     ]
     assert len(space_invites) == 1
-    assert dm_invites(user, svc) == {room}  # type: ignore[arg-type]
+    assert svc.dm_invites(user) == {room}
     welcomes = [
         e
         for e in user.events
@@ -161,18 +160,17 @@ async def test_sigkill_between_consent_and_invite(synapse, make_user, tmp_path):
         await db.close()
 
 
-async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
+async def test_replayed_sync_does_nothing_twice(start_forum: ForumStarter, make_user, tmp_path):
     """The bot forgets its sync token and which events it handled, restarts, and sees
     every knock and answer again: still one DM, one invite, the same records."""
-    data = forum_data(synapse)
     home = tmp_path / "home"
-    first = await start_service(synapse, settings_from(data), home)
+    first = await start_forum("membership", home=home)
     try:
         user = await make_user("replay")
-        room = await admit(user, first)
+        room = await first.admit(user)
         space = first.ctx.rooms["space"]
     finally:
-        await first.stop()
+        await start_forum.stop(first)
     bot = first.settings.membership_bot_id
     db = await Database.open(database_url(first.settings, home))
     try:
@@ -181,13 +179,13 @@ async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
             await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
     finally:
         await db.close()
-    second = await start_service(synapse, settings_from(data), home)
+    second = await start_forum("membership", data=first.data, home=home)
     try:
         await second.ctx.membership_gateway.wait_synced(30)
         # A later person goes through: the replayed backlog was handled before her.
         later = await make_user("later")
-        await admit(later, second)
-        assert dm_invites(user, second) == {room}
+        await second.admit(later)
+        assert second.dm_invites(user) == {room}
         space_invites = [
             e
             for e in user.events
@@ -197,7 +195,7 @@ async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
             and e.get("state_key") == user.user_id
         ]
         assert len(space_invites) == 1
-        records = await history(second, user.user_id)
+        records = await second.history(user.user_id)
         assert [r.scope for r in records] == ["charter", "publication"]
         charters = [
             e
@@ -206,4 +204,4 @@ async def test_replayed_sync_does_nothing_twice(synapse, make_user, tmp_path):
         ]
         assert len(charters) == 1
     finally:
-        await second.stop()
+        await start_forum.stop(second)

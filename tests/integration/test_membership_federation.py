@@ -5,39 +5,29 @@ from __future__ import annotations
 
 import pytest
 
-from tests.forum_fixtures import forum_data, settings_from
-from tests.membership_helpers import (
-    CHARTER_EN,
-    PUBLICATION_Q,
-    history,
-    start_service,
-    wait_bot_text,
-    wait_dm,
-)
+from tests.harness import CHARTER_EN, PUBLICATION_Q, ForumStarter
 
 pytestmark = [pytest.mark.homeserver, pytest.mark.federation]
 
 
 async def test_remote_user_knocks_accepts_and_is_invited(synapse_pair, make_user_on, tmp_path):
     forum_hs, remote_hs = synapse_pair.a, synapse_pair.b
-    service = await start_service(forum_hs, settings_from(forum_data(forum_hs)), tmp_path / "home")
-    try:
+    async with ForumStarter(forum_hs, lambda: tmp_path) as start_forum:
+        service = await start_forum("membership")
         remote = await make_user_on(remote_hs, "remote")
         space = service.ctx.rooms["space"]
         await remote.knock(space, "Hello, I would like to join", via=[forum_hs.server_name])
-        room = await wait_dm(remote, service, timeout=30)
-        charter = await wait_bot_text(remote, room, service, CHARTER_EN, timeout=30)
+        room = await service.wait_dm(remote, timeout=30)
+        charter = await service.wait_bot_text(remote, room, CHARTER_EN, timeout=30)
         mark = remote.mark()
         await remote.react(room, charter["event_id"], "✅")
-        asked = await wait_bot_text(remote, room, service, *PUBLICATION_Q, timeout=30, after=mark)
+        asked = await service.wait_bot_text(remote, room, *PUBLICATION_Q, timeout=30, after=mark)
         await remote.react(room, asked["event_id"], "👍")
         for room_id in [space, *service.ctx.rooms.topic_ids.values()]:
             await remote.wait_for_invite(room_id, timeout=30)
         await remote.join(space, via=[forum_hs.server_name])
-        records = await history(service, remote.user_id)
+        records = await service.history(remote.user_id)
         assert [(r.scope, r.granted, r.method) for r in records] == [
             ("charter", True, "reaction"),
             ("publication", True, "reaction"),
         ]
-    finally:
-        await service.stop()

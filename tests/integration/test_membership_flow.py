@@ -10,51 +10,33 @@ import hashlib
 import pytest
 import pytest_asyncio
 
-from forum.homeserver import EmbeddedHomeserver
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN
-from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
-from tests.matrix_user import TestUser
-from tests.membership_helpers import (
+from tests.harness import (
     CHARTER_EN,
     CHARTER_FR,
+    CONFIG_DIR,
     INVITED,
     PUBLICATION_Q,
-    SignalLog,
-    admit,
-    bot_id,
-    dm_invites,
-    history,
-    open_dm_with_bot,
-    person,
-    start_service,
-    via,
-    wait_bot_text,
-    wait_dm,
-    wait_invites,
+    Forum,
+    ForumStarter,
 )
+from tests.matrix_user import TestUser
 
 pytestmark = pytest.mark.homeserver
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def forum(synapse: EmbeddedHomeserver, tmp_path_factory: pytest.TempPathFactory):
-    """One forum for the module (auto approval); each test uses its own people."""
-    ignored = await TestUser.create(synapse, "otherbot")
-    data = forum_data(synapse)
-    data["bots"]["ignore"] = [ignored.user_id]
-    home = tmp_path_factory.mktemp("membership-flow")
-    service = await start_service(
-        synapse, settings_from(data), home, flood_limit=20, flood_window_seconds=4
+async def forum(start_module_forum: ForumStarter) -> Forum:
+    """One forum for the module (auto approval); each test uses its own people. An
+    account the bots ignore is the forum's first user (``forum.users[0]``)."""
+    ignored = await TestUser.create(start_module_forum.hs, "otherbot")
+    forum = await start_module_forum(
+        "membership",
+        config={"bots": {"ignore": [ignored.user_id]}},
+        membership={"flood_limit": 20, "flood_window_seconds": 4},
     )
-    signals = SignalLog()
-    signals.attach(service)
-    service.signals_log = signals  # type: ignore[attr-defined]
-    service.ignored_user = ignored  # type: ignore[attr-defined]
-    try:
-        yield service
-    finally:
-        await service.stop()
-        await ignored.close()
+    forum.users.append(ignored)
+    return forum
 
 
 def charter_sha(lang: str) -> str:
@@ -66,23 +48,23 @@ async def test_knock_french_reply_and_duplicate_knock(forum, make_user):
     """Door 1: a knock with a French reason; a second knock opens no second DM."""
     amina = await make_user("amina")
     space = forum.ctx.rooms["space"]
-    await amina.knock(space, "Bonjour, je voudrais rejoindre l'espace", via=via(forum))
-    room = await wait_dm(amina, forum)
-    charter = await wait_bot_text(amina, room, forum, CHARTER_FR, CHARTER_EN)
+    await amina.knock(space, "Bonjour, je voudrais rejoindre l'espace", via=forum.via)
+    room = await forum.wait_dm(amina)
+    charter = await forum.wait_bot_text(amina, room, CHARTER_FR, CHARTER_EN)
     assert CHARTER_FR in charter["content"]["body"]  # French guessed from the knock
     assert "<strong>Respect.</strong>" in charter["content"]["formatted_body"]
     # The same person knocks on a topic room too: same flow, no second DM.
     topic = forum.ctx.rooms.topic_ids["droits-enfants"]
-    await amina.knock(topic, "Bonjour encore", via=via(forum))
+    await amina.knock(topic, "Bonjour encore", via=forum.via)
     mark = amina.mark()
     await amina.send_text(room, "J’accepte !")
-    await wait_bot_text(amina, room, forum, *PUBLICATION_Q, after=mark)
+    await forum.wait_bot_text(amina, room, *PUBLICATION_Q, after=mark)
     mark = amina.mark()
     await amina.send_text(room, "Oui.")
-    await wait_invites(amina, forum)
-    await wait_bot_text(amina, room, forum, *INVITED, after=mark)
-    assert dm_invites(amina, forum) == {room}
-    records = await history(forum, amina.user_id)
+    await forum.wait_invites(amina)
+    await forum.wait_bot_text(amina, room, *INVITED, after=mark)
+    assert forum.dm_invites(amina) == {room}
+    records = await forum.history(amina.user_id)
     assert [(r.scope, r.granted, r.method) for r in records] == [
         ("charter", True, "reply"),
         ("publication", True, "reply"),
@@ -90,30 +72,30 @@ async def test_knock_french_reply_and_duplicate_knock(forum, make_user):
     assert records[0].charter_version == 1
     assert records[0].text_sha256 == charter_sha("fr")
     assert str(records[0].event_id).startswith("$")
-    row = await person(forum, amina.user_id)
+    row = await forum.person(amina.user_id)
     assert row is not None
     assert (row.dm_room_id, row.step) == (room, "member")
-    await forum.signals_log.wait(PUBLICATION_GRANTED, amina.user_id)
+    await forum.signals.wait(PUBLICATION_GRANTED, amina.user_id)
     # Accepting the invitation to the knocked topic room works: she is in.
-    await amina.join(topic, via=via(forum))
+    await amina.join(topic, via=forum.via)
 
 
 async def test_lobby_door_language_question_reaction_and_refusal(forum, make_user):
     """Door 2: joining the lobby; the bot asks the language in both, ✅ and 👎."""
     kossi = await make_user("kossi")
-    await kossi.join(forum.ctx.rooms["lobby"], via=via(forum))
-    room = await wait_dm(kossi, forum)
-    question = await wait_bot_text(kossi, room, forum, "Which language")
+    await kossi.join(forum.ctx.rooms["lobby"], via=forum.via)
+    room = await forum.wait_dm(kossi)
+    question = await forum.wait_bot_text(kossi, room, "Which language")
     assert "Dans quelle langue" in question["content"]["body"]
     mark = kossi.mark()
     await kossi.send_text(room, "English")
-    charter = await wait_bot_text(kossi, room, forum, CHARTER_EN, after=mark)
+    charter = await forum.wait_bot_text(kossi, room, CHARTER_EN, after=mark)
     mark = kossi.mark()
     await kossi.react(room, charter["event_id"], "✅")
-    asked = await wait_bot_text(kossi, room, forum, "public digest", after=mark)
+    asked = await forum.wait_bot_text(kossi, room, "public digest", after=mark)
     await kossi.react(room, asked["event_id"], "👎")
-    await wait_invites(kossi, forum)
-    records = await history(forum, kossi.user_id)
+    await forum.wait_invites(kossi)
+    records = await forum.history(kossi.user_id)
     assert [(r.scope, r.granted, r.method) for r in records] == [
         ("charter", True, "reaction"),
         ("publication", False, "reaction"),
@@ -125,49 +107,49 @@ async def test_lobby_door_language_question_reaction_and_refusal(forum, make_use
 @pytest.mark.parametrize("answer", ["I accept", "yes", "ACCEPT!", "jaccepte"])
 async def test_each_reply_form_accepts(forum, make_user, answer):
     user = await make_user("forms")
-    await user.knock(forum.ctx.rooms["space"], "Hello, I would like to join", via=via(forum))
-    room = await wait_dm(user, forum)
-    await wait_bot_text(user, room, forum, CHARTER_EN)
+    await user.knock(forum.ctx.rooms["space"], "Hello, I would like to join", via=forum.via)
+    room = await forum.wait_dm(user)
+    await forum.wait_bot_text(user, room, CHARTER_EN)
     mark = user.mark()
     await user.send_text(room, "maybe later")  # not an acceptance: a reminder
-    await wait_bot_text(user, room, forum, "accept the charter", after=mark)
+    await forum.wait_bot_text(user, room, "accept the charter", after=mark)
     mark = user.mark()
     await user.send_text(room, answer)
-    await wait_bot_text(user, room, forum, "public digest", after=mark)
-    records = await history(forum, user.user_id)
+    await forum.wait_bot_text(user, room, "public digest", after=mark)
+    records = await forum.history(user.user_id)
     assert [(r.scope, r.method) for r in records] == [("charter", "reply")]
 
 
 async def test_dm_door_commands_and_bad_input(forum, make_user):
     """Door 3: a DM to the bot; then every DM command, nonsense and oversized input."""
     afi = await make_user("afi")
-    room = await open_dm_with_bot(afi, forum)
+    room = await forum.open_dm_with_bot(afi)
     mark = afi.mark()
     await afi.send_text(room, "Hello, I would like to join please")
-    await wait_bot_text(afi, room, forum, CHARTER_EN, after=mark)
+    await forum.wait_bot_text(afi, room, CHARTER_EN, after=mark)
     # A second DM from the same person is declined: one DM room per person.
     second = await afi.create_room(
-        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
+        is_direct=True, invite=[forum.membership_bot_id], preset="trusted_private_chat"
     )
-    await wait_bot_text(afi, room, forum, "We already talk here")
+    await forum.wait_bot_text(afi, room, "We already talk here")
     await afi.wait_for(
         lambda e: (
             e["room_id"] == second
             and e["type"] == "m.room.member"
-            and e["state_key"] == bot_id(forum)
+            and e["state_key"] == forum.membership_bot_id
             and e["content"]["membership"] == "leave"
         )
     )
     mark = afi.mark()
     await afi.send_text(room, "yes")
-    await wait_bot_text(afi, room, forum, "public digest", after=mark)
+    await forum.wait_bot_text(afi, room, "public digest", after=mark)
     await afi.send_text(room, "no")
-    await wait_invites(afi, forum)
+    await forum.wait_invites(afi)
 
     async def ask(text: str, *expect: str) -> dict:
         mark = afi.mark()
         await afi.send_text(room, text)
-        return await wait_bot_text(afi, room, forum, *expect, after=mark)
+        return await forum.wait_bot_text(afi, room, *expect, after=mark)
 
     helped = await ask("!help", "Commands:")
     for name in ("!aide", "!statut", "!publication", "!retirer", "!quitter", "!mes-donnees"):
@@ -176,9 +158,9 @@ async def test_dm_door_commands_and_bad_input(forum, make_user):
     assert "version 1 accepted" in status["content"]["body"]
     assert "Publication in the digest: no." in status["content"]["body"]
     await ask("!publication yes", "may be quoted")
-    await forum.signals_log.wait(PUBLICATION_GRANTED, afi.user_id)
+    await forum.signals.wait(PUBLICATION_GRANTED, afi.user_id)
     await ask("!retirer", "will not be quoted")
-    await forum.signals_log.wait(PUBLICATION_WITHDRAWN, afi.user_id)
+    await forum.signals.wait(PUBLICATION_WITHDRAWN, afi.user_id)
     await ask("!withdraw", "nothing to withdraw")
     await ask("!publication maybe", "Usage")
     await ask("!frobnicate", "Unknown command")
@@ -213,95 +195,110 @@ async def test_dm_door_commands_and_bad_input(forum, make_user):
         ),
         timeout=20,
     )
-    await forum.signals_log.wait(MEMBER_LEFT, afi.user_id)
-    row = await person(forum, afi.user_id)
+    await forum.signals.wait(MEMBER_LEFT, afi.user_id)
+    row = await forum.person(afi.user_id)
     assert row is not None
     assert row.step == "left"
-    last = (await history(forum, afi.user_id))[-1]
+    last = (await forum.history(afi.user_id))[-1]
     assert (last.scope, last.granted, last.method) == ("charter", False, "command")
-    assert dm_invites(afi, forum) == set()  # she opened the only DM herself
+    assert forum.dm_invites(afi) == set()  # she opened the only DM herself
 
 
 async def test_leaving_every_room_ends_publication(forum, make_user):
     yao = await make_user("yao")
-    await admit(yao, forum, publication=True)
+    await forum.admit(yao, publication=True)
     for room in forum.ctx.rooms.forum_ids:
         await yao.leave(room)  # rejects each invitation
-    await forum.signals_log.wait(PUBLICATION_WITHDRAWN, yao.user_id, timeout=30)
-    await forum.signals_log.wait(MEMBER_LEFT, yao.user_id)
-    records = await history(forum, yao.user_id)
+    await forum.signals.wait(PUBLICATION_WITHDRAWN, yao.user_id, timeout=30)
+    await forum.signals.wait(MEMBER_LEFT, yao.user_id)
+    records = await forum.history(yao.user_id)
     assert (records[-2].scope, records[-2].granted) == ("publication", False)
 
 
 async def test_flood_is_noticed_once_then_ignored_until_quiet(forum, make_user):
     ama = await make_user("ama")
-    await ama.knock(forum.ctx.rooms["space"], "Bonjour", via=via(forum))
-    room = await wait_dm(ama, forum)
-    await wait_bot_text(ama, room, forum, CHARTER_FR)
+    await ama.knock(forum.ctx.rooms["space"], "Bonjour", via=forum.via)
+    room = await forum.wait_dm(ama)
+    await forum.wait_bot_text(ama, room, CHARTER_FR)
     mark = ama.mark()
     # 25 messages at once (the limit is 20 in a 4 s window, judged by send time).
     await asyncio.gather(*(ama.send_text(room, f"spam {i}") for i in range(25)))
-    await wait_bot_text(ama, room, forum, "trop de messages", after=mark, timeout=40)
-    flood_notices = [
-        e
-        for e in ama.events[mark:]
-        if e.get("sender") == bot_id(forum) and "trop de messages" in e["content"].get("body", "")
-    ]
-    assert len(flood_notices) == 1
+    notice = await forum.wait_bot_text(ama, room, "trop de messages", after=mark, timeout=40)
     # The person falls silent for the whole window (4 s here): being quiet is the
     # condition itself, so this pause is the scenario, not a wait for an outcome.
     await asyncio.sleep(4.5)
-    mark = ama.mark()
-    await ama.send_text(room, "j'accepte")
-    await wait_bot_text(ama, room, forum, *PUBLICATION_Q, after=mark)
+
+    async def accept() -> dict:
+        mark = ama.mark()
+        await ama.send_text(room, "j'accepte")
+        return await forum.wait_bot_text(ama, room, *PUBLICATION_Q, after=mark)
+
+    # Answered again once quiet, and no second notice came before that answer.
+    await forum.assert_nothing(
+        ama,
+        lambda e: (
+            e["sender"] == forum.membership_bot_id and "trop de messages" in e["content"]["body"]
+        ),
+        accept,
+        after=ama.events.index(notice) + 1,
+        what="a second flood notice",
+    )
 
 
 async def test_ignored_accounts_get_no_dm(forum, make_user):
-    other = forum.ignored_user
+    other = forum.users[0]
     control = await make_user("control")
-    await other.knock(forum.ctx.rooms["space"], "Hello", via=via(forum))
-    await control.knock(forum.ctx.rooms["space"], "Hello", via=via(forum))
-    await wait_dm(control, forum)  # the bot handled the later knock...
-    assert dm_invites(other, forum) == set()  # ...and not the ignored account's
-    assert await person(forum, other.user_id) is None
+    await other.knock(forum.ctx.rooms["space"], "Hello", via=forum.via)
+    await control.knock(forum.ctx.rooms["space"], "Hello", via=forum.via)
+    echo_room = await other.create_room()
+    # The bot handled the later knock, and not the ignored account's.
+    await forum.assert_nothing(
+        other,
+        lambda e: forum.is_dm_invite(other, e),
+        lambda: forum.wait_dm(control),
+        after=0,
+        echo_room=echo_room,
+        what="a DM for an ignored account",
+    )
+    assert await forum.person(other.user_id) is None
 
 
 async def test_a_member_who_closed_the_dm_can_open_a_new_one(forum, make_user):
     """Leaving the DM (closing the chat in a client) does not lock the person out: a new
     DM replaces the old one, which the bot leaves; there the bot answers."""
     yao = await make_user("yao")
-    room = await open_dm_with_bot(yao, forum)
+    room = await forum.open_dm_with_bot(yao)
     mark = yao.mark()
     await yao.send_text(room, "English please")
-    await wait_bot_text(yao, room, forum, CHARTER_EN, after=mark)
+    await forum.wait_bot_text(yao, room, CHARTER_EN, after=mark)
     await yao.send_text(room, "I accept")
-    await wait_bot_text(yao, room, forum, "public digest", after=mark)
+    await forum.wait_bot_text(yao, room, "public digest", after=mark)
     await yao.send_text(room, "no")
-    await wait_invites(yao, forum)
+    await forum.wait_invites(yao)
     await yao.leave(room)
 
     mark = yao.mark()
     fresh = await yao.create_room(
-        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
+        is_direct=True, invite=[forum.membership_bot_id], preset="trusted_private_chat"
     )
-    await wait_bot_text(yao, fresh, forum, "Commands:", after=mark)
-    row = await person(forum, yao.user_id)
+    await forum.wait_bot_text(yao, fresh, "Commands:", after=mark)
+    row = await forum.person(yao.user_id)
     assert row is not None
     assert row.dm_room_id == fresh
     mark = yao.mark()
     await yao.send_text(fresh, "!status")
-    status = await wait_bot_text(yao, fresh, forum, "Charter:", after=mark)
+    status = await forum.wait_bot_text(yao, fresh, "Charter:", after=mark)
     assert "version 1 accepted" in status["content"]["body"]
     # While the person is still in their DM, a second one is still declined.
     third = await yao.create_room(
-        is_direct=True, invite=[bot_id(forum)], preset="trusted_private_chat"
+        is_direct=True, invite=[forum.membership_bot_id], preset="trusted_private_chat"
     )
-    await wait_bot_text(yao, fresh, forum, "We already talk here", after=mark)
+    await forum.wait_bot_text(yao, fresh, "We already talk here", after=mark)
     await yao.wait_for(
         lambda e: (
             e["room_id"] == third
             and e["type"] == "m.room.member"
-            and e["state_key"] == bot_id(forum)
+            and e["state_key"] == forum.membership_bot_id
             and e["content"]["membership"] == "leave"
         )
     )

@@ -10,31 +10,24 @@ import pytest
 from forum.bots import bot_credentials, bot_gateway
 from forum.settings import database_url
 from forum.storage import Database
-from tests.forum_fixtures import forum_data, settings_from
-from tests.membership_helpers import (
-    CHARTER_EN,
-    CHARTER_FR,
-    dm_invites,
-    start_service,
-    via,
-    wait_bot_text,
-    wait_dm,
-)
+from tests.harness import CHARTER_EN, CHARTER_FR, ForumStarter
 
 pytestmark = pytest.mark.homeserver
 
 
-async def test_knock_lost_in_a_crash_is_answered_at_start(synapse, make_user, tmp_path):
+async def test_knock_lost_in_a_crash_is_answered_at_start(
+    start_forum: ForumStarter, make_user, tmp_path
+):
     """The knock was received (the sync token moved past it) but never handled, as in a
     crash: at the next start the bot finds the pending knock on the homeserver."""
-    settings = settings_from(forum_data(synapse))
     home = tmp_path / "home"
-    service = await start_service(synapse, settings, home)
-    space = service.result.room_ids["space"]
-    await service.stop()
+    service = await start_forum("membership", home=home)
+    settings = service.settings
+    space = service.rooms["space"]
+    await start_forum.stop(service)
 
     late = await make_user("late")
-    await late.knock(space, "Bonjour, je voudrais rejoindre l'espace", via=via(service))
+    await late.knock(space, "Bonjour, je voudrais rejoindre l'espace", via=service.via)
     db = await Database.open(database_url(settings, home))
     try:
         bot = bot_gateway(
@@ -47,33 +40,32 @@ async def test_knock_lost_in_a_crash_is_answered_at_start(synapse, make_user, tm
     finally:
         await db.close()
 
-    again = await start_service(synapse, settings, home)
+    again = await start_forum("membership", data=service.data, home=home)
     try:
-        room = await wait_dm(late, again, timeout=30)
-        await wait_bot_text(late, room, again, CHARTER_FR, CHARTER_EN, timeout=30)
-        assert dm_invites(late, again) == {room}
+        room = await again.wait_dm(late, timeout=30)
+        await again.wait_bot_text(late, room, CHARTER_FR, CHARTER_EN, timeout=30)
+        assert again.dm_invites(late) == {room}
     finally:
-        await again.stop()
+        await start_forum.stop(again)
 
 
-async def test_crowd_of_knocks_each_gets_one_dm(synapse, make_user, tmp_path):
-    settings = settings_from(forum_data(synapse))
-    service = await start_service(synapse, settings, tmp_path / "home")
+async def test_crowd_of_knocks_each_gets_one_dm(start_forum: ForumStarter, make_user):
+    service = await start_forum("membership")
     try:
-        space = service.result.room_ids["space"]
+        space = service.rooms["space"]
         people = await asyncio.gather(*(make_user(f"crowd{i}") for i in range(12)))
         await asyncio.gather(
-            *(p.knock(space, "Bonjour, je voudrais participer", via=via(service)) for p in people)
+            *(p.knock(space, "Bonjour, je voudrais participer", via=service.via) for p in people)
         )
-        rooms = await asyncio.gather(*(wait_dm(p, service, timeout=60) for p in people))
+        rooms = await asyncio.gather(*(service.wait_dm(p, timeout=60) for p in people))
         await asyncio.gather(
             *(
-                wait_bot_text(p, r, service, CHARTER_FR, CHARTER_EN, timeout=60)
+                service.wait_bot_text(p, r, CHARTER_FR, CHARTER_EN, timeout=60)
                 for p, r in zip(people, rooms, strict=True)
             )
         )
         for p, r in zip(people, rooms, strict=True):
-            assert dm_invites(p, service) == {r}
+            assert service.dm_invites(p) == {r}
         assert len(set(rooms)) == len(people)
     finally:
-        await service.stop()
+        await start_forum.stop(service)

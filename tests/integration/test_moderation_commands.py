@@ -4,30 +4,25 @@ its own people."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import pytest_asyncio
 
 from moderation.bot.actions import rule_state_key
 from moderation.bot.repositories import Audit
+from tests.harness import Forum, ForumStarter, is_message
 from tests.matrix_user import MatrixRequestError
-from tests.moderation_helpers import ModForum, is_message, moderated_forum
 
 pytestmark = pytest.mark.homeserver
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def forum(synapse, tmp_path_factory) -> AsyncIterator[ModForum]:
-    async with moderated_forum(
-        synapse,
-        tmp_path_factory.mktemp("modcmd"),
-        moderation={"flood_messages": 100},
-    ) as f:
-        yield f
+async def forum(start_module_forum: ForumStarter) -> Forum:
+    return await start_module_forum(
+        "moderation", moderator=True, moderator_joins="*", moderation={"flood_messages": 100}
+    )
 
 
-async def test_help_in_both_languages_and_refusals(forum: ModForum):
+async def test_help_in_both_languages_and_refusals(forum: Forum):
     help_text = await forum.command("!aide")
     for name in ("!ban", "!bannir", "!mute", "!sourdine", "!redact", "!lock", "!case"):
         assert name in help_text
@@ -77,7 +72,7 @@ async def test_help_in_both_languages_and_refusals(forum: ModForum):
     assert len(refused) == 3
 
 
-async def test_ban_everywhere_published_and_unban(forum: ModForum):
+async def test_ban_everywhere_published_and_unban(forum: Forum):
     spammer = await forum.member("spammer")
     mark = forum.mod.mark()
     echo = await forum.command(f"!ban {spammer.user_id} pourriel répété")
@@ -116,7 +111,7 @@ async def test_ban_everywhere_published_and_unban(forum: ModForum):
     assert [e.action for e in entries][-1] == "unban"
 
 
-async def test_glob_ban_hits_matching_members_only(forum: ModForum):
+async def test_glob_ban_hits_matching_members_only(forum: Forum):
     a = await forum.member("globa")
     b = await forum.member("globb")
     keep = await forum.member("keeper")
@@ -143,7 +138,7 @@ async def test_glob_ban_hits_matching_members_only(forum: ModForum):
         await forum.wait_membership(u, "leave", after=mark)
 
 
-async def test_moderators_cannot_be_targets(forum: ModForum):
+async def test_moderators_cannot_be_targets(forum: Forum):
     for cmd in ("!ban", "!kick", "!mute", "!warn", "!redact"):
         answer = await forum.command(f"{cmd} {forum.mod.user_id} test")
         assert "Refusé" in answer, cmd
@@ -151,7 +146,7 @@ async def test_moderators_cannot_be_targets(forum: ModForum):
     assert m["membership"] == "join"
 
 
-async def test_kick_warn_and_history(forum: ModForum):
+async def test_kick_warn_and_history(forum: Forum):
     person = await forum.member("kicked")
     mark = forum.mod.mark()
     pmark = person.mark()
@@ -173,7 +168,7 @@ async def test_kick_warn_and_history(forum: ModForum):
     assert "hors sujet" in history
 
 
-async def test_mute_and_unmute_everywhere(forum: ModForum):
+async def test_mute_and_unmute_everywhere(forum: Forum):
     person = await forum.member("muted")
     echo = await forum.command(f"!mute {person.user_id} 10m calmez-vous")
     assert "10m" in echo
@@ -195,7 +190,7 @@ async def test_mute_and_unmute_everywhere(forum: ModForum):
     await person.send_text(forum.topic, "merci")
 
 
-async def test_redact_recent_messages(forum: ModForum):
+async def test_redact_recent_messages(forum: Forum):
     person = await forum.member("redacted")
     ids = [await person.send_text(forum.topic, f"message {i}") for i in range(4)]
     ids.append(await person.send_text(forum.ids["lobby"], "ailleurs"))
@@ -212,7 +207,7 @@ async def test_redact_recent_messages(forum: ModForum):
     assert event["content"]["body"] == "je reste"
 
 
-async def test_lock_and_unlock_topic_rooms(forum: ModForum):
+async def test_lock_and_unlock_topic_rooms(forum: Forum):
     person = await forum.member("locked")
     assert "!unlock" in await forum.command("!verrouiller")
     with pytest.raises(MatrixRequestError):
@@ -225,7 +220,7 @@ async def test_lock_and_unlock_topic_rooms(forum: ModForum):
     await person.send_text(forum.topic, "de nouveau possible")
 
 
-async def test_display_names_and_look_alikes(forum: ModForum):
+async def test_display_names_and_look_alikes(forum: Forum):
     unique = await forum.member("named", display_name="Kossi Unique")
     await forum.member("twin1", display_name="Ama Twin")
     await forum.member("twin2", display_name="Ama Twin")
@@ -245,7 +240,7 @@ async def test_display_names_and_look_alikes(forum: ModForum):
     assert "Personne" in await forum.command("!warn Inconnu attention")
 
 
-async def test_dry_run_switch_and_ban_server(forum: ModForum):
+async def test_dry_run_switch_and_ban_server(forum: Forum):
     assert "activée" in await forum.command("!simulation on")
     assert forum.bot.dry_run
     assert "désactivée" in await forum.command("!dry-run off")

@@ -8,12 +8,9 @@ import secrets
 
 import pytest
 
-from forum.app import Service
-from moderation.bot import FEATURE
 from moderation.bot.repositories import Audit
 from tests.conftest import MakeUserOn, SynapsePair
-from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
-from tests.moderation_helpers import FAST, start_moderated
+from tests.harness import ForumStarter
 
 pytestmark = pytest.mark.federation
 
@@ -42,11 +39,15 @@ async def test_remote_policy_list_rules_added_and_removed(
     )  # fmt: skip
 
     mod = await make_user_on(a, "mod")
-    data = forum_data(a, moderators=[mod.user_id])
-    data["moderation"] = {**FAST, "policy_lists": [f"#{alias_name}:{b.server_name}"]}
-    forum = await start_moderated(a, tmp_path / "home", data=data, moderator=mod)
-    second: Service | None = None
-    try:
+    home = tmp_path / "home"
+    async with ForumStarter(a, lambda: tmp_path) as start_forum:
+        forum = await start_forum(
+            "moderation",
+            moderator=mod,
+            moderator_joins="*",
+            moderation={"policy_lists": [f"#{alias_name}:{b.server_name}"]},
+            home=home,
+        )
         # A rule present when the bot subscribes is enforced at once (ahead of any join).
         await forum.mod.wait_for(
             lambda e: (
@@ -89,20 +90,13 @@ async def test_remote_policy_list_rules_added_and_removed(
         assert member_ev["membership"] == "join"
 
         # A rule removed while the bot is down: its bans are lifted when it starts again.
-        await forum.service.stop()
+        await start_forum.stop(forum)
         await curator.put_state(list_room, "m.policy.rule.user", {}, "r4")
         mark = forum.mod.mark()
-        second = Service(
-            settings_from(data), config_dir=CONFIG_DIR, home=tmp_path / "home",
-            features=[FEATURE], web_port=0,
-        )  # fmt: skip
-        await second.start()
+        await start_forum(
+            "moderation", data=forum.data, home=home, moderator=mod, moderator_joins=()
+        )
         await forum.wait_membership(victim.user_id, "leave", after=mark, timeout=60)
         async with forum.ctx.db.sessionmaker() as s:
             actions = [(e.action, e.source) for e in await Audit(s).entries(victim.user_id)]
         assert actions == [("ban", "policy"), ("unban", "policy")]
-    finally:
-        if second is not None:
-            await second.stop()
-        await forum.service.stop()
-        await forum.close_users()

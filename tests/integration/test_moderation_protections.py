@@ -4,7 +4,6 @@ their reset, dry run, join waves. Moderators are never targets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -12,19 +11,18 @@ import pytest_asyncio
 
 from forum.storage.models import utcnow
 from moderation.bot.repositories import Audit, Strikes
+from tests.harness import Forum, ForumStarter, is_message
 from tests.matrix_user import MatrixRequestError, TestUser
-from tests.moderation_helpers import ModForum, is_message, moderated_forum
 
 pytestmark = pytest.mark.homeserver
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def forum(synapse, tmp_path_factory) -> AsyncIterator[ModForum]:
-    async with moderated_forum(synapse, tmp_path_factory.mktemp("modprot")) as f:
-        yield f
+async def forum(start_module_forum: ForumStarter) -> Forum:
+    return await start_module_forum("moderation", moderator=True, moderator_joins="*")
 
 
-async def old_member(forum: ModForum, name: str) -> TestUser:
+async def old_member(forum: Forum, name: str) -> TestUser:
     """A member whose first join is two days old (not "new")."""
     user = await forum.member(name)
     from moderation.bot.models import FirstJoin
@@ -41,7 +39,7 @@ async def body_of(user: TestUser, room: str, event_id: str) -> str | None:
     return ev["content"].get("body")
 
 
-async def report_about(forum: ModForum, user_id: str, after: int, text: str = "") -> str:
+async def report_about(forum: Forum, user_id: str, after: int, text: str = "") -> str:
     ev = await forum.mod.wait_for(
         lambda e: (
             is_message(forum.mgmt, forum.bot_id)(e)
@@ -54,7 +52,7 @@ async def report_about(forum: ModForum, user_id: str, after: int, text: str = ""
     return str(ev["content"]["formatted_body"])
 
 
-async def test_flood_redacts_every_message_and_warns(forum: ModForum):
+async def test_flood_redacts_every_message_and_warns(forum: Forum):
     flooder = await old_member(forum, "flooder")
     mark, fmark = forum.mod.mark(), flooder.mark()
     sent = [await flooder.send_text(forum.topic, f"pub {i} <b>x</b>") for i in range(5)]
@@ -69,7 +67,7 @@ async def test_flood_redacts_every_message_and_warns(forum: ModForum):
     assert await forum.power(forum.topic, flooder.user_id) == 0  # first step: a warning
 
 
-async def test_moderator_who_floods_is_never_touched(forum: ModForum):
+async def test_moderator_who_floods_is_never_touched(forum: Forum):
     mark = forum.mod.mark()
     mine = [await forum.mod.send_text(forum.topic, f"annonce {i} arnaque") for i in range(7)]
     # A member's offence afterwards is the sync point: by then the moderator's were seen.
@@ -86,7 +84,7 @@ async def test_moderator_who_floods_is_never_touched(forum: ModForum):
         )
 
 
-async def test_mention_spam(forum: ModForum):
+async def test_mention_spam(forum: Forum):
     person = await old_member(forum, "mentions")
     others = [f"@someone{i}:{forum.hs.server_name}" for i in range(4)]
     mark = forum.mod.mark()
@@ -97,7 +95,7 @@ async def test_mention_spam(forum: ModForum):
     assert (await body_of(person, forum.topic, ok) or "").startswith("bonjour")
 
 
-async def test_banned_words_ignore_case_and_accents_on_word_boundaries(forum: ModForum):
+async def test_banned_words_ignore_case_and_accents_on_word_boundaries(forum: Forum):
     person = await old_member(forum, "words")
     mark = forum.mod.mark()
     fine = [
@@ -111,7 +109,7 @@ async def test_banned_words_ignore_case_and_accents_on_word_boundaries(forum: Mo
         assert await body_of(person, forum.topic, ev)
 
 
-async def test_links_and_media_from_new_members_only(forum: ModForum):
+async def test_links_and_media_from_new_members_only(forum: Forum):
     newcomer = await forum.member("newcomer")
     veteran = await old_member(forum, "veteran")
     mark = forum.mod.mark()
@@ -127,7 +125,7 @@ async def test_links_and_media_from_new_members_only(forum: ModForum):
     assert await body_of(newcomer, forum.topic, text_ok)
 
 
-async def test_graduated_steps_and_reset_after_quiet_period(forum: ModForum):
+async def test_graduated_steps_and_reset_after_quiet_period(forum: Forum):
     person = await old_member(forum, "steps")
     mark = forum.mod.mark()
     first = await person.send_text(forum.topic, "idiot")
@@ -160,7 +158,7 @@ async def test_graduated_steps_and_reset_after_quiet_period(forum: ModForum):
     assert await forum.power(forum.topic, calm.user_id) == 0
 
 
-async def test_dry_run_reports_without_acting(forum: ModForum):
+async def test_dry_run_reports_without_acting(forum: Forum):
     person = await old_member(forum, "dry")
     await forum.command("!dry-run on")
     try:
@@ -186,7 +184,7 @@ async def test_dry_run_reports_without_acting(forum: ModForum):
     assert await forum.power(forum.topic, person.user_id) == 0  # not muted
 
 
-async def test_join_wave_locks_joins_until_unlocked(forum: ModForum):
+async def test_join_wave_locks_joins_until_unlocked(forum: Forum):
     bot = forum.bot
     bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
     bot.join_wave.join_times.clear()

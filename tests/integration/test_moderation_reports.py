@@ -5,27 +5,25 @@ or commands; the reporter is never disclosed to the reported person."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
 from moderation.bot.repositories import Cases
+from tests.harness import Forum, ForumStarter, is_message
 from tests.matrix_user import Event, TestUser
-from tests.moderation_helpers import ModForum, is_message, moderated_forum
 
 pytestmark = pytest.mark.homeserver
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def forum(synapse, tmp_path_factory) -> AsyncIterator[ModForum]:
-    async with moderated_forum(
-        synapse, tmp_path_factory.mktemp("modrep"), moderation={"flood_messages": 100}
-    ) as f:
-        yield f
+async def forum(start_module_forum: ForumStarter) -> Forum:
+    return await start_module_forum(
+        "moderation", moderator=True, moderator_joins="*", moderation={"flood_messages": 100}
+    )
 
 
-async def wait_card(forum: ModForum, reporter: str, after: int) -> tuple[int, Event]:
+async def wait_card(forum: Forum, reporter: str, after: int) -> tuple[int, Event]:
     card = await forum.mod.wait_for(
         lambda e: (
             is_message(forum.mgmt, forum.bot_id, "Dossier n°")(e)
@@ -38,7 +36,7 @@ async def wait_card(forum: ModForum, reporter: str, after: int) -> tuple[int, Ev
     return number, card
 
 
-async def test_reply_report_card_and_reactions(forum: ModForum):
+async def test_reply_report_card_and_reactions(forum: Forum):
     author = await forum.member("author")
     reporter = await forum.member("reporter")
     bad = await author.send_text(forum.topic, "propos <i>blessants</i>")
@@ -84,7 +82,7 @@ async def test_reply_report_card_and_reactions(forum: ModForum):
     assert case.source == "reply"
 
 
-async def test_dm_report_and_case_command(forum: ModForum):
+async def test_dm_report_and_case_command(forum: Forum):
     author = await forum.member("dmauthor")
     reporter: TestUser = await forum.member("dmreporter")
     bad = await author.send_text(forum.topic, "message à signaler")
@@ -115,7 +113,7 @@ async def test_dm_report_and_case_command(forum: ModForum):
     )
 
 
-async def test_homeserver_report_through_admin_api(forum: ModForum):
+async def test_homeserver_report_through_admin_api(forum: Forum):
     author = await forum.member("apiauthor")
     reporter = await forum.member("apireporter")
     bad = await author.send_text(forum.topic, "contenu illégal")

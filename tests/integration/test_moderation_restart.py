@@ -7,31 +7,18 @@ import argparse
 import asyncio
 import json
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 import tomli_w
 
 from forum.app import Service
 from forum.storage.repositories import ProcessedEvents
-from moderation.bot import FEATURE, add_commands
+from moderation.bot import add_commands
 from moderation.bot.bot import PENDING_COMMAND
 from moderation.bot.repositories import Audit, Mutes, State
-from tests.forum_fixtures import CONFIG_DIR, forum_data, settings_from
-from tests.matrix_user import TestUser
-from tests.moderation_helpers import FAST, is_reply, start_moderated
+from tests.harness import ForumStarter, is_reply
 
 pytestmark = pytest.mark.homeserver
-
-
-async def restart(data: dict[str, Any], home: Path) -> Service:
-    """The moderation service started again on the same home (and database)."""
-    service = Service(
-        settings_from(data), config_dir=CONFIG_DIR, home=home, features=[FEATURE], web_port=0
-    )
-    await service.start()
-    return service
 
 
 async def nothing_pending(service: Service) -> None:
@@ -45,47 +32,46 @@ async def nothing_pending(service: Service) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, capsys):
-    mod = await TestUser.create(synapse, "mod", display_name="Afi")
-    data = forum_data(synapse, moderators=[mod.user_id], db_url=db_url)
-    data["moderation"] = dict(FAST)
+async def test_timed_mute_expires_across_a_restart(
+    start_forum: ForumStarter, db_url, tmp_path, capsys
+):
     home = tmp_path / "home"
-    forum = await start_moderated(synapse, home, data=data, moderator=mod)
-    second: Service | None = None
-    try:
-        person = await forum.member("timed")
-        await forum.command(f"!mute {person.user_id} 12s trop de messages")
-        for room in forum.forum_rooms:
-            assert await forum.power(room, person.user_id) == -1
-        await forum.service.stop()
+    forum = await start_forum(
+        "moderation", moderator=True, moderator_joins="*", db_url=db_url, home=home
+    )
+    mod = forum.mod
+    data = forum.data
+    person = await forum.member("timed")
+    await forum.command(f"!mute {person.user_id} 20s trop de messages")
+    for room in forum.forum_rooms:
+        assert await forum.power(room, person.user_id) == -1
+    await start_forum.stop(forum)
 
-        # Started again on the same database: provisioning reconciles the power levels,
-        # the bot mutes again until the stored deadline, then lifts the mute by itself.
-        mark = mod.mark()
-        second = await restart(data, home)
-        async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
-            mute = await Mutes(s).get(person.user_id)
-        assert mute is not None
-        assert mute.until is not None
-        if datetime.now(UTC) < mute.until:
-            assert await forum.power(forum.topic, person.user_id) == -1
-        await mod.wait_for(
-            lambda e: (
-                e["type"] == "m.room.message"
-                and e["room_id"] == forum.mgmt
-                and person.user_id in e["content"]["body"]
-                and "expiré" in e["content"]["body"]
-            ),
-            40,
-            after=mark,
-        )
-        for room in forum.forum_rooms:
-            assert await forum.power(room, person.user_id) == 0
-        await person.send_text(forum.topic, "je peux reparler")
-    finally:
-        if second is not None:
-            await second.stop()
-        await forum.close_users()
+    # Started again on the same database: provisioning reconciles the power levels,
+    # the bot mutes again until the stored deadline, then lifts the mute by itself.
+    mark = mod.mark()
+    second = await start_forum(
+        "moderation", data=data, home=home, moderator=mod, moderator_joins=()
+    )
+    async with second.ctx.db.sessionmaker() as s:
+        mute = await Mutes(s).get(person.user_id)
+    assert mute is not None
+    assert mute.until is not None
+    assert datetime.now(UTC) < mute.until, "the restart took longer than the mute"
+    assert await forum.power(forum.topic, person.user_id) == -1
+    await mod.wait_for(
+        lambda e: (
+            e["type"] == "m.room.message"
+            and e["room_id"] == forum.mgmt
+            and person.user_id in e["content"]["body"]
+            and "expiré" in e["content"]["body"]
+        ),
+        40,
+        after=mark,
+    )
+    for room in forum.forum_rooms:
+        assert await forum.power(room, person.user_id) == 0
+    await person.send_text(forum.topic, "je peux reparler")
 
     # The operator's view of the audit log.
     config = tmp_path / "forum.toml"
@@ -101,7 +87,7 @@ async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, ca
     entries = json.loads(capsys.readouterr().out)
     actions = [(e["action"], e["actor"], e["source"]) for e in entries]
     assert actions == [
-        ("mute:12s", mod.user_id, "command"),
+        ("mute:20s", mod.user_id, "command"),
         ("unmute", forum.bot_id, "timer"),
     ]
     assert entries[0]["reason"] == "trop de messages"
@@ -110,45 +96,41 @@ async def test_timed_mute_expires_across_a_restart(synapse, db_url, tmp_path, ca
     args = parser.parse_args(["--config", str(config), "moderation", "log"])
     assert await args.func(args) == 0
     text = capsys.readouterr().out
-    assert "mute:12s" in text
+    assert "mute:20s" in text
     assert person.user_id in text
 
 
-async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(synapse, tmp_path):
+async def test_a_command_cut_short_by_a_crash_runs_at_the_next_start(
+    start_forum: ForumStarter, tmp_path
+):
     """The bot stores a command before its event counts as handled; a command whose event
     was handled but whose actions a crash cut short runs when the bot starts again."""
-    mod = await TestUser.create(synapse, "mod", display_name="Afi")
-    data = forum_data(synapse, moderators=[mod.user_id])
-    data["moderation"] = dict(FAST)
     home = tmp_path / "home"
-    forum = await start_moderated(synapse, home, data=data, moderator=mod)
-    second: Service | None = None
-    try:
-        # A command that ran to the end leaves nothing pending.
-        await forum.command("!help")
-        await nothing_pending(forum.service)
-        person = await forum.member("cut")
-        await forum.service.stop()
+    forum = await start_forum("moderation", moderator=True, moderator_joins="*", home=home)
+    mod = forum.mod
+    # A command that ran to the end leaves nothing pending.
+    await forum.command("!help")
+    await nothing_pending(forum.service)
+    person = await forum.member("cut")
+    await start_forum.stop(forum)
 
-        # The state a crash leaves: the command event handled (its sync token is past
-        # it), its actions not done, the command stored as pending.
-        event_id = await mod.send_text(forum.mgmt, f"!ban {person.user_id} spam")
-        async with forum.ctx.db.sessionmaker() as s, s.begin():
-            await ProcessedEvents(s).mark(forum.bot_id, event_id)
-            await State(s).set(
-                PENDING_COMMAND + event_id,
-                {"sender": mod.user_id, "body": f"!ban {person.user_id} spam", "ts": 0},
-            )
-        mark = mod.mark()
-        second = await restart(data, home)
-        await forum.wait_membership(person.user_id, "ban", after=mark, timeout=30)
-        echo = await mod.wait_for(is_reply(forum.mgmt, forum.bot_id, event_id), 20, after=mark)
-        assert person.user_id in echo["content"]["body"]
-        await nothing_pending(second)
-        async with second.ctx.db.sessionmaker() as s:  # type: ignore[union-attr]
-            bans = [e for e in await Audit(s).entries(person.user_id) if e.action == "ban"]
-        assert len(bans) == 1  # run once, not once more by a replay
-    finally:
-        if second is not None:
-            await second.stop()
-        await forum.close_users()
+    # The state a crash leaves: the command event handled (its sync token is past
+    # it), its actions not done, the command stored as pending.
+    event_id = await mod.send_text(forum.mgmt, f"!ban {person.user_id} spam")
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await ProcessedEvents(s).mark(forum.bot_id, event_id)
+        await State(s).set(
+            PENDING_COMMAND + event_id,
+            {"sender": mod.user_id, "body": f"!ban {person.user_id} spam", "ts": 0},
+        )
+    mark = mod.mark()
+    second = await start_forum(
+        "moderation", data=forum.data, home=home, moderator=mod, moderator_joins=()
+    )
+    await forum.wait_membership(person.user_id, "ban", after=mark, timeout=30)
+    echo = await mod.wait_for(is_reply(forum.mgmt, forum.bot_id, event_id), 20, after=mark)
+    assert person.user_id in echo["content"]["body"]
+    await nothing_pending(second.service)
+    async with second.ctx.db.sessionmaker() as s:
+        bans = [e for e in await Audit(s).entries(person.user_id) if e.action == "ban"]
+    assert len(bans) == 1  # run once, not once more by a replay

@@ -11,17 +11,17 @@ import pytest
 import tomli_w
 
 from forum.provisioning import Observed, ObservedRoom, desired_layout, plan, provision
-from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from
+from tests.harness import CONFIG_DIR, ForumStarter, forum_data, register_bots, settings_from
 from tests.matrix_user import MatrixRequestError
 
 pytestmark = pytest.mark.homeserver
 
 
-async def test_layout_as_members_see_it(synapse, make_user, start_forum):
+async def test_layout_as_members_see_it(make_user, start_forum: ForumStarter):
     moderator = await make_user("mod")
-    service = await start_forum(settings_from(forum_data(synapse, moderators=[moderator.user_id])))
+    service = await start_forum(moderator=moderator, moderator_joins=())
     settings = service.settings
-    ids = service.result.room_ids
+    ids = service.rooms
     space_id = ids["space"]
 
     outsider = await make_user("outsider")
@@ -38,9 +38,9 @@ async def test_layout_as_members_see_it(synapse, make_user, start_forum):
     # A non-member is refused a direct join to a topic room, and may knock.
     topic_room = ids["topic:droits-enfants"]
     with pytest.raises(MatrixRequestError) as refused:
-        await outsider.join(topic_room, via=[synapse.server_name])
+        await outsider.join(topic_room, via=service.via)
     assert refused.value.status == 403
-    await outsider.knock(topic_room, "Bonjour, je voudrais participer", via=[synapse.server_name])
+    await outsider.knock(topic_room, "Bonjour, je voudrais participer", via=service.via)
 
     # The lobby is public: anyone joins and reads the configured power levels.
     await outsider.join(settings.alias_id(settings.rooms.lobby.alias))
@@ -53,35 +53,35 @@ async def test_layout_as_members_see_it(synapse, make_user, start_forum):
 
     # The moderator is invited everywhere, joins, and sees the same levels in a topic room.
     await moderator.wait_for_invite(ids["management"])
-    await moderator.join(ids["management"], via=[synapse.server_name])
+    await moderator.join(ids["management"], via=service.via)
     mpl = await moderator.get_state_event(ids["management"], "m.room.power_levels")
     assert mpl["users"][moderator.user_id] == 50
     rules = await moderator.get_state_event(ids["management"], "m.room.join_rules")
     assert rules["join_rule"] == "invite"
-    await moderator.join(ids["announcements"], via=[synapse.server_name])
+    await moderator.join(ids["announcements"], via=service.via)
     apl = await moderator.get_state_event(ids["announcements"], "m.room.power_levels")
     assert apl["events_default"] == 50  # only moderators post announcements
     hv = await moderator.get_state_event(ids["policy"], "m.room.history_visibility")
     assert hv["history_visibility"] == "world_readable"
     parent = await moderator.get_state_event(ids["announcements"], "m.space.parent", space_id)
-    assert parent["via"] == [synapse.server_name]
+    assert parent["via"] == service.via
 
     # The membership bot joined every room; a second run changes nothing.
     mem = await outsider.request("GET", f"/_matrix/client/v3/rooms/{ids['lobby']}/joined_members")
     assert settings.membership_bot_id in mem["joined"]
     again, _ = await provision(
-        settings, service.ctx.moderation_gateway, service.db.sessionmaker, dry_run=True
+        settings, service.ctx.moderation_gateway, service.ctx.db.sessionmaker, dry_run=True
     )
     assert again.changes == []
     assert again.problems == []
 
 
-async def test_config_changes_are_applied(synapse, make_user, start_forum):
+async def test_config_changes_are_applied(synapse, make_user, start_forum: ForumStarter):
     first_mod = await make_user("mod1")
-    data = forum_data(synapse, moderators=[first_mod.user_id])
-    service = await start_forum(settings_from(data))
-    gw, sm = service.ctx.moderation_gateway, service.db.sessionmaker
-    ids = dict(service.result.room_ids)
+    service = await start_forum(moderator=first_mod, moderator_joins=())
+    data = service.data
+    gw, sm = service.ctx.moderation_gateway, service.ctx.db.sessionmaker
+    ids = dict(service.rooms)
 
     new_mod = await make_user("mod2")
     data["moderators"].append(new_mod.user_id)
@@ -112,7 +112,7 @@ async def test_config_changes_are_applied(synapse, make_user, start_forum):
     assert rooms[result.room_ids["topic:sante-ado"]]["name"] == "Santé des ados"
     assert removed_id not in rooms  # detached, not deleted
     await new_mod.wait_for_invite(ids["topic:droits-enfants"])
-    await new_mod.join(ids["topic:droits-enfants"], via=[synapse.server_name])
+    await new_mod.join(ids["topic:droits-enfants"], via=service.via)
     pl = await new_mod.get_state_event(ids["topic:droits-enfants"], "m.room.power_levels")
     assert pl["users"][new_mod.user_id] == 50
 

@@ -19,7 +19,7 @@ from moderation.bot.text import (
     skeleton,
     word_pattern,
 )
-from tests.forum_fixtures import _BASE
+from tests.harness import BASE_CONFIG as _BASE
 
 
 def parsed(line: str) -> tuple[str, dict[str, object]]:
