@@ -1,4 +1,9 @@
-"""Shared fixtures. Keep them in sections; add new ones under a section of their own.
+"""Shared fixtures, for every tier. Keep them in sections; add new ones under a section of
+their own.
+
+Tiers: ``tests/unit`` (no network, no database: milliseconds), ``tests/integration``
+(the real Synapse and databases), ``tests/web`` (pages, feeds, the browser). Each test is
+marked with its tier (``pytest -m unit``). Forums are started by :mod:`tests.harness`.
 
 Fixtures that need a homeserver are session-scoped and live on the session event loop
 (``loop_scope="session"``, the default set in pyproject.toml): one Synapse per run.
@@ -18,6 +23,17 @@ from forum.homeserver import EmbeddedHomeserver, free_port
 from tests.matrix_user import TestUser
 
 pytest_plugins = ["tests.storage_fixtures", "tests.harness"]
+
+TIERS = ("unit", "integration", "web")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the folder it lives in."""
+    for item in items:
+        tier = Path(str(item.path)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
 
 # =====================================================================================
 # Homeserver: one real Synapse for the whole session
