@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 import yaml
 
-from forum.credentials import load_or_create_secrets
 from forum.homeserver import EmbeddedHomeserver, HomeserverStartError, free_port
 from tests.conftest import MakeUser
 from tests.matrix_user import TestUser
@@ -130,17 +129,3 @@ async def test_running_synapse_on_same_directory_is_refused(
     with pytest.raises(HomeserverStartError, match="still running"):
         await twin.start()
     assert synapse.running
-
-
-def test_secrets_store_keeps_values_private(tmp_path: Path) -> None:
-    path = tmp_path / "home" / "secrets.json"
-    first = load_or_create_secrets(path, ["bot", "demo"])
-    assert set(first) == {"bot", "demo"}
-    assert path.stat().st_mode & 0o777 == 0o600
-    second = load_or_create_secrets(path, ["bot", "other"])
-    assert second["bot"] == first["bot"]
-    assert second["demo"] == first["demo"]
-    assert set(second) == {"bot", "demo", "other"}
-    path.write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
-        load_or_create_secrets(path, ["bot"])

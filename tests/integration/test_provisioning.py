@@ -10,7 +10,7 @@ import sys
 import pytest
 import tomli_w
 
-from forum.provisioning import Observed, ObservedRoom, desired_layout, plan, provision
+from forum.provisioning import provision
 from tests.harness import CONFIG_DIR, ForumStarter, forum_data, register_bots, settings_from
 from tests.matrix_user import MatrixRequestError
 
@@ -118,45 +118,6 @@ async def test_config_changes_are_applied(synapse, make_user, start_forum: Forum
 
     again, _ = await provision(changed, gw, sm, dry_run=True)
     assert again.changes == []
-
-
-def test_plan_is_pure_and_complete(synapse):
-    """With nothing on the homeserver, the plan creates every declared room, Space first."""
-    settings = settings_from(forum_data(synapse, moderators=["@m:forum.test"]))
-    empty = Observed(rooms={}, alias_targets={})
-    creates = [
-        c
-        for c in plan(settings, settings.moderation_bot_id, empty).changes
-        if c.action == "create_room"
-    ]
-    assert [c.room for c in creates] == [
-        r.key for r in desired_layout(settings, settings.moderation_bot_id)
-    ]
-    assert creates[0].room == "space"
-    assert creates[0].content["creation_content"] == {"type": "m.space"}
-    topic = next(c for c in creates if c.room.startswith("topic:"))
-    rules = next(s for s in topic.content["initial_state"] if s["type"] == "m.room.join_rules")
-    assert rules["content"]["join_rule"] == "knock_restricted"
-    assert rules["content"]["allow"][0]["room_id"] == "<new:space>"
-    assert topic.content["room_version"] in {"10", "11", "12"}
-
-
-def test_plan_v12_keeps_creator_out_of_users(synapse):
-    data = forum_data(synapse)
-    data["room_version"] = "12"
-    settings = settings_from(data)
-    for room in desired_layout(settings, settings.moderation_bot_id):
-        assert settings.moderation_bot_id not in room.power_levels["users"]
-
-
-def test_plan_reports_foreign_alias(synapse):
-    settings = settings_from(forum_data(synapse))
-    lobby_alias = settings.alias_id(settings.rooms.lobby.alias)
-    observed = Observed(rooms={}, alias_targets={lobby_alias: "!someone-else:forum.test"})
-    result = plan(settings, settings.moderation_bot_id, observed)
-    assert "lobby" not in {c.room for c in result.changes if c.action == "create_room"}
-    assert any(lobby_alias in p for p in result.problems)
-    assert isinstance(ObservedRoom("!x", {}).membership("@a:b"), type(None))
 
 
 async def test_cli_provision_json_then_nothing(synapse, tmp_path):

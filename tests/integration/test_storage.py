@@ -14,7 +14,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, make_url, text, update
+from sqlalchemy import Connection, inspect, text, update
 from sqlalchemy.exc import StatementError
 
 from forum.storage import (
@@ -30,7 +30,6 @@ from forum.storage import (
     create_engine,
     drop_database,
     known_revisions,
-    normalize_url,
     utcnow,
 )
 from forum.storage.models import Base, ProcessedEvent
@@ -128,18 +127,6 @@ async def test_sqlite_parent_directory_and_pragmas(tmp_path: Path) -> None:
             assert (await conn.scalar(text("PRAGMA busy_timeout"))) == 5000
     finally:
         await database.close()
-
-
-def test_urls_pick_async_drivers_and_hide_passwords() -> None:
-    pg = normalize_url("postgresql://forum:s3cret@db.example/forum")
-    assert pg.drivername == "postgresql+asyncpg"
-    assert normalize_url("postgres://u@h/d").drivername == "postgresql+asyncpg"
-    assert normalize_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
-    with pytest.raises(ValueError, match="mysql"):
-        normalize_url("mysql://u@h/d")
-    database = Database(create_engine(pg))
-    assert "s3cret" not in str(database.url)
-    assert "s3cret" not in repr(database)
 
 
 # ------------------------------------------------------------------ health
@@ -491,13 +478,6 @@ async def test_worker_loop_wakes_on_notify_and_stops_on_cancel(db: Database) -> 
         with pytest.raises(asyncio.CancelledError):
             await task
     assert calls == 1
-
-
-def test_url_helper_builds_async_url() -> None:
-    cfg = alembic_config(url="postgresql://u:p@h/d")
-    assert make_url(cfg.get_main_option("sqlalchemy.url") or "").drivername == (
-        "postgresql+asyncpg"
-    )
 
 
 BRANCH_TEMPLATE = """

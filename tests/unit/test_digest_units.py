@@ -8,13 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bridge.collector import answer_of
-from bridge.digest import build_week
-from bridge.repositories import DigestStore, is_newspaper
+from bridge.repositories import is_newspaper
 from bridge.sanitize import clean_html, strip_reply_fallback
 from bridge.site import relativize
 from bridge.summarize import Summariser, language_of, sentences, tokens
 from bridge.weeks import parse_week, previous_week, week_bounds, week_of
-from forum.settings import load_settings
 
 
 def test_summariser_picks_the_weeks_themes():
@@ -93,58 +91,3 @@ def test_relative_links_and_answers():
     assert is_newspaper("📰")
     assert is_newspaper("📰\ufe0f")
     assert not is_newspaper("👍")
-
-
-async def test_week_from_store_and_erasure(db):
-    settings = load_settings()
-    rooms = {f"topic:{t.slug}": f"!{t.slug}:x" for t in settings.topics}
-    rooms["announcements"] = "!ann:x"
-    slug = settings.topics[0].slug
-    room = rooms[f"topic:{slug}"]
-    week = "2026-W48"
-    start, _ = week_bounds(week, settings.digest.timezone)
-    async with db.sessionmaker() as s, s.begin():
-        store = DigestStore(s)
-        for i, (who, text) in enumerate(
-            [
-                ("@a:x", "Les cantines scolaires gardent les filles à l'école."),
-                ("@a:x", "Les cantines scolaires manquent dans le nord du pays."),
-                ("@b:x", "Les cantines scolaires et les filles, un sujet important."),
-            ]
-        ):
-            ts = start + timedelta(hours=i + 1)
-            await store.add_activity(f"$m{i}", room, "message", who, ts)
-            await store.put_message(
-                event_id=f"$m{i}",
-                room_id=room,
-                topic=slug,
-                sender=who,
-                display_name=who,
-                body=text,
-                html=None,
-                ts=ts,
-                reply_to=None,
-                thread_root=None,
-                edited=False,
-                basis="consent",
-            )
-        await store.add_activity("$j", room, "join", "@c:x", start + timedelta(hours=5))
-        await store.add_activity("$late", room, "message", "@c:x", start + timedelta(days=8))
-        await store.mark("$m0", room, "@a:x", "À lire", "$r", "@mod:x", "ok")
-    async with db.sessionmaker() as s:
-        digest = await build_week(s, settings, rooms, week)
-    topic = digest.topics[0]
-    assert [h.heading for h in topic.highlights] == ["À lire"]
-    assert (topic.messages, topic.participants, topic.new_members) == (3, 2, 1)
-    assert topic.key_points
-    assert all(k.event_id != "$m0" for k in topic.key_points)
-    assert all(t.empty for t in digest.topics[1:])
-    async with db.sessionmaker() as s, s.begin():
-        assert await DigestStore(s).erase_user("@a:x") == 2
-    async with db.sessionmaker() as s:
-        digest = await build_week(s, settings, rooms, week)
-    topic = digest.topics[0]
-    assert topic.highlights == []
-    assert all(k.author == "@b:x" for k in topic.key_points)
-    assert (topic.messages, topic.participants) == (3, 2)  # the figures stay
-    assert "@a:x" not in str(digest.to_json())

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import tomllib
 
 import pytest
-import tomli_w
 
 from forum.settings import DEFAULT_CONFIG, ConfigError, load_settings, parse_settings
 
@@ -117,26 +114,3 @@ def test_syntax_error_and_missing_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(tmp_path / "absent.toml", env={})
     assert "readable file" in str(err.value)
-
-
-def test_check_config_command(tmp_path):
-    ok = subprocess.run(
-        [sys.executable, "-m", "forum", "check-config"], capture_output=True, text=True, timeout=60
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert "OK" in ok.stdout
-    data = copy.deepcopy(BASE)
-    data["web"]["port"] = -1
-    data["topics"][0]["slug"] = "Pas Bon"
-    bad = tmp_path / "forum.toml"
-    bad.write_text(tomli_w.dumps(data), encoding="utf-8")
-    res = subprocess.run(
-        [sys.executable, "-m", "forum", "check-config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert res.returncode == 2
-    assert "web.port" in res.stderr
-    assert "topics[0].slug" in res.stderr
-    assert "'Pas Bon'" in res.stderr
