@@ -267,6 +267,20 @@ def is_message(room: str, sender: str | None = None, contains: str | None = None
     return pred
 
 
+def is_membership(room: str, user_id: str, membership: str) -> Predicate:
+    """``user_id``'s membership in ``room`` becoming ``membership``."""
+
+    def pred(e: Event) -> bool:
+        return (
+            e["room_id"] == room
+            and e["type"] == "m.room.member"
+            and e["state_key"] == user_id
+            and e["content"]["membership"] == membership
+        )
+
+    return pred
+
+
 def is_reply(room: str, sender: str, event_id: str) -> Predicate:
     """``sender``'s message in ``room`` replying to ``event_id``."""
 

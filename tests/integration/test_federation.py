@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import MakeUserOn, SynapsePair
-from tests.harness import ForumStarter
+from tests.harness import ForumStarter, is_membership
 
 pytestmark = pytest.mark.federation
 
@@ -18,14 +18,7 @@ async def test_two_servers_federate(synapse_pair: SynapsePair, make_user_on: Mak
     alias = f"#agora:{a.server_name}"
 
     assert await bob.join(alias) == room_id
-    await alice.wait_for(
-        lambda e: (
-            e["room_id"] == room_id
-            and e["type"] == "m.room.member"
-            and e["state_key"] == bob.user_id
-            and e["content"]["membership"] == "join"
-        )
-    )
+    await alice.wait_for(is_membership(room_id, bob.user_id, "join"))
     sent = await alice.send_text(room_id, "Bienvenue, Bob")
     assert (await bob.wait_for_text(room_id, "Bienvenue, Bob"))["event_id"] == sent
     reply = await bob.send_text(room_id, "Merci Alice")

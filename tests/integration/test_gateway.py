@@ -16,6 +16,7 @@ from forum.events import Message, Reaction
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver, free_port
 from forum.storage import Database
+from tests.matrix_user import TestUser
 
 pytestmark = pytest.mark.homeserver
 
@@ -58,6 +59,14 @@ async def sqlite_db(tmp_path: Path):
     await db.close()
 
 
+async def bot_and_room(hs: EmbeddedHomeserver, make_user) -> tuple[str, str, TestUser, str]:
+    """A bot account (id, password) and Alice with a public room of hers."""
+    user_id, pw = await new_account(hs)
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    return user_id, pw, alice, room
+
+
 class Seen(list):
     """What handlers received; ``wait_until`` wakes on every new item (no polling)."""
 
@@ -70,29 +79,28 @@ class Seen(list):
             self.append(item)
             self.changed.notify_all()
 
+    async def record(self, ev: Message) -> None:
+        """A handler that keeps message bodies."""
+        await self.add(ev.body)
+
     async def wait_until(self, cond, timeout: float = 20) -> None:
         async with asyncio.timeout(timeout), self.changed:
             await self.changed.wait_for(cond)
 
 
 async def test_failing_handler_does_not_stop_the_loop(synapse, make_user, sqlite_db):
-    user_id, pw = await new_account(synapse)
-    alice = await make_user("alice")
-    room = await alice.create_room(preset="public_chat")
+    user_id, pw, alice, room = await bot_and_room(synapse, make_user)
     seen, reactions = Seen(), Seen()
 
     async def explode(ev: Message) -> None:
         raise RuntimeError(f"boom on {ev.body}")
-
-    async def record(ev: Message) -> None:
-        await seen.add(ev.body)
 
     async def on_reaction(ev: Reaction) -> None:
         await reactions.add(ev.key)
 
     gw = gateway(synapse, sqlite_db, user_id, pw)
     gw.on(Message, explode)
-    gw.on(Message, record)
+    gw.on(Message, seen.record)
     gw.on(Reaction, on_reaction)
     async with running(gw):
         await gw.join(room)
@@ -113,16 +121,11 @@ async def test_failing_handler_does_not_stop_the_loop(synapse, make_user, sqlite
 
 
 async def test_restart_resumes_without_double_delivery(synapse, make_user, db):
-    user_id, pw = await new_account(synapse)
-    alice = await make_user("alice")
-    room = await alice.create_room(preset="public_chat")
+    user_id, pw, alice, room = await bot_and_room(synapse, make_user)
     seen = Seen()
 
-    async def record(ev: Message) -> None:
-        await seen.add(ev.body)
-
     gw = gateway(synapse, db, user_id, pw)
-    gw.on(Message, record)
+    gw.on(Message, seen.record)
     async with running(gw):
         await gw.join(room)
         await alice.send_text(room, "before restart")
@@ -131,7 +134,7 @@ async def test_restart_resumes_without_double_delivery(synapse, make_user, db):
 
     await alice.send_text(room, "while stopped")
     again = gateway(synapse, db, user_id, pw)
-    again.on(Message, record)
+    again.on(Message, seen.record)
     async with running(again):
         assert again.device_id == device  # the stored token was reused, no new login
         await alice.send_text(room, "after restart")
@@ -141,16 +144,11 @@ async def test_restart_resumes_without_double_delivery(synapse, make_user, db):
 
 async def test_replayed_sync_does_not_deliver_twice(synapse, make_user, sqlite_db):
     """Handlers ran but the token was not stored (a crash): the replay skips the events."""
-    user_id, pw = await new_account(synapse)
-    alice = await make_user("alice")
-    room = await alice.create_room(preset="public_chat")
+    user_id, pw, alice, room = await bot_and_room(synapse, make_user)
     seen = Seen()
 
-    async def record(ev: Message) -> None:
-        await seen.add(ev.body)
-
     gw = gateway(synapse, sqlite_db, user_id, pw)
-    gw.on(Message, record)
+    gw.on(Message, seen.record)
     await gw.login()
     await gw.join(room)
     await gw.sync_once(0)
@@ -166,16 +164,11 @@ async def test_replayed_sync_does_not_deliver_twice(synapse, make_user, sqlite_d
 
 
 async def test_limited_timeline_gap_is_filled(synapse, make_user, sqlite_db):
-    user_id, pw = await new_account(synapse)
-    alice = await make_user("alice")
-    room = await alice.create_room(preset="public_chat")
+    user_id, pw, alice, room = await bot_and_room(synapse, make_user)
     seen = Seen()
 
-    async def record(ev: Message) -> None:
-        await seen.add(ev.body)
-
     gw = gateway(synapse, sqlite_db, user_id, pw, timeline_limit=20)
-    gw.on(Message, record)
+    gw.on(Message, seen.record)
     await gw.login()
     await gw.join(room)
     await gw.sync_once(0)

@@ -11,6 +11,7 @@ import yaml
 
 from forum.homeserver import EmbeddedHomeserver, HomeserverStartError, free_port
 from tests.conftest import MakeUser
+from tests.harness import is_membership
 from tests.matrix_user import TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -45,14 +46,7 @@ async def test_message_reaches_another_user(make_user: MakeUser) -> None:
     room_id = await alice.create_room(preset="private_chat", invite=[bob.user_id])
     assert await bob.wait_for_invite(room_id) == room_id
     await bob.join(room_id)
-    await alice.wait_for(
-        lambda e: (
-            e["room_id"] == room_id
-            and e["type"] == "m.room.member"
-            and e["state_key"] == bob.user_id
-            and e["content"]["membership"] == "join"
-        )
-    )
+    await alice.wait_for(is_membership(room_id, bob.user_id, "join"))
     event_id = await alice.send_text(room_id, "Bonjour Bob", html="<b>Bonjour</b> Bob")
     seen = await bob.wait_for_text(room_id, "Bonjour Bob")
     assert seen["event_id"] == event_id

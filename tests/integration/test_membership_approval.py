@@ -11,7 +11,7 @@ import pytest_asyncio
 from sqlalchemy import make_url
 
 from forum.storage import create_database_if_missing, drop_database
-from tests.harness import CHARTER_FR, PUBLICATION_Q, ForumStarter
+from tests.harness import CHARTER_FR, PUBLICATION_Q, ForumStarter, is_membership
 from tests.matrix_user import TestUser
 from tests.storage_fixtures import POSTGRES_BASE_URL
 
@@ -85,12 +85,7 @@ async def test_deny_by_command_kicks_the_knock_with_reason(forum, make_user):
     assert "profil non vérifié" in told["content"]["body"]
     # The knock is answered by a kick (by the moderation bot) carrying the reason.
     kicked = await user.wait_for(
-        lambda e: (
-            e["room_id"] == topic
-            and e["type"] == "m.room.member"
-            and e["state_key"] == user.user_id
-            and e["content"]["membership"] == "leave"
-        ),
+        is_membership(topic, user.user_id, "leave"),
         timeout=20,
     )
     assert "profil non vérifié" in kicked["content"].get("reason", "")

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from tests.harness import ForumStarter, config_dir_with_charters
+from tests.harness import ForumStarter, config_dir_with_charters, is_membership
 from tests.matrix_user import MatrixRequestError, TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -87,12 +87,7 @@ async def test_new_charter_mute_restore_and_remove(start_forum: ForumStarter, ma
         space = third.ctx.rooms["space"]
         await third.wait_bot_text(kossi, kossi_dm, "retiré·e du forum", timeout=30)
         await kossi.wait_for(
-            lambda e: (
-                e["room_id"] == space
-                and e["type"] == "m.room.member"
-                and e["state_key"] == kossi.user_id
-                and e["content"]["membership"] == "leave"
-            ),
+            is_membership(space, kossi.user_id, "leave"),
             timeout=20,
         )
         assert (await third.person(kossi.user_id)).step == "left"

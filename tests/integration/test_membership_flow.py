@@ -19,6 +19,7 @@ from tests.harness import (
     PUBLICATION_Q,
     Forum,
     ForumStarter,
+    is_membership,
 )
 from tests.matrix_user import TestUser
 
@@ -132,14 +133,7 @@ async def test_dm_door_commands_and_bad_input(forum, make_user):
         is_direct=True, invite=[forum.membership_bot_id], preset="trusted_private_chat"
     )
     await forum.wait_bot_text(afi, room, "We already talk here")
-    await afi.wait_for(
-        lambda e: (
-            e["room_id"] == second
-            and e["type"] == "m.room.member"
-            and e["state_key"] == forum.membership_bot_id
-            and e["content"]["membership"] == "leave"
-        )
-    )
+    await afi.wait_for(is_membership(second, forum.membership_bot_id, "leave"))
     mark = afi.mark()
     await afi.send_text(room, "yes")
     await forum.wait_bot_text(afi, room, "public digest", after=mark)
@@ -187,12 +181,7 @@ async def test_dm_door_commands_and_bad_input(forum, make_user):
     await ask("!quitter", "You have left")
     space = forum.ctx.rooms["space"]
     await afi.wait_for(
-        lambda e: (
-            e["room_id"] == space
-            and e["type"] == "m.room.member"
-            and e["state_key"] == afi.user_id
-            and e["content"]["membership"] == "leave"
-        ),
+        is_membership(space, afi.user_id, "leave"),
         timeout=20,
     )
     await forum.signals.wait(MEMBER_LEFT, afi.user_id)
@@ -294,11 +283,4 @@ async def test_a_member_who_closed_the_dm_can_open_a_new_one(forum, make_user):
         is_direct=True, invite=[forum.membership_bot_id], preset="trusted_private_chat"
     )
     await forum.wait_bot_text(yao, fresh, "We already talk here", after=mark)
-    await yao.wait_for(
-        lambda e: (
-            e["room_id"] == third
-            and e["type"] == "m.room.member"
-            and e["state_key"] == forum.membership_bot_id
-            and e["content"]["membership"] == "leave"
-        )
-    )
+    await yao.wait_for(is_membership(third, forum.membership_bot_id, "leave"))

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 
 from moderation.bot.repositories import Cases
-from tests.harness import Forum, ForumStarter, is_message
+from tests.harness import Forum, ForumStarter, is_membership, is_message
 from tests.matrix_user import Event, TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -91,12 +91,7 @@ async def test_dm_report_and_case_command(forum: Forum):
     )
     rmark = reporter.mark()
     await reporter.wait_for(
-        lambda e: (
-            e["room_id"] == dm
-            and e["type"] == "m.room.member"
-            and e["state_key"] == forum.bot_id
-            and e["content"]["membership"] == "join"
-        ),
+        is_membership(dm, forum.bot_id, "join"),
         20,
     )
     mark = forum.mod.mark()
