@@ -89,16 +89,22 @@ INVITED = ("Vous êtes invité", "You are invited")
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 30, what: str = "condition"
+    check: Callable[[], Awaitable[bool]],
+    timeout: float = 30,
+    what: str = "condition",
+    *,
+    interval: float = 0.2,
 ) -> None:
-    """Poll ``check`` until true; fail naming ``what`` after ``timeout`` seconds."""
+    """Poll ``check`` every ``interval`` seconds until true; fail naming ``what`` after
+    ``timeout`` seconds. For conditions nothing signals (a database row, a web page);
+    events a test user receives are awaited with ``TestUser.wait_for``."""
     deadline = time.monotonic() + timeout
     while True:
         if await check():
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval)
 
 
 # =====================================================================================

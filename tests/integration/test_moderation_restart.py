@@ -4,7 +4,6 @@ is read by operators with ``forum moderation log`` (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -16,7 +15,7 @@ from forum.storage.repositories import ProcessedEvents
 from moderation.bot import add_commands
 from moderation.bot.bot import PENDING_COMMAND
 from moderation.bot.repositories import Audit, Mutes, State
-from tests.harness import ForumStarter, is_reply
+from tests.harness import ForumStarter, eventually, is_reply
 
 pytestmark = pytest.mark.homeserver
 
@@ -24,12 +23,12 @@ pytestmark = pytest.mark.homeserver
 async def nothing_pending(service: Service) -> None:
     """Wait until no command is stored as pending (the last one ran to its end)."""
     assert service.ctx is not None
-    async with asyncio.timeout(10):
-        while True:
-            async with service.ctx.db.sessionmaker() as s:
-                if not await State(s).with_prefix(PENDING_COMMAND):
-                    return
-            await asyncio.sleep(0.05)
+
+    async def none_pending() -> bool:
+        async with service.ctx.db.sessionmaker() as s:
+            return not await State(s).with_prefix(PENDING_COMMAND)
+
+    await eventually(none_pending, 10, "no command pending", interval=0.05)
 
 
 async def test_timed_mute_expires_across_a_restart(

@@ -33,6 +33,7 @@ from forum.storage import (
     utcnow,
 )
 from forum.storage.models import Base, ProcessedEvent
+from tests.harness import eventually
 
 pytest_plugins = ["tests.storage_fixtures"]
 
@@ -357,12 +358,13 @@ async def pending(db: Database) -> int:
 async def wait_until(
     probe: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 10.0
 ) -> None:
-    """Poll ``probe`` until it returns ``expected`` (a condition, not a blind sleep)."""
-    async with asyncio.timeout(timeout):
-        # a database condition: no asyncio.Event can signal it
-        while (value := await probe()) != expected:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-    assert value == expected
+    """Poll ``probe`` until it returns ``expected`` (a database condition: nothing signals
+    it)."""
+
+    async def reached() -> bool:
+        return bool(await probe() == expected)
+
+    await eventually(reached, timeout, f"{expected!r}", interval=0.02)
 
 
 class Clock:
