@@ -29,15 +29,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from forum.app import Service  # noqa: E402
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
 from moderation.membership import feature  # noqa: E402
-from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from  # noqa: E402
-from tests.matrix_user import TestUser  # noqa: E402
-from tests.membership_helpers import (  # noqa: E402
+from tests.harness import (  # noqa: E402
     CHARTER_FR,
+    CONFIG_DIR,
     PUBLICATION_Q,
-    dm_invites,
-    wait_bot_text,
-    wait_dm,
+    Forum,
+    forum_data,
+    register_bots,
+    settings_from,
 )
+from tests.matrix_user import TestUser  # noqa: E402
+
+
+def forum_of(hs: EmbeddedHomeserver, service: Service) -> Forum:
+    """The test harness's view of a service the benchmark started itself."""
+    assert service.ctx is not None
+    return Forum(hs, service.settings, service.ctx.rooms, service=service)
 
 
 def summary(samples: list[float], baseline: float | None = None) -> dict[str, float]:
@@ -78,12 +85,14 @@ async def one_person(hs: EmbeddedHomeserver, service: Service) -> tuple[float, f
         space = service.ctx.rooms["space"]
         t0 = time.perf_counter()
         await user.knock(space, "Bonjour, je voudrais participer", via=[hs.server_name])
-        room = await wait_dm(user, service, timeout=60)
-        await wait_bot_text(user, room, service, CHARTER_FR, timeout=60)
+        room = await forum_of(hs, service).wait_dm(user, timeout=60)
+        await forum_of(hs, service).wait_bot_text(user, room, CHARTER_FR, timeout=60)
         knock_to_charter = time.perf_counter() - t0
         mark = user.mark()
         await user.send_text(room, "j'accepte")
-        await wait_bot_text(user, room, service, *PUBLICATION_Q, after=mark, timeout=60)
+        await forum_of(hs, service).wait_bot_text(
+            user, room, *PUBLICATION_Q, after=mark, timeout=60
+        )
         t1 = time.perf_counter()
         await user.send_text(room, "oui")
         await user.wait_for_invite(space, timeout=60)
@@ -106,8 +115,8 @@ async def crowd(hs: EmbeddedHomeserver, service: Service, n: int) -> dict[str, o
 
     async def go(user: TestUser) -> None:
         await user.knock(space, "Bonjour", via=[hs.server_name])
-        room = await wait_dm(user, service, timeout=600)
-        await wait_bot_text(user, room, service, CHARTER_FR, timeout=600)
+        room = await forum_of(hs, service).wait_dm(user, timeout=600)
+        await forum_of(hs, service).wait_bot_text(user, room, CHARTER_FR, timeout=600)
 
     try:
         t0 = time.perf_counter()
@@ -116,7 +125,7 @@ async def crowd(hs: EmbeddedHomeserver, service: Service, n: int) -> dict[str, o
         for user, res in zip(users, results, strict=True):
             if isinstance(res, BaseException):
                 lost.append(f"{user.user_id}: {res!r}"[:200])
-        dms = [len(dm_invites(u, service)) for u in users]
+        dms = [len(forum_of(hs, service).dm_invites(u)) for u in users]
         charters = [
             sum(
                 1

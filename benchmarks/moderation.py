@@ -35,9 +35,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
-from tests.forum_fixtures import CONFIG_DIR, forum_data, register_bots, settings_from  # noqa: E402
+from tests.harness import (  # noqa: E402
+    CONFIG_DIR,
+    forum_data,
+    is_reply,
+    register_bots,
+    settings_from,
+)
+from tests.harness import FAST_MODERATION as FAST  # noqa: E402
 from tests.matrix_user import Event, TestUser  # noqa: E402
-from tests.moderation_helpers import FAST, is_reply  # noqa: E402
 
 EXTRA_TOPICS = 4  # 6 configured + 4 = 10 topic rooms
 
