@@ -9,7 +9,7 @@ transaction, on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -36,6 +36,21 @@ def _insert(session: AsyncSession, model: type[Any]) -> Any:
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
+async def upsert(
+    session: AsyncSession,
+    model: type[Any],
+    key: Mapping[str, Any],
+    values: Mapping[str, Any],
+    *,
+    when_new: Mapping[str, Any] | None = None,
+) -> None:
+    """Insert the row of ``model`` whose primary key is ``key`` with ``values`` (and the
+    columns ``when_new``), or, when it exists, update its ``values`` only."""
+    stmt = _insert(session, model).values(**key, **values, **(when_new or {}))
+    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=dict(values))
+    await session.execute(stmt)
+
+
 R = TypeVar("R")
 
 
@@ -56,15 +71,8 @@ class SyncTokens:
         return cast("str | None", await self.session.scalar(stmt))
 
     async def set(self, account: str, token: str) -> None:
-        now = utcnow()
-        stmt = _insert(self.session, SyncToken).values(
-            account=account, next_batch=token, updated_at=now
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[SyncToken.account],
-            set_={"next_batch": token, "updated_at": now},
-        )
-        await self.session.execute(stmt)
+        values = {"next_batch": token, "updated_at": utcnow()}
+        await upsert(self.session, SyncToken, {"account": account}, values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +116,7 @@ class BotSessions:
             "access_token": access_token,
             "updated_at": utcnow(),
         }
-        stmt = _insert(self.session, BotSessionRow).values(account=account, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[BotSessionRow.account], set_=values)
-        await self.session.execute(stmt)
+        await upsert(self.session, BotSessionRow, {"account": account}, values)
 
     async def delete(self, account: str) -> None:
         await self.session.execute(delete(BotSessionRow).where(BotSessionRow.account == account))
@@ -163,9 +169,7 @@ class RoomRegistry:
             "detached": False,
             "updated_at": now,
         }
-        stmt = _insert(self.session, Room).values(key=key, created_at=now, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[Room.key], set_=values)
-        await self.session.execute(stmt)
+        await upsert(self.session, Room, {"key": key}, values, when_new={"created_at": now})
         record = await self.get(key)
         assert record is not None
         return record

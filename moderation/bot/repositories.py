@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.storage.models import utcnow
-from forum.storage.repositories import _insert
+from forum.storage.repositories import _insert, upsert
 
 from .models import AuditEntry, Case, DirectRoom, FirstJoin, KeyValue, Mute, PolicyBan, Strike
 
@@ -108,9 +108,7 @@ class Mutes:
         self, user_id: str, until: datetime | None, reason: str | None, actor: str
     ) -> None:
         values = {"until": until, "reason": reason, "actor": actor, "created_at": utcnow()}
-        stmt = _insert(self.session, Mute).values(user_id=user_id, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[Mute.user_id], set_=values)
-        await self.session.execute(stmt)
+        await upsert(self.session, Mute, {"user_id": user_id}, values)
 
     async def remove(self, user_id: str) -> bool:
         res = await self.session.execute(delete(Mute).where(Mute.user_id == user_id))
@@ -131,11 +129,7 @@ class Strikes:
         return await self.session.get(Strike, user_id)
 
     async def set(self, user_id: str, step: int, when: datetime) -> None:
-        stmt = _insert(self.session, Strike).values(user_id=user_id, step=step, last_at=when)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Strike.user_id], set_={"step": step, "last_at": when}
-        )
-        await self.session.execute(stmt)
+        await upsert(self.session, Strike, {"user_id": user_id}, {"step": step, "last_at": when})
 
 
 class DirectRooms:
@@ -147,11 +141,7 @@ class DirectRooms:
         return row.room_id if row else None
 
     async def set(self, user_id: str, room_id: str) -> None:
-        stmt = _insert(self.session, DirectRoom).values(user_id=user_id, room_id=room_id)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[DirectRoom.user_id], set_={"room_id": room_id}
-        )
-        await self.session.execute(stmt)
+        await upsert(self.session, DirectRoom, {"user_id": user_id}, {"room_id": room_id})
 
     async def user_of(self, room_id: str) -> str | None:
         stmt = select(DirectRoom.user_id).where(DirectRoom.room_id == room_id)
@@ -197,9 +187,7 @@ class State:
         return dict(row.value) if row else None
 
     async def set(self, key: str, value: dict[str, Any]) -> None:
-        stmt = _insert(self.session, KeyValue).values(key=key, value=value)
-        stmt = stmt.on_conflict_do_update(index_elements=[KeyValue.key], set_={"value": value})
-        await self.session.execute(stmt)
+        await upsert(self.session, KeyValue, {"key": key}, {"value": value})
 
     async def delete(self, key: str) -> None:
         await self.session.execute(delete(KeyValue).where(KeyValue.key == key))
