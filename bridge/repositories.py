@@ -25,7 +25,7 @@ from bridge.models import (
 )
 from bridge.summarize import keywords
 from forum.storage.models import utcnow
-from forum.storage.repositories import upsert
+from forum.storage.repositories import Repository, upsert
 
 NEWSPAPER = "📰"
 #: rows fetched at a time by the streaming reads of a week: small partitions die young,
@@ -102,10 +102,7 @@ class Highlight:
     status: str
 
 
-class DigestStore:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class DigestStore(Repository):
     # --- state ---------------------------------------------------------------------
     async def get_state(self, key: str) -> str | None:
         row = await self.session.get(DigestState, key)

@@ -51,6 +51,13 @@ async def upsert(
     await session.execute(stmt)
 
 
+class Repository:
+    """The queries of one aggregate, inside the caller's session (its transaction)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+
 R = TypeVar("R")
 
 
@@ -60,11 +67,8 @@ def record_of(record: type[R], row: object) -> R:
     return record(**{f.name: getattr(row, f.name) for f in dataclasses.fields(record)})  # type: ignore[arg-type]
 
 
-class SyncTokens:
+class SyncTokens(Repository):
     """The ``next_batch`` token of each bot account's sync loop."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def get(self, account: str) -> str | None:
         stmt = select(SyncToken.next_batch).where(SyncToken.account == account)
@@ -90,11 +94,8 @@ class BotSession:
         )
 
 
-class BotSessions:
+class BotSessions(Repository):
     """Stored logins of the bot accounts (device id and access token)."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def get(self, account: str) -> BotSession | None:
         stmt = select(BotSessionRow).where(BotSessionRow.account == account)
@@ -133,11 +134,8 @@ class RoomRecord:
     updated_at: datetime
 
 
-class RoomRegistry:
+class RoomRegistry(Repository):
     """The rooms the forum manages, by stable key ("space", "lobby", "topic:<slug>")."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def _one(self, *where: Any) -> RoomRecord | None:
         stmt = select(Room).where(*where).execution_options(populate_existing=True)
@@ -186,11 +184,8 @@ class RoomRegistry:
         return result.rowcount > 0
 
 
-class ProcessedEvents:
+class ProcessedEvents(Repository):
     """Which events each bot account has handled: handlers are idempotent by event id."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def seen(self, account: str, event_id: str) -> bool:
         stmt = select(ProcessedEvent.event_id).where(
@@ -241,16 +236,13 @@ class OutboxItem:
     last_error: str | None
 
 
-class Outbox:
+class Outbox(Repository):
     """Actions to carry out once the transaction that wrote them has committed.
 
     Write an item in the same transaction as the change it follows; the
     :class:`~forum.storage.outbox_worker.OutboxWorker` carries it out afterwards.
     An item is *pending* until done; ``mark_failed(..., retry_at=None)`` abandons it.
     """
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def add(
         self, kind: str, payload: dict[str, Any], dedupe_key: str | None = None
