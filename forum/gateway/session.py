@@ -7,7 +7,7 @@ its token and device instead of logging in again.
 from __future__ import annotations
 
 import logging
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,8 +25,8 @@ class Session:
     transport: Transport
     sessionmaker: async_sessionmaker[AsyncSession]
     _: KW_ONLY
-    password: str | None
-    access_token: str | None
+    password: str | None = field(repr=False)
+    access_token: str | None = field(repr=False)
     """The token given by the settings: tried first, until the homeserver refuses it."""
     device_name: str
 

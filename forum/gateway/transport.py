@@ -77,7 +77,7 @@ class Transport:
     stats: GatewayStats
     request_timeout: float
     max_retries: int
-    _client: AsyncClient = field(init=False)
+    _client: AsyncClient = field(init=False, repr=False)
     _txn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _txn_prefix: str = field(init=False, default_factory=lambda: secrets.token_hex(6))
 
