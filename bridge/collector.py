@@ -12,6 +12,7 @@ import html
 import logging
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,30 +51,27 @@ def answer_of(text: str) -> bool | None:
     return None
 
 
+@dataclass(eq=False)
 class DigestCollector:
-    def __init__(
-        self,
-        settings: Settings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        moderation_gateway: Gateway,
-        membership_gateway: Gateway,
-        room_ids: Mapping[str, str],
-        i18n: I18n,
-        on_change: Callable[[], None],
-        notify_outbox: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.moderation_gateway = moderation_gateway
-        self.membership_gateway = membership_gateway
-        self.i18n = i18n
-        self.on_change = on_change
-        self.notify_outbox = notify_outbox
-        self.rooms: dict[str, str] = {room: slug for slug, room in _topic_rooms(room_ids).items()}
-        self.names: dict[tuple[str, str], str] = {}
-        self.command = f"{settings.bots.command_prefix}digest"
-        self.editors = {settings.user_id(u) for u in settings.digest.editors}
-        self._lock = asyncio.Lock()
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    moderation_gateway: Gateway
+    membership_gateway: Gateway
+    room_ids: InitVar[Mapping[str, str]]
+    i18n: I18n
+    on_change: Callable[[], None]
+    notify_outbox: Callable[[], None] = lambda: None
+    rooms: dict[str, str] = field(init=False)
+    """The topic rooms: room id -> slug."""
+    names: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
+    command: str = field(init=False)
+    editors: set[str] = field(init=False)
+    _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+
+    def __post_init__(self, room_ids: Mapping[str, str]) -> None:
+        self.rooms = {room: slug for slug, room in _topic_rooms(room_ids).items()}
+        self.command = f"{self.settings.bots.command_prefix}digest"
+        self.editors = {self.settings.user_id(u) for u in self.settings.digest.editors}
 
     def register(self) -> None:
         self.moderation_gateway.on(Message, self.on_message)

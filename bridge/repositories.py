@@ -25,6 +25,7 @@ from bridge.models import (
 )
 from bridge.summarize import keywords
 from forum.storage.models import utcnow
+from forum.storage.repositories import Repository, upsert
 
 NEWSPAPER = "📰"
 #: rows fetched at a time by the streaming reads of a week: small partitions die young,
@@ -101,20 +102,14 @@ class Highlight:
     status: str
 
 
-class DigestStore:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class DigestStore(Repository):
     # --- state ---------------------------------------------------------------------
     async def get_state(self, key: str) -> str | None:
         row = await self.session.get(DigestState, key)
         return row.value if row else None
 
     async def set_state(self, key: str, value: str) -> None:
-        stmt = _insert(self.session, DigestState).values(key=key, value=value)
-        await self.session.execute(
-            stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value})
-        )
+        await upsert(self.session, DigestState, {"key": key}, {"value": value})
 
     async def who(self, user_id: str) -> str:
         """An opaque, keyed hash of a user id (for counting distinct people only)."""
@@ -337,10 +332,7 @@ class DigestStore:
             "ts": utcnow(),
             "status": status,
         }
-        stmt = _insert(self.session, DigestHighlight).values(target=target, **values)
-        await self.session.execute(
-            stmt.on_conflict_do_update(index_elements=["target"], set_=values)
-        )
+        await upsert(self.session, DigestHighlight, {"target": target}, values)
 
     async def highlight(self, target: str) -> Highlight | None:
         row = await self.session.get(DigestHighlight, target)
@@ -386,10 +378,7 @@ class DigestStore:
             "granted": None,
             "answered_at": None,
         }
-        stmt = _insert(self.session, QuotePermission).values(target=target, **values)
-        await self.session.execute(
-            stmt.on_conflict_do_update(index_elements=["target"], set_=values)
-        )
+        await upsert(self.session, QuotePermission, {"target": target}, values)
 
     async def permission(self, target: str) -> QuotePermission | None:
         return await self.session.get(QuotePermission, target)
@@ -425,11 +414,7 @@ class DigestStore:
 
     # --- published weeks --------------------------------------------------------------
     async def publish(self, week: str) -> None:
-        now = utcnow()
-        stmt = _insert(self.session, DigestWeek).values(week=week, built_at=now)
-        await self.session.execute(
-            stmt.on_conflict_do_update(index_elements=["week"], set_={"built_at": now})
-        )
+        await upsert(self.session, DigestWeek, {"week": week}, {"built_at": utcnow()})
 
     async def weeks(self) -> list[str]:
         return list(

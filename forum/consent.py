@@ -14,10 +14,10 @@ from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import Boolean, Index, Integer, String, Text, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from forum.storage.models import Base, UTCDateTime, utcnow
+from forum.storage.repositories import Repository
 
 Scope = Literal["charter", "publication"]
 SCOPES: tuple[Scope, ...] = ("charter", "publication")
@@ -77,11 +77,8 @@ class ConsentStatus:
     publication_at: datetime | None = None
 
 
-class ConsentRecords:
+class ConsentRecords(Repository):
     """Append-only consent records (the caller owns the transaction)."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def add(
         self,

@@ -7,6 +7,7 @@ its token and device instead of logging in again.
 from __future__ import annotations
 
 import logging
+from dataclasses import KW_ONLY, dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -17,36 +18,30 @@ from forum.storage import BotSessions
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Session:
     """Finds a working access token for the transport's account."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        *,
-        password: str | None,
-        access_token: str | None,
-        device_name: str,
-    ) -> None:
-        self._transport = transport
-        self._sessionmaker = sessionmaker
-        self._password = password
-        self._given_token = access_token
-        self._device_name = device_name
+    transport: Transport
+    sessionmaker: async_sessionmaker[AsyncSession]
+    _: KW_ONLY
+    password: str | None = field(repr=False)
+    access_token: str | None = field(repr=False)
+    """The token given by the settings: tried first, until the homeserver refuses it."""
+    device_name: str
 
     @property
     def user_id(self) -> str:
-        return self._transport.user_id
+        return self.transport.user_id
 
     async def login(self) -> str | None:
         """Log in: a given token, then a stored token, then the password. Returns the
         device id (``None`` when a token's owner does not say it)."""
-        transport = self._transport
+        transport = self.transport
         candidates: list[tuple[str, str | None]] = []
-        if self._given_token:
-            candidates.append((self._given_token, None))
-        async with self._sessionmaker() as s:
+        if self.access_token:
+            candidates.append((self.access_token, None))
+        async with self.sessionmaker() as s:
             stored = await BotSessions(s).get(self.user_id)
         if stored and stored.homeserver == transport.homeserver_url:
             candidates.append((stored.access_token, stored.device_id))
@@ -64,16 +59,16 @@ class Session:
             found: str | None = who.get("device_id") or device_id
             return found
         transport.access_token = None
-        if not self._password:
+        if not self.password:
             raise Unauthorized(f"no valid access token and no password for {self.user_id}")
-        device_id, token = await transport.password_login(self._password, self._device_name)
-        async with self._sessionmaker() as s, s.begin():
+        device_id, token = await transport.password_login(self.password, self.device_name)
+        async with self.sessionmaker() as s, s.begin():
             await BotSessions(s).save(self.user_id, transport.homeserver_url, device_id, token)
         log.info("logged in as %s (device %s)", self.user_id, device_id)
         return device_id
 
     async def forget(self) -> None:
         """The homeserver refused our token: drop it (stored and given) before logging in."""
-        async with self._sessionmaker() as s, s.begin():
+        async with self.sessionmaker() as s, s.begin():
             await BotSessions(s).delete(self.user_id)
-        self._given_token = None
+        self.access_token = None

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -40,33 +40,25 @@ class _Registration:
     name: str
 
 
+@dataclass(eq=False)
 class SyncLoop:
     """Owns ``/sync`` for the transport's account and calls the registered handlers."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        *,
-        stats: GatewayStats,
-        relogin: Callable[[], Awaitable[None]],
-        sync_timeout_ms: int,
-        timeline_limit: int,
-    ) -> None:
-        self._transport = transport
-        self._sessionmaker = sessionmaker
-        self._stats = stats
-        self._relogin = relogin
-        self._sync_timeout_ms = sync_timeout_ms
-        self._timeline_limit = timeline_limit
-        self._registrations: list[_Registration] = []
-        self._stopping = asyncio.Event()
-        self._synced = asyncio.Event()
-        self.next_batch: str | None = None
+    transport: Transport
+    sessionmaker: async_sessionmaker[AsyncSession]
+    _: KW_ONLY
+    stats: GatewayStats
+    relogin: Callable[[], Awaitable[None]]
+    sync_timeout_ms: int
+    timeline_limit: int
+    next_batch: str | None = field(init=False, default=None)
+    _registrations: list[_Registration] = field(init=False, default_factory=list)
+    _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _synced: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     @property
     def user_id(self) -> str:
-        return self._transport.user_id
+        return self.transport.user_id
 
     def on(
         self, kind: type[E], handler: Callable[[E], Awaitable[None]], *, include_own: bool = False
@@ -89,7 +81,7 @@ class SyncLoop:
     def filter(self) -> dict[str, Any]:
         return {
             "room": {
-                "timeline": {"limit": self._timeline_limit},
+                "timeline": {"limit": self.timeline_limit},
                 "state": {"lazy_load_members": False},
                 "ephemeral": {"not_types": ["*"]},
                 "account_data": {"not_types": ["*"]},
@@ -99,7 +91,7 @@ class SyncLoop:
         }
 
     async def load_token(self) -> str | None:
-        async with self._sessionmaker() as s:
+        async with self.sessionmaker() as s:
             self.next_batch = await SyncTokens(s).get(self.user_id)
         return self.next_batch
 
@@ -112,14 +104,14 @@ class SyncLoop:
     async def _poll(self, timeout_ms: int | None = None) -> dict[str, Any]:
         query: dict[str, str | int] = {
             "filter": json.dumps(self.filter(), separators=(",", ":")),
-            "timeout": self._sync_timeout_ms if timeout_ms is None else timeout_ms,
+            "timeout": self.sync_timeout_ms if timeout_ms is None else timeout_ms,
         }
         since = self.next_batch
         if since:
             query["since"] = since
         wait = query["timeout"] / 1000 if isinstance(query["timeout"], int) else 30
-        return await self._transport.request(
-            "GET", "/sync", query=query, timeout=wait + self._transport.request_timeout
+        return await self.transport.request(
+            "GET", "/sync", query=query, timeout=wait + self.transport.request_timeout
         )
 
     async def _process(self, data: dict[str, Any], since: str | None) -> int:
@@ -127,7 +119,7 @@ class SyncLoop:
         handled = await self._dispatch(batch)
         token = data.get("next_batch")
         if isinstance(token, str):
-            async with self._sessionmaker() as s, s.begin():
+            async with self.sessionmaker() as s, s.begin():
                 await SyncTokens(s).set(self.user_id, token)
             self.next_batch = token
         self._synced.set()
@@ -178,7 +170,7 @@ class SyncLoop:
         collected: list[dict[str, Any]] = []
         token: str | None = prev_batch
         while token and len(collected) < MAX_GAP_EVENTS:
-            page = await self._transport.request(
+            page = await self.transport.request(
                 "GET",
                 path("rooms", room_id, "messages"),
                 query={"from": token, "to": since, "dir": "b", "limit": 100},
@@ -198,7 +190,7 @@ class SyncLoop:
         todo = [(ev, regs) for ev in events if (regs := self._handlers_for(ev))]
         if not todo:
             return 0
-        async with self._sessionmaker() as s:
+        async with self.sessionmaker() as s:
             seen = await ProcessedEvents(s).seen_many(self.user_id, [ev.event_id for ev, _ in todo])
         handled = 0
         for ev, regs in todo:
@@ -211,7 +203,7 @@ class SyncLoop:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    self._stats.handler_failures += 1
+                    self.stats.handler_failures += 1
                     log.exception(
                         "handler %s failed on %s %s in %s",
                         reg.name,
@@ -219,10 +211,10 @@ class SyncLoop:
                         ev.event_id,
                         ev.room_id,
                     )
-            async with self._sessionmaker() as s, s.begin():
+            async with self.sessionmaker() as s, s.begin():
                 await ProcessedEvents(s).mark(self.user_id, ev.event_id)
             handled += 1
-            self._stats.events_dispatched += 1
+            self.stats.events_dispatched += 1
         return handled
 
     async def run(self) -> None:
@@ -263,7 +255,7 @@ class SyncLoop:
             await self._process(poll.result(), since)
         except Unauthorized:
             log.error("%s: access token refused; logging in again", self.user_id)
-            await self._relogin()
+            await self.relogin()
 
     def _log_retry(self, error: BaseException, wait: float) -> None:
         log.warning("%s: sync failed (%s); retrying in %.0fs", self.user_id, error, wait)

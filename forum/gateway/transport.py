@@ -15,7 +15,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypedDict
 
 import aiohttp
@@ -67,36 +67,32 @@ def path(*parts: str) -> str:
     return "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
 
 
+@dataclass(eq=False)
 class Transport:
     """The HTTP side of one account: checked requests, retries, transaction ids."""
 
-    def __init__(
-        self,
-        homeserver_url: str,
-        user_id: str,
-        *,
-        stats: GatewayStats,
-        request_timeout: float,
-        max_retries: int,
-    ) -> None:
-        self.homeserver_url = homeserver_url
-        self.user_id = user_id
-        self.stats = stats
-        self.max_retries = max_retries
-        self._request_timeout = request_timeout
+    homeserver_url: str
+    user_id: str
+    _: KW_ONLY
+    stats: GatewayStats
+    request_timeout: float
+    max_retries: int
+    _client: AsyncClient = field(init=False, repr=False)
+    _txn: itertools.count[int] = field(init=False, default_factory=itertools.count)
+    _txn_prefix: str = field(init=False, default_factory=lambda: secrets.token_hex(6))
+
+    def __post_init__(self) -> None:
         self._client = AsyncClient(
-            homeserver_url,
-            user_id,
+            self.homeserver_url,
+            self.user_id,
             config=AsyncClientConfig(
                 max_limit_exceeded=0,
                 max_timeouts=0,
-                request_timeout=request_timeout,
+                request_timeout=self.request_timeout,
                 store_sync_tokens=False,
                 encryption_enabled=False,
             ),
         )
-        self._txn = itertools.count()
-        self._txn_prefix = secrets.token_hex(6)
 
     @property
     def access_token(self) -> str | None:
@@ -105,10 +101,6 @@ class Transport:
     @access_token.setter
     def access_token(self, token: str | None) -> None:
         self._client.access_token = token or ""
-
-    @property
-    def request_timeout(self) -> float:
-        return self._request_timeout
 
     def txn_id(self) -> str:
         return f"forum-{self._txn_prefix}-{time.monotonic_ns()}-{next(self._txn)}"
@@ -193,7 +185,7 @@ class Transport:
                     full,
                     data,
                     headers,
-                    timeout=timeout if timeout is not None else self._request_timeout,
+                    timeout=timeout if timeout is not None else self.request_timeout,
                 )
                 async with resp:
                     status = resp.status

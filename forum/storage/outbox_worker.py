@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 Executor = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+@dataclass(eq=False)
 class OutboxWorker:
     """Runs due outbox items through the executor registered for their ``kind``.
 
@@ -36,27 +38,17 @@ class OutboxWorker:
     failure, retried like any other (a later release may know the kind).
     """
 
-    def __init__(
-        self,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        executors: Mapping[str, Executor],
-        *,
-        poll_interval: float = 1.0,
-        max_attempts: int = 20,
-        batch_size: int = 50,
-        backoff_base: float = 2.0,
-        backoff_max: float = 3600.0,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.executors = executors  # read at each item: registrations may add kinds
-        self.poll_interval = poll_interval
-        self.max_attempts = max_attempts
-        self.batch_size = batch_size
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.clock = clock
-        self._wakeup = asyncio.Event()
+    sessionmaker: async_sessionmaker[AsyncSession]
+    executors: Mapping[str, Executor]
+    """Read at each item: registrations may add kinds."""
+    _: KW_ONLY
+    poll_interval: float = 1.0
+    max_attempts: int = 20
+    batch_size: int = 50
+    backoff_base: float = 2.0
+    backoff_max: float = 3600.0
+    clock: Callable[[], datetime] = utcnow
+    _wakeup: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def notify(self) -> None:
         """Wake :meth:`run` now (call after committing a transaction that added items)."""

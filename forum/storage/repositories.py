@@ -9,7 +9,7 @@ transaction, on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -36,6 +36,28 @@ def _insert(session: AsyncSession, model: type[Any]) -> Any:
     raise NotImplementedError(f"unsupported database dialect {dialect!r}")
 
 
+async def upsert(
+    session: AsyncSession,
+    model: type[Any],
+    key: Mapping[str, Any],
+    values: Mapping[str, Any],
+    *,
+    when_new: Mapping[str, Any] | None = None,
+) -> None:
+    """Insert the row of ``model`` whose primary key is ``key`` with ``values`` (and the
+    columns ``when_new``), or, when it exists, update its ``values`` only."""
+    stmt = _insert(session, model).values(**key, **values, **(when_new or {}))
+    stmt = stmt.on_conflict_do_update(index_elements=list(key), set_=dict(values))
+    await session.execute(stmt)
+
+
+class Repository:
+    """The queries of one aggregate, inside the caller's session (its transaction)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+
 R = TypeVar("R")
 
 
@@ -45,26 +67,16 @@ def record_of(record: type[R], row: object) -> R:
     return record(**{f.name: getattr(row, f.name) for f in dataclasses.fields(record)})  # type: ignore[arg-type]
 
 
-class SyncTokens:
+class SyncTokens(Repository):
     """The ``next_batch`` token of each bot account's sync loop."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def get(self, account: str) -> str | None:
         stmt = select(SyncToken.next_batch).where(SyncToken.account == account)
         return cast("str | None", await self.session.scalar(stmt))
 
     async def set(self, account: str, token: str) -> None:
-        now = utcnow()
-        stmt = _insert(self.session, SyncToken).values(
-            account=account, next_batch=token, updated_at=now
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[SyncToken.account],
-            set_={"next_batch": token, "updated_at": now},
-        )
-        await self.session.execute(stmt)
+        values = {"next_batch": token, "updated_at": utcnow()}
+        await upsert(self.session, SyncToken, {"account": account}, values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +94,8 @@ class BotSession:
         )
 
 
-class BotSessions:
+class BotSessions(Repository):
     """Stored logins of the bot accounts (device id and access token)."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def get(self, account: str) -> BotSession | None:
         stmt = select(BotSessionRow).where(BotSessionRow.account == account)
@@ -108,9 +117,7 @@ class BotSessions:
             "access_token": access_token,
             "updated_at": utcnow(),
         }
-        stmt = _insert(self.session, BotSessionRow).values(account=account, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[BotSessionRow.account], set_=values)
-        await self.session.execute(stmt)
+        await upsert(self.session, BotSessionRow, {"account": account}, values)
 
     async def delete(self, account: str) -> None:
         await self.session.execute(delete(BotSessionRow).where(BotSessionRow.account == account))
@@ -127,11 +134,8 @@ class RoomRecord:
     updated_at: datetime
 
 
-class RoomRegistry:
+class RoomRegistry(Repository):
     """The rooms the forum manages, by stable key ("space", "lobby", "topic:<slug>")."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def _one(self, *where: Any) -> RoomRecord | None:
         stmt = select(Room).where(*where).execution_options(populate_existing=True)
@@ -163,9 +167,7 @@ class RoomRegistry:
             "detached": False,
             "updated_at": now,
         }
-        stmt = _insert(self.session, Room).values(key=key, created_at=now, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[Room.key], set_=values)
-        await self.session.execute(stmt)
+        await upsert(self.session, Room, {"key": key}, values, when_new={"created_at": now})
         record = await self.get(key)
         assert record is not None
         return record
@@ -182,11 +184,8 @@ class RoomRegistry:
         return result.rowcount > 0
 
 
-class ProcessedEvents:
+class ProcessedEvents(Repository):
     """Which events each bot account has handled: handlers are idempotent by event id."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def seen(self, account: str, event_id: str) -> bool:
         stmt = select(ProcessedEvent.event_id).where(
@@ -237,16 +236,13 @@ class OutboxItem:
     last_error: str | None
 
 
-class Outbox:
+class Outbox(Repository):
     """Actions to carry out once the transaction that wrote them has committed.
 
     Write an item in the same transaction as the change it follows; the
     :class:`~forum.storage.outbox_worker.OutboxWorker` carries it out afterwards.
     An item is *pending* until done; ``mark_failed(..., retry_at=None)`` abandons it.
     """
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
 
     async def add(
         self, kind: str, payload: dict[str, Any], dedupe_key: str | None = None

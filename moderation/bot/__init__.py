@@ -17,9 +17,9 @@ async def setup(ctx: ServiceContext) -> ModerationBot:
     """Register the moderation bot's handlers and background tasks on ``ctx``."""
     bot = ModerationBot(
         settings=ctx.settings,
-        moderation_gateway=ctx.moderation_gateway,
+        gateway=ctx.moderation_gateway,
         sessionmaker=ctx.db.sessionmaker,
-        rooms=ctx.rooms,
+        forum_rooms=ctx.rooms,
         tasks=ctx.tasks,
         signals=ctx.signals,
         clock=ctx.clock,

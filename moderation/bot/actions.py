@@ -11,6 +11,7 @@ import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -37,26 +38,20 @@ def rule_state_key(entity: str) -> str:
     return "rule:" + hashlib.sha256(entity.encode()).hexdigest()[:24]
 
 
+@dataclass(kw_only=True, eq=False)
 class Actions:
     """The bot's hands: bans, mutes, redactions, warnings, server ACLs, policy rules."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        moderation_gateway: Gateway,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        rooms: Rooms,
-        clock: Clock = utcnow,
-    ) -> None:
-        self.gateway = moderation_gateway
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.forum_rooms = rooms
-        self.clock = clock
-        self._pl_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._pl_cache: dict[str, PowerLevels] = {}
-        self.mute_changed = asyncio.Event()
+    settings: Settings
+    gateway: Gateway
+    sessionmaker: async_sessionmaker[AsyncSession]
+    forum_rooms: Rooms
+    clock: Clock = utcnow
+    _pl_locks: defaultdict[str, asyncio.Lock] = field(
+        init=False, default_factory=lambda: defaultdict(asyncio.Lock)
+    )
+    _pl_cache: dict[str, PowerLevels] = field(init=False, default_factory=dict)
+    mute_changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     # --- rooms ----------------------------------------------------------------------
     @property

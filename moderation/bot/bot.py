@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,33 +60,28 @@ LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
 
 
+@dataclass(kw_only=True, eq=False)
 class ModerationBot:
-    """The moderation bot; :meth:`start` reads its saved state and registers its handlers
-    and background tasks."""
+    """The moderation bot (the moderation gateway's account); :meth:`start` reads its saved
+    state and registers its handlers and background tasks."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        moderation_gateway: Gateway,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        rooms: Rooms,
-        tasks: TaskSupervisor,
-        signals: Signals,
-        clock: Clock = utcnow,
-    ) -> None:
-        self.gateway = moderation_gateway
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.forum_rooms = rooms
-        self.tasks = tasks
-        self.signals = signals
-        self.clock = clock
+    settings: Settings
+    gateway: Gateway
+    sessionmaker: async_sessionmaker[AsyncSession]
+    forum_rooms: Rooms
+    tasks: TaskSupervisor
+    signals: Signals
+    clock: Clock = utcnow
+
+    def __post_init__(self) -> None:
+        """Build the bot's parts."""
+        settings, gateway, sessionmaker = self.settings, self.gateway, self.sessionmaker
+        rooms, tasks, clock = self.forum_rooms, self.tasks, self.clock
         self.actions = actions = Actions(
             settings=settings,
-            moderation_gateway=moderation_gateway,
+            gateway=gateway,
             sessionmaker=sessionmaker,
-            rooms=rooms,
+            forum_rooms=rooms,
             clock=clock,
         )
         self.i18n = I18n(settings.forum.languages, locale_dir=LOCALE_DIR)
@@ -93,10 +89,10 @@ class ModerationBot:
         self.t = self.i18n.gettext(self.lang)
         self.prefix = settings.bots.command_prefix
         self.management = ManagementRoom(
-            settings=settings, moderation_gateway=moderation_gateway, rooms=rooms, gettext=self.t
+            settings=settings, gateway=gateway, forum_rooms=rooms, t=self.t
         )
         self.tuning = Tuning(settings.moderation)
-        self.sanctions = Sanctions(actions=actions, settings=settings, gettext=self.t, clock=clock)
+        self.sanctions = Sanctions(actions=actions, settings=settings, t=self.t, clock=clock)
         self.locks = RoomLocks(actions=actions, settings=settings, sessionmaker=sessionmaker)
         strikes = StrikeLadder(tuning=self.tuning, sessionmaker=sessionmaker, clock=clock)
         self.consequences = DryRunSwitch(
@@ -118,18 +114,18 @@ class ModerationBot:
         )
         self.join_wave = JoinWave(self.tuning, locks=self.locks, consequences=self.consequences)
         self.policy_lists = PolicyLists(
-            moderation_gateway=moderation_gateway, actions=actions, sessionmaker=sessionmaker,
+            gateway=gateway, actions=actions, sessionmaker=sessionmaker,
             management=self.management, consequences=self.consequences,
             policy_room=rooms["policy"], subscriptions=list(settings.moderation.policy_lists),
-            gettext=self.t,
+            t=self.t,
         )  # fmt: skip
         self.cases = CaseDesk(
-            moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, actions=actions,
+            gateway=gateway, sessionmaker=sessionmaker, actions=actions,
             sanctions=self.sanctions, management=self.management,
         )  # fmt: skip
         self.reports = Reports(
-            moderation_gateway=moderation_gateway, sessionmaker=sessionmaker, rooms=rooms,
-            cases=self.cases, tuning=self.tuning, prefix=self.prefix, gettext=self.t,
+            gateway=gateway, sessionmaker=sessionmaker, forum_rooms=rooms,
+            cases=self.cases, tuning=self.tuning, prefix=self.prefix, t=self.t,
         )  # fmt: skip
         self.mute_timer = MuteTimer(
             actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock

@@ -7,6 +7,7 @@ import asyncio
 import html
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -67,24 +68,19 @@ def action_label(action: str, gettext: Callable[[str], str]) -> str:
     return gettext(label) + (f" ({detail})" if detail else "")
 
 
+@dataclass(kw_only=True, eq=False)
 class CaseDesk:
     """Opens case cards and carries out what a moderator decides about one."""
 
-    def __init__(
-        self,
-        *,
-        moderation_gateway: Gateway,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        actions: Actions,
-        sanctions: Sanctions,
-        management: ManagementRoom,
-    ) -> None:
-        self.gateway = moderation_gateway
-        self.sessionmaker = sessionmaker
-        self.actions = actions
-        self.sanctions = sanctions
-        self.management = management
-        self.t = management.t
+    gateway: Gateway
+    sessionmaker: async_sessionmaker[AsyncSession]
+    actions: Actions
+    sanctions: Sanctions
+    management: ManagementRoom
+
+    @property
+    def t(self) -> Callable[[str], str]:
+        return self.management.t
 
     def action_label(self, action: str) -> str:
         return action_label(action, self.t)

@@ -4,6 +4,7 @@ restart (or a provisioning run) locks again."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,17 +15,11 @@ from .actions import Actions
 from .repositories import State
 
 
+@dataclass(kw_only=True, eq=False)
 class RoomLocks:
-    def __init__(
-        self,
-        *,
-        actions: Actions,
-        settings: Settings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-    ) -> None:
-        self.actions = actions
-        self.settings = settings
-        self.sessionmaker = sessionmaker
+    actions: Actions
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
 
     async def lock(self) -> list[str]:
         level = self.settings.power_levels.moderator

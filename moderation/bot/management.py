@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from forum.matrix import matrix_to
@@ -26,24 +27,23 @@ def with_line(body: str, html_body: str, line: str) -> tuple[str, str]:
     return body + "\n" + line, html_body + "<br/>" + html.escape(line)
 
 
+@dataclass(kw_only=True, eq=False)
 class ManagementRoom:
     """The management room as the bot writes to it, in the forum's primary language."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        moderation_gateway: Gateway,
-        rooms: Rooms,
-        gettext: Callable[[str], str],
-    ) -> None:
-        self.gateway = moderation_gateway
-        self.settings = settings
-        self.forum_rooms = rooms
-        self.room_id = rooms["management"]
-        self.lang = settings.primary_language
-        self.prefix = settings.bots.command_prefix
-        self.t = gettext
+    settings: Settings
+    gateway: Gateway
+    forum_rooms: Rooms
+    t: Callable[[str], str]
+    """The bot's gettext."""
+    room_id: str = field(init=False)
+    lang: str = field(init=False)
+    prefix: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.room_id = self.forum_rooms["management"]
+        self.lang = self.settings.primary_language
+        self.prefix = self.settings.bots.command_prefix
 
     async def say(self, body: str, html_body: str, reply_to: str | None = None) -> str:
         return await self.gateway.send_text(self.room_id, body, html_body, reply_to=reply_to)

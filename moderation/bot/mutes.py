@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,19 +20,12 @@ if TYPE_CHECKING:
     from forum.context import Clock
 
 
+@dataclass(kw_only=True, eq=False)
 class MuteTimer:
-    def __init__(
-        self,
-        *,
-        actions: Actions,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        management: ManagementRoom,
-        clock: Clock = utcnow,
-    ) -> None:
-        self.actions = actions
-        self.sessionmaker = sessionmaker
-        self.management = management
-        self.clock = clock
+    actions: Actions
+    sessionmaker: async_sessionmaker[AsyncSession]
+    management: ManagementRoom
+    clock: Clock = utcnow
 
     async def run(self) -> None:
         """Forever: undo each timed mute at its deadline; a new mute or an unmute

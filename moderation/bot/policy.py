@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -59,30 +59,21 @@ def own_rule(kind: str, content: dict[str, Any]) -> Rule | None:
     return None
 
 
+@dataclass(kw_only=True, eq=False)
 class PolicyLists:
-    def __init__(
-        self,
-        *,
-        moderation_gateway: Gateway,
-        actions: Actions,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        management: ManagementRoom,
-        consequences: DryRunSwitch,
-        policy_room: str,
-        subscriptions: list[str],
-        gettext: Callable[[str], str],
-    ) -> None:
-        self.gateway = moderation_gateway
-        self.actions = actions
-        self.sessionmaker = sessionmaker
-        self.management = management
-        self.consequences = consequences
-        self.policy_room = policy_room
-        self.subscriptions = subscriptions
-        self.t = gettext
-        self.own_rules: dict[str, Rule] = {}
-        self.rules: dict[str, Rule] = {}  # subscribed: "room|type|state_key" -> rule
-        self.list_rooms: set[str] = set()
+    gateway: Gateway
+    actions: Actions
+    sessionmaker: async_sessionmaker[AsyncSession]
+    management: ManagementRoom
+    consequences: DryRunSwitch
+    policy_room: str
+    subscriptions: list[str]
+    t: Callable[[str], str]
+    """The bot's gettext."""
+    own_rules: dict[str, Rule] = field(init=False, default_factory=dict)
+    rules: dict[str, Rule] = field(init=False, default_factory=dict)
+    """Subscribed: "room|type|state_key" -> rule."""
+    list_rooms: set[str] = field(init=False, default_factory=set)
 
     @property
     def actor(self) -> str:

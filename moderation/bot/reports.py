@@ -9,6 +9,7 @@ import html
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -47,25 +48,16 @@ def report_word(body: str, prefix: str) -> str | None:
     return None
 
 
+@dataclass(kw_only=True, eq=False)
 class Reports:
-    def __init__(
-        self,
-        *,
-        moderation_gateway: Gateway,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        rooms: Rooms,
-        cases: CaseDesk,
-        tuning: Tuning,
-        prefix: str,
-        gettext: Callable[[str], str],
-    ) -> None:
-        self.gateway = moderation_gateway
-        self.sessionmaker = sessionmaker
-        self.forum_rooms = rooms
-        self.cases = cases
-        self.tuning = tuning
-        self.prefix = prefix
-        self.t = gettext
+    gateway: Gateway
+    sessionmaker: async_sessionmaker[AsyncSession]
+    forum_rooms: Rooms
+    cases: CaseDesk
+    tuning: Tuning
+    prefix: str
+    t: Callable[[str], str]
+    """The bot's gettext."""
 
     def is_report(self, ev: Message) -> bool:
         """Whether ``ev``, in a forum room, reports the message it replies to."""

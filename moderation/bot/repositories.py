@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import delete, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.storage.models import utcnow
-from forum.storage.repositories import _insert
+from forum.storage.repositories import Repository, _insert, upsert
 
 from .models import AuditEntry, Case, DirectRoom, FirstJoin, KeyValue, Mute, PolicyBan, Strike
 
@@ -58,10 +57,7 @@ class AuditFields(TypedDict):
     dry_run: NotRequired[bool]
 
 
-class Audit:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class Audit(Repository):
     async def add(self, **fields: Unpack[AuditFields]) -> int:
         row = AuditEntry(
             actor=fields["actor"],
@@ -100,17 +96,12 @@ class Audit:
         ]
 
 
-class Mutes:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class Mutes(Repository):
     async def set(
         self, user_id: str, until: datetime | None, reason: str | None, actor: str
     ) -> None:
         values = {"until": until, "reason": reason, "actor": actor, "created_at": utcnow()}
-        stmt = _insert(self.session, Mute).values(user_id=user_id, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=[Mute.user_id], set_=values)
-        await self.session.execute(stmt)
+        await upsert(self.session, Mute, {"user_id": user_id}, values)
 
     async def remove(self, user_id: str) -> bool:
         res = await self.session.execute(delete(Mute).where(Mute.user_id == user_id))
@@ -123,35 +114,21 @@ class Mutes:
         return await self.session.get(Mute, user_id)
 
 
-class Strikes:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class Strikes(Repository):
     async def get(self, user_id: str) -> Strike | None:
         return await self.session.get(Strike, user_id)
 
     async def set(self, user_id: str, step: int, when: datetime) -> None:
-        stmt = _insert(self.session, Strike).values(user_id=user_id, step=step, last_at=when)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Strike.user_id], set_={"step": step, "last_at": when}
-        )
-        await self.session.execute(stmt)
+        await upsert(self.session, Strike, {"user_id": user_id}, {"step": step, "last_at": when})
 
 
-class DirectRooms:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class DirectRooms(Repository):
     async def get(self, user_id: str) -> str | None:
         row = await self.session.get(DirectRoom, user_id)
         return row.room_id if row else None
 
     async def set(self, user_id: str, room_id: str) -> None:
-        stmt = _insert(self.session, DirectRoom).values(user_id=user_id, room_id=room_id)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[DirectRoom.user_id], set_={"room_id": room_id}
-        )
-        await self.session.execute(stmt)
+        await upsert(self.session, DirectRoom, {"user_id": user_id}, {"room_id": room_id})
 
     async def user_of(self, room_id: str) -> str | None:
         stmt = select(DirectRoom.user_id).where(DirectRoom.room_id == room_id)
@@ -159,10 +136,7 @@ class DirectRooms:
         return user
 
 
-class Cases:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class Cases(Repository):
     async def open(self, **fields: Any) -> Case | None:
         """A new case, or ``None`` when ``external_id`` was seen already (replays)."""
         stmt = (
@@ -188,18 +162,13 @@ class Cases:
         return case
 
 
-class State:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class State(Repository):
     async def get(self, key: str) -> dict[str, Any] | None:
         row = await self.session.get(KeyValue, key)
         return dict(row.value) if row else None
 
     async def set(self, key: str, value: dict[str, Any]) -> None:
-        stmt = _insert(self.session, KeyValue).values(key=key, value=value)
-        stmt = stmt.on_conflict_do_update(index_elements=[KeyValue.key], set_={"value": value})
-        await self.session.execute(stmt)
+        await upsert(self.session, KeyValue, {"key": key}, {"value": value})
 
     async def delete(self, key: str) -> None:
         await self.session.execute(delete(KeyValue).where(KeyValue.key == key))
@@ -214,10 +183,7 @@ class State:
         return {row.key: dict(row.value) for row in await self.session.scalars(stmt)}
 
 
-class FirstJoins:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class FirstJoins(Repository):
     async def record(self, user_id: str, when: datetime) -> None:
         stmt = _insert(self.session, FirstJoin).values(user_id=user_id, joined_at=when)
         await self.session.execute(stmt.on_conflict_do_nothing(index_elements=[FirstJoin.user_id]))
@@ -227,10 +193,7 @@ class FirstJoins:
         return row.joined_at if row else None
 
 
-class PolicyBans:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
+class PolicyBans(Repository):
     async def add(self, rule_key: str, user_id: str) -> None:
         stmt = _insert(self.session, PolicyBan).values(rule_key=rule_key, user_id=user_id)
         await self.session.execute(stmt.on_conflict_do_nothing())

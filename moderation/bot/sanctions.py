@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -19,21 +20,15 @@ if TYPE_CHECKING:
     from forum.context import Clock
 
 
+@dataclass(kw_only=True, eq=False)
 class Sanctions:
     """Bans, mutes, kicks and warnings, each written to the audit log."""
 
-    def __init__(
-        self,
-        *,
-        actions: Actions,
-        settings: Settings,
-        gettext: Callable[[str], str],
-        clock: Clock = utcnow,
-    ) -> None:
-        self.actions = actions
-        self.settings = settings
-        self.t = gettext
-        self.clock = clock
+    actions: Actions
+    settings: Settings
+    t: Callable[[str], str]
+    """The bot's gettext."""
+    clock: Clock = utcnow
 
     async def ban(
         self,

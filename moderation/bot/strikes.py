@@ -4,6 +4,7 @@ real runs; a simulated tally for dry runs, never stored."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -21,19 +22,13 @@ if TYPE_CHECKING:
 Strike = tuple[int, datetime]
 
 
+@dataclass(kw_only=True, eq=False)
 class StrikeLadder:
     """The stored strikes: :meth:`strike` gives the step of a new offence."""
 
-    def __init__(
-        self,
-        *,
-        tuning: Tuning,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        clock: Clock = utcnow,
-    ) -> None:
-        self.tuning = tuning
-        self.sessionmaker = sessionmaker
-        self.clock = clock
+    tuning: Tuning
+    sessionmaker: async_sessionmaker[AsyncSession]
+    clock: Clock = utcnow
 
     @property
     def steps(self) -> list[str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..commands import Arg, Invocation, _, registry
 from ..text import format_duration, glob_match, is_glob
-from .targets import REASON, USER, refuse_if_exempt, resolve_user
+from .targets import REASON, USER, refuse_if_exempt, resolve_user, sanctionable
 
 if TYPE_CHECKING:
     from ..bot import ModerationBot
@@ -55,8 +55,8 @@ async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
     "kick", aliases=("expulser",), args=(USER, REASON), help=_("Remove a person from every room.")
 )
 async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
-    target = await resolve_user(bot, inv, user)
-    if target is None or await refuse_if_exempt(bot, inv, target):
+    target = await sanctionable(bot, inv, user)
+    if target is None:
         return
     rooms = await bot.sanctions.kick(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
@@ -77,8 +77,8 @@ async def cmd_mute(
     duration: timedelta | None,
     reason: str | None,
 ) -> None:
-    target = await resolve_user(bot, inv, user)
-    if target is None or await refuse_if_exempt(bot, inv, target):
+    target = await sanctionable(bot, inv, user)
+    if target is None:
         return
     rooms = await bot.sanctions.mute(
         target, duration, reason, actor=inv.sender, source="command", event_id=inv.event_id
@@ -110,8 +110,8 @@ async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
     help=_("Send a person a warning in a direct message."),
 )
 async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) -> None:
-    target = await resolve_user(bot, inv, user)
-    if target is None or await refuse_if_exempt(bot, inv, target):
+    target = await sanctionable(bot, inv, user)
+    if target is None:
         return
     await bot.sanctions.warn(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
@@ -132,8 +132,8 @@ async def cmd_redact(
     limit: int | timedelta | None,
     reason: str | None,
 ) -> None:
-    target = await resolve_user(bot, inv, user)
-    if target is None or await refuse_if_exempt(bot, inv, target):
+    target = await sanctionable(bot, inv, user)
+    if target is None:
         return
     count = limit if isinstance(limit, int) else None
     since = limit if isinstance(limit, timedelta) else None

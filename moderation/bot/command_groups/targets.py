@@ -61,3 +61,12 @@ async def refuse_if_exempt(bot: ModerationBot, inv: Invocation, user: str) -> bo
         )
         return True
     return False
+
+
+async def sanctionable(bot: ModerationBot, inv: Invocation, token: str) -> str | None:
+    """The user id for ``token`` when the moderators may act on them (:func:`resolve_user`,
+    then :func:`refuse_if_exempt`), or ``None`` after telling the moderator why."""
+    target = await resolve_user(bot, inv, token)
+    if target is None or await refuse_if_exempt(bot, inv, target):
+        return None
+    return target
