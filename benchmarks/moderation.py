@@ -136,7 +136,8 @@ def serve(data: dict[str, Any], home: str, conn: Any) -> None:
 async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
     from forum.app import Service, default_features
     from forum.consent import ConsentRecords
-    from moderation.membership.models import MEMBER, People
+    from moderation.membership.models import MEMBER
+    from moderation.membership.repositories import People
 
     service = Service(
         settings_from(data), config_dir=CONFIG_DIR, home=home,

@@ -54,7 +54,8 @@ from forum.settings import DEFAULT_CONFIG, Settings, parse_settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN
 from forum.storage.models import OutboxRow
 from moderation import membership
-from moderation.membership.models import People, PersonRow
+from moderation.membership.models import PersonRow
+from moderation.membership.repositories import People
 from tests.matrix_user import Event, Predicate, TestUser
 
 CONFIG_DIR = DEFAULT_CONFIG.parent

@@ -9,8 +9,9 @@ from forum.events import Message, Reaction
 from forum.storage import Outbox, utcnow
 
 from . import messages
-from .models import DENIED, MEMBER, People
+from .models import DENIED, MEMBER
 from .outbox import add_kicks, add_notice, queue_admission
+from .repositories import People
 from .shared import Shared
 from .text import emoji_key, normalise
 

@@ -37,9 +37,10 @@ from .consent import Conversation, record_charter
 from .entry import Arrival, Entry
 from .export import export_person
 from .leaving import Leaving
-from .models import PUBLICATION, People, PersonRow
+from .models import PUBLICATION, PersonRow
 from .outbox import INVITE, KICK, NOTIFY, Executors
 from .reconsent import Reconsent
+from .repositories import People
 from .shared import Options, Shared
 from .text import emoji_key
 

@@ -11,7 +11,7 @@ from forum.kit import OperatorKit, command_group
 from forum.storage import Database
 
 from .export import export_person
-from .models import People
+from .repositories import People
 
 
 def add_commands(sub: Any) -> None:

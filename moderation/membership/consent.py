@@ -12,18 +12,9 @@ from forum.storage import utcnow
 
 from . import messages
 from .approval import Approval
-from .models import (
-    APPROVAL,
-    CHARTER,
-    LANGUAGE,
-    LEFT,
-    MEMBER,
-    PUBLICATION,
-    ApprovalRow,
-    People,
-    PersonRow,
-)
+from .models import APPROVAL, CHARTER, LANGUAGE, LEFT, MEMBER, PUBLICATION, ApprovalRow, PersonRow
 from .outbox import queue_admission
+from .repositories import People
 from .shared import Shared
 from .text import (
     ACCEPT_REACTIONS,

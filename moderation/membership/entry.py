@@ -17,8 +17,9 @@ from forum.tasks import TaskSupervisor
 
 from . import messages
 from .consent import Conversation
-from .models import CHARTER, DENIED, LANGUAGE, LEFT, MEMBER, PUBLICATION, People
+from .models import CHARTER, DENIED, LANGUAGE, LEFT, MEMBER, PUBLICATION
 from .outbox import add_invites
+from .repositories import People
 from .shared import Shared
 from .text import guess_language
 

@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.consent import ConsentRecords
 from forum.storage import utcnow
 
-from .models import People, approval_dict, person_dict
+from .models import approval_dict, person_dict
+from .repositories import People
 
 
 async def export_person(

@@ -10,8 +10,9 @@ from forum.errors import MatrixError
 from forum.signals import MEMBER_LEFT, PUBLICATION_WITHDRAWN, Signals
 from forum.storage import Outbox, utcnow
 
-from .models import LEFT, MEMBER, People
+from .models import LEFT, MEMBER
 from .outbox import add_kicks
+from .repositories import People
 from .shared import Shared
 
 log = logging.getLogger(__name__)

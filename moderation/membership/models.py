@@ -7,12 +7,10 @@ approvals, flood counters and charter grace deadlines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import JSON, Boolean, Integer, String, Text, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import JSON, Boolean, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from forum.storage.models import Base, UTCDateTime, utcnow
@@ -62,63 +60,6 @@ class ApprovalRow(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-
-@dataclass
-class People:
-    """Queries on the flow state (the caller owns the transaction)."""
-
-    session: AsyncSession
-
-    async def get(self, user_id: str) -> PersonRow | None:
-        return await self.session.get(PersonRow, user_id, populate_existing=True)
-
-    async def create(self, user_id: str, door: str, lang: str | None) -> PersonRow:
-        row = PersonRow(
-            user_id=user_id,
-            door=door,
-            lang=lang,
-            step=LANGUAGE,
-            knocked_rooms=[],
-            entries=0,
-            muted=False,
-            window_count=0,
-            flood_noticed=False,
-            created_at=utcnow(),
-            updated_at=utcnow(),
-        )
-        self.session.add(row)
-        await self.session.flush()
-        return row
-
-    async def by_dm_room(self, room_id: str) -> PersonRow | None:
-        stmt = select(PersonRow).where(PersonRow.dm_room_id == room_id)
-        return cast("PersonRow | None", await self.session.scalar(stmt))
-
-    async def all(self) -> list[PersonRow]:
-        return list(await self.session.scalars(select(PersonRow).order_by(PersonRow.user_id)))
-
-    async def due_deadlines(self, now: datetime) -> list[PersonRow]:
-        stmt = select(PersonRow).where(
-            PersonRow.grace_deadline.is_not(None), PersonRow.grace_deadline <= now
-        )
-        return list(await self.session.scalars(stmt))
-
-    async def pending_approval(self, user_id: str) -> ApprovalRow | None:
-        stmt = (
-            select(ApprovalRow)
-            .where(ApprovalRow.user_id == user_id, ApprovalRow.status == "pending")
-            .order_by(ApprovalRow.id.desc())
-        )
-        return cast("ApprovalRow | None", await self.session.scalar(stmt))
-
-    async def approval_by_card(self, event_id: str) -> ApprovalRow | None:
-        stmt = select(ApprovalRow).where(ApprovalRow.card_event_id == event_id)
-        return cast("ApprovalRow | None", await self.session.scalar(stmt))
-
-    async def approvals(self, user_id: str) -> list[ApprovalRow]:
-        stmt = select(ApprovalRow).where(ApprovalRow.user_id == user_id).order_by(ApprovalRow.id)
-        return list(await self.session.scalars(stmt))
 
 
 def person_dict(row: PersonRow) -> dict[str, Any]:

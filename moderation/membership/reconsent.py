@@ -15,7 +15,8 @@ from forum.storage import utcnow
 from . import messages
 from .consent import record_charter
 from .leaving import Leaving
-from .models import MEMBER, People, PersonRow
+from .models import MEMBER, PersonRow
+from .repositories import People
 from .shared import Shared
 from .text import ACCEPT_REACTIONS, is_acceptance
 

@@ -18,7 +18,8 @@ from forum.i18n import I18n
 from forum.settings import Settings
 from forum.storage import OutboxWorker, utcnow
 
-from .models import People, PersonRow
+from .models import PersonRow
+from .repositories import People
 from .text import Charter, load_charter
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"

@@ -12,7 +12,7 @@ import tomli_w
 from forum.consent import ConsentRecords
 from forum.storage import Database
 from moderation.membership.cli import add_commands
-from moderation.membership.models import People
+from moderation.membership.repositories import People
 from tests.harness import forum_data
 
 
