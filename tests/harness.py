@@ -56,7 +56,7 @@ from forum.storage.models import OutboxRow
 from moderation import membership
 from moderation.membership.models import PersonRow
 from moderation.membership.repositories import People
-from tests.matrix_user import Event, Predicate, TestUser
+from tests.matrix_user import Event, MatrixRequestError, Predicate, TestUser
 
 CONFIG_DIR = DEFAULT_CONFIG.parent
 BASE_CONFIG: dict[str, Any] = tomllib.loads(DEFAULT_CONFIG.read_text(encoding="utf-8"))
@@ -106,6 +106,23 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(interval)
+
+
+async def join_invited(user: TestUser, room: str, via: list[str], timeout: float = 15) -> None:
+    """Join a room ``user`` was invited to, as a person would: over federation the invite
+    reaches the guest's server before the inviting server has stored it, so a join in
+    that moment is refused ("You are not invited"); the person tries again."""
+
+    async def joined() -> bool:
+        try:
+            await user.join(room, via=via)
+        except MatrixRequestError as exc:
+            if exc.status == 403 and "invited" in str(exc.body.get("error", "")):
+                return False
+            raise
+        return True
+
+    await eventually(joined, timeout, what=f"{user.user_id} joins {room} once invited")
 
 
 # =====================================================================================
@@ -524,7 +541,7 @@ class Forum:
         """The DM room the membership bot invites ``user`` to (joined); returns its id."""
         ev = await user.wait_for(lambda e: self.is_dm_invite(user, e), timeout, after=after)
         room = str(ev["room_id"])
-        await user.join(room, via=self.via)
+        await join_invited(user, room, self.via)
         return room
 
     def dm_invites(self, user: TestUser) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import CHARTER_EN, PUBLICATION_Q, ForumStarter
+from tests.harness import CHARTER_EN, PUBLICATION_Q, ForumStarter, join_invited
 
 pytestmark = [pytest.mark.homeserver, pytest.mark.federation]
 
@@ -25,7 +25,7 @@ async def test_remote_user_knocks_accepts_and_is_invited(synapse_pair, make_user
         await remote.react(room, asked["event_id"], "👍")
         for room_id in [space, *service.ctx.rooms.topic_ids.values()]:
             await remote.wait_for_invite(room_id, timeout=30)
-        await remote.join(space, via=[forum_hs.server_name])
+        await join_invited(remote, space, [forum_hs.server_name])
         records = await service.history(remote.user_id)
         assert [(r.scope, r.granted, r.method) for r in records] == [
             ("charter", True, "reaction"),
