@@ -12,7 +12,17 @@ from forum.storage import utcnow
 
 from . import messages
 from .approval import Approval
-from .models import APPROVAL, CHARTER, LANGUAGE, LEFT, MEMBER, PUBLICATION, ApprovalRow, PersonRow
+from .models import (
+    APPROVAL,
+    CHARTER,
+    LANGUAGE,
+    LEFT,
+    MEMBER,
+    PENDING,
+    PUBLICATION,
+    ApprovalRow,
+    PersonRow,
+)
 from .outbox import queue_admission
 from .repositories import People
 from .shared import Shared
@@ -185,4 +195,4 @@ class Conversation:
                 await queue_admission(shared, s, row, lang)
             else:
                 row.step = APPROVAL
-                s.add(ApprovalRow(user_id=user_id, status="pending", created_at=utcnow()))
+                s.add(ApprovalRow(user_id=user_id, status=PENDING, created_at=utcnow()))

@@ -45,7 +45,8 @@ class Leaving:
     async def end_membership(
         self, user_id: str, method: str, event_id: str | None, *, kick: bool
     ) -> None:
-        """Consent ended: publication withdrawn (if granted), charter ended, removed."""
+        """Consent ended: publication withdrawn (if granted), charter ended, a pending
+        request for approval closed, removed."""
         shared = self.shared
         async with shared.sessionmaker() as s, s.begin():
             records = ConsentRecords(s)
@@ -61,7 +62,9 @@ class Leaving:
                     charter_version=status.charter_version,
                     event_id=event_id,
                 )
-            row = await People(s).get(user_id)
+            people = People(s)
+            await people.withdraw_approvals(user_id, method)
+            row = await people.get(user_id)
             was_muted = False
             if row is not None:
                 was_muted = row.muted

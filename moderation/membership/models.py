@@ -24,6 +24,12 @@ MEMBER = "member"  # admitted (invites queued)
 DENIED = "denied"
 LEFT = "left"
 
+# Statuses of an approval request (``withdrawn``: the person left before a decision).
+PENDING = "pending"
+APPROVED = "approved"
+REFUSED = "denied"
+WITHDRAWN = "withdrawn"
+
 
 class PersonRow(Base):
     __tablename__ = "membership_people"
@@ -55,7 +61,9 @@ class ApprovalRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(Text, nullable=False, index=True)
     card_event_id: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending/approved/denied
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False
+    )  # PENDING, APPROVED, REFUSED, WITHDRAWN
     decided_by: Mapped[str | None] = mapped_column(Text, nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from forum.storage import Repository
 from forum.storage.models import utcnow
 
-from .models import LANGUAGE, ApprovalRow, PersonRow
+from .models import LANGUAGE, PENDING, WITHDRAWN, ApprovalRow, PersonRow
 
 
 class People(Repository):
@@ -53,10 +53,27 @@ class People(Repository):
     async def pending_approval(self, user_id: str) -> ApprovalRow | None:
         stmt = (
             select(ApprovalRow)
-            .where(ApprovalRow.user_id == user_id, ApprovalRow.status == "pending")
+            .where(ApprovalRow.user_id == user_id, ApprovalRow.status == PENDING)
             .order_by(ApprovalRow.id.desc())
         )
         return cast("ApprovalRow | None", await self.session.scalar(stmt))
+
+    async def last_approval(self, user_id: str) -> ApprovalRow | None:
+        stmt = (
+            select(ApprovalRow)
+            .where(ApprovalRow.user_id == user_id)
+            .order_by(ApprovalRow.id.desc())
+            .limit(1)
+        )
+        return cast("ApprovalRow | None", await self.session.scalar(stmt))
+
+    async def withdraw_approvals(self, user_id: str, reason: str) -> None:
+        """Close ``user_id``'s pending requests: they can no longer be approved."""
+        stmt = select(ApprovalRow).where(
+            ApprovalRow.user_id == user_id, ApprovalRow.status == PENDING
+        )
+        for approval in await self.session.scalars(stmt):
+            approval.status, approval.reason, approval.decided_at = WITHDRAWN, reason, utcnow()
 
     async def approval_by_card(self, event_id: str) -> ApprovalRow | None:
         stmt = select(ApprovalRow).where(ApprovalRow.card_event_id == event_id)

@@ -11,6 +11,7 @@ import pytest_asyncio
 from sqlalchemy import make_url
 
 from forum.storage import create_database_if_missing, drop_database
+from moderation.membership.repositories import People
 from tests.harness import CHARTER_FR, PUBLICATION_Q, ForumStarter, is_membership
 from tests.matrix_user import TestUser
 from tests.storage_fixtures import POSTGRES_BASE_URL
@@ -122,3 +123,63 @@ async def test_non_moderator_cannot_approve(forum, make_user):
     # The request is still pending: a moderator can still decide.
     await forum.moderator.send_text(management, f"!deny {user.user_id}")
     await forum.wait_bot_text(forum.moderator, management, f"{user.user_id} refusé")
+
+
+async def left_after_card(forum, user: TestUser) -> tuple[str, dict, int]:
+    """``user`` reaches the approval card, then types ``!quitter`` in the DM; returns the
+    DM room, the card, and ``user``'s buffer position before anything was decided."""
+    room, card = await until_card(forum, user)
+    mark = user.mark()
+    await user.send_text(room, "!quitter")
+    await forum.wait_bot_text(user, room, "Vous avez quitté", after=mark)
+    return room, card, mark
+
+
+async def not_admitted(forum, user: TestUser, room: str, mark: int) -> None:
+    """No invite to any forum room reached ``user`` since ``mark``; the store has them
+    out, their charter consent withdrawn and their request closed."""
+    await forum.assert_nothing(
+        user,
+        lambda e: e["_section"] == "invite" and e["room_id"] in forum.rooms.forum_ids,
+        forum.membership_marker(user, room),
+        after=mark,
+        what="an invite after the person left",
+    )
+    person = await forum.person(user.user_id)
+    assert person is not None
+    assert person.step == "left"
+    charter = [r.granted for r in await forum.history(user.user_id) if r.scope == "charter"]
+    assert charter == [True, False]
+    async with forum.ctx.db.sessionmaker() as s:
+        approvals = await People(s).approvals(user.user_id)
+    assert [a.status for a in approvals] == ["withdrawn"]
+
+
+async def moderator_answer(forum, user: TestUser, mark: int) -> str:
+    """The membership bot's next message about ``user`` in the management room."""
+    answer = await forum.wait_bot_text(
+        forum.moderator, forum.ctx.rooms["management"], user.user_id, after=mark
+    )
+    return str(answer["content"]["body"])
+
+
+async def test_who_left_cannot_be_approved_by_command(forum, make_user):
+    user = await make_user("left-command")
+    room, _card, mark = await left_after_card(forum, user)
+    mod_mark = forum.moderator.mark()
+    await forum.moderator.send_text(forum.ctx.rooms["management"], f"!approuver {user.user_id}")
+    body = await moderator_answer(forum, user, mod_mark)
+    assert "a quitté" in body, body
+    assert "approuvé·e par" not in body, body
+    await not_admitted(forum, user, room, mark)
+
+
+async def test_who_left_cannot_be_approved_by_card_reaction(forum, make_user):
+    user = await make_user("left-card")
+    room, card, mark = await left_after_card(forum, user)
+    mod_mark = forum.moderator.mark()
+    await forum.moderator.react(forum.ctx.rooms["management"], card["event_id"], "✅")
+    body = await moderator_answer(forum, user, mod_mark)
+    assert "a quitté" in body, body
+    assert "approuvé·e par" not in body, body
+    await not_admitted(forum, user, room, mark)
