@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS
 from bridge.repositories import DigestStore, is_newspaper
-from bridge.sanitize import clean_html, strip_reply_fallback
+from bridge.sanitize import PUBLISHED_MSGTYPES, Words, mentioned, publishable, strip_reply_fallback
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
@@ -98,6 +98,28 @@ class DigestCollector:
             self.names[(room_id, user_id)] = name
         return name
 
+    def neutral(self) -> str:
+        """The word that stands for a mentioned person who did not consent, in the
+        forum's primary language: a quote is published as written, untranslated, and
+        the word stands inside it."""
+        _ = self.i18n.gettext(self.i18n.default)
+        return _("a member")
+
+    async def words(
+        self, s: AsyncSession, room_id: str, msgtype: str, body: str, formatted: str | None
+    ) -> Words | None:
+        """What of a message may be published (text, notices and emotes only): each person
+        it mentions is shown by the name the digest uses for them if they consent to
+        publication now, by a neutral word otherwise."""
+        if msgtype not in PUBLISHED_MSGTYPES:
+            return None
+        names: dict[str, str] = {}
+        consents = ConsentRecords(s)
+        for user_id in mentioned(body, formatted):
+            if await consents.granted_since(user_id) is not None:
+                names[user_id] = await self.display_name(room_id, user_id)
+        return publishable(msgtype, body, formatted, names, self.neutral())
+
     async def on_membership(self, ev: Membership) -> None:
         if ev.room_id not in self.rooms or self._ignored(ev.target):
             return
@@ -144,20 +166,25 @@ class DigestCollector:
         ev = parse_room_event(room_id, raw)
         if not isinstance(ev, Message) or ev.replaces or not ev.body:
             return False
+        if ev.msgtype not in PUBLISHED_MSGTYPES:
+            return False  # a location, a file, an image...: words only are published
         ts = ts_of(ev.origin_server_ts)
         if basis is None:
             since = await ConsentRecords(s).granted_since(ev.sender)
             if since is None or ts < since:
                 return False
             basis = "consent"
+        words = await self.words(s, room_id, ev.msgtype, ev.body, ev.formatted_body)
+        if words is None:
+            return False
         await DigestStore(s).put_message(
             event_id=ev.event_id,
             room_id=room_id,
             topic=self.rooms.get(room_id, ANNOUNCEMENTS),
             sender=ev.sender,
             display_name=await self.display_name(room_id, ev.sender),
-            body=strip_reply_fallback(ev.body),
-            html=clean_html(ev.formatted_body) if ev.formatted_body else None,
+            body=words.body,
+            html=words.html,
             ts=ts,
             reply_to=ev.reply_to,
             thread_root=ev.thread_root,
@@ -172,10 +199,26 @@ class DigestCollector:
         if body is None or ev.replaces is None:
             return
         fmt = new.get("formatted_body") if new.get("format") == "org.matrix.custom.html" else None
+        msgtype = new.get("msgtype", "m.text")  # m.new_content should repeat it
         async with self.sessionmaker() as s, s.begin():
-            changed = await DigestStore(s).edit_message(
-                ev.replaces, ev.sender, body, clean_html(fmt) if isinstance(fmt, str) else None
+            store = DigestStore(s)
+            words = await self.words(
+                s,
+                ev.room_id,
+                msgtype if isinstance(msgtype, str) else "",
+                body,
+                fmt if isinstance(fmt, str) else None,
             )
+            if words is None:
+                # edited into something that is not words: nothing of it is kept
+                old = await store.get_message(ev.replaces)
+                changed = (
+                    old is not None
+                    and old.sender == ev.sender
+                    and await store.delete_message(ev.replaces)
+                )
+            else:
+                changed = await store.edit_message(ev.replaces, ev.sender, words.body, words.html)
         if changed:
             self.on_change()
 
@@ -234,6 +277,8 @@ class DigestCollector:
         author = raw.get("sender")
         if not isinstance(author, str) or raw.get("type") != "m.room.message":
             return
+        if (raw.get("content") or {}).get("msgtype") not in PUBLISHED_MSGTYPES:
+            return  # not words: never published, so never asked about
         ask = False
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)

@@ -206,3 +206,100 @@ async def test_collect_curate_publish(make_user, start_forum: ForumStarter):
     assert all(kp["url"].startswith("https://matrix.to/#/") for kp in ours["key_points"])
     assert "BRUNO" not in raw
     assert "AMINA-AVANT" not in raw
+
+
+async def test_only_words_are_published(make_user, start_forum: ForumStarter):
+    """Issue #10, point 6: a consenting member's location, file, spoiler and mention of
+    someone who never consented reach no public output; the words of the message do."""
+    mod = await make_user("mod", display_name="Modératrice")
+    amina = await make_user("amina", display_name="Amina")
+    zoe = await make_user("zoe", display_name="Zoé Discrète")
+    forum = await start_forum("digest", moderator=mod, moderator_joins=())
+    room = forum.room()
+    for user in (mod, amina, zoe):
+        await forum.join(user, room)
+    await forum.consent(amina)  # Zoé never consents
+
+    geo = "geo:6.1319,1.2228;u=35"
+    where = await amina.send(
+        room,
+        "m.room.message",
+        {"msgtype": "m.location", "body": f"AMINA-LIEU {geo}", "geo_uri": geo},
+    )
+    file = await amina.send(
+        room,
+        "m.room.message",
+        {
+            "msgtype": "m.file",
+            "body": "amina-dossier-medical.pdf",
+            "filename": "amina-dossier-medical.pdf",
+            "url": "mxc://example.test/abcdef",
+            "info": {"mimetype": "application/pdf", "size": 1234},
+        },
+    )
+    words = "AMINA-PUBLIC: les cantines scolaires gardent les filles à l'école"
+    spoiler = "SPOILER-SECRET-FIN"
+    text = await amina.send_text(
+        room,
+        f"Zoé Discrète: {words}. {spoiler}",
+        f'<p><a href="https://matrix.to/#/{zoe.user_id}">Zoé Discrète</a>: {words}. '
+        f'<span data-mx-spoiler="la fin">{spoiler}</span></p>',
+    )
+    # The moderator marks all three for the digest (📰), the words last.
+    for target in (where, file, text):
+        await mod.react(room, target, "📰")
+
+    async def marked() -> bool:
+        async with forum.ctx.db.sessionmaker() as s:
+            statuses = {h.target: h.status for h in await s.scalars(select(DigestHighlight))}
+        return statuses.get(text) == "ok"
+
+    await forum.assert_not_stored(
+        marked,
+        geo,
+        "dossier-medical",
+        "AMINA-LIEU",
+        zoe.user_id,
+        "Zoé",
+        spoiler,
+        what="the text message marked and stored",
+    )
+    async with forum.ctx.db.sessionmaker() as s:
+        marks = set(await s.scalars(select(DigestHighlight.target)))
+    assert marks == {text}, "a location or a file is not a highlight (nor asked about)"
+
+    week = forum.week()
+    await forum.digest.publish(week)
+    status, page, _ = await forum.get(f"/fr/week/{week}/")
+    assert status == 200
+    status, en, _ = await forum.get(f"/en/week/{week}/")
+    assert status == 200
+    status, atom, _ = await forum.get("/fr/feed.atom")
+    assert status == 200
+    status, raw, _ = await forum.get("/api/digests.json")
+    assert status == 200
+    feed = feedparser.parse(atom).entries[0].content[0].value
+    outputs = {"page": page, "English page": en, "feed": feed, "atom": atom, "json": raw}
+    # the words are published (so the checks below can fail)...
+    for name, out in outputs.items():
+        assert "AMINA-PUBLIC" in out, name
+        assert "cantines scolaires" in out, name
+    assert "un·e membre" in page
+    # ... and nothing else
+    zoe_local = zoe.user_id.split(":", 1)[0].lstrip("@")
+    for name, out in outputs.items():
+        for secret in (
+            geo,
+            "geo:",
+            "6.1319",
+            "AMINA-LIEU",
+            "dossier-medical",
+            "mxc://",
+            zoe.user_id,
+            zoe_local,
+            "Zoé",
+            "Zo&#233;",
+            "Discr",
+            spoiler,
+        ):
+            assert secret not in out, (name, secret)

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.collector import answer_of
 from bridge.repositories import is_newspaper
-from bridge.sanitize import clean_html, strip_reply_fallback
+from bridge.sanitize import clean_html, mentioned, publishable, strip_reply_fallback
 from bridge.site import relativize
 from bridge.summarize import Summariser, language_of, sentences, tokens
 from bridge.weeks import parse_week, previous_week, week_bounds, week_of
@@ -65,6 +65,127 @@ def test_sanitiser_is_an_allow_list():
         assert bad not in clean
     assert 'href="https://ok.example"' in clean
     assert strip_reply_fallback("> <@a:x> hello\n> more\n\nmy reply") == "my reply"
+
+
+ALICE = "@alice:elsewhere.test"  # never consented
+KOSSI = "@kossi:forum.test"  # consented; the digest calls him "Kossi A."
+NAMES = {KOSSI: "Kossi A."}
+NEUTRAL = "un·e membre"
+
+
+def test_only_words_are_published():
+    """Text, notices and emotes only: no location, file, image... (issue #10, point 6)."""
+    for msgtype in ("m.text", "m.notice", "m.emote"):
+        out = publishable(msgtype, "Bonjour à tous", "<p>Bonjour</p>", NAMES, NEUTRAL)
+        assert out is not None
+        assert out.body == "Bonjour à tous"
+        assert out.html == "<p>Bonjour</p>"
+    for msgtype, body in (
+        ("m.location", "Chez moi geo:6.1319,1.2228"),
+        ("m.file", "rapport-confidentiel.pdf"),
+        ("m.image", "photo-de-famille.jpg"),
+        ("m.audio", "voix.ogg"),
+        ("m.video", "video.mp4"),
+        ("org.example.custom", "quelque chose"),
+        ("", "sans type"),
+    ):
+        assert publishable(msgtype, body, None, NAMES, NEUTRAL) is None, msgtype
+
+
+def test_mention_pill_of_a_non_consenting_person_becomes_neutral():
+    for href in (
+        f"https://matrix.to/#/{ALICE}",
+        "https://matrix.to/#/%40alice%3Aelsewhere.test?via=elsewhere.test",
+        "matrix:u/alice:elsewhere.test",
+    ):
+        out = publishable(
+            "m.text",
+            "Alice Doe: merci !",
+            f'<p><a href="{href}">Alice Doe</a>: merci !</p>',
+            NAMES,
+            NEUTRAL,
+        )
+        assert out is not None
+        assert out.html is not None
+        for text in (out.html, out.body):
+            assert "alice" not in text.lower(), (href, text)
+            assert "Doe" not in text
+            assert "matrix.to" not in text
+            assert "merci" in text
+            assert NEUTRAL in text
+        assert "<a" not in out.html
+    assert mentioned(
+        "Alice Doe: salut @bob:x.test", f'<a href="https://matrix.to/#/{ALICE}">Alice Doe</a>'
+    ) == {ALICE, "@bob:x.test"}
+
+
+def test_mention_pill_of_a_consenting_person_becomes_their_name():
+    out = publishable(
+        "m.text",
+        "Kossi: bonne idée",
+        f'<a href="https://matrix.to/#/{KOSSI}">Kossi</a>: bonne idée',
+        NAMES,
+        NEUTRAL,
+    )
+    assert out is not None
+    assert out.html is not None
+    assert "Kossi A." in out.html
+    assert "Kossi A." in out.body
+    for text in (out.html, out.body):
+        assert KOSSI not in text
+        assert "kossi:forum.test" not in text
+        assert "matrix.to" not in text
+    assert "<a" not in out.html
+
+
+def test_bare_matrix_ids_in_the_plain_body():
+    out = publishable(
+        "m.text", f"Demandez à {ALICE} ou à {KOSSI}, ou à @bob:x.test.", None, NAMES, NEUTRAL
+    )
+    assert out is not None
+    assert out.body == f"Demandez à {NEUTRAL} ou à Kossi A., ou à {NEUTRAL}."
+    assert out.html is None
+    # an e-mail address is not a Matrix ID
+    out = publishable("m.text", "écrivez à contact@ecole.example", None, NAMES, NEUTRAL)
+    assert out is not None
+    assert out.body == "écrivez à contact@ecole.example"
+
+
+def test_spoilers_are_dropped():
+    out = publishable(
+        "m.text",
+        "La fin du film: LE-TRAITRE-EST-LE-MAIRE. Voilà.",
+        '<p>La fin du film: <span data-mx-spoiler="fin">LE-TRAITRE-EST-LE-MAIRE</span>. Voilà.</p>',
+        NAMES,
+        NEUTRAL,
+    )
+    assert out is not None
+    assert out.html is not None
+    for text in (out.html, out.body):
+        assert "TRAITRE" not in text
+        assert "Voilà" in text
+        assert "La fin du film" in text
+    assert "LE-TRAITRE" not in clean_html("<span data-mx-spoiler>LE-TRAITRE</span> x")
+
+
+def test_only_http_links_are_kept():
+    html = (
+        '<p><a href="javascript:alert(1)">jlink</a> <a href="mxc://x.test/abc">mlink</a> '
+        '<a href="geo:6.13,1.22">glink</a> <a href="mailto:a@b.test">elink</a> '
+        '<a href="data:text/html,x">dlink</a> '
+        '<a href="https://ecole.example/a">slink</a> <a href="http://ecole.example/b">hlink</a></p>'
+    )
+    for clean in (
+        clean_html(html),
+        (publishable("m.text", "x", html, NAMES, NEUTRAL) or pytest.fail("dropped")).html or "",
+    ):
+        for bad in ("javascript", "mxc:", "geo:", "mailto:", "data:"):
+            assert bad not in clean, (bad, clean)
+        for text in ("jlink", "mlink", "glink", "elink", "dlink"):
+            assert text in clean  # the words stay, the link goes
+        assert 'href="https://ecole.example/a"' in clean
+        assert 'href="http://ecole.example/b"' in clean
+        assert clean.count("<a ") == 2
 
 
 def test_weeks():
