@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from forum.storage.models import Base, UTCDateTime
@@ -116,8 +116,20 @@ class DigestState(Base):
     value: Mapped[str] = mapped_column(Text, nullable=False)
 
 
+class DigestChanges(Base):
+    """One row (``id`` 1; migration ``0006_digest_changes``): a counter bumped by every
+    transaction that changes what the public digest shows, whichever process commits it,
+    so that a running site sees changes it did not make."""
+
+    __tablename__ = "digest_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    counter: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 __all__ = [
     "DigestActivity",
+    "DigestChanges",
     "DigestHighlight",
     "DigestMessage",
     "DigestReaction",

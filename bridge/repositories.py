@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from bridge.models import (
     DigestActivity,
+    DigestChanges,
     DigestHighlight,
     DigestMessage,
     DigestReaction,
@@ -33,6 +35,10 @@ NEWSPAPER = "📰"
 PARTITION = 500
 
 _Row = TypeVar("_Row", bound=tuple[Any, ...])
+
+#: ``Session.info`` keys: the transaction changed the digest; the hook is installed
+_CHANGED = "digest_changed"
+_HOOKED = "digest_change_hook"
 
 
 def keyword_text(body: str) -> tuple[str, int]:
@@ -52,6 +58,22 @@ def _week(start: datetime, end: datetime, basis: str) -> tuple[ColumnElement[boo
 
 def is_newspaper(key: str) -> bool:
     return key.replace("\ufe0f", "") == NEWSPAPER
+
+
+def _bump_changes(session: Session) -> None:
+    """``before_commit``: a transaction that changed the digest bumps the change counter
+    as its last statement (so its row lock, on PostgreSQL, is held only while committing,
+    and no two writers can wait on each other for it)."""
+    if session.info.pop(_CHANGED, False):
+        session.execute(
+            update(DigestChanges)
+            .where(DigestChanges.id == 1)
+            .values(counter=DigestChanges.counter + 1)
+        )
+
+
+def _forget_changes(session: Session, *_: Any) -> None:
+    session.info.pop(_CHANGED, None)
 
 
 def _insert(session: AsyncSession, model: type) -> postgresql.Insert | sqlite.Insert:
@@ -103,6 +125,25 @@ class Highlight:
 
 
 class DigestStore(Repository):
+    # --- changes -----------------------------------------------------------------------
+    def changed(self) -> None:
+        """This transaction changes what the public digest shows: on commit it bumps the
+        change counter, which every process serving the site polls (:meth:`version`)."""
+        sync = self.session.sync_session
+        if not sync.info.get(_HOOKED):
+            event.listen(sync, "before_commit", _bump_changes)
+            event.listen(sync, "after_rollback", _forget_changes)
+            sync.info[_HOOKED] = True
+        sync.info[_CHANGED] = True
+
+    async def version(self) -> int:
+        """The change counter: it moves whenever a committed transaction changed the
+        digest, in this process or another."""
+        value = await self.session.scalar(
+            select(DigestChanges.counter).where(DigestChanges.id == 1)
+        )
+        return int(value or 0)
+
     # --- state ---------------------------------------------------------------------
     async def get_state(self, key: str) -> str | None:
         row = await self.session.get(DigestState, key)
@@ -125,6 +166,7 @@ class DigestStore(Repository):
     async def add_activity(
         self, event_id: str, room_id: str, kind: str, user_id: str, ts: datetime
     ) -> None:
+        self.changed()
         who = await self.who(user_id)
         stmt = _insert(self.session, DigestActivity).values(
             event_id=event_id, room_id=room_id, kind=kind, who=who, ts=ts
@@ -158,6 +200,7 @@ class DigestStore(Repository):
 
     # --- messages ------------------------------------------------------------------
     async def put_message(self, **values: Any) -> None:
+        self.changed()
         if "keywords" not in values:
             values["keywords"], values["words"] = keyword_text(str(values["body"]))
         stmt = _insert(self.session, DigestMessage).values(**values)
@@ -178,6 +221,8 @@ class DigestStore(Repository):
             .where(DigestMessage.event_id == event_id, DigestMessage.sender == sender)
             .values(body=body, html=html, edited=True, **_keyword_values(body))
         )
+        if result.rowcount:  # type: ignore[attr-defined]
+            self.changed()
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def rename(self, room_id: str, user_id: str, name: str) -> bool:
@@ -192,9 +237,12 @@ class DigestStore(Repository):
             )
             .values(display_name=name)
         )
+        if result.rowcount:  # type: ignore[attr-defined]
+            self.changed()
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def delete_message(self, event_id: str) -> bool:
+        self.changed()
         result = await self.session.execute(
             delete(DigestMessage).where(DigestMessage.event_id == event_id)
         )
@@ -209,6 +257,7 @@ class DigestStore(Repository):
 
     async def erase_user(self, user_id: str) -> int:
         """Delete everything stored of ``user_id``'s words; the counts stay."""
+        self.changed()
         ids = list(
             await self.session.scalars(
                 select(DigestMessage.event_id).where(DigestMessage.sender == user_id)
@@ -292,12 +341,14 @@ class DigestStore(Repository):
 
     # --- reactions -------------------------------------------------------------------
     async def add_reaction(self, event_id: str, target: str, key: str) -> None:
+        self.changed()
         stmt = _insert(self.session, DigestReaction).values(
             event_id=event_id, target=target, key=key
         )
         await self.session.execute(stmt.on_conflict_do_nothing(index_elements=["event_id"]))
 
     async def delete_reaction(self, event_id: str) -> bool:
+        self.changed()
         result = await self.session.execute(
             delete(DigestReaction).where(DigestReaction.event_id == event_id)
         )
@@ -323,6 +374,7 @@ class DigestStore(Repository):
         marked_by: str,
         status: str,
     ) -> None:
+        self.changed()
         values = {
             "room_id": room_id,
             "author": author,
@@ -339,12 +391,14 @@ class DigestStore(Repository):
         return _hl(row) if row else None
 
     async def unmark_by_marker(self, marker_event_id: str) -> bool:
+        self.changed()
         result = await self.session.execute(
             delete(DigestHighlight).where(DigestHighlight.marker_event_id == marker_event_id)
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def set_highlight_status(self, target: str, status: str) -> None:
+        self.changed()
         await self.session.execute(
             update(DigestHighlight).where(DigestHighlight.target == target).values(status=status)
         )
@@ -406,6 +460,7 @@ class DigestStore(Repository):
         ).first()
 
     async def answer(self, target: str, granted: bool) -> None:
+        self.changed()
         await self.session.execute(
             update(QuotePermission)
             .where(QuotePermission.target == target)
@@ -414,6 +469,7 @@ class DigestStore(Repository):
 
     # --- published weeks --------------------------------------------------------------
     async def publish(self, week: str) -> None:
+        self.changed()
         await upsert(self.session, DigestWeek, {"week": week}, {"built_at": utcnow()})
 
     async def weeks(self) -> list[str]:

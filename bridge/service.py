@@ -1,5 +1,6 @@
 """Wiring the digest into the service: ``setup(ctx)`` registers the collector, the signal
-receivers, the web extension, the scheduler and the re-export task."""
+receivers, the web extension, the scheduler, the re-export task and the watch on the
+store's change counter (changes committed by other processes: ``forum digest build``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.collector import ASK_KIND, DigestCollector
@@ -23,6 +25,7 @@ from bridge.site import DigestSite, export_site, summary_line, web_extension
 from bridge.weeks import previous_week
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
+from forum.retry import retry_call, retrying
 from forum.settings import Settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_WITHDRAWN
 
@@ -32,6 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPORT_DEBOUNCE_SECONDS = 1.0
+#: a failed export is tried again after 1 s, doubling up to this (with jitter)
+EXPORT_RETRY_CAP_SECONDS = 30.0
+#: how often the service looks for digest changes made by another process
+WATCH_SECONDS = 1.0
 EXPORT_STATE_KEY = "export_dir"
 
 
@@ -95,15 +102,42 @@ class DigestService:
         return n
 
     async def export_loop(self) -> None:
-        """Re-export after every change (erasure, edit, curation), debounced."""
+        """Re-export after every change (erasure, edit, curation), debounced. The flag is
+        cleared as an export starts, so a change that arrives during it sets it again and
+        is exported next; a failed export is retried (backoff) until one succeeds."""
+
+        def failed(exc: BaseException, wait: float) -> None:
+            log.warning("digest: export failed (%s); retrying in %.1f s", exc, wait)
+
+        policy = retrying(
+            None,
+            retryable=lambda exc: isinstance(exc, OSError | SQLAlchemyError),
+            initial=EXPORT_DEBOUNCE_SECONDS,
+            cap=EXPORT_RETRY_CAP_SECONDS,
+            on_retry=failed,
+        )
         while True:
             await self._dirty.wait()
             await asyncio.sleep(EXPORT_DEBOUNCE_SECONDS)
             self._dirty.clear()
+            await retry_call(policy, self.export_all)
+
+    async def watch_loop(self, interval: float = WATCH_SECONDS) -> None:
+        """Notice what other processes commit (``forum digest build``, another instance):
+        every writer bumps the store's change counter; when it moves, the site's cache is
+        dropped and the exports are refreshed."""
+        seen: int | None = None
+        while True:
             try:
-                await self.export_all()
-            except OSError:
-                log.exception("digest: re-export failed")
+                async with self.sessionmaker() as s:
+                    version = await DigestStore(s).version()
+            except (OSError, SQLAlchemyError) as exc:
+                log.warning("digest: cannot read the change counter (%s)", exc)
+            else:
+                if seen is not None and version != seen:
+                    self.changed()
+                seen = version
+            await asyncio.sleep(interval)
 
     async def publish(self, week: str) -> WeekDigest:
         async with self.sessionmaker() as s, s.begin():
@@ -206,6 +240,7 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
     ctx.register.web_routes(web_extension(service.site))
     ctx.tasks.start("digest:export", service.export_loop())
+    ctx.tasks.start("digest:watch", service.watch_loop())
     if ctx.schedules:  # time-driven: on the service's clock
         ctx.tasks.start("digest:schedule", service.schedule_loop(ctx.clock))
     if ctx.settings.digest.history_start:

@@ -63,3 +63,42 @@ async def test_week_from_store_and_erasure(db):
     assert all(k.author == "@b:x" for k in topic.key_points)
     assert (topic.messages, topic.participants) == (3, 2)  # the figures stay
     assert "@a:x" not in str(digest.to_json())
+
+
+async def test_every_committed_change_moves_the_counter(db, db_url):
+    """The change counter a running site polls: a committed change moves it, for every
+    connection; a rollback or a read does not."""
+    from forum.storage import Database
+
+    async def version() -> int:
+        async with db.sessionmaker() as s:
+            return await DigestStore(s).version()
+
+    before = await version()
+    async with db.sessionmaker() as s, s.begin():
+        await DigestStore(s).publish("2026-W48")
+    after_publish = await version()
+    assert after_publish > before
+
+    async with db.sessionmaker() as s:
+        await DigestStore(s).weeks()
+        await DigestStore(s).get_state("export_dir")
+    assert await version() == after_publish
+
+    async with db.sessionmaker() as s:
+        async with s.begin() as transaction:
+            await DigestStore(s).publish("2026-W49")
+            await transaction.rollback()
+        async with s.begin():  # the same session, next transaction: nothing changed
+            await DigestStore(s).weeks()
+    assert await version() == after_publish
+
+    other = await Database.open(db_url)  # another process's connection
+    try:
+        async with other.sessionmaker() as s, s.begin():
+            assert await DigestStore(s).erase_user("@nobody:x") == 0
+        async with other.sessionmaker() as s:
+            assert await DigestStore(s).version() == after_publish + 1
+    finally:
+        await other.close()
+    assert await version() == after_publish + 1
