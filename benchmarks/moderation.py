@@ -432,7 +432,9 @@ async def phases(
 
     result["burst"] = await burst_run(forum, crowd["burst"], burst)
     result["rss_mb_service"] = round(await forum.call("rss"), 1)
-    result["rss_mb_homeserver"] = round(rss_mb(forum.hs.pid), 1) if forum.hs.pid else None
+    result["rss_mb_homeserver"] = (
+        round(rss_mb(forum.hs.process.pid), 1) if forum.hs.process.pid else None
+    )
     result["rss_note"] = (
         "rss_mb_service: the service's own process (membership and moderation bots, digest "
         "collector, web app, outbox) after the run; the homeserver is apart"

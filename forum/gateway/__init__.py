@@ -87,14 +87,6 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
     def access_token(self) -> str | None:
         return self._transport.access_token
 
-    @property
-    def max_retries(self) -> int:
-        return self._transport.max_retries
-
-    @max_retries.setter
-    def max_retries(self, value: int) -> None:
-        self._transport.max_retries = value
-
     async def login(self) -> None:
         """Log in: a given token, then a stored token, then the password."""
         self.device_id = await self._session.login()

@@ -63,24 +63,12 @@ class EmbeddedHomeserver:
         self.accounts = SharedSecretRegistration(self.config)
 
     @property
-    def directory(self) -> Path:
-        return self.config.directory
-
-    @property
     def server_name(self) -> str:
         return self.config.server_name
 
     @property
     def url(self) -> str:
         return self.config.url
-
-    @property
-    def running(self) -> bool:
-        return self.process.running
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
 
     def user_id(self, localpart: str) -> str:
         return self.accounts.user_id(localpart)

@@ -70,7 +70,7 @@ async def test_state_and_hierarchy(make_user: MakeUser) -> None:
 
 
 async def test_generated_config_binds_loopback_only(synapse: EmbeddedHomeserver) -> None:
-    assert synapse.config.config_path == synapse.directory / "homeserver.yaml"
+    assert synapse.config.config_path == synapse.config.directory / "homeserver.yaml"
     assert synapse.config.config_path.is_file()
     overrides = yaml.safe_load(synapse.config.overrides_path.read_text())
     for listener in overrides["listeners"]:
@@ -80,7 +80,7 @@ async def test_generated_config_binds_loopback_only(synapse: EmbeddedHomeserver)
     assert overrides["enable_registration"] is False
     assert overrides["trusted_key_servers"] == []
     assert overrides["caches"]["sync_response_cache_duration"] == 0
-    assert Path(overrides["database"]["args"]["database"]).parent == synapse.directory
+    assert Path(overrides["database"]["args"]["database"]).parent == synapse.config.directory
     assert synapse.config.log_path.is_file()
 
 
@@ -90,7 +90,7 @@ async def test_restart_reuses_state_and_ignores_stale_pid_file(tmp_path: Path) -
     async with hs:
         user_id = await hs.register("keeper", "keeper-pw")
         secret = hs.config.registration_shared_secret
-    assert not hs.running
+    assert not hs.process.running
     await hs.stop()  # idempotent
     signing_key = (tmp_path / "restart.test.signing.key").read_text()
     # A pid file left by a dead process must not block the next start.
@@ -113,13 +113,15 @@ async def test_port_taken_gives_clear_error(tmp_path: Path) -> None:
         hs = EmbeddedHomeserver(tmp_path, server_name="taken.test", port=port)
         with pytest.raises(HomeserverStartError, match=f"port {port}.*already in use"):
             await hs.start()
-        assert not hs.running
+        assert not hs.process.running
 
 
 async def test_running_synapse_on_same_directory_is_refused(
     synapse: EmbeddedHomeserver,
 ) -> None:
-    twin = EmbeddedHomeserver(synapse.directory, server_name=synapse.server_name, port=free_port())
+    twin = EmbeddedHomeserver(
+        synapse.config.directory, server_name=synapse.server_name, port=free_port()
+    )
     with pytest.raises(HomeserverStartError, match="still running"):
         await twin.start()
-    assert synapse.running
+    assert synapse.process.running
