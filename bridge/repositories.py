@@ -452,6 +452,44 @@ class DigestStore(Repository):
             )
         ).first()
 
+    async def permissions_of(self, user_id: str) -> list[QuotePermission]:
+        """Every question asked to ``user_id`` and their answers, oldest first (a stable
+        order: ``!statut`` numbers them, ``!retirer N`` withdraws one)."""
+        return list(
+            await self.session.scalars(
+                select(QuotePermission)
+                .where(QuotePermission.user_id == user_id)
+                .order_by(QuotePermission.asked_at, QuotePermission.target)
+            )
+        )
+
+    async def messages_of(self, user_id: str) -> list[StoredMessage]:
+        """Every stored message of ``user_id``, oldest first."""
+        rows = await self.session.execute(
+            select(*MESSAGE_COLUMNS)
+            .where(DigestMessage.sender == user_id)
+            .order_by(DigestMessage.ts, DigestMessage.event_id)
+        )
+        return [StoredMessage(*r) for r in rows]
+
+    async def withdraw_quote(self, target: str, user_id: str) -> bool:
+        """The author withdraws their permission to quote ``target``: the answer becomes a
+        refusal (they are not asked again), the stored words and their reactions are
+        deleted, the mark shows nothing. False when it is not theirs."""
+        permission = await self.permission(target)
+        if permission is None or permission.user_id != user_id:
+            return False
+        self.changed()
+        permission.granted, permission.answered_at = False, utcnow()
+        await self.session.execute(
+            delete(DigestMessage).where(
+                DigestMessage.event_id == target, DigestMessage.sender == user_id
+            )
+        )
+        await self.session.execute(delete(DigestReaction).where(DigestReaction.target == target))
+        await self.set_highlight_status(target, "refused")
+        return True
+
     async def question_by_ask_event(self, ask_event_id: str) -> QuotePermission | None:
         return (
             await self.session.scalars(

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.collector import ASK_KIND, DigestCollector
 from bridge.digest import WeekDigest
+from bridge.personal import PersonalDigest
 from bridge.repositories import DigestStore
 from bridge.site import DigestSite, export_site, summary_line, web_extension
 from bridge.weeks import previous_week
@@ -27,7 +28,7 @@ from forum.events import Membership, Message, Reaction, Redaction, parse_room_ev
 from forum.gateway import Gateway
 from forum.retry import retry_call, retrying
 from forum.settings import Settings
-from forum.signals import MEMBER_LEFT, PUBLICATION_WITHDRAWN
+from forum.signals import MEMBER_LEFT, PERMISSION_WITHDRAWN, PUBLICATION_WITHDRAWN
 
 if TYPE_CHECKING:
     from forum.context import ServiceContext
@@ -238,6 +239,11 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
     ctx.signals.connect(PUBLICATION_WITHDRAWN, service.collector.erase)
     ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
+    personal = PersonalDigest(
+        ctx.settings, ctx.db.sessionmaker, service.site, service.week_url, service.changed
+    )
+    ctx.signals.connect(PERMISSION_WITHDRAWN, personal.withdraw)
+    ctx.register.personal_data(personal)
     ctx.register.web_routes(web_extension(service.site))
     ctx.tasks.start("digest:export", service.export_loop())
     ctx.tasks.start("digest:watch", service.watch_loop())

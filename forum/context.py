@@ -39,6 +39,38 @@ StopHook = Callable[[], Awaitable[None]]
 AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
+@dataclass(frozen=True)
+class HeldPermission:
+    """A consent a feature asked for and keeps itself (the digest: may this one message be
+    quoted), listed by the membership bot's ``!statut`` and withdrawn by its ``!retirer``
+    (which emits :data:`forum.signals.PERMISSION_WITHDRAWN` with ``key``)."""
+
+    key: str
+    """The feature's id for it (the quoted message's event id)."""
+    about: str
+    """What it is about, for the person (an excerpt of their words)."""
+
+
+@dataclass(frozen=True)
+class PersonalData:
+    """What one feature holds about one person, for ``!mes-donnees`` and ``!statut``."""
+
+    section: str
+    """Its key in the JSON export."""
+    data: Mapping[str, Any]
+    """JSON-ready."""
+    title: str
+    lines: tuple[str, ...]
+    """``title`` and ``lines``: the same, readable, in the person's language."""
+    permissions: tuple[HeldPermission, ...] = ()
+    """The permissions the person gave that may be withdrawn, in a stable order."""
+
+
+#: What a feature holds about a person: ``(user_id, lang)`` -> :class:`PersonalData`
+#: (read only: nothing is changed by asking).
+PersonalDataProvider = Callable[[str, str], Awaitable[PersonalData]]
+
+
 class RegistrationClosed(RuntimeError):
     """A feature tried to register something after the service started."""
 
@@ -52,6 +84,7 @@ class Registrations:
         self._web_routes: list[WebRoutes] = []
         self._dm_claims: list[DmClaim] = []
         self._stop_hooks: list[StopHook] = []
+        self._personal_data: list[PersonalDataProvider] = []
         self._closed = False
 
     def _check_open(self) -> None:
@@ -73,6 +106,12 @@ class Registrations:
     def dm_claim(self, claim: DmClaim) -> None:
         self._check_open()
         self._dm_claims.append(claim)
+
+    def personal_data(self, provider: PersonalDataProvider) -> None:
+        """Tell what the feature holds about a person (asked by ``!mes-donnees`` and
+        ``!statut``)."""
+        self._check_open()
+        self._personal_data.append(provider)
 
     def on_stop(self, hook: StopHook) -> None:
         self._check_open()
@@ -96,6 +135,10 @@ class Registrations:
     @property
     def stop_hooks(self) -> tuple[StopHook, ...]:
         return tuple(self._stop_hooks)
+
+    async def personal_data_of(self, user_id: str, lang: str) -> list[PersonalData]:
+        """What every feature holds about ``user_id`` (in the order they registered)."""
+        return [await provider(user_id, lang) for provider in self._personal_data]
 
     async def claimed(self, message: Message) -> bool:
         """Whether a feature claims this direct-chat message (every claim is asked)."""

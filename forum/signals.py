@@ -9,10 +9,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: A person's publication consent ended (withdrawal, leaving the forum). kwargs: user_id
+#: A person's publication consent ended (withdrawal, leaving the forum), or they withdrew
+#: every permission to quote them (``!retirer``, ``!publication non``, even with no general
+#: consent given). kwargs: user_id
 PUBLICATION_WITHDRAWN = "publication_withdrawn"
 #: A person gave publication consent. kwargs: user_id
 PUBLICATION_GRANTED = "publication_granted"
+#: A person withdrew one permission a feature keeps (``HeldPermission`` of
+#: :mod:`forum.context`: the digest's permission to quote one message). kwargs: user_id, key
+PERMISSION_WITHDRAWN = "permission_withdrawn"
 #: A person left every forum room or was removed. kwargs: user_id
 MEMBER_LEFT = "member_left"
 

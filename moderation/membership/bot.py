@@ -32,7 +32,7 @@ from forum.tasks import TaskSupervisor
 
 from . import messages
 from .approval import Approval
-from .commands import MemberCommands
+from .commands import MemberCommands, PersonalDataOf, nothing_held
 from .consent import Conversation, record_charter
 from .entry import Arrival, Entry
 from .export import export_person
@@ -71,6 +71,7 @@ class MembershipBot:
         outbox: OutboxWorker,
         dm_claimed: DmClaim,
         options: Options | None = None,
+        personal_data: PersonalDataOf = nothing_held,
     ) -> None:
         self.shared = Shared(
             settings=settings,
@@ -88,7 +89,9 @@ class MembershipBot:
         self.conversation = Conversation(self.shared, self.approval, signals)
         self.leaving = Leaving(self.shared, signals)
         self.reconsent = Reconsent(self.shared, self.leaving)
-        self.commands = MemberCommands(self.shared, self.conversation, self.leaving, signals)
+        self.commands = MemberCommands(
+            self.shared, self.conversation, self.leaving, signals, personal_data
+        )
         self.entry = Entry(self.shared, self.conversation, tasks, self.commands.help_text)
         self.executors = Executors(self.shared)
 
@@ -242,6 +245,7 @@ def feature(**options: Any) -> Feature:
             outbox=ctx.outbox,
             dm_claimed=ctx.register.claimed,
             options=opts,
+            personal_data=ctx.register.personal_data_of,
         )
         for kind, executor in bot.outbox_executors.items():
             ctx.register.outbox_executor(kind, executor)

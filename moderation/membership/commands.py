@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from forum.consent import ConsentRecords
+from forum.context import HeldPermission, PersonalData
 from forum.events import Message
-from forum.signals import PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN, REPORT, Signals
+from forum.signals import (
+    PERMISSION_WITHDRAWN,
+    PUBLICATION_GRANTED,
+    PUBLICATION_WITHDRAWN,
+    REPORT,
+    Signals,
+)
 
 from . import messages
 from .consent import Conversation
@@ -17,6 +26,15 @@ from .leaving import Leaving
 from .models import MEMBER, PUBLICATION, PersonRow
 from .shared import Shared
 from .text import normalise, yes_no
+
+#: What the other features hold about a person: ``(user_id, lang)`` (see
+#: :meth:`forum.context.Registrations.personal_data_of`).
+PersonalDataOf = Callable[[str, str], Awaitable[list[PersonalData]]]
+ALL = frozenset({"tout", "tous", "toutes", "all"})
+
+
+async def nothing_held(user_id: str, lang: str) -> list[PersonalData]:
+    return []
 
 
 @dataclass(frozen=True)
@@ -29,17 +47,23 @@ class Command:
 
 class MemberCommands:
     def __init__(
-        self, shared: Shared, conversation: Conversation, leaving: Leaving, signals: Signals
+        self,
+        shared: Shared,
+        conversation: Conversation,
+        leaving: Leaving,
+        signals: Signals,
+        personal_data: PersonalDataOf = nothing_held,
     ) -> None:
         self.shared = shared
         self.conversation = conversation
         self.leaving = leaving
         self.signals = signals
+        self.personal_data = personal_data
         self.commands = [
             Command(("aide", "help"), "", messages.HELP_HELP, self.help),
             Command(("statut", "status"), "", messages.HELP_STATUS, self.status),
             Command(("publication",), " oui|non", messages.HELP_PUBLICATION, self.publication),
-            Command(("retirer", "withdraw"), "", messages.HELP_WITHDRAW, self.withdraw),
+            Command(("retirer", "withdraw"), " [N]", messages.HELP_WITHDRAW, self.withdraw),
             Command(("quitter", "leave"), "", messages.HELP_LEAVE, self.leave),
             Command(("mes-donnees", "my-data"), "", messages.HELP_MY_DATA, self.my_data),
             Command(("signaler", "report"), " …", messages.HELP_REPORT, self.report),
@@ -77,23 +101,36 @@ class MemberCommands:
         lang = shared.lang_of(person)
         async with shared.sessionmaker() as s:
             status = await ConsentRecords(s).status(person.user_id)
-        lines = [
-            shared.t(lang, messages.STATUS_CHARTER, version=status.charter_version)
-            if status.charter_version
-            else shared.t(lang, messages.STATUS_NO_CHARTER),
-            shared.t(
-                lang, messages.STATUS_PUB_YES if status.publication else messages.STATUS_PUB_NO
-            ),
-            shared.t(
-                lang,
-                messages.STATUS_MEMBER if person.step == MEMBER else messages.STATUS_NOT_MEMBER,
-            ),
-        ]
+        lines = self.status_lines(lang, status.charter_version, status.publication, person)
         if person.reconsent_version:
             lines.append(
                 shared.t(lang, messages.STATUS_RECONSENT, version=person.reconsent_version)
             )
+        held = await self.held(person.user_id, lang)
+        if held:
+            lines.append(shared.t(lang, messages.STATUS_QUOTES, prefix=shared.prefix))
+            lines.extend(f"{i}. “{p.about}”" for i, p in enumerate(held, 1))
         await shared.say(ev.room_id, "\n".join(lines))
+
+    def status_lines(
+        self, lang: str, charter_version: int | None, publication: bool, person: PersonRow
+    ) -> list[str]:
+        t = self.shared.t
+        return [
+            t(lang, messages.STATUS_CHARTER, version=charter_version)
+            if charter_version
+            else t(lang, messages.STATUS_NO_CHARTER),
+            t(lang, messages.STATUS_PUB_YES if publication else messages.STATUS_PUB_NO),
+            t(
+                lang,
+                messages.STATUS_MEMBER if person.step == MEMBER else messages.STATUS_NOT_MEMBER,
+            ),
+        ]
+
+    async def held(self, user_id: str, lang: str) -> list[HeldPermission]:
+        """The permissions the person gave other features (to quote one message), in the
+        order ``!statut`` numbers them."""
+        return [p for data in await self.personal_data(user_id, lang) for p in data.permissions]
 
     async def publication(self, person: PersonRow, arg: str, ev: Message) -> None:
         shared = self.shared
@@ -114,12 +151,14 @@ class MemberCommands:
         if status.charter_version is None:
             await shared.say(ev.room_id, shared.t(lang, messages.CHARTER_FIRST))
             return
-        await self.set_publication(person, answer, ev.event_id, status.publication)
+        held = [] if answer else await self.held(person.user_id, lang)
+        await self.set_publication(person, answer, ev.event_id, status.publication, len(held))
 
     async def set_publication(
-        self, person: PersonRow, granted: bool, event_id: str, before: bool
+        self, person: PersonRow, granted: bool, event_id: str, before: bool, quotes: int = 0
     ) -> None:
-        """A member changes their publication consent (``before``: what it was)."""
+        """A member changes their publication consent (``before``: what it was); a refusal
+        also withdraws the ``quotes`` permissions to quote one message they gave."""
         async with self.shared.sessionmaker() as s, s.begin():
             await ConsentRecords(s).add(
                 person.user_id,
@@ -131,20 +170,39 @@ class MemberCommands:
             )
         if granted and not before:
             await self.signals.emit(PUBLICATION_GRANTED, user_id=person.user_id)
-        if before and not granted:
+        if not granted and (before or quotes):
             await self.signals.emit(PUBLICATION_WITHDRAWN, user_id=person.user_id)
         assert person.dm_room_id is not None
-        recorded = self.conversation.recorded_text(self.shared.lang_of(person), granted)
-        await self.shared.say(person.dm_room_id, recorded)
+        lang = self.shared.lang_of(person)
+        lines = [self.conversation.recorded_text(lang, granted)]
+        if quotes:
+            lines.append(self.shared.t(lang, messages.QUOTES_WITHDRAWN, n=quotes))
+        await self.shared.say(person.dm_room_id, "\n".join(lines))
 
     async def withdraw(self, person: PersonRow, arg: str, ev: Message) -> None:
-        async with self.shared.sessionmaker() as s:
-            status = await ConsentRecords(s).status(person.user_id)
-        if not status.publication:
-            lang = self.shared.lang_of(person)
-            await self.shared.say(ev.room_id, self.shared.t(lang, messages.NOTHING_TO_WITHDRAW))
+        """``!retirer``: every consent to be quoted (the general one and each permission to
+        quote one message); ``!retirer N``: the N-th permission ``!statut`` lists (or the
+        one of a message's link or event id)."""
+        shared = self.shared
+        lang = shared.lang_of(person)
+        held = await self.held(person.user_id, lang)
+        if arg and arg.lower() not in ALL:
+            chosen = pick(held, arg)
+            if chosen is None:
+                text = shared.t(lang, messages.NO_SUCH_PERMISSION, which=arg, prefix=shared.prefix)
+                await shared.say(ev.room_id, text)
+                return
+            await self.signals.emit(PERMISSION_WITHDRAWN, user_id=person.user_id, key=chosen.key)
+            await shared.say(
+                ev.room_id, shared.t(lang, messages.QUOTE_WITHDRAWN, quote=chosen.about)
+            )
             return
-        await self.set_publication(person, False, ev.event_id, True)
+        async with shared.sessionmaker() as s:
+            status = await ConsentRecords(s).status(person.user_id)
+        if not status.publication and not held:
+            await shared.say(ev.room_id, shared.t(lang, messages.NOTHING_TO_WITHDRAW))
+            return
+        await self.set_publication(person, False, ev.event_id, status.publication, len(held))
 
     async def leave(self, person: PersonRow, arg: str, ev: Message) -> None:
         shared = self.shared
@@ -167,13 +225,24 @@ class MemberCommands:
         await self.shared.say(ev.room_id, self.shared.t(lang, messages.REPORT_THANKS))
 
     async def my_data(self, person: PersonRow, arg: str, ev: Message) -> None:
+        """Everything the forum holds about the person: a message to read (consents,
+        membership, then each feature's part) and the whole of it as a JSON file."""
         shared = self.shared
         lang = shared.lang_of(person)
         data = await export_person(shared.sessionmaker, person.user_id)
+        parts = await self.personal_data(person.user_id, lang)
+        for part in parts:
+            data[part.section] = dict(part.data)
         filename, raw = export_file(data, lang)
         gateway = shared.membership_gateway
         mxc = await gateway.upload(raw, "application/json", filename)
-        await shared.say(ev.room_id, shared.t(lang, messages.MY_DATA))
+        status = data["status"]
+        own = self.status_lines(lang, status["charter_version"], status["publication"], person)
+        own.append(shared.t(lang, messages.MY_DATA_RECORDS, n=len(data["consent_records"])))
+        sections = [(shared.t(lang, messages.MY_DATA_CONSENTS), own)]
+        sections += [(part.title, list(part.lines)) for part in parts]
+        plain, rich = summary(shared.t(lang, messages.MY_DATA), sections, filename)
+        await shared.say(ev.room_id, plain, rich)
         await gateway.send_event(
             ev.room_id,
             "m.room.message",
@@ -185,3 +254,29 @@ class MemberCommands:
                 "info": {"mimetype": "application/json", "size": len(raw)},
             },
         )
+
+
+def pick(held: list[HeldPermission], which: str) -> HeldPermission | None:
+    """The permission ``which`` names: its number in ``!statut``'s list, or a link to (or
+    the event id of) the message it is about."""
+    which = which.strip()
+    if which.isdigit():
+        n = int(which)
+        return held[n - 1] if 1 <= n <= len(held) else None
+    found = re.search(r"\$[^/?\s]+", which.replace("%24", "$"))
+    key = found.group(0) if found else which
+    return next((p for p in held if p.key == key), None)
+
+
+def summary(title: str, sections: list[tuple[str, list[str]]], filename: str) -> tuple[str, str]:
+    """A person's data to read on a phone: a title, then each section's lines (plain and
+    HTML), then the file's name."""
+    plain = [title]
+    rich = [f"<p><strong>{html.escape(title)}</strong></p>"]
+    for heading, lines in sections:
+        plain += ["", heading, *(f"• {line}" for line in lines)]
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        rich.append(f"<p><strong>{html.escape(heading)}</strong></p><ul>{items}</ul>")
+    plain += ["", f"📎 {filename}"]
+    rich.append(f"<p>📎 {html.escape(filename)}</p>")
+    return "\n".join(plain), "".join(rich)

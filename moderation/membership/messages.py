@@ -37,9 +37,12 @@ STATUS_NOT_MEMBER = "Membership: not a member."
 HELP_HELP = "this help"
 HELP_STATUS = "your consents and membership"
 HELP_PUBLICATION = "may your messages be quoted in the public digest (yes/no)"
-HELP_WITHDRAW = "withdraw your consent to be quoted"
+HELP_WITHDRAW = (
+    "withdraw your consent to be quoted, and every permission to quote one of your "
+    "messages (N: only the N-th permission listed by the status)"
+)
 HELP_LEAVE = "leave the forum (removed from every room, consent ended)"
-HELP_MY_DATA = "everything stored about you, as a JSON file"
+HELP_MY_DATA = "everything stored about you, to read here and as a JSON file"
 HELP_REPORT = "report a message to the moderators (paste its link) or describe the problem"
 REPORT_THANKS = "Thank you: your report was passed to the moderators."
 STATUS_RECONSENT = "A new charter (version {version}) waits for your acceptance."
@@ -94,3 +97,19 @@ PUBLICATION_REMINDER = (
     'Please answer "yes" or "no": may your messages be quoted in the public digest?'
 )
 NOT_UNDERSTOOD = "I did not understand."
+STATUS_QUOTES = (
+    "Messages you allowed us to quote in the public digest (withdraw one with "
+    "{prefix}withdraw N, all with {prefix}withdraw):"
+)
+QUOTES_WITHDRAWN = (
+    "Your permission to quote {n} message(s) is withdrawn: they are removed from the public digest."
+)
+QUOTE_WITHDRAWN = (
+    "Withdrawn: this message will no longer be quoted, it is removed from the public "
+    "digest: “{quote}”"
+)
+NO_SUCH_PERMISSION = (
+    "There is no permission to quote number {which}. Type {prefix}status to see them."
+)
+MY_DATA_CONSENTS = "Consents and membership"
+MY_DATA_RECORDS = "Consent records: {n} (each one is in the file)."
