@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import secrets
 from contextlib import asynccontextmanager
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from sqlalchemy.exc import OperationalError
 
 from forum.errors import Forbidden, HomeserverUnavailable, NotFound
 from forum.events import Message, Reaction
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver, free_port
 from forum.storage import Database
+from tests.harness import eventually
 from tests.matrix_user import TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -118,6 +121,113 @@ async def test_failing_handler_does_not_stop_the_loop(synapse, make_user, sqlite
         order = [e["event_id"] for e in alice.events if e.get("event_id") in (own, trois)]
         assert order == [own, trois]
         assert "from the bot itself" not in seen
+
+
+def database_error() -> OperationalError:
+    return OperationalError("UPDATE ...", {}, Exception("database is locked"))
+
+
+class Flaky:
+    """A handler that fails the first ``failures[body]`` times it sees a message (for
+    ever if ``None``), then records it; counts every call by body."""
+
+    def __init__(self, failures: dict[str, int | None]) -> None:
+        self.failures = failures
+        self.calls: dict[str, int] = {}
+        self.done = Seen()
+
+    async def __call__(self, ev: Message) -> None:
+        self.calls[ev.body] = self.calls.get(ev.body, 0) + 1
+        limit = self.failures.get(ev.body, 0)
+        if limit is None or self.calls[ev.body] <= limit:
+            raise database_error()
+        await self.done.add(ev.body)
+
+
+FAST_RETRIES = {"handler_retry_initial": 0.2, "handler_max_attempts": 4}
+
+
+async def test_failed_handler_is_retried_not_lost(synapse, make_user, sqlite_db, caplog):
+    """A handler that failed leaves its event unprocessed: it is called again (only it),
+    succeeds once, does not block later events, and is abandoned (logged) after a bounded
+    number of attempts when it keeps failing."""
+    caplog.set_level(logging.ERROR, logger="forum.gateway")
+    user_id, pw, alice, room = await bot_and_room(synapse, make_user)
+    flaky = Flaky({"flaky": 2, "doomed": None})
+    steady = Seen()
+
+    gw = gateway(synapse, sqlite_db, user_id, pw, **FAST_RETRIES)
+    gw.on(Message, flaky)
+    gw.on(Message, steady.record)
+    async with running(gw):
+        await gw.join(room)
+        await alice.send_text(room, "flaky")
+        await alice.send_text(room, "doomed")
+        await alice.send_text(room, "after")
+        # later events are not blocked by the failing ones
+        await steady.wait_until(lambda: steady == ["flaky", "doomed", "after"])
+        await flaky.done.wait_until(lambda: "after" in flaky.done)
+
+        async def flaky_handled() -> bool:
+            return "flaky" in flaky.done
+
+        await eventually(flaky_handled, 20, "the failed handler is called again and succeeds")
+        assert flaky.calls["flaky"] == 3  # two failures, one success
+
+        async def doomed_abandoned() -> bool:
+            return any(
+                "abandoned" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+            )
+
+        await eventually(doomed_abandoned, 30, "a handler that keeps failing is abandoned")
+        assert flaky.calls["doomed"] == FAST_RETRIES["handler_max_attempts"]
+        # the loop goes on, and the abandoned event is not tried again
+        await alice.send_text(room, "marker")
+        await steady.wait_until(lambda: "marker" in steady)
+        await flaky.done.wait_until(lambda: "marker" in flaky.done)
+        assert flaky.calls["doomed"] == FAST_RETRIES["handler_max_attempts"]
+    # the handlers that succeeded ran once per event, never again
+    assert steady == ["flaky", "doomed", "after", "marker"]
+    assert flaky.done == ["after", "flaky", "marker"]
+    assert flaky.calls["flaky"] == 3
+
+
+async def test_failed_handler_is_retried_after_restart(synapse, make_user, db):
+    """A handler still failing when the gateway stops is tried again by the next one
+    (same database); the handlers that had succeeded are not called again."""
+    user_id, pw, alice, room = await bot_and_room(synapse, make_user)
+    flaky = Flaky({"redact me": None})
+    steady = Seen()
+
+    gw = gateway(synapse, db, user_id, pw, **FAST_RETRIES)
+    gw.on(Message, flaky)
+    gw.on(Message, steady.record)
+    async with running(gw):
+        await gw.join(room)
+        await alice.send_text(room, "redact me")
+        await steady.wait_until(lambda: steady == ["redact me"])
+
+        async def failed_once() -> bool:
+            return flaky.calls.get("redact me", 0) >= 1
+
+        await eventually(failed_once, 20, "the handler failed")
+    assert "redact me" not in flaky.done
+
+    flaky.failures["redact me"] = 0  # the database is back
+    again = gateway(synapse, db, user_id, pw, **FAST_RETRIES)
+    again.on(Message, flaky)
+    again.on(Message, steady.record)
+    async with running(again):
+
+        async def handled() -> bool:
+            return "redact me" in flaky.done
+
+        await eventually(handled, 20, "the failed handler is retried after a restart")
+        await alice.send_text(room, "later")
+        await steady.wait_until(lambda: "later" in steady)
+        await flaky.done.wait_until(lambda: "later" in flaky.done)
+    assert flaky.done == ["redact me", "later"]
+    assert steady == ["redact me", "later"]  # not called again for the retried event
 
 
 async def test_restart_resumes_without_double_delivery(synapse, make_user, db):
