@@ -3,11 +3,13 @@
 One :class:`Gateway` per bot account. It logs in (stored token, given token or
 password: :mod:`.session`), owns a sync loop with a filter (timeline limit 100, gaps
 filled from ``/messages``) that dispatches the project's own event types
-(:mod:`forum.events`) to the handlers registered for them, isolates failing handlers,
-persists ``next_batch`` only after the handlers ran and skips events already processed
-(:mod:`.sync`). Every request is checked in one place (:mod:`.transport`), which maps
-errors to :mod:`forum.errors` and retries 429 (honouring ``retry_after_ms``) and 5xx /
-connection failures a bounded number of times.
+(:mod:`forum.events`) to the handlers registered for them, isolates failing handlers
+(a handler that raised is called again with backoff, ``handler_max_attempts`` times at
+most, its event left unprocessed until then), persists ``next_batch`` only after the
+handlers ran and skips events already processed (:mod:`.sync`). Every request is
+checked in one place (:mod:`.transport`), which maps errors to :mod:`forum.errors` and
+retries 429 (honouring ``retry_after_ms``) and 5xx / connection failures a bounded
+number of times.
 
 matrix-nio provides the login and the HTTP transport (its ``AsyncClient``); requests are
 built here so that every result is checked the same way, including the endpoints nio does
@@ -53,6 +55,8 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         max_retries: int = 8,
         sync_timeout_ms: int = 30_000,
         timeline_limit: int = 100,
+        handler_max_attempts: int = 8,
+        handler_retry_initial: float = 2.0,
     ) -> None:
         self.homeserver_url = homeserver_url.rstrip("/")
         self.stats = GatewayStats()
@@ -79,6 +83,8 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
             relogin=self._relogin,
             sync_timeout_ms=sync_timeout_ms,
             timeline_limit=timeline_limit,
+            handler_max_attempts=handler_max_attempts,
+            handler_retry_initial=handler_retry_initial,
         )
         self.device_id: str | None = None
 

@@ -4,6 +4,13 @@ It syncs with a filter (timeline limit 100 by default), fills the gap of a limit
 timeline from ``/messages``, dispatches the project's own event types
 (:mod:`forum.events`) to the handlers registered for them, isolates failing handlers,
 skips events already processed and stores ``next_batch`` only after the handlers ran.
+
+A handler that raises leaves its event unprocessed (issue #10, point 3): the event and
+the handler's name are stored (:class:`~forum.storage.FailedHandlers`) and only that
+handler is called again, after an exponential backoff kept in the database (so a restart
+resumes it), until it succeeds (then the event is marked processed) or has failed
+``handler_max_attempts`` times (then it is abandoned, logged with ``log.error``, and the
+event is not dispatched again).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,7 +30,7 @@ from forum.errors import MatrixError, Unauthorized
 from forum.events import Invite, RoomEvent, parse_room_event
 from forum.gateway.transport import GatewayStats, Transport, path
 from forum.retry import retry_call, retrying
-from forum.storage import ProcessedEvents, SyncTokens
+from forum.storage import FailedHandler, FailedHandlers, ProcessedEvents, SyncTokens, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,47 @@ E = TypeVar("E")
 Handler = Callable[[Any], Awaitable[None]]
 
 MAX_GAP_EVENTS = 2000
+
+_INVITE_KEY = "forum.invite"
+
+
+def handler_backoff(attempts: int, initial: float, cap: float) -> timedelta:
+    """The delay before the next call of a handler that failed ``attempts`` times:
+    ``initial`` doubling, up to ``cap`` seconds."""
+    return timedelta(seconds=min(initial * 2 ** max(attempts - 1, 0), cap))
+
+
+def stored_event(ev: RoomEvent | Invite) -> dict[str, Any]:
+    """What is kept of an event whose handler failed: a room event's raw JSON; an invite
+    (not a timeline event) under ``forum.invite``."""
+    if isinstance(ev, RoomEvent):
+        return ev.raw
+    return {
+        _INVITE_KEY: {
+            "sender": ev.sender,
+            "is_direct": ev.is_direct,
+            "event_id": ev.event_id,
+            "state": list(ev.state),
+        }
+    }
+
+
+def revived_event(room_id: str, stored: dict[str, Any]) -> RoomEvent | Invite | None:
+    """The event :func:`stored_event` kept; None if it cannot be read back."""
+    invite = stored.get(_INVITE_KEY)
+    if isinstance(invite, dict):
+        return Invite(
+            room_id=room_id,
+            sender=str(invite.get("sender") or ""),
+            is_direct=bool(invite.get("is_direct")),
+            event_id=str(invite.get("event_id") or ""),
+            state=tuple(e for e in invite.get("state") or [] if isinstance(e, dict)),
+        )
+    return parse_room_event(room_id, stored)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -51,6 +100,10 @@ class SyncLoop:
     relogin: Callable[[], Awaitable[None]]
     sync_timeout_ms: int
     timeline_limit: int
+    handler_max_attempts: int = 8
+    handler_retry_initial: float = 2.0
+    handler_retry_cap: float = 600.0
+    clock: Callable[[], datetime] = utcnow
     next_batch: str | None = field(init=False, default=None)
     _registrations: list[_Registration] = field(init=False, default_factory=list)
     _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
@@ -67,7 +120,14 @@ class SyncLoop:
 
         Events sent by this account are skipped unless ``include_own``.
         """
-        name = getattr(handler, "__qualname__", repr(handler))
+        # The name is how a failed handler is found again (after a restart too): stable
+        # across processes, unique among this loop's registrations.
+        base = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+        taken = {r.name for r in self._registrations}
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}#{n}"
         self._registrations.append(_Registration(kind, handler, include_own, name))
 
     def _handlers_for(self, event: RoomEvent | Invite) -> list[_Registration]:
@@ -101,6 +161,15 @@ class SyncLoop:
         data = await self._poll(timeout_ms)
         return await self._process(data, since)
 
+    async def _poll_timeout(self) -> int:
+        """The long poll's timeout, cut short when a failed handler is due sooner."""
+        async with self.sessionmaker() as s:
+            due = await FailedHandlers(s).next_due(self.user_id)
+        if due is None:
+            return self.sync_timeout_ms
+        until = int((due - self.clock()).total_seconds() * 1000) + 1
+        return max(0, min(self.sync_timeout_ms, until))
+
     async def _poll(self, timeout_ms: int | None = None) -> dict[str, Any]:
         query: dict[str, str | int] = {
             "filter": json.dumps(self.filter(), separators=(",", ":")),
@@ -116,6 +185,7 @@ class SyncLoop:
 
     async def _process(self, data: dict[str, Any], since: str | None) -> int:
         batch = await self._collect(data, since)
+        await self._retry_due()
         handled = await self._dispatch(batch)
         token = data.get("next_batch")
         if isinstance(token, str):
@@ -190,19 +260,23 @@ class SyncLoop:
         todo = [(ev, regs) for ev in events if (regs := self._handlers_for(ev))]
         if not todo:
             return 0
+        ids = [ev.event_id for ev, _ in todo]
         async with self.sessionmaker() as s:
-            seen = await ProcessedEvents(s).seen_many(self.user_id, [ev.event_id for ev, _ in todo])
+            seen = await ProcessedEvents(s).seen_many(self.user_id, ids)
+            # an event with a failed handler is the retry's business, not a new event
+            seen |= await FailedHandlers(s).event_ids_among(self.user_id, ids)
         handled = 0
         for ev, regs in todo:
             if ev.event_id in seen:
                 continue
             seen.add(ev.event_id)
+            failures: list[tuple[_Registration, str]] = []
             for reg in regs:
                 try:
                     await reg.handler(ev)
                 except asyncio.CancelledError:
                     raise
-                except Exception:
+                except Exception as exc:
                     self.stats.handler_failures += 1
                     log.exception(
                         "handler %s failed on %s %s in %s",
@@ -211,11 +285,94 @@ class SyncLoop:
                         ev.event_id,
                         ev.room_id,
                     )
+                    failures.append((reg, _describe(exc)))
             async with self.sessionmaker() as s, s.begin():
-                await ProcessedEvents(s).mark(self.user_id, ev.event_id)
+                if not failures:
+                    await ProcessedEvents(s).mark(self.user_id, ev.event_id)
+                for reg, error in failures:
+                    retry_at = self._retry_at(1, reg.name, ev.event_id, ev.room_id, error)
+                    await FailedHandlers(s).add(
+                        self.user_id,
+                        ev.event_id,
+                        reg.name,
+                        room_id=ev.room_id,
+                        event=stored_event(ev),
+                        error=error,
+                        retry_at=retry_at,
+                    )
             handled += 1
             self.stats.events_dispatched += 1
         return handled
+
+    def _retry_at(
+        self, attempts: int, handler: str, event_id: str, room_id: str, error: str
+    ) -> datetime | None:
+        """When to call a handler again after ``attempts`` failures; None (and an error
+        logged) once it has had its ``handler_max_attempts``."""
+        if attempts < self.handler_max_attempts:
+            backoff = handler_backoff(attempts, self.handler_retry_initial, self.handler_retry_cap)
+            return self.clock() + backoff
+        log.error(
+            "%s: handler %s abandoned on %s in %s after %d attempts: %s",
+            self.user_id,
+            handler,
+            event_id,
+            room_id,
+            attempts,
+            error,
+        )
+        return None
+
+    async def _retry_due(self) -> int:
+        """Call again the failed handlers whose time has come (only them: the event's
+        other handlers already ran). Returns how many were tried."""
+        async with self.sessionmaker() as s:
+            due = await FailedHandlers(s).due(self.user_id, self.clock())
+        for failed in due:
+            await self._retry(failed)
+        return len(due)
+
+    async def _retry(self, failed: FailedHandler) -> None:
+        reg = next((r for r in self._registrations if r.name == failed.handler), None)
+        ev = revived_event(failed.room_id, failed.event)
+        error: str | None = None
+        if reg is None:
+            error = f"no handler named {failed.handler!r} is registered"
+        elif ev is None:
+            error = "the stored event cannot be read back"
+        else:
+            try:
+                await reg.handler(ev)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.handler_failures += 1
+                error = _describe(exc)
+                log.warning(
+                    "handler %s failed again on %s in %s (attempt %d)",
+                    failed.handler,
+                    failed.event_id,
+                    failed.room_id,
+                    failed.attempts + 1,
+                    exc_info=True,
+                )
+        async with self.sessionmaker() as s, s.begin():
+            repo = FailedHandlers(s)
+            if error is None:
+                if await repo.succeeded(self.user_id, failed.event_id, failed.handler):
+                    await ProcessedEvents(s).mark(self.user_id, failed.event_id)
+                log.info(
+                    "handler %s succeeded on %s after %d failed attempts",
+                    failed.handler,
+                    failed.event_id,
+                    failed.attempts,
+                )
+                return
+            attempts = failed.attempts + 1
+            retry_at = self._retry_at(
+                attempts, failed.handler, failed.event_id, failed.room_id, error
+            )
+            await repo.failed_again(self.user_id, failed.event_id, failed.handler, error, retry_at)
 
     async def run(self) -> None:
         """Sync until :meth:`stop`. Survives homeserver outages (with backoff)."""
@@ -241,7 +398,7 @@ class SyncLoop:
             # Only the long poll is interrupted by stop(); a batch that arrived is
             # handled and its token stored before the loop ends.
             since = self.next_batch
-            poll = asyncio.ensure_future(self._poll())
+            poll = asyncio.ensure_future(self._poll(await self._poll_timeout()))
             stopping = asyncio.ensure_future(self._stopping.wait())
             try:
                 await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)

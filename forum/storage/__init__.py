@@ -20,6 +20,8 @@ from .outbox_worker import Executor, OutboxWorker
 from .repositories import (
     BotSession,
     BotSessions,
+    FailedHandler,
+    FailedHandlers,
     Outbox,
     OutboxItem,
     ProcessedEvents,
@@ -36,6 +38,8 @@ __all__ = [
     "Database",
     "DatabaseTooNew",
     "Executor",
+    "FailedHandler",
+    "FailedHandlers",
     "Outbox",
     "OutboxItem",
     "OutboxWorker",

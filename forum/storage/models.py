@@ -140,3 +140,20 @@ class OutboxRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow, index=True)
     done_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class FailedHandlerRow(Base):
+    """A handler that raised on an event: the event stays unprocessed and the handler is
+    tried again at ``next_attempt_at`` (NULL once abandoned after too many attempts)."""
+
+    __tablename__ = "failed_handlers"
+
+    account: Mapped[str] = mapped_column(Text, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    handler: Mapped[str] = mapped_column(Text, primary_key=True)
+    room_id: Mapped[str] = mapped_column(Text)
+    event: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

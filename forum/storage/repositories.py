@@ -18,7 +18,15 @@ from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import BotSessionRow, OutboxRow, ProcessedEvent, Room, SyncToken, utcnow
+from .models import (
+    BotSessionRow,
+    FailedHandlerRow,
+    OutboxRow,
+    ProcessedEvent,
+    Room,
+    SyncToken,
+    utcnow,
+)
 
 ROOM_KINDS = frozenset({"space", "lobby", "announcements", "management", "policy", "topic"})
 
@@ -221,6 +229,138 @@ class ProcessedEvents(Repository):
         stmt = delete(ProcessedEvent).where(ProcessedEvent.processed_at < older_than)
         result = cast("CursorResult[Any]", await self.session.execute(stmt))
         return result.rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class FailedHandler:
+    account: str
+    event_id: str
+    handler: str
+    room_id: str
+    event: dict[str, Any]
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+
+
+class FailedHandlers(Repository):
+    """Handlers that raised on an event, per bot account: the event stays unprocessed
+    while one is pending (``next_attempt_at`` set) or abandoned (``next_attempt_at`` NULL)."""
+
+    async def add(
+        self,
+        account: str,
+        event_id: str,
+        handler: str,
+        *,
+        room_id: str,
+        event: dict[str, Any],
+        error: str,
+        retry_at: datetime | None,
+    ) -> None:
+        """Record a first failure of ``handler`` on ``event_id`` (one attempt made);
+        an existing record is left alone."""
+        stmt = (
+            _insert(self.session, FailedHandlerRow)
+            .values(
+                account=account,
+                event_id=event_id,
+                handler=handler,
+                room_id=room_id,
+                event=event,
+                attempts=1,
+                next_attempt_at=retry_at,
+                last_error=error[:4000],
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing(
+                index_elements=[
+                    FailedHandlerRow.account,
+                    FailedHandlerRow.event_id,
+                    FailedHandlerRow.handler,
+                ]
+            )
+        )
+        await self.session.execute(stmt)
+
+    async def event_ids_among(self, account: str, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` have a failed handler recorded (pending or abandoned)."""
+        wanted = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            stmt = select(FailedHandlerRow.event_id).where(
+                FailedHandlerRow.account == account, FailedHandlerRow.event_id.in_(chunk)
+            )
+            found.update(await self.session.scalars(stmt))
+        return found
+
+    async def due(self, account: str, now: datetime, limit: int = 50) -> list[FailedHandler]:
+        """Pending failures whose next attempt has come, oldest first."""
+        stmt = (
+            select(FailedHandlerRow)
+            .where(FailedHandlerRow.account == account, FailedHandlerRow.next_attempt_at <= now)
+            .order_by(FailedHandlerRow.created_at, FailedHandlerRow.event_id)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return [record_of(FailedHandler, row) for row in await self.session.scalars(stmt)]
+
+    async def next_due(self, account: str) -> datetime | None:
+        """When the earliest pending failure is due (None: nothing pending)."""
+        stmt = select(func.min(FailedHandlerRow.next_attempt_at)).where(
+            FailedHandlerRow.account == account
+        )
+        return cast("datetime | None", await self.session.scalar(stmt))
+
+    async def succeeded(self, account: str, event_id: str, handler: str) -> bool:
+        """Forget the failure of ``handler``; returns True if none is left for the event
+        (then the caller marks it processed in the same transaction)."""
+        await self.session.execute(
+            delete(FailedHandlerRow).where(
+                FailedHandlerRow.account == account,
+                FailedHandlerRow.event_id == event_id,
+                FailedHandlerRow.handler == handler,
+            )
+        )
+        left = await self.session.scalar(
+            select(func.count()).where(
+                FailedHandlerRow.account == account, FailedHandlerRow.event_id == event_id
+            )
+        )
+        return not left
+
+    async def failed_again(
+        self, account: str, event_id: str, handler: str, error: str, retry_at: datetime | None
+    ) -> None:
+        """Record one more failed attempt; retry at ``retry_at``, or never if it is None."""
+        stmt = (
+            update(FailedHandlerRow)
+            .where(
+                FailedHandlerRow.account == account,
+                FailedHandlerRow.event_id == event_id,
+                FailedHandlerRow.handler == handler,
+            )
+            .values(
+                attempts=FailedHandlerRow.attempts + 1,
+                last_error=error[:4000],
+                next_attempt_at=retry_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.execute(stmt)
+
+    async def abandoned(self, account: str, limit: int = 100) -> list[FailedHandler]:
+        """Failures given up on, oldest first (for operators)."""
+        stmt = (
+            select(FailedHandlerRow)
+            .where(FailedHandlerRow.account == account, FailedHandlerRow.next_attempt_at.is_(None))
+            .order_by(FailedHandlerRow.created_at)
+            .limit(limit)
+            .execution_options(populate_existing=True)
+        )
+        return [record_of(FailedHandler, row) for row in await self.session.scalars(stmt)]
 
 
 @dataclass(frozen=True, slots=True)
