@@ -272,18 +272,15 @@ class SyncLoop:
             seen.add(ev.event_id)
             failures: list[tuple[_Registration, str]] = []
             for reg in regs:
-                try:
-                    await reg.handler(ev)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.stats.handler_failures += 1
-                    log.exception(
+                exc = await self._call(reg, ev)
+                if exc is not None:
+                    log.error(
                         "handler %s failed on %s %s in %s",
                         reg.name,
                         type(ev).__name__,
                         ev.event_id,
                         ev.room_id,
+                        exc_info=exc,
                     )
                     failures.append((reg, _describe(exc)))
             async with self.sessionmaker() as s, s.begin():
@@ -303,6 +300,18 @@ class SyncLoop:
             handled += 1
             self.stats.events_dispatched += 1
         return handled
+
+    async def _call(self, reg: _Registration, ev: Any) -> Exception | None:
+        """Run one handler; its failure is returned (and counted), never raised, so that
+        one handler cannot stop the others or the loop. Cancellation goes through."""
+        try:
+            await reg.handler(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.handler_failures += 1
+            return exc
+        return None
 
     def _retry_at(
         self, attempts: int, handler: str, event_id: str, room_id: str, error: str
@@ -341,12 +350,8 @@ class SyncLoop:
         elif ev is None:
             error = "the stored event cannot be read back"
         else:
-            try:
-                await reg.handler(ev)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.stats.handler_failures += 1
+            exc = await self._call(reg, ev)
+            if exc is not None:
                 error = _describe(exc)
                 log.warning(
                     "handler %s failed again on %s in %s (attempt %d)",
@@ -354,7 +359,7 @@ class SyncLoop:
                     failed.event_id,
                     failed.room_id,
                     failed.attempts + 1,
-                    exc_info=True,
+                    exc_info=exc,
                 )
         async with self.sessionmaker() as s, s.begin():
             repo = FailedHandlers(s)

@@ -192,6 +192,22 @@ class RoomRegistry(Repository):
         return result.rowcount > 0
 
 
+async def _event_ids_among(
+    session: AsyncSession,
+    table: type[ProcessedEvent] | type[FailedHandlerRow],
+    account: str,
+    ids: Iterable[str],
+) -> set[str]:
+    """Which of ``ids`` have a row of ``table`` for ``account`` (asked in chunks)."""
+    wanted = list(dict.fromkeys(ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        stmt = select(table.event_id).where(table.account == account, table.event_id.in_(chunk))
+        found.update(await session.scalars(stmt))
+    return found
+
+
 class ProcessedEvents(Repository):
     """Which events each bot account has handled: handlers are idempotent by event id."""
 
@@ -202,15 +218,7 @@ class ProcessedEvents(Repository):
         return await self.session.scalar(stmt) is not None
 
     async def seen_many(self, account: str, ids: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(ids))
-        found: set[str] = set()
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            stmt = select(ProcessedEvent.event_id).where(
-                ProcessedEvent.account == account, ProcessedEvent.event_id.in_(chunk)
-            )
-            found.update(await self.session.scalars(stmt))
-        return found
+        return await _event_ids_among(self.session, ProcessedEvent, account, ids)
 
     async def mark(self, account: str, event_id: str) -> bool:
         """Record ``event_id`` as handled. Returns False if it already was (no error)."""
@@ -286,15 +294,7 @@ class FailedHandlers(Repository):
 
     async def event_ids_among(self, account: str, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` have a failed handler recorded (pending or abandoned)."""
-        wanted = list(dict.fromkeys(ids))
-        found: set[str] = set()
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            stmt = select(FailedHandlerRow.event_id).where(
-                FailedHandlerRow.account == account, FailedHandlerRow.event_id.in_(chunk)
-            )
-            found.update(await self.session.scalars(stmt))
-        return found
+        return await _event_ids_among(self.session, FailedHandlerRow, account, ids)
 
     async def due(self, account: str, now: datetime, limit: int = 50) -> list[FailedHandler]:
         """Pending failures whose next attempt has come, oldest first."""
