@@ -58,6 +58,12 @@ async def test_reply_and_reaction_bind_to_their_question(start_forum: ForumStart
     assert "MESSAGE-B" in " ".join(await forum.stored_bodies())
     assert "MESSAGE-A" not in " ".join(await forum.stored_bodies())
 
+    # "oui" again in reply to the answered question: told so, nothing recorded.
+    mark = alice.mark()
+    await alice.send(dm, "m.room.message", reply("oui", q_b["event_id"]))
+    await forum.wait_bot_text(alice, dm, "ne répond à aucune question", after=mark)
+    assert await granted(forum, a) is None
+
     # A 👍 on the question about C (A still pending): C is granted, A still waits.
     c, q_c = await mark_and_wait_question(forum, alice, room, dm, "MESSAGE-C: troisième")
     mark = alice.mark()
