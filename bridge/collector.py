@@ -11,7 +11,7 @@ import asyncio
 import html
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS
+from bridge.models import QuotePermission
 from bridge.repositories import DigestStore, is_newspaper
 from bridge.sanitize import PUBLISHED_MSGTYPES, Words, mentioned, publishable, strip_reply_fallback
 from forum.consent import ConsentRecords
@@ -27,6 +28,7 @@ from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
 from forum.i18n import I18n
+from forum.matrix import matrix_to
 from forum.settings import Settings
 from forum.storage import Outbox
 
@@ -61,6 +63,9 @@ class DigestCollector:
     i18n: I18n
     on_change: Callable[[], None]
     notify_outbox: Callable[[], None] = lambda: None
+    questions_pending: Callable[[str, str], Awaitable[list[str]]] | None = None
+    """Every feature's questions waiting for a person's answer (the service's registrations:
+    :meth:`forum.context.Registrations.pending_questions_of`); None: ours only."""
     rooms: dict[str, str] = field(init=False)
     """The topic rooms: room id -> slug."""
     names: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
@@ -363,23 +368,61 @@ class DigestCollector:
         async with self.sessionmaker() as s, s.begin():
             await DigestStore(s).ask(target, room_id, author, room, ask_id)
 
+    async def pending_questions(self, user_id: str, lang: str) -> list[str]:
+        """Our quote questions waiting for ``user_id``'s answer, one line each in ``lang``
+        (registered with :meth:`forum.context.Registrations.pending_questions`)."""
+        _ = self.i18n.gettext(lang)
+        async with self.sessionmaker() as s:
+            questions = await DigestStore(s).open_questions(user_id)
+        return [
+            _("May we quote this message of yours in the public digest: {link}").format(
+                link=matrix_to(q.dm_room_id, q.ask_event_id)
+            )
+            for q in questions
+            if q.dm_room_id and q.ask_event_id
+        ]
+
+    async def bound_question(self, ev: Message) -> tuple[QuotePermission, bool] | None:
+        """The quote question ``ev`` answers, and the answer: the question it replies to,
+        or, for a bare answer, our only open question in that DM when no other question
+        (of any feature) waits for the person. An answer is never consumed twice: a bare
+        one with several questions pending binds to none (the membership bot asks which)."""
+        answer = answer_of(strip_reply_fallback(ev.body))
+        if answer is None:
+            return None
+        async with self.sessionmaker() as s:
+            store = DigestStore(s)
+            if ev.reply_to:
+                q = await store.question_by_ask_event(ev.reply_to)
+                if (
+                    q is None
+                    or q.user_id != ev.sender
+                    or q.dm_room_id != ev.room_id
+                    or q.granted is not None
+                ):
+                    return None  # not ours, or answered already
+                return q, answer
+            mine = await store.open_questions(ev.sender)
+        here = [q for q in mine if q.dm_room_id == ev.room_id]
+        if len(here) != 1:
+            return None
+        if self.questions_pending is not None:
+            total = len(await self.questions_pending(ev.sender, self.i18n.default))
+        else:
+            total = len(mine)
+        return (here[0], answer) if total == 1 else None
+
     async def on_dm_message(self, ev: Message) -> None:
         if ev.room_id in self.rooms or self._ignored(ev.sender):
             return
-        answer = answer_of(strip_reply_fallback(ev.body))
-        if answer is None:
-            return
-        async with self.sessionmaker() as s:
-            q = await DigestStore(s).pending_question(ev.sender, ev.room_id)
-        if q is not None:
+        bound = await self.bound_question(ev)
+        if bound is not None:
+            q, answer = bound
             await self._answered(q.target, q.room_id, ev.sender, ev.room_id, answer)
 
     async def claims_dm(self, ev: Message) -> bool:
-        """Is this DM message an answer to one of our quote questions?"""
-        if answer_of(strip_reply_fallback(ev.body)) is None:
-            return False
-        async with self.sessionmaker() as s:
-            return await DigestStore(s).pending_question(ev.sender, ev.room_id) is not None
+        """Is this DM message an answer to one of our quote questions (bound to it)?"""
+        return await self.bound_question(ev) is not None
 
     async def on_dm_reaction(self, ev: Reaction) -> None:
         if ev.room_id in self.rooms:

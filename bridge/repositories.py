@@ -437,20 +437,15 @@ class DigestStore(Repository):
     async def permission(self, target: str) -> QuotePermission | None:
         return await self.session.get(QuotePermission, target)
 
-    async def pending_question(self, user_id: str, dm_room_id: str) -> QuotePermission | None:
-        """The oldest unanswered question to ``user_id`` in that DM."""
-        return (
+    async def open_questions(self, user_id: str) -> list[QuotePermission]:
+        """The questions to ``user_id`` that wait for an answer, oldest first."""
+        return list(
             await self.session.scalars(
                 select(QuotePermission)
-                .where(
-                    QuotePermission.user_id == user_id,
-                    QuotePermission.dm_room_id == dm_room_id,
-                    QuotePermission.granted.is_(None),
-                )
+                .where(QuotePermission.user_id == user_id, QuotePermission.granted.is_(None))
                 .order_by(QuotePermission.asked_at)
-                .limit(1)
             )
-        ).first()
+        )
 
     async def permissions_of(self, user_id: str) -> list[QuotePermission]:
         """Every question asked to ``user_id`` and their answers, oldest first (a stable

@@ -236,6 +236,8 @@ async def setup(ctx: ServiceContext) -> DigestService:
     )
     service.collector.register()
     ctx.register.dm_claim(service.collector.claims_dm)
+    ctx.register.pending_questions(service.collector.pending_questions)
+    service.collector.questions_pending = ctx.register.pending_questions_of
     ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
     ctx.signals.connect(PUBLICATION_WITHDRAWN, service.collector.erase)
     ctx.signals.connect(MEMBER_LEFT, service.collector.erase)

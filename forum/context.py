@@ -34,6 +34,11 @@ WebRoutes = Callable[[web.Application], None]
 #: feature's own (the digest asks whether a message may be quoted): the membership bot then
 #: leaves it alone.
 DmClaim = Callable[[Message], Awaitable[bool]]
+#: The questions a feature asked ``user_id`` that wait for an answer: ``(user_id, lang)`` ->
+#: one short line per question, in ``lang`` (read only). An answer binds to a question by
+#: its reply relation or the reaction's target; a bare answer ("oui") binds only when the
+#: sum over every feature is exactly one, otherwise the membership bot asks which one.
+PendingQuestions = Callable[[str, str], Awaitable[list[str]]]
 StopHook = Callable[[], Awaitable[None]]
 #: Adds a feature's subcommands to the ``forum`` argument parser.
 AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -85,6 +90,7 @@ class Registrations:
         self._dm_claims: list[DmClaim] = []
         self._stop_hooks: list[StopHook] = []
         self._personal_data: list[PersonalDataProvider] = []
+        self._pending: list[PendingQuestions] = []
         self._closed = False
 
     def _check_open(self) -> None:
@@ -113,6 +119,12 @@ class Registrations:
         self._check_open()
         self._personal_data.append(provider)
 
+    def pending_questions(self, provider: PendingQuestions) -> None:
+        """Tell which of the feature's questions to a person wait for an answer (asked
+        before any bare answer is consumed, by every feature)."""
+        self._check_open()
+        self._pending.append(provider)
+
     def on_stop(self, hook: StopHook) -> None:
         self._check_open()
         self._stop_hooks.append(hook)
@@ -139,6 +151,11 @@ class Registrations:
     async def personal_data_of(self, user_id: str, lang: str) -> list[PersonalData]:
         """What every feature holds about ``user_id`` (in the order they registered)."""
         return [await provider(user_id, lang) for provider in self._personal_data]
+
+    async def pending_questions_of(self, user_id: str, lang: str) -> list[str]:
+        """Every feature's questions waiting for ``user_id``'s answer (registration order):
+        a bare answer binds only when there is exactly one."""
+        return [line for provider in self._pending for line in await provider(user_id, lang)]
 
     async def claimed(self, message: Message) -> bool:
         """Whether a feature claims this direct-chat message (every claim is asked)."""

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.consent import ConsentRow
-from forum.context import DmClaim, Feature, Rooms, ServiceContext
+from forum.context import DmClaim, Feature, PendingQuestions, Rooms, ServiceContext
 from forum.events import Invite, Membership, Message, Reaction
 from forum.gateway import Gateway
 from forum.settings import Settings
@@ -37,12 +37,12 @@ from .consent import Conversation, record_charter
 from .entry import Arrival, Entry
 from .export import export_person
 from .leaving import Leaving
-from .models import PUBLICATION, PersonRow
+from .models import CHARTER, LANGUAGE, PUBLICATION, PersonRow
 from .outbox import INVITE, KICK, NOTIFY, Executors
 from .reconsent import Reconsent
 from .repositories import People
 from .shared import Options, Shared
-from .text import emoji_key
+from .text import emoji_key, is_acceptance, strip_reply_fallback, yes_no
 
 __all__ = [
     "INVITE",
@@ -72,6 +72,7 @@ class MembershipBot:
         dm_claimed: DmClaim,
         options: Options | None = None,
         personal_data: PersonalDataOf = nothing_held,
+        pending_questions: PendingQuestions | None = None,
     ) -> None:
         self.shared = Shared(
             settings=settings,
@@ -85,6 +86,7 @@ class MembershipBot:
         )
         self.tasks = tasks
         self.dm_claimed = dm_claimed
+        self.pending_questions: PendingQuestions = pending_questions or self.own_questions
         self.approval = Approval(self.shared)
         self.conversation = Conversation(self.shared, self.approval, signals)
         self.leaving = Leaving(self.shared, signals)
@@ -204,12 +206,75 @@ class MembershipBot:
         body = ev.body.strip()
         if body.startswith(shared.prefix):
             await self.commands.run(person, body[len(shared.prefix) :], ev)
-        elif not (
-            await self.conversation.on_reply(person, body, ev)
-            or await self.reconsent.on_reply(person, body, ev.event_id)
+            return
+        text = strip_reply_fallback(body)
+        if await self._bind(person, text, ev):
+            return
+        if not (
+            await self.conversation.on_reply(person, text, ev)
+            or await self.reconsent.on_reply(person, text, ev.event_id)
             or await self.dm_claimed(ev)  # an answer to another feature's (the digest's)
         ):
             await shared.say(room, self.commands.with_help(lang, messages.NOT_UNDERSTOOD))
+
+    async def own_questions(self, user_id: str, lang: str) -> list[str]:
+        """The bot's questions waiting for ``user_id``'s answer, one line each in ``lang``
+        (registered with :meth:`forum.context.Registrations.pending_questions`)."""
+        shared = self.shared
+        person = await shared.person(user_id)
+        if person is None:
+            return []
+        lines: list[str] = []
+        if person.step == CHARTER:
+            lines.append(shared.t(lang, messages.PENDING_CHARTER, version=person.charter_version))
+        elif person.step == PUBLICATION and person.question_event_id:
+            lines.append(shared.t(lang, messages.PENDING_PUBLICATION))
+        if person.reconsent_version:
+            lines.append(
+                shared.t(lang, messages.PENDING_RECONSENT, version=person.reconsent_version)
+            )
+        return lines
+
+    def _own_question_events(self, person: PersonRow) -> set[str]:
+        """The events of the bot's questions that wait for ``person``'s answer."""
+        events: set[str] = set()
+        if person.step == LANGUAGE and person.question_event_id:
+            events.add(person.question_event_id)
+        if person.step == CHARTER and person.charter_event_id:
+            events.add(person.charter_event_id)
+        if person.step == PUBLICATION and person.question_event_id:
+            events.add(person.question_event_id)
+        return events
+
+    async def _bind(self, person: PersonRow, text: str, ev: Message) -> bool:
+        """Bind an answer to one question: by its reply relation, or, for a bare answer,
+        only when exactly one question waits across every feature (otherwise ask which one
+        and record nothing). True when handled here; False: the usual flow goes on."""
+        shared, room = self.shared, ev.room_id
+        lang = shared.lang_of(person)
+        answer_like = is_acceptance(text) or yes_no(text) is not None
+        if ev.reply_to:
+            if person.reconsent_version and ev.reply_to == person.reconsent_event_id:
+                if not await self.reconsent.on_reply(person, text, ev.event_id):
+                    await shared.say(room, self.commands.with_help(lang, messages.NOT_UNDERSTOOD))
+                return True
+            if ev.reply_to in self._own_question_events(person):
+                await self.conversation.on_reply(person, text, ev)
+                return True
+            if await self.dm_claimed(ev):
+                return True  # another feature's question, still open: it answers
+            if answer_like:
+                await shared.say(room, shared.t(lang, messages.NO_SUCH_QUESTION))
+                return True
+            return False
+        if not answer_like:
+            return False
+        pending = await self.pending_questions(person.user_id, lang)
+        if len(pending) <= 1:
+            return False
+        listed = "\n".join(f"- {line}" for line in pending)
+        await shared.say(room, shared.t(lang, messages.WHICH_QUESTION, questions=listed))
+        return True
 
     async def on_reaction(self, ev: Reaction) -> None:
         if ev.room_id == self.shared.management:
@@ -246,7 +311,9 @@ def feature(**options: Any) -> Feature:
             dm_claimed=ctx.register.claimed,
             options=opts,
             personal_data=ctx.register.personal_data_of,
+            pending_questions=ctx.register.pending_questions_of,
         )
+        ctx.register.pending_questions(bot.own_questions)
         for kind, executor in bot.outbox_executors.items():
             ctx.register.outbox_executor(kind, executor)
         bot.register()

@@ -113,3 +113,14 @@ NO_SUCH_PERMISSION = (
 )
 MY_DATA_CONSENTS = "Consents and membership"
 MY_DATA_RECORDS = "Consent records: {n} (each one is in the file)."
+WHICH_QUESTION = (
+    "Several questions wait for your answer, so I recorded nothing. Reply to the message"
+    " of the question you are answering (or react to it):\n{questions}"
+)
+NO_SUCH_QUESTION = (
+    "This answers no question waiting for your answer (it was answered already, or it is"
+    " not a question): nothing is recorded."
+)
+PENDING_CHARTER = "The charter (version {version}): do you accept it?"
+PENDING_RECONSENT = "The new charter (version {version}): do you accept it?"
+PENDING_PUBLICATION = "May your messages be quoted in the public digest?"
