@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bridge.digest import ANNOUNCEMENTS
 from bridge.models import QuotePermission
 from bridge.repositories import DigestStore, is_newspaper
-from bridge.sanitize import PUBLISHED_MSGTYPES, Words, mentioned, publishable, strip_reply_fallback
+from bridge.sanitize import PUBLISHED_MSGTYPES, Words, mentioned, publishable
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
 from forum.i18n import I18n
-from forum.matrix import matrix_to
+from forum.matrix import matrix_to, strip_reply_fallback
 from forum.settings import Settings
 from forum.storage import Outbox
 

@@ -17,6 +17,8 @@ from urllib.parse import unquote
 
 import nh3
 
+from forum.matrix import strip_reply_fallback
+
 #: the message types whose words may be published; every other (location, file, image,
 #: audio, video, custom...) is counted but never stored or shown
 PUBLISHED_MSGTYPES = frozenset({"m.text", "m.notice", "m.emote"})
@@ -252,14 +254,3 @@ def publishable(
     r = _rewrite(formatted_body, named)
     rich = USER_ID_RE.sub(lambda m: html.escape(named[m[0]], quote=False), "".join(r.out))
     return Words(publish_text(body, names, neutral, r.pills, r.spoilers), _nh3(rich))
-
-
-def strip_reply_fallback(body: str) -> str:
-    """Drop the ``> quoted`` lines Matrix clients put before a reply's text."""
-    lines = body.split("\n")
-    if not lines or not lines[0].startswith("> "):
-        return body
-    i = 0
-    while i < len(lines) and lines[i].startswith(">"):
-        i += 1
-    return "\n".join(lines[i:]).lstrip("\n")

@@ -125,3 +125,14 @@ class PowerLevels:
             "redact": self.redact,
         }[action]
         return self.level(user_id) >= required
+
+
+def strip_reply_fallback(body: str) -> str:
+    """Drop the ``> quoted`` lines Matrix clients put before a reply's text."""
+    lines = body.split("\n")
+    if not lines or not lines[0].startswith("> "):
+        return body
+    i = 0
+    while i < len(lines) and lines[i].startswith(">"):
+        i += 1
+    return "\n".join(lines[i:]).lstrip("\n")

@@ -25,6 +25,7 @@ from forum.consent import ConsentRow
 from forum.context import DmClaim, Feature, PendingQuestions, Rooms, ServiceContext
 from forum.events import Invite, Membership, Message, Reaction
 from forum.gateway import Gateway
+from forum.matrix import strip_reply_fallback
 from forum.settings import Settings
 from forum.signals import Signals
 from forum.storage import Executor, OutboxWorker, utcnow
@@ -42,7 +43,7 @@ from .outbox import INVITE, KICK, NOTIFY, Executors
 from .reconsent import Reconsent
 from .repositories import People
 from .shared import Options, Shared
-from .text import emoji_key, is_acceptance, strip_reply_fallback, yes_no
+from .text import emoji_key, is_acceptance, yes_no
 
 __all__ = [
     "INVITE",
@@ -207,7 +208,7 @@ class MembershipBot:
         if body.startswith(shared.prefix):
             await self.commands.run(person, body[len(shared.prefix) :], ev)
             return
-        text = strip_reply_fallback(body)
+        text = strip_reply_fallback(body).strip()
         if await self._bind(person, text, ev):
             return
         if not (

@@ -36,17 +36,6 @@ YES_REACTIONS = frozenset({"👍", "✅"})
 NO_REACTIONS = frozenset({"👎", "❌"})
 
 
-def strip_reply_fallback(body: str) -> str:
-    """Drop the ``> quoted`` lines some Matrix clients put before a reply's text."""
-    lines = body.split("\n")
-    if not lines or not lines[0].startswith("> "):
-        return body
-    i = 0
-    while i < len(lines) and lines[i].startswith(">"):
-        i += 1
-    return "\n".join(lines[i:]).strip()
-
-
 def is_acceptance(text: str) -> bool:
     return normalise(text) in ACCEPT_WORDS
 

@@ -9,10 +9,11 @@ import pytest
 
 from bridge.collector import answer_of
 from bridge.repositories import is_newspaper
-from bridge.sanitize import clean_html, mentioned, publishable, strip_reply_fallback
+from bridge.sanitize import clean_html, mentioned, publishable
 from bridge.site import relativize
 from bridge.summarize import Summariser, language_of, sentences, tokens
 from bridge.weeks import parse_week, previous_week, week_bounds, week_of
+from forum.matrix import strip_reply_fallback
 
 
 def test_summariser_picks_the_weeks_themes():

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.sanitize import clean_html, strip_reply_fallback
+from bridge.sanitize import clean_html
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
+from forum.matrix import strip_reply_fallback
 from tests.data import event
 
 ROOM = "!topic:forum.test"
