@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from bridge.models import DigestHighlight
+from bridge.repositories import DigestStore
 from forum.signals import PUBLICATION_WITHDRAWN
 from tests.harness import TOPIC, ForumStarter, eventually
 
@@ -134,3 +136,68 @@ async def test_erasure_reaches_every_output(make_user, start_forum: ForumStarter
     # The figures stay: removed quotes, not removed activity.
     assert "4 messages, 2 personnes actives" in page
     assert "EDIT-NOUVEAU" in export_text(export)
+
+
+RETRIED = "RETRAIT-REESSAYE: mes mots sur les cantines scolaires des garçons."
+RETRY_BOUND_SECONDS = 30
+
+
+async def test_withdrawal_erasure_survives_a_database_error(
+    make_user, start_forum: ForumStarter, monkeypatch
+):
+    """Issue #10 point 3: the digest's erasure fails once (a database error); the
+    withdrawal still reaches the page, the feed and the JSON (it is tried again)."""
+    forum = await start_forum("membership", "digest", moderator=True, moderator_joins=())
+    dora = await make_user("dora", display_name="Dora")
+    dm = await forum.admit(dora, publication=True)
+    room = forum.room()
+    await forum.join(dora, room)
+    await forum.join(forum.mod, room)
+    target = await dora.send_text(room, RETRIED)
+    await forum.mod.react(room, target, "📰")
+
+    async def highlighted() -> bool:
+        async with forum.ctx.db.sessionmaker() as s:
+            marks = {h.target for h in await s.scalars(select(DigestHighlight))}
+        return target in marks
+
+    await eventually(highlighted, 20, "the message is highlighted")
+    week = forum.week()
+    await forum.digest.publish(week)
+
+    async def outputs() -> str:
+        texts = [" ".join(await forum.stored_bodies())]
+        for path in (f"/fr/week/{week}/", "/fr/feed.atom", "/api/digests.json"):
+            status, body, _ = await forum.get(path)
+            assert status == 200, path
+            texts.append(body)
+        return "\n".join(texts)
+
+    async def published() -> bool:
+        return (await outputs()).count("RETRAIT-REESSAYE") >= 4
+
+    await eventually(published, 20, "the quote is on the page, the feed and the JSON")
+
+    # The digest's erasure meets a database error the first time (test-only wrapper).
+    calls: list[str] = []
+    erase_user = DigestStore.erase_user
+
+    async def failing_once(self: DigestStore, user_id: str) -> int:
+        calls.append(user_id)
+        if len(calls) == 1:
+            raise OperationalError("DELETE FROM digest_messages", {}, Exception("disk I/O error"))
+        return await erase_user(self, user_id)
+
+    monkeypatch.setattr(DigestStore, "erase_user", failing_once)
+
+    mark = dora.mark()
+    await dora.send_text(dm, "!retirer")
+    await forum.wait_bot_text(dora, dm, "noté", after=mark)
+
+    async def erased() -> bool:
+        return "RETRAIT-REESSAYE" not in await outputs()
+
+    await eventually(erased, RETRY_BOUND_SECONDS, "the erasure was tried again and done")
+    assert calls[0] == dora.user_id
+    assert len(calls) >= 2
+    forum.assert_alive()
