@@ -251,6 +251,12 @@ class DigestCollector:
         if changed:
             self.on_change()
 
+    async def erase_from_outbox(self, payload: dict[str, Any]) -> None:
+        """Outbox executor (:data:`~forum.signals.ERASE_PERSON_KIND`, written by the
+        membership bot in the transaction of a withdrawal or a leaving): erase the person
+        (idempotent: erasing again deletes nothing more)."""
+        await self.erase(str(payload["user_id"]))
+
     async def erase(self, user_id: str, **_: Any) -> None:
         """Withdrawal or leaving: delete every stored word of ``user_id``."""
         async with self.sessionmaker() as s, s.begin():

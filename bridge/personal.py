@@ -1,8 +1,8 @@
 """What the digest holds about one person, for the membership bot's ``!mes-donnees`` and
 ``!statut`` (a provider registered on the service's registrations: the membership bot
 never reads the digest's tables), and the withdrawal of one permission to quote
-(``PERMISSION_WITHDRAWN``; withdrawing them all is ``PUBLICATION_WITHDRAWN``, the
-collector's erasure)."""
+(``PERMISSION_WITHDRAWN``; withdrawing them all is the collector's erasure, an outbox
+item of ``ERASE_PERSON_KIND`` the membership bot writes with the withdrawal)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from forum.events import Membership, Message, Reaction, Redaction, parse_room_ev
 from forum.gateway import Gateway
 from forum.retry import retry_call, retrying
 from forum.settings import Settings
-from forum.signals import MEMBER_LEFT, PERMISSION_WITHDRAWN, PUBLICATION_WITHDRAWN
+from forum.signals import ERASE_PERSON_KIND, PERMISSION_WITHDRAWN
 
 if TYPE_CHECKING:
     from forum.context import ServiceContext
@@ -239,8 +239,8 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.register.pending_questions(service.collector.pending_questions)
     service.collector.questions_pending = ctx.register.pending_questions_of
     ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
-    ctx.signals.connect(PUBLICATION_WITHDRAWN, service.collector.erase)
-    ctx.signals.connect(MEMBER_LEFT, service.collector.erase)
+    # a withdrawal or a leaving: written to the outbox in its own transaction, retried
+    ctx.register.outbox_executor(ERASE_PERSON_KIND, service.collector.erase_from_outbox)
     personal = PersonalDigest(
         ctx.settings, ctx.db.sessionmaker, service.site, service.week_url, service.changed
     )

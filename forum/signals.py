@@ -25,6 +25,13 @@ MEMBER_LEFT = "member_left"
 #: membership bot). kwargs: reporter, body, formatted_body (or None), event_id
 REPORT = "report"
 
+#: The outbox kind (``forum.storage.Outbox``) of an erasure the digest owns and carries out:
+#: delete every stored word of a person whose consent ended. Written in the same
+#: transaction as the withdrawal or the leaving, so it is retried until done (the signals
+#: above stay for other listeners; the digest's erasure comes from the outbox only).
+#: payload: {"user_id": ...}. Executors must be idempotent.
+ERASE_PERSON_KIND = "digest.erase"
+
 Receiver = Callable[..., Awaitable[None]]
 
 

@@ -159,6 +159,7 @@ class MemberCommands:
     ) -> None:
         """A member changes their publication consent (``before``: what it was); a refusal
         also withdraws the ``quotes`` permissions to quote one message they gave."""
+        erase = not granted and bool(before or quotes)
         async with self.shared.sessionmaker() as s, s.begin():
             await ConsentRecords(s).add(
                 person.user_id,
@@ -168,9 +169,13 @@ class MemberCommands:
                 charter_version=person.charter_version,
                 event_id=event_id,
             )
+            if erase:
+                await self.shared.add_erasure(s, person.user_id)
+        if erase:
+            self.shared.notify_outbox()
         if granted and not before:
             await self.signals.emit(PUBLICATION_GRANTED, user_id=person.user_id)
-        if not granted and (before or quotes):
+        if erase:
             await self.signals.emit(PUBLICATION_WITHDRAWN, user_id=person.user_id)
         assert person.dm_room_id is not None
         lang = self.shared.lang_of(person)

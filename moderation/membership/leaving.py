@@ -73,6 +73,7 @@ class Leaving:
             if kick:
                 stamp = utcnow().isoformat()
                 await add_kicks(Outbox(s), user_id, shared.forum_rooms, method, stamp)
+            await shared.add_erasure(s, user_id)
         shared.notify_outbox()
         if was_muted:
             await shared.set_muted(user_id, False)

@@ -16,7 +16,8 @@ from forum.context import Rooms
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.settings import Settings
-from forum.storage import OutboxWorker, utcnow
+from forum.signals import ERASE_PERSON_KIND
+from forum.storage import Outbox, OutboxWorker, utcnow
 
 from .models import PersonRow
 from .repositories import People
@@ -130,6 +131,14 @@ class Shared:
             for k, v in values.items():
                 setattr(row, k, v)
             row.updated_at = utcnow()
+
+    async def add_erasure(self, session: AsyncSession, user_id: str) -> None:
+        """In the caller's transaction (a withdrawal, a leaving): the erasure of every
+        stored word of ``user_id``, carried out by whichever feature keeps words (the
+        digest registers the executor of :data:`~forum.signals.ERASE_PERSON_KIND`) and
+        retried until done. Nothing is written when no feature keeps words."""
+        if ERASE_PERSON_KIND in self.outbox.executors:
+            await Outbox(session).add(ERASE_PERSON_KIND, {"user_id": user_id})
 
     def notify_outbox(self) -> None:
         """Items were committed to the outbox: the worker runs them now."""

@@ -14,7 +14,9 @@ from sqlalchemy.exc import OperationalError
 
 from bridge.models import DigestHighlight
 from bridge.repositories import DigestStore
-from forum.signals import PUBLICATION_WITHDRAWN
+from forum.consent import ConsentRecords
+from forum.signals import ERASE_PERSON_KIND
+from forum.storage import Outbox
 from tests.harness import TOPIC, ForumStarter, eventually
 
 pytestmark = pytest.mark.homeserver
@@ -107,8 +109,11 @@ async def test_erasure_reaches_every_output(make_user, start_forum: ForumStarter
             "m.relates_to": {"rel_type": "m.replace", "event_id": edited},
         },
     )
-    await forum.consent(cyril, granted=False)
-    await forum.ctx.signals.emit(PUBLICATION_WITHDRAWN, user_id=cyril.user_id)
+    # as the membership bot does: the erasure in the withdrawal's transaction
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await ConsentRecords(s).add(cyril.user_id, "publication", False, method="test")
+        await Outbox(s).add(ERASE_PERSON_KIND, {"user_id": cyril.user_id})
+    forum.ctx.outbox.notify()
     await mod.request(
         "PUT",
         f"/_matrix/client/v3/rooms/{room}/redact/{unmark_reaction}/{uuid.uuid4().hex}",
