@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 import pytest_asyncio
+import tomli_w
 from multidict import CIMultiDict
 from sqlalchemy import func, select
 
@@ -106,6 +107,30 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(interval)
+
+
+def export_text(directory: Path) -> str:
+    """Every file of a static export, joined; a file replaced while it is listed (the
+    exporter's temporary files) is read under its final name."""
+    texts = []
+    for p in sorted(directory.rglob("*")):
+        with contextlib.suppress(FileNotFoundError):
+            if p.is_file():
+                texts.append(p.read_text(encoding="utf-8", errors="replace"))
+    return "\n".join(texts)
+
+
+def operator_config(forum: Forum, path: Path) -> Path:
+    """The service's own settings written as an operator's file (no bot secrets), for a
+    ``forum …`` command run beside it."""
+    data: dict[str, Any] = json.loads(forum.ctx.settings.model_dump_json(exclude_none=True))
+    for bot in data["bots"].values() if isinstance(data["bots"], dict) else []:
+        if isinstance(bot, dict):
+            for key in ("password", "access_token"):
+                bot.pop(key, None)
+    data["bots"].pop("ignore", None)
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    return path
 
 
 async def join_invited(user: TestUser, room: str, via: list[str], timeout: float = 15) -> None:

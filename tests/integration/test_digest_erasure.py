@@ -4,9 +4,7 @@ static export) and the store within the bound, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -17,7 +15,7 @@ from bridge.repositories import DigestStore
 from forum.consent import ConsentRecords
 from forum.signals import ERASE_PERSON_KIND
 from forum.storage import Outbox
-from tests.harness import TOPIC, ForumStarter, eventually
+from tests.harness import TOPIC, ForumStarter, eventually, export_text
 
 pytestmark = pytest.mark.homeserver
 
@@ -28,17 +26,6 @@ OLD = "EDIT-ANCIEN: première version sur les cantines scolaires."
 NEW = "EDIT-NOUVEAU: version corrigée sur les cantines scolaires."
 WITHDRAWN = "CYRIL-RETRAIT: mes mots sur les cantines scolaires des filles."
 UNMARKED = "DEMARQUE: un message marqué puis démarqué."
-
-
-def export_text(directory: Path) -> str:
-    """Every file of the export; a file replaced while it is listed (the exporter's
-    temporary files) is read under its final name."""
-    texts = []
-    for p in sorted(directory.rglob("*")):
-        with contextlib.suppress(FileNotFoundError):
-            if p.is_file():
-                texts.append(p.read_text(encoding="utf-8", errors="replace"))
-    return "\n".join(texts)
 
 
 async def test_erasure_reaches_every_output(make_user, start_forum: ForumStarter, db_url, tmp_path):

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import tomli_w
 from croniter import croniter
 from sqlalchemy import delete
 
@@ -17,7 +16,7 @@ from bridge.cli import add_commands
 from bridge.models import DigestActivity, DigestMessage
 from bridge.service import backfill
 from bridge.weeks import previous_week
-from tests.harness import BASE_CONFIG, TOPIC, ForumStarter, TestClock, eventually
+from tests.harness import BASE_CONFIG, TOPIC, ForumStarter, TestClock, eventually, operator_config
 
 pytestmark = pytest.mark.homeserver
 
@@ -69,15 +68,7 @@ async def test_cli_build_and_export(
         return len(await forum.stored_bodies()) == 1
 
     await eventually(stored, 20, "message stored")
-    config = tmp_path / "forum.toml"
-    # the service's own settings, as an operator's file
-    data = json.loads(forum.ctx.settings.model_dump_json(exclude_none=True))
-    for bot in data["bots"].values() if isinstance(data["bots"], dict) else []:
-        if isinstance(bot, dict):
-            for key in ("password", "access_token"):
-                bot.pop(key, None)
-    data["bots"].pop("ignore", None)
-    config.write_text(tomli_w.dumps(data), encoding="utf-8")
+    config = operator_config(forum, tmp_path / "forum.toml")
     monkeypatch.setenv("FORUM_HOME", str(forum.service.home))
 
     parser = argparse.ArgumentParser()

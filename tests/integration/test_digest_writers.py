@@ -7,46 +7,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 
 from bridge.cli import add_commands
 from bridge.repositories import DigestStore
 from forum.settings import database_url
 from forum.storage import Database
-from tests.harness import Forum, ForumStarter, eventually
+from tests.harness import Forum, ForumStarter, eventually, export_text, operator_config
 
 pytestmark = pytest.mark.homeserver
 
 #: how soon a change made by another process shows on the running site and its export
 OTHER_WRITER_BOUND_SECONDS = 5
-
-
-def export_text(directory: Path) -> str:
-    texts = []
-    for p in sorted(directory.rglob("*")):
-        with contextlib.suppress(FileNotFoundError):
-            if p.is_file():
-                texts.append(p.read_text(encoding="utf-8", errors="replace"))
-    return "\n".join(texts)
-
-
-def operator_config(forum: Forum, path: Path) -> Path:
-    """The service's own settings as an operator's file (no bot secrets)."""
-    data: dict[str, Any] = json.loads(forum.ctx.settings.model_dump_json(exclude_none=True))
-    for bot in data["bots"].values() if isinstance(data["bots"], dict) else []:
-        if isinstance(bot, dict):
-            for key in ("password", "access_token"):
-                bot.pop(key, None)
-    data["bots"].pop("ignore", None)
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
-    return path
 
 
 async def consenting_message(make_user: Any, forum: Forum, text: str) -> Any:
