@@ -203,6 +203,16 @@ class PowerLevelsSection(_Model):
             raise ValueError("moderation_bot must be at least moderator, ban, kick and redact")
         if self.moderator < max(self.kick, self.ban, self.redact):
             raise ValueError("moderator must be at least kick, ban and redact")
+        if self.members >= self.moderator:
+            raise ValueError(
+                f"members ({self.members}) must be below moderator ({self.moderator}), "
+                "or everyone who joins would be exempt from the protections and could curate"
+            )
+        if self.moderator > self.moderation_bot:
+            raise ValueError(
+                f"moderator ({self.moderator}) must not be above moderation_bot "
+                f"({self.moderation_bot}), or the bot could not act on moderators' behalf"
+            )
         return self
 
 
@@ -460,12 +470,31 @@ def _is_secret(path: str) -> bool:
     return any(w in path.lower() for w in _SECRET_WORDS)
 
 
+# ``scheme://user:PASSWORD@host``: the password of a URL's userinfo, wherever the URL sits.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"]*):[^\s/?#@'\"]*@")
+# ``password=…``, ``access_token: …``, ``"secret": "…"`` in a query string, a DSN or a dump.
+_KEYED_SECRET = re.compile(
+    r"(?P<key>[A-Za-z0-9_\-]*(?:passw(?:or)?d|pwd|token|secret|api[_\-]?key|private[_\-]?key"
+    r"|authorization)[A-Za-z0-9_\-]*)"
+    r"(?P<sep>['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s&;,'\"}]+)",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret it may hold replaced by ``***``: a URL's password,
+    a ``password=…`` / ``token: …`` pair (query strings, DSNs, dumped tables). For any
+    message that may show a configured value: errors, logs, the CLI."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", text)
+    return _KEYED_SECRET.sub(lambda m: f"{m.group('key')}{m.group('sep')}***", text)
+
+
 def _show(value: Any, path: str) -> str:
     if _is_secret(path):
         return "'***'"
     if isinstance(value, dict) and len(repr(value)) > 80:
         return "a table"
-    text = repr(value)
+    text = redact(repr(value))
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
@@ -504,7 +533,7 @@ def parse_settings(
                 msg = "no such option (check the spelling)"
             elif err["type"] == "missing":
                 msg = "a value (this option is required)"
-            problems.append(ConfigProblem(path, _show(err.get("input"), path), msg))
+            problems.append(ConfigProblem(path, _show(err.get("input"), path), redact(msg)))
     if problems:
         raise ConfigError(source, problems)
     return settings
