@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.collector import ASK_KIND, DigestCollector
 from bridge.digest import WeekDigest
+from bridge.export import ExportRefused
 from bridge.personal import PersonalDigest
 from bridge.repositories import DigestStore
 from bridge.site import DigestSite, export_site, summary_line, web_extension
@@ -40,6 +41,7 @@ EXPORT_DEBOUNCE_SECONDS = 1.0
 EXPORT_RETRY_CAP_SECONDS = 30.0
 #: how often the service looks for digest changes made by another process
 WATCH_SECONDS = 1.0
+#: where versions before issue #11 kept the last ``forum digest export`` directory
 EXPORT_STATE_KEY = "export_dir"
 
 
@@ -57,8 +59,10 @@ class DigestService:
         membership_gateway: Gateway,
         notify_outbox: Callable[[], None],
         public_url: str | None,
+        home: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.home = home
         self.sessionmaker = sessionmaker
         self.rooms = rooms
         self.moderation_gateway = moderation_gateway
@@ -75,32 +79,63 @@ class DigestService:
         )
         self._dirty = asyncio.Event()
         self.exports = 0
+        #: directories :meth:`export_to` exported to in this process (with ``force``)
+        self._targets: dict[Path, bool] = {}
+        self._refusals: dict[Path, str] = {}
 
     def changed(self) -> None:
         self.site.changed()
         self._dirty.set()
 
     async def export_dirs(self) -> list[Path]:
+        """The directories kept up to date after every change: the operator's
+        ``digest.export_dir``, and those :meth:`export_to` wrote in this process. A
+        one-off ``forum digest export DIR`` is not one of them."""
         dirs: list[Path] = []
         if self.settings.digest.export_dir:
-            dirs.append(Path(self.settings.digest.export_dir))
-        async with self.sessionmaker() as s:
-            last = await DigestStore(s).get_state(EXPORT_STATE_KEY)
-        if last and Path(last) not in dirs:
-            dirs.append(Path(last))
+            dirs.append(await asyncio.to_thread(Path(self.settings.digest.export_dir).resolve))
+        dirs += [d for d in self._targets if d not in dirs]
         return dirs
 
     async def export_all(self) -> None:
+        """Refresh every export. A directory the export may not write into (files of
+        someone else appeared there) is skipped with an error in the log, once per
+        reason, and tried again at the next change; the others are written."""
         for directory in await self.export_dirs():
-            await export_site(self.site, directory)
+            try:
+                await export_site(
+                    self.site, directory, home=self.home, force=self._targets.get(directory, False)
+                )
+            except ExportRefused as exc:
+                if self._refusals.get(directory) != str(exc):
+                    log.error("digest: export to %s refused: %s", directory, exc)
+                self._refusals[directory] = str(exc)
+            else:
+                self._refusals.pop(directory, None)
         self.exports += 1
 
-    async def export_to(self, directory: Path) -> int:
-        """Export the site to ``directory`` and keep it up to date after every change."""
-        n = await export_site(self.site, directory)
-        async with self.sessionmaker() as s, s.begin():
-            await DigestStore(s).set_state(EXPORT_STATE_KEY, str(directory))
+    async def export_to(self, directory: Path, *, force: bool = False) -> int:
+        """Export the site to ``directory`` and keep it up to date after every change
+        while this service runs (raises :class:`ExportRefused` where it may not write)."""
+        directory = await asyncio.to_thread(directory.resolve)
+        n = await export_site(self.site, directory, home=self.home, force=force)
+        self._targets[directory] = force
         return n
+
+    async def forget_cli_export(self) -> None:
+        """Versions before issue #11 re-exported after every change to the last directory
+        of ``forum digest export``, kept in the store; say so once and forget it."""
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            last = await store.get_state(EXPORT_STATE_KEY)
+            if last:
+                log.warning(
+                    "digest: %s is no longer re-exported after every change (it was the last "
+                    "`forum digest export` directory); set digest.export_dir to keep a "
+                    "directory up to date",
+                    last,
+                )
+                await store.set_state(EXPORT_STATE_KEY, "")
 
     async def export_loop(self) -> None:
         """Re-export after every change (erasure, edit, curation), debounced. The flag is
@@ -233,7 +268,9 @@ async def setup(ctx: ServiceContext) -> DigestService:
         membership_gateway=ctx.membership_gateway,
         notify_outbox=ctx.outbox.notify,
         public_url=ctx.settings.web.public_url,
+        home=ctx.home,
     )
+    await service.forget_cli_export()
     service.collector.register()
     ctx.register.dm_claim(service.collector.claims_dm)
     ctx.register.pending_questions(service.collector.pending_questions)

@@ -10,9 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from babel.support import NullTranslations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS, TopicDigest, WeekDigest, build_week
+from bridge.export import check_target, write_export
 from bridge.repositories import DigestStore
 from bridge.weeks import WEEK_RE
 from forum.i18n import I18n
@@ -325,8 +324,14 @@ def _static_url(name: str) -> str:
     return f"/static/{name}"
 
 
-async def export_site(site: DigestSite, directory: Path) -> int:
-    """Write the whole public site into ``directory`` (replaced atomically); return files."""
+async def export_site(
+    site: DigestSite, directory: Path, *, home: Path | None = None, force: bool = False
+) -> int:
+    """Write the whole public site into ``directory``; return how many files. Only the
+    export's own files are written and removed (:mod:`bridge.export`); a directory that
+    holds others is refused unless ``force``; never into a project root nor into or above
+    ``home`` (raises :class:`~bridge.export.ExportRefused`)."""
+    await asyncio.to_thread(check_target, directory, home=home, force=force)
     settings = site.settings
     forum_i18n = I18n(settings.forum.languages)
     renderer = Renderer(forum_i18n, _static_url)
@@ -380,27 +385,4 @@ async def export_site(site: DigestSite, directory: Path) -> int:
     files["api/digests.json"] = json.dumps(await site.json_body(), ensure_ascii=False).encode()
     for name in ("style.css", "favicon.svg"):
         files[f"static/{name}"] = (STATIC_DIR / name).read_bytes()
-    await asyncio.to_thread(_write_tree, directory, files)
-    return len(files)
-
-
-def _write_tree(directory: Path, files: dict[str, bytes]) -> None:
-    """Write the site in place, each file replaced atomically (a web host serving the
-    directory never sees it missing or a file half-written), then remove what is no
-    longer part of the site (removed text must not stay behind)."""
-    directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        target = directory / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    wanted = {directory / rel for rel in files}
-    for path in sorted(directory.rglob("*"), reverse=True):
-        if path.is_file() and path not in wanted and not path.name.endswith(".tmp"):
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+    return await asyncio.to_thread(write_export, directory, files, home=home, force=force)
