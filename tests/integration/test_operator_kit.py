@@ -169,7 +169,6 @@ def test_default_config_and_charters_ship_inside_the_package(tmp_path):
             "wheel",
             "--quiet",
             "--no-deps",
-            "--no-build-isolation",
             "-w",
             str(out),
             str(source),

@@ -159,7 +159,9 @@ SECRET = "s3cr3t-Pa55"
             "database.url",
         ),
         (
-            lambda d: d["web"].update(public_url=f"ftp://user:{SECRET}@example.org/?token={SECRET}"),
+            lambda d: d["web"].update(
+                public_url=f"ftp://user:{SECRET}@example.org/?token={SECRET}"
+            ),
             "web.public_url",
         ),
         (
