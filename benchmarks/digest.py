@@ -39,7 +39,7 @@ WORDS = _WORDS_TEXT.split()
 
 
 def settings_data() -> dict[str, Any]:
-    data = tomllib.loads((ROOT / "config" / "forum.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads((ROOT / "forum" / "config" / "forum.toml").read_text(encoding="utf-8"))
     data["topics"] = [
         {
             "slug": f"topic-{i}",

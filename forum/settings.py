@@ -1,4 +1,5 @@
-"""Typed, frozen settings loaded once from ``config/forum.toml``.
+"""Typed, frozen settings loaded once from ``forum.toml`` (the default one is
+``forum/config/forum.toml``, in the package).
 
 Every problem in a file is reported with its key path, the value found and what was
 expected (:class:`ConfigError`). Secrets are :class:`pydantic.SecretStr`; a string value of
@@ -28,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "config" / "forum.toml"
+#: the default configuration and charters, shipped inside the package (``pip install .``
+#: works anywhere); ``--config FILE`` or ``$FORUM_CONFIG`` name another file
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "forum.toml"
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_WORDS = ("password", "token", "secret")
@@ -540,7 +542,8 @@ def parse_settings(
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a TOML file (default: ``$FORUM_CONFIG`` or ``config/forum.toml``)."""
+    """Read and validate a TOML file (default: ``$FORUM_CONFIG``, else
+    :data:`DEFAULT_CONFIG`)."""
     env = os.environ if env is None else env
     file = Path(path or env.get("FORUM_CONFIG") or DEFAULT_CONFIG)
     try:
