@@ -54,10 +54,12 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
             print(m, file=sys.stderr)
         return EXIT_CONFIG
     print(
-        f"{path or os.environ.get('FORUM_CONFIG') or DEFAULT_CONFIG}: OK "
-        f"({len(settings.topics)} topics, "
-        f"languages {', '.join(settings.forum.languages)}, "
-        f"homeserver {settings.homeserver.mode} {settings.homeserver.effective_url})"
+        redact(
+            f"{path or os.environ.get('FORUM_CONFIG') or DEFAULT_CONFIG}: OK "
+            f"({len(settings.topics)} topics, "
+            f"languages {', '.join(settings.forum.languages)}, "
+            f"homeserver {settings.homeserver.mode} {settings.homeserver.effective_url})"
+        )
     )
     return 0
 
@@ -150,7 +152,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load(args)
     home = forum_home()
-    secure_home(home)
+    await asyncio.to_thread(secure_home, home)
     hs = None
     demo_passwords: dict[str, str] = {}
     stop = asyncio.Event()
@@ -167,7 +169,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print("Provisioning the forum and starting the bots ...", flush=True)
         await service.start()
         facts = _demo_facts(settings, service, demo_passwords)
-        write_private(home / "demo.json", json.dumps(facts, indent=2, ensure_ascii=False) + "\n")
+        demo = json.dumps(facts, indent=2, ensure_ascii=False) + "\n"
+        await asyncio.to_thread(write_private, home / "demo.json", demo)
         print(_banner(facts, home), flush=True)
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.wait_failed())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
