@@ -4,6 +4,7 @@ write, private files and directories, one registration secret."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import stat
@@ -247,3 +248,34 @@ async def test_synapse_own_registration_tool_works_with_homeserver_yaml(synapse)
     assert res.returncode == 0, res.stdout + res.stderr
     overrides = synapse.config.overrides_path.read_text(encoding="utf-8")
     assert "registration_shared_secret" not in overrides
+
+
+def test_a_hand_edited_manifest_never_reaches_outside(tmp_path):
+    """Names in the manifest that point outside the directory are never removed."""
+    from bridge.export import MANIFEST, write_export
+
+    site = tmp_path / "site"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me", encoding="utf-8")
+    write_export(site, {"index.html": b"<p>1</p>"}, home=tmp_path / "home")
+    listed = ["index.html", "../outside.txt", str(outside)]
+    (site / MANIFEST).write_text(json.dumps({"format": 1, "files": listed}), encoding="utf-8")
+    write_export(site, {"index.html": b"<p>2</p>"}, home=tmp_path / "home")
+    assert outside.read_text(encoding="utf-8") == "keep me"
+    assert (site / "index.html").read_bytes() == b"<p>2</p>"
+
+
+def test_the_export_never_writes_through_a_symbolic_link(tmp_path):
+    from bridge.export import ExportRefused, write_export
+
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_export(site, {"fr/index.html": b"fr"}, home=None)
+    (site / "fr" / "index.html").unlink()
+    (site / "fr").rmdir()
+    (site / "fr").symlink_to(elsewhere)
+    with pytest.raises(ExportRefused, match="fr"):
+        write_export(site, {"fr/index.html": b"fr"}, home=None)
+    with pytest.raises(ExportRefused, match="symbolic link"):
+        write_export(site, {"fr/index.html": b"fr"}, home=None, force=True)
+    assert list(elsewhere.iterdir()) == []
