@@ -279,3 +279,26 @@ def test_the_export_never_writes_through_a_symbolic_link(tmp_path):
     with pytest.raises(ExportRefused, match="symbolic link"):
         write_export(site, {"fr/index.html": b"fr"}, home=None, force=True)
     assert list(elsewhere.iterdir()) == []
+
+
+async def test_an_older_install_stops_re_exporting_to_its_last_cli_directory(start_forum, tmp_path):
+    """Versions before stored the last ``forum digest export`` directory and re-exported
+    there after every change; the service now forgets it (and says so in its log)."""
+    from bridge.repositories import DigestStore
+    from bridge.service import EXPORT_STATE_KEY
+    from forum.storage import Database
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    old_target = tmp_path / "old-site"
+    db = await Database.open(url)
+    async with db.sessionmaker() as s, s.begin():
+        await DigestStore(s).set_state(EXPORT_STATE_KEY, str(old_target))
+    await db.close()
+
+    forum = await start_forum("digest", db_url=url)
+    assert await forum.digest.export_dirs() == []
+    async with forum.ctx.db.sessionmaker() as s:
+        assert not await DigestStore(s).get_state(EXPORT_STATE_KEY)
+    await forum.digest.publish(forum.week())
+    await forum.digest.export_all()
+    assert not old_target.exists()
