@@ -313,6 +313,8 @@ async def _postgres_has_tables(url: str) -> bool:
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from forum.backup import BackupError
+
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
@@ -322,6 +324,11 @@ async def _postgres_has_tables(url: str) -> bool:
                     "WHERE table_schema = current_schema()"
                 )
             )
+    except Exception as exc:  # asyncpg's connection errors are not SQLAlchemy's
+        raise BackupError(
+            f"cannot reach the configured database to restore into: {exc}; create it "
+            "first (empty), then run forum restore again"
+        ) from exc
     finally:
         await engine.dispose()
     return bool(n)
