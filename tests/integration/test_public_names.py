@@ -127,3 +127,180 @@ async def test_display_name_change_never_relabels_a_quote(start_forum: ForumStar
     assert attributed_to(seen, "Zoé Martin"), {k: v[:300] for k, v in seen.items()}
     assert "— Afi," not in seen["page"]
     forum.assert_alive()
+
+
+async def ask(forum: Forum, person: TestUser, dm: str, text: str, *expect: str) -> str:
+    """``person`` writes ``text`` in their DM; the bot's answer holding one of ``expect``."""
+    mark = person.mark()
+    await person.send_text(dm, text)
+    answer = await forum.wait_bot_text(person, dm, *expect, after=mark)
+    return str(answer["content"]["body"])
+
+
+async def download(person: TestUser, mxc: str) -> dict:
+    server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+    return await person.request("GET", f"/_matrix/client/v1/media/download/{server}/{media_id}")
+
+
+async def test_the_display_name_at_consent_is_the_default_public_name(
+    start_forum: ForumStarter, make_user
+):
+    forum = await start_forum("membership", "digest", moderator=True, moderator_joins=())
+    awa = await make_user("awa", display_name="Awa Kpodar")
+    dm = await forum.admit(awa, publication=True)
+    told = await forum.wait_bot_text(awa, dm, "sous le nom")
+    body = told["content"]["body"]
+    assert "« Awa Kpodar »" in body, body
+    assert "!nom-public" in body, body
+
+    status = await ask(forum, awa, dm, "!statut", "Charte")
+    assert "Nom public (quand vous êtes cité·e) : « Awa Kpodar »." in status
+    assert "« Awa Kpodar »" in await ask(forum, awa, dm, "!nom-public", "sous le nom")
+    assert "!nom-public" in await ask(forum, awa, dm, "!aide", "Commandes")
+
+    # !mes-donnees: the readable message and the JSON file hold the public name.
+    mark = awa.mark()
+    await awa.send_text(dm, "!mes-donnees")
+    file_ev = await awa.wait_for(
+        lambda e: e["room_id"] == dm and e["content"].get("msgtype") == "m.file", after=mark
+    )
+    readable = [
+        e
+        for e in awa.events[mark:]
+        if e["room_id"] == dm
+        and e.get("sender") == forum.membership_bot_id
+        and "Nom public" in str(e["content"].get("body", ""))
+    ]
+    assert readable
+    assert "Awa Kpodar" in readable[0]["content"]["body"]
+    data = await download(awa, file_ev["content"]["url"])
+    assert data["public_name"]["name"] == "Awa Kpodar"
+    assert data["public_name"]["chosen"] is False
+
+    # Quoted under it; a later display name changes nothing.
+    room = forum.room()
+    await forum.join(awa, room)
+    await forum.join(forum.mod, room)
+    text = "DEFAUT-AWA: des bourses pour les filles du secondaire."
+    target = await awa.send_text(room, text)
+    await forum.mod.react(room, target, "📰")
+    await forum.digest.publish(forum.week())
+
+    async def as_awa() -> bool:
+        return attributed_to(await authors(forum, target), "Awa Kpodar")
+
+    await eventually(as_awa, 20, "every output quotes Awa Kpodar")
+    await set_display_name(forum, awa, "Awa K.")
+    await handled_later_message(forum, awa, "DEFAUT-AWA-APRES: encore un mot.")
+    assert attributed_to(await authors(forum, target), "Awa Kpodar")
+    assert "« Awa Kpodar »" in await ask(
+        forum, awa, dm, "!public-name", "under the name", "sous le nom"
+    )
+    forum.assert_alive()
+
+
+async def test_a_pseudonym_relabels_the_quote_within_5_s(
+    start_forum: ForumStarter, make_user, db_url
+):
+    """``!nom-public`` with a pseudonym: the published quote carries it on the page, the
+    feed and the JSON within 5 s; a mention of the person shows it too (on SQLite and
+    PostgreSQL)."""
+    forum = await start_forum(
+        "membership", "digest", moderator=True, moderator_joins=(), db_url=db_url
+    )
+    text = "PSEUDO-KOSSI: les mariages précoces privent les filles de classe."
+    kossi, dm, target = await quote_of(forum, make_user, "kossi", "Kossi Mensah", text)
+
+    async def as_kossi() -> bool:
+        return attributed_to(await authors(forum, target), "Kossi Mensah")
+
+    await eventually(as_kossi, 20, "every output quotes Kossi Mensah")
+
+    answer = await ask(forum, kossi, dm, "!nom-public Plume Verte", "nom public", "Rien")
+    assert "« Plume Verte »" in answer, answer
+
+    async def as_plume() -> bool:
+        seen = await authors(forum, target)
+        return attributed_to(seen, "Plume Verte") and "Kossi Mensah" not in seen["page"]
+
+    await eventually(as_plume, BOUND_SECONDS, "the quote carries the pseudonym")
+    assert "Plume Verte" in await ask(forum, kossi, dm, "!statut", "Charte")
+
+    # A consenting member mentions Kossi: the pill becomes the pseudonym; a person who
+    # did not consent becomes « un·e membre ».
+    ama = await make_user("ama", display_name="Ama Secret")
+    await forum.consent(ama)
+    await forum.join(ama, forum.room())
+    shy = await make_user("shy", display_name="Timide Personne")
+    await forum.join(shy, forum.room())
+    pill = f'<a href="https://matrix.to/#/{kossi.user_id}">Kossi Mensah</a>'
+    shy_pill = f'<a href="https://matrix.to/#/{shy.user_id}">Timide Personne</a>'
+    await ama.send_text(
+        forum.room(),
+        "MENTION-PSEUDO: merci Kossi Mensah et Timide Personne",
+        f"MENTION-PSEUDO: merci {pill} et {shy_pill}",
+    )
+
+    async def mention_stored() -> str:
+        found = [b for b in await forum.stored_bodies() if "MENTION-PSEUDO" in b]
+        return found[0] if found else ""
+
+    await eventually(mention_stored, 20, "the mention is stored")
+    stored = await mention_stored()
+    assert "Plume Verte" in stored, stored
+    assert "un·e membre" in stored, stored
+    assert "Kossi" not in stored, stored
+    assert "Timide" not in stored, stored
+    forum.assert_alive()
+
+
+LOOKALIKES = {
+    "Cyrillic А and і": "Аfі",
+    "U+034F": "Afi\u034f",
+    "zero-width space": "A\u200bfi",
+    "Hangul filler": "\u3164Afi",
+    "fullwidth": "Ａｆｉ",
+}
+
+
+async def test_a_lookalike_of_a_moderators_name_is_refused(start_forum: ForumStarter, make_user):
+    """The moderator is "Afi": a public name shaped like it is refused with a clear
+    message, and nothing changes."""
+    forum = await start_forum("membership", "digest", moderator=True)
+    yao = await make_user("yao", display_name="Yao")
+    dm = await forum.admit(yao, publication=True)
+    for what, lookalike in LOOKALIKES.items():
+        answer = await ask(
+            forum, yao, dm, f"!nom-public {lookalike}", "Rien n'a été changé", "noté"
+        )
+        assert "ressemble" in answer, (what, answer)
+    assert "« Yao »" in await ask(forum, yao, dm, "!nom-public", "sous le nom")
+    forum.assert_alive()
+
+
+async def test_other_refusals_are_clear(start_forum: ForumStarter, make_user):
+    """A member's display name, another's public name, a name too long, one made of
+    invisible characters: refused with a clear message, nothing changed."""
+    forum = await start_forum("membership", "digest")
+    koffi = await make_user("koffi", display_name="Koffi")
+    koffi_dm = await forum.admit(koffi, publication=True)
+    await forum.join(koffi, forum.room())
+    assert "« Baobab »" in await ask(forum, koffi, koffi_dm, "!nom-public Baobab", "nom public")
+    edem = await make_user("edem", display_name="Edem")
+    dm = await forum.admit(edem, publication=True)
+
+    refused = "Rien n'a été changé"
+    taken = await ask(forum, edem, dm, "!nom-public K0ffi", refused, "noté")  # display name
+    assert "ressemble" in taken, taken
+    taken = await ask(forum, edem, dm, "!nom-public Ba0bab", refused, "noté")  # public name
+    assert "ressemble" in taken, taken
+    long = await ask(forum, edem, dm, "!nom-public " + "x" * 60, refused, "noté")
+    assert "trop long" in long, long
+    assert "48" in long, long
+    blank = await ask(forum, edem, dm, "!nom-public \u2800\u3164", refused, "noté")
+    assert "invisibles" in blank, blank
+    assert "« Edem »" in await ask(forum, edem, dm, "!nom-public", "sous le nom")
+    ok = await ask(forum, edem, dm, "!nom-public Étoile du Matin", "nom public", refused)
+    assert "« Étoile du Matin »" in ok, ok
+    assert "« Étoile du Matin »" in await ask(forum, edem, dm, "!nom-public", "sous le nom")
+    forum.assert_alive()
