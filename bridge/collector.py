@@ -8,6 +8,7 @@ for one message its author allowed us to quote); everyone else counts as numbers
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import logging
 import re
@@ -29,6 +30,7 @@ from forum.events import Membership, Message, Reaction, Redaction, parse_room_ev
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.matrix import matrix_to, strip_reply_fallback
+from forum.names import NameRefused, clean_public_name, holder_of, localpart
 from forum.public_names import PublicNames
 from forum.settings import Settings
 from forum.storage import Outbox
@@ -115,8 +117,26 @@ class DigestCollector:
         current = await names.get(user_id)
         if current is not None:
             return current.name
-        default = await self.display_name(room_id, user_id)
+        default = await self.default_name(s, room_id, user_id)
         return await names.ensure(user_id, default, method="default")
+
+    async def default_name(self, s: AsyncSession, room_id: str, user_id: str) -> str:
+        """The public name recorded by default: the display name now, unless it is (or
+        looks like) another person's public name or a moderator's or a bot's name; then
+        the user id's localpart; last, a neutral name no one else has."""
+        settings = self.settings
+        staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
+        staff.discard(user_id)
+        others = {u: [localpart(u), await self.display_name(room_id, u)] for u in staff}
+        for candidate in (await self.display_name(room_id, user_id), localpart(user_id)):
+            try:
+                name = clean_public_name(candidate)
+            except NameRefused:
+                continue
+            taken = await PublicNames(s).holders(name, excluding=user_id)
+            if not taken and holder_of(name, others) is None:
+                return name
+        return f"{self.neutral()}-{hashlib.sha256(user_id.encode()).hexdigest()[:6]}"
 
     def neutral(self) -> str:
         """The word that stands for a mentioned person who did not consent, in the

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bridge.models import DigestMessage
+from forum.public_names import PublicNames
 from tests.harness import Forum, ForumStarter, eventually
 from tests.matrix_user import TestUser
 
@@ -303,4 +304,43 @@ async def test_other_refusals_are_clear(start_forum: ForumStarter, make_user):
     ok = await ask(forum, edem, dm, "!nom-public Étoile du Matin", "nom public", refused)
     assert "« Étoile du Matin »" in ok, ok
     assert "« Étoile du Matin »" in await ask(forum, edem, dm, "!nom-public", "sous le nom")
+    forum.assert_alive()
+
+
+async def test_a_consent_given_before_public_names(start_forum: ForumStarter, make_user):
+    """Someone who consented before public names existed has none: their display name
+    is recorded as it the first time a quote needs it, never the live one afterwards;
+    a display name shaped like the moderator's ("Afi") is not taken as a default."""
+    forum = await start_forum("digest", moderator=True, moderator_joins=())
+    room = forum.room()
+    mawuli = await make_user("mawuli", display_name="Mawuli")
+    fake = await make_user("fake", display_name="Аfі")  # Cyrillic А and і
+    for user in (forum.mod, mawuli, fake):
+        await forum.join(user, room)
+    await forum.consent(mawuli)  # a consent record only: no public name
+    await forum.consent(fake)
+    first = await mawuli.send_text(room, "AVANT-MAWULI: des latrines dans chaque école.")
+    spoof = await fake.send_text(room, "AVANT-FAUX: je parle au nom des modérateurs.")
+    for target in (first, spoof):
+        await forum.mod.react(room, target, "📰")
+    await forum.digest.publish(forum.week())
+
+    async def as_mawuli() -> bool:
+        return attributed_to(await authors(forum, first), "Mawuli")
+
+    await eventually(as_mawuli, 20, "every output quotes Mawuli")
+    fake_name = fake.user_id.removeprefix("@").split(":")[0]
+
+    async def spoof_as_localpart() -> bool:
+        return attributed_to(await authors(forum, spoof), fake_name)
+
+    await eventually(spoof_as_localpart, 20, "the look-alike is quoted under its user id")
+    async with forum.ctx.db.sessionmaker() as s:
+        recorded = await PublicNames(s).get(mawuli.user_id)
+    assert recorded is not None
+    assert (recorded.name, recorded.chosen, recorded.method) == ("Mawuli", False, "default")
+
+    await set_display_name(forum, mawuli, "Mawuli le Grand")
+    await handled_later_message(forum, mawuli, "AVANT-MAWULI-APRES: un autre mot.")
+    assert attributed_to(await authors(forum, first), "Mawuli")
     forum.assert_alive()
