@@ -225,16 +225,12 @@ class DigestStore(Repository):
             self.changed()
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def rename(self, room_id: str, user_id: str, name: str) -> bool:
-        """A new display name for the person's stored messages in ``room_id`` (the
-        digest shows people under the name they chose last, not an old one)."""
+    async def relabel(self, user_id: str, name: str) -> bool:
+        """The person's stored messages take ``name``, their public name (after they
+        changed it; a change of display name relabels nothing)."""
         result = await self.session.execute(
             update(DigestMessage)
-            .where(
-                DigestMessage.room_id == room_id,
-                DigestMessage.sender == user_id,
-                DigestMessage.display_name != name,
-            )
+            .where(DigestMessage.sender == user_id, DigestMessage.display_name != name)
             .values(display_name=name)
         )
         if result.rowcount:  # type: ignore[attr-defined]

@@ -27,6 +27,7 @@ from bridge.site import DigestSite, export_site, summary_line, web_extension
 from bridge.weeks import previous_week
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
+from forum.public_names import RELABEL_KIND
 from forum.retry import retry_call, retrying
 from forum.settings import Settings
 from forum.signals import ERASE_PERSON_KIND, PERMISSION_WITHDRAWN
@@ -278,6 +279,8 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
     # a withdrawal or a leaving: written to the outbox in its own transaction, retried
     ctx.register.outbox_executor(ERASE_PERSON_KIND, service.collector.erase_from_outbox)
+    # a new public name: the person's quotes take it (written with the change, retried)
+    ctx.register.outbox_executor(RELABEL_KIND, service.collector.relabel_from_outbox)
     personal = PersonalDigest(
         ctx.settings, ctx.db.sessionmaker, service.site, service.week_url, service.changed
     )

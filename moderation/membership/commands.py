@@ -1,5 +1,6 @@
 """The members' commands in the DM (``!aide``, ``!statut``, ``!publication``, ``!retirer``,
-``!quitter``, ``!mes-donnees``, ``!signaler``); the help is generated from them."""
+``!nom-public``, ``!quitter``, ``!mes-donnees``, ``!signaler``); the help is generated from
+them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from forum.consent import ConsentRecords
 from forum.context import HeldPermission, PersonalData
 from forum.events import Message
+from forum.names import NameRefused
+from forum.public_names import PublicNames
 from forum.signals import (
     PERMISSION_WITHDRAWN,
     PUBLICATION_GRANTED,
@@ -24,6 +27,7 @@ from .consent import Conversation
 from .export import export_file, export_person
 from .leaving import Leaving
 from .models import MEMBER, PUBLICATION, PersonRow
+from .public_name import PublicNaming
 from .shared import Shared
 from .text import normalise, yes_no
 
@@ -64,6 +68,12 @@ class MemberCommands:
             Command(("statut", "status"), "", messages.HELP_STATUS, self.status),
             Command(("publication",), " oui|non", messages.HELP_PUBLICATION, self.publication),
             Command(("retirer", "withdraw"), " [N]", messages.HELP_WITHDRAW, self.withdraw),
+            Command(
+                ("nom-public", "public-name"),
+                " [NAME]",
+                messages.HELP_PUBLIC_NAME,
+                self.public_name,
+            ),
             Command(("quitter", "leave"), "", messages.HELP_LEAVE, self.leave),
             Command(("mes-donnees", "my-data"), "", messages.HELP_MY_DATA, self.my_data),
             Command(("signaler", "report"), " …", messages.HELP_REPORT, self.report),
@@ -102,6 +112,7 @@ class MemberCommands:
         async with shared.sessionmaker() as s:
             status = await ConsentRecords(s).status(person.user_id)
         lines = self.status_lines(lang, status.charter_version, status.publication, person)
+        lines.append(self.public_name_line(lang, await self.naming.current(person.user_id)))
         if person.reconsent_version:
             lines.append(
                 shared.t(lang, messages.STATUS_RECONSENT, version=person.reconsent_version)
@@ -126,6 +137,36 @@ class MemberCommands:
                 messages.STATUS_MEMBER if person.step == MEMBER else messages.STATUS_NOT_MEMBER,
             ),
         ]
+
+    def public_name_line(self, lang: str, name: str | None) -> str:
+        if name is None:
+            return self.shared.t(lang, messages.STATUS_NO_PUBLIC_NAME)
+        return self.shared.t(lang, messages.STATUS_PUBLIC_NAME, name=name)
+
+    @property
+    def naming(self) -> PublicNaming:
+        return self.conversation.naming
+
+    async def public_name(self, person: PersonRow, arg: str, ev: Message) -> None:
+        """``!nom-public NAME``: the name under which the person may be quoted (a
+        pseudonym is allowed; someone else's name, or a look-alike, is refused); their
+        published quotes take it. Without NAME: the current one."""
+        shared = self.shared
+        lang = shared.lang_of(person)
+        if not arg:
+            current = await self.naming.current(person.user_id)
+            text = (
+                self.naming.told(lang, current)
+                if current is not None
+                else shared.t(lang, messages.PUBLIC_NAME_NONE, prefix=shared.prefix)
+            )
+            await shared.say(ev.room_id, text)
+            return
+        result = await self.naming.change(person.user_id, arg)
+        if isinstance(result, NameRefused):
+            await shared.say(ev.room_id, self.naming.refused_text(lang, result))
+            return
+        await shared.say(ev.room_id, shared.t(lang, messages.PUBLIC_NAME_CHANGED, name=result))
 
     async def held(self, user_id: str, lang: str) -> list[HeldPermission]:
         """The permissions the person gave other features (to quote one message), in the
@@ -160,6 +201,9 @@ class MemberCommands:
         """A member changes their publication consent (``before``: what it was); a refusal
         also withdraws the ``quotes`` permissions to quote one message they gave."""
         erase = not granted and bool(before or quotes)
+        default = (
+            await self.naming.default_for(person.user_id, person.dm_room_id) if granted else None
+        )
         async with self.shared.sessionmaker() as s, s.begin():
             await ConsentRecords(s).add(
                 person.user_id,
@@ -171,6 +215,8 @@ class MemberCommands:
             )
             if erase:
                 await self.shared.add_erasure(s, person.user_id)
+            if default is not None:
+                await PublicNames(s).ensure(person.user_id, default, method="consent")
         if erase:
             self.shared.notify_outbox()
         if granted and not before:
@@ -180,6 +226,8 @@ class MemberCommands:
         assert person.dm_room_id is not None
         lang = self.shared.lang_of(person)
         lines = [self.conversation.recorded_text(lang, granted)]
+        if granted and (name := await self.naming.current(person.user_id)):
+            lines.append(self.naming.told(lang, name))
         if quotes:
             lines.append(self.shared.t(lang, messages.QUOTES_WITHDRAWN, n=quotes))
         await self.shared.say(person.dm_room_id, "\n".join(lines))
@@ -243,6 +291,8 @@ class MemberCommands:
         mxc = await gateway.upload(raw, "application/json", filename)
         status = data["status"]
         own = self.status_lines(lang, status["charter_version"], status["publication"], person)
+        public = data.get("public_name")
+        own.append(self.public_name_line(lang, public["name"] if public else None))
         own.append(shared.t(lang, messages.MY_DATA_RECORDS, n=len(data["consent_records"])))
         sections = [(shared.t(lang, messages.MY_DATA_CONSENTS), own)]
         sections += [(part.title, list(part.lines)) for part in parts]

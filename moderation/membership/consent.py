@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.consent import ConsentRecords
 from forum.events import Message, Reaction
+from forum.public_names import PublicNames
 from forum.signals import PUBLICATION_GRANTED, Signals
 from forum.storage import utcnow
 
@@ -24,6 +25,7 @@ from .models import (
     PersonRow,
 )
 from .outbox import queue_admission
+from .public_name import PublicNaming
 from .repositories import People
 from .shared import Shared
 from .text import (
@@ -61,6 +63,7 @@ class Conversation:
         self.shared = shared
         self.approval = approval
         self.signals = signals
+        self.naming = PublicNaming(shared)
 
     async def ask_language(self, user_id: str, room_id: str) -> None:
         shared = self.shared
@@ -159,11 +162,16 @@ class Conversation:
             return
         lang = shared.lang_of(person)
         auto = shared.settings.membership.approval == "auto"
-        await self.record_publication(user_id, granted, method, event_id, lang=lang)
+        default = await self.naming.default_for(user_id, person.dm_room_id) if granted else None
+        await self.record_publication(
+            user_id, granted, method, event_id, lang=lang, public_name=default
+        )
         shared.notify_outbox()
         if granted:
             await self.signals.emit(PUBLICATION_GRANTED, user_id=user_id)
         lines = [self.recorded_text(lang, granted)]
+        if granted and (name := await self.naming.current(user_id)):
+            lines.append(self.naming.told(lang, name))
         if not auto:
             lines.append(shared.t(lang, messages.WAITING_APPROVAL))
         await shared.say(person.dm_room_id, "\n".join(lines))
@@ -171,11 +179,19 @@ class Conversation:
             await self.approval.post_card(user_id)
 
     async def record_publication(
-        self, user_id: str, granted: bool, method: str, event_id: str, *, lang: str
+        self,
+        user_id: str,
+        granted: bool,
+        method: str,
+        event_id: str,
+        *,
+        lang: str,
+        public_name: str | None = None,
     ) -> None:
         """Commit, in one transaction, the publication answer and its consequence: the
         person is admitted (invites and welcome queued in the outbox, ``approval =
-        "auto"``) or waits for a moderator. Nothing is sent yet."""
+        "auto"``) or waits for a moderator; with a grant, ``public_name`` is recorded as
+        their public name unless they have one. Nothing is sent yet."""
         shared = self.shared
         async with shared.sessionmaker() as s, s.begin():
             row = await People(s).get(user_id)
@@ -188,6 +204,8 @@ class Conversation:
                 charter_version=row.charter_version,
                 event_id=event_id,
             )
+            if granted and public_name:
+                await PublicNames(s).ensure(user_id, public_name, method="consent")
             row.updated_at = utcnow()
             if shared.settings.membership.approval == "auto":
                 row.step = MEMBER
