@@ -91,6 +91,9 @@ class State:
     """A request for approval waits for a moderator."""
     answered_at: datetime | None = None
     """When their last answer was recorded (their latest consent record)."""
+    last_said: str | None = None
+    """What their last bare answer meant (:func:`meaning`), if known: the same answer again,
+    written before that one was recorded, is a burst."""
     consumed: frozenset[str] = frozenset()
     """Answer events already recorded (an answer counts once)."""
     entries: int = 0
@@ -148,6 +151,8 @@ class Answer:
     at: datetime
     to: str | None = None
     sent_at: datetime | None = None
+    said: str | None = None
+    """What a bare answer means (:func:`meaning`)."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +342,8 @@ class CloseRequests:
 class Kick:
     rooms: Literal["knocked", "forum"]
     reason: str | None = None
-    """None: the translated "request declined" (with ``reason`` of the denial)."""
+    """For "knocked" (a denial): the moderator's reason, after the translated "request
+    declined"; for "forum": why they are removed."""
 
 
 @dataclass(frozen=True)
@@ -515,8 +521,11 @@ def _check(s: State, e: Answer, kind: str, question: str | None) -> list[Effect]
         and e.sent_at is not None
         and s.answered_at is not None
         and e.sent_at <= s.answered_at
+        and e.said is not None
+        and e.said == s.last_said
     ):
-        return [say(messages.ALREADY_ANSWERED)]  # written before the last answer counted
+        # The same answer again, written before the last one was recorded: a burst.
+        return [say(messages.ALREADY_ANSWERED)]
     if kind not in s.pending:
         if e.to is not None and e.to in s.asked:
             return [say(messages.ALREADY_ANSWERED)]
@@ -555,6 +564,7 @@ def _charter(s: State, e: CharterAnswered) -> tuple[State, list[Effect]]:
         question=None,
         asked=_retire(s),
         answered_at=e.at,
+        last_said=e.said,
         consumed=s.consumed | {e.event_id},
     )
     record = RecordConsent("charter", True, version, e.method, e.event_id)
@@ -584,6 +594,7 @@ def _publication(s: State, e: PublicationAnswered) -> tuple[State, list[Effect]]
         question=None,
         asked=_retire(s),
         answered_at=e.at,
+        last_said=e.said,
         consumed=s.consumed | {e.event_id},
     )
     effects: list[Effect] = [
@@ -602,8 +613,11 @@ def _publication(s: State, e: PublicationAnswered) -> tuple[State, list[Effect]]
         new = replace(new, step=APPROVAL, request=True)
         effects.append(QueueApproval())
         effects.append(say(_recorded(e.granted), messages.WAITING_APPROVAL))
-    if e.granted:
+    if e.granted and not s.publication:
         effects.append(Signal("publication-granted"))
+    if not e.granted and s.publication:
+        effects[1:1] = [Erase()]
+        effects.append(Signal("publication-withdrawn"))
     return new, effects
 
 
@@ -624,6 +638,7 @@ def _reconsent(s: State, e: ReconsentAccepted) -> tuple[State, list[Effect]]:
         muted=False,
         asked=asked,
         answered_at=e.at,
+        last_said=e.said,
         consumed=s.consumed | {e.event_id},
     )
     effects: list[Effect] = [RecordConsent("charter", True, version, e.method, e.event_id)]
@@ -637,7 +652,12 @@ def _set_publication(
     s: State, granted: bool, event_id: str, at: datetime, quotes: int
 ) -> tuple[State, list[Effect]]:
     if s.step == PUBLICATION:
-        return _publication(s, PublicationAnswered(event_id, "command", at, granted=granted))
+        answer = PublicationAnswered(event_id, "command", at, granted=granted)
+        answered, answer_effects = _publication(s, answer)
+        if not granted and quotes and not s.publication:
+            answer_effects[1:1] = [Erase()]
+            answer_effects.append(Signal("publication-withdrawn"))
+        return answered, answer_effects
     if s.accepted is None:
         return s, [say(messages.CHARTER_FIRST)]
     erase = not granted and (s.publication or quotes > 0)
@@ -767,7 +787,7 @@ def _denied(s: State, e: Denied) -> tuple[State, list[Effect]]:
         texts.append(Text(messages.REASON, (("reason", e.reason),)))
     return new, [
         Decide(False, e.moderator, e.reason),
-        Kick("knocked", None),
+        Kick("knocked", e.reason),
         Notify(tuple(texts), queued=True),
         tell_moderators(messages.DENIED_BY, moderator=e.moderator, user=s.user_id),
     ]
@@ -778,8 +798,9 @@ def _charter_changed(s: State, e: CharterChanged) -> tuple[State, list[Effect]]:
     if s.step == MEMBER:
         if not s.dm or s.accepted is None or s.accepted >= e.version or s.reconsent == e.version:
             return s, []
-        new = replace(s, reconsent=e.version, reconsent_question=None, deadline=e.deadline)
-        return new, [AskReconsent(e.version, e.deadline)]
+        deadline = s.deadline if s.reconsent == e.version and s.deadline else e.deadline
+        new = replace(s, reconsent=e.version, reconsent_question=None, deadline=deadline)
+        return new, [AskReconsent(e.version, deadline)]
     if s.step == CHARTER and s.offered is not None and s.offered < e.version and s.lang:
         new = replace(s, offered=e.version, question=None, asked=_retire(s))
         return new, [SendCharter(s.lang, e.version)]
@@ -811,10 +832,11 @@ def reply_input(
 ) -> Input | None:
     """The input a message of the person (not a command) is, given where they are; None
     when it answers none of the flow's questions (another feature's, or not understood)."""
-    common = (event_id, "reply", at, to, sent_at)
+    common = (event_id, "reply", at, to, sent_at, meaning(body) if to is None else None)
     if s.reconsent is not None and to is not None and to == s.reconsent_question:
         return ReconsentAccepted(*common) if is_acceptance(body) else None
-    if to is not None and to in s.asked:
+    answer_like = is_acceptance(body) or yes_no(body) is not None
+    if to is not None and to in s.asked and answer_like:
         return PublicationAnswered(*common, granted=yes_no(body))  # told: answered already
     if s.step == LANGUAGE:
         return LanguageChosen(*common, lang=guess_language(body, languages) or primary)
@@ -824,18 +846,22 @@ def reply_input(
         return PublicationAnswered(*common, granted=yes_no(body))
     if s.step == LEFT:
         return Returned()
-    answer_like = is_acceptance(body) or yes_no(body) is not None
     if s.reconsent is not None and is_acceptance(body):
         return ReconsentAccepted(*common)
     if answer_like and to is None and sent_at and s.answered_at and sent_at <= s.answered_at:
-        return PublicationAnswered(*common, granted=yes_no(body))  # told: answered already
+        return PublicationAnswered(*common, granted=yes_no(body))  # maybe a burst
     return None
+
+
+def meaning(body: str) -> str:
+    """What an answer means, whatever its form ("OUI !!", "oui 👍" and "yes." alike)."""
+    return f"accept={is_acceptance(body)} yes={yes_no(body)}"
 
 
 def reaction_input(s: State, key: str, *, event_id: str, to: str, at: datetime) -> Input | None:
     """The input a reaction (``key`` without skin tones) of the person is; None when it is
     not an answer to one of the flow's questions."""
-    common = (event_id, "reaction", at, to, None)
+    common = (event_id, "reaction", at, to, None, None)
     if s.reconsent is not None and to == s.reconsent_question:
         return ReconsentAccepted(*common) if key in ACCEPT_REACTIONS else None
     if s.step == CHARTER and to == s.question:

@@ -190,7 +190,8 @@ def test_publication_yes_admits_automatically():
 
 def test_publication_no_with_moderators_queues_a_card():
     s, effects = f.advance(
-        publication_state(MODS), f.PublicationAnswered("$n", "reaction", at(5), "$pub", None, False)
+        publication_state(MODS),
+        f.PublicationAnswered("$n", "reaction", at(5), "$pub", granted=False),
     )
     assert effects == (
         f.RecordConsent("publication", False, 1, "reaction", "$n"),
@@ -216,11 +217,23 @@ def test_publication_answer_with_an_old_charter_sends_the_current_one_first():
 
 
 def test_burst_second_answer_is_told_already_answered():
-    s, _ = f.advance(charter_state(), f.CharterAnswered("$1", "reply", at(5), accepted=True))
-    second = f.PublicationAnswered("$2", "reply", at(6), sent_at=at(4.5), granted=True)
+    oui = f.meaning("oui")
+    first = f.CharterAnswered("$1", "reply", at(5), said=oui, accepted=True)
+    s, _ = f.advance(charter_state(), first)
+    second = f.PublicationAnswered("$2", "reply", at(6), sent_at=at(4.5), said=oui, granted=True)
     s2, effects = f.advance(s, second)
     assert s2 == s
     assert msgids(effects) == [messages.ALREADY_ANSWERED]
+
+
+def test_a_different_answer_written_at_once_answers_the_next_question():
+    """ "I accept" then "no" at once: the "no" is the publication answer."""
+    first = f.CharterAnswered("$1", "reply", at(5), said=f.meaning("I accept"), accepted=True)
+    s, _ = f.advance(charter_state(), first)
+    no = f.PublicationAnswered("$2", "reply", at(6), sent_at=at(4.5), said=f.meaning("no"))
+    s2, effects = f.advance(s, replace(no, granted=False))
+    assert s2.step == f.MEMBER
+    assert f.RecordConsent("publication", False, 1, "reply", "$2") in effects
 
 
 def test_reply_to_an_answered_question_is_told_so():
@@ -352,7 +365,7 @@ def test_approved_admits():
 
 def test_denied_kicks_the_knocks_and_tells_them():
     s, effects = f.advance(approval_state(), f.Denied("@mod:x", f.REQUEST_PENDING, "spam"))
-    assert effects[:2] == (f.Decide(False, "@mod:x", "spam"), f.Kick("knocked", None))
+    assert effects[:2] == (f.Decide(False, "@mod:x", "spam"), f.Kick("knocked", "spam"))
     assert effects[2] == f.Notify(
         (f.Text(messages.DENIED), f.Text(messages.REASON, (("reason", "spam"),))), queued=True
     )
@@ -451,7 +464,7 @@ def test_answers_in_any_form(body):
 def test_reply_inputs_by_step():
     lang = f.State("@a:x", AUTO, f.LANGUAGE, dm=True)
     assert reply(lang, "English please") == f.LanguageChosen(
-        "$m", "reply", at(10), None, at(10), lang="en"
+        "$m", "reply", at(10), None, at(10), f.meaning("English please"), lang="en"
     )
     charter = reply(charter_state(), "j'accepte")
     assert isinstance(charter, f.CharterAnswered)
@@ -463,7 +476,11 @@ def test_reply_inputs_by_step():
     assert isinstance(reply(reconsent, "I accept", to="$r"), f.ReconsentAccepted)
     assert reply(reconsent, "no", to="$r") is None
     assert isinstance(reply(member_state(), "oui", to="$pub"), f.PublicationAnswered)
-    assert isinstance(reply(member_state(), "oui", sent=0.5), f.PublicationAnswered)  # burst
+    burst = replace(member_state(), last_said=f.meaning("yes"))
+    assert msgids(f.advance(burst, reply(burst, "OUI !", sent=0.5))[1]) == [
+        messages.ALREADY_ANSWERED
+    ]
+    assert f.advance(burst, reply(burst, "non", sent=0.5))[1] == ()
 
 
 def test_reaction_inputs():
