@@ -658,8 +658,8 @@ def _set_publication(
             answer_effects[1:1] = [Erase()]
             answer_effects.append(Signal("publication-withdrawn"))
         return answered, answer_effects
-    if s.accepted is None:
-        return s, [say(messages.CHARTER_FIRST)]
+    if s.accepted is None and granted:
+        return s, [say(messages.CHARTER_FIRST)]  # a withdrawal is always possible
     erase = not granted and (s.publication or quotes > 0)
     new = replace(s, publication=granted, answered_at=at, consumed=s.consumed | {event_id})
     effects: list[Effect] = [RecordConsent("publication", granted, s.offered, "command", event_id)]

@@ -264,6 +264,15 @@ def test_publication_command_before_the_charter_is_refused():
     assert msgids(f.advance(s, f.PublicationSet(True, "$c", at(5)))[1]) == [messages.CHARTER_FIRST]
 
 
+def test_publication_no_without_a_charter_still_withdraws_quote_permissions():
+    """``!publication non`` of someone who left but still holds permissions to quote one
+    message: recorded and erased (it answered "accept the charter first")."""
+    s = f.State("@a:x", AUTO, f.LEFT, "fr", True)
+    s2, effects = f.advance(s, f.PublicationSet(False, "$n", at(5), quotes=1))
+    assert f.Erase() in effects
+    assert not s2.publication
+
+
 def test_publication_command_grant_and_refusal():
     s, effects = f.advance(member_state(publication=False), f.PublicationSet(True, "$c", at(5)))
     assert s.publication
