@@ -46,7 +46,14 @@ from .outbox import INVITE, KICK, NOTIFY, Executors
 from .reconsent import Reconsent
 from .repositories import People
 from .shared import Options, Shared
-from .text import emoji_key, is_acceptance, yes_no
+from .text import (
+    ACCEPT_REACTIONS,
+    NO_REACTIONS,
+    YES_REACTIONS,
+    emoji_key,
+    is_acceptance,
+    yes_no,
+)
 
 __all__ = [
     "INVITE",
@@ -160,9 +167,29 @@ class MembershipBot:
             return
         person = await self._dm_person(ev.room_id, ev.sender)
         if person is None:
+            await self._third_person(ev.room_id, ev.sender)
             return
         async with self.shared.lock(person.user_id):
             await self._on_dm_message(person.user_id, ev)
+
+    async def _third_person(self, room_id: str, sender: str) -> None:
+        """Someone writes (or answers) in another person's DM with the bot: nothing of it
+        is recorded for the DM's owner, and they are told the conversation is personal (in
+        their language if the bot knows it, else the owner's)."""
+        shared = self.shared
+        if shared.ignored(sender) or sender == shared.membership_gateway.user_id:
+            return
+        async with shared.sessionmaker() as s:
+            people = People(s)
+            owner = await people.by_dm_room(room_id)
+            if owner is None or owner.user_id == sender:
+                return
+            known = await people.get(sender)
+        lang = shared.lang_of(known if known is not None and known.lang else owner)
+        text = shared.t(
+            lang, messages.PERSONAL_DM, owner=owner.user_id, forum=shared.forum_name_in(lang)
+        )
+        await shared.say(room_id, text)
 
     async def _throttled(self, user_id: str, size: int, sent_ms: int) -> str | None:
         """Count a message (at the time it was sent, so a backlog is judged fairly);
@@ -213,6 +240,10 @@ class MembershipBot:
             await shared.say(
                 room, shared.t(lang, messages.TOO_LONG, limit=limit, prefix=shared.prefix)
             )
+            return
+        if ev.replaces:
+            # An edit is never an answer nor a command: what was recorded stays.
+            await shared.say(room, shared.t(lang, messages.EDIT_NOT_ANSWER, prefix=shared.prefix))
             return
         body = ev.body.strip()
         if body.startswith(shared.prefix):
@@ -281,6 +312,8 @@ class MembershipBot:
         key = emoji_key(ev.key)
         person = await self._dm_person(ev.room_id, ev.sender)
         if person is None:
+            if key in ACCEPT_REACTIONS | YES_REACTIONS | NO_REACTIONS:
+                await self._third_person(ev.room_id, ev.sender)
             return
         async with self.shared.lock(person.user_id):
             person = await self.shared.person(person.user_id)
