@@ -469,7 +469,8 @@ def _entered(s: State, e: Entered) -> tuple[State, list[Effect]]:
         if e.knock_room and e.knocking and s.accepted == s.policy.charter_version:
             return s, [InviteTo((e.knock_room,))]
         return s, []
-    if s.dm and s.step not in {NONE, LEFT, DENIED}:
+    opened = e.door == "dm" and s.step in {NONE, LANGUAGE} and s.question is None
+    if s.dm and s.step not in {NONE, LEFT, DENIED} and not opened:
         return s, []  # under way already: one DM, nothing twice
     lang = s.lang or e.lang
     effects: list[Effect] = [] if s.dm else [OpenDm()]

@@ -76,6 +76,13 @@ def test_dm_door_asks_the_language_at_once():
     assert s.step == f.LANGUAGE
 
 
+def test_dm_door_of_someone_just_recorded_asks_the_language():
+    s = f.State("@a:x", AUTO, f.LANGUAGE, dm=True)
+    assert f.advance(s, f.Entered("dm"))[1] == (f.AskLanguage(if_joined=False),)
+    asked = replace(s, question="$lang")
+    assert f.advance(asked, f.Entered("dm")) == (asked, ())
+
+
 def test_entering_again_while_under_way_does_nothing():
     s = charter_state()
     assert f.advance(s, f.Entered("knock", "!room")) == (s, ())
