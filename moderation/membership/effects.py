@@ -11,11 +11,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from forum.consent import ConsentRecords, ConsentRow
+from forum.consent import ConsentRecords, ConsentRow, ConsentStatus
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN, Signals
 from forum.storage import Outbox, utcnow
 
@@ -43,64 +44,50 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 def state_of(
     row: PersonRow | None,
-    status_charter: int | None,
-    publication: bool,
-    answered: list[datetime | None],
+    status: ConsentStatus,
     *,
     policy: flow.Policy,
-    user_id: str,
     request: bool = False,
     consumed: frozenset[str] = frozenset(),
 ) -> State:
-    """The flow state of a person from their row and consent status."""
-    times = [t for t in (_aware(a) for a in answered) if t is not None]
+    """The flow state of a person from their row (None: never seen) and consent status.
+
+    The row keeps two question events: the charter's, and the other question of the
+    step (language or publication); the one of the current step is pending, the others
+    were answered."""
+    times = [t for t in (_aware(status.charter_at), _aware(status.publication_at)) if t]
     base = State(
-        user_id=user_id,
+        user_id=status.user_id,
         policy=policy,
-        accepted=status_charter,
-        publication=publication,
+        accepted=status.charter_version,
+        publication=status.publication,
         answered_at=max(times) if times else None,
         consumed=consumed,
         request=request,
     )
     if row is None:
         return base
-    step: flow.Step = row.step  # type: ignore[assignment]
-    ids = {"charter": row.charter_event_id, "other": row.question_event_id}
-    if step == flow.CHARTER:
-        question, asked = ids["charter"], ids["other"]
-    elif step in {flow.LANGUAGE, flow.PUBLICATION}:
-        question, asked = ids["other"], ids["charter"]
-    else:
-        question, asked = None, None
-        past = {i for i in ids.values() if i}
-        return _with(base, row, step, None, frozenset(past))
-    return _with(base, row, step, question, frozenset({asked} if asked else set()))
-
-
-def _with(
-    base: State, row: PersonRow, step: flow.Step, question: str | None, asked: frozenset[str]
-) -> State:
-    return State(
-        user_id=base.user_id,
-        policy=base.policy,
+    step = cast("flow.Step", row.step)
+    charter, other = row.charter_event_id, row.question_event_id
+    question = charter if step == flow.CHARTER else other if step in _OTHER else None
+    asked = frozenset(i for i in (charter, other) if i and i != question)
+    return replace(
+        base,
         step=step,
         lang=row.lang,
         dm=bool(row.dm_room_id),
         offered=row.charter_version,
-        accepted=base.accepted,
-        publication=base.publication,
         question=question,
         asked=asked,
         reconsent=row.reconsent_version,
         reconsent_question=row.reconsent_event_id,
         deadline=_aware(row.grace_deadline),
         muted=row.muted,
-        request=base.request,
-        answered_at=base.answered_at,
-        consumed=base.consumed,
         entries=row.entries,
     )
+
+
+_OTHER = frozenset({flow.LANGUAGE, flow.PUBLICATION})
 
 
 @dataclass
@@ -155,16 +142,7 @@ class FlowRunner:
             found = await s.scalar(select(ConsentRow.id).where(ConsentRow.event_id == event_id))
             consumed = frozenset({event_id}) if found is not None else frozenset()
         request = await People(s).pending_approval(user_id) is not None
-        state = state_of(
-            row,
-            status.charter_version,
-            status.publication,
-            [status.charter_at, status.publication_at],
-            policy=self.policy,
-            user_id=user_id,
-            request=request,
-            consumed=consumed,
-        )
+        state = state_of(row, status, policy=self.policy, request=request, consumed=consumed)
         return replace(state, last_said=self._last_said.get(user_id))
 
     async def state(self, user_id: str) -> State:

@@ -510,3 +510,36 @@ def test_reaction_inputs():
     assert pub.granted is False
     assert isinstance(react(member_state(), "👍", "$pub"), f.PublicationAnswered)
     assert react(member_state(), "👍", "$other") is None
+
+
+# --- the state derived from what is stored ----------------------------------------------
+
+
+def test_state_of_a_stored_person():
+    from forum.consent import ConsentStatus
+    from moderation.membership.effects import state_of
+    from moderation.membership.models import PersonRow
+
+    row = PersonRow(
+        user_id="@a:x",
+        dm_room_id="!dm",
+        lang="fr",
+        step="publication",
+        door="knock",
+        knocked_rooms=[],
+        charter_event_id="$charter",
+        charter_version=1,
+        question_event_id="$pub",
+        entries=0,
+        reconsent_version=None,
+        reconsent_event_id=None,
+        grace_deadline=None,
+        muted=False,
+    )
+    status = ConsentStatus("@a:x", 1, False, charter_at=at(3), publication_at=None)
+    s = state_of(row, status, policy=AUTO, consumed=frozenset({"$e"}))
+    assert s == replace(publication_state(), answered_at=at(3), consumed=frozenset({"$e"}))
+    row.step = "member"
+    member = state_of(row, status, policy=AUTO)
+    assert (member.question, member.asked) == (None, frozenset({"$charter", "$pub"}))
+    assert state_of(None, ConsentStatus("@b:x", None, False), policy=AUTO) == f.State("@b:x", AUTO)
