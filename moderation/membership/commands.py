@@ -13,20 +13,13 @@ from forum.consent import ConsentRecords
 from forum.context import HeldPermission, PersonalData
 from forum.events import Message
 from forum.names import NameRefused
-from forum.public_names import PublicNames
-from forum.signals import (
-    PERMISSION_WITHDRAWN,
-    PUBLICATION_GRANTED,
-    PUBLICATION_WITHDRAWN,
-    REPORT,
-    Signals,
-)
+from forum.signals import PERMISSION_WITHDRAWN, REPORT, Signals
+from forum.storage import utcnow
 
-from . import messages
+from . import flow, messages
 from .consent import Conversation
 from .export import export_file, export_person
-from .leaving import Leaving
-from .models import MEMBER, PUBLICATION, PersonRow
+from .models import MEMBER, PersonRow
 from .public_name import PublicNaming
 from .shared import Shared
 from .text import normalise, yes_no
@@ -54,13 +47,11 @@ class MemberCommands:
         self,
         shared: Shared,
         conversation: Conversation,
-        leaving: Leaving,
         signals: Signals,
         personal_data: PersonalDataOf = nothing_held,
     ) -> None:
         self.shared = shared
         self.conversation = conversation
-        self.leaving = leaving
         self.signals = signals
         self.personal_data = personal_data
         self.commands = [
@@ -182,55 +173,9 @@ class MemberCommands:
                 ev.room_id, shared.t(lang, messages.USAGE_PUBLICATION, prefix=shared.prefix)
             )
             return
-        if person.step == PUBLICATION:
-            await self.conversation.answer_publication(
-                person.user_id, answer, "command", ev.event_id
-            )
-            return
-        async with shared.sessionmaker() as s:
-            status = await ConsentRecords(s).status(person.user_id)
-        if status.charter_version is None:
-            await shared.say(ev.room_id, shared.t(lang, messages.CHARTER_FIRST))
-            return
-        held = [] if answer else await self.held(person.user_id, lang)
-        await self.set_publication(person, answer, ev.event_id, status.publication, len(held))
-
-    async def set_publication(
-        self, person: PersonRow, granted: bool, event_id: str, before: bool, quotes: int = 0
-    ) -> None:
-        """A member changes their publication consent (``before``: what it was); a refusal
-        also withdraws the ``quotes`` permissions to quote one message they gave."""
-        erase = not granted and bool(before or quotes)
-        default = (
-            await self.naming.default_for(person.user_id, person.dm_room_id) if granted else None
-        )
-        async with self.shared.sessionmaker() as s, s.begin():
-            await ConsentRecords(s).add(
-                person.user_id,
-                "publication",
-                granted,
-                method="command",
-                charter_version=person.charter_version,
-                event_id=event_id,
-            )
-            if erase:
-                await self.shared.add_erasure(s, person.user_id)
-            if default is not None:
-                await PublicNames(s).ensure(person.user_id, default, method="consent")
-        if erase:
-            self.shared.notify_outbox()
-        if granted and not before:
-            await self.signals.emit(PUBLICATION_GRANTED, user_id=person.user_id)
-        if erase:
-            await self.signals.emit(PUBLICATION_WITHDRAWN, user_id=person.user_id)
-        assert person.dm_room_id is not None
-        lang = self.shared.lang_of(person)
-        lines = [self.conversation.recorded_text(lang, granted)]
-        if granted and (name := await self.naming.current(person.user_id)):
-            lines.append(self.naming.told(lang, name))
-        if quotes:
-            lines.append(self.shared.t(lang, messages.QUOTES_WITHDRAWN, n=quotes))
-        await self.shared.say(person.dm_room_id, "\n".join(lines))
+        quotes = 0 if answer else len(await self.held(person.user_id, lang))
+        event = flow.PublicationSet(answer, ev.event_id, utcnow(), quotes)
+        await self.conversation.advance(person.user_id, event)
 
     async def withdraw(self, person: PersonRow, arg: str, ev: Message) -> None:
         """``!retirer``: every consent to be quoted (the general one and each permission to
@@ -250,20 +195,12 @@ class MemberCommands:
                 ev.room_id, shared.t(lang, messages.QUOTE_WITHDRAWN, quote=chosen.about)
             )
             return
-        async with shared.sessionmaker() as s:
-            status = await ConsentRecords(s).status(person.user_id)
-        if not status.publication and not held:
-            await shared.say(ev.room_id, shared.t(lang, messages.NOTHING_TO_WITHDRAW))
-            return
-        await self.set_publication(person, False, ev.event_id, status.publication, len(held))
+        event = flow.Withdrew("publication", ev.event_id, utcnow(), len(held))
+        await self.conversation.advance(person.user_id, event)
 
     async def leave(self, person: PersonRow, arg: str, ev: Message) -> None:
-        shared = self.shared
-        lang = shared.lang_of(person)
-        await self.leaving.end_membership(person.user_id, "command", ev.event_id, kick=True)
-        await shared.say(
-            ev.room_id, shared.t(lang, messages.LEFT, forum=shared.forum_name_in(lang))
-        )
+        event = flow.Withdrew("charter", ev.event_id, utcnow())
+        await self.conversation.advance(person.user_id, event)
 
     async def report(self, person: PersonRow, arg: str, ev: Message) -> None:
         """Pass a report to the moderation bot (which opens a case for the moderators)."""

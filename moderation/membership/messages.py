@@ -153,3 +153,17 @@ HELP_PUBLIC_NAME = (
     "(without NAME: see it)"
 )
 MEMBER = "member"
+ALREADY_ANSWERED = (
+    "This question was answered already: nothing more is recorded. To change your answer, "
+    "type {prefix}publication yes|no, {prefix}withdraw or {prefix}leave ({prefix}status "
+    "shows what is recorded)."
+)
+EDIT_NOT_ANSWER = (
+    "An edited message does not change an answer: what was recorded stays as it was. To "
+    "change your answer, type {prefix}publication yes|no, {prefix}withdraw or "
+    "{prefix}leave ({prefix}status shows what is recorded)."
+)
+PERSONAL_DM = (
+    "This conversation is personal to {owner}: I do not record anything you write here. "
+    "To join {forum}, or for your own answers, open a direct chat with me yourself."
+)
