@@ -7,6 +7,8 @@ an output that never showed the quote fails the "before" check."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,93 @@ async def consenting_quote(forum: Forum, name: str, text: str) -> tuple[TestUser
     await highlighted(forum, target)
     await holds_everywhere(forum, text.split(":")[0])
     return person, dm, target
+
+
+async def quoted_with_permission(forum: Forum, name: str, text: str) -> tuple[TestUser, str, str]:
+    """A member who refused publication in general, whose message a moderator marks 📰
+    and who answers "oui" to the quote question; returned once every output holds it."""
+    person = await forum.user(name, name.capitalize())
+    dm = await forum.admit(person, publication=False)
+    room = forum.room()
+    await forum.join(person, room)
+    target = await person.send_text(room, text)
+    mark = person.mark()
+    await forum.mod.react(room, target, "📰")
+    await forum.wait_bot_text(person, dm, text.split(":")[0], after=mark)
+    mark = person.mark()
+    await person.send_text(dm, "oui")
+    await forum.wait_bot_text(person, dm, "Merci", after=mark)
+    await highlighted(forum, target)
+    await holds_everywhere(forum, text.split(":")[0])
+    return person, dm, target
+
+
+async def redact(user: TestUser, room: str, event_id: str) -> None:
+    await user.request(
+        "PUT", f"/_matrix/client/v3/rooms/{room}/redact/{event_id}/{uuid.uuid4().hex}", {}
+    )
+
+
+async def by_command(forum: Forum, person: TestUser, dm: str, command: str) -> None:
+    mark = person.mark()
+    await person.send_text(dm, command)
+    await forum.wait_bot_text(person, dm, "noté", "quitté", "left", after=mark)
+
+
+async def leave_every_room(forum: Forum, person: TestUser) -> None:
+    for room in forum.forum_rooms:
+        await person.leave(room)
+
+
+async def unmark(forum: Forum, target: str) -> None:
+    """The moderator takes back their 📰 (redacts the reaction)."""
+    reactions = [
+        e
+        for e in forum.mod.events
+        if e.get("type") == "m.reaction"
+        and e.get("sender") == forum.mod.user_id
+        and (e["content"].get("m.relates_to") or {}).get("event_id") == target
+    ]
+    if not reactions:  # not synced back yet: ask the server
+        raise AssertionError("the moderator's 📰 reaction was not seen")
+    await redact(forum.mod, forum.room(), reactions[-1]["event_id"])
+
+
+Withdrawal = Callable[[Forum, TestUser, str, str], Awaitable[None]]
+
+#: every way words stop being publishable: (the person's consent, how it ends)
+PATHS: dict[str, tuple[str, Withdrawal]] = {
+    "!retirer": ("general", lambda f, p, dm, t: by_command(f, p, dm, "!retirer")),
+    "!publication non": ("general", lambda f, p, dm, t: by_command(f, p, dm, "!publication non")),
+    "!quitter": ("general", lambda f, p, dm, t: by_command(f, p, dm, "!quitter")),
+    "leaving the rooms": ("general", lambda f, p, dm, t: leave_every_room(f, p)),
+    "redaction": ("general", lambda f, p, dm, t: redact(p, f.room(), t)),
+    "!retirer (one quote)": ("quote", lambda f, p, dm, t: by_command(f, p, dm, "!retirer")),
+    "unmark": ("quote", lambda f, p, dm, t: unmark(f, t)),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+async def test_withdrawal_path_reaches_each_output(forum: Forum, path: str):
+    """One withdrawal path, nothing else happening: each output held the quote, and
+    loses it; the store keeps none of the removed words (the erasure ran)."""
+    basis, withdraw = PATHS[path]
+    key = "".join(c for c in path if c.isalpha()).upper()[:12]
+    text = f"CHEMIN-{key}: les cantines scolaires gardent les filles à l'école."
+    marker = text.split(":")[0]
+    quoted = consenting_quote if basis == "general" else quoted_with_permission
+    person, dm, target = await quoted(forum, f"p{key.lower()[:6]}", text)
+    await withdraw(forum, person, dm, target)
+    await gone_everywhere(forum, marker)
+
+    async def not_stored() -> bool:
+        if path == "unmark":  # words allowed for one quote stay, shown nowhere
+            async with forum.ctx.db.sessionmaker() as s:
+                return await s.get(DigestHighlight, target) is None
+        return not any(marker in b for b in await forum.stored_bodies())
+
+    await eventually(not_stored, BOUND_SECONDS, "the store keeps none of the removed words")
+    forum.assert_alive()
 
 
 async def test_a_withdrawal_record_alone_hides_the_quote_everywhere(forum: Forum):
