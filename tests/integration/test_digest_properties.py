@@ -54,7 +54,7 @@ from forum.storage.models import utcnow
 
 PEOPLE = 2
 MAX_MESSAGES = 8  # below the page's 12 highlights per topic: every highlight can show
-EXAMPLES = {"sqlite": 30, "postgresql": 10}
+EXAMPLES = {"sqlite": 25, "postgresql": 8}
 
 # --- operations ---------------------------------------------------------------------------
 
