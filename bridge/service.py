@@ -162,12 +162,14 @@ class DigestService:
     async def watch_loop(self, interval: float = WATCH_SECONDS) -> None:
         """Notice what other processes commit (``forum digest build``, another instance):
         every writer bumps the store's change counter; when it moves, the site's cache is
-        dropped and the exports are refreshed."""
-        seen: int | None = None
+        dropped and the exports are refreshed. A new consent record (a withdrawal whose
+        erasure has not run yet) refreshes them too: outputs filter by current consent."""
+        seen: tuple[int, int] | None = None
         while True:
             try:
                 async with self.sessionmaker() as s:
-                    version = await DigestStore(s).version()
+                    store = DigestStore(s)
+                    version = (await store.version(), await store.consent_version())
             except (OSError, SQLAlchemyError) as exc:
                 log.warning("digest: cannot read the change counter (%s)", exc)
             else:

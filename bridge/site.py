@@ -1,6 +1,9 @@
 """The public digest: pages, Atom feed and JSON, served by the web app and exported as
 static files. Everything is rendered from the store on demand (cached per change
-generation), so an erasure reaches every output as soon as the store changes.
+generation), so an erasure reaches every output as soon as the store changes; and only
+what its author's consent covers at that moment is shown (a consent record written since
+the last build, by any process, makes the cache stale), so a late erasure never shows
+what consent no longer covers.
 """
 
 from __future__ import annotations
@@ -100,12 +103,25 @@ class DigestSite:
         self._cache: dict[str, tuple[int, WeekDigest]] = {}
         self._weeks: tuple[int, list[str]] | None = None
         self._lock = asyncio.Lock()
+        self._consents: int | None = None
+        self._export_renderer: Renderer | None = None
 
     # --- data -------------------------------------------------------------------------
     def changed(self) -> None:
         self.generation += 1
 
+    async def follow_consents(self) -> None:
+        """Every output shows a quote only while its author's consent covers it (filtered
+        as it is built): a consent record written since the last build, by whichever
+        process, makes the cached weeks stale, even before any erasure has run."""
+        async with self.sessionmaker() as s:
+            version = await DigestStore(s).consent_version()
+        if version != self._consents:
+            self._consents = version
+            self.changed()
+
     async def weeks(self) -> list[str]:
+        await self.follow_consents()
         if self._weeks is None or self._weeks[0] != self.generation:
             gen = self.generation
             async with self.sessionmaker() as s:
@@ -113,6 +129,8 @@ class DigestSite:
         return self._weeks[1]
 
     async def week(self, week: str) -> WeekDigest:
+        """One week (cached); every public output asks :meth:`weeks` first, which follows
+        the consent records."""
         cached = self._cache.get(week)
         if cached and cached[0] == self.generation:
             return cached[1]
@@ -143,6 +161,14 @@ class DigestSite:
                 }
             )
         return out
+
+    def export_renderer(self) -> Renderer:
+        """The static export's renderer (templates compiled once, not at every export)."""
+        if self._export_renderer is None:
+            renderer = Renderer(I18n(self.settings.forum.languages), _static_url)
+            renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
+            self._export_renderer = renderer
+        return self._export_renderer
 
     def gettext(self, lang: str) -> Texts:
         return Texts(self.i18n.translations(lang))
@@ -334,8 +360,7 @@ async def export_site(
     await asyncio.to_thread(check_target, directory, home=home, force=force)
     settings = site.settings
     forum_i18n = I18n(settings.forum.languages)
-    renderer = Renderer(forum_i18n, _static_url)
-    renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
+    renderer = site.export_renderer()
     files: dict[str, bytes] = {}
     base = site.public_url.rstrip("/") + "/" if site.public_url else "../"
 
