@@ -14,6 +14,7 @@ import hashlib
 import logging
 import mimetypes
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +149,13 @@ def render_page(
 ) -> web.Response:
     """Render ``template`` (which extends ``base.html``) into an HTML response."""
     settings = request.app[SETTINGS_KEY]
+    root = site_url(request)
     base: dict[str, Any] = {
         "forum_name": settings.text(settings.forum.name, lang),
         "forum_description": settings.text(settings.forum.description, lang),
         "language_links": _language_links(request, lang),
+        "site_url": root,
+        "page_url": root + request.path.lstrip("/"),
     }
     base.update(context)
     body = request.app[RENDERER_KEY].render(template, lang, **base)
@@ -165,8 +169,32 @@ def render_page(
 
 
 def matrix_to(alias_id: str) -> str:
-    """A matrix.to link that opens a room in any Matrix client."""
-    return f"https://matrix.to/#/{alias_id}"
+    """A matrix.to link that opens a room in any Matrix client.
+
+    The ``#`` of an alias is written ``%23``: a second ``#`` in a URL's fragment is not
+    valid HTML (the Nu HTML Checker refuses it), and matrix.to reads both."""
+    return "https://matrix.to/#/" + urllib.parse.quote(alias_id, safe="@:!$")
+
+
+def site_url(request: web.Request) -> str:
+    """The site's absolute root (``web.public_url`` when set), ending with ``/``."""
+    public = request.app[SETTINGS_KEY].web.public_url
+    if public:
+        return public.rstrip("/") + "/"
+    return f"{request.scheme}://{request.host}/"
+
+
+def join_context(settings: Settings, lang: str) -> dict[str, Any]:
+    """What the "How to join" section shows: the lobby (name, alias, matrix.to link)."""
+    lobby = settings.rooms.lobby
+    alias = settings.alias_id(lobby.alias)
+    return {
+        "lobby": {
+            "name": settings.text(lobby.name, lang),
+            "alias": alias,
+            "url": matrix_to(alias),
+        }
+    }
 
 
 # --- handlers -------------------------------------------------------------------------
@@ -183,7 +211,6 @@ async def root(request: web.Request) -> web.StreamResponse:
 async def home(request: web.Request) -> web.StreamResponse:
     lang = page_language(request)
     settings = request.app[SETTINGS_KEY]
-    lobby = settings.rooms.lobby
     topics = [
         {
             "slug": t.slug,
@@ -194,17 +221,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         }
         for t in settings.topics
     ]
-    return render_page(
-        request,
-        "home.html",
-        lang,
-        topics=topics,
-        lobby={
-            "name": settings.text(lobby.name, lang),
-            "alias": settings.alias_id(lobby.alias),
-            "url": matrix_to(settings.alias_id(lobby.alias)),
-        },
-    )
+    return render_page(request, "home.html", lang, topics=topics, **join_context(settings, lang))
 
 
 async def _check(name: str, ping: Ping, timeout: float) -> bool:
