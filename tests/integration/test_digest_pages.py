@@ -37,9 +37,12 @@ KB = 1024
 Client = TestClient  # type: ignore[type-arg]
 
 
-async def fill_week(db: Database, week: str, *, per_topic: int = 40, people: int = 8) -> None:
+async def fill_week(
+    db: Database, week: str, *, per_topic: int = 40, people: int = 8, highlights: int = 0
+) -> None:
     """A realistic week: consenting people writing in every topic, in French and English,
-    a few highlights (one French, one English), published."""
+    two highlights in the first topic (one French, one English), or ``highlights`` in
+    every topic, published."""
     start, _ = week_bounds(week, SETTINGS.digest.timezone)
     async with db.sessionmaker() as s, s.begin():
         for i in range(people):
@@ -90,17 +93,17 @@ async def fill_week(db: Database, week: str, *, per_topic: int = 40, people: int
                     edited=False,
                     basis="consent",
                 )
-            if t_index == 0:
-                for n in (0, 1):
-                    await store.mark(
-                        f"${week}-{topic.slug}-{n}",
-                        room,
-                        f"@p{(n + t_index) % people}:localhost",
-                        None,
-                        f"$marker-{week}-{n}",
-                        "@mod:localhost",
-                        "ok",
-                    )
+            marked = range(highlights) if highlights else (0, 1) if t_index == 0 else ()
+            for n in marked:
+                await store.mark(
+                    f"${week}-{topic.slug}-{n}",
+                    room,
+                    f"@p{(n + t_index) % people}:localhost",
+                    "À lire" if n == 2 else None,
+                    f"$marker-{week}-{topic.slug}-{n}",
+                    "@mod:localhost",
+                    "ok",
+                )
         await store.publish(week)
 
 
@@ -319,10 +322,12 @@ async def test_the_feed_updated_follows_an_edit_and_an_erasure(
 
 
 async def test_pages_stay_light_with_a_realistic_week(db: Database, client: Client):
+    # three weeks, each: 6 topics x 40 messages by 8 people, 3 highlights in every topic
     for w in ("2026-W46", "2026-W47", WEEK):
-        await fill_week(db, w)
+        await fill_week(db, w, highlights=3)
     sizes = {}
-    for path in ("/fr/", f"/fr/week/{WEEK}/", "/fr/archive/", "/en/", f"/en/week/{WEEK}/"):
+    topic = f"/fr/topic/{SETTINGS.topics[0].slug}/"
+    for path in ("/fr/", f"/fr/week/{WEEK}/", "/fr/archive/", "/en/", f"/en/week/{WEEK}/", topic):
         body = (await get(client, path)).encode()
         sizes[path] = len(body)
         assert b"<script" not in body, path
