@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge.digest import language_of
 from bridge.repositories import DigestStore
 from bridge.site import DigestSite, web_extension
 from bridge.weeks import week_bounds
@@ -335,3 +336,40 @@ async def test_pages_stay_light_with_a_realistic_week(db: Database, client: Clie
     css = await client.get("/static/style.css")
     assert "@media print" in await css.text()
     print("page sizes (bytes):", sizes)
+
+
+@pytest.mark.parametrize(
+    ("week", "fr", "en"),
+    [
+        ("2026-W48", "semaine du 23 au 29 novembre 2026", "week of 23–29 November 2026"),
+        (
+            "2026-W49",
+            "semaine du 30 novembre au 6 décembre 2026",
+            "week of 30 November–6 December 2026",
+        ),
+        (
+            "2026-W53",
+            "semaine du 28 décembre 2026 au 3 janvier 2027",
+            "week of 28 December 2026–3 January 2027",
+        ),
+    ],
+)
+def test_a_week_reads_as_its_dates_across_months_and_years(week: str, fr: str, en: str):
+    site = DigestSite(SETTINGS, None, ROOMS)  # type: ignore[arg-type]  # names only
+    assert site.week_name("fr", week) == fr
+    assert site.week_name("en", week) == en
+    assert site.week_name("fr", week, capital=True) == fr[:1].upper() + fr[1:]
+
+
+@pytest.mark.parametrize(
+    ("text", "lang"),
+    [
+        (FRENCH, "fr"),
+        (ENGLISH, "en"),
+        ("Merci pour le partage, c'est très utile pour nous.", "fr"),
+        ("Thanks, this is what we needed for the club.", "en"),
+        ("Kara 2026 !!", "fr"),  # nothing tells: the forum's first language
+    ],
+)
+def test_a_quote_language_is_told_from_its_words(text: str, lang: str):
+    assert language_of(text, SETTINGS.primary_language) == lang
