@@ -4,10 +4,30 @@ that survives a failure, bounded per-person state, a schedule that catches up.""
 from __future__ import annotations
 
 import asyncio
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import pytest
+from croniter import croniter
 
+from bridge.weeks import previous_week
+from forum.errors import Forbidden
 from forum.storage import Database, SyncTokens
+from tests.harness import (
+    BASE_CONFIG,
+    CHARTER_FR,
+    PUBLICATION_Q,
+    ForumStarter,
+    TestClock,
+    config_dir_with_charters,
+    eventually,
+    is_membership,
+)
+from tests.matrix_user import TestUser
 
 pytest_plugins = ["tests.storage_fixtures"]
 
@@ -44,3 +64,158 @@ async def test_two_read_sessions_and_a_writer_at_once(db: Database) -> None:
                 await SyncTokens(s).set(f"@bot:{n}", f"s{n}")
 
         await asyncio.wait_for(asyncio.gather(*(write(n) for n in range(5))), timeout=3)
+
+
+# ------------------------------------------------------------------ background work
+
+
+@pytest.mark.homeserver
+async def test_a_member_who_kicked_the_bot_does_not_stop_the_grace_period(
+    start_forum: ForumStarter, make_user: Any, tmp_path: Path
+) -> None:
+    """A new charter, grace 0 days: the member who kicked the bot from the DM they opened
+    cannot be asked; the others are asked and muted on time all the same."""
+    config_dir = config_dir_with_charters(tmp_path / "config", versions=(1, 2))
+    home = tmp_path / "home"
+    first = await start_forum("membership", home=home, config_dir=config_dir)
+    data = first.data
+    try:
+        # "aaa" sorts first: on main the loop stopped on them before reaching the other
+        kicker = await make_user("aaa-kicker")
+        other = await make_user("zzz-stays")
+        # door 3, in a DM where the bot has no power (Element's preset gives it 100)
+        kicker_dm = await kicker.create_room(
+            is_direct=True, invite=[first.membership_bot_id], preset="private_chat"
+        )
+        await first.wait_bot_text(kicker, kicker_dm, "Which language")
+        mark = kicker.mark()
+        await kicker.send_text(kicker_dm, "Bonjour, je voudrais entrer")
+        await first.wait_bot_text(kicker, kicker_dm, CHARTER_FR, after=mark)
+        mark = kicker.mark()
+        await kicker.send_text(kicker_dm, "oui")
+        await first.wait_bot_text(kicker, kicker_dm, *PUBLICATION_Q, after=mark)
+        await kicker.send_text(kicker_dm, "non")
+        await first.wait_invites(kicker)
+        other_dm = await first.admit(other)
+        # the DM's creator puts the bot out of it
+        await kicker.request(
+            "POST",
+            f"/_matrix/client/v3/rooms/{quote(kicker_dm, safe='')}/kick",
+            {"user_id": first.membership_bot_id, "reason": "plus de messages"},
+        )
+        await kicker.wait_for(is_membership(kicker_dm, first.membership_bot_id, "leave"))
+    finally:
+        await start_forum.stop(first)
+
+    v2 = copy.deepcopy(data)
+    v2["membership"]["charter"].update({"version": 2, "grace_days": 0, "on_expiry": "mute"})
+    second = await start_forum("membership", data=v2, home=home, config_dir=config_dir)
+    await second.wait_bot_text(other, other_dm, "La charte a changé", timeout=30)
+    await second.wait_bot_text(other, other_dm, "ne pouvez plus écrire", timeout=30)
+    row = await second.person(other.user_id)
+    assert row is not None
+    assert row.muted
+    second.assert_alive()
+
+
+@pytest.mark.homeserver
+async def test_a_failed_expiry_message_does_not_make_other_mutes_permanent(
+    start_forum: ForumStarter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notice of one expired mute is refused: the mute is lifted all the same, and so
+    is the next one, at its time."""
+    forum = await start_forum("moderation", moderator=True, moderator_joins="*")
+    first = await forum.member("first")
+    second = await forum.member("second")
+    management = forum.bot.management
+    real_say_about = management.say_about
+
+    async def say_about(user: str, body: str) -> None:
+        if user == first.user_id:  # the homeserver refuses this one message
+            raise Forbidden("M_FORBIDDEN: injected refusal", status=403, errcode="M_FORBIDDEN")
+        await real_say_about(user, body)
+
+    monkeypatch.setattr(management, "say_about", say_about)
+    await forum.command(f"!mute {first.user_id} 2s premier")
+    await forum.command(f"!mute {second.user_id} 6s second")
+
+    async def lifted(user: TestUser) -> bool:
+        return all([await forum.power(room, user.user_id) == 0 for room in forum.forum_rooms])
+
+    await eventually(lambda: lifted(first), 30, "the first mute lifted")
+    await eventually(lambda: lifted(second), 30, "the second mute lifted after a failed notice")
+    await forum.mod.wait_for_text(forum.mgmt, "expiré", timeout=20)
+
+
+# ------------------------------------------------------------------ the schedule
+
+
+@pytest.mark.homeserver
+async def test_a_weekly_digest_missed_while_down_is_built_once_at_start(
+    start_forum: ForumStarter, make_user: Any, tmp_path: Path
+) -> None:
+    mod = await make_user("mod")
+    schedule = BASE_CONFIG["digest"]["schedule"]
+    tz = ZoneInfo(BASE_CONFIG["digest"]["timezone"])
+    fire = croniter(schedule, datetime.now(tz)).get_next(datetime)
+    home = tmp_path / "home"
+    # running an hour before the scheduled time, then down when it comes
+    first = await start_forum(
+        "digest",
+        moderator=mod,
+        moderator_joins=(),
+        home=home,
+        clock=TestClock.just_before(fire, by=timedelta(hours=1)),
+        schedules=True,
+    )
+    data = first.data
+    announcements = first.rooms["announcements"]
+    await first.join(mod, announcements)
+    await start_forum.stop(first)
+
+    mark = mod.mark()
+    clock = TestClock(fire + timedelta(hours=2) - datetime.now(UTC))
+    second = await start_forum(
+        "digest",
+        data=data,
+        home=home,
+        moderator=mod,
+        moderator_joins=(),
+        clock=clock,
+        schedules=True,
+    )
+    week = previous_week(fire, second.settings.digest.timezone)
+    event = await mod.wait_for_text(announcements, f"week/{week}/", timeout=30, after=mark)
+    body = event["content"]["body"]
+    assert f"Résumé de la semaine {week} (en retard)" in body
+    assert f"Digest of week {week} (late)" in body
+    # once: the next look finds nothing due before next week
+    assert await second.digest.schedule_step(clock) > 0
+    second.assert_alive()
+
+
+@pytest.mark.homeserver
+async def test_the_schedule_follows_a_clock_set_forward(
+    start_forum: ForumStarter, make_user: Any
+) -> None:
+    """The service's clock jumps over the scheduled time (an NTP correction, a suspended
+    machine): the build runs, once, instead of waiting the hour it first computed."""
+    mod = await make_user("mod")
+    schedule = BASE_CONFIG["digest"]["schedule"]
+    tz = ZoneInfo(BASE_CONFIG["digest"]["timezone"])
+    fire = croniter(schedule, datetime.now(tz)).get_next(datetime)
+    clock = TestClock.just_before(fire, by=timedelta(hours=1))
+    forum = await start_forum(
+        "digest", moderator=mod, moderator_joins=(), clock=clock, schedules=True
+    )
+    announcements = forum.rooms["announcements"]
+    await forum.join(mod, announcements)
+    mark = mod.mark()
+    clock.offset += timedelta(hours=1, minutes=1)
+    week = previous_week(fire, forum.settings.digest.timezone)
+    event = await mod.wait_for_text(announcements, f"week/{week}/", timeout=60, after=mark)
+    assert "(late)" not in event["content"]["body"]
+    # set back across the scheduled time: nothing is built twice
+    clock.offset -= timedelta(hours=1)
+    assert await forum.digest.schedule_step(clock) > 0
+    forum.assert_alive()
