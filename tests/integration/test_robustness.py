@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import secrets
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,11 @@ from croniter import croniter
 
 from bridge.weeks import previous_week
 from forum.errors import Forbidden
+from forum.events import Message
+from forum.gateway import Gateway
+from forum.homeserver import EmbeddedHomeserver
 from forum.storage import Database, SyncTokens
+from forum.storage import db as storage_db
 from tests.harness import (
     BASE_CONFIG,
     CHARTER_FR,
@@ -219,3 +225,70 @@ async def test_the_schedule_follows_a_clock_set_forward(
     clock.offset -= timedelta(hours=1)
     assert await forum.digest.schedule_step(clock) > 0
     forum.assert_alive()
+
+
+@pytest.mark.homeserver
+async def test_a_database_error_in_the_gateways_bookkeeping_is_not_fatal(
+    synapse: EmbeddedHomeserver,
+    make_user: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process holds SQLite's write lock longer than the busy timeout while an
+    event is handled: storing the processed id and the sync token fails, is retried with
+    backoff and logged, and the sync loop goes on once the lock is released."""
+    monkeypatch.setattr(storage_db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = tmp_path / "gw.db"
+    db = await Database.open(f"sqlite:///{path}")
+    password = secrets.token_urlsafe(12)
+    user_id = await synapse.register(f"bot-{secrets.token_hex(4)}", password)
+    alice = await make_user("alice")
+    room = await alice.create_room(preset="public_chat")
+    seen: list[str] = []
+
+    async def record(ev: Message) -> None:
+        seen.append(ev.body)
+
+    gw = Gateway(
+        homeserver_url=synapse.url,
+        user_id=user_id,
+        sessionmaker=db.sessionmaker,
+        password=password,
+        sync_timeout_ms=1000,
+    )
+    gw.on(Message, record)
+    await gw.login()
+    task = asyncio.create_task(gw.run())
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        await gw.wait_synced(30)
+        await gw.join(room)
+        locker.execute("BEGIN EXCLUSIVE")
+        await alice.send_text(room, "pendant le verrou")
+
+        async def bookkeeping_failed() -> bool:
+            return task.done() or any("bookkeeping" in r.getMessage() for r in caplog.records)
+
+        await eventually(bookkeeping_failed, 20, "the bookkeeping tried while locked")
+        assert not task.done(), f"the sync loop ended: {task.exception()!r}"
+        locker.execute("COMMIT")
+
+        await alice.send_text(room, "après le verrou")
+
+        async def both() -> bool:
+            return task.done() or seen == ["pendant le verrou", "après le verrou"]
+
+        await eventually(both, 20, "both messages handled once")
+        assert not task.done(), f"the sync loop ended: {task.exception()!r}"
+        assert seen == ["pendant le verrou", "après le verrou"]
+        async with db.sessionmaker() as s:
+            assert await SyncTokens(s).get(user_id) == gw.next_batch
+    finally:
+        if locker.in_transaction:
+            locker.execute("ROLLBACK")
+        locker.close()
+        gw.stop()
+        await asyncio.wait({task}, timeout=15)
+        await gw.close()
+        await db.close()
