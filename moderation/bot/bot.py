@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
+#: timed mutes are looked at every minute at least: stale after five without a pass
+MUTES_STALE = 300.0
 
 
 @dataclass(kw_only=True, eq=False)
@@ -166,9 +168,11 @@ class ModerationBot:
         gateway.on(Membership, self.on_membership)
         gateway.on(StateChange, self.on_state, include_own=True)
         gateway.on(Invite, self.on_invite)
-        self.tasks.start("moderation:mutes", self.mute_timer.run())
+        self.tasks.every(
+            "moderation:mutes", self.mute_timer.step, critical=True, stale_after=MUTES_STALE
+        )
         self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
-        self.tasks.start("moderation:admin-reports", self.reports.poll_admin_reports())
+        self.tasks.every("moderation:admin-reports", self.reports.poll_admin_reports_once)
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:

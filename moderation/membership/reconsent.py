@@ -3,7 +3,6 @@ grace period; when it ends they are muted or removed (``on_expiry``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
@@ -44,20 +43,25 @@ class Reconsent:
         ):
             await self.accept_reconsent(person.user_id, "reaction", ev.event_id)
 
-    async def run(self) -> None:
-        """Keep muted people muted, ask for the new charter, then apply the deadlines."""
+    async def start(self) -> None:
+        """Keep muted people muted (provisioning may have reconciled the power levels)."""
         shared = self.shared
         async with shared.sessionmaker() as s:
             muted = [p.user_id for p in await People(s).all() if p.muted]
-        for user_id in muted:  # provisioning may have reconciled the power levels
+        for user_id in muted:
             try:
                 await shared.set_muted(user_id, True)
             except MatrixError:
                 log.exception("could not keep %s muted", user_id)
+
+    async def step(self) -> float:
+        """Ask for the new charter whoever was not asked yet, then apply the deadlines;
+        returns the seconds until the next look. Each person is handled on their own: one
+        who cannot be reached (who closed their DM, say) is logged and left for the next
+        look, and the others are asked and their deadlines applied."""
         await self.ask_reconsent()
-        while True:
-            await self.check_deadlines()
-            await asyncio.sleep(shared.options.deadline_poll_seconds)
+        await self.check_deadlines()
+        return self.shared.options.deadline_poll_seconds
 
     async def ask_reconsent(self) -> None:
         shared = self.shared
@@ -78,30 +82,45 @@ class Reconsent:
                 or person.reconsent_version == current
             ):
                 continue
-            async with shared.lock(user_id):
-                lang = shared.lang_of(person)
-                consequence = shared.t(
-                    lang,
-                    messages.CONSEQUENCE_MUTE
-                    if charter_settings.on_expiry == "mute"
-                    else messages.CONSEQUENCE_REMOVE,
-                )
-                intro = shared.t(
-                    lang,
-                    messages.RECONSENT,
-                    version=current,
-                    days=charter_settings.grace_days,
-                    consequence=consequence,
-                )
-                event_id = await shared.say_charter(
-                    person.dm_room_id, intro, shared.charter(lang, current)
-                )
-                await shared.update_person(
+            try:
+                await self._ask(person, current, grace)
+            except Exception as exc:  # one person's failure must not stop the others
+                log.warning(
+                    "could not ask %s to accept charter v%d (asked again at the next look): %s",
                     user_id,
-                    reconsent_version=current,
-                    reconsent_event_id=event_id,
-                    grace_deadline=utcnow() + grace,
+                    current,
+                    exc,
                 )
+
+    async def _ask(self, person: PersonRow, current: int, grace: timedelta) -> None:
+        shared = self.shared
+        charter_settings = shared.settings.membership.charter
+        user_id = person.user_id
+        assert person.dm_room_id is not None
+        async with shared.lock(user_id):
+            lang = shared.lang_of(person)
+            consequence = shared.t(
+                lang,
+                messages.CONSEQUENCE_MUTE
+                if charter_settings.on_expiry == "mute"
+                else messages.CONSEQUENCE_REMOVE,
+            )
+            intro = shared.t(
+                lang,
+                messages.RECONSENT,
+                version=current,
+                days=charter_settings.grace_days,
+                consequence=consequence,
+            )
+            event_id = await shared.say_charter(
+                person.dm_room_id, intro, shared.charter(lang, current)
+            )
+            await shared.update_person(
+                user_id,
+                reconsent_version=current,
+                reconsent_event_id=event_id,
+                grace_deadline=utcnow() + grace,
+            )
 
     async def check_deadlines(self) -> None:
         shared = self.shared
@@ -122,7 +141,7 @@ class Reconsent:
                     notice = messages.REMOVED
                 if person.dm_room_id:
                     await shared.say(person.dm_room_id, shared.t(lang, notice))
-            except MatrixError:
+            except Exception:
                 log.exception("could not apply the charter deadline of %s", person.user_id)
 
     async def accept_reconsent(self, user_id: str, method: str, event_id: str) -> None:

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
+from bridge.repositories import DigestStore
+from bridge.service import SCHEDULE_STATE_KEY
 from bridge.weeks import previous_week
 from forum.errors import Forbidden
 from forum.events import Message
@@ -195,7 +197,14 @@ async def test_a_weekly_digest_missed_while_down_is_built_once_at_start(
     body = event["content"]["body"]
     assert f"Résumé de la semaine {week} (en retard)" in body
     assert f"Digest of week {week} (late)" in body
-    # once: the next look finds nothing due before next week
+
+    # once: the build is recorded, and the next look finds nothing due before next week
+    async def recorded() -> bool:
+        async with second.ctx.db.sessionmaker() as s:
+            stored = await DigestStore(s).get_state(SCHEDULE_STATE_KEY)
+        return stored is not None and datetime.fromisoformat(stored) == fire
+
+    await eventually(recorded, 10, "the build recorded")
     assert await second.digest.schedule_step(clock) > 0
     second.assert_alive()
 
@@ -221,6 +230,13 @@ async def test_the_schedule_follows_a_clock_set_forward(
     week = previous_week(fire, forum.settings.digest.timezone)
     event = await mod.wait_for_text(announcements, f"week/{week}/", timeout=60, after=mark)
     assert "(late)" not in event["content"]["body"]
+
+    async def recorded() -> bool:
+        async with forum.ctx.db.sessionmaker() as s:
+            stored = await DigestStore(s).get_state(SCHEDULE_STATE_KEY)
+        return stored is not None and datetime.fromisoformat(stored) == fire
+
+    await eventually(recorded, 10, "the build recorded")
     # set back across the scheduled time: nothing is built twice
     clock.offset -= timedelta(hours=1)
     assert await forum.digest.schedule_step(clock) > 0
