@@ -308,3 +308,41 @@ async def test_a_database_error_in_the_gateways_bookkeeping_is_not_fatal(
         await asyncio.wait({task}, timeout=15)
         await gw.close()
         await db.close()
+
+
+@pytest.mark.homeserver
+async def test_the_collector_calls_no_homeserver_inside_a_write_transaction(
+    start_forum: ForumStarter, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the homeserver is slow to give a display name, the digest's collector holds
+    no write lock: another writer commits at once (SQLite: one writer at a time)."""
+    amina = await make_user("amina", display_name="Amina")
+    forum = await start_forum("digest")
+    await forum.join(amina)
+    await forum.consent(amina)
+    collector = forum.digest.collector
+    gateway = collector.moderation_gateway
+    real_get_state_event = gateway.get_state_event
+    asked = asyncio.Event()
+
+    async def slow_get_state_event(room_id: str, event_type: str, state_key: str = "") -> Any:
+        if event_type == "m.room.member":  # a homeserver slow to answer
+            asked.set()
+            await asyncio.sleep(4)
+        return await real_get_state_event(room_id, event_type, state_key)
+
+    monkeypatch.setattr(gateway, "get_state_event", slow_get_state_event)
+    collector.names.clear()  # the name is asked of the homeserver again
+    await amina.send_text(forum.room(), "Les jeunes du réseau préparent une campagne.")
+    await asyncio.wait_for(asked.wait(), 20)
+
+    async def write() -> None:
+        async with forum.ctx.db.sessionmaker() as s, s.begin():
+            await SyncTokens(s).set("@someone:else", "s1")
+
+    await asyncio.wait_for(write(), timeout=2)
+
+    async def stored() -> bool:
+        return len(await forum.stored_bodies()) == 1
+
+    await eventually(stored, 20, "the message stored once the name came")
