@@ -331,6 +331,10 @@ async def test_the_collector_calls_no_homeserver_inside_a_write_transaction(
             await asyncio.sleep(4)
         return await real_get_state_event(room_id, event_type, state_key)
 
+    async def join_seen() -> bool:
+        return (forum.room(), amina.user_id) in collector.names
+
+    await eventually(join_seen, 20, "the collector saw the join (and its name)")
     monkeypatch.setattr(gateway, "get_state_event", slow_get_state_event)
     collector.names.clear()  # the name is asked of the homeserver again
     await amina.send_text(forum.room(), "Les jeunes du réseau préparent une campagne.")
