@@ -23,6 +23,7 @@ from bridge.digest import ANNOUNCEMENTS
 from bridge.models import QuotePermission
 from bridge.repositories import DigestStore, is_newspaper
 from bridge.sanitize import PUBLISHED_MSGTYPES, Words, mentioned, publishable
+from forum.bounded import LRUDict
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
@@ -68,7 +69,7 @@ class DigestCollector:
     :meth:`forum.context.Registrations.pending_questions_of`); None: ours only."""
     rooms: dict[str, str] = field(init=False)
     """The topic rooms: room id -> slug."""
-    names: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
+    names: LRUDict[tuple[str, str], str] = field(init=False, default_factory=LRUDict)
     command: str = field(init=False)
     editors: set[str] = field(init=False)
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
@@ -103,6 +104,31 @@ class DigestCollector:
             self.names[(room_id, user_id)] = name
         return name
 
+    def known_name(self, room_id: str, user_id: str) -> str:
+        """The name already known (no homeserver call: used inside transactions)."""
+        return self.names.get((room_id, user_id)) or user_id.split(":", 1)[0].lstrip("@")
+
+    async def fetch_names(
+        self, room_id: str, sender: str | None, body: str, formatted: str | None
+    ) -> None:
+        """Ask the homeserver, before a write transaction opens, the names it will need
+        (the author's, the mentioned people's): no network call is made inside it."""
+        for user_id in {*([sender] if sender else []), *mentioned(body, formatted)}:
+            await self.display_name(room_id, user_id)
+
+    async def fetch_names_of(self, room_id: str, raw: dict[str, Any] | None) -> None:
+        if raw is None:
+            return
+        content = raw.get("content") or {}
+        body = content.get("body")
+        formatted = content.get("formatted_body")
+        await self.fetch_names(
+            room_id,
+            raw.get("sender") if isinstance(raw.get("sender"), str) else None,
+            body if isinstance(body, str) else "",
+            formatted if isinstance(formatted, str) else None,
+        )
+
     def neutral(self) -> str:
         """The word that stands for a mentioned person who did not consent, in the
         forum's primary language: a quote is published as written, untranslated, and
@@ -122,7 +148,7 @@ class DigestCollector:
         consents = ConsentRecords(s)
         for user_id in mentioned(body, formatted):
             if await consents.granted_since(user_id) is not None:
-                names[user_id] = await self.display_name(room_id, user_id)
+                names[user_id] = self.known_name(room_id, user_id)
         return publishable(msgtype, body, formatted, names, self.neutral())
 
     async def on_membership(self, ev: Membership) -> None:
@@ -155,6 +181,7 @@ class DigestCollector:
                 heading = rest.strip().splitlines()[0][:200] if rest.strip() else None
                 await self.curate(ev.room_id, ev.reply_to, heading, ev.event_id, ev.sender)
                 return
+        await self.fetch_names(ev.room_id, ev.sender, ev.body, ev.formatted_body)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             await store.add_activity(
@@ -187,7 +214,7 @@ class DigestCollector:
             room_id=room_id,
             topic=self.rooms.get(room_id, ANNOUNCEMENTS),
             sender=ev.sender,
-            display_name=await self.display_name(room_id, ev.sender),
+            display_name=self.known_name(room_id, ev.sender),
             body=words.body,
             html=words.html,
             ts=ts,
@@ -205,6 +232,7 @@ class DigestCollector:
             return
         fmt = new.get("formatted_body") if new.get("format") == "org.matrix.custom.html" else None
         msgtype = new.get("msgtype", "m.text")  # m.new_content should repeat it
+        await self.fetch_names(ev.room_id, ev.sender, body, fmt if isinstance(fmt, str) else None)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             words = await self.words(
@@ -291,6 +319,7 @@ class DigestCollector:
         if (raw.get("content") or {}).get("msgtype") not in PUBLISHED_MSGTYPES:
             return  # not words: never published, so never asked about
         ask = False
+        await self.fetch_names_of(room_id, raw)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             existing = await store.get_message(target)
@@ -450,6 +479,7 @@ class DigestCollector:
                 raw = await self.moderation_gateway.get_event(room_id, target)
             except MatrixError:
                 raw = None
+        await self.fetch_names_of(room_id, raw)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             await store.answer(target, answer)
