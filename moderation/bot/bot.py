@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.bounded import LRUDict
 from forum.errors import MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
@@ -135,7 +136,7 @@ class ModerationBot:
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
-        self.seen_joined: set[str] = set()
+        self.seen_joined: LRUDict[str, None] = LRUDict()  # first joins already written
 
     @property
     def cfg(self) -> ModerationSection:
@@ -311,7 +312,7 @@ class ModerationBot:
         if user not in self.seen_joined:  # one write per person, not per room
             async with self.sessionmaker() as s, s.begin():
                 await FirstJoins(s).record(user, self.clock())
-            self.seen_joined.add(user)
+            self.seen_joined[user] = None
         if await self.actions.is_exempt(user, ev.room_id):
             return
         if await self.policy_lists.ban_on_join(user, ev.event_id):
