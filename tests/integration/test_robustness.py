@@ -350,3 +350,49 @@ async def test_the_collector_calls_no_homeserver_inside_a_write_transaction(
         return len(await forum.stored_bodies()) == 1
 
     await eventually(stored, 20, "the message stored once the name came")
+
+
+# ------------------------------------------------------------------ bounded memory
+
+
+@pytest.mark.homeserver
+async def test_a_knock_flood_is_answered_progressively(
+    start_forum: ForumStarter, make_user: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve knocks at once, three entries at a time: at most three DMs are being
+    opened and at most three entry tasks exist at any moment (no task, no room per
+    knocker at once), and every knocker gets their DM."""
+    forum = await start_forum("membership", membership={"entry_concurrency": 3})
+    knockers = await asyncio.gather(*(make_user(f"flood{n}") for n in range(12)))
+    gateway = forum.ctx.membership_gateway
+    real_create_dm = gateway.create_dm
+    opening = 0
+    most_opening = 0
+    most_tasks = 0
+
+    def count_tasks() -> None:
+        nonlocal most_tasks
+        entries = [n for n in forum.service.tasks.names if n.startswith("membership:enter")]
+        most_tasks = max(most_tasks, len(entries))
+
+    async def create_dm(user_id: str, **kw: Any) -> str:
+        nonlocal opening, most_opening
+        opening += 1
+        most_opening = max(most_opening, opening)
+        count_tasks()
+        try:
+            return await real_create_dm(user_id, **kw)
+        finally:
+            opening -= 1
+
+    monkeypatch.setattr(gateway, "create_dm", create_dm)
+    marks = {k.user_id: k.mark() for k in knockers}
+    await asyncio.gather(
+        *(k.knock(forum.rooms["space"], "Bonjour", via=forum.via) for k in knockers)
+    )
+    for knocker in knockers:
+        await forum.wait_dm(knocker, timeout=60, after=marks[knocker.user_id])
+        count_tasks()
+    assert most_opening <= 3
+    assert most_tasks <= 3
+    forum.assert_alive()
