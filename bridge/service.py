@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXPORT_DEBOUNCE_SECONDS = 1.0
+#: a failed export is tried again after 1 s, doubling up to this (with jitter)
+EXPORT_RETRY_CAP_SECONDS = 30.0
 #: how often the service looks for digest changes made by another process
 WATCH_SECONDS = 1.0
 #: the watch is stale (``/healthz``) after this long without a look
@@ -271,7 +273,7 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.signals.connect(PERMISSION_WITHDRAWN, personal.withdraw)
     ctx.register.personal_data(personal)
     ctx.register.web_routes(web_extension(service.site))
-    ctx.tasks.every("digest:export", service.export_step)
+    ctx.tasks.every("digest:export", service.export_step, retry_cap=EXPORT_RETRY_CAP_SECONDS)
     ctx.tasks.every("digest:watch", service.watch_step, critical=True, stale_after=WATCH_STALE)
     if ctx.schedules:  # time-driven: on the service's clock
         clock = ctx.clock

@@ -138,45 +138,43 @@ class TaskSupervisor:
         *,
         critical: bool = False,
         stale_after: float | None = None,
+        retry_cap: float | None = None,
     ) -> asyncio.Task[Any]:
         """Run ``step`` again and again until stopped: after a success, wait the seconds it
         returns (None: call it again at once; a step may wait for its own wake-up); after
         a failure, log it with ``name``, record it and call it again after a backoff
-        (``retry_initial`` doubling up to ``retry_cap``, with jitter)."""
+        (``retry_initial`` doubling up to ``retry_cap``, the supervisor's unless given,
+        with jitter)."""
         health = self.track(name, critical=critical, stale_after=stale_after)
 
+        in_a_row = 0
+
         def failed(exc: BaseException, wait: float) -> None:
+            nonlocal in_a_row
+            in_a_row += 1
             health.failed(exc)
             log.error(
                 "background task %s failed (%d in a row); trying again in %.1f s",
                 name,
-                attempts[0],
+                in_a_row,
                 wait,
                 exc_info=exc,
             )
 
-        attempts = [0]
-
-        async def attempt() -> float | None:
-            attempts[0] += 1
-            return await step()
-
         async def loop() -> None:
+            nonlocal in_a_row
             while True:
                 policy = retrying(
                     None,
                     retryable=_any_error,
                     initial=self.retry_initial,
-                    cap=self.retry_cap,
+                    cap=self.retry_cap if retry_cap is None else retry_cap,
                     on_retry=failed,
                 )
-                attempts[0] = 0
-                wait = await retry_call(policy, attempt)
+                wait = await retry_call(policy, step)
+                in_a_row = 0
                 health.ok()
-                if wait:
-                    await asyncio.sleep(wait)
-                else:
-                    await asyncio.sleep(0)
+                await asyncio.sleep(wait or 0)
 
         return self.start(name, loop(), critical=critical)
 
