@@ -39,7 +39,7 @@ WORDS = _WORDS_TEXT.split()
 
 
 def settings_data() -> dict[str, Any]:
-    data = tomllib.loads((ROOT / "config" / "forum.toml").read_text(encoding="utf-8"))
+    data = tomllib.loads((ROOT / "forum" / "config" / "forum.toml").read_text(encoding="utf-8"))
     data["topics"] = [
         {
             "slug": f"topic-{i}",
@@ -61,6 +61,7 @@ async def fill(url: str, n: int) -> None:
     from bridge.models import DigestActivity, DigestMessage
     from bridge.repositories import keyword_text
     from bridge.weeks import week_bounds
+    from forum.consent import ConsentRow
     from forum.storage import Database
 
     db = await Database.open(url)
@@ -70,6 +71,20 @@ async def fill(url: str, n: int) -> None:
     batch: list[dict[str, Any]] = []
     acts: list[dict[str, Any]] = []
     async with db.engine.begin() as conn:
+        # every sender consented before the week: the outputs show covered words only
+        await conn.execute(
+            ConsentRow.__table__.insert(),
+            [
+                {
+                    "user_id": f"@user{u}:bench",
+                    "scope": "publication",
+                    "granted": True,
+                    "method": "bench",
+                    "created_at": start - timedelta(days=1),
+                }
+                for u in range(501)
+            ],
+        )
         for i in range(n):
             topic = i % TOPICS
             ts = start + step * i

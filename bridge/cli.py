@@ -12,8 +12,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge.collector import DigestCollector
+from bridge.export import ExportRefused, check_target
 from bridge.repositories import DigestStore
-from bridge.service import EXPORT_STATE_KEY, announcement, backfill
+from bridge.service import announcement, backfill
 from bridge.site import DigestSite, export_site, summary_line
 from bridge.weeks import parse_week, previous_week, week_of
 from forum.i18n import I18n
@@ -61,16 +62,30 @@ async def cmd_build(args: argparse.Namespace) -> int:
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
+    """Export once. The running service keeps only ``digest.export_dir`` up to date."""
+    directory = await asyncio.to_thread(Path(args.directory).resolve)
     async with OperatorKit.open(args) as kit:
         settings = kit.settings
+        try:
+            await asyncio.to_thread(check_target, directory, home=kit.home, force=args.force)
+        except ExportRefused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         site = DigestSite(
             settings, kit.db.sessionmaker, await kit.rooms(), public_url=settings.web.public_url
         )
-        directory = await asyncio.to_thread(Path(args.directory).resolve)
-        n = await export_site(site, directory)
-        async with kit.db.sessionmaker() as s, s.begin():
-            await DigestStore(s).set_state(EXPORT_STATE_KEY, str(directory))
+        try:
+            n = await export_site(site, directory, home=kit.home, force=args.force)
+        except ExportRefused as exc:  # something appeared there meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     print(f"exported {n} files to {directory}")
+    configured = settings.digest.export_dir
+    if not configured or await asyncio.to_thread(Path(configured).resolve) != directory:
+        print(
+            "(exported once: the running service keeps only digest.export_dir up to date)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -111,8 +126,17 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the digest as JSON")
     p.set_defaults(func=cmd_build)
-    p = sub.add_parser("export", help="write the public site as static files")
-    p.add_argument("directory")
+    p = sub.add_parser(
+        "export",
+        help="write the public site as static files, once (into an empty directory, or "
+        "one it exported to before)",
+    )
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write beside files the export did not write (they are kept)",
+    )
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("backfill", help="read room history back to digest.history_start")
     p.add_argument("--since", help="YYYY-MM-DD (default: digest.history_start)")

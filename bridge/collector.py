@@ -8,6 +8,7 @@ for one message its author allowed us to quote); everyone else counts as numbers
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import logging
 import re
@@ -30,6 +31,8 @@ from forum.events import Membership, Message, Reaction, Redaction, parse_room_ev
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.matrix import matrix_to, strip_reply_fallback
+from forum.names import NameRefused, clean_public_name, holder_of, localpart
+from forum.public_names import PublicNames
 from forum.settings import Settings
 from forum.storage import Outbox
 
@@ -92,6 +95,8 @@ class DigestCollector:
 
     # --- collecting -------------------------------------------------------------------
     async def display_name(self, room_id: str, user_id: str) -> str:
+        """The person's display name in ``room_id`` now (only ever recorded as their
+        public name by default: :meth:`public_name`)."""
         name = self.names.get((room_id, user_id))
         if name is None:
             try:
@@ -113,7 +118,9 @@ class DigestCollector:
     ) -> None:
         """Ask the homeserver, before a write transaction opens, the names it will need
         (the author's, the mentioned people's): no network call is made inside it."""
-        for user_id in {*([sender] if sender else []), *mentioned(body, formatted)}:
+        settings = self.settings
+        staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
+        for user_id in {*([sender] if sender else []), *mentioned(body, formatted), *staff}:
             await self.display_name(room_id, user_id)
 
     async def fetch_names_of(self, room_id: str, raw: dict[str, Any] | None) -> None:
@@ -129,6 +136,36 @@ class DigestCollector:
             formatted if isinstance(formatted, str) else None,
         )
 
+    async def public_name(self, s: AsyncSession, room_id: str, user_id: str) -> str:
+        """The name a quote of ``user_id`` carries: the public name they chose, or the one
+        recorded at their publication consent. Someone who consented before public names
+        existed has none: their display name now is recorded as it, once (the default),
+        and a later change of display name changes nothing."""
+        names = PublicNames(s)
+        current = await names.get(user_id)
+        if current is not None:
+            return current.name
+        default = await self.default_name(s, room_id, user_id)
+        return await names.ensure(user_id, default, method="default")
+
+    async def default_name(self, s: AsyncSession, room_id: str, user_id: str) -> str:
+        """The public name recorded by default: the display name now, unless it is (or
+        looks like) another person's public name or a moderator's or a bot's name; then
+        the user id's localpart; last, a neutral name no one else has."""
+        settings = self.settings
+        staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
+        staff.discard(user_id)
+        others = {u: [localpart(u), self.known_name(room_id, u)] for u in staff}
+        for candidate in (self.known_name(room_id, user_id), localpart(user_id)):
+            try:
+                name = clean_public_name(candidate)
+            except NameRefused:
+                continue
+            taken = await PublicNames(s).holders(name, excluding=user_id)
+            if not taken and holder_of(name, others) is None:
+                return name
+        return f"{self.neutral()}-{hashlib.sha256(user_id.encode()).hexdigest()[:6]}"
+
     def neutral(self) -> str:
         """The word that stands for a mentioned person who did not consent, in the
         forum's primary language: a quote is published as written, untranslated, and
@@ -140,7 +177,7 @@ class DigestCollector:
         self, s: AsyncSession, room_id: str, msgtype: str, body: str, formatted: str | None
     ) -> Words | None:
         """What of a message may be published (text, notices and emotes only): each person
-        it mentions is shown by the name the digest uses for them if they consent to
+        it mentions is shown by their public name if they consent to
         publication now, by a neutral word otherwise."""
         if msgtype not in PUBLISHED_MSGTYPES:
             return None
@@ -148,7 +185,7 @@ class DigestCollector:
         consents = ConsentRecords(s)
         for user_id in mentioned(body, formatted):
             if await consents.granted_since(user_id) is not None:
-                names[user_id] = self.known_name(room_id, user_id)
+                names[user_id] = await self.public_name(s, room_id, user_id)
         return publishable(msgtype, body, formatted, names, self.neutral())
 
     async def on_membership(self, ev: Membership) -> None:
@@ -156,12 +193,7 @@ class DigestCollector:
             return
         if ev.display_name:
             self.names[(ev.room_id, ev.target)] = ev.display_name
-        if ev.membership == "join" and ev.prev_membership == "join" and ev.display_name:
-            # A profile change: quotes follow the name the person uses now.
-            async with self.sessionmaker() as s, s.begin():
-                renamed = await DigestStore(s).rename(ev.room_id, ev.target, ev.display_name)
-            if renamed:
-                self.on_change()
+        # A profile change relabels nothing: quotes carry the public name (forum.public_names)
         if ev.membership == "join" and ev.prev_membership != "join":
             async with self.sessionmaker() as s, s.begin():
                 await DigestStore(s).add_activity(
@@ -214,7 +246,7 @@ class DigestCollector:
             room_id=room_id,
             topic=self.rooms.get(room_id, ANNOUNCEMENTS),
             sender=ev.sender,
-            display_name=self.known_name(room_id, ev.sender),
+            display_name=await self.public_name(s, room_id, ev.sender),
             body=words.body,
             html=words.html,
             ts=ts,
@@ -284,6 +316,18 @@ class DigestCollector:
         membership bot in the transaction of a withdrawal or a leaving): erase the person
         (idempotent: erasing again deletes nothing more)."""
         await self.erase(str(payload["user_id"]))
+
+    async def relabel_from_outbox(self, payload: dict[str, Any]) -> None:
+        """Outbox executor (:data:`~forum.public_names.RELABEL_KIND`, written by the
+        membership bot with a change of public name): the person's stored quotes take the
+        public name they have now (idempotent)."""
+        user_id = str(payload["user_id"])
+        async with self.sessionmaker() as s, s.begin():
+            current = await PublicNames(s).get(user_id)
+            changed = current is not None and await DigestStore(s).relabel(user_id, current.name)
+        if changed:
+            log.info("digest: a person's quotes take their new public name")
+            self.on_change()
 
     async def erase(self, user_id: str, **_: Any) -> None:
         """Withdrawal or leaving: delete every stored word of ``user_id``."""

@@ -10,10 +10,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, event, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    delete,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bridge.models import (
     DigestActivity,
@@ -26,6 +37,7 @@ from bridge.models import (
     QuotePermission,
 )
 from bridge.summarize import keywords
+from forum.consent import ConsentRow
 from forum.storage.models import utcnow
 from forum.storage.repositories import Repository, upsert
 
@@ -51,9 +63,62 @@ def _keyword_values(body: str) -> dict[str, Any]:
     return {"keywords": text, "words": length}
 
 
+def _latest_record(scope: str) -> Any:
+    """The id of the stored message's author's latest consent record of ``scope``."""
+    record = aliased(ConsentRow)
+    return (
+        select(func.max(record.id))
+        .where(record.user_id == DigestMessage.sender, record.scope == scope)
+        .correlate(DigestMessage)  # the outer message, however deep it is nested
+        .scalar_subquery()
+    )
+
+
+def covered(*, by_quote: bool = True) -> ColumnElement[bool]:
+    """The stored message's author's consent covers it NOW (checked as an output is
+    rendered, whatever erasure is still to come): the author has not left (their latest
+    charter record is not a withdrawal), and either their publication consent in force
+    started before the message was sent, or (``by_quote``) they allowed this message to
+    be quoted and withdrew no publication consent since."""
+    publication = aliased(ConsentRow)
+    general = exists().where(
+        publication.id == _latest_record("publication"),
+        publication.granted.is_(True),
+        publication.created_at <= DigestMessage.ts,
+    )
+    charter = aliased(ConsentRow)
+    left = exists().where(charter.id == _latest_record("charter"), charter.granted.is_(False))
+    if not by_quote:
+        return and_(~left, general)
+    refusal = aliased(ConsentRow)
+    quote = exists().where(
+        QuotePermission.target == DigestMessage.event_id,
+        QuotePermission.user_id == DigestMessage.sender,
+        QuotePermission.granted.is_(True),
+        ~exists()
+        .where(
+            refusal.user_id == DigestMessage.sender,
+            refusal.scope == "publication",
+            refusal.granted.is_(False),
+            or_(
+                QuotePermission.answered_at.is_(None),
+                refusal.created_at >= QuotePermission.answered_at,
+            ),
+        )
+        .correlate(DigestMessage, QuotePermission),
+    )
+    return and_(~left, or_(general, quote))
+
+
 def _week(start: datetime, end: datetime, basis: str) -> tuple[ColumnElement[bool], ...]:
-    """The stored messages of [start, end) on that basis ("consent" or "quote")."""
-    return DigestMessage.ts >= start, DigestMessage.ts < end, DigestMessage.basis == basis
+    """The publishable stored messages of [start, end) on that basis ("consent" or
+    "quote"): key points are drawn from the words a publication consent covers now."""
+    return (
+        DigestMessage.ts >= start,
+        DigestMessage.ts < end,
+        DigestMessage.basis == basis,
+        covered(by_quote=False),
+    )
 
 
 def is_newspaper(key: str) -> bool:
@@ -135,6 +200,13 @@ class DigestStore(Repository):
             event.listen(sync, "after_rollback", _forget_changes)
             sync.info[_HOOKED] = True
         sync.info[_CHANGED] = True
+
+    async def consent_version(self) -> int:
+        """The newest consent record's id: consent records are append-only (a withdrawal
+        is a new record), so it moves whenever anyone's consent changes, and every output
+        filtered by current consent must be rendered again."""
+        value = await self.session.scalar(select(func.max(ConsentRow.id)))
+        return int(value or 0)
 
     async def version(self) -> int:
         """The change counter: it moves whenever a committed transaction changed the
@@ -225,16 +297,12 @@ class DigestStore(Repository):
             self.changed()
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def rename(self, room_id: str, user_id: str, name: str) -> bool:
-        """A new display name for the person's stored messages in ``room_id`` (the
-        digest shows people under the name they chose last, not an old one)."""
+    async def relabel(self, user_id: str, name: str) -> bool:
+        """The person's stored messages take ``name``, their public name (after they
+        changed it; a change of display name relabels nothing)."""
         result = await self.session.execute(
             update(DigestMessage)
-            .where(
-                DigestMessage.room_id == room_id,
-                DigestMessage.sender == user_id,
-                DigestMessage.display_name != name,
-            )
+            .where(DigestMessage.sender == user_id, DigestMessage.display_name != name)
             .values(display_name=name)
         )
         if result.rowcount:  # type: ignore[attr-defined]
@@ -414,7 +482,10 @@ class DigestStore(Repository):
             select(DigestHighlight)
             .join(DigestMessage, DigestMessage.event_id == DigestHighlight.target)
             .where(
-                DigestHighlight.status == "ok", DigestMessage.ts >= start, DigestMessage.ts < end
+                DigestHighlight.status == "ok",
+                DigestMessage.ts >= start,
+                DigestMessage.ts < end,
+                covered(),
             )
         )
         return [_hl(r) for r in rows]

@@ -20,12 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.collector import ASK_KIND, DigestCollector
 from bridge.digest import WeekDigest
+from bridge.export import ExportRefused
 from bridge.personal import PersonalDigest
 from bridge.repositories import DigestStore
 from bridge.site import DigestSite, export_site, summary_line, web_extension
 from bridge.weeks import previous_week
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
+from forum.public_names import RELABEL_KIND
 from forum.settings import Settings
 from forum.signals import ERASE_PERSON_KIND, PERMISSION_WITHDRAWN
 
@@ -41,6 +43,7 @@ EXPORT_RETRY_CAP_SECONDS = 30.0
 WATCH_SECONDS = 1.0
 #: the watch is stale (``/healthz``) after this long without a look
 WATCH_STALE = 120.0
+#: where versions before issue #11 kept the last ``forum digest export`` directory
 EXPORT_STATE_KEY = "export_dir"
 #: the store's key of the time of the last scheduled build (ISO 8601, UTC)
 SCHEDULE_STATE_KEY = "schedule_last_run"
@@ -66,8 +69,10 @@ class DigestService:
         membership_gateway: Gateway,
         notify_outbox: Callable[[], None],
         public_url: str | None,
+        home: Path | None = None,
     ) -> None:
         self.settings = settings
+        self.home = home
         self.sessionmaker = sessionmaker
         self.rooms = rooms
         self.moderation_gateway = moderation_gateway
@@ -83,34 +88,65 @@ class DigestService:
             notify_outbox,
         )
         self._dirty = asyncio.Event()
-        self._seen_version: int | None = None
+        self._seen_version: tuple[int, int] | None = None
         self.exports = 0
+        #: directories :meth:`export_to` exported to in this process (with ``force``)
+        self._targets: dict[Path, bool] = {}
+        self._refusals: dict[Path, str] = {}
 
     def changed(self) -> None:
         self.site.changed()
         self._dirty.set()
 
     async def export_dirs(self) -> list[Path]:
+        """The directories kept up to date after every change: the operator's
+        ``digest.export_dir``, and those :meth:`export_to` wrote in this process. A
+        one-off ``forum digest export DIR`` is not one of them."""
         dirs: list[Path] = []
         if self.settings.digest.export_dir:
-            dirs.append(Path(self.settings.digest.export_dir))
-        async with self.sessionmaker() as s:
-            last = await DigestStore(s).get_state(EXPORT_STATE_KEY)
-        if last and Path(last) not in dirs:
-            dirs.append(Path(last))
+            dirs.append(await asyncio.to_thread(Path(self.settings.digest.export_dir).resolve))
+        dirs += [d for d in self._targets if d not in dirs]
         return dirs
 
     async def export_all(self) -> None:
+        """Refresh every export. A directory the export may not write into (files of
+        someone else appeared there) is skipped with an error in the log, once per
+        reason, and tried again at the next change; the others are written."""
         for directory in await self.export_dirs():
-            await export_site(self.site, directory)
+            try:
+                await export_site(
+                    self.site, directory, home=self.home, force=self._targets.get(directory, False)
+                )
+            except ExportRefused as exc:
+                if self._refusals.get(directory) != str(exc):
+                    log.error("digest: export to %s refused: %s", directory, exc)
+                self._refusals[directory] = str(exc)
+            else:
+                self._refusals.pop(directory, None)
         self.exports += 1
 
-    async def export_to(self, directory: Path) -> int:
-        """Export the site to ``directory`` and keep it up to date after every change."""
-        n = await export_site(self.site, directory)
-        async with self.sessionmaker() as s, s.begin():
-            await DigestStore(s).set_state(EXPORT_STATE_KEY, str(directory))
+    async def export_to(self, directory: Path, *, force: bool = False) -> int:
+        """Export the site to ``directory`` and keep it up to date after every change
+        while this service runs (raises :class:`ExportRefused` where it may not write)."""
+        directory = await asyncio.to_thread(directory.resolve)
+        n = await export_site(self.site, directory, home=self.home, force=force)
+        self._targets[directory] = force
         return n
+
+    async def forget_cli_export(self) -> None:
+        """Versions before issue #11 re-exported after every change to the last directory
+        of ``forum digest export``, kept in the store; say so once and forget it."""
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            last = await store.get_state(EXPORT_STATE_KEY)
+            if last:
+                log.warning(
+                    "digest: %s is no longer re-exported after every change (it was the last "
+                    "`forum digest export` directory); set digest.export_dir to keep a "
+                    "directory up to date",
+                    last,
+                )
+                await store.set_state(EXPORT_STATE_KEY, "")
 
     async def export_step(self) -> None:
         """Re-export after a change (erasure, edit, curation), debounced. The flag is
@@ -129,9 +165,11 @@ class DigestService:
     async def watch_step(self) -> float:
         """Notice what other processes commit (``forum digest build``, another instance):
         every writer bumps the store's change counter; when it moves, the site's cache is
-        dropped and the exports are refreshed."""
+        dropped and the exports are refreshed. A new consent record (a withdrawal whose
+        erasure has not run yet) refreshes them too: outputs filter by current consent."""
         async with self.sessionmaker() as s:
-            version = await DigestStore(s).version()
+            store = DigestStore(s)
+            version = (await store.version(), await store.consent_version())
         if self._seen_version is not None and version != self._seen_version:
             self.changed()
         self._seen_version = version
@@ -259,7 +297,9 @@ async def setup(ctx: ServiceContext) -> DigestService:
         membership_gateway=ctx.membership_gateway,
         notify_outbox=ctx.outbox.notify,
         public_url=ctx.settings.web.public_url,
+        home=ctx.home,
     )
+    await service.forget_cli_export()
     service.collector.register()
     ctx.register.dm_claim(service.collector.claims_dm)
     ctx.register.pending_questions(service.collector.pending_questions)
@@ -267,6 +307,8 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.register.outbox_executor(ASK_KIND, service.collector.ask_from_outbox)
     # a withdrawal or a leaving: written to the outbox in its own transaction, retried
     ctx.register.outbox_executor(ERASE_PERSON_KIND, service.collector.erase_from_outbox)
+    # a new public name: the person's quotes take it (written with the change, retried)
+    ctx.register.outbox_executor(RELABEL_KIND, service.collector.relabel_from_outbox)
     personal = PersonalDigest(
         ctx.settings, ctx.db.sessionmaker, service.site, service.week_url, service.changed
     )

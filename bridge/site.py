@@ -1,6 +1,9 @@
 """The public digest: pages, Atom feed and JSON, served by the web app and exported as
 static files. Everything is rendered from the store on demand (cached per change
-generation), so an erasure reaches every output as soon as the store changes.
+generation), so an erasure reaches every output as soon as the store changes; and only
+what its author's consent covers at that moment is shown (a consent record written since
+the last build, by any process, makes the cache stale), so a late erasure never shows
+what consent no longer covers.
 """
 
 from __future__ import annotations
@@ -10,9 +13,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from babel.support import NullTranslations
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS, TopicDigest, WeekDigest, build_week
+from bridge.export import check_target, write_export
 from bridge.repositories import DigestStore
 from bridge.weeks import WEEK_RE
 from forum.i18n import I18n
@@ -101,12 +103,25 @@ class DigestSite:
         self._cache: dict[str, tuple[int, WeekDigest]] = {}
         self._weeks: tuple[int, list[str]] | None = None
         self._lock = asyncio.Lock()
+        self._consents: int | None = None
+        self._export_renderer: Renderer | None = None
 
     # --- data -------------------------------------------------------------------------
     def changed(self) -> None:
         self.generation += 1
 
+    async def follow_consents(self) -> None:
+        """Every output shows a quote only while its author's consent covers it (filtered
+        as it is built): a consent record written since the last build, by whichever
+        process, makes the cached weeks stale, even before any erasure has run."""
+        async with self.sessionmaker() as s:
+            version = await DigestStore(s).consent_version()
+        if version != self._consents:
+            self._consents = version
+            self.changed()
+
     async def weeks(self) -> list[str]:
+        await self.follow_consents()
         if self._weeks is None or self._weeks[0] != self.generation:
             gen = self.generation
             async with self.sessionmaker() as s:
@@ -114,6 +129,8 @@ class DigestSite:
         return self._weeks[1]
 
     async def week(self, week: str) -> WeekDigest:
+        """One week (cached); every public output asks :meth:`weeks` first, which follows
+        the consent records."""
         cached = self._cache.get(week)
         if cached and cached[0] == self.generation:
             return cached[1]
@@ -144,6 +161,14 @@ class DigestSite:
                 }
             )
         return out
+
+    def export_renderer(self) -> Renderer:
+        """The static export's renderer (templates compiled once, not at every export)."""
+        if self._export_renderer is None:
+            renderer = Renderer(I18n(self.settings.forum.languages), _static_url)
+            renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
+            self._export_renderer = renderer
+        return self._export_renderer
 
     def gettext(self, lang: str) -> Texts:
         return Texts(self.i18n.translations(lang))
@@ -325,12 +350,17 @@ def _static_url(name: str) -> str:
     return f"/static/{name}"
 
 
-async def export_site(site: DigestSite, directory: Path) -> int:
-    """Write the whole public site into ``directory`` (replaced atomically); return files."""
+async def export_site(
+    site: DigestSite, directory: Path, *, home: Path | None = None, force: bool = False
+) -> int:
+    """Write the whole public site into ``directory``; return how many files. Only the
+    export's own files are written and removed (:mod:`bridge.export`); a directory that
+    holds others is refused unless ``force``; never into a project root nor into or above
+    ``home`` (raises :class:`~bridge.export.ExportRefused`)."""
+    await asyncio.to_thread(check_target, directory, home=home, force=force)
     settings = site.settings
     forum_i18n = I18n(settings.forum.languages)
-    renderer = Renderer(forum_i18n, _static_url)
-    renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
+    renderer = site.export_renderer()
     files: dict[str, bytes] = {}
     base = site.public_url.rstrip("/") + "/" if site.public_url else "../"
 
@@ -380,27 +410,4 @@ async def export_site(site: DigestSite, directory: Path) -> int:
     files["api/digests.json"] = json.dumps(await site.json_body(), ensure_ascii=False).encode()
     for name in ("style.css", "favicon.svg"):
         files[f"static/{name}"] = (STATIC_DIR / name).read_bytes()
-    await asyncio.to_thread(_write_tree, directory, files)
-    return len(files)
-
-
-def _write_tree(directory: Path, files: dict[str, bytes]) -> None:
-    """Write the site in place, each file replaced atomically (a web host serving the
-    directory never sees it missing or a file half-written), then remove what is no
-    longer part of the site (removed text must not stay behind)."""
-    directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        target = directory / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    wanted = {directory / rel for rel in files}
-    for path in sorted(directory.rglob("*"), reverse=True):
-        if path.is_file() and path not in wanted and not path.name.endswith(".tmp"):
-            path.unlink()
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+    return await asyncio.to_thread(write_export, directory, files, home=home, force=force)

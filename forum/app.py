@@ -24,6 +24,7 @@ import bridge
 import moderation.bot
 from forum.bots import ROLES, BotRole, bot_credentials, bot_gateway, exempt_from_rate_limits
 from forum.context import Clock, Feature, Registrations, Rooms, ServiceContext
+from forum.credentials import secure_home
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.metrics import Metrics
@@ -99,7 +100,10 @@ class Service:
 
     async def start(self) -> ServiceContext:
         settings = self.settings
-        self.db = db = await Database.open(database_url(settings, self.home))
+        url = database_url(settings, self.home)
+        await asyncio.to_thread(secure_home, self.home, url)
+        self.db = db = await Database.open(url)
+        await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
         creds = bot_credentials(settings, self.home)
         self.gateways = {role: bot_gateway(settings, db, role, creds[role]) for role in ROLES}
         for role, gateway in self.gateways.items():

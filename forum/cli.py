@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -14,8 +15,18 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from forum.credentials import PRIVATE_UMASK, secure_home, write_private
 from forum.kit import OperatorKit, command_group, homeserver_for_command, load
-from forum.settings import ConfigError, Settings, config_dir_of, forum_home, load_settings
+from forum.settings import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    Settings,
+    config_dir_of,
+    database_url,
+    forum_home,
+    load_settings,
+    redact,
+)
 
 log = logging.getLogger("forum")
 
@@ -43,9 +54,12 @@ async def cmd_check_config(args: argparse.Namespace) -> int:
             print(m, file=sys.stderr)
         return EXIT_CONFIG
     print(
-        f"{path or 'config/forum.toml'}: OK ({len(settings.topics)} topics, "
-        f"languages {', '.join(settings.forum.languages)}, "
-        f"homeserver {settings.homeserver.mode} {settings.homeserver.effective_url})"
+        redact(
+            f"{path or os.environ.get('FORUM_CONFIG') or DEFAULT_CONFIG}: OK "
+            f"({len(settings.topics)} topics, "
+            f"languages {', '.join(settings.forum.languages)}, "
+            f"homeserver {settings.homeserver.mode} {settings.homeserver.effective_url})"
+        )
     )
     return 0
 
@@ -138,7 +152,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
     settings = load(args)
     home = forum_home()
-    home.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(secure_home, home)
     hs = None
     demo_passwords: dict[str, str] = {}
     stop = asyncio.Event()
@@ -155,9 +169,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         print("Provisioning the forum and starting the bots ...", flush=True)
         await service.start()
         facts = _demo_facts(settings, service, demo_passwords)
-        (home / "demo.json").write_text(
-            json.dumps(facts, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        demo = json.dumps(facts, indent=2, ensure_ascii=False) + "\n"
+        await asyncio.to_thread(write_private, home / "demo.json", demo)
         print(_banner(facts, home), flush=True)
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(service.wait_failed())]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -236,14 +249,102 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("forum")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+# --- backup and restore ---------------------------------------------------------------------
+
+
+async def cmd_backup(args: argparse.Namespace) -> int:
+    from forum.backup import BackupError, backup
+
+    settings = load(args)
+    home = forum_home()
+    try:
+        report = await asyncio.to_thread(
+            backup, database_url(settings, home), home, Path(args.directory), _version()
+        )
+    except BackupError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"backed up the {report.database} database and {len(report.files) - 1} file(s) of "
+        f"{home} into {report.directory} (mode 0600):"
+    )
+    for name in report.files:
+        print(f"  {name}")
+    return 0
+
+
+async def cmd_restore(args: argparse.Namespace) -> int:
+    from forum.backup import BackupError, check_restore, read_manifest, restore, sqlite_has_data
+
+    settings = load(args)
+    home = forum_home()
+    url = database_url(settings, home)
+    directory = await asyncio.to_thread(Path(args.directory).resolve)
+    try:
+        manifest = await asyncio.to_thread(read_manifest, directory)
+        if manifest["database"] == "sqlite":
+            has_data = await asyncio.to_thread(sqlite_has_data, url)
+        else:
+            has_data = await _postgres_has_tables(url)
+        check_restore(manifest, url, home, has_data=has_data, force=args.force)
+        restored = await asyncio.to_thread(
+            restore, manifest, directory, url, home, force=args.force
+        )
+    except BackupError as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"restored {len(restored)} item(s) of the backup of {manifest['created']} into {home}:")
+    for name in restored:
+        print(f"  {name}")
+    print("Next: `forum migrate` (if this version is newer), then `forum run`.")
+    return 0
+
+
+async def _postgres_has_tables(url: str) -> bool:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from forum.backup import BackupError
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            n = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()"
+                )
+            )
+    except Exception as exc:  # asyncpg's connection errors are not SQLAlchemy's
+        raise BackupError(
+            f"cannot reach the configured database to restore into: {exc}; create it "
+            "first (empty), then run forum restore again"
+        ) from exc
+    finally:
+        await engine.dispose()
+    return bool(n)
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forum", description="A Matrix-based discussion forum.")
     parser.add_argument(
-        "--config", "-c", help="configuration file (default: $FORUM_CONFIG or config/forum.toml)"
+        "--config",
+        "-c",
+        help="configuration file (default: $FORUM_CONFIG, else the one shipped in the package)",
     )
+    parser.add_argument("--version", action="version", version=f"forum {_version()}")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -262,6 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="upgrade the database to this version")
     p.set_defaults(func=cmd_migrate)
 
+    p = sub.add_parser(
+        "backup",
+        help="copy the database (consistent while the service runs) and the secrets of "
+        "FORUM_HOME into a new directory, mode 0600",
+    )
+    p.add_argument("directory", metavar="DIR", help="a new or empty directory")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser(
+        "restore", help="restore a backup into FORUM_HOME and the configured database"
+    )
+    p.add_argument("directory", metavar="DIR", help="a directory written by forum backup")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a database and files that already hold a forum (stop the service first)",
+    )
+    p.set_defaults(func=cmd_restore)
+
     hs_sub = command_group(sub, "homeserver", "the embedded homeserver")
     p = hs_sub.add_parser("register", help="add an account to the embedded homeserver")
     p.add_argument("name", help="local name of the account, e.g. 'amina'")
@@ -279,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever this process creates (the database, secrets, Synapse's files) is private;
+    # the static export sets its own modes so that a web server can read it.
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(argv)
     from forum.logs import setup_logging
@@ -294,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = asyncio.run(args.func(args))
         return code
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
@@ -304,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         from forum.storage import StorageError
 
         if isinstance(exc, MatrixError | HomeserverStartError | StorageError):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {redact(str(exc))}", file=sys.stderr)
             return EXIT_FAILURE
         log.exception("unexpected error")
         return EXIT_FAILURE

@@ -13,6 +13,7 @@ are logged in and closed at the end.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from forum.bots import BotRole, bot_credentials, bot_gateway, embedded_homeserver
+from forum.credentials import secure_home
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver
 from forum.settings import Settings, config_dir_of, database_url, forum_home, load_settings
@@ -50,7 +52,9 @@ class OperatorKit:
         """Settings and the database (migrated); everything opened is closed at the end."""
         settings = settings or load(args)
         home = forum_home()
-        db = await Database.open(database_url(settings, home))
+        url = database_url(settings, home)
+        await asyncio.to_thread(secure_home, home, url)
+        db = await Database.open(url)
         kit = cls(settings, home, config_dir_of(getattr(args, "config", None)), db)
         try:
             async with kit._stack:

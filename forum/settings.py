@@ -1,4 +1,5 @@
-"""Typed, frozen settings loaded once from ``config/forum.toml``.
+"""Typed, frozen settings loaded once from ``forum.toml`` (the default one is
+``forum/config/forum.toml``, in the package).
 
 Every problem in a file is reported with its key path, the value found and what was
 expected (:class:`ConfigError`). Secrets are :class:`pydantic.SecretStr`; a string value of
@@ -28,8 +29,9 @@ from pydantic import (
     model_validator,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "config" / "forum.toml"
+#: the default configuration and charters, shipped inside the package (``pip install .``
+#: works anywhere); ``--config FILE`` or ``$FORUM_CONFIG`` name another file
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "forum.toml"
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_WORDS = ("password", "token", "secret")
@@ -203,6 +205,16 @@ class PowerLevelsSection(_Model):
             raise ValueError("moderation_bot must be at least moderator, ban, kick and redact")
         if self.moderator < max(self.kick, self.ban, self.redact):
             raise ValueError("moderator must be at least kick, ban and redact")
+        if self.members >= self.moderator:
+            raise ValueError(
+                f"members ({self.members}) must be below moderator ({self.moderator}), "
+                "or everyone who joins would be exempt from the protections and could curate"
+            )
+        if self.moderator > self.moderation_bot:
+            raise ValueError(
+                f"moderator ({self.moderator}) must not be above moderation_bot "
+                f"({self.moderation_bot}), or the bot could not act on moderators' behalf"
+            )
         return self
 
 
@@ -460,12 +472,31 @@ def _is_secret(path: str) -> bool:
     return any(w in path.lower() for w in _SECRET_WORDS)
 
 
+# ``scheme://user:PASSWORD@host``: the password of a URL's userinfo, wherever the URL sits.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@'\"]*):[^\s/?#@'\"]*@")
+# ``password=…``, ``access_token: …``, ``"secret": "…"`` in a query string, a DSN or a dump.
+_KEYED_SECRET = re.compile(
+    r"(?P<key>[A-Za-z0-9_\-]*(?:passw(?:or)?d|pwd|token|secret|api[_\-]?key|private[_\-]?key"
+    r"|authorization)[A-Za-z0-9_\-]*)"
+    r"(?P<sep>['\"]?\s*[=:]\s*['\"]?)(?P<value>[^\s&;,'\"}]+)",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret it may hold replaced by ``***``: a URL's password,
+    a ``password=…`` / ``token: …`` pair (query strings, DSNs, dumped tables). For any
+    message that may show a configured value: errors, logs, the CLI."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", text)
+    return _KEYED_SECRET.sub(lambda m: f"{m.group('key')}{m.group('sep')}***", text)
+
+
 def _show(value: Any, path: str) -> str:
     if _is_secret(path):
         return "'***'"
     if isinstance(value, dict) and len(repr(value)) > 80:
         return "a table"
-    text = repr(value)
+    text = redact(repr(value))
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
@@ -504,14 +535,15 @@ def parse_settings(
                 msg = "no such option (check the spelling)"
             elif err["type"] == "missing":
                 msg = "a value (this option is required)"
-            problems.append(ConfigProblem(path, _show(err.get("input"), path), msg))
+            problems.append(ConfigProblem(path, _show(err.get("input"), path), redact(msg)))
     if problems:
         raise ConfigError(source, problems)
     return settings
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a TOML file (default: ``$FORUM_CONFIG`` or ``config/forum.toml``)."""
+    """Read and validate a TOML file (default: ``$FORUM_CONFIG``, else
+    :data:`DEFAULT_CONFIG`)."""
     env = os.environ if env is None else env
     file = Path(path or env.get("FORUM_CONFIG") or DEFAULT_CONFIG)
     try:

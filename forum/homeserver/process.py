@@ -19,6 +19,7 @@ from typing import IO
 
 import aiohttp
 
+from forum.credentials import PRIVATE_FILE, PRIVATE_UMASK, write_private
 from forum.homeserver.config import HomeserverStartError, SynapseConfig
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def _open_private_log(path: Path) -> IO[bytes]:
+    """``path`` opened for appending, created 0600 (it holds Synapse's console output)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
+    os.chmod(path, PRIVATE_FILE)
+    return os.fdopen(fd, "ab")
 
 
 def _process_alive(pid: int) -> bool:
@@ -148,7 +156,7 @@ class SynapseProcess:
                     "in use by another program"
                 )
         await asyncio.to_thread(config.prepare)
-        self._log_handle = await asyncio.to_thread(config.log_path.open, "ab")
+        self._log_handle = await asyncio.to_thread(_open_private_log, config.log_path)
         cmd = [
             sys.executable,
             "-m",
@@ -166,8 +174,9 @@ class SynapseProcess:
             stdout=self._log_handle,
             stderr=self._log_handle,
             start_new_session=True,
+            umask=PRIVATE_UMASK,  # its database, log and media: private
         )
-        self.pid_path.write_text(f"{self._process.pid}\n", encoding="utf-8")
+        write_private(self.pid_path, f"{self._process.pid}\n")
         try:
             await self._wait_ready(timeout)
         except BaseException:

@@ -1,62 +1,21 @@
 """Pure text helpers: display-name normalisation, accent-insensitive word matching, globs,
-durations, mentions and links. No I/O."""
+durations, mentions and links. No I/O. The look-alike skeleton is the kernel's
+(:mod:`forum.names`), shared with the membership bot."""
 
 from __future__ import annotations
 
-import functools
 import html
-import json
 import re
 import unicodedata
 from collections.abc import Iterable
 from datetime import timedelta
 from fnmatch import fnmatchcase
-from importlib import resources
+
+from forum.names import skeleton as skeleton  # the kernel's, shared with the membership bot
+from forum.names import strip_controls
 
 _DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-# Look-alikes beyond what the Unicode confusables data links (digits read as letters).
-_EXTRA_LOOKALIKES = {"0": "o"}
-
-
-@functools.cache
-def _lookalikes() -> dict[str, str]:
-    """Each character of Unicode's confusables data (UTS #39, as shipped by
-    ``confusable_homoglyphs``) mapped to one representative of its look-alike class,
-    preferring a lowercase ASCII letter: Cyrillic "а", Greek "α" and fullwidth "ａ" all
-    become "a"; "I", "1" and "|" become "l". Classes are joined through single
-    characters only ("rn" for "m" is left out: too many false matches in real names)."""
-    data = json.loads(
-        resources.files("confusable_homoglyphs").joinpath("confusables.json").read_text("utf-8")
-    )
-    parent: dict[str, str] = {}
-
-    def root(ch: str) -> str:
-        while parent.get(ch, ch) != ch:
-            parent[ch] = parent.get(parent[ch], parent[ch])
-            ch = parent[ch]
-        return ch
-
-    def rank(ch: str) -> tuple[bool, bool, str]:
-        return (not (ch.isascii() and ch.islower()), not ch.isascii(), ch)
-
-    for source, glyphs in data.items():
-        source = strip_controls(source)
-        if len(source) != 1:
-            continue
-        for glyph in glyphs:
-            other = strip_controls(str(glyph.get("c", "")))
-            if len(other) != 1:
-                continue
-            a, b = root(source), root(other)
-            if a != b:
-                keep, drop = sorted((a, b), key=rank)
-                parent[drop] = keep
-    table = {ch: root(ch) for ch in parent}
-    table.update(_EXTRA_LOOKALIKES)
-    return {ch: rep for ch, rep in table.items() if ch != rep}
-
 
 URL_RE = re.compile(
     r"(?i)\b(?:https?://|www\.)\S+|\b[a-z0-9-]+\.(?:com|net|org|io|xyz|ru|top|info|link|click|ly)\b(?:/\S*)?"
@@ -64,26 +23,10 @@ URL_RE = re.compile(
 USER_ID_RE = re.compile(r"@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(?::\d{1,5})?")
 
 
-def strip_controls(text: str) -> str:
-    """Without format characters (bidi overrides, zero-width joiners, BOM...)."""
-    return "".join(ch for ch in text if unicodedata.category(ch) not in {"Cf", "Cc", "Co"})
-
-
 def normalize_name(name: str) -> str:
     """NFKC, controls stripped, case-folded, whitespace collapsed."""
     clean = strip_controls(unicodedata.normalize("NFKC", name))
     return " ".join(clean.casefold().split())
-
-
-def skeleton(name: str) -> str:
-    """A coarse shape of a name, so that look-alikes compare equal: controls stripped,
-    NFKC, look-alikes mapped before and after case folding (an uppercase "I" passes for
-    an "l"), accents dropped, spaces collapsed."""
-    table = _lookalikes()
-    clean = strip_controls(unicodedata.normalize("NFKC", name))
-    shaped = "".join(table.get(ch, ch) for ch in clean)
-    folded = "".join(table.get(ch, ch) for ch in fold(shaped))
-    return " ".join(folded.split())
 
 
 def fold(text: str) -> str:

@@ -6,8 +6,10 @@ question (yes/no, 👍/👎) -> invites through the outbox (``approval = "auto"`
 in the management room (``approval = "moderators"``). DM commands let the person see
 and change their consents, leave, and download their data.
 
-This module builds the bot's parts and routes the events to them: :mod:`.entry` (the
-doors and the DM), :mod:`.consent` (the conversation), :mod:`.commands` (the members'
+The flow itself is one pure function, :func:`.flow.advance`; :mod:`.effects` derives a
+person's state from what is stored and carries out what the flow returns. This module
+builds the bot's parts and routes the events to them: :mod:`.entry` (the doors and the
+DM), :mod:`.consent` (the conversation), :mod:`.commands` (the members'
 commands), :mod:`.approval` (moderators), :mod:`.reconsent` (new charter versions),
 :mod:`.leaving`, :mod:`.outbox` (invites, kicks, notices) and :mod:`.export`.
 """
@@ -35,15 +37,23 @@ from . import messages
 from .approval import Approval
 from .commands import MemberCommands, PersonalDataOf, nothing_held
 from .consent import Conversation, record_charter
+from .effects import FlowRunner
 from .entry import Arrival, Entry
 from .export import export_person
 from .leaving import Leaving
-from .models import CHARTER, LANGUAGE, PUBLICATION, PersonRow
+from .models import CHARTER, PUBLICATION, PersonRow
 from .outbox import INVITE, KICK, NOTIFY, Executors
 from .reconsent import Reconsent
 from .repositories import People
 from .shared import Options, Shared
-from .text import emoji_key, is_acceptance, yes_no
+from .text import (
+    ACCEPT_REACTIONS,
+    NO_REACTIONS,
+    YES_REACTIONS,
+    emoji_key,
+    is_acceptance,
+    yes_no,
+)
 
 __all__ = [
     "INVITE",
@@ -89,13 +99,20 @@ class MembershipBot:
         self.dm_claimed = dm_claimed
         self.pending_questions: PendingQuestions = pending_questions or self.own_questions
         self.approval = Approval(self.shared)
-        self.conversation = Conversation(self.shared, self.approval, signals)
-        self.leaving = Leaving(self.shared, signals)
-        self.reconsent = Reconsent(self.shared, self.leaving)
-        self.commands = MemberCommands(
-            self.shared, self.conversation, self.leaving, signals, personal_data
+        self.entry = Entry(self.shared, tasks)
+        self.runner = FlowRunner(
+            self.shared,
+            signals,
+            post_card=self.approval.post_card,
+            help_text=lambda lang: self.commands.help_text(lang),
+            open_dm=self.entry.open_dm,
+            dm_joined=self.entry.joined,
         )
-        self.entry = Entry(self.shared, self.conversation, tasks, self.commands.help_text)
+        self.approval.runner = self.entry.runner = self.runner
+        self.conversation = Conversation(self.shared, self.runner)
+        self.leaving = Leaving(self.shared, self.runner)
+        self.reconsent = Reconsent(self.shared, self.runner)
+        self.commands = MemberCommands(self.shared, self.conversation, signals, personal_data)
         self.executors = Executors(self.shared)
 
     @property
@@ -157,9 +174,29 @@ class MembershipBot:
             return
         person = await self._dm_person(ev.room_id, ev.sender)
         if person is None:
+            await self._third_person(ev.room_id, ev.sender)
             return
         async with self.shared.lock(person.user_id):
             await self._on_dm_message(person.user_id, ev)
+
+    async def _third_person(self, room_id: str, sender: str) -> None:
+        """Someone writes (or answers) in another person's DM with the bot: nothing of it
+        is recorded for the DM's owner, and they are told the conversation is personal (in
+        their language if the bot knows it, else the owner's)."""
+        shared = self.shared
+        if shared.ignored(sender) or sender == shared.membership_gateway.user_id:
+            return
+        async with shared.sessionmaker() as s:
+            people = People(s)
+            owner = await people.by_dm_room(room_id)
+            if owner is None or owner.user_id == sender:
+                return
+            known = await people.get(sender)
+        lang = shared.lang_of(known if known is not None and known.lang else owner)
+        text = shared.t(
+            lang, messages.PERSONAL_DM, owner=owner.user_id, forum=shared.forum_name_in(lang)
+        )
+        await shared.say(room_id, text)
 
     async def _throttled(self, user_id: str, size: int, sent_ms: int) -> str | None:
         """Count a message (at the time it was sent, so a backlog is judged fairly);
@@ -197,7 +234,7 @@ class MembershipBot:
         room = ev.room_id
         if replayed is not None:
             if person.step == PUBLICATION and not person.question_event_id:
-                await self.conversation.ask_publication(person.user_id, room, lang)
+                await self.runner.ask_publication(person.user_id, room, lang)
             return
         verdict = await self._throttled(user_id, len(ev.body), ev.origin_server_ts)
         if verdict == "quiet":
@@ -211,6 +248,10 @@ class MembershipBot:
                 room, shared.t(lang, messages.TOO_LONG, limit=limit, prefix=shared.prefix)
             )
             return
+        if ev.replaces:
+            # An edit is never an answer nor a command: what was recorded stays.
+            await shared.say(room, shared.t(lang, messages.EDIT_NOT_ANSWER, prefix=shared.prefix))
+            return
         body = ev.body.strip()
         if body.startswith(shared.prefix):
             await self.commands.run(person, body[len(shared.prefix) :], ev)
@@ -220,7 +261,6 @@ class MembershipBot:
             return
         if not (
             await self.conversation.on_reply(person, text, ev)
-            or await self.reconsent.on_reply(person, text, ev.event_id)
             or await self.dm_claimed(ev)  # an answer to another feature's (the digest's)
         ):
             await shared.say(room, self.commands.with_help(lang, messages.NOT_UNDERSTOOD))
@@ -243,17 +283,6 @@ class MembershipBot:
             )
         return lines
 
-    def _own_question_events(self, person: PersonRow) -> set[str]:
-        """The events of the bot's questions that wait for ``person``'s answer."""
-        events: set[str] = set()
-        if person.step == LANGUAGE and person.question_event_id:
-            events.add(person.question_event_id)
-        if person.step == CHARTER and person.charter_event_id:
-            events.add(person.charter_event_id)
-        if person.step == PUBLICATION and person.question_event_id:
-            events.add(person.question_event_id)
-        return events
-
     async def _bind(self, person: PersonRow, text: str, ev: Message) -> bool:
         """Bind an answer to one question: by its reply relation, or, for a bare answer,
         only when exactly one question waits across every feature (otherwise ask which one
@@ -262,12 +291,11 @@ class MembershipBot:
         lang = shared.lang_of(person)
         answer_like = is_acceptance(text) or yes_no(text) is not None
         if ev.reply_to:
-            if person.reconsent_version and ev.reply_to == person.reconsent_event_id:
-                if not await self.reconsent.on_reply(person, text, ev.event_id):
+            state = await self.runner.state(person.user_id)
+            own = {state.question, state.reconsent_question} | state.asked
+            if ev.reply_to in own:
+                if not await self.conversation.on_reply(person, text, ev):
                     await shared.say(room, self.commands.with_help(lang, messages.NOT_UNDERSTOOD))
-                return True
-            if ev.reply_to in self._own_question_events(person):
-                await self.conversation.on_reply(person, text, ev)
                 return True
             if await self.dm_claimed(ev):
                 return True  # another feature's question, still open: it answers
@@ -288,16 +316,17 @@ class MembershipBot:
         if ev.room_id == self.shared.management:
             await self.approval.on_card_reaction(ev)
             return
+        key = emoji_key(ev.key)
         person = await self._dm_person(ev.room_id, ev.sender)
         if person is None:
+            if key in ACCEPT_REACTIONS | YES_REACTIONS | NO_REACTIONS:
+                await self._third_person(ev.room_id, ev.sender)
             return
-        key = emoji_key(ev.key)
         async with self.shared.lock(person.user_id):
             person = await self.shared.person(person.user_id)
             if person is None:
                 return
-            if not await self.conversation.on_reaction(person, key, ev):
-                await self.reconsent.on_reaction(person, key, ev)
+            await self.conversation.on_reaction(person, key, ev)
 
 
 def feature(**options: Any) -> Feature:

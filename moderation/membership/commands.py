@@ -1,5 +1,6 @@
 """The members' commands in the DM (``!aide``, ``!statut``, ``!publication``, ``!retirer``,
-``!quitter``, ``!mes-donnees``, ``!signaler``); the help is generated from them."""
+``!nom-public``, ``!quitter``, ``!mes-donnees``, ``!signaler``); the help is generated from
+them."""
 
 from __future__ import annotations
 
@@ -11,19 +12,15 @@ from dataclasses import dataclass
 from forum.consent import ConsentRecords
 from forum.context import HeldPermission, PersonalData
 from forum.events import Message
-from forum.signals import (
-    PERMISSION_WITHDRAWN,
-    PUBLICATION_GRANTED,
-    PUBLICATION_WITHDRAWN,
-    REPORT,
-    Signals,
-)
+from forum.names import NameRefused
+from forum.signals import PERMISSION_WITHDRAWN, REPORT, Signals
+from forum.storage import utcnow
 
-from . import messages
+from . import flow, messages
 from .consent import Conversation
 from .export import export_file, export_person
-from .leaving import Leaving
-from .models import MEMBER, PUBLICATION, PersonRow
+from .models import MEMBER, PersonRow
+from .public_name import PublicNaming
 from .shared import Shared
 from .text import normalise, yes_no
 
@@ -50,13 +47,11 @@ class MemberCommands:
         self,
         shared: Shared,
         conversation: Conversation,
-        leaving: Leaving,
         signals: Signals,
         personal_data: PersonalDataOf = nothing_held,
     ) -> None:
         self.shared = shared
         self.conversation = conversation
-        self.leaving = leaving
         self.signals = signals
         self.personal_data = personal_data
         self.commands = [
@@ -64,6 +59,12 @@ class MemberCommands:
             Command(("statut", "status"), "", messages.HELP_STATUS, self.status),
             Command(("publication",), " oui|non", messages.HELP_PUBLICATION, self.publication),
             Command(("retirer", "withdraw"), " [N]", messages.HELP_WITHDRAW, self.withdraw),
+            Command(
+                ("nom-public", "public-name"),
+                " [NAME]",
+                messages.HELP_PUBLIC_NAME,
+                self.public_name,
+            ),
             Command(("quitter", "leave"), "", messages.HELP_LEAVE, self.leave),
             Command(("mes-donnees", "my-data"), "", messages.HELP_MY_DATA, self.my_data),
             Command(("signaler", "report"), " …", messages.HELP_REPORT, self.report),
@@ -102,6 +103,7 @@ class MemberCommands:
         async with shared.sessionmaker() as s:
             status = await ConsentRecords(s).status(person.user_id)
         lines = self.status_lines(lang, status.charter_version, status.publication, person)
+        lines.append(self.public_name_line(lang, await self.naming.current(person.user_id)))
         if person.reconsent_version:
             lines.append(
                 shared.t(lang, messages.STATUS_RECONSENT, version=person.reconsent_version)
@@ -127,6 +129,36 @@ class MemberCommands:
             ),
         ]
 
+    def public_name_line(self, lang: str, name: str | None) -> str:
+        if name is None:
+            return self.shared.t(lang, messages.STATUS_NO_PUBLIC_NAME)
+        return self.shared.t(lang, messages.STATUS_PUBLIC_NAME, name=name)
+
+    @property
+    def naming(self) -> PublicNaming:
+        return self.conversation.naming
+
+    async def public_name(self, person: PersonRow, arg: str, ev: Message) -> None:
+        """``!nom-public NAME``: the name under which the person may be quoted (a
+        pseudonym is allowed; someone else's name, or a look-alike, is refused); their
+        published quotes take it. Without NAME: the current one."""
+        shared = self.shared
+        lang = shared.lang_of(person)
+        if not arg:
+            current = await self.naming.current(person.user_id)
+            text = (
+                self.naming.told(lang, current)
+                if current is not None
+                else shared.t(lang, messages.PUBLIC_NAME_NONE, prefix=shared.prefix)
+            )
+            await shared.say(ev.room_id, text)
+            return
+        result = await self.naming.change(person.user_id, arg)
+        if isinstance(result, NameRefused):
+            await shared.say(ev.room_id, self.naming.refused_text(lang, result))
+            return
+        await shared.say(ev.room_id, shared.t(lang, messages.PUBLIC_NAME_CHANGED, name=result))
+
     async def held(self, user_id: str, lang: str) -> list[HeldPermission]:
         """The permissions the person gave other features (to quote one message), in the
         order ``!statut`` numbers them."""
@@ -141,48 +173,9 @@ class MemberCommands:
                 ev.room_id, shared.t(lang, messages.USAGE_PUBLICATION, prefix=shared.prefix)
             )
             return
-        if person.step == PUBLICATION:
-            await self.conversation.answer_publication(
-                person.user_id, answer, "command", ev.event_id
-            )
-            return
-        async with shared.sessionmaker() as s:
-            status = await ConsentRecords(s).status(person.user_id)
-        if status.charter_version is None:
-            await shared.say(ev.room_id, shared.t(lang, messages.CHARTER_FIRST))
-            return
-        held = [] if answer else await self.held(person.user_id, lang)
-        await self.set_publication(person, answer, ev.event_id, status.publication, len(held))
-
-    async def set_publication(
-        self, person: PersonRow, granted: bool, event_id: str, before: bool, quotes: int = 0
-    ) -> None:
-        """A member changes their publication consent (``before``: what it was); a refusal
-        also withdraws the ``quotes`` permissions to quote one message they gave."""
-        erase = not granted and bool(before or quotes)
-        async with self.shared.sessionmaker() as s, s.begin():
-            await ConsentRecords(s).add(
-                person.user_id,
-                "publication",
-                granted,
-                method="command",
-                charter_version=person.charter_version,
-                event_id=event_id,
-            )
-            if erase:
-                await self.shared.add_erasure(s, person.user_id)
-        if erase:
-            self.shared.notify_outbox()
-        if granted and not before:
-            await self.signals.emit(PUBLICATION_GRANTED, user_id=person.user_id)
-        if erase:
-            await self.signals.emit(PUBLICATION_WITHDRAWN, user_id=person.user_id)
-        assert person.dm_room_id is not None
-        lang = self.shared.lang_of(person)
-        lines = [self.conversation.recorded_text(lang, granted)]
-        if quotes:
-            lines.append(self.shared.t(lang, messages.QUOTES_WITHDRAWN, n=quotes))
-        await self.shared.say(person.dm_room_id, "\n".join(lines))
+        quotes = 0 if answer else len(await self.held(person.user_id, lang))
+        event = flow.PublicationSet(answer, ev.event_id, utcnow(), quotes)
+        await self.conversation.advance(person.user_id, event)
 
     async def withdraw(self, person: PersonRow, arg: str, ev: Message) -> None:
         """``!retirer``: every consent to be quoted (the general one and each permission to
@@ -202,20 +195,12 @@ class MemberCommands:
                 ev.room_id, shared.t(lang, messages.QUOTE_WITHDRAWN, quote=chosen.about)
             )
             return
-        async with shared.sessionmaker() as s:
-            status = await ConsentRecords(s).status(person.user_id)
-        if not status.publication and not held:
-            await shared.say(ev.room_id, shared.t(lang, messages.NOTHING_TO_WITHDRAW))
-            return
-        await self.set_publication(person, False, ev.event_id, status.publication, len(held))
+        event = flow.Withdrew("publication", ev.event_id, utcnow(), len(held))
+        await self.conversation.advance(person.user_id, event)
 
     async def leave(self, person: PersonRow, arg: str, ev: Message) -> None:
-        shared = self.shared
-        lang = shared.lang_of(person)
-        await self.leaving.end_membership(person.user_id, "command", ev.event_id, kick=True)
-        await shared.say(
-            ev.room_id, shared.t(lang, messages.LEFT, forum=shared.forum_name_in(lang))
-        )
+        event = flow.Withdrew("charter", ev.event_id, utcnow())
+        await self.conversation.advance(person.user_id, event)
 
     async def report(self, person: PersonRow, arg: str, ev: Message) -> None:
         """Pass a report to the moderation bot (which opens a case for the moderators)."""
@@ -243,6 +228,8 @@ class MemberCommands:
         mxc = await gateway.upload(raw, "application/json", filename)
         status = data["status"]
         own = self.status_lines(lang, status["charter_version"], status["publication"], person)
+        public = data.get("public_name")
+        own.append(self.public_name_line(lang, public["name"] if public else None))
         own.append(shared.t(lang, messages.MY_DATA_RECORDS, n=len(data["consent_records"])))
         sections = [(shared.t(lang, messages.MY_DATA_CONSENTS), own)]
         sections += [(part.title, list(part.lines)) for part in parts]

@@ -1,40 +1,22 @@
-"""The consent conversation in the DM: the language question, the charter, the publication
-question, and what is recorded and done when the person answers."""
+"""The consent conversation in the DM: what the person writes or reacts becomes an input
+of the flow (:mod:`.flow`), carried out by :class:`~.effects.FlowRunner`."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.consent import ConsentRecords
 from forum.events import Message, Reaction
-from forum.signals import PUBLICATION_GRANTED, Signals
 from forum.storage import utcnow
 
-from . import messages
-from .approval import Approval
-from .models import (
-    APPROVAL,
-    CHARTER,
-    LANGUAGE,
-    LEFT,
-    MEMBER,
-    PENDING,
-    PUBLICATION,
-    ApprovalRow,
-    PersonRow,
-)
-from .outbox import queue_admission
+from . import flow
+from .effects import FlowRunner, Outcome
+from .models import PersonRow
 from .repositories import People
 from .shared import Shared
-from .text import (
-    ACCEPT_REACTIONS,
-    NO_REACTIONS,
-    YES_REACTIONS,
-    Charter,
-    guess_language,
-    is_acceptance,
-    yes_no,
-)
+from .text import Charter
 
 
 async def record_charter(
@@ -56,143 +38,59 @@ async def record_charter(
     return row
 
 
+def sent_at(ev: Message | Reaction) -> datetime | None:
+    """When the event was sent (its server's clock), None when unknown."""
+    if ev.origin_server_ts <= 0:
+        return None
+    return datetime.fromtimestamp(ev.origin_server_ts / 1000, UTC)
+
+
 class Conversation:
-    def __init__(self, shared: Shared, approval: Approval, signals: Signals) -> None:
+    def __init__(self, shared: Shared, runner: FlowRunner) -> None:
         self.shared = shared
-        self.approval = approval
-        self.signals = signals
-
-    async def ask_language(self, user_id: str, room_id: str) -> None:
-        shared = self.shared
-        langs = shared.settings.forum.languages
-        choices = ", ".join(shared.i18n.language_name(x) for x in langs)
-        parts = [shared.t(lang, messages.ASK_LANGUAGE, choices=choices) for lang in langs]
-        event_id = await shared.say(room_id, "\n\n".join(parts))
-        await shared.update_person(user_id, step=LANGUAGE, question_event_id=event_id)
-
-    async def send_charter(self, user_id: str, room_id: str, lang: str) -> None:
-        shared = self.shared
-        charter = shared.charter(lang)
-        intro = shared.t(
-            lang, messages.CHARTER_INTRO, forum=shared.forum_name_in(lang), version=charter.version
-        )
-        event_id = await shared.say_charter(room_id, intro, charter)
-        await shared.update_person(
-            user_id,
-            step=CHARTER,
-            lang=lang,
-            charter_event_id=event_id,
-            charter_version=charter.version,
-            question_event_id=None,
-        )
+        self.runner = runner
+        self.naming = runner.naming
 
     async def on_reply(self, person: PersonRow, body: str, ev: Message) -> bool:
-        """A message answering the question pending in the flow (language, charter,
-        publication; or anything from someone who left: they come back). False when no
-        question of the flow is pending."""
-        shared, room, event_id = self.shared, ev.room_id, ev.event_id
-        lang = shared.lang_of(person)
-        if person.step == LANGUAGE:
-            languages = shared.settings.forum.languages
-            chosen = guess_language(body, languages) or shared.settings.primary_language
-            await self.send_charter(person.user_id, room, chosen)
-        elif person.step == CHARTER:
-            if is_acceptance(body):
-                await self.accept_charter(person.user_id, "reply", event_id)
-            else:
-                await shared.say(
-                    room, shared.t(lang, messages.CHARTER_REMINDER, prefix=shared.prefix)
-                )
-        elif person.step == PUBLICATION:
-            answer = yes_no(body)
-            if answer is None:
-                await shared.say(room, shared.t(lang, messages.PUBLICATION_REMINDER))
-            else:
-                await self.answer_publication(person.user_id, answer, "reply", event_id)
-        elif person.step == LEFT:
-            await self.send_charter(person.user_id, room, lang)  # coming back
-        else:
+        """A message answering one of the flow's questions (or anything from someone who
+        left: they come back). False when it answers none of them."""
+        shared = self.shared
+        state = await self.runner.state(person.user_id)
+        event = flow.reply_input(
+            state,
+            body,
+            event_id=ev.event_id,
+            to=ev.reply_to,
+            sent_at=sent_at(ev),
+            at=utcnow(),
+            languages=tuple(shared.settings.forum.languages),
+            primary=shared.settings.primary_language,
+        )
+        if event is None:
             return False
-        return True
+        return (await self.advance(person.user_id, event)).handled
 
     async def on_reaction(self, person: PersonRow, key: str, ev: Reaction) -> bool:
-        """A reaction to the charter or to the publication question (``key`` without skin
-        tones). False when it reacts to neither while it is pending."""
-        if person.step == CHARTER and ev.reacts_to == person.charter_event_id:
-            if key in ACCEPT_REACTIONS:
-                await self.accept_charter(person.user_id, "reaction", ev.event_id)
-        elif person.step == PUBLICATION and ev.reacts_to == person.question_event_id:
-            if key in YES_REACTIONS or key in NO_REACTIONS:
-                granted = key in YES_REACTIONS
-                await self.answer_publication(person.user_id, granted, "reaction", ev.event_id)
-        else:
+        """A reaction (``key`` without skin tones) to one of the flow's questions."""
+        state = await self.runner.state(person.user_id)
+        event = flow.reaction_input(state, key, event_id=ev.event_id, to=ev.reacts_to, at=utcnow())
+        if event is None:
             return False
-        return True
+        return (await self.advance(person.user_id, event)).handled
 
-    async def accept_charter(self, user_id: str, method: str, event_id: str) -> None:
-        shared = self.shared
-        person = await shared.person(user_id)
-        if person is None or not person.dm_room_id:
-            return
-        lang = shared.lang_of(person)
-        charter = shared.charter(lang, person.charter_version)
-        async with shared.sessionmaker() as s, s.begin():
-            row = await record_charter(s, user_id, charter, method, event_id)
-            row.step, row.question_event_id, row.updated_at = PUBLICATION, None, utcnow()
-        await self.ask_publication(user_id, person.dm_room_id, lang)
-
-    async def ask_publication(self, user_id: str, room_id: str, lang: str) -> None:
-        text = self.shared.t(lang, messages.PUBLICATION_QUESTION, prefix=self.shared.prefix)
-        event_id = await self.shared.say(room_id, text)
-        await self.shared.update_person(user_id, question_event_id=event_id)
-
-    def recorded_text(self, lang: str, granted: bool) -> str:
-        """What the person is told once their publication answer is recorded."""
-        return self.shared.t(lang, messages.PUBLICATION_YES if granted else messages.PUBLICATION_NO)
-
-    async def answer_publication(
-        self, user_id: str, granted: bool, method: str, event_id: str
-    ) -> None:
-        shared = self.shared
-        person = await shared.person(user_id)
-        if person is None or not person.dm_room_id:
-            return
-        lang = shared.lang_of(person)
-        auto = shared.settings.membership.approval == "auto"
-        await self.record_publication(user_id, granted, method, event_id, lang=lang)
-        shared.notify_outbox()
-        if granted:
-            await self.signals.emit(PUBLICATION_GRANTED, user_id=user_id)
-        lines = [self.recorded_text(lang, granted)]
-        if not auto:
-            lines.append(shared.t(lang, messages.WAITING_APPROVAL))
-        await shared.say(person.dm_room_id, "\n".join(lines))
-        if not auto:
-            await self.approval.post_card(user_id)
+    async def advance(self, user_id: str, event: flow.Input) -> Outcome:
+        """Advance the flow; a publication answer is committed first (with its admission
+        or request in the outbox), then carried out."""
+        if isinstance(event, flow.PublicationAnswered | flow.PublicationSet):
+            outcome = await self.record_publication(user_id, event)
+            await self.runner.finish(outcome)
+            return outcome
+        return await self.runner.run(user_id, event)
 
     async def record_publication(
-        self, user_id: str, granted: bool, method: str, event_id: str, *, lang: str
-    ) -> None:
+        self, user_id: str, event: flow.PublicationAnswered | flow.PublicationSet
+    ) -> Outcome:
         """Commit, in one transaction, the publication answer and its consequence: the
         person is admitted (invites and welcome queued in the outbox, ``approval =
         "auto"``) or waits for a moderator. Nothing is sent yet."""
-        shared = self.shared
-        async with shared.sessionmaker() as s, s.begin():
-            row = await People(s).get(user_id)
-            assert row is not None
-            await ConsentRecords(s).add(
-                user_id,
-                "publication",
-                granted,
-                method=method,
-                charter_version=row.charter_version,
-                event_id=event_id,
-            )
-            row.updated_at = utcnow()
-            if shared.settings.membership.approval == "auto":
-                row.step = MEMBER
-                row.entries += 1
-                await queue_admission(shared, s, row, lang)
-            else:
-                row.step = APPROVAL
-                s.add(ApprovalRow(user_id=user_id, status=PENDING, created_at=utcnow()))
+        return await self.runner.commit(user_id, event)

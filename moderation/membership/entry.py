@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from forum.consent import ConsentRecords
 from forum.errors import MatrixError
 from forum.events import Invite, Membership
 from forum.matrix import server_of
-from forum.storage import Outbox, utcnow
 from forum.tasks import TaskSupervisor
 
-from . import messages
-from .consent import Conversation
-from .models import CHARTER, DENIED, LANGUAGE, LEFT, MEMBER, PUBLICATION
-from .outbox import add_invites
+from . import flow, messages
+from .effects import FlowRunner
+from .models import CHARTER, LANGUAGE, MEMBER
 from .repositories import People
 from .shared import Shared
 from .text import guess_language
@@ -41,17 +37,16 @@ class Arrival:
 
 
 class Entry:
+    runner: FlowRunner
+    """Set by the bot once built (the flow opens DMs through :meth:`open_dm`)."""
+
     def __init__(
         self,
         shared: Shared,
-        conversation: Conversation,
         tasks: TaskSupervisor,
-        help_text: Callable[[str], str],
     ) -> None:
         self.shared = shared
-        self.conversation = conversation
         self.tasks = tasks
-        self.help_text = help_text
         self._arrivals: asyncio.Queue[Arrival] = asyncio.Queue()
         self._running = False
 
@@ -84,27 +79,17 @@ class Entry:
                 async with shared.sessionmaker() as s, s.begin():
                     row = await People(s).create(sender, "dm", None)
                     row.dm_room_id = inv.room_id
-                await self.conversation.ask_language(sender, inv.room_id)
+                await self.runner.run(sender, flow.Entered("dm"))
                 return
             if person.dm_room_id and person.dm_room_id != inv.room_id:
                 # They left the old DM (closed the chat): the new one replaces it, and
                 # they find where they were (the pending question, or the commands).
                 await shared.update_person(sender, dm_room_id=inv.room_id)
                 await self.leave_quietly(person.dm_room_id)
-                if person.step in {LANGUAGE, CHARTER}:
-                    await shared.update_person(
-                        sender, charter_event_id=None, question_event_id=None
-                    )
-                    await self.greet(sender)
-                elif person.step == PUBLICATION:
-                    await self.conversation.ask_publication(
-                        sender, inv.room_id, shared.lang_of(person)
-                    )
-                else:
-                    await shared.say(inv.room_id, self.help_text(shared.lang_of(person)))
+                await self.runner.run(sender, flow.DmReopened())
             elif not person.dm_room_id:
                 await shared.update_person(sender, dm_room_id=inv.room_id)
-                await self.restart_or_continue(person.user_id)
+                await self.runner.run(sender, flow.DmReopened())
 
     async def _still_in(self, room_id: str, user_id: str) -> bool:
         """Whether ``user_id`` is still joined (or invited) in ``room_id``; on an error,
@@ -189,54 +174,26 @@ class Entry:
                     person = await people.create(user_id, arrival.door, lang)
                 if knock_room and knock_room not in (person.knocked_rooms or []):
                     person.knocked_rooms = [*(person.knocked_rooms or []), knock_room]
-                step, has_dm = person.step, bool(person.dm_room_id)
-                status = await ConsentRecords(s).status(user_id)
-            if step == MEMBER and status.charter_version is not None:
-                # A member knocking again (after leaving one room)...
-                if knock_room and not arrival.recovering:
-                    state = await shared.membership_gateway.get_state_event(
-                        knock_room, "m.room.member", user_id
-                    )
-                    if state and state.get("membership") == "knock":  # ...not a replay
-                        await self.queue_invites(user_id, [knock_room])
-                return
-            if has_dm and step not in {LEFT, DENIED}:
-                return  # the flow is already under way: one DM, nothing twice
-            await self.restart_or_continue(user_id)
+                step = person.step
+            knocking = False
+            if step == MEMBER and knock_room and not arrival.recovering:
+                # A member knocking again (after leaving one room), not a replay.
+                state = await shared.membership_gateway.get_state_event(
+                    knock_room, "m.room.member", user_id
+                )
+                knocking = bool(state and state.get("membership") == "knock")
+            door: flow.Door = "knock" if arrival.door == "knock" else "lobby"
+            if arrival.door == "restart":
+                door = "restart"
+            await self.runner.run(user_id, flow.Entered(door, knock_room, knocking=knocking))
 
-    async def queue_invites(self, user_id: str, rooms: list[str]) -> None:
-        async with self.shared.sessionmaker() as s, s.begin():
-            await add_invites(Outbox(s), user_id, rooms, user_id, utcnow().isoformat())
-        self.shared.notify_outbox()
-
-    async def restart_or_continue(self, user_id: str) -> None:
-        """Open the DM if needed; once the person is in it, ask the language or send the
-        charter (a remote server does not backfill what was sent before the join)."""
-        shared = self.shared
-        person = await shared.person(user_id)
-        if person is None:
-            return
-        room = person.dm_room_id
-        if not room:
-            room = await self.open_dm(user_id)
-        step = CHARTER if person.lang else LANGUAGE
-        await shared.update_person(
-            user_id, dm_room_id=room, step=step, charter_event_id=None, question_event_id=None
+    async def joined(self, room_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` is in ``room_id`` (a remote server does not backfill what
+        was sent before the join: the charter waits for it)."""
+        state = await self.shared.membership_gateway.get_state_event(
+            room_id, "m.room.member", user_id
         )
-        state = await shared.membership_gateway.get_state_event(room, "m.room.member", user_id)
-        if state and state.get("membership") == "join":
-            await self.greet(user_id)
-
-    async def greet(self, user_id: str) -> None:
-        """Send what the person waits for in the DM, unless it was sent already."""
-        shared = self.shared
-        person = await shared.person(user_id)
-        if person is None or not person.dm_room_id:
-            return
-        if person.step == CHARTER and not person.charter_event_id:
-            await self.conversation.send_charter(user_id, person.dm_room_id, shared.lang_of(person))
-        elif person.step == LANGUAGE and not person.question_event_id:
-            await self.conversation.ask_language(user_id, person.dm_room_id)
+        return bool(state and state.get("membership") == "join")
 
     async def on_dm_join(self, ev: Membership) -> None:
         """The person joined the DM the bot opened: greet them there."""
@@ -245,7 +202,7 @@ class Entry:
         if person is None or person.user_id != ev.target:
             return
         async with self.shared.lock(person.user_id):
-            await self.greet(person.user_id)
+            await self.runner.run(person.user_id, flow.DmJoined())
 
     async def open_dm(self, user_id: str) -> str:
         """A DM with ``user_id``: reuse one recorded in ``m.direct`` (a crash between

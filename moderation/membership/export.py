@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.consent import ConsentRecords
+from forum.public_names import PublicNames
 from forum.storage import utcnow
 
 from .models import approval_dict, person_dict
@@ -24,6 +25,7 @@ async def export_person(
         approvals = await people.approvals(user_id)
         records = await ConsentRecords(s).history(user_id)
         status = await ConsentRecords(s).status(user_id)
+        public_name = await PublicNames(s).get(user_id)
     return {
         "user_id": user_id,
         "exported_at": utcnow().isoformat(),
@@ -33,6 +35,7 @@ async def export_person(
             "step": person.step if person else None,
         },
         "membership": person_dict(person) if person else None,
+        "public_name": public_name.as_dict() if public_name else None,
         "approvals": [approval_dict(a) for a in approvals],
         "consent_records": [
             {

@@ -124,3 +124,46 @@ NO_SUCH_QUESTION = (
 PENDING_CHARTER = "The charter (version {version}): do you accept it?"
 PENDING_RECONSENT = "The new charter (version {version}): do you accept it?"
 PENDING_PUBLICATION = "May your messages be quoted in the public digest?"
+PUBLIC_NAME_IS = (
+    "You may be quoted in the public digest under the name “{name}”. To change it (a "
+    "pseudonym is allowed): {prefix}public-name NAME."
+)
+PUBLIC_NAME_NONE = (
+    "You have no public name yet: your display name will be recorded as it when you agree"
+    " to be quoted. To choose one (a pseudonym is allowed): {prefix}public-name NAME."
+)
+PUBLIC_NAME_CHANGED = (
+    "Noted: your public name is now “{name}”. Your quotes in the public digest carry it "
+    "within a few seconds."
+)
+PUBLIC_NAME_EMPTY = "Please give a name: {prefix}public-name NAME."
+PUBLIC_NAME_TOO_LONG = "This name is too long: {limit} characters at most. Nothing was changed."
+PUBLIC_NAME_INVISIBLE = (
+    "This name holds invisible or control characters, or nothing visible: please choose "
+    "a name made of visible characters. Nothing was changed."
+)
+PUBLIC_NAME_TAKEN = (
+    "This name is, or looks like, the name of another member or of a moderator: please "
+    "choose another one. Nothing was changed."
+)
+STATUS_PUBLIC_NAME = "Public name (when you are quoted): “{name}”."
+STATUS_NO_PUBLIC_NAME = "Public name: none yet."
+HELP_PUBLIC_NAME = (
+    "the name under which you may be quoted in the public digest; a pseudonym is allowed "
+    "(without NAME: see it)"
+)
+MEMBER = "member"
+ALREADY_ANSWERED = (
+    "This question was answered already: nothing more is recorded. To change your answer, "
+    "type {prefix}publication yes|no, {prefix}withdraw or {prefix}leave ({prefix}status "
+    "shows what is recorded)."
+)
+EDIT_NOT_ANSWER = (
+    "An edited message does not change an answer: what was recorded stays as it was. To "
+    "change your answer, type {prefix}publication yes|no, {prefix}withdraw or "
+    "{prefix}leave ({prefix}status shows what is recorded)."
+)
+PERSONAL_DM = (
+    "This conversation is personal to {owner}: I do not record anything you write here. "
+    "To join {forum}, or for your own answers, open a direct chat with me yourself."
+)

@@ -1,5 +1,6 @@
 """A new charter version: members who accepted an older one are asked again and have a
-grace period; when it ends they are muted or removed (``on_expiry``)."""
+grace period; when it ends they are muted or removed (``on_expiry``). The answers come
+through the conversation (:mod:`.consent`); the rules are the flow's (:mod:`.flow`)."""
 
 from __future__ import annotations
 
@@ -8,40 +9,21 @@ from datetime import timedelta
 
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError
-from forum.events import Reaction
 from forum.storage import utcnow
 
-from . import messages
-from .consent import record_charter
-from .leaving import Leaving
-from .models import MEMBER, PersonRow
+from . import flow
+from .effects import FlowRunner
+from .models import CHARTER, MEMBER
 from .repositories import People
 from .shared import Shared
-from .text import ACCEPT_REACTIONS, is_acceptance
 
 log = logging.getLogger(__name__)
 
 
 class Reconsent:
-    def __init__(self, shared: Shared, leaving: Leaving) -> None:
+    def __init__(self, shared: Shared, runner: FlowRunner) -> None:
         self.shared = shared
-        self.leaving = leaving
-
-    async def on_reply(self, person: PersonRow, body: str, event_id: str) -> bool:
-        """An "I accept" to the new charter, if one waits for ``person``."""
-        if not (person.reconsent_version and is_acceptance(body)):
-            return False
-        await self.accept_reconsent(person.user_id, "reply", event_id)
-        return True
-
-    async def on_reaction(self, person: PersonRow, key: str, ev: Reaction) -> None:
-        """A ✅ on the new charter's message."""
-        if (
-            person.reconsent_version
-            and ev.reacts_to == person.reconsent_event_id
-            and key in ACCEPT_REACTIONS
-        ):
-            await self.accept_reconsent(person.user_id, "reaction", ev.event_id)
+        self.runner = runner
 
     async def start(self) -> None:
         """Keep muted people muted (provisioning may have reconciled the power levels)."""
@@ -64,99 +46,45 @@ class Reconsent:
         return self.shared.options.deadline_poll_seconds
 
     async def ask_reconsent(self) -> None:
+        """Everyone whose charter is older than the configured version: members are asked
+        again (with a grace period), people still reading the charter get the new one."""
         shared = self.shared
         charter_settings = shared.settings.membership.charter
         current = charter_settings.version
         grace = timedelta(days=charter_settings.grace_days)
         async with shared.sessionmaker() as s:
             statuses = await ConsentRecords(s).statuses()
-            people = {p.user_id: p for p in await People(s).all()}
-        for user_id, status in sorted(statuses.items()):
-            person = people.get(user_id)
-            if (
-                person is None
-                or person.step != MEMBER
-                or not person.dm_room_id
-                or status.charter_version is None
-                or status.charter_version >= current
-                or person.reconsent_version == current
-            ):
+            people = await People(s).all()
+        for person in people:
+            status = statuses.get(person.user_id)
+            accepted = status.charter_version if status else None
+            outdated = (person.step == MEMBER and accepted is not None and accepted < current) or (
+                person.step == CHARTER
+                and person.charter_version is not None
+                and person.charter_version < current
+            )
+            if not outdated or not person.dm_room_id:
                 continue
             try:
-                await self._ask(person, current, grace)
+                async with shared.lock(person.user_id):
+                    await self.runner.run(
+                        person.user_id, flow.CharterChanged(current, utcnow() + grace)
+                    )
             except Exception as exc:  # one person's failure must not stop the others
                 log.warning(
                     "could not ask %s to accept charter v%d (asked again at the next look): %s",
-                    user_id,
+                    person.user_id,
                     current,
                     exc,
                 )
-
-    async def _ask(self, person: PersonRow, current: int, grace: timedelta) -> None:
-        shared = self.shared
-        charter_settings = shared.settings.membership.charter
-        user_id = person.user_id
-        assert person.dm_room_id is not None
-        async with shared.lock(user_id):
-            lang = shared.lang_of(person)
-            consequence = shared.t(
-                lang,
-                messages.CONSEQUENCE_MUTE
-                if charter_settings.on_expiry == "mute"
-                else messages.CONSEQUENCE_REMOVE,
-            )
-            intro = shared.t(
-                lang,
-                messages.RECONSENT,
-                version=current,
-                days=charter_settings.grace_days,
-                consequence=consequence,
-            )
-            event_id = await shared.say_charter(
-                person.dm_room_id, intro, shared.charter(lang, current)
-            )
-            await shared.update_person(
-                user_id,
-                reconsent_version=current,
-                reconsent_event_id=event_id,
-                grace_deadline=utcnow() + grace,
-            )
 
     async def check_deadlines(self) -> None:
         shared = self.shared
         async with shared.sessionmaker() as s:
             due = await People(s).due_deadlines(utcnow())
         for person in due:
-            lang = shared.lang_of(person)
             try:
-                if shared.settings.membership.charter.on_expiry == "mute":
-                    await shared.set_muted(person.user_id, True)
-                    await shared.update_person(person.user_id, muted=True, grace_deadline=None)
-                    notice = messages.MUTED
-                else:
-                    async with shared.lock(person.user_id):
-                        await self.leaving.end_membership(
-                            person.user_id, "charter-expired", None, kick=True
-                        )
-                    notice = messages.REMOVED
-                if person.dm_room_id:
-                    await shared.say(person.dm_room_id, shared.t(lang, notice))
-            except Exception:
+                async with shared.lock(person.user_id):
+                    await self.runner.run(person.user_id, flow.GraceExpired(utcnow()))
+            except Exception:  # one person's failure must not stop the others
                 log.exception("could not apply the charter deadline of %s", person.user_id)
-
-    async def accept_reconsent(self, user_id: str, method: str, event_id: str) -> None:
-        shared = self.shared
-        person = await shared.person(user_id)
-        if person is None or not person.reconsent_version or not person.dm_room_id:
-            return
-        lang = shared.lang_of(person)
-        charter = shared.charter(lang, person.reconsent_version)
-        async with shared.sessionmaker() as s, s.begin():
-            row = await record_charter(s, user_id, charter, method, event_id)
-            row.charter_version, row.reconsent_version = charter.version, None
-            row.reconsent_event_id, row.grace_deadline = None, None
-            was_muted, row.muted, row.updated_at = row.muted, False, utcnow()
-        if was_muted:
-            await shared.set_muted(user_id, False)
-        thanks = shared.t(lang, messages.RECONSENT_THANKS, version=charter.version)
-        await shared.say(person.dm_room_id, thanks)

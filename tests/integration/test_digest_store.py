@@ -7,6 +7,7 @@ from datetime import timedelta
 from bridge.digest import build_week
 from bridge.repositories import DigestStore
 from bridge.weeks import week_bounds
+from forum.consent import ConsentRow
 from forum.settings import load_settings
 
 
@@ -19,6 +20,17 @@ async def test_week_from_store_and_erasure(db):
     week = "2026-W48"
     start, _ = week_bounds(week, settings.digest.timezone)
     async with db.sessionmaker() as s, s.begin():
+        # both consented to publication before the week (outputs show covered words only)
+        for who in ("@a:x", "@b:x"):
+            s.add(
+                ConsentRow(
+                    user_id=who,
+                    scope="publication",
+                    granted=True,
+                    method="test",
+                    created_at=start - timedelta(days=1),
+                )
+            )
         store = DigestStore(s)
         for i, (who, text) in enumerate(
             [

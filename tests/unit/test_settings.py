@@ -114,3 +114,87 @@ def test_syntax_error_and_missing_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(tmp_path / "absent.toml", env={})
     assert "readable file" in str(err.value)
+
+
+# --- issue #11 point 6: power-level order, and no secret in any message ---------------
+
+
+@pytest.mark.parametrize(
+    ("members", "moderator", "invite", "membership_bot"),
+    [(50, 50, 60, 60), (60, 50, 70, 70), (90, 50, 95, 95)],
+)
+def test_members_must_stay_below_moderators(members, moderator, invite, membership_bot):
+    """Members at or above the moderators' level would be exempt from the protections
+    and could curate: the checker refuses it, naming both levels."""
+
+    def mutate(d):
+        d["power_levels"].update(
+            members=members, moderator=moderator, invite=invite, membership_bot=membership_bot
+        )
+
+    found = problems_of(mutate)
+    assert any("power_levels" in p and "members" in p and "moderator" in p for p in found), found
+
+
+def test_moderators_may_not_outrank_the_moderation_bot():
+    found = problems_of(lambda d: d["power_levels"].update(moderator=100, moderation_bot=90))
+    assert any("moderation_bot" in p for p in found), found
+
+
+SECRET = "s3cr3t-Pa55"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        # a database URL with the wrong scheme: its password sits in the userinfo
+        (
+            lambda d: d.setdefault("database", {}).update(url=f"postgres://forum:{SECRET}@db/x"),
+            "database.url",
+        ),
+        (
+            lambda d: d.setdefault("database", {}).update(
+                url=f"mysql://forum@db/x?password={SECRET}&sslmode=require"
+            ),
+            "database.url",
+        ),
+        (
+            lambda d: d["web"].update(
+                public_url=f"ftp://user:{SECRET}@example.org/?token={SECRET}"
+            ),
+            "web.public_url",
+        ),
+        (
+            lambda d: d["homeserver"].update(
+                mode="external", url=f"https://bot:{SECRET}@matrix.example.org", server_name=7
+            ),
+            "homeserver.server_name",
+        ),
+        (lambda d: d["bots"]["moderation"].update(access_token=[SECRET]), "access_token"),
+        (lambda d: d["bots"]["moderation"].update(password={"a": SECRET}), "password"),
+    ],
+)
+def test_no_secret_is_ever_printed(mutate, path):
+    data = copy.deepcopy(BASE)
+    mutate(data)
+    with pytest.raises(ConfigError) as err:
+        parse_settings(data, "test.toml", env={})
+    text = str(err.value)
+    assert path in text, text
+    assert SECRET not in text, text
+
+
+def test_redact_hides_passwords_wherever_they_sit():
+    from forum.settings import redact
+
+    for value in (
+        f"postgresql+asyncpg://forum:{SECRET}@db:5432/forum",
+        f"https://db/x?sslmode=require&password={SECRET}",
+        f"https://h/?access_token={SECRET}&x=1",
+        f"connect to mysql://u:{SECRET}@h/x failed",
+        f"password={SECRET} host=db",
+    ):
+        shown = redact(value)
+        assert SECRET not in shown, shown
+        assert "***" in shown, shown
+    assert redact("postgresql+asyncpg://forum@db/forum") == "postgresql+asyncpg://forum@db/forum"

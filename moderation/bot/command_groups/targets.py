@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from forum.matrix import is_user_id
+from forum.names import skeleton, strip_controls
 
 from ..commands import Arg, Invocation
-from ..text import is_glob, skeleton, strip_controls
+from ..text import is_glob
 
 if TYPE_CHECKING:
     from ..bot import ModerationBot
