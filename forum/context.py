@@ -23,6 +23,7 @@ from aiohttp import web
 from forum.events import Message
 from forum.gateway import Gateway
 from forum.i18n import I18n
+from forum.metrics import Metrics
 from forum.settings import Settings
 from forum.signals import Signals
 from forum.storage import Database, Executor, OutboxWorker, utcnow
@@ -216,6 +217,9 @@ class ServiceContext:
     schedules: bool = True
     """Whether time-driven loops (the weekly digest) run; the tests' harness turns them off
     unless a test asks for them."""
+    metrics: Metrics | None = None
+    """The service's Prometheus metrics (``/metrics``); features count on it (the spam
+    checker increments ``metrics.spam_checks``)."""
 
 
 @dataclass(frozen=True)

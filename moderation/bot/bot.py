@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.bounded import LRUDict
 from forum.errors import MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
+#: timed mutes are looked at every minute at least: stale after five without a pass
+MUTES_STALE = 300.0
 
 
 @dataclass(kw_only=True, eq=False)
@@ -133,7 +136,7 @@ class ModerationBot:
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
-        self.seen_joined: set[str] = set()
+        self.seen_joined: LRUDict[str, None] = LRUDict()  # first joins already written
 
     @property
     def cfg(self) -> ModerationSection:
@@ -166,9 +169,11 @@ class ModerationBot:
         gateway.on(Membership, self.on_membership)
         gateway.on(StateChange, self.on_state, include_own=True)
         gateway.on(Invite, self.on_invite)
-        self.tasks.start("moderation:mutes", self.mute_timer.run())
+        self.tasks.every(
+            "moderation:mutes", self.mute_timer.step, critical=True, stale_after=MUTES_STALE
+        )
         self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
-        self.tasks.start("moderation:admin-reports", self.reports.poll_admin_reports())
+        self.tasks.every("moderation:admin-reports", self.reports.poll_admin_reports_once)
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
@@ -307,7 +312,7 @@ class ModerationBot:
         if user not in self.seen_joined:  # one write per person, not per room
             async with self.sessionmaker() as s, s.begin():
                 await FirstJoins(s).record(user, self.clock())
-            self.seen_joined.add(user)
+            self.seen_joined[user] = None
         if await self.actions.is_exempt(user, ev.room_id):
             return
         if await self.policy_lists.ban_on_join(user, ev.event_id):

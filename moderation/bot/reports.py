@@ -4,7 +4,6 @@ reports (when the bot is a server admin). Each opens a case (:mod:`.cases`)."""
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import re
@@ -29,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REPORT_WORDS = ("signaler", "report")
+#: a bot that is not a server admin looks again whether it became one once a day
+NOT_ADMIN_POLL_SECONDS = 86400.0
 MATRIX_TO_EVENT = re.compile(r"matrix\.to/#/([!#][^/\s?]+)/(\$[^\s?&\"'<>]+)")
 
 
@@ -116,39 +117,39 @@ class Reports:
             reason=reason,
         )
 
-    async def poll_admin_reports(self) -> None:
-        """Forever: open a case for each new event report of the homeserver about a
-        forum room (the cursor is stored, so restarts skip none)."""
+    async def poll_admin_reports_once(self) -> float | None:
+        """Open a case for each new event report of the homeserver about a forum room (the
+        cursor is stored, so restarts skip none). Returns the seconds to wait before the
+        next poll (a day when the bot is not a server admin)."""
         api = "/_synapse/admin/v1"
-        while True:
-            async with self.sessionmaker() as s:
-                cursor = (await State(s).get("admin_reports")) or {"last_id": -1}
-            last = int(cursor.get("last_id", -1))
-            try:
-                data = await self.gateway.request(
-                    "GET", "/event_reports", query={"limit": 100, "dir": "b"}, api=api
-                )
-            except Forbidden:
-                log.info("the moderation bot is not a server admin: event reports not polled")
-                return
-            except MatrixError as exc:
-                log.warning("cannot read event reports: %s", exc)
-                data = {}
-            reports = sorted(
-                (r for r in data.get("event_reports") or [] if int(r.get("id", -1)) > last),
-                key=lambda r: int(r["id"]),
+        async with self.sessionmaker() as s:
+            cursor = (await State(s).get("admin_reports")) or {"last_id": -1}
+        last = int(cursor.get("last_id", -1))
+        try:
+            data = await self.gateway.request(
+                "GET", "/event_reports", query={"limit": 100, "dir": "b"}, api=api
             )
-            for report in reports:
-                if report.get("room_id") in self.forum_rooms.forum_ids:
-                    await self.cases.open_case(
-                        source="admin",
-                        external_id=f"admin:{report['id']}",
-                        room_id=str(report["room_id"]),
-                        event_id=str(report.get("event_id")),
-                        reporter=str(report.get("user_id")),
-                        reason=report.get("reason"),
-                    )
-                last = int(report["id"])
-                async with self.sessionmaker() as s, s.begin():
-                    await State(s).set("admin_reports", {"last_id": last})
-            await asyncio.sleep(self.tuning.current.report_poll_seconds)
+        except Forbidden:
+            log.info("the moderation bot is not a server admin: event reports not polled")
+            return NOT_ADMIN_POLL_SECONDS
+        except MatrixError as exc:
+            log.warning("cannot read event reports: %s", exc)
+            data = {}
+        reports = sorted(
+            (r for r in data.get("event_reports") or [] if int(r.get("id", -1)) > last),
+            key=lambda r: int(r["id"]),
+        )
+        for report in reports:
+            if report.get("room_id") in self.forum_rooms.forum_ids:
+                await self.cases.open_case(
+                    source="admin",
+                    external_id=f"admin:{report['id']}",
+                    room_id=str(report["room_id"]),
+                    event_id=str(report.get("event_id")),
+                    reporter=str(report.get("user_id")),
+                    reason=report.get("reason"),
+                )
+            last = int(report["id"])
+            async with self.sessionmaker() as s, s.begin():
+                await State(s).set("admin_reports", {"last_id": last})
+        return float(self.tuning.current.report_poll_seconds)

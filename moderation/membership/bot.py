@@ -129,7 +129,14 @@ class MembershipBot:
         gateway.on(Invite, self.entry.on_invite)
         gateway.on(Message, self.on_message)
         gateway.on(Reaction, self.on_reaction)
-        self.tasks.start("membership:charter", self.reconsent.run())
+        self.tasks.start("membership:keep-muted", self.reconsent.start())
+        poll = shared.options.deadline_poll_seconds
+        self.tasks.every(
+            "membership:charter",
+            self.reconsent.step,
+            critical=True,
+            stale_after=max(300.0, 10 * poll),
+        )
         self.tasks.start("membership:pending-knocks", self.entry.recover_pending())
 
     async def on_membership(self, ev: Membership) -> None:

@@ -4,8 +4,9 @@ them are removed."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import deque
 
+from forum.bounded import LRUDict
 from forum.events import Message
 
 from ..tuning import Tuning
@@ -18,12 +19,15 @@ class Flood(Protection):
 
     def __init__(self, tuning: Tuning) -> None:
         super().__init__(tuning)
-        #: Each person's recent messages: (when, room id, event id), oldest first.
-        self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
+        #: Each person's recent messages: (when, room id, event id), oldest first; the
+        #: people who posted least recently are forgotten past the bound.
+        self.recent: LRUDict[str, deque[tuple[float, str, str]]] = LRUDict()
 
     def observe(self, ev: Message) -> None:
         now = ev.origin_server_ts / 1000 if ev.origin_server_ts else time.time()
-        window = self.recent[ev.sender]
+        window = self.recent.get(ev.sender)
+        if window is None:
+            window = self.recent[ev.sender] = deque()
         window.append((now, ev.room_id, ev.event_id))
         while window and window[0][0] < now - self.tuning.current.flood_seconds:
             window.popleft()
