@@ -1,15 +1,14 @@
-"""Flooding: too many messages from one person within the configured seconds; all of
-them are removed."""
+"""Flooding: too many messages from one person within the configured seconds (counted
+from when our homeserver received them); all of them are removed."""
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict, deque
 
 from forum.events import Message
 
 from ..tuning import Tuning
-from .base import Events, Protection, _
+from .base import Events, Protection, _, received_at
 
 
 class Flood(Protection):
@@ -22,7 +21,7 @@ class Flood(Protection):
         self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
 
     def observe(self, ev: Message) -> None:
-        now = ev.origin_server_ts / 1000 if ev.origin_server_ts else time.time()
+        now = received_at(ev.raw)
         window = self.recent[ev.sender]
         window.append((now, ev.room_id, ev.event_id))
         while window and window[0][0] < now - self.tuning.current.flood_seconds:
