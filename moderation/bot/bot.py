@@ -11,8 +11,8 @@ tasks, so that a flood of commands never holds up the protections), the protecti
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +45,7 @@ from .protections import (
     MessageGuard,
     NewMemberLinks,
 )
+from .reporters import Reporters
 from .reports import Reports
 from .repositories import FirstJoins, State
 from .sanctions import Sanctions
@@ -52,7 +53,7 @@ from .strikes import SimulatedStrikes, StrikeLadder
 from .tuning import Tuning
 
 if TYPE_CHECKING:
-    from forum.context import Clock, Rooms
+    from forum.context import Clock, Registrations, Rooms
     from forum.gateway import Gateway
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ class ModerationBot:
     tasks: TaskSupervisor
     signals: Signals
     clock: Clock = utcnow
+    register: Registrations | None = None
+    """The service's registrations: join requests waiting (``!pending``) and the language
+    each person chose, from the membership bot (``None``: neither is known)."""
 
     def __post_init__(self) -> None:
         """Build the bot's parts."""
@@ -122,13 +126,17 @@ class ModerationBot:
             policy_room=rooms["policy"], subscriptions=list(settings.moderation.policy_lists),
             t=self.t,
         )  # fmt: skip
+        self.reporters = Reporters(
+            gateway=gateway, actions=actions, i18n=self.i18n, tuning=self.tuning,
+            language_of=self.register.language_of if self.register else None,
+        )  # fmt: skip
         self.cases = CaseDesk(
             gateway=gateway, sessionmaker=sessionmaker, actions=actions,
-            sanctions=self.sanctions, management=self.management,
+            sanctions=self.sanctions, management=self.management, reporters=self.reporters,
         )  # fmt: skip
         self.reports = Reports(
-            gateway=gateway, sessionmaker=sessionmaker, forum_rooms=rooms,
-            cases=self.cases, tuning=self.tuning, prefix=self.prefix, t=self.t,
+            gateway=gateway, sessionmaker=sessionmaker, forum_rooms=rooms, cases=self.cases,
+            reporters=self.reporters, tuning=self.tuning, prefix=self.prefix, t=self.t,
         )  # fmt: skip
         self.mute_timer = MuteTimer(
             actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock
@@ -178,10 +186,7 @@ class ModerationBot:
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
         if ev.room_id == self.management.room_id:
-            split = registry.split(ev.body, self.prefix)
-            if split is not None and ev.event_id not in self.commands_started:
-                await self._remember_command(ev)
-                self._start_command(ev)
+            await self._management_message(ev)
             return
         if self.policy_lists.is_list_room(ev.room_id):
             return
@@ -192,14 +197,54 @@ class ModerationBot:
                 return
             await self.guard.protect(ev)
             return
-        await self.reports.from_dm(ev)
+        if await self.accepts_dm_from(ev.sender):
+            await self.reports.from_dm(ev)
+
+    async def accepts_dm_from(self, user_id: str) -> bool:
+        """Whether the bot talks with ``user_id`` in a direct chat: people of this
+        homeserver and members of the forum rooms; not anyone from anywhere."""
+        if server_of(user_id) == self.settings.server_name:
+            return True
+        return user_id in await self.actions.members()
 
     async def on_invite(self, inv: Invite) -> None:
-        if inv.is_direct:
-            try:
-                await self.gateway.join(inv.room_id, via=[server_of(inv.sender)])
-            except MatrixError as exc:
-                log.info("could not join the DM from %s: %s", inv.sender, exc)
+        if not inv.is_direct:
+            return
+        try:
+            if not await self.accepts_dm_from(inv.sender):
+                log.info("declined a direct chat from %s (not a member, not local)", inv.sender)
+                await self.gateway.leave(inv.room_id)
+                return
+            await self.gateway.join(inv.room_id, via=[server_of(inv.sender)])
+        except MatrixError as exc:
+            log.info("could not answer the invitation of %s: %s", inv.sender, exc)
+
+    async def _management_message(self, ev: Message) -> None:
+        """A command runs in the background; another bot's command is left to it; an
+        unknown one is answered with the closest command."""
+        head = registry.head(ev.body, self.prefix)
+        if head is None or ev.event_id in self.commands_started:
+            return
+        if ev.sender in self.settings.ignored_user_ids:
+            return  # the other bot (and ignored accounts) are never answered
+        command = registry.find(head)
+        if command is None:
+            await self._unknown(ev, head)
+        elif command.handler is not None:
+            await self._remember_command(ev)
+            self._start_command(ev)
+
+    async def _unknown(self, ev: Message, head: str) -> None:
+        t, prefix = self.t, self.prefix
+        text = t("Unknown command: {cmd}.").format(cmd=prefix + head)
+        closest = registry.closest(head)
+        if closest is not None:
+            text += " " + t("Did you mean {cmd}?").format(cmd=prefix + closest.name)
+        text += " " + t("Every command: {help}.").format(help=prefix + "help")
+        try:
+            await self.management.say(text, html.escape(text), reply_to=ev.event_id)
+        except MatrixError as exc:
+            log.warning("could not answer an unknown command: %s", exc)
 
     async def on_state(self, ev: StateChange) -> None:
         if ev.type == "m.room.power_levels":
@@ -251,9 +296,10 @@ class ModerationBot:
     async def _run_command(self, ev: Message) -> None:
         async with self.command_slots:
             split = registry.split(ev.body, self.prefix)
-            if split is None:
+            if split is None or split[0].handler is None:
                 return
             command, tokens = split
+            handler = split[0].handler
             inv = Invocation(ev.sender, ev.event_id, command)
             t = self.t
             try:
@@ -289,13 +335,13 @@ class ModerationBot:
                 await self.management.reply(
                     inv,
                     t("Usage: {usage} ({problem})").format(
-                        usage=command.usage(self.prefix),
-                        problem=t(exc.template).format(**exc.params),
+                        usage=command.usage(self.prefix, t),
+                        problem=exc.explain(t),
                     ),
                 )
                 return
             try:
-                await command.handler(self, inv, **values)
+                await handler(self, inv, **values)
             except MatrixError as exc:
                 log.warning("command %s failed: %s", command.name, exc)
                 await self.management.reply(
@@ -317,4 +363,4 @@ class ModerationBot:
             return
         if await self.policy_lists.ban_on_join(user, ev.event_id):
             return
-        await self.join_wave.joined(user, ev.origin_server_ts / 1000 or time.time())
+        await self.join_wave.joined_event(ev)

@@ -4,7 +4,6 @@ reports (when the bot is a server admin). Each opens a case (:mod:`.cases`)."""
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 from collections.abc import Callable
@@ -18,7 +17,8 @@ from forum.events import Message
 
 from .cases import CaseDesk
 from .commands import registry
-from .repositories import State
+from .reporters import Reporters
+from .repositories import DirectRooms, State
 from .tuning import Tuning
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class Reports:
     sessionmaker: async_sessionmaker[AsyncSession]
     forum_rooms: Rooms
     cases: CaseDesk
+    reporters: Reporters
     tuning: Tuning
     prefix: str
     t: Callable[[str], str]
@@ -65,19 +66,23 @@ class Reports:
         return bool(report_word(ev.body, self.prefix) and ev.reply_to)
 
     async def from_reply(self, ev: Message) -> None:
+        """``!report`` in reply to a message: the report is hidden at once (without a
+        reason: the placeholder must not say who reported), the reporter is thanked in a
+        direct message, nothing is said in the room."""
         parts = without_fallback(ev.body).split(maxsplit=1)
         text = " ".join(parts[1].split()) if len(parts) > 1 else ""
         try:
-            await self.gateway.redact(ev.room_id, ev.event_id, "report received")
+            await self.gateway.redact(ev.room_id, ev.event_id)
         except MatrixError as exc:
             log.info("could not hide the report message: %s", exc)
         assert ev.reply_to is not None
-        await self.cases.open_case(
+        await self._open(
+            ev.sender,
+            None,
             source="reply",
             external_id=f"reply:{ev.event_id}",
             room_id=ev.room_id,
             event_id=ev.reply_to,
-            reporter=ev.sender,
             reason=text or None,
         )
 
@@ -85,16 +90,26 @@ class Reports:
         body = ev.body.strip()
         if not body or registry.split(body, self.prefix) is not None:
             return  # commands are only taken in the management room
-        await self.from_text(ev.sender, body, ev.formatted_body, ev.event_id)
-        thanks = self.t("Thank you: your report was passed to the moderators.")
-        await self.gateway.send_text(ev.room_id, thanks, html.escape(thanks))
+        async with self.sessionmaker() as s, s.begin():
+            directs = DirectRooms(s)
+            if await directs.get(ev.sender) is None:  # outcomes go to this room later
+                await directs.set(ev.sender, ev.room_id)
+        await self.from_text(ev.sender, body, ev.formatted_body, ev.event_id, answer_in=ev.room_id)
 
     async def from_text(
-        self, reporter: str, body: str, formatted_body: str | None, event_id: str
+        self,
+        reporter: str,
+        body: str,
+        formatted_body: str | None,
+        event_id: str,
+        *,
+        answer_in: str | None = None,
     ) -> None:
         """A case from a report written to a bot (``event_id``: that message): a
         matrix.to link in it names the reported message (in a forum room); the rest is
-        the reason."""
+        the reason. ``answer_in``: the room where the reporter wrote to this bot (the
+        thanks go there); ``None`` for a report passed on by another bot, which thanked
+        them already."""
         body = body.strip()
         room_id: str | None = None
         reported: str | None = None
@@ -108,14 +123,52 @@ class Reports:
             room_id = reported = None
         head = report_word(body, self.prefix)
         reason = body[len(head) :].strip() if head else body
-        await self.cases.open_case(
+        await self._open(
+            reporter,
+            answer_in,
+            thank=answer_in is not None,
             source="dm",
             external_id=f"dm:{event_id}",
             room_id=room_id,
             event_id=reported,
-            reporter=reporter,
             reason=reason,
         )
+
+    async def _open(
+        self,
+        reporter: str,
+        answer_in: str | None,
+        *,
+        thank: bool = True,
+        source: str,
+        external_id: str,
+        room_id: str | None,
+        event_id: str | None,
+        reason: str | None,
+    ) -> None:
+        """Open a case for ``reporter`` within their limit, then thank them."""
+        if self.reporters.over_limit(reporter):
+            await self._ask_to_wait(reporter, answer_in)
+            return
+        number = await self.cases.open_case(
+            source=source, external_id=external_id, room_id=room_id, event_id=event_id,
+            reporter=reporter, reason=reason,
+        )  # fmt: skip
+        if number is None:
+            return  # seen before (a replay): counted and thanked then
+        self.reporters.counted(reporter)
+        if thank:
+            try:
+                await self.reporters.thank(reporter, number, answer_in)
+            except MatrixError as exc:
+                log.info("could not thank %s for case %s: %s", reporter, number, exc)
+
+    async def _ask_to_wait(self, reporter: str, answer_in: str | None) -> None:
+        log.info("report from %s beyond the limit: no case", reporter)
+        try:
+            await self.reporters.ask_to_wait(reporter, answer_in)
+        except MatrixError as exc:
+            log.info("could not tell %s to wait: %s", reporter, exc)
 
     async def poll_admin_reports_once(self) -> float | None:
         """Open a case for each new event report of the homeserver about a forum room (the

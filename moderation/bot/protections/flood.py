@@ -1,16 +1,15 @@
-"""Flooding: too many messages from one person within the configured seconds; all of
-them are removed."""
+"""Flooding: too many messages from one person within the configured seconds (counted
+from when our homeserver received them); all of them are removed."""
 
 from __future__ import annotations
 
-import time
 from collections import deque
 
 from forum.bounded import LRUDict
 from forum.events import Message
 
 from ..tuning import Tuning
-from .base import Events, Protection, _
+from .base import Events, Protection, _, received_at
 
 
 class Flood(Protection):
@@ -24,7 +23,7 @@ class Flood(Protection):
         self.recent: LRUDict[str, deque[tuple[float, str, str]]] = LRUDict()
 
     def observe(self, ev: Message) -> None:
-        now = ev.origin_server_ts / 1000 if ev.origin_server_ts else time.time()
+        now = received_at(ev.raw)
         window = self.recent.get(ev.sender)
         if window is None:
             window = self.recent[ev.sender] = deque()
