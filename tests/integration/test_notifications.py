@@ -114,8 +114,8 @@ async def test_questions_notify_and_echoes_inform(start_forum: ForumStarter, mak
 
     mark = kafui.mark()
     mod_mark = forum.mod.mark()
-    await kafui.send_text(dm, "oui")
-    noted = await forum.wait_bot_text(kafui, dm, "peuvent être cités", after=mark)
+    await kafui.send_text(dm, "non")  # so that a quote of hers is asked for, below
+    noted = await forum.wait_bot_text(kafui, dm, "ne seront pas cités", after=mark)
     assert_informs(noted)
     waiting = await forum.wait_bot_text(kafui, dm, "modératrice", after=mark)
     assert_informs(waiting)
@@ -154,7 +154,7 @@ async def test_questions_notify_and_echoes_inform(start_forum: ForumStarter, mak
 async def test_one_tap_answers(start_forum: ForumStarter, make_user):
     """The bot reacts ✅ on the charter and 👍 / 👎 on the publication and quote questions;
     a tap on its reaction (the same key) answers; 👍 accepts the charter; the bot's own
-    reactions answer nothing."""
+    reactions answer nothing. (A quote is asked for only of who refused publication.)"""
     forum = await start_forum("membership", "digest", moderator=True, moderator_joins=())
     ama = await make_user("ama", display_name="Ama")
     mark = ama.mark()
@@ -176,19 +176,19 @@ async def test_one_tap_answers(start_forum: ForumStarter, make_user):
     assert charters == [(True, "reaction")]
     assert await step_of(forum, ama.user_id) != MEMBER
 
-    # Tapping the bot's 👍 (a client sends the same key) answers yes.
+    # Tapping the bot's 👎 (a client sends the same key) answers no.
     mark = ama.mark()
-    await ama.react(dm, publication["event_id"], "👍")
-    await forum.wait_bot_text(ama, dm, "peuvent être cités", after=mark)
+    await ama.react(dm, publication["event_id"], "👎")
+    await forum.wait_bot_text(ama, dm, "ne seront pas cités", after=mark)
     await forum.wait_invites(ama)
     records = [(r.scope, r.granted, r.method) for r in await forum.history(ama.user_id)]
-    assert records[-1] == ("publication", True, "reaction")
+    assert records[-1] == ("publication", False, "reaction")
 
-    # A quote question: 👍 / 👎 from the bot; a tap on 👎 refuses.
+    # A quote question: 👍 / 👎 from the bot; a tap on 👍 allows this one quote.
     room = forum.room()
     await forum.join(ama, room)
     await forum.join(forum.mod, room)
-    target = await ama.send_text(room, "QUOTE-TAP: un message à ne pas citer")
+    target = await ama.send_text(room, "QUOTE-TAP: un message à citer")
     mark = ama.mark()
     await forum.mod.react(room, target, "📰")
     quote_q = await forum.wait_bot_text(ama, dm, "QUOTE-TAP", after=mark)
@@ -201,13 +201,13 @@ async def test_one_tap_answers(start_forum: ForumStarter, make_user):
 
     assert await answer() is None, "the bot's own reactions are no answer"
     mark = ama.mark()
-    await ama.react(dm, quote_q["event_id"], "👎")
-    await forum.wait_bot_text(ama, dm, "ne sera pas cité", after=mark)
-    await eventually(lambda: _refused(answer), 10, "the quote refused")
+    await ama.react(dm, quote_q["event_id"], "👍")
+    await forum.wait_bot_text(ama, dm, "paraîtra dans le résumé public", after=mark)
+    await eventually(lambda: _granted(answer), 10, "the quote allowed")
 
 
-async def _refused(answer: Any) -> bool:
-    return await answer() is False
+async def _granted(answer: Any) -> bool:
+    return await answer() is True
 
 
 async def test_reconsent_asks_reminds_and_a_tap_accepts(
