@@ -12,12 +12,16 @@ run: $(STAMP) ## start the whole service on the embedded homeserver
 test: $(STAMP) browser ## run the whole test suite (real Synapse, SQLite and PostgreSQL)
 	$(BIN)/python -m pytest
 
-# Headless Chromium renders a digest page in the tests (Debian's package).
+# Headless Chromium renders the public pages in the tests (Debian's package), and axe-core
+# (npm, into .venv/axe) checks their accessibility there.
 browser:
 	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 	  apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
 	  echo "chromium could not be installed: the browser test will be skipped"
+	@test -f $(VENV)/axe/node_modules/axe-core/axe.min.js || ! command -v npm >/dev/null 2>&1 || \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/axe axe-core@4 >/dev/null 2>&1 || \
+	  echo "axe-core could not be installed: the accessibility test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check forum moderation bridge tests benchmarks

@@ -24,6 +24,7 @@ from bridge.digest import ANNOUNCEMENTS
 from bridge.models import QuotePermission
 from bridge.repositories import DigestStore, is_newspaper
 from bridge.sanitize import PUBLISHED_MSGTYPES, Words, mentioned, publishable
+from forum.bounded import LRUDict
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
@@ -75,7 +76,7 @@ class DigestCollector:
     :meth:`forum.context.Registrations.pending_questions_of`); None: ours only."""
     rooms: dict[str, str] = field(init=False)
     """The topic rooms: room id -> slug."""
-    names: dict[tuple[str, str], str] = field(init=False, default_factory=dict)
+    names: LRUDict[tuple[str, str], str] = field(init=False, default_factory=LRUDict)
     command: str = field(init=False)
     editors: set[str] = field(init=False)
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
@@ -112,6 +113,33 @@ class DigestCollector:
             self.names[(room_id, user_id)] = name
         return name
 
+    def known_name(self, room_id: str, user_id: str) -> str:
+        """The name already known (no homeserver call: used inside transactions)."""
+        return self.names.get((room_id, user_id)) or user_id.split(":", 1)[0].lstrip("@")
+
+    async def fetch_names(
+        self, room_id: str, sender: str | None, body: str, formatted: str | None
+    ) -> None:
+        """Ask the homeserver, before a write transaction opens, the names it will need
+        (the author's, the mentioned people's): no network call is made inside it."""
+        settings = self.settings
+        staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
+        for user_id in {*([sender] if sender else []), *mentioned(body, formatted), *staff}:
+            await self.display_name(room_id, user_id)
+
+    async def fetch_names_of(self, room_id: str, raw: dict[str, Any] | None) -> None:
+        if raw is None:
+            return
+        content = raw.get("content") or {}
+        body = content.get("body")
+        formatted = content.get("formatted_body")
+        await self.fetch_names(
+            room_id,
+            raw.get("sender") if isinstance(raw.get("sender"), str) else None,
+            body if isinstance(body, str) else "",
+            formatted if isinstance(formatted, str) else None,
+        )
+
     async def public_name(self, s: AsyncSession, room_id: str, user_id: str) -> str:
         """The name a quote of ``user_id`` carries: the public name they chose, or the one
         recorded at their publication consent. Someone who consented before public names
@@ -131,8 +159,8 @@ class DigestCollector:
         settings = self.settings
         staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
         staff.discard(user_id)
-        others = {u: [localpart(u), await self.display_name(room_id, u)] for u in staff}
-        for candidate in (await self.display_name(room_id, user_id), localpart(user_id)):
+        others = {u: [localpart(u), self.known_name(room_id, u)] for u in staff}
+        for candidate in (self.known_name(room_id, user_id), localpart(user_id)):
             try:
                 name = clean_public_name(candidate)
             except NameRefused:
@@ -189,6 +217,7 @@ class DigestCollector:
                 heading = rest.strip().splitlines()[0][:200] if rest.strip() else None
                 await self.curate(ev.room_id, ev.reply_to, heading, ev.event_id, ev.sender)
                 return
+        await self.fetch_names(ev.room_id, ev.sender, ev.body, ev.formatted_body)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             await store.add_activity(
@@ -239,6 +268,7 @@ class DigestCollector:
             return
         fmt = new.get("formatted_body") if new.get("format") == "org.matrix.custom.html" else None
         msgtype = new.get("msgtype", "m.text")  # m.new_content should repeat it
+        await self.fetch_names(ev.room_id, ev.sender, body, fmt if isinstance(fmt, str) else None)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             words = await self.words(
@@ -337,6 +367,7 @@ class DigestCollector:
         if (raw.get("content") or {}).get("msgtype") not in PUBLISHED_MSGTYPES:
             return  # not words: never published, so never asked about
         ask = False
+        await self.fetch_names_of(room_id, raw)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             existing = await store.get_message(target)
@@ -504,6 +535,7 @@ class DigestCollector:
                 raw = await self.moderation_gateway.get_event(room_id, target)
             except MatrixError:
                 raw = None
+        await self.fetch_names_of(room_id, raw)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             await store.answer(target, answer)

@@ -6,6 +6,7 @@ them to a :class:`WeekDigest` with the pure :class:`~bridge.summarize.Summariser
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -16,12 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.repositories import DigestStore, Highlight, StoredMessage
 from bridge.sanitize import clean_html
-from bridge.summarize import Summariser
+from bridge.summarize import STOP_EN, STOP_FR, Summariser
 from bridge.weeks import week_bounds
 from forum.matrix import matrix_to
 from forum.settings import Settings
 
 ANNOUNCEMENTS = "announcements"
+_WORDS = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Quote:
     url: str
     ts: datetime
     heading: str | None = None
+    #: the language it was written in (detected from its words, see :func:`language_of`)
+    lang: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class KeyPointOut:
     author: str
     url: str
     event_id: str
+    lang: str = ""
 
 
 @dataclass
@@ -88,7 +93,18 @@ class WeekDigest:
         }
 
 
-def quote_of(m: StoredMessage, heading: str | None = None) -> Quote:
+def language_of(text: str, default: str) -> str:
+    """The language ``text`` was written in, from its French and English function words;
+    ``default`` (the forum's primary language) when they do not tell."""
+    words = _WORDS.findall(text.lower())
+    fr = sum(1 for w in words if w in STOP_FR)
+    en = sum(1 for w in words if w in STOP_EN)
+    if fr == en:
+        return default
+    return "fr" if fr > en else "en"
+
+
+def quote_of(m: StoredMessage, heading: str | None = None, default_lang: str = "") -> Quote:
     html = clean_html(m.html) if m.html else ""
     return Quote(
         event_id=m.event_id,
@@ -98,6 +114,7 @@ def quote_of(m: StoredMessage, heading: str | None = None) -> Quote:
         url=matrix_to(m.room_id, m.event_id),
         ts=m.ts,
         heading=heading,
+        lang=language_of(m.body, default_lang),
     )
 
 
@@ -133,7 +150,7 @@ async def build_week(
         slug = slug_of_room.get(h.room_id)
         if m is None or slug is None:
             continue
-        topics[slug].highlights.append(quote_of(m, h.heading))
+        topics[slug].highlights.append(quote_of(m, h.heading, settings.primary_language))
 
     # key points: two streaming passes over the light rows of the consented messages
     # (precomputed keywords), a partition at a time; what stays in memory is bounded per
@@ -164,7 +181,11 @@ async def build_week(
         bodies = {c: found[c][0] for c in s.candidate_sources() if c in found}
         topics[slug].key_points = [
             KeyPointOut(
-                kp.text, found[kp.source][1], matrix_to(room_of[slug], kp.source), kp.source
+                kp.text,
+                found[kp.source][1],
+                matrix_to(room_of[slug], kp.source),
+                kp.source,
+                language_of(bodies.get(kp.source, kp.text), settings.primary_language),
             )
             for kp in s.key_points(bodies)
         ]

@@ -9,13 +9,13 @@ import html
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.collector import ASK_KIND, DigestCollector
@@ -28,7 +28,6 @@ from bridge.weeks import previous_week
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
 from forum.public_names import RELABEL_KIND
-from forum.retry import retry_call, retrying
 from forum.settings import Settings
 from forum.signals import ERASE_PERSON_KIND, PERMISSION_WITHDRAWN
 
@@ -42,8 +41,18 @@ EXPORT_DEBOUNCE_SECONDS = 1.0
 EXPORT_RETRY_CAP_SECONDS = 30.0
 #: how often the service looks for digest changes made by another process
 WATCH_SECONDS = 1.0
+#: the watch is stale (``/healthz``) after this long without a look
+WATCH_STALE = 120.0
 #: where versions before issue #11 kept the last ``forum digest export`` directory
 EXPORT_STATE_KEY = "export_dir"
+#: the store's key of the time of the last scheduled build (ISO 8601, UTC)
+SCHEDULE_STATE_KEY = "schedule_last_run"
+#: the schedule looks at the clock at least this often (a clock set forward is noticed)
+SCHEDULE_TICK_SECONDS = 30.0
+#: a scheduled build that runs this long after its time is announced as late
+SCHEDULE_LATE_AFTER = timedelta(minutes=10)
+#: the schedule is stale after this long without a look
+SCHEDULE_STALE = 600.0
 
 
 class DigestService:
@@ -79,6 +88,7 @@ class DigestService:
             notify_outbox,
         )
         self._dirty = asyncio.Event()
+        self._seen_version: tuple[int, int] | None = None
         self.exports = 0
         #: directories :meth:`export_to` exported to in this process (with ``force``)
         self._targets: dict[Path, bool] = {}
@@ -138,45 +148,32 @@ class DigestService:
                 )
                 await store.set_state(EXPORT_STATE_KEY, "")
 
-    async def export_loop(self) -> None:
-        """Re-export after every change (erasure, edit, curation), debounced. The flag is
+    async def export_step(self) -> None:
+        """Re-export after a change (erasure, edit, curation), debounced. The flag is
         cleared as an export starts, so a change that arrives during it sets it again and
-        is exported next; a failed export is retried (backoff) until one succeeds."""
+        is exported next; a failed export sets it again before its error goes up to the
+        supervisor, which tries again after a backoff."""
+        await self._dirty.wait()
+        await asyncio.sleep(EXPORT_DEBOUNCE_SECONDS)
+        self._dirty.clear()
+        try:
+            await self.export_all()
+        except BaseException:
+            self._dirty.set()
+            raise
 
-        def failed(exc: BaseException, wait: float) -> None:
-            log.warning("digest: export failed (%s); retrying in %.1f s", exc, wait)
-
-        policy = retrying(
-            None,
-            retryable=lambda exc: isinstance(exc, OSError | SQLAlchemyError),
-            initial=EXPORT_DEBOUNCE_SECONDS,
-            cap=EXPORT_RETRY_CAP_SECONDS,
-            on_retry=failed,
-        )
-        while True:
-            await self._dirty.wait()
-            await asyncio.sleep(EXPORT_DEBOUNCE_SECONDS)
-            self._dirty.clear()
-            await retry_call(policy, self.export_all)
-
-    async def watch_loop(self, interval: float = WATCH_SECONDS) -> None:
+    async def watch_step(self) -> float:
         """Notice what other processes commit (``forum digest build``, another instance):
         every writer bumps the store's change counter; when it moves, the site's cache is
         dropped and the exports are refreshed. A new consent record (a withdrawal whose
         erasure has not run yet) refreshes them too: outputs filter by current consent."""
-        seen: tuple[int, int] | None = None
-        while True:
-            try:
-                async with self.sessionmaker() as s:
-                    store = DigestStore(s)
-                    version = (await store.version(), await store.consent_version())
-            except (OSError, SQLAlchemyError) as exc:
-                log.warning("digest: cannot read the change counter (%s)", exc)
-            else:
-                if seen is not None and version != seen:
-                    self.changed()
-                seen = version
-            await asyncio.sleep(interval)
+        async with self.sessionmaker() as s:
+            store = DigestStore(s)
+            version = (await store.version(), await store.consent_version())
+        if self._seen_version is not None and version != self._seen_version:
+            self.changed()
+        self._seen_version = version
+        return WATCH_SECONDS
 
     async def publish(self, week: str) -> WeekDigest:
         async with self.sessionmaker() as s, s.begin():
@@ -184,29 +181,58 @@ class DigestService:
         self.changed()
         return await self.site.week(week)
 
-    async def scheduled_build(self, moment: datetime) -> WeekDigest:
+    async def scheduled_build(self, moment: datetime, *, late: bool = False) -> WeekDigest:
         week = previous_week(moment, self.settings.digest.timezone)
         digest = await self.publish(week)
         await self.export_all()
-        await self.announce(digest)
+        await self.announce(digest, late=late)
         return digest
 
     def week_url(self, lang: str, week: str) -> str:
         return week_url(self.settings, self.site, lang, week)
 
-    async def announce(self, digest: WeekDigest) -> str:
+    async def announce(self, digest: WeekDigest, *, late: bool = False) -> str:
         room = self.rooms["announcements"]
-        plain, rich = announcement(self.settings, self.site, digest)
+        plain, rich = announcement(self.settings, self.site, digest, late=late)
         return await self.moderation_gateway.send_text(room, plain, rich)
 
-    async def schedule_loop(self, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    async def schedule_step(self, now: Callable[[], datetime]) -> float:
+        """One look at the schedule (cron and time zone of ``[digest]``); returns the
+        seconds until the next look.
+
+        The time of the last scheduled build is stored: a build whose time came while
+        the service was down runs once at start (the latest one only, announced as
+        late), and a clock set back never builds a week twice. The clock is looked at
+        again at least every :data:`SCHEDULE_TICK_SECONDS`, so a clock set forward
+        is noticed."""
         digest = self.settings.digest
         tz = ZoneInfo(digest.timezone)
-        while True:
-            base = now().astimezone(tz)
-            fire: datetime = croniter(digest.schedule, base).get_next(datetime)
-            await asyncio.sleep(max(0.0, (fire - now()).total_seconds()))
-            await self.scheduled_build(fire)
+        current = now()
+        async with self.sessionmaker() as s:
+            stored = await DigestStore(s).get_state(SCHEDULE_STATE_KEY)
+        if stored is None:  # the first start: the schedule begins now (a build due in the
+            # last minutes, while the service was starting, is made)
+            last = current - SCHEDULE_LATE_AFTER
+            await self._schedule_done(last)
+        else:
+            last = datetime.fromisoformat(stored)
+        due: datetime = croniter(digest.schedule, last.astimezone(tz)).get_next(datetime)
+        if due > current:
+            return max(0.0, min(SCHEDULE_TICK_SECONDS, (due - current).total_seconds()))
+        # the latest time that came (several missed weeks: only the last one is built)
+        latest: datetime = croniter(
+            digest.schedule, (current + timedelta(seconds=1)).astimezone(tz)
+        ).get_prev(datetime)
+        late = current - latest > SCHEDULE_LATE_AFTER
+        if late:
+            log.warning("digest: the build due at %s was missed; building it now", latest)
+        await self.scheduled_build(latest, late=late)
+        await self._schedule_done(latest)
+        return 0.0
+
+    async def _schedule_done(self, moment: datetime) -> None:
+        async with self.sessionmaker() as s, s.begin():
+            await DigestStore(s).set_state(SCHEDULE_STATE_KEY, moment.astimezone(UTC).isoformat())
 
 
 async def backfill(
@@ -289,10 +315,16 @@ async def setup(ctx: ServiceContext) -> DigestService:
     ctx.signals.connect(PERMISSION_WITHDRAWN, personal.withdraw)
     ctx.register.personal_data(personal)
     ctx.register.web_routes(web_extension(service.site))
-    ctx.tasks.start("digest:export", service.export_loop())
-    ctx.tasks.start("digest:watch", service.watch_loop())
+    ctx.tasks.every("digest:export", service.export_step, retry_cap=EXPORT_RETRY_CAP_SECONDS)
+    ctx.tasks.every("digest:watch", service.watch_step, critical=True, stale_after=WATCH_STALE)
     if ctx.schedules:  # time-driven: on the service's clock
-        ctx.tasks.start("digest:schedule", service.schedule_loop(ctx.clock))
+        clock = ctx.clock
+        ctx.tasks.every(
+            "digest:schedule",
+            partial(service.schedule_step, clock),
+            critical=True,
+            stale_after=SCHEDULE_STALE,
+        )
     if ctx.settings.digest.history_start:
         ctx.tasks.start("digest:backfill", _first_backfill(ctx, service))
     return service
@@ -322,14 +354,19 @@ def week_url(settings: Settings, site: DigestSite, lang: str, week: str) -> str:
     return f"{base.rstrip('/')}/{lang}/week/{week}/"
 
 
-def announcement(settings: Settings, site: DigestSite, digest: WeekDigest) -> tuple[str, str]:
+def announcement(
+    settings: Settings, site: DigestSite, digest: WeekDigest, *, late: bool = False
+) -> tuple[str, str]:
     """The post for the announcements room (plain, HTML): the week's summary in every
-    forum language, with the link to its page."""
+    forum language, with the link to its page; ``late``: it says the digest comes late
+    (its scheduled time passed while the service was down)."""
     plain: list[str] = []
     rich: list[str] = []
     for lang in settings.forum.languages:
         t = site.gettext(lang)
         title = t("Digest of week {week}").format(week=digest.week)
+        if late:
+            title = t("{title} (late)").format(title=title)
         line = summary_line(digest, t)
         url = week_url(settings, site, lang, digest.week)
         plain.append(f"{title}: {line} {url}")

@@ -23,14 +23,15 @@ from zoneinfo import ZoneInfo
 import jinja2
 from aiohttp import web
 from babel.support import NullTranslations
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge.digest import ANNOUNCEMENTS, TopicDigest, WeekDigest, build_week
 from bridge.export import check_target, write_export
+from bridge.models import DigestWeek
 from bridge.repositories import DigestStore
-from bridge.weeks import WEEK_RE
+from bridge.weeks import WEEK_RE, week_monday
 from forum.i18n import I18n
-from forum.matrix import matrix_to
 from forum.settings import Settings
 from forum.web.app import (
     I18N_KEY,
@@ -38,8 +39,11 @@ from forum.web.app import (
     SETTINGS_KEY,
     STATIC_DIR,
     Renderer,
+    join_context,
+    matrix_to,
     page_language,
     render_page,
+    site_url,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,14 @@ TEMPLATES = HERE / "templates"
 LOCALE_DIR = HERE / "locale"
 JSON_CACHE_CONTROL = "public, max-age=300"
 MAX_HIGHLIGHTS = 12
+#: weeks listed on the home page; the archive has the others, a page at a time
+HOME_WEEKS = 5
+ARCHIVE_PAGE_SIZE = 20
+#: weeks shown on a topic's page and entries in the feed (the newest)
+TOPIC_WEEKS = 8
+FEED_ENTRIES = 20
+#: the files of the static directory the export copies
+EXPORTED_STATIC = ("style.css", "favicon.svg", "share.png")
 
 
 class Texts:
@@ -105,6 +117,8 @@ class DigestSite:
         self._lock = asyncio.Lock()
         self._consents: int | None = None
         self._export_renderer: Renderer | None = None
+        self._updated: dict[str, tuple[int, dt.datetime]] = {}
+        self._clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     # --- data -------------------------------------------------------------------------
     def changed(self) -> None:
@@ -147,6 +161,49 @@ class DigestSite:
             self._cache[week] = (gen, digest)
             return digest
 
+    async def week_updated(self, week: str) -> dt.datetime:
+        """When what the public sees of ``week`` last changed: an edit, an erasure, a
+        withdrawn permission or a new name moves it. The store keeps a fingerprint of the
+        week's public content and the time it was first seen (``digest_state``), so every
+        process and every export agree; the first one is the week's build time."""
+        cached = self._updated.get(week)
+        if cached and cached[0] == self.generation:
+            return cached[1]
+        gen = self.generation
+        digest = await self.week(week)
+        content = json.dumps(digest.to_json(), sort_keys=True, ensure_ascii=False)
+        fingerprint = hashlib.sha256(content.encode()).hexdigest()[:32]
+        key = f"updated:{week}"
+        async with self.sessionmaker() as s, s.begin():
+            store = DigestStore(s)
+            known = await store.get_state(key)
+            mark, _, when_text = (known or "").partition(" ")
+            if known and mark == fingerprint:
+                when = dt.datetime.fromisoformat(when_text)
+            else:
+                built = await s.scalar(select(DigestWeek.built_at).where(DigestWeek.week == week))
+                when = built if known is None and built is not None else self._clock()
+                await store.set_state(key, f"{fingerprint} {when.isoformat()}")
+        self._updated[week] = (gen, when)
+        return when
+
+    def week_name(self, lang: str, week: str, *, capital: bool = False) -> str:
+        """``2026-W48`` as a reader says it: "semaine du 23 au 29 novembre 2026",
+        "week of 23–29 November 2026"."""
+        monday = week_monday(week)
+        sunday = monday + dt.timedelta(days=6)
+        if monday.year != sunday.year:
+            first = "d MMMM y"
+        elif monday.month != sunday.month:
+            first = "d MMMM"
+        else:
+            first = "d"
+        name = self.gettext(lang)("week of {start}–{end}").format(
+            start=self.i18n.format_date(monday, lang, first),
+            end=self.i18n.format_date(sunday, lang, "d MMMM y"),
+        )
+        return name[:1].upper() + name[1:] if capital else name
+
     def topics(self, lang: str) -> list[dict[str, str]]:
         out = []
         for t in self.settings.topics:
@@ -174,6 +231,12 @@ class DigestSite:
         return Texts(self.i18n.translations(lang))
 
     # --- page contexts ------------------------------------------------------------------
+    def _names(self, lang: str) -> dict[str, Any]:
+        return {
+            "t": self.gettext(lang),
+            "week_name": lambda week, capital=False: self.week_name(lang, week, capital=capital),
+        }
+
     async def home_context(self, lang: str) -> dict[str, Any]:
         weeks = await self.weeks()
         latest = (
@@ -181,9 +244,11 @@ class DigestSite:
         )
         return {
             "latest": latest,
-            "weeks": weeks,
+            "weeks": weeks[:HOME_WEEKS],
+            "more_weeks": len(weeks) > HOME_WEEKS,
             "topics": self.topics(lang),
-            "t": self.gettext(lang),
+            **join_context(self.settings, lang),
+            **self._names(lang),
         }
 
     async def week_context(self, lang: str, week: str) -> dict[str, Any] | None:
@@ -191,45 +256,80 @@ class DigestSite:
         if week not in weeks:
             return None
         i = weeks.index(week)
+        digest = await self.week(week)
+        t = self.gettext(lang)
         return {
-            "digest": LocalWeek(await self.week(week), self.settings.digest.timezone),
+            "digest": LocalWeek(digest, self.settings.digest.timezone),
             "newer": weeks[i - 1] if i > 0 else None,
             "older": weeks[i + 1] if i + 1 < len(weeks) else None,
-            "t": self.gettext(lang),
+            "page_description": t("{week}: {summary}").format(
+                week=self.week_name(lang, week, capital=True), summary=summary_line(digest, t)
+            ),
+            **self._names(lang),
         }
 
     async def topic_context(self, lang: str, slug: str) -> dict[str, Any] | None:
         spec = self.settings.topic(slug)
         if spec is None:
             return None
+        weeks = await self.weeks()
         entries: list[tuple[str, TopicDigest]] = []
-        for week in await self.weeks():
+        for week in weeks[:TOPIC_WEEKS]:
             digest = await self.week(week)
             topic = next((t for t in digest.topics if t.slug == slug), None)
             if topic is not None:
                 entries.append((week, topic))
+        t = self.gettext(lang)
+        name = self.settings.text(spec.name, lang)
+        description = self.settings.text(spec.topic, lang)
         return {
-            "topic_name": self.settings.text(spec.name, lang),
-            "topic_description": self.settings.text(spec.topic, lang),
+            "topic_name": name,
+            "topic_description": description,
             "entries": entries,
-            "t": self.gettext(lang),
+            "more_weeks": len(weeks) > TOPIC_WEEKS,
+            "page_description": t("{topic} in the weekly digest: {description}").format(
+                topic=name, description=description
+            ),
+            **self._names(lang),
+        }
+
+    async def archive_context(self, lang: str, page: int) -> dict[str, Any] | None:
+        """Page ``page`` (from 1) of the list of every published week, newest first."""
+        weeks = await self.weeks()
+        pages = max(1, -(-len(weeks) // ARCHIVE_PAGE_SIZE))
+        if not 1 <= page <= pages:
+            return None
+        t = self.gettext(lang)
+        forum = self.settings.text(self.settings.forum.name, lang)
+        chunk = weeks[(page - 1) * ARCHIVE_PAGE_SIZE : page * ARCHIVE_PAGE_SIZE]
+        return {
+            "weeks": chunk,
+            "page": page,
+            "pages": pages,
+            "newer_page": archive_path(lang, page - 1) if page > 1 else None,
+            "older_page": archive_path(lang, page + 1) if page < pages else None,
+            "page_description": t("Every weekly digest of {forum}, page {page} of {pages}.").format(
+                forum=forum, page=page, pages=pages
+            ),
+            **self._names(lang),
         }
 
     async def feed_context(self, lang: str, base: str, renderer: Renderer) -> dict[str, Any]:
         t = self.gettext(lang)
         entries = []
-        for week in await self.weeks():
+        for week in (await self.weeks())[:FEED_ENTRIES]:
             digest = await self.week(week)
             html = renderer.render("digest_feed_entry.html", lang, digest=digest, t=t, root=base)
             entries.append(
                 {
                     "week": week,
-                    "updated": digest.end.isoformat(),
+                    "title": t("Digest: {week}").format(week=self.week_name(lang, week)),
+                    "updated": (await self.week_updated(week)).isoformat(),
                     "summary": summary_line(digest, t),
                     "html": html,
                 }
             )
-        updated = entries[0]["updated"] if entries else "2000-01-01T00:00:00+00:00"
+        updated = max((e["updated"] for e in entries), default="2000-01-01T00:00:00+00:00")
         urn = f"urn:forum-digest:{self.settings.server_name}:{lang}"
         return {"entries": entries, "base": base, "updated": updated, "t": t, "urn": urn}
 
@@ -238,6 +338,10 @@ class DigestSite:
 
 
 SITE_KEY = web.AppKey("digest_site", DigestSite)
+
+
+def archive_path(lang: str, page: int) -> str:
+    return f"/{lang}/archive/" if page == 1 else f"/{lang}/archive/{page}/"
 
 
 def summary_line(digest: WeekDigest, t: Callable[[str], str]) -> str:
@@ -255,14 +359,20 @@ def summary_line(digest: WeekDigest, t: Callable[[str], str]) -> str:
 def _base_url(request: web.Request, site: DigestSite) -> str:
     if site.public_url:
         return site.public_url.rstrip("/") + "/"
-    return f"{request.scheme}://{request.host}/"
+    return site_url(request)
+
+
+def _urls(request: web.Request) -> dict[str, Any]:
+    """The site's root and the page's canonical address (the site's public URL first)."""
+    base = _base_url(request, request.app[SITE_KEY])
+    return {"site_url": base, "page_url": base + request.path.lstrip("/")}
 
 
 async def home(request: web.Request) -> web.StreamResponse:
     lang = page_language(request)
     site = request.app[SITE_KEY]
     ctx = await site.home_context(lang)
-    return render_page(request, "digest_home.html", lang, root="/", **ctx)
+    return render_page(request, "digest_home.html", lang, root="/", **_urls(request), **ctx)
 
 
 async def week_page(request: web.Request) -> web.StreamResponse:
@@ -271,7 +381,7 @@ async def week_page(request: web.Request) -> web.StreamResponse:
     ctx = await request.app[SITE_KEY].week_context(lang, week) if WEEK_RE.match(week) else None
     if ctx is None:
         raise web.HTTPNotFound()
-    return render_page(request, "digest_week.html", lang, root="/", **ctx)
+    return render_page(request, "digest_week.html", lang, root="/", **_urls(request), **ctx)
 
 
 async def topic_page(request: web.Request) -> web.StreamResponse:
@@ -279,7 +389,19 @@ async def topic_page(request: web.Request) -> web.StreamResponse:
     ctx = await request.app[SITE_KEY].topic_context(lang, request.match_info["slug"])
     if ctx is None:
         raise web.HTTPNotFound()
-    return render_page(request, "digest_topic.html", lang, root="/", **ctx)
+    return render_page(request, "digest_topic.html", lang, root="/", **_urls(request), **ctx)
+
+
+async def archive_page(request: web.Request) -> web.StreamResponse:
+    lang = page_language(request)
+    number = request.match_info.get("page", "1")
+    page = int(number) if number.isdigit() and not number.startswith("0") else 0
+    if "page" in request.match_info and page == 1:
+        raise web.HTTPNotFound()  # page 1 is /archive/
+    ctx = await request.app[SITE_KEY].archive_context(lang, page)
+    if ctx is None:
+        raise web.HTTPNotFound()
+    return render_page(request, "digest_archive.html", lang, root="/", **_urls(request), **ctx)
 
 
 async def feed(request: web.Request) -> web.StreamResponse:
@@ -320,6 +442,8 @@ def web_extension(site: DigestSite) -> Callable[[web.Application], None]:
         app.router.add_get(f"/{lang}/", home, name="home")  # the digest is the home page
         app.router.add_get(f"/{lang}/week/{{week}}/", week_page, name="digest_week")
         app.router.add_get(f"/{lang}/topic/{{slug}}/", topic_page, name="digest_topic")
+        app.router.add_get(f"/{lang}/archive/", archive_page, name="digest_archive")
+        app.router.add_get(f"/{lang}/archive/{{page:\\d+}}/", archive_page, name="digest_archive_n")
         app.router.add_get(f"/{lang}/feed.atom", feed, name="digest_feed")
         app.router.add_get("/api/digests.json", api_digests, name="digest_json")
 
@@ -363,6 +487,7 @@ async def export_site(
     renderer = site.export_renderer()
     files: dict[str, bytes] = {}
     base = site.public_url.rstrip("/") + "/" if site.public_url else "../"
+    root_url = site.public_url.rstrip("/") + "/" if site.public_url else "/"
 
     def page(path: str, template: str, lang: str, context: dict[str, Any]) -> None:
         rest = path.split("/", 1)[1] if "/" in path else ""
@@ -378,6 +503,8 @@ async def export_site(
             forum_description=settings.text(settings.forum.description, lang),
             language_links=links,
             root="/",
+            site_url=root_url,
+            page_url=root_url + path.removesuffix("index.html") if site.public_url else "",
             **context,
         )
         files[path] = relativize(html, path.count("/")).encode()
@@ -393,6 +520,11 @@ async def export_site(
             tctx = await site.topic_context(lang, topic.slug)
             assert tctx is not None
             page(f"{lang}/topic/{topic.slug}/index.html", "digest_topic.html", lang, tctx)
+        number = 1
+        while (actx := await site.archive_context(lang, number)) is not None:
+            where = archive_path(lang, number).lstrip("/")
+            page(f"{where}index.html", "digest_archive.html", lang, actx)
+            number += 1
         fctx = await site.feed_context(lang, base, renderer)
         files[f"{lang}/feed.atom"] = renderer.render(
             "digest_feed.xml",
@@ -408,6 +540,6 @@ async def export_site(
         .encode()
     )
     files["api/digests.json"] = json.dumps(await site.json_body(), ensure_ascii=False).encode()
-    for name in ("style.css", "favicon.svg"):
+    for name in EXPORTED_STATIC:
         files[f"static/{name}"] = (STATIC_DIR / name).read_bytes()
     return await asyncio.to_thread(write_export, directory, files, home=home, force=force)

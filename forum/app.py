@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from forum.context import Clock, Feature, Registrations, Rooms, ServiceContext
 from forum.credentials import secure_home
 from forum.gateway import Gateway
 from forum.i18n import I18n
+from forum.metrics import Metrics
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
 from forum.signals import Signals
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 #: Event ids handled are remembered this long (a replay from an older token is not
 #: expected: tokens are stored after every batch).
 PROCESSED_EVENTS_KEPT = timedelta(days=30)
+HOUSEKEEPING_SECONDS = 3600.0
+#: ``/healthz`` answers 503 when a bot's sync loop handled no batch for this long (a
+#: long poll lasts 30 s at most)
+SYNC_STALE = 180.0
+#: ... or when the outbox worker made no round for this long (it wakes every few seconds)
+OUTBOX_STALE = 180.0
 
 
 def default_features() -> list[Feature]:
@@ -68,6 +76,7 @@ class Service:
         self.clock = clock
         self.schedules = schedules
         self.tasks = TaskSupervisor()
+        self.metrics = Metrics(self.tasks)
         self.db: Database | None = None
         self.ctx: ServiceContext | None = None
         self.features: dict[str, Any] = {}
@@ -97,7 +106,9 @@ class Service:
         await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
         creds = bot_credentials(settings, self.home)
         self.gateways = {role: bot_gateway(settings, db, role, creds[role]) for role in ROLES}
-        for gateway in self.gateways.values():
+        for role, gateway in self.gateways.items():
+            self.metrics.watch_bot(role, gateway.stats)
+            gateway.observe_requests(partial(self.metrics.observe_action, role))
             await gateway.login()
         moderation_gateway = self.gateways["moderation"]
         membership_gateway = self.gateways["membership"]
@@ -135,37 +146,42 @@ class Service:
             register=registrations,
             clock=self.clock,
             schedules=self.schedules,
+            metrics=self.metrics,
         )
         self.ctx = ctx
         for feature in self.feature_list:
             self.features[feature.name] = await feature.setup(ctx)
         registrations.close()
-        self.tasks.start("outbox", outbox.run(), critical=True)
-        for gateway in self.gateways.values():
+        self.tasks.every("outbox", outbox.step, critical=True, stale_after=OUTBOX_STALE)
+        for role, gateway in self.gateways.items():
             await gateway.load_token()
+            health = self.tasks.track(f"sync:{role}", critical=True, stale_after=SYNC_STALE)
+            gateway.on_synced(health.ok)
             self._sync_tasks.append(
                 self.tasks.start(f"sync:{gateway.user_id}", gateway.run(), critical=True)
             )
-        self.tasks.start("housekeeping", self._housekeeping())
+        self.tasks.every("housekeeping", self._housekeeping)
         app = create_app(
             settings,
             database_ping=db.ping,
             homeserver_ping=moderation_gateway.ping,
             i18n=i18n,
             extensions=registrations.all_web_routes,
+            tasks=self.tasks,
+            metrics=self.metrics,
+            refresh_metrics=partial(self.metrics.refresh, db.sessionmaker),
         )
         self.runner, self.bound_port = await run_web(app, settings.web.host, self.web_port)
         return ctx
 
-    async def _housekeeping(self) -> None:
-        """Forget processed event ids older than the replay window, once an hour."""
+    async def _housekeeping(self) -> float:
+        """Forget processed event ids older than the replay window; again in an hour."""
         assert self.db is not None
-        while True:
-            async with self.db.sessionmaker() as s, s.begin():
-                pruned = await ProcessedEvents(s).prune(utcnow() - PROCESSED_EVENTS_KEPT)
-            if pruned:
-                log.info("forgot %d processed event ids", pruned)
-            await asyncio.sleep(3600)
+        async with self.db.sessionmaker() as s, s.begin():
+            pruned = await ProcessedEvents(s).prune(utcnow() - PROCESSED_EVENTS_KEPT)
+        if pruned:
+            log.info("forgot %d processed event ids", pruned)
+        return HOUSEKEEPING_SECONDS
 
     async def stop(self) -> None:
         for gateway in self.gateways.values():

@@ -23,6 +23,7 @@ from aiohttp import web
 from forum.events import Message
 from forum.gateway import Gateway
 from forum.i18n import I18n
+from forum.metrics import Metrics
 from forum.settings import Settings
 from forum.signals import Signals
 from forum.storage import Database, Executor, OutboxWorker, utcnow
@@ -40,6 +41,20 @@ DmClaim = Callable[[Message], Awaitable[bool]]
 #: sum over every feature is exactly one, otherwise the membership bot asks which one.
 PendingQuestions = Callable[[str, str], Awaitable[list[str]]]
 StopHook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """A person waiting for a moderator's decision to join (``approval = "moderators"``)."""
+
+    user_id: str
+    since: datetime
+
+
+#: The requests waiting for a moderator's decision, oldest first (read only).
+PendingApprovals = Callable[[], Awaitable[list[ApprovalRequest]]]
+#: The language a person chose with a feature (``None``: unknown to it).
+PersonLanguage = Callable[[str], Awaitable[str | None]]
 #: Adds a feature's subcommands to the ``forum`` argument parser.
 AddCommands = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -91,6 +106,8 @@ class Registrations:
         self._stop_hooks: list[StopHook] = []
         self._personal_data: list[PersonalDataProvider] = []
         self._pending: list[PendingQuestions] = []
+        self._approvals: list[PendingApprovals] = []
+        self._languages: list[PersonLanguage] = []
         self._closed = False
 
     def _check_open(self) -> None:
@@ -125,6 +142,17 @@ class Registrations:
         self._check_open()
         self._pending.append(provider)
 
+    def pending_approvals(self, provider: PendingApprovals) -> None:
+        """Tell which join requests wait for a moderator (asked by the moderation bot's
+        ``!pending``)."""
+        self._check_open()
+        self._approvals.append(provider)
+
+    def person_language(self, provider: PersonLanguage) -> None:
+        """Tell the language a person chose (the bots answer them in it)."""
+        self._check_open()
+        self._languages.append(provider)
+
     def on_stop(self, hook: StopHook) -> None:
         self._check_open()
         self._stop_hooks.append(hook)
@@ -156,6 +184,24 @@ class Registrations:
         """Every feature's questions waiting for ``user_id``'s answer (registration order):
         a bare answer binds only when there is exactly one."""
         return [line for provider in self._pending for line in await provider(user_id, lang)]
+
+    @property
+    def approvals_known(self) -> bool:
+        """Whether a feature keeps join requests (otherwise none can be pending)."""
+        return bool(self._approvals)
+
+    async def approvals_pending(self) -> list[ApprovalRequest]:
+        """Every feature's join requests waiting for a moderator, oldest first."""
+        found = [r for provider in self._approvals for r in await provider()]
+        return sorted(found, key=lambda r: r.since)
+
+    async def language_of(self, user_id: str) -> str | None:
+        """The language ``user_id`` chose, as the first feature that knows it says."""
+        for provider in self._languages:
+            lang = await provider(user_id)
+            if lang:
+                return lang
+        return None
 
     async def claimed(self, message: Message) -> bool:
         """Whether a feature claims this direct-chat message (every claim is asked)."""
@@ -216,6 +262,9 @@ class ServiceContext:
     schedules: bool = True
     """Whether time-driven loops (the weekly digest) run; the tests' harness turns them off
     unless a test asks for them."""
+    metrics: Metrics | None = None
+    """The service's Prometheus metrics (``/metrics``); features count on it (the spam
+    checker increments ``metrics.spam_checks``)."""
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,16 @@ from forum.gateway.rooms import RoomEndpoints
 from forum.gateway.session import Session
 from forum.gateway.state import StateEndpoints
 from forum.gateway.sync import SyncLoop
-from forum.gateway.transport import CLIENT_V1, CLIENT_V3, GatewayStats, Transport
+from forum.gateway.transport import (
+    CLIENT_V1,
+    CLIENT_V3,
+    GatewayStats,
+    RequestObserver,
+    Transport,
+    action_kind,
+)
 
-__all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats"]
+__all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats", "RequestObserver", "action_kind"]
 
 E = TypeVar("E")
 
@@ -138,6 +145,14 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
 
     async def wait_synced(self, timeout: float = 30) -> None:
         await self._sync.wait_synced(timeout)
+
+    def on_synced(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each ``/sync`` batch handled and its token stored."""
+        self._sync.synced_callbacks.append(callback)
+
+    def observe_requests(self, observer: RequestObserver | None) -> None:
+        """Call ``observer(kind, seconds, outcome)`` after every request (metrics)."""
+        self._transport.observer = observer
 
     async def _relogin(self) -> None:
         """The homeserver refused our token while syncing: forget it, log in again."""

@@ -19,11 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError, Unauthorized
@@ -38,6 +41,9 @@ E = TypeVar("E")
 Handler = Callable[[Any], Awaitable[None]]
 
 MAX_GAP_EVENTS = 2000
+#: a failed bookkeeping write is tried again after this, doubling up to the cap
+BOOKKEEPING_RETRY_INITIAL = 0.5
+BOOKKEEPING_RETRY_CAP = 30.0
 
 _INVITE_KEY = "forum.invite"
 
@@ -77,6 +83,11 @@ def revived_event(room_id: str, stored: dict[str, Any]) -> RoomEvent | Invite | 
     return parse_room_event(room_id, stored)
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """A failure of the database (locked, unreachable, a dropped connection)."""
+    return isinstance(exc, SQLAlchemyError | OSError)
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -108,6 +119,8 @@ class SyncLoop:
     _registrations: list[_Registration] = field(init=False, default_factory=list)
     _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _synced: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    synced_callbacks: list[Callable[[], None]] = field(init=False, default_factory=list)
+    """Called after each batch handled and its token stored (a health record)."""
 
     @property
     def user_id(self) -> str:
@@ -150,6 +163,37 @@ class SyncLoop:
             "account_data": {"not_types": ["*"]},
         }
 
+    async def _bookkeeping(
+        self, what: str, write: Callable[[AsyncSession], Awaitable[None]]
+    ) -> None:
+        """Run one bookkeeping write (processed ids, failed handlers, the sync token) in its
+        own transaction; a database error is logged and the write retried with backoff
+        until it succeeds (handlers already ran: redoing the whole batch would run them
+        twice). Cancellation (the service stopping) goes through."""
+
+        async def once() -> None:
+            async with self.sessionmaker() as s, s.begin():
+                await write(s)
+
+        def failed(exc: BaseException, wait: float) -> None:
+            self.stats.bookkeeping_retries += 1
+            log.warning(
+                "%s: database error in the gateway's bookkeeping (%s): %s; retrying in %.1f s",
+                self.user_id,
+                what,
+                _describe(exc),
+                wait,
+            )
+
+        policy = retrying(
+            None,
+            retryable=is_database_error,
+            initial=BOOKKEEPING_RETRY_INITIAL,
+            cap=BOOKKEEPING_RETRY_CAP,
+            on_retry=failed,
+        )
+        await retry_call(policy, once)
+
     async def load_token(self) -> str | None:
         async with self.sessionmaker() as s:
             self.next_batch = await SyncTokens(s).get(self.user_id)
@@ -189,9 +233,15 @@ class SyncLoop:
         handled = await self._dispatch(batch)
         token = data.get("next_batch")
         if isinstance(token, str):
-            async with self.sessionmaker() as s, s.begin():
+
+            async def store(s: AsyncSession) -> None:
                 await SyncTokens(s).set(self.user_id, token)
+
+            await self._bookkeeping("the sync token", store)
             self.next_batch = token
+        self.stats.last_synced = time.time()
+        for callback in self.synced_callbacks:
+            callback()
         self._synced.set()
         return handled
 
@@ -283,23 +333,38 @@ class SyncLoop:
                         exc_info=exc,
                     )
                     failures.append((reg, _describe(exc)))
-            async with self.sessionmaker() as s, s.begin():
-                if not failures:
-                    await ProcessedEvents(s).mark(self.user_id, ev.event_id)
-                for reg, error in failures:
-                    retry_at = self._retry_at(1, reg.name, ev.event_id, ev.room_id, error)
-                    await FailedHandlers(s).add(
-                        self.user_id,
-                        ev.event_id,
-                        reg.name,
-                        room_id=ev.room_id,
-                        event=stored_event(ev),
-                        error=error,
-                        retry_at=retry_at,
-                    )
+            retries = [
+                (reg, error, self._retry_at(1, reg.name, ev.event_id, ev.room_id, error))
+                for reg, error in failures
+            ]
+
+            await self._bookkeeping(
+                f"event {ev.event_id}", partial(self._record_outcome, ev=ev, retries=retries)
+            )
             handled += 1
             self.stats.events_dispatched += 1
         return handled
+
+    async def _record_outcome(
+        self,
+        s: AsyncSession,
+        *,
+        ev: RoomEvent | Invite,
+        retries: list[tuple[_Registration, str, datetime | None]],
+    ) -> None:
+        """The event is processed, or its failed handlers are kept for a retry."""
+        if not retries:
+            await ProcessedEvents(s).mark(self.user_id, ev.event_id)
+        for reg, error, retry_at in retries:
+            await FailedHandlers(s).add(
+                self.user_id,
+                ev.event_id,
+                reg.name,
+                room_id=ev.room_id,
+                event=stored_event(ev),
+                error=error,
+                retry_at=retry_at,
+            )
 
     async def _call(self, reg: _Registration, ev: Any) -> Exception | None:
         """Run one handler; its failure is returned (and counted), never raised, so that
@@ -361,23 +426,29 @@ class SyncLoop:
                     failed.attempts + 1,
                     exc_info=exc,
                 )
-        async with self.sessionmaker() as s, s.begin():
-            repo = FailedHandlers(s)
-            if error is None:
-                if await repo.succeeded(self.user_id, failed.event_id, failed.handler):
+        if error is None:
+
+            async def succeeded(s: AsyncSession) -> None:
+                if await FailedHandlers(s).succeeded(self.user_id, failed.event_id, failed.handler):
                     await ProcessedEvents(s).mark(self.user_id, failed.event_id)
-                log.info(
-                    "handler %s succeeded on %s after %d failed attempts",
-                    failed.handler,
-                    failed.event_id,
-                    failed.attempts,
-                )
-                return
-            attempts = failed.attempts + 1
-            retry_at = self._retry_at(
-                attempts, failed.handler, failed.event_id, failed.room_id, error
+
+            await self._bookkeeping(f"event {failed.event_id}", succeeded)
+            log.info(
+                "handler %s succeeded on %s after %d failed attempts",
+                failed.handler,
+                failed.event_id,
+                failed.attempts,
             )
-            await repo.failed_again(self.user_id, failed.event_id, failed.handler, error, retry_at)
+            return
+        attempts = failed.attempts + 1
+        retry_at = self._retry_at(attempts, failed.handler, failed.event_id, failed.room_id, error)
+
+        async def failed_again(s: AsyncSession, error: str = error) -> None:
+            await FailedHandlers(s).failed_again(
+                self.user_id, failed.event_id, failed.handler, error, retry_at
+            )
+
+        await self._bookkeeping(f"event {failed.event_id}", failed_again)
 
     async def run(self) -> None:
         """Sync until :meth:`stop`. Survives homeserver outages (with backoff)."""
@@ -387,7 +458,9 @@ class SyncLoop:
             # A new policy after each batch handled: the backoff starts again from 1 s.
             policy = retrying(
                 None,
-                retryable=lambda exc: isinstance(exc, MatrixError),
+                # a read of the bookkeeping that failed (before any handler ran) is
+                # harmless to do again with the whole poll
+                retryable=lambda exc: isinstance(exc, MatrixError) or is_database_error(exc),
                 initial=1.0,
                 cap=60.0,
                 sleep=self._sleep_or_stop,

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, TypedDict
 
@@ -47,7 +47,25 @@ class GatewayStats:
     retries: int = 0
     events_dispatched: int = 0
     handler_failures: int = 0
+    bookkeeping_retries: int = 0
+    last_synced: float | None = None
+    """Unix time when a ``/sync`` batch was last handled and its token stored."""
     by_endpoint: dict[str, int] = field(default_factory=dict)
+
+
+RequestObserver = Callable[[str, float, str], None]
+"""Called after each request with its kind (:func:`action_kind`), its duration in seconds
+(retries included) and its outcome ("ok" or the error's class name)."""
+
+
+def action_kind(method: str, path: str) -> str:
+    """A request's kind, with no id in it (a bounded label for metrics): ``PUT send``,
+    ``POST kick``, ``PUT state``, ``GET sync``..."""
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if not parts:
+        return method
+    name = parts[2] if parts[0] == "rooms" and len(parts) > 2 else parts[0]
+    return f"{method} {name}"
 
 
 class RequestOptions(TypedDict, total=False):
@@ -80,6 +98,7 @@ class Transport:
     _client: AsyncClient = field(init=False, repr=False)
     _txn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _txn_prefix: str = field(init=False, default_factory=lambda: secrets.token_hex(6))
+    observer: RequestObserver | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._client = AsyncClient(
@@ -205,7 +224,15 @@ class Transport:
                 return payload
             raise _error_for(status, payload, text, retry_header, label)
 
-        return await retry_call(self._policy(retry_unavailable=retry_unavailable), send_once)
+        started, outcome = time.monotonic(), "ok"
+        try:
+            return await retry_call(self._policy(retry_unavailable=retry_unavailable), send_once)
+        except MatrixError as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(action_kind(method, path), time.monotonic() - started, outcome)
 
 
 def _error_for(

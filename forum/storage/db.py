@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
+    AsyncSessionTransaction,
     async_sessionmaker,
     create_async_engine,
 )
@@ -34,6 +35,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK_ID = 0x666F72756D  # "forum"
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+
+#: Execution option of a connection that will write (SQLite: ``BEGIN IMMEDIATE``).
+WRITE_OPTION = "forum_write"
 
 
 class StorageError(Exception):
@@ -116,15 +120,38 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
-    """Start every SQLite transaction with ``BEGIN IMMEDIATE``.
+    """Start a SQLite transaction: ``BEGIN IMMEDIATE`` for a unit of work that writes,
+    a plain (deferred) ``BEGIN`` for one that only reads.
 
-    The sqlite3 module would otherwise begin lazily, before the first write only: DDL
-    would run outside the migration's transaction and a session that read first could
-    fail with SQLITE_BUSY (without waiting) when it tries to write after another
-    connection committed. IMMEDIATE takes the write lock up front, waiting up to the
-    busy timeout; SQLite has a single writer anyway, and sessions are short.
+    A writer is a session opened with ``session.begin()`` (see :class:`ForumSession`) or a
+    connection with the :data:`WRITE_OPTION` execution option (migrations): it takes the
+    write lock up front, waiting up to the busy timeout, so that it never fails with
+    SQLITE_BUSY when it writes after reading (SQLite has a single writer; write units of
+    work are short and make no network call). A reader takes no lock: in WAL mode it
+    reads its snapshot while a writer commits.
     """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    if connection.get_execution_options().get(WRITE_OPTION):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+class _WriteTransaction(AsyncSessionTransaction):
+    """``session.begin()``: a unit of work that writes; on SQLite its connection starts
+    with ``BEGIN IMMEDIATE`` (PostgreSQL: an ordinary transaction)."""
+
+    async def start(self, is_ctxmanager: bool = False) -> _WriteTransaction:
+        await super().start(is_ctxmanager)
+        await self.session.connection(execution_options={WRITE_OPTION: True})
+        return self
+
+
+class ForumSession(AsyncSession):
+    """The service's session: ``async with sessionmaker() as s:`` reads in a plain
+    transaction; ``async with sessionmaker() as s, s.begin():`` writes."""
+
+    def begin(self) -> AsyncSessionTransaction:
+        return _WriteTransaction(self)
 
 
 def alembic_config(connection: Connection | None = None, url: str | URL | None = None) -> Config:
@@ -180,7 +207,7 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            engine, expire_on_commit=False
+            engine, expire_on_commit=False, class_=ForumSession
         )
 
     @classmethod
@@ -193,7 +220,7 @@ class Database:
             await asyncio.to_thread(Path(parsed.database).parent.mkdir, parents=True, exist_ok=True)
         engine = create_engine(parsed)
         try:
-            async with engine.begin() as conn:
+            async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
                 await conn.run_sync(_check_and_migrate, migrate)
         except BaseException:
             await engine.dispose()

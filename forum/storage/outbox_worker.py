@@ -106,18 +106,23 @@ class OutboxWorker:
                 )
             await outbox.mark_failed(item.id, error, retry_at)
 
+    async def step(self) -> None:
+        """One round (for :meth:`forum.tasks.TaskSupervisor.every`): run the due items,
+        then, unless more may be due now, wait ``poll_interval`` or a :meth:`notify`."""
+        self._wakeup.clear()
+        attempted = await self.run_once()
+        if attempted >= self.batch_size:
+            return  # more may be due right now
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.poll_interval):
+                await self._wakeup.wait()
+
     async def run(self) -> None:
-        """Loop until cancelled: run due items, then wait ``poll_interval`` or a
-        :meth:`notify`. Database errors are logged and the loop goes on."""
+        """Loop until cancelled (:meth:`step` again and again). Database errors are
+        logged and the loop goes on."""
         while True:
-            self._wakeup.clear()
             try:
-                attempted = await self.run_once()
+                await self.step()
             except (SQLAlchemyError, OSError):
                 log.exception("outbox worker: database error; retrying")
-                attempted = 0
-            if attempted >= self.batch_size:
-                continue  # more may be due right now
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
-                    await self._wakeup.wait()
+                await asyncio.sleep(self.poll_interval)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
@@ -455,6 +455,16 @@ class Outbox(Repository):
             OutboxRow.done_at.is_(None), OutboxRow.next_attempt_at.is_not(None)
         )
         return int(await self.session.scalar(stmt) or 0)
+
+    async def oldest_pending(self) -> datetime | None:
+        """When the oldest item not done and not abandoned was written (None: none is)."""
+        stmt = select(func.min(OutboxRow.created_at)).where(
+            OutboxRow.done_at.is_(None), OutboxRow.next_attempt_at.is_not(None)
+        )
+        oldest = await self.session.scalar(stmt)
+        if oldest is not None and oldest.tzinfo is None:  # SQLite keeps no zone: UTC
+            oldest = oldest.replace(tzinfo=UTC)
+        return oldest
 
     async def abandoned(self, limit: int = 100) -> Sequence[OutboxItem]:
         """Items the worker gave up on, oldest first (for operators)."""

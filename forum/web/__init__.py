@@ -6,11 +6,13 @@ from forum.web.app import (
     SETTINGS_KEY,
     Renderer,
     create_app,
+    join_context,
     language_of,
     matrix_to,
     page_language,
     render_page,
     run_web,
+    site_url,
 )
 
 __all__ = [
@@ -19,9 +21,11 @@ __all__ = [
     "SETTINGS_KEY",
     "Renderer",
     "create_app",
+    "join_context",
     "language_of",
     "matrix_to",
     "page_language",
     "render_page",
     "run_web",
+    "site_url",
 ]

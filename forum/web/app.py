@@ -14,6 +14,8 @@ import hashlib
 import logging
 import mimetypes
 import re
+import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,10 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict
 
 from forum.i18n import I18n
+from forum.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from forum.metrics import Metrics
 from forum.settings import Settings
+from forum.tasks import TaskSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,10 @@ I18N_KEY = web.AppKey("i18n", I18n)
 RENDERER_KEY = web.AppKey("renderer", Renderer)
 STATIC_KEY = web.AppKey("static_files", dict[str, StaticFile])
 PINGS_KEY = web.AppKey("pings", dict[str, Ping])
+TASKS_KEY = web.AppKey("tasks", TaskSupervisor)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+Refresh = Callable[[], Awaitable[None]]
+REFRESH_METRICS_KEY: web.AppKey[Refresh] = web.AppKey("refresh_metrics")
 
 
 # --- helpers for handlers (also used by extensions) --------------------------------------
@@ -148,10 +157,13 @@ def render_page(
 ) -> web.Response:
     """Render ``template`` (which extends ``base.html``) into an HTML response."""
     settings = request.app[SETTINGS_KEY]
+    root = site_url(request)
     base: dict[str, Any] = {
         "forum_name": settings.text(settings.forum.name, lang),
         "forum_description": settings.text(settings.forum.description, lang),
         "language_links": _language_links(request, lang),
+        "site_url": root,
+        "page_url": root + request.path.lstrip("/"),
     }
     base.update(context)
     body = request.app[RENDERER_KEY].render(template, lang, **base)
@@ -165,8 +177,32 @@ def render_page(
 
 
 def matrix_to(alias_id: str) -> str:
-    """A matrix.to link that opens a room in any Matrix client."""
-    return f"https://matrix.to/#/{alias_id}"
+    """A matrix.to link that opens a room in any Matrix client.
+
+    The ``#`` of an alias is written ``%23``: a second ``#`` in a URL's fragment is not
+    valid HTML (the Nu HTML Checker refuses it), and matrix.to reads both."""
+    return "https://matrix.to/#/" + urllib.parse.quote(alias_id, safe="@:!$")
+
+
+def site_url(request: web.Request) -> str:
+    """The site's absolute root (``web.public_url`` when set), ending with ``/``."""
+    public = request.app[SETTINGS_KEY].web.public_url
+    if public:
+        return public.rstrip("/") + "/"
+    return f"{request.scheme}://{request.host}/"
+
+
+def join_context(settings: Settings, lang: str) -> dict[str, Any]:
+    """What the "How to join" section shows: the lobby (name, alias, matrix.to link)."""
+    lobby = settings.rooms.lobby
+    alias = settings.alias_id(lobby.alias)
+    return {
+        "lobby": {
+            "name": settings.text(lobby.name, lang),
+            "alias": alias,
+            "url": matrix_to(alias),
+        }
+    }
 
 
 # --- handlers -------------------------------------------------------------------------
@@ -183,7 +219,6 @@ async def root(request: web.Request) -> web.StreamResponse:
 async def home(request: web.Request) -> web.StreamResponse:
     lang = page_language(request)
     settings = request.app[SETTINGS_KEY]
-    lobby = settings.rooms.lobby
     topics = [
         {
             "slug": t.slug,
@@ -194,17 +229,7 @@ async def home(request: web.Request) -> web.StreamResponse:
         }
         for t in settings.topics
     ]
-    return render_page(
-        request,
-        "home.html",
-        lang,
-        topics=topics,
-        lobby={
-            "name": settings.text(lobby.name, lang),
-            "alias": settings.alias_id(lobby.alias),
-            "url": matrix_to(settings.alias_id(lobby.alias)),
-        },
-    )
+    return render_page(request, "home.html", lang, topics=topics, **join_context(settings, lang))
 
 
 async def _check(name: str, ping: Ping, timeout: float) -> bool:
@@ -219,14 +244,42 @@ async def _check(name: str, ping: Ping, timeout: float) -> bool:
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
+    """The homeserver and the database answer; with the service's tasks, each one's last
+    success and last error under ``tasks``. 503 when something is down or a critical
+    task is stale."""
     pings = request.app[PINGS_KEY]
     names = list(pings)
     results = await asyncio.gather(
         *(_check(name, pings[name], HEALTH_TIMEOUT_SECONDS) for name in names)
     )
-    body = {name: ("ok" if ok else "down") for name, ok in zip(names, results, strict=True)}
+    body: dict[str, Any] = {
+        name: ("ok" if ok else "down") for name, ok in zip(names, results, strict=True)
+    }
+    healthy = all(results)
+    tasks = request.app.get(TASKS_KEY)
+    if tasks is not None:
+        now = time.time()
+        body["tasks"] = {name: h.as_dict(now) for name, h in sorted(tasks.health.items())}
+        stale = tasks.unhealthy(now)
+        if stale:
+            body["stale"] = stale
+            healthy = False
     return web.json_response(
-        body, status=200 if all(results) else 503, headers={"Cache-Control": "no-store"}
+        body, status=200 if healthy else 503, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def metrics_page(request: web.Request) -> web.StreamResponse:
+    """The service's figures in Prometheus' text format."""
+    refresh = request.app.get(REFRESH_METRICS_KEY)
+    if refresh is not None:
+        try:
+            await asyncio.wait_for(refresh(), HEALTH_TIMEOUT_SECONDS)
+        except Exception as exc:  # the figures read live are shown; the stored ones wait
+            log.warning("metrics: cannot read the database: %s: %s", type(exc).__name__, exc)
+    body = request.app[METRICS_KEY].render()
+    return web.Response(
+        body=body, headers={"Content-Type": METRICS_CONTENT_TYPE, "Cache-Control": "no-store"}
     )
 
 
@@ -301,6 +354,28 @@ def _error_response(request: web.Request, status: int, reason: str) -> web.Respo
     )
     response.headers.update(headers)
     return response
+
+
+def _route_of(request: web.Request) -> str:
+    """The route's pattern (``/{lang}/week/{week}/``), never the path itself: a bounded
+    label."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count each request by route and status (``forum_web_requests_total``)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        request.app[METRICS_KEY].observe_web(_route_of(request), status)
 
 
 @web.middleware
@@ -393,10 +468,16 @@ def create_app(
     homeserver_ping: Ping,
     i18n: I18n,
     extensions: Sequence[Extension] = (),
+    tasks: TaskSupervisor | None = None,
+    metrics: Metrics | None = None,
+    refresh_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
-    """Build the web app. ``extensions`` are called with it to add routes (the digest)."""
+    """Build the web app. ``extensions`` are called with it to add routes (the digest).
+    ``tasks``: their health is shown by ``/healthz``; ``metrics``: served at ``/metrics``
+    (after ``refresh_metrics``), web requests counted on it."""
     app = web.Application(
         middlewares=[
+            *([metrics_middleware] if metrics is not None else []),
             error_middleware,
             web.normalize_path_middleware(append_slash=True, merge_slashes=True),
             caching_middleware,
@@ -417,6 +498,13 @@ def create_app(
     app[RENDERER_KEY] = renderer
     app[STATIC_KEY] = static_files
     app[PINGS_KEY] = {"homeserver": homeserver_ping, "database": database_ping}
+    if tasks is not None:
+        app[TASKS_KEY] = tasks
+    if metrics is not None:
+        app[METRICS_KEY] = metrics
+        app.router.add_get("/metrics", metrics_page, name="metrics")
+    if refresh_metrics is not None:
+        app[REFRESH_METRICS_KEY] = refresh_metrics
 
     app.router.add_get("/", root, name="root")
     app.router.add_get("/healthz", healthz, name="healthz")

@@ -23,6 +23,7 @@ async def setup(ctx: ServiceContext) -> ModerationBot:
         tasks=ctx.tasks,
         signals=ctx.signals,
         clock=ctx.clock,
+        register=ctx.register,
     )
     await bot.start()
     return bot

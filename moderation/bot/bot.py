@@ -11,14 +11,15 @@ tasks, so that a flood of commands never holds up the protections), the protecti
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.bounded import LRUDict
 from forum.errors import MatrixError
 from forum.events import Invite, Membership, Message, Reaction, StateChange
 from forum.i18n import I18n
@@ -44,6 +45,7 @@ from .protections import (
     MessageGuard,
     NewMemberLinks,
 )
+from .reporters import Reporters
 from .reports import Reports
 from .repositories import FirstJoins, State
 from .sanctions import Sanctions
@@ -51,13 +53,15 @@ from .strikes import SimulatedStrikes, StrikeLadder
 from .tuning import Tuning
 
 if TYPE_CHECKING:
-    from forum.context import Clock, Rooms
+    from forum.context import Clock, Registrations, Rooms
     from forum.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
+#: timed mutes are looked at every minute at least: stale after five without a pass
+MUTES_STALE = 300.0
 
 
 @dataclass(kw_only=True, eq=False)
@@ -72,6 +76,9 @@ class ModerationBot:
     tasks: TaskSupervisor
     signals: Signals
     clock: Clock = utcnow
+    register: Registrations | None = None
+    """The service's registrations: join requests waiting (``!pending``) and the language
+    each person chose, from the membership bot (``None``: neither is known)."""
 
     def __post_init__(self) -> None:
         """Build the bot's parts."""
@@ -119,13 +126,17 @@ class ModerationBot:
             policy_room=rooms["policy"], subscriptions=list(settings.moderation.policy_lists),
             t=self.t,
         )  # fmt: skip
+        self.reporters = Reporters(
+            gateway=gateway, actions=actions, i18n=self.i18n, tuning=self.tuning,
+            language_of=self.register.language_of if self.register else None,
+        )  # fmt: skip
         self.cases = CaseDesk(
             gateway=gateway, sessionmaker=sessionmaker, actions=actions,
-            sanctions=self.sanctions, management=self.management,
+            sanctions=self.sanctions, management=self.management, reporters=self.reporters,
         )  # fmt: skip
         self.reports = Reports(
-            gateway=gateway, sessionmaker=sessionmaker, forum_rooms=rooms,
-            cases=self.cases, tuning=self.tuning, prefix=self.prefix, t=self.t,
+            gateway=gateway, sessionmaker=sessionmaker, forum_rooms=rooms, cases=self.cases,
+            reporters=self.reporters, tuning=self.tuning, prefix=self.prefix, t=self.t,
         )  # fmt: skip
         self.mute_timer = MuteTimer(
             actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock
@@ -133,7 +144,7 @@ class ModerationBot:
         self.command_slots = asyncio.Semaphore(8)
         self.processed_messages = 0
         self.commands_started: dict[str, None] = {}  # event ids, oldest first
-        self.seen_joined: set[str] = set()
+        self.seen_joined: LRUDict[str, None] = LRUDict()  # first joins already written
 
     @property
     def cfg(self) -> ModerationSection:
@@ -166,17 +177,16 @@ class ModerationBot:
         gateway.on(Membership, self.on_membership)
         gateway.on(StateChange, self.on_state, include_own=True)
         gateway.on(Invite, self.on_invite)
-        self.tasks.start("moderation:mutes", self.mute_timer.run())
+        self.tasks.every(
+            "moderation:mutes", self.mute_timer.step, critical=True, stale_after=MUTES_STALE
+        )
         self.tasks.start("moderation:subscriptions", self.policy_lists.subscribe_all())
-        self.tasks.start("moderation:admin-reports", self.reports.poll_admin_reports())
+        self.tasks.every("moderation:admin-reports", self.reports.poll_admin_reports_once)
 
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
         if ev.room_id == self.management.room_id:
-            split = registry.split(ev.body, self.prefix)
-            if split is not None and ev.event_id not in self.commands_started:
-                await self._remember_command(ev)
-                self._start_command(ev)
+            await self._management_message(ev)
             return
         if self.policy_lists.is_list_room(ev.room_id):
             return
@@ -187,14 +197,54 @@ class ModerationBot:
                 return
             await self.guard.protect(ev)
             return
-        await self.reports.from_dm(ev)
+        if await self.accepts_dm_from(ev.sender):
+            await self.reports.from_dm(ev)
+
+    async def accepts_dm_from(self, user_id: str) -> bool:
+        """Whether the bot talks with ``user_id`` in a direct chat: people of this
+        homeserver and members of the forum rooms; not anyone from anywhere."""
+        if server_of(user_id) == self.settings.server_name:
+            return True
+        return user_id in await self.actions.members()
 
     async def on_invite(self, inv: Invite) -> None:
-        if inv.is_direct:
-            try:
-                await self.gateway.join(inv.room_id, via=[server_of(inv.sender)])
-            except MatrixError as exc:
-                log.info("could not join the DM from %s: %s", inv.sender, exc)
+        if not inv.is_direct:
+            return
+        try:
+            if not await self.accepts_dm_from(inv.sender):
+                log.info("declined a direct chat from %s (not a member, not local)", inv.sender)
+                await self.gateway.leave(inv.room_id)
+                return
+            await self.gateway.join(inv.room_id, via=[server_of(inv.sender)])
+        except MatrixError as exc:
+            log.info("could not answer the invitation of %s: %s", inv.sender, exc)
+
+    async def _management_message(self, ev: Message) -> None:
+        """A command runs in the background; another bot's command is left to it; an
+        unknown one is answered with the closest command."""
+        head = registry.head(ev.body, self.prefix)
+        if head is None or ev.event_id in self.commands_started:
+            return
+        if ev.sender in self.settings.ignored_user_ids:
+            return  # the other bot (and ignored accounts) are never answered
+        command = registry.find(head)
+        if command is None:
+            await self._unknown(ev, head)
+        elif command.handler is not None:
+            await self._remember_command(ev)
+            self._start_command(ev)
+
+    async def _unknown(self, ev: Message, head: str) -> None:
+        t, prefix = self.t, self.prefix
+        text = t("Unknown command: {cmd}.").format(cmd=prefix + head)
+        closest = registry.closest(head)
+        if closest is not None:
+            text += " " + t("Did you mean {cmd}?").format(cmd=prefix + closest.name)
+        text += " " + t("Every command: {help}.").format(help=prefix + "help")
+        try:
+            await self.management.say(text, html.escape(text), reply_to=ev.event_id)
+        except MatrixError as exc:
+            log.warning("could not answer an unknown command: %s", exc)
 
     async def on_state(self, ev: StateChange) -> None:
         if ev.type == "m.room.power_levels":
@@ -246,9 +296,10 @@ class ModerationBot:
     async def _run_command(self, ev: Message) -> None:
         async with self.command_slots:
             split = registry.split(ev.body, self.prefix)
-            if split is None:
+            if split is None or split[0].handler is None:
                 return
             command, tokens = split
+            handler = split[0].handler
             inv = Invocation(ev.sender, ev.event_id, command)
             t = self.t
             try:
@@ -284,13 +335,13 @@ class ModerationBot:
                 await self.management.reply(
                     inv,
                     t("Usage: {usage} ({problem})").format(
-                        usage=command.usage(self.prefix),
-                        problem=t(exc.template).format(**exc.params),
+                        usage=command.usage(self.prefix, t),
+                        problem=exc.explain(t),
                     ),
                 )
                 return
             try:
-                await command.handler(self, inv, **values)
+                await handler(self, inv, **values)
             except MatrixError as exc:
                 log.warning("command %s failed: %s", command.name, exc)
                 await self.management.reply(
@@ -307,9 +358,9 @@ class ModerationBot:
         if user not in self.seen_joined:  # one write per person, not per room
             async with self.sessionmaker() as s, s.begin():
                 await FirstJoins(s).record(user, self.clock())
-            self.seen_joined.add(user)
+            self.seen_joined[user] = None
         if await self.actions.is_exempt(user, ev.room_id):
             return
         if await self.policy_lists.ban_on_join(user, ev.event_id):
             return
-        await self.join_wave.joined(user, ev.origin_server_ts / 1000 or time.time())
+        await self.join_wave.joined_event(ev)

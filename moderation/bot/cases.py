@@ -26,9 +26,13 @@ from .text import quote_html, quote_plain
 if TYPE_CHECKING:
     from forum.gateway import Gateway
 
+    from .reporters import Reporters
+
 log = logging.getLogger(__name__)
 
 CASE_KEYS = {"🗑": "redact", "⚠": "warn", "🔇": "mute", "🔨": "ban", "✅": "dismiss"}
+#: The sources of the cases whose reporter is told the outcome (they wrote to the bot).
+REPORTER_TOLD = frozenset({"reply", "dm"})
 CASE_ACTIONS = ("dismiss", "redact", "warn", "mute", "ban")
 # The French words the case card shows, accepted by !case / !dossier too.
 CASE_ACTIONS_FR = {
@@ -77,6 +81,8 @@ class CaseDesk:
     actions: Actions
     sanctions: Sanctions
     management: ManagementRoom
+    reporters: Reporters | None = None
+    """Told the outcome of the reports people made to the bot (by DM or ``!report``)."""
 
     @property
     def t(self) -> Callable[[str], str]:
@@ -94,7 +100,9 @@ class CaseDesk:
         event_id: str | None,
         reporter: str,
         reason: str | None,
-    ) -> None:
+    ) -> int | None:
+        """Open a case and show its card; its number, ``None`` if it was opened already
+        (the same report seen again)."""
         reported = quoted = None
         if room_id and event_id:
             try:
@@ -109,7 +117,7 @@ class CaseDesk:
                 reported_user=reported, reporter=reporter, reason=reason, quoted=quoted,
             )  # fmt: skip
         if case is None:
-            return
+            return None
         t, management = self.t, self.management
         head = t("Case #{n} ({source}): {reporter} reports {reported} in {room}.").format(
             n=case.id,
@@ -135,12 +143,13 @@ class CaseDesk:
         ).format(cmd=management.prefix + "case", n=case.id)
         parts_plain.append(help_line)
         parts_html.append(html.escape(help_line))
-        card = await management.say("\n".join(parts_plain), "<br/>".join(parts_html))
+        card = await management.notify("\n".join(parts_plain), "<br/>".join(parts_html))
         async with self.sessionmaker() as s, s.begin():
             row = await Cases(s).get(case.id)
             assert row is not None
             row.card_event_id = card
         await asyncio.gather(*(self.gateway.react(management.room_id, card, k) for k in CASE_KEYS))
+        return case.id
 
     async def on_reaction(self, ev: Reaction) -> None:
         if ev.room_id != self.management.room_id:
@@ -210,4 +219,11 @@ class CaseDesk:
             n=case_id, action=self.action_label(action), who=moderator
         )
         await self.management.say(body, html.escape(body), reply_to=case.card_event_id)
+        if self.reporters is not None and case.source in REPORTER_TOLD:
+            try:
+                await self.reporters.outcome(case.reporter, case_id, action)
+            except MatrixError as exc:
+                log.info(
+                    "could not tell %s the outcome of case %s: %s", case.reporter, case_id, exc
+                )
         return None

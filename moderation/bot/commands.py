@@ -4,6 +4,7 @@ usage lines and the help are generated from it. Pure: no I/O."""
 
 from __future__ import annotations
 
+import difflib
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,20 +13,64 @@ from typing import Any, Literal
 
 from .text import parse_duration
 
-ArgKind = Literal["user", "word", "duration", "count_or_since", "choice", "int", "text"]
+ArgKind = Literal["user", "word", "duration", "count_or_since", "choice", "int", "text", "flag"]
+Gettext = Callable[[str], str]
+
+
+def _(msg: str) -> str:
+    """Marks a message for extraction; translated when shown."""
+    return msg
+
+
+def _same(msg: str) -> str:
+    return msg
+
+
+#: The placeholders of the usage lines, translated when shown (an argument's name in
+#: capitals when it has none here).
+PLACEHOLDERS = {
+    "user": _("USER"),
+    "reason": _("REASON"),
+    "duration": _("DURATION"),
+    "limit": _("LIMIT"),
+    "number": _("NUMBER"),
+    "action": _("ACTION"),
+    "mode": _("MODE"),
+    "server": _("SERVER"),
+    "command": _("COMMAND"),
+}
+
+
+def placeholder(name: str, gettext: Gettext = _same) -> str:
+    """An argument's name as usage lines show it (translated by ``gettext``)."""
+    return gettext(PLACEHOLDERS.get(name, name.upper()))
 
 
 @dataclass(frozen=True)
 class Arg:
-    """One argument. ``text`` takes the rest of the line; optional ones may be absent."""
+    """One argument. ``text`` takes the rest of the line; optional ones may be absent; a
+    ``flag`` (``--name``, or one of ``choices``) may stand anywhere and is true when given."""
 
     name: str
     kind: ArgKind = "word"
     optional: bool = False
     choices: tuple[str, ...] = ()
+    help: str = ""
+    """What a flag does (marked with ``_``, translated when shown)."""
 
-    def usage(self) -> str:
-        label = "|".join(self.choices) if self.choices else self.name.upper()
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """How a flag may be written."""
+        return (f"--{self.name}", *self.choices)
+
+    def placeholder(self, gettext: Gettext = _same) -> str:
+        """The argument's name as usage lines show it."""
+        return placeholder(self.name, gettext)
+
+    def usage(self, gettext: Gettext = _same) -> str:
+        if self.kind == "flag":
+            return f"[--{self.name}]"
+        label = "|".join(self.choices) if self.choices else self.placeholder(gettext)
         return f"[{label}]" if self.optional else label
 
 
@@ -36,14 +81,23 @@ class Command:
     args: tuple[Arg, ...]
     help: str
     power: int | None  # None: the configured moderator level
-    handler: Callable[..., Awaitable[None]]
+    handler: Callable[..., Awaitable[None]] | None
+    """``None``: another bot answers it (declared here for the help)."""
+    examples: tuple[str, ...] = ()
+    """Marked with ``_``; ``{prefix}`` stands for the command prefix."""
 
     @property
     def names(self) -> tuple[str, ...]:
         return (self.name, *self.aliases)
 
-    def usage(self, prefix: str) -> str:
-        return " ".join([prefix + self.name, *(a.usage() for a in self.args)])
+    @property
+    def flags(self) -> tuple[Arg, ...]:
+        return tuple(a for a in self.args if a.kind == "flag")
+
+    def usage(self, prefix: str, gettext: Gettext = _same) -> str:
+        """The usage line (flags are told by the detailed help)."""
+        positional = (a.usage(gettext) for a in self.args if a.kind != "flag")
+        return " ".join([prefix + self.name, *positional])
 
 
 @dataclass(frozen=True)
@@ -55,13 +109,9 @@ class Invocation:
     command: Command
 
 
-def _(msg: str) -> str:
-    """Marks a message for extraction; translated when shown."""
-    return msg
-
-
 class UsageError(Exception):
-    """Bad arguments: ``template.format(**params)`` says what is wrong (translate the template)."""
+    """Bad arguments: ``template.format(**params)`` says what is wrong (translate the template;
+    :meth:`explain` does both)."""
 
     def __init__(self, command: Command, template: str, **params: str) -> None:
         self.command = command
@@ -69,6 +119,13 @@ class UsageError(Exception):
         self.params = params
         self.problem = template.format(**params)
         super().__init__(self.problem)
+
+    def explain(self, gettext: Gettext) -> str:
+        """What is wrong, translated, the argument named by its placeholder."""
+        params = dict(self.params)
+        if "arg" in params:
+            params["arg"] = placeholder(params["arg"], gettext)
+        return gettext(self.template).format(**params)
 
 
 @dataclass
@@ -83,16 +140,49 @@ class Registry:
         args: Sequence[Arg] = (),
         help: str = "",
         power: int | None = None,
+        examples: Sequence[str] = (),
     ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
         def decorate(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-            self.commands.append(Command(name, tuple(aliases), tuple(args), help, power, fn))
+            self.commands.append(
+                Command(name, tuple(aliases), tuple(args), help, power, fn, tuple(examples))
+            )
             return fn
 
         return decorate
 
+    def elsewhere(
+        self,
+        name: str,
+        *,
+        aliases: Sequence[str] = (),
+        args: Sequence[Arg] = (),
+        help: str = "",
+        examples: Sequence[str] = (),
+    ) -> None:
+        """Declare a command of the management room that another bot answers: listed by
+        the help, never reported as unknown, never run here."""
+        self.commands.append(
+            Command(name, tuple(aliases), tuple(args), help, None, None, tuple(examples))
+        )
+
     def find(self, word: str) -> Command | None:
         word = word.casefold()
         return next((c for c in self.commands if word in c.names), None)
+
+    def closest(self, word: str) -> Command | None:
+        """The command whose name or alias is nearest to ``word`` (a typo), if any."""
+        names = {n: c for c in self.commands for n in c.names}
+        match = difflib.get_close_matches(word.casefold(), list(names), n=1, cutoff=0.6)
+        return names[match[0]] if match else None
+
+    @staticmethod
+    def head(body: str, prefix: str) -> str | None:
+        """The word after ``prefix`` that ``body`` starts with (``None``: not a command)."""
+        text = body.strip()
+        if not text.startswith(prefix):
+            return None
+        head = text[len(prefix) :].split(maxsplit=1)
+        return head[0] if head and head[0][:1].isalnum() else None
 
     def split(self, body: str, prefix: str) -> tuple[Command, list[str]] | None:
         """The command and its raw tokens, or ``None`` if ``body`` is no known command."""
@@ -117,8 +207,15 @@ registry = Registry()
 def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
     """Typed values by argument name; raises :class:`UsageError`."""
     values: dict[str, Any] = {}
+    for flag in command.flags:
+        spellings = {w.casefold() for w in flag.spellings}
+        kept = [tok for tok in tokens if tok.casefold() not in spellings]
+        values[flag.name] = len(kept) < len(tokens)
+        tokens = kept
     i = 0
     for arg in command.args:
+        if arg.kind == "flag":
+            continue
         if arg.kind == "text":
             text = " ".join(tokens[i:]).strip()
             i = len(tokens)

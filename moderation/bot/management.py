@@ -48,6 +48,14 @@ class ManagementRoom:
     async def say(self, body: str, html_body: str, reply_to: str | None = None) -> str:
         return await self.gateway.send_text(self.room_id, body, html_body, reply_to=reply_to)
 
+    async def notify(self, body: str, html_body: str) -> str:
+        """Say something that waits for a moderator's decision (a case card): an
+        ``m.text`` (Element silences ``m.notice``) that mentions the configured moderators,
+        so that their clients notify them."""
+        return await self.gateway.send_text(
+            self.room_id, body, html_body, notice=False, mentions=self.settings.moderator_ids
+        )
+
     async def reply(self, inv: Invocation, body: str, html_body: str | None = None) -> None:
         await self.say(body, html_body or html.escape(body), reply_to=inv.event_id)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,11 @@ from .repositories import Mutes
 if TYPE_CHECKING:
     from forum.context import Clock
 
+log = logging.getLogger(__name__)
+
+#: a timed mute that could not be lifted is tried again after this many seconds
+RETRY_SECONDS = 10.0
+
 
 @dataclass(kw_only=True, eq=False)
 class MuteTimer:
@@ -28,22 +34,40 @@ class MuteTimer:
     clock: Clock = utcnow
 
     async def run(self) -> None:
-        """Forever: undo each timed mute at its deadline; a new mute or an unmute
-        (``actions.mute_changed``) makes it look again."""
-        changed = self.actions.mute_changed
+        """Forever: undo each timed mute at its deadline (see :meth:`step`)."""
         while True:
-            changed.clear()
-            async with self.sessionmaker() as s:
-                mutes = await Mutes(s).all()
-            now = self.clock()
-            for mute in mutes:
-                if mute.until is not None and mute.until <= now:
+            await self.step()
+
+    async def step(self) -> float | None:
+        """One pass: undo the timed mutes whose deadline has come, each on its own (one
+        that fails is logged and tried again on the next pass, the others are lifted),
+        then wait for the next deadline, a new mute or an unmute
+        (``actions.mute_changed``)."""
+        changed = self.actions.mute_changed
+        changed.clear()
+        async with self.sessionmaker() as s:
+            mutes = await Mutes(s).all()
+        now = self.clock()
+        failed = False
+        for mute in mutes:
+            if mute.until is not None and mute.until <= now:
+                try:
                     await self.actions.unmute(mute.user_id)
+                except Exception:
+                    failed = True
+                    log.exception("could not lift the timed mute of %s", mute.user_id)
+                    continue
+                try:
                     await self.expired(mute.user_id)
-            upcoming = [m.until for m in mutes if m.until is not None and m.until > now]
-            wait = min([(u - now).total_seconds() for u in upcoming] + [60.0])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=max(wait, 0.05))
+                except Exception:
+                    log.exception("the mute of %s was lifted but not announced", mute.user_id)
+        upcoming = [m.until for m in mutes if m.until is not None and m.until > now]
+        wait = min([(u - now).total_seconds() for u in upcoming] + [60.0])
+        if failed:
+            wait = min(wait, RETRY_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout=max(wait, 0.05))
+        return None
 
     async def expired(self, user: str) -> None:
         await self.actions.audit(

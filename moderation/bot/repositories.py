@@ -155,6 +155,11 @@ class Cases(Repository):
         stmt = select(func.count()).select_from(Case).where(Case.status == "open")
         return int(await self.session.scalar(stmt) or 0)
 
+    async def open_cases(self, limit: int = 30) -> list[Case]:
+        """The open cases, oldest first."""
+        stmt = select(Case).where(Case.status == "open").order_by(Case.id).limit(limit)
+        return list(await self.session.scalars(stmt))
+
     async def by_card(self, event_id: str) -> Case | None:
         case: Case | None = await self.session.scalar(
             select(Case).where(Case.card_event_id == event_id)

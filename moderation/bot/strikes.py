@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.bounded import LRUDict
 from forum.storage.models import utcnow
 
 from .repositories import Strikes
@@ -65,7 +66,7 @@ class SimulatedStrikes:
 
     def __init__(self, ladder: StrikeLadder) -> None:
         self.ladder = ladder
-        self.tally: dict[str, Strike] = {}
+        self.tally: LRUDict[str, Strike] = LRUDict()
 
     def reset(self) -> None:
         self.tally.clear()

@@ -24,7 +24,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.consent import ConsentRow
-from forum.context import DmClaim, Feature, PendingQuestions, Rooms, ServiceContext
+from forum.context import (
+    ApprovalRequest,
+    DmClaim,
+    Feature,
+    PendingQuestions,
+    Rooms,
+    ServiceContext,
+)
 from forum.events import Invite, Membership, Message, Reaction
 from forum.gateway import Gateway
 from forum.matrix import strip_reply_fallback
@@ -41,7 +48,7 @@ from .effects import FlowRunner
 from .entry import Arrival, Entry
 from .export import export_person
 from .leaving import Leaving
-from .models import CHARTER, PUBLICATION, PersonRow
+from .models import CHARTER, PENDING, PUBLICATION, ApprovalRow, PersonRow
 from .outbox import INVITE, KICK, NOTIFY, Executors
 from .reconsent import Reconsent
 from .repositories import People
@@ -129,7 +136,14 @@ class MembershipBot:
         gateway.on(Invite, self.entry.on_invite)
         gateway.on(Message, self.on_message)
         gateway.on(Reaction, self.on_reaction)
-        self.tasks.start("membership:charter", self.reconsent.run())
+        self.tasks.start("membership:keep-muted", self.reconsent.start())
+        poll = shared.options.deadline_poll_seconds
+        self.tasks.every(
+            "membership:charter",
+            self.reconsent.step,
+            critical=True,
+            stale_after=max(300.0, 10 * poll),
+        )
         self.tasks.start("membership:pending-knocks", self.entry.recover_pending())
 
     async def on_membership(self, ev: Membership) -> None:
@@ -258,6 +272,20 @@ class MembershipBot:
         ):
             await shared.say(room, self.commands.with_help(lang, messages.NOT_UNDERSTOOD))
 
+    async def pending_approvals(self) -> list[ApprovalRequest]:
+        """The join requests waiting for a moderator (the moderation bot's ``!pending``)."""
+        async with self.shared.sessionmaker() as s:
+            rows = await s.scalars(
+                select(ApprovalRow).where(ApprovalRow.status == PENDING).order_by(ApprovalRow.id)
+            )
+            return [ApprovalRequest(r.user_id, r.created_at) for r in rows]
+
+    async def language_of(self, user_id: str) -> str | None:
+        """The language ``user_id`` chose in the welcome conversation, if any."""
+        async with self.shared.sessionmaker() as s:
+            person = await s.get(PersonRow, user_id)
+            return person.lang if person is not None else None
+
     async def own_questions(self, user_id: str, lang: str) -> list[str]:
         """The bot's questions waiting for ``user_id``'s answer, one line each in ``lang``
         (registered with :meth:`forum.context.Registrations.pending_questions`)."""
@@ -344,6 +372,8 @@ def feature(**options: Any) -> Feature:
             pending_questions=ctx.register.pending_questions_of,
         )
         ctx.register.pending_questions(bot.own_questions)
+        ctx.register.pending_approvals(bot.pending_approvals)
+        ctx.register.person_language(bot.language_of)
         for kind, executor in bot.outbox_executors.items():
             ctx.register.outbox_executor(kind, executor)
         bot.register()

@@ -179,6 +179,7 @@ class FlowRunner:
             person = await shared.person(user_id)
             room = person.dm_room_id if person else None
             default_name = await self.naming.default_for(user_id, room)
+        await self._open_dm_first(user_id, event, event_id)
         async with shared.sessionmaker() as s, s.begin():
             before = await self.load(s, user_id, event_id)
             after, effects = flow.advance(before, event)
@@ -192,6 +193,22 @@ class FlowRunner:
             await self._in_transaction(s, user_id, row, effects, approval, default_name)
         self._last_said[user_id] = after.last_said
         return Outcome(user_id, before, after, effects)
+
+    async def _open_dm_first(self, user_id: str, event: Input, event_id: str | None) -> None:
+        """When ``event`` will open the person's DM, open it before the write transaction
+        (a homeserver call, slow under load, must never hold the database's write lock:
+        SQLite's other writers would fail with "database is locked") and record it. The
+        caller holds the person's lock, so nobody else opens it meanwhile."""
+        async with self.shared.sessionmaker() as s:
+            before = await self.load(s, user_id, event_id)
+            row = await People(s).get(user_id)
+        if row is None or row.dm_room_id:
+            return
+        _, effects = flow.advance(before, event)
+        if not any(isinstance(e, flow.OpenDm) for e in effects):
+            return
+        room_id = await self.open_dm(user_id)
+        await self.shared.update_person(user_id, dm_room_id=room_id)
 
     async def finish(self, outcome: Outcome) -> None:
         """The second half of :meth:`run`: what is sent, and the signals."""

@@ -47,7 +47,8 @@ class Entry:
     ) -> None:
         self.shared = shared
         self.tasks = tasks
-        self._entries = asyncio.Semaphore(shared.options.entry_concurrency)
+        self._arrivals: asyncio.Queue[Arrival] = asyncio.Queue()
+        self._running = False
 
     async def on_invite(self, inv: Invite) -> None:
         """Someone invites the bot to a direct chat (door 3, or a DM they closed and open
@@ -110,16 +111,34 @@ class Entry:
             log.warning("could not leave %s: %s", room_id, exc)
 
     def start(self, arrival: Arrival) -> None:
-        """Handle an entry in the background, several people at once (one at a time per
-        person: :meth:`enter` holds the person's lock), so that a crowd of knocks does not
-        wait in a line. A knock lost to a crash is found again by :meth:`recover_pending`.
-        """
+        """Queue an entry: :meth:`run`'s ``entry_concurrency`` workers handle several
+        people at once (one at a time per person: :meth:`enter` holds the person's lock),
+        so that a crowd of knocks is answered progressively, without one task and one DM
+        being opened per knocker at once. A knock lost to a crash is found again by
+        :meth:`recover_pending`."""
+        self._arrivals.put_nowait(arrival)
+        if not self._running:
+            self._running = True
+            self.tasks.start("membership:enter", self.run())
 
-        async def run() -> None:
-            async with self._entries:
+    async def run(self) -> None:
+        """The entry workers, until cancelled."""
+        workers = self.shared.options.entry_concurrency
+        await asyncio.gather(*(self._worker() for _ in range(workers)))
+
+    async def _worker(self) -> None:
+        while True:
+            arrival = await self._arrivals.get()
+            try:
                 await self.enter(arrival)
-
-        self.tasks.start(f"membership:enter:{arrival.user_id}", run())
+            except Exception:  # one person's entry must not stop the others'
+                log.exception(
+                    "the entry of %s (%s) failed; a pending knock is taken up again at start",
+                    arrival.user_id,
+                    arrival.door,
+                )
+            finally:
+                self._arrivals.task_done()
 
     async def recover_pending(self) -> None:
         """At start-up: knocks still pending on forum rooms, and people whose DM was never

@@ -4,7 +4,6 @@ through the conversation (:mod:`.consent`); the rules are the flow's (:mod:`.flo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timedelta
 
@@ -61,20 +60,25 @@ class Reconsent:
                 continue
             self._reminded.add((person.user_id, deadline))
 
-    async def run(self) -> None:
-        """Keep muted people muted, ask for the new charter, then apply the deadlines."""
+    async def start(self) -> None:
+        """Keep muted people muted (provisioning may have reconciled the power levels)."""
         shared = self.shared
         async with shared.sessionmaker() as s:
             muted = [p.user_id for p in await People(s).all() if p.muted]
-        for user_id in muted:  # provisioning may have reconciled the power levels
+        for user_id in muted:
             try:
                 await shared.set_muted(user_id, True)
             except MatrixError:
                 log.exception("could not keep %s muted", user_id)
+
+    async def step(self) -> float:
+        """Ask for the new charter whoever was not asked yet, then apply the deadlines;
+        returns the seconds until the next look. Each person is handled on their own: one
+        who cannot be reached (who closed their DM, say) is logged and left for the next
+        look, and the others are asked and their deadlines applied."""
         await self.ask_reconsent()
-        while True:
-            await self.check_deadlines()
-            await asyncio.sleep(shared.options.deadline_poll_seconds)
+        await self.check_deadlines()
+        return self.shared.options.deadline_poll_seconds
 
     async def ask_reconsent(self) -> None:
         """Everyone whose charter is older than the configured version: members are asked
@@ -96,9 +100,17 @@ class Reconsent:
             )
             if not outdated or not person.dm_room_id:
                 continue
-            async with shared.lock(person.user_id):
-                await self.runner.run(
-                    person.user_id, flow.CharterChanged(current, utcnow() + grace)
+            try:
+                async with shared.lock(person.user_id):
+                    await self.runner.run(
+                        person.user_id, flow.CharterChanged(current, utcnow() + grace)
+                    )
+            except Exception as exc:  # one person's failure must not stop the others
+                log.warning(
+                    "could not ask %s to accept charter v%d (asked again at the next look): %s",
+                    person.user_id,
+                    current,
+                    exc,
                 )
 
     async def check_deadlines(self) -> None:
@@ -110,5 +122,5 @@ class Reconsent:
             try:
                 async with shared.lock(person.user_id):
                     await self.runner.run(person.user_id, flow.GraceExpired(utcnow()))
-            except MatrixError:
+            except Exception:  # one person's failure must not stop the others
                 log.exception("could not apply the charter deadline of %s", person.user_id)

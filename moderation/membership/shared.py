@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.bounded import LockTable
 from forum.context import Rooms
 from forum.errors import MatrixError
 from forum.gateway import Gateway
@@ -58,7 +59,7 @@ class Shared:
     options: Options
     i18n: I18n = field(init=False)
     prefix: str = field(init=False)
-    _locks: dict[str, asyncio.Lock] = field(init=False, default_factory=dict)
+    _locks: LockTable = field(init=False, default_factory=LockTable)
     _charters: dict[tuple[int, str], Charter] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,7 +68,7 @@ class Shared:
 
     def lock(self, user_id: str) -> asyncio.Lock:
         """One flow step at a time per person."""
-        return self._locks.setdefault(user_id, asyncio.Lock())
+        return self._locks(user_id)
 
     def ignored(self, user_id: str) -> bool:
         return user_id in self.settings.ignored_user_ids

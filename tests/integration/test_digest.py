@@ -185,7 +185,11 @@ async def test_collect_curate_publish(make_user, start_forum: ForumStarter):
     assert headers["Content-Type"].startswith("application/atom+xml")
     parsed = feedparser.parse(atom)
     assert not parsed.bozo, parsed.bozo_exception
-    assert [e.title for e in parsed.entries] == [f"Résumé de la semaine {week}"]
+    # the week as a reader says it ("Résumé : semaine du 23 au 29 novembre 2026")
+    assert [e.title for e in parsed.entries] == [
+        f"Résumé : {forum.digest.site.week_name('fr', week)}"
+    ]
+    assert parsed.entries[0].title.startswith("Résumé : semaine du ")
     content = parsed.entries[0].content[0].value
     assert "Bruno-permis" in content
     assert "BRUNO-REFUSE" not in content

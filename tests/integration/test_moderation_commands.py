@@ -74,9 +74,9 @@ async def test_help_in_both_languages_and_refusals(forum: Forum):
     assert "Refusé" in await forum.command("!etat", sender=helper)
 
     # Bad arguments give the usage line.
-    assert "!mute USER [DURATION] [REASON]" in await forum.command("!mute")
+    assert "!mute UTILISATEUR [DURÉE] [RAISON]" in await forum.command("!mute")
     assert "!dry-run on|off" in await forum.command("!dry-run peut-être")
-    assert "!case NUMBER" in await forum.command("!case abc ban")
+    assert "!case NUMÉRO" in await forum.command("!case abc ban")
 
     # The same command outside the management room is ignored, even from a moderator.
     mark = forum.mod.mark()
@@ -180,7 +180,9 @@ async def test_kick_warn_and_history(forum: Forum):
     second = await person.wait_for_text(dm, "deuxième fois", after=pmark)
     assert second["room_id"] == dm
     # Bad arguments: the usage line, and what is wrong, in the bot's language.
-    assert "Utilisation : !kick USER [REASON] (user manquant)" in await forum.command("!expulser")
+    assert "Utilisation : !kick UTILISATEUR [RAISON] (UTILISATEUR manquant)" in await forum.command(
+        "!expulser"
+    )
     await forum.command(f"!kick {person.user_id} hors sujet")
     await forum.wait_membership(person.user_id, "leave", after=mark)
     history = await forum.command(f"!historique {person.user_id}")

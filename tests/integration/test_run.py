@@ -81,7 +81,10 @@ async def test_forum_run_end_to_end(tmp_path):
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{facts['web_url']}healthz") as resp:
                 assert resp.status == 200
-                assert await resp.json() == {"homeserver": "ok", "database": "ok"}
+                health = await resp.json()
+                assert (health["homeserver"], health["database"]) == ("ok", "ok")
+                assert {"outbox", "sync:membership", "sync:moderation"} <= set(health["tasks"])
+                assert not health.get("stale")
             async with http.get(f"{facts['web_url']}fr/") as resp:
                 page = await resp.text()
                 assert "Droits des enfants" in page

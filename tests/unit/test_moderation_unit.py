@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from forum.settings import ConfigError, parse_settings
+from forum.events import Membership, Message
+from forum.settings import ConfigError, ModerationSection, parse_settings
 from moderation.bot.bot import registry
 from moderation.bot.commands import UsageError, parse_args
+from moderation.bot.protections import Flood, JoinWave
 from moderation.bot.text import (
     fold,
     glob_match,
@@ -19,6 +21,7 @@ from moderation.bot.text import (
     skeleton,
     word_pattern,
 )
+from moderation.bot.tuning import Tuning
 from tests.harness import BASE_CONFIG as _BASE
 
 
@@ -141,3 +144,75 @@ def test_every_string_of_the_moderation_bot_is_in_both_catalogs():
         assert sorted(found - have) == [], lang
         if lang == "fr":
             assert all(m.string for m in catalog if m.id), "untranslated French messages"
+
+
+def _message(sender: str, n: int, ts: int, age: int | None = None) -> Message:
+    raw: dict[str, object] = {"origin_server_ts": ts}
+    if age is not None:
+        raw["unsigned"] = {"age": age}
+    return Message(
+        room_id="!r:x", event_id=f"$e{n}", sender=sender, type="m.room.message",
+        origin_server_ts=ts, content={"body": "x"}, raw=raw, msgtype="m.text", body="x",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        lambda i: 1_000_000_000_000 + i * 3_600_000,  # a remote server: an hour apart, long ago
+        lambda i: 4_000_000_000_000 - i * 3_600_000,  # in the future, going backwards
+        lambda i: 0,
+    ],
+)
+async def test_flood_window_uses_the_receive_time_not_origin_server_ts(stamp):
+    """A remote server sets origin_server_ts; five messages received at once are a flood
+    whatever it says."""
+    tuning = Tuning(ModerationSection(flood_messages=5, flood_seconds=10))
+    flood = Flood(tuning)
+    found = None
+    for i in range(5):
+        ev = _message("@remote:evil.example", i, stamp(i))
+        flood.observe(ev)
+        found = await flood.check(ev)
+    assert found is not None
+    assert len(found) == 5
+
+
+async def test_flood_window_reads_the_homeservers_age():
+    """``unsigned.age`` (how long ago the homeserver received the event) dates a message
+    replayed late: messages received an hour apart are no flood."""
+    tuning = Tuning(ModerationSection(flood_messages=3, flood_seconds=10))
+    flood = Flood(tuning)
+    found = None
+    for i in range(3):
+        ev = _message("@a:x", i, 0, age=(2 - i) * 3_600_000)
+        flood.observe(ev)
+        found = await flood.check(ev)
+    assert found is None
+
+
+async def test_join_wave_window_uses_the_receive_time():
+    waves: list[int] = []
+
+    class Consequences:
+        async def join_wave(self, n: int, seconds: int) -> None:
+            waves.append(n)
+
+    class Switch:
+        current = Consequences()
+
+    class Locks:
+        async def joins_locked(self) -> bool:
+            return False
+
+    tuning = Tuning(ModerationSection(join_wave_joins=3, join_wave_seconds=60))
+    wave = JoinWave(tuning, locks=Locks(), consequences=Switch())  # type: ignore[arg-type]
+    for i in range(3):  # remote joins stamped a day apart, received at once
+        ev = Membership(
+            room_id="!r:x", event_id=f"$j{i}", sender=f"@u{i}:evil.example",
+            type="m.room.member", origin_server_ts=1_000_000_000_000 + i * 86_400_000,
+            content={"membership": "join"}, raw={}, target=f"@u{i}:evil.example",
+            membership="join", prev_membership=None,
+        )  # fmt: skip
+        await wave.joined_event(ev)
+    assert waves == [3]

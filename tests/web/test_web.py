@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import tomllib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -134,8 +135,8 @@ async def test_home_lists_every_topic_in_its_language(lang: str) -> None:
     for topic in SETTINGS.topics:
         assert topic.name[lang] in text
         assert topic.topic[lang] in text
-        assert f"https://matrix.to/#/#{topic.effective_alias}:localhost" in page.links
-    lobby = f"https://matrix.to/#/#{SETTINGS.rooms.lobby.alias}:localhost"
+        assert f"https://matrix.to/#/%23{topic.effective_alias}:localhost" in page.links
+    lobby = f"https://matrix.to/#/%23{SETTINGS.rooms.lobby.alias}:localhost"
     assert lobby in page.links
     assert "Element" in text
     # the other language is one tap away, and there is a skip link
@@ -174,11 +175,13 @@ async def test_page_is_light_with_no_script_and_no_third_party_resource() -> Non
         assert "immutable" in css.headers["Cache-Control"]
         weight = len(html.encode()) + len(await css.read())
     assert weight < 30 * 1024, weight
-    # no resource loaded from elsewhere (links people tap are fine)
+    # no resource loaded from elsewhere (links people tap, and the page's own canonical
+    # and language addresses, which nothing loads, are fine)
     for attr in ('src="http', 'href="http'):
         for line in html.splitlines():
             if attr in line:
-                assert "<a " in line, line
+                assert "<a " in line or re.match(r'<link rel="(canonical|alternate)"', line), line
+    assert "matrix.to/#/#" not in html  # the # of an alias is written %23 (valid HTML)
 
 
 async def test_security_headers_on_pages() -> None:

@@ -14,7 +14,7 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-from forum.storage.db import create_engine, normalize_url
+from forum.storage.db import WRITE_OPTION, create_engine, normalize_url
 from forum.storage.models import Base
 
 config = context.config
@@ -42,7 +42,7 @@ def _run(connection: Connection) -> None:
 async def _run_async() -> None:
     engine = create_engine(_url())
     try:
-        async with engine.begin() as conn:
+        async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
             await conn.run_sync(_run)
     finally:
         await engine.dispose()

@@ -6,6 +6,15 @@ in the order of the imports below."""
 
 from __future__ import annotations
 
-from . import info, members, rooms, protections, servers, cases
+from . import info, listings, members, rooms, protections, servers, cases, approvals
 
-__all__ = ["cases", "info", "members", "protections", "rooms", "servers"]
+__all__ = [
+    "approvals",
+    "cases",
+    "info",
+    "listings",
+    "members",
+    "protections",
+    "rooms",
+    "servers",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
-from ..commands import Invocation, _, registry
+from ..commands import Arg, Invocation, _, registry
 from ..repositories import Audit, Cases, Mutes
 from .targets import USER, resolve_user
 
@@ -13,22 +13,64 @@ if TYPE_CHECKING:
     from ..bot import ModerationBot
 
 
-@registry.command("help", aliases=("aide",), power=0, help=_("Show this help."))
-async def cmd_help(bot: ModerationBot, inv: Invocation) -> None:
-    t = bot.t
+@registry.command(
+    "help",
+    aliases=("aide",),
+    args=(Arg("command", "word", optional=True),),
+    power=0,
+    help=_("Show this help, or the details of one command."),
+    examples=(_("{prefix}help"), _("{prefix}help ban")),
+)
+async def cmd_help(bot: ModerationBot, inv: Invocation, command: str | None) -> None:
+    t, prefix = bot.t, bot.prefix
+    if command is not None:
+        await _help_of(bot, inv, command)
+        return
     lines = [t("Commands (management room only):")]
     rows = []
     for c in registry.commands:
-        names = " / ".join(bot.prefix + n for n in c.names)
-        usage = " ".join(a.usage() for a in c.args)
-        lines.append(f"{names} {usage} — {t(c.help)}")
+        names = " / ".join(prefix + n for n in c.names)
+        usage = " ".join(a.usage(t) for a in c.args if a.kind != "flag")
+        lines.append(f"{names} {usage} — {t(c.help)}".replace("  ", " "))
         rows.append(
             f"<li><code>{html.escape(names)} {html.escape(usage)}</code> — "
             f"{html.escape(t(c.help))}</li>"
         )
+    last = t("Details and examples: {cmd}.").format(cmd=f"{prefix}help {t('COMMAND')}")
+    lines.append(last)
     await bot.management.reply(
-        inv, "\n".join(lines), f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>"
+        inv,
+        "\n".join(lines),
+        f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>{html.escape(last)}",
     )
+
+
+async def _help_of(bot: ModerationBot, inv: Invocation, word: str) -> None:
+    """The details of one command: usage, what it does, its other names, options and
+    examples."""
+    t, prefix = bot.t, bot.prefix
+    name = word.removeprefix(prefix)
+    c = registry.find(name)
+    if c is None:
+        text = t("Unknown command: {cmd}.").format(cmd=prefix + name)
+        closest = registry.closest(name)
+        if closest is not None:
+            text += " " + t("Did you mean {cmd}?").format(cmd=prefix + closest.name)
+        await bot.management.reply(inv, text)
+        return
+    lines = [c.usage(prefix, t), t(c.help)]
+    if c.aliases:
+        others = ", ".join(prefix + a for a in c.aliases)
+        lines.append(t("Also: {names}.").format(names=others))
+    for flag in c.flags:
+        spelled = " / ".join(flag.spellings)
+        lines.append(t("Option {flag}: {help}").format(flag=spelled, help=t(flag.help)))
+    if c.handler is None:
+        lines.append(t("Answered by the membership bot."))
+    if c.examples:
+        lines.append(t("Examples:"))
+        lines.extend("  " + t(e).format(prefix=prefix) for e in c.examples)
+    await bot.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
 
 
 @registry.command(

@@ -14,15 +14,31 @@ if TYPE_CHECKING:
     from ..bot import ModerationBot
 
 
+FORCE = Arg(
+    "force",
+    "flag",
+    choices=("--forcer",),
+    help=_("needed by a glob that matches more than a few members."),
+)
+
+
 @registry.command(
     "ban",
     aliases=("bannir",),
-    args=(USER, REASON),
+    args=(USER, FORCE, REASON),
     help=_("Ban a person (or a glob like @*:spam.example) from every forum room."),
+    examples=(
+        _("{prefix}ban @spammer:example.org repeated spam"),
+        _("{prefix}ban @*:spam.example --force raid from that server"),
+    ),
 )
-async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
+async def cmd_ban(
+    bot: ModerationBot, inv: Invocation, user: str, force: bool, reason: str | None
+) -> None:
     target = await resolve_user(bot, inv, user, glob=True)
     if target is None or (not is_glob(target) and await refuse_if_exempt(bot, inv, target)):
+        return
+    if is_glob(target) and not force and await _too_wide(bot, inv, target):
         return
     banned = await bot.sanctions.ban(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
@@ -34,7 +50,32 @@ async def cmd_ban(bot: ModerationBot, inv: Invocation, user: str, reason: str | 
     )
 
 
-@registry.command("unban", aliases=("debannir", "débannir"), args=(USER,), help=_("Lift a ban."))
+async def _too_wide(bot: ModerationBot, inv: Invocation, pattern: str) -> bool:
+    """Whether ``pattern`` matches more members than a glob may ban without ``--force``
+    (then the moderator is told how many, and a few of them)."""
+    members = await bot.actions.members()
+    matched = sorted(u for u in members if glob_match(pattern, u))
+    matched = [u for u in matched if not await bot.actions.is_exempt(u)]
+    if len(matched) <= bot.tuning.glob_force_above:
+        return False
+    shown = ", ".join(matched[:5]) + (", …" if len(matched) > 5 else "")
+    await bot.management.reply(
+        inv,
+        bot.t(
+            "{pattern} matches {n} members ({some}). Nothing was done: "
+            "repeat with --force to ban them all."
+        ).format(pattern=pattern, n=len(matched), some=shown),
+    )
+    return True
+
+
+@registry.command(
+    "unban",
+    aliases=("debannir", "débannir"),
+    args=(USER,),
+    help=_("Lift a ban."),
+    examples=(_("{prefix}unban @someone:example.org"),),
+)
 async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
     target = await resolve_user(bot, inv, user, glob=True)
     if target is None:
@@ -52,7 +93,11 @@ async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
 
 
 @registry.command(
-    "kick", aliases=("expulser",), args=(USER, REASON), help=_("Remove a person from every room.")
+    "kick",
+    aliases=("expulser",),
+    args=(USER, REASON),
+    help=_("Remove a person from every room."),
+    examples=(_("{prefix}kick @someone:example.org off-topic again"),),
 )
 async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
     target = await sanctionable(bot, inv, user)
@@ -69,6 +114,7 @@ async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str |
     aliases=("sourdine", "muet"),
     args=(USER, Arg("duration", "duration", optional=True), REASON),
     help=_("Stop a person from posting (for a duration like 10m, 2h, 1d)."),
+    examples=(_("{prefix}mute @someone:example.org 2h calm down"),),
 )
 async def cmd_mute(
     bot: ModerationBot,
@@ -108,6 +154,7 @@ async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
     aliases=("avertir",),
     args=(USER, Arg("reason", "text")),
     help=_("Send a person a warning in a direct message."),
+    examples=(_("{prefix}warn @someone:example.org please stay courteous"),),
 )
 async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) -> None:
     target = await sanctionable(bot, inv, user)
@@ -124,7 +171,9 @@ async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) 
     aliases=("effacer",),
     args=(USER, Arg("limit", "count_or_since", optional=True), REASON),
     help=_("Remove a person's recent messages (a count, or a duration like 2h)."),
-)
+    examples=(_("{prefix}redact @someone:example.org 20 spam"),
+              _("{prefix}redact @someone:example.org 2h")),
+)  # fmt: skip
 async def cmd_redact(
     bot: ModerationBot,
     inv: Invocation,

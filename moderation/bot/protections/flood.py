@@ -1,15 +1,15 @@
-"""Flooding: too many messages from one person within the configured seconds; all of
-them are removed."""
+"""Flooding: too many messages from one person within the configured seconds (counted
+from when our homeserver received them); all of them are removed."""
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
+from collections import deque
 
+from forum.bounded import LRUDict
 from forum.events import Message
 
 from ..tuning import Tuning
-from .base import Events, Protection, _
+from .base import Events, Protection, _, received_at
 
 
 class Flood(Protection):
@@ -18,12 +18,15 @@ class Flood(Protection):
 
     def __init__(self, tuning: Tuning) -> None:
         super().__init__(tuning)
-        #: Each person's recent messages: (when, room id, event id), oldest first.
-        self.recent: defaultdict[str, deque[tuple[float, str, str]]] = defaultdict(deque)
+        #: Each person's recent messages: (when, room id, event id), oldest first; the
+        #: people who posted least recently are forgotten past the bound.
+        self.recent: LRUDict[str, deque[tuple[float, str, str]]] = LRUDict()
 
     def observe(self, ev: Message) -> None:
-        now = ev.origin_server_ts / 1000 if ev.origin_server_ts else time.time()
-        window = self.recent[ev.sender]
+        now = received_at(ev.raw)
+        window = self.recent.get(ev.sender)
+        if window is None:
+            window = self.recent[ev.sender] = deque()
         window.append((now, ev.room_id, ev.event_id))
         while window and window[0][0] < now - self.tuning.current.flood_seconds:
             window.popleft()

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections import deque
 
+from forum.events import Membership
+
 from ..consequences import DryRunSwitch
 from ..locks import RoomLocks
 from ..tuning import Tuning
+from .base import received_at
 
 
 class JoinWave:
@@ -19,6 +22,11 @@ class JoinWave:
         self.consequences = consequences
         #: Recent joins: (when, user id), oldest first.
         self.join_times: deque[tuple[float, str]] = deque()
+
+    async def joined_event(self, ev: Membership) -> None:
+        """A join, dated by when our homeserver received it (not ``origin_server_ts``,
+        which a remote server sets)."""
+        await self.joined(ev.target, received_at(ev.raw))
 
     async def joined(self, user: str, now: float) -> None:
         cfg = self.tuning.current
