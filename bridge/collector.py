@@ -40,8 +40,12 @@ log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 ASK_KIND = "digest.ask_quote"
-YES = frozenset({"oui", "yes", "y", "o", "ok", "d'accord", "👍", "👍️", "ouais", "bien sûr"})
-NO = frozenset({"non", "no", "n", "👎", "👎️", "pas question"})
+YES = frozenset(
+    {"oui", "yes", "y", "o", "ok", "d'accord", "👍", "👍️", "✅", "✅️", "ouais", "bien sûr"}
+)
+NO = frozenset({"non", "no", "n", "👎", "👎️", "❌", "pas question"})
+OFFERED = ("👍", "👎")
+"""The reactions put on a quote question: one tap answers (👍 and ✅ both mean yes)."""
 
 
 def ts_of(ms: int) -> datetime:
@@ -446,6 +450,14 @@ class DigestCollector:
         )
         async with self.sessionmaker() as s, s.begin():
             await DigestStore(s).ask(target, room_id, author, room, ask_id)
+        # After the question is stored, so that a tap on them always finds it; the bot's
+        # own reactions are no answers (the gateway skips its own events).
+        for key in OFFERED:
+            try:
+                await self.membership_gateway.react(room, ask_id, key)
+            except MatrixError as exc:
+                log.warning("could not react %s to a quote question: %s", key, exc)
+                break
 
     async def pending_questions(self, user_id: str, lang: str) -> list[str]:
         """Our quote questions waiting for ``user_id``'s answer, one line each in ``lang``

@@ -248,6 +248,9 @@ class CharterSection(_Model):
     directory: str = "charter"
     grace_days: int = Field(default=14, ge=0, le=365)
     on_expiry: Literal["mute", "remove"] = "mute"
+    reminder_hours: int = Field(default=24, ge=0, le=24 * 365)
+    """A reminder this many hours before a re-consent deadline (0: none; none either
+    when the grace period is not longer than that)."""
 
 
 class MembershipSection(_Model):

@@ -70,12 +70,19 @@ class RoomEndpoints(AccountEndpoints):
         if name:
             payload["name"] = name
         room_id = await self.create_room(payload)
+        await self.remember_dm(user_id, room_id)
+        return room_id
+
+    async def remember_dm(self, user_id: str, room_id: str) -> None:
+        """Record ``room_id`` as a direct chat with ``user_id`` in ``m.direct`` (a DM the
+        person opened, too: other features find it there); nothing when it is already."""
         async with self._direct_lock:  # read-modify-write of one account data event
             direct = await self.get_account_data("m.direct") or {}
             rooms = [r for r in direct.get(user_id, []) if isinstance(r, str)]
+            if room_id in rooms:
+                return
             direct[user_id] = [*rooms, room_id]
             await self.set_account_data("m.direct", direct)
-        return room_id
 
     async def messages(
         self,

@@ -5,10 +5,13 @@ charter, cannot be approved."""
 
 from __future__ import annotations
 
+import html
 import logging
 from typing import TYPE_CHECKING
 
+from forum.errors import MatrixError
 from forum.events import Message, Reaction
+from forum.matrix import matrix_to
 
 from . import flow, messages
 from .models import ApprovalRow
@@ -41,11 +44,36 @@ class Approval:
             return
         lang = shared.settings.primary_language
         text = shared.t(lang, messages.CARD, user=user_id, prefix=shared.prefix)
-        event_id = await shared.say(room, text)
+        pill = f'<a href="{html.escape(matrix_to(user_id))}">{html.escape(user_id)}</a>'
+        rich = html.escape(text).replace(html.escape(user_id), pill, 1)
+        # The card asks the moderators: it names each of them, so that it notifies them
+        # whatever their settings for the room (a plain m.text in a room of more than two
+        # notifies only by their per-room rules; a mention always does, by the default
+        # rule .m.rule.is_user_mention). The person asking is shown as a pill but not
+        # mentioned: they are not in this room.
+        event_id = await shared.ask(room, text, rich, of=await self.moderators(room))
         async with shared.sessionmaker() as s, s.begin():
             approval = await People(s).pending_approval(user_id)
             if approval is not None:
                 approval.card_event_id = event_id
+
+    async def moderators(self, room_id: str) -> list[str]:
+        """The moderators joined to the management room (by power level; not the bots)."""
+        shared = self.shared
+        gateway = shared.membership_gateway
+        try:
+            joined = await gateway.members(room_id, membership="join")
+            levels = await gateway.power_levels(room_id)
+        except MatrixError as exc:
+            log.warning("cannot list the moderators of %s: %s", room_id, exc)
+            return []
+        bots = {gateway.user_id, shared.moderation_gateway.user_id}
+        threshold = shared.settings.power_levels.moderator
+        return sorted(
+            u
+            for u in joined
+            if u not in bots and not shared.ignored(u) and levels.level(u) >= threshold
+        )
 
     async def is_moderator(self, user_id: str) -> bool:
         room = self.shared.management

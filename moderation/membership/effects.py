@@ -8,6 +8,7 @@ the homeserver directly (questions, notices, mutes) and the signals come after i
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -24,10 +25,11 @@ from forum.storage import Outbox, utcnow
 from . import flow, messages
 from .flow import Effects, Input, State
 from .models import APPROVED, PENDING, REFUSED, ApprovalRow, PersonRow
-from .outbox import add_invites, add_kicks, add_notice, queue_admission
+from .outbox import add_invites, add_kicks, add_notice, add_question, queue_admission
 from .public_name import PublicNaming
 from .repositories import People
 from .shared import Shared
+from .text import OFFER_ACCEPT, OFFER_YES_NO
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,17 @@ class FlowRunner:
                     await add_kicks(outbox, user_id, shared.forum_rooms, effect.reason or "", stamp)
                 case flow.Erase():
                     await shared.add_erasure(s, user_id)
+                case flow.RemindReconsent() if row is not None and row.dm_room_id:
+                    text = self.reminder(lang, effect)
+                    key = f"reminder:{user_id}:v{effect.version}:{effect.deadline.isoformat()}"
+                    await add_question(
+                        outbox,
+                        row.dm_room_id,
+                        text,
+                        key,
+                        of=user_id,
+                        reply_to=row.reconsent_event_id,
+                    )
                 case flow.Notify(queued=True):
                     text = self.text(lang, effect)
                     key = f"{effect.texts[0].msgid[:24]}:{user_id}:{utcnow().isoformat()}"
@@ -316,7 +329,14 @@ class FlowRunner:
 
     async def _after(self, user_id: str, effects: Effects) -> None:
         shared = self.shared
-        queued = flow.QueueAdmission | flow.InviteTo | flow.Kick | flow.Erase | flow.Notify
+        queued = (
+            flow.QueueAdmission
+            | flow.InviteTo
+            | flow.Kick
+            | flow.Erase
+            | flow.Notify
+            | flow.RemindReconsent
+        )
         if any(isinstance(e, queued) for e in effects):
             shared.notify_outbox()
         person = await shared.person(user_id)
@@ -362,12 +382,16 @@ class FlowRunner:
         if granted and room and (name := await self.naming.current(user_id)):
             await shared.say(room, self.naming.told(lang, name))
 
+    # Questions are m.text naming the person (they notify); the yes/no ones carry the
+    # bot's reactions, so that one tap answers. The question's event is stored before the
+    # reactions are put: a tap on them always finds its question.
+
     async def _ask_language(self, user_id: str, room_id: str) -> None:
         shared = self.shared
         langs = shared.settings.forum.languages
         choices = ", ".join(shared.i18n.language_name(x) for x in langs)
         parts = [shared.t(lang, messages.ASK_LANGUAGE, choices=choices) for lang in langs]
-        event_id = await shared.say(room_id, "\n\n".join(parts))
+        event_id = await shared.ask(room_id, "\n\n".join(parts), of=[user_id])
         await shared.update_person(user_id, question_event_id=event_id)
 
     async def _send_charter(self, user_id: str, room_id: str, lang: str, version: int) -> None:
@@ -376,23 +400,40 @@ class FlowRunner:
         intro = shared.t(
             lang, messages.CHARTER_INTRO, forum=shared.forum_name_in(lang), version=charter.version
         )
-        event_id = await shared.say_charter(room_id, intro, charter)
+        event_id = await shared.ask_charter(room_id, intro, charter, of=user_id)
         await shared.update_person(user_id, charter_event_id=event_id)
+        await shared.offer(room_id, event_id, OFFER_ACCEPT)
 
     async def ask_publication(self, user_id: str, room_id: str, lang: str) -> None:
         text = self.shared.t(lang, messages.PUBLICATION_QUESTION, prefix=self.shared.prefix)
-        event_id = await self.shared.say(room_id, text)
+        event_id = await self.shared.ask(room_id, text, of=[user_id])
         await self.shared.update_person(user_id, question_event_id=event_id)
+        await self.shared.offer(room_id, event_id, OFFER_YES_NO)
+
+    def _consequence(self, lang: str) -> str:
+        shared = self.shared
+        return shared.t(
+            lang,
+            messages.CONSEQUENCE_MUTE
+            if shared.settings.membership.charter.on_expiry == "mute"
+            else messages.CONSEQUENCE_REMOVE,
+        )
+
+    def reminder(self, lang: str, effect: flow.RemindReconsent) -> str:
+        """The text of a reminder before a re-consent deadline (the hours left rounded up)."""
+        left = (effect.deadline - utcnow()).total_seconds() / 3600
+        return self.shared.t(
+            lang,
+            messages.RECONSENT_REMINDER,
+            version=effect.version,
+            hours=max(1, math.ceil(left)),
+            consequence=self._consequence(lang),
+        )
 
     async def _ask_reconsent(self, user_id: str, room_id: str, lang: str, version: int) -> None:
         shared = self.shared
         charter_settings = shared.settings.membership.charter
-        consequence = shared.t(
-            lang,
-            messages.CONSEQUENCE_MUTE
-            if charter_settings.on_expiry == "mute"
-            else messages.CONSEQUENCE_REMOVE,
-        )
+        consequence = self._consequence(lang)
         intro = shared.t(
             lang,
             messages.RECONSENT,
@@ -400,5 +441,7 @@ class FlowRunner:
             days=charter_settings.grace_days,
             consequence=consequence,
         )
-        event_id = await shared.say_charter(room_id, intro, shared.charter(lang, version))
+        charter = shared.charter(lang, version)
+        event_id = await shared.ask_charter(room_id, intro, charter, of=user_id)
         await shared.update_person(user_id, reconsent_event_id=event_id)
+        await shared.offer(room_id, event_id, OFFER_ACCEPT)

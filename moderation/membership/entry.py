@@ -75,6 +75,9 @@ class Entry:
                 return
             server = server_of(sender)
             await shared.membership_gateway.join(inv.room_id, via=[server] if server else [])
+            # Known as their DM to every feature (the digest asks its quote questions there,
+            # rather than in a second chat of its own).
+            await shared.membership_gateway.remember_dm(sender, inv.room_id)
             if person is None:
                 async with shared.sessionmaker() as s, s.begin():
                     row = await People(s).create(sender, "dm", None)
@@ -212,4 +215,6 @@ class Entry:
         existing = [r for r in direct.get(user_id, []) if isinstance(r, str)]
         if existing:
             return existing[-1]
-        return await gateway.create_dm(user_id, name=self.shared.forum_name)
+        # Unnamed: clients name a DM after the other person (the bot), not after the forum,
+        # whose Space already bears its name.
+        return await gateway.create_dm(user_id)

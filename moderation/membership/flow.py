@@ -19,7 +19,7 @@ The rules it keeps (DESIGN.md "Membership and consent"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from . import messages
@@ -240,6 +240,15 @@ class GraceExpired:
     at: datetime
 
 
+@dataclass(frozen=True)
+class GraceNear:
+    """Time passes: at ``at``, a re-consent deadline less than ``before`` away is
+    reminded of (once per deadline: the executor keys the reminder by it)."""
+
+    at: datetime
+    before: timedelta
+
+
 Input = (
     Entered
     | DmJoined
@@ -257,6 +266,7 @@ Input = (
     | Denied
     | CharterChanged
     | GraceExpired
+    | GraceNear
 )
 
 # --- effects --------------------------------------------------------------------------
@@ -293,6 +303,14 @@ class AskPublication:
 
 @dataclass(frozen=True)
 class AskReconsent:
+    version: int
+    deadline: datetime
+
+
+@dataclass(frozen=True)
+class RemindReconsent:
+    """A reminder of the re-consent question of ``version`` before ``deadline``."""
+
     version: int
     deadline: datetime
 
@@ -387,6 +405,7 @@ Effect = (
     | SendCharter
     | AskPublication
     | AskReconsent
+    | RemindReconsent
     | RecordConsent
     | QueueAdmission
     | InviteTo
@@ -462,6 +481,8 @@ def _advance(s: State, e: Input) -> tuple[State, list[Effect]]:  # noqa: PLR0911
             return _charter_changed(s, e)
         case GraceExpired():
             return _grace_expired(s, e)
+        case GraceNear():
+            return _grace_near(s, e)
 
 
 def _entered(s: State, e: Entered) -> tuple[State, list[Effect]]:
@@ -815,6 +836,14 @@ def _grace_expired(s: State, e: GraceExpired) -> tuple[State, list[Effect]]:
         return replace(s, muted=True, deadline=None), [Mute(), say(messages.MUTED)]
     new, effects = _left(s, Left("charter-expired", e.at, kick=True))
     return new, [*effects, say(messages.REMOVED)]
+
+
+def _grace_near(s: State, e: GraceNear) -> tuple[State, list[Effect]]:
+    if s.reconsent is None or s.deadline is None or s.muted or s.step != MEMBER:
+        return s, []
+    if not s.deadline - e.before <= e.at < s.deadline:
+        return s, []
+    return s, [RemindReconsent(s.reconsent, s.deadline)]
 
 
 # --- from what the person wrote to an input (pure; the bot calls these) ----------------

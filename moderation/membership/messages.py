@@ -57,6 +57,11 @@ RECONSENT = (
     "otherwise {consequence}."
 )
 RECONSENT_THANKS = "Thank you, your acceptance of charter version {version} is recorded."
+RECONSENT_REMINDER = (
+    "Reminder: the charter has changed (version {version}) and still waits for your "
+    'acceptance. Reply "I accept" to the message above or react with ✅ to it within '
+    "{hours} hour(s); otherwise {consequence}."
+)
 FLOOD = "You are sending too many messages; I will ignore them for a moment."
 TOO_LONG = (
     "Your message is too long (more than {limit} characters); I did not read it. Type"

@@ -47,6 +47,15 @@ async def add_notice(outbox: Outbox, room_id: str | None, body: str, key: str) -
     await outbox.add(NOTIFY, {"room_id": room_id, "body": body}, f"{NOTIFY}:{key}")
 
 
+async def add_question(
+    outbox: Outbox, room_id: str, body: str, key: str, *, of: str, reply_to: str | None = None
+) -> None:
+    """A message asking something of ``of`` (an ``m.text`` naming them, so that it
+    notifies them), in reply to ``reply_to`` when given; sent once per ``key``."""
+    payload = {"room_id": room_id, "body": body, "ask": of, "reply_to": reply_to}
+    await outbox.add(NOTIFY, payload, f"{NOTIFY}:{key}")
+
+
 async def queue_admission(shared: Shared, session: AsyncSession, row: PersonRow, lang: str) -> None:
     """Invites to every forum room, then a welcome in the DM (in ``session``'s transaction)."""
     outbox = Outbox(session)
@@ -85,4 +94,11 @@ class Executors:
         await gateway.kick(room, user, payload.get("reason") or None)
 
     async def notify(self, payload: dict[str, Any]) -> None:
-        await self.shared.say(payload["room_id"], payload["body"])
+        """A notice, or a question when the item names whom it asks (``ask``)."""
+        room, body, asked = payload["room_id"], payload["body"], payload.get("ask")
+        if isinstance(asked, str):
+            reply_to = payload.get("reply_to")
+            reply = reply_to if isinstance(reply_to, str) else None
+            await self.shared.ask(room, body, of=[asked], reply_to=reply)
+            return
+        await self.shared.say(room, body)

@@ -5,7 +5,7 @@ through the conversation (:mod:`.consent`); the rules are the flow's (:mod:`.flo
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from forum.consent import ConsentRecords
 from forum.errors import MatrixError
@@ -24,6 +24,41 @@ class Reconsent:
     def __init__(self, shared: Shared, runner: FlowRunner) -> None:
         self.shared = shared
         self.runner = runner
+        self._reminded: set[tuple[str, datetime]] = set()
+        """Deadlines reminded of by this process (the outbox keys each reminder by its
+        deadline, so a restart sends none twice either)."""
+
+    @property
+    def reminder(self) -> timedelta | None:
+        """How long before a deadline the reminder comes; None when there is none (no
+        reminder configured, or a grace period not longer than that: the request itself
+        is then the reminder)."""
+        charter = self.shared.settings.membership.charter
+        before = timedelta(hours=charter.reminder_hours)
+        if not before or before >= timedelta(days=charter.grace_days):
+            return None
+        return before
+
+    async def remind(self) -> None:
+        """A reminder to whoever has a re-consent deadline within :attr:`reminder`."""
+        before = self.reminder
+        if before is None:
+            return
+        shared = self.shared
+        now = utcnow()
+        async with shared.sessionmaker() as s:
+            near = await People(s).deadlines_before(now + before)
+        for person in near:
+            deadline = person.grace_deadline
+            if deadline is None or (person.user_id, deadline) in self._reminded:
+                continue
+            try:
+                async with shared.lock(person.user_id):
+                    await self.runner.run(person.user_id, flow.GraceNear(utcnow(), before))
+            except MatrixError:
+                log.exception("could not remind %s of the charter deadline", person.user_id)
+                continue
+            self._reminded.add((person.user_id, deadline))
 
     async def start(self) -> None:
         """Keep muted people muted (provisioning may have reconciled the power levels)."""
@@ -79,6 +114,7 @@ class Reconsent:
                 )
 
     async def check_deadlines(self) -> None:
+        await self.remind()
         shared = self.shared
         async with shared.sessionmaker() as s:
             due = await People(s).due_deadlines(utcnow())

@@ -50,6 +50,15 @@ class People(Repository):
         )
         return list(await self.session.scalars(stmt))
 
+    async def deadlines_before(self, moment: datetime) -> list[PersonRow]:
+        """People whose re-consent deadline is at or before ``moment``, still speaking."""
+        stmt = select(PersonRow).where(
+            PersonRow.grace_deadline.is_not(None),
+            PersonRow.grace_deadline <= moment,
+            PersonRow.muted.is_(False),
+        )
+        return list(await self.session.scalars(stmt))
+
     async def pending_approval(self, user_id: str) -> ApprovalRow | None:
         stmt = (
             select(ApprovalRow)

@@ -1,11 +1,13 @@
 """What every part of the membership bot shares: its settings and tunables, the rooms, the
 two gateways, the per-person locks, the translated texts, the charter cache, and the few
-actions all parts use (send a notice, read and update a person, mute)."""
+actions all parts use (send a notice, ask a question, read and update a person, mute)."""
 
 from __future__ import annotations
 
 import asyncio
 import html
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.bounded import LockTable
 from forum.context import Rooms
+from forum.errors import MatrixError
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.settings import Settings
@@ -25,6 +28,8 @@ from .repositories import People
 from .text import Charter, load_charter
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,44 @@ class Shared:
             html_body = html.escape(text).replace("\n", "<br>")
         return await self.membership_gateway.send_text(room_id, text, html_body)
 
-    async def say_charter(self, room_id: str, intro: str, charter: Charter) -> str:
-        """``intro``, then the charter (its Markdown rendered in the HTML form)."""
-        return await self.say(
+    async def ask(
+        self,
+        room_id: str,
+        text: str,
+        html_body: str | None = None,
+        *,
+        of: Iterable[str],
+        reply_to: str | None = None,
+    ) -> str:
+        """A question for the people ``of``: an ``m.text`` naming them in ``m.mentions``,
+        so that it notifies them (Element's default push rule ``.m.rule.suppress_notices``
+        silences notices, which stay for what only informs: :meth:`say`)."""
+        if html_body is None:
+            html_body = html.escape(text).replace("\n", "<br>")
+        return await self.membership_gateway.send_text(
+            room_id, text, html_body, notice=False, mentions=list(of), reply_to=reply_to
+        )
+
+    async def offer(self, room_id: str, event_id: str, keys: Iterable[str]) -> None:
+        """Put the reactions ``keys`` on the question ``event_id``: a tap on one (the same
+        key, sent by the person's client) answers. The bot's own reactions are never
+        answers (its gateway skips its own events). A failure loses no answer: the question
+        is asked already, and a reply or any reaction still answers it."""
+        for key in keys:
+            try:
+                await self.membership_gateway.react(room_id, event_id, key)
+            except MatrixError as exc:
+                log.warning("could not react %s to a question in %s: %s", key, room_id, exc)
+                return
+
+    async def ask_charter(self, room_id: str, intro: str, charter: Charter, *, of: str) -> str:
+        """``intro``, then the charter (its Markdown rendered in the HTML form), asked of
+        ``of``."""
+        return await self.ask(
             room_id,
             f"{intro}\n\n{charter.text}",
             f"<p>{html.escape(intro)}</p>\n{charter.html}",
+            of=[of],
         )
 
     async def person(self, user_id: str) -> PersonRow | None:

@@ -31,9 +31,14 @@ def emoji_key(key: str) -> str:
 ACCEPT_WORDS = frozenset({"j accepte", "jaccepte", "oui", "i accept", "yes", "accept", "accepte"})
 YES_WORDS = frozenset({"oui", "yes", "y", "o", "ok", "d accord", "daccord", "i agree", "agree"})
 NO_WORDS = frozenset({"non", "no", "n", "nope", "pas d accord", "i refuse", "refuse", "je refuse"})
-ACCEPT_REACTIONS = frozenset({"✅", "✔", "☑"})
+ACCEPT_REACTIONS = frozenset({"✅", "✔", "☑", "👍"})
+"""What accepts the charter: 👍 too, a phone's quickest reaction (👍 and ✅ both mean yes)."""
 YES_REACTIONS = frozenset({"👍", "✅"})
 NO_REACTIONS = frozenset({"👎", "❌"})
+OFFER_ACCEPT = ("✅",)
+"""The reaction the bot puts on its charter questions, so that one tap accepts."""
+OFFER_YES_NO = ("👍", "👎")
+"""The reactions the bot puts on its yes/no questions."""
 
 
 def is_acceptance(text: str) -> bool:

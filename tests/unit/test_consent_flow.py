@@ -461,6 +461,17 @@ def test_grace_expired_mutes_or_removes():
     assert msgids(effects)[-1] == messages.REMOVED
 
 
+def test_grace_near_reminds_once_within_the_window():
+    s, _ = f.advance(member_state(), f.CharterChanged(2, at(100)))
+    window = timedelta(seconds=30)
+    assert f.advance(s, f.GraceNear(at(69), window)) == (s, ())
+    assert f.advance(s, f.GraceNear(at(70), window)) == (s, (f.RemindReconsent(2, at(100)),))
+    assert f.advance(s, f.GraceNear(at(100), window)) == (s, ())  # too late: expired
+    muted = replace(s, muted=True)
+    assert f.advance(muted, f.GraceNear(at(80), window)) == (muted, ())
+    assert f.advance(member_state(), f.GraceNear(at(80), window)) == (member_state(), ())
+
+
 # --- reading what they wrote ------------------------------------------------------------
 
 
@@ -504,6 +515,12 @@ def test_reaction_inputs():
         return f.reaction_input(s, key, event_id="$r", to=to, at=at(5))
 
     assert isinstance(react(charter_state(), "✅", "$charter"), f.CharterAnswered)
+    thumbs = react(charter_state(), "👍", "$charter")  # 👍 and ✅ both mean yes
+    assert isinstance(thumbs, f.CharterAnswered)
+    assert thumbs.accepted is True
+    assert react(charter_state(), "👎", "$charter") is None
+    reconsent = replace(member_state(), reconsent=2, reconsent_question="$r")
+    assert isinstance(react(reconsent, "👍", "$r"), f.ReconsentAccepted)
     assert react(charter_state(), "🎉", "$charter") is None
     pub = react(publication_state(), "👎", "$pub")
     assert isinstance(pub, f.PublicationAnswered)
