@@ -18,6 +18,7 @@ from forum.events import Reaction
 from forum.matrix import matrix_to
 
 from .actions import Actions
+from .labels import action_label
 from .management import ManagementRoom
 from .repositories import Cases
 from .sanctions import Sanctions
@@ -47,29 +48,6 @@ CASE_ACTIONS_FR = {
 def _(msg: str) -> str:
     """Marks a label for extraction; translated when shown."""
     return msg
-
-
-# Audit actions as moderators read them (!history, the outcome of a case).
-AUDIT_LABELS = {
-    "ban": _("banned"),
-    "unban": _("unbanned"),
-    "kick": _("kicked"),
-    "mute": _("muted"),
-    "unmute": _("unmuted"),
-    "warn": _("warned"),
-    "redact": _("message redacted"),
-    "dismiss": _("dismissed"),
-    "refused": _("refused"),
-}
-
-
-def action_label(action: str, gettext: Callable[[str], str]) -> str:
-    """An audit action ("ban", "mute:10m"...) in the bot's language."""
-    name, _sep, detail = action.partition(":")
-    label = AUDIT_LABELS.get(name)
-    if label is None:
-        return action
-    return gettext(label) + (f" ({detail})" if detail else "")
 
 
 @dataclass(kw_only=True, eq=False)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from forum.i18n import I18n
 
 from .actions import Actions
-from .cases import action_label
+from .labels import action_label
 from .tuning import Tuning
 
 if TYPE_CHECKING:
