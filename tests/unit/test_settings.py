@@ -198,3 +198,26 @@ def test_redact_hides_passwords_wherever_they_sit():
         assert SECRET not in shown, shown
         assert "***" in shown, shown
     assert redact("postgresql+asyncpg://forum@db/forum") == "postgresql+asyncpg://forum@db/forum"
+
+
+def test_report_limit_and_glob_threshold_are_settings_the_bot_takes():
+    from moderation.bot.tuning import Tuning
+
+    shipped = load_settings(DEFAULT_CONFIG, env={}).moderation
+    assert (shipped.reports_per_hour, shipped.glob_force_above) == (5, 3)
+    data = copy.deepcopy(BASE)
+    data["moderation"].update(reports_per_hour=12, glob_force_above=7)
+    settings = parse_settings(data, "test.toml", env={})
+    assert (settings.moderation.reports_per_hour, settings.moderation.glob_force_above) == (12, 7)
+    tuning = Tuning(settings.moderation)
+    assert (tuning.reports_per_hour, tuning.glob_force_above) == (12, 7)
+
+
+@pytest.mark.parametrize("key", ["reports_per_hour", "glob_force_above"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, "greater than or equal to 1"), (-2, "greater than"), ("many", "integer")],
+)
+def test_report_limit_and_glob_threshold_must_be_positive_integers(key, value, expected):
+    found = problems_of(lambda d: d["moderation"].update({key: value}))
+    assert any(f"moderation.{key}" in p and expected in p and str(value) in p for p in found), found
