@@ -318,6 +318,10 @@ class ModerationSection(_Model):
     policy_lists: list[str] = []
     dry_run: bool = False
     report_poll_seconds: float = Field(default=15.0, ge=0.2, le=3600)
+    reports_per_hour: int = Field(default=5, ge=1, le=10000)
+    """Reports one person may make in an hour; beyond, they are asked to wait."""
+    glob_force_above: int = Field(default=3, ge=1, le=100000)
+    """A ban glob matching more members than this acts only with ``--force``."""
 
     @field_validator("policy_lists")
     @classmethod
