@@ -13,7 +13,7 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from bridge.models import DigestHighlight, QuotePermission
-from tests.harness import Forum, ForumStarter
+from tests.harness import Forum, ForumStarter, is_reply
 from tests.integration.test_consent_journeys import (
     consenting_quote,
     highlighted,
@@ -142,16 +142,18 @@ async def test_unanswered_question_is_never_published(forum: Forum):
 
 async def test_a_non_moderator_cannot_curate(forum: Forum):
     """A member's 📰 and ``!digest`` do nothing: no mark, no question to the author; a
-    moderator's 📰 afterwards does (the proof the first two were handled)."""
+    moderator's 📰 afterwards does (the proof the first two were handled). The
+    ``!digest`` (a command) is answered in reply, in the forum's primary language, that
+    only moderators choose the quotes; the 📰 (a reaction, not a command) stays silent."""
     author, dm = await not_consenting(forum, "auteur")
     member, _ = await not_consenting(forum, "membre")
     room = forum.room()
     first = await author.send_text(room, "NON-MOD-UN: les cantines scolaires du sud.")
     second = await author.send_text(room, "NON-MOD-DEUX: les cantines scolaires de l'est.")
     third = await author.send_text(room, "PAR-MOD: les cantines scolaires de l'ouest.")
-    mark = author.mark()
+    mark, member_mark = author.mark(), member.mark()
     await member.react(room, first, "📰")
-    await member.send(
+    command = await member.send(
         room,
         "m.room.message",
         {
@@ -176,6 +178,14 @@ async def test_a_non_moderator_cannot_curate(forum: Forum):
     assert third in marks
     assert first not in marks
     assert second not in marks
+    notice = await member.wait_for(is_reply(room, forum.bot_id, command), 20, after=member_mark)
+    assert "Seuls les modérateurs" in notice["content"]["body"], notice
+    answers = [
+        e
+        for e in member.events[member_mark:]
+        if e["room_id"] == room and e["type"] == "m.room.message" and e["sender"] == forum.bot_id
+    ]
+    assert [e["event_id"] for e in answers] == [notice["event_id"]], answers  # 📰: silent
 
 
 async def test_words_sent_without_consent_are_never_published(forum: Forum):
