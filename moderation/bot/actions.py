@@ -188,12 +188,27 @@ class Actions:
         self.mute_changed.set()
         return rooms
 
-    async def unmute(self, user_id: str) -> tuple[bool, list[str]]:
-        async with self.sessionmaker() as s, s.begin():
-            was = await Mutes(s).remove(user_id)
+    async def unmute(self, user_id: str) -> tuple[bool, list[str], bool]:
+        """Lift a mute in every room (idempotent): whether it was recorded, the rooms
+        where it is lifted, and whether that is every room. The record goes only once
+        every room's power levels were changed; otherwise it stays, due now, so that the
+        timer (:class:`~.mutes.MuteTimer`) tries again at its next look."""
+        async with self.sessionmaker() as s:
+            record = await Mutes(s).get(user_id)
+        was = record is not None
+        now = self.clock()
+        already_due = record is not None and record.until is not None and record.until <= now
+        targets = self.rooms
         rooms = await self._set_muted(user_id, False)
-        self.mute_changed.set()
-        return was, rooms
+        complete = set(rooms) >= set(targets)
+        async with self.sessionmaker() as s, s.begin():
+            if complete:
+                await Mutes(s).remove(user_id)
+            elif was and not already_due:
+                await Mutes(s).make_due(user_id, now)
+        if complete or not already_due:  # the timer's schedule changed (not on its retries)
+            self.mute_changed.set()
+        return was, rooms, complete
 
     async def reapply_mutes(self) -> None:
         """After a restart (provisioning may have reset power levels): mute again."""

@@ -40,7 +40,8 @@ class MuteTimer:
 
     async def step(self) -> float | None:
         """One pass: undo the timed mutes whose deadline has come, each on its own (one
-        that fails is logged and tried again on the next pass, the others are lifted),
+        that fails, or is lifted in some rooms only, keeps its record and is tried again
+        on the next pass, at most :data:`RETRY_SECONDS` later; the others are lifted),
         then wait for the next deadline, a new mute or an unmute
         (``actions.mute_changed``)."""
         changed = self.actions.mute_changed
@@ -52,10 +53,14 @@ class MuteTimer:
         for mute in mutes:
             if mute.until is not None and mute.until <= now:
                 try:
-                    await self.actions.unmute(mute.user_id)
+                    _was, _rooms, complete = await self.actions.unmute(mute.user_id)
                 except Exception:
                     failed = True
                     log.exception("could not lift the timed mute of %s", mute.user_id)
+                    continue
+                if not complete:  # still recorded: tried again at the next look
+                    failed = True
+                    log.warning("the timed mute of %s is not lifted in every room", mute.user_id)
                     continue
                 try:
                     await self.expired(mute.user_id)

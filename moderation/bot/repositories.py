@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict, Unpack
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 
 from forum.storage.models import utcnow
 from forum.storage.repositories import Repository, _insert, upsert
@@ -102,6 +102,10 @@ class Mutes(Repository):
     ) -> None:
         values = {"until": until, "reason": reason, "actor": actor, "created_at": utcnow()}
         await upsert(self.session, Mute, {"user_id": user_id}, values)
+
+    async def make_due(self, user_id: str, when: datetime) -> None:
+        """The mute ends at ``when`` (a lifting left unfinished: the timer finishes it)."""
+        await self.session.execute(update(Mute).where(Mute.user_id == user_id).values(until=when))
 
     async def remove(self, user_id: str) -> bool:
         res = await self.session.execute(delete(Mute).where(Mute.user_id == user_id))

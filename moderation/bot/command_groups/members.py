@@ -142,7 +142,7 @@ async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
     target = await resolve_user(bot, inv, user)
     if target is None:
         return
-    _was, rooms = await bot.actions.unmute(target)
+    _was, rooms, _complete = await bot.actions.unmute(target)  # the timer finishes it
     await bot.actions.audit(
         actor=inv.sender, action="unmute", target=target, rooms=rooms, event_id=inv.event_id
     )
