@@ -215,6 +215,9 @@ class DigestCollector:
             rest = strip_reply_fallback(body)[len(self.command) :]
             if not rest or rest[0].isspace():
                 heading = rest.strip().splitlines()[0][:200] if rest.strip() else None
+                if not await self.may_curate(ev.room_id, ev.sender):
+                    await self.refuse_command(ev)
+                    return
                 await self.curate(ev.room_id, ev.reply_to, heading, ev.event_id, ev.sender)
                 return
         await self.fetch_names(ev.room_id, ev.sender, ev.body, ev.formatted_body)
@@ -350,6 +353,16 @@ class DigestCollector:
             log.warning("digest: could not read power levels of %s", room_id)
             return False
         return levels.level(user_id) >= self.settings.power_levels.moderator
+
+    async def refuse_command(self, ev: Message) -> None:
+        """A non-moderator's ``!digest``: a short answer in reply, in the forum's primary
+        language (a 📰 reaction is no command: it stays unanswered)."""
+        _ = self.i18n.gettext(self.i18n.default)
+        body = _("Only moderators choose the quotes for the digest.")
+        try:
+            await self.moderation_gateway.send_text(ev.room_id, body, reply_to=ev.event_id)
+        except MatrixError as exc:
+            log.warning("digest: could not answer a command in %s: %s", ev.room_id, exc)
 
     async def curate(
         self, room_id: str, target: str, heading: str | None, marker: str, marked_by: str
