@@ -170,9 +170,13 @@ async def test_a_failed_export_is_retried(make_user, start_forum: ForumStarter, 
     week = forum.week()
     await forum.digest.publish(week)
 
-    async def failed() -> bool:  # tried, and failed: not a directory
+    async def failed() -> bool:  # tried, and failed: not a directory (the supervisor logs it)
         return any(
-            r.name == "bridge.service" and r.levelno >= logging.WARNING and "export" in r.message
+            r.name == "forum.tasks"
+            and r.levelno >= logging.WARNING
+            and "digest:export" in r.getMessage()
+            and r.exc_info is not None
+            and isinstance(r.exc_info[1], OSError)
             for r in caplog.records
         )
 
