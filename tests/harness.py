@@ -940,3 +940,18 @@ if __name__ == "__main__":
     else:
         print("usage: python -m tests.harness serve|serve-crash CONFIG HOME", file=sys.stderr)
         sys.exit(2)
+
+
+async def published_forum_with_export(
+    start: ForumStarter, tmp_path_factory: pytest.TempPathFactory
+) -> Forum:
+    """A forum with the membership bot and the digest, a moderator in the topic room, the
+    current week published and a static export kept up to date (``forum.export_dir``):
+    the module forum of the consent journeys and of the digest's consent cases."""
+    forum = await start("membership", "digest", moderator=True, moderator_joins=())
+    await forum.join(forum.mod, forum.room())
+    await forum.digest.publish(forum.week())
+    export = tmp_path_factory.mktemp("export")
+    await forum.digest.export_to(export)
+    forum.export_dir = export  # type: ignore[attr-defined]
+    return forum

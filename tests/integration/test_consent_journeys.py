@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from bridge.models import DigestHighlight
 from forum.consent import ConsentRecords
-from tests.harness import Forum, ForumStarter, eventually
+from tests.harness import Forum, ForumStarter, eventually, published_forum_with_export
 from tests.matrix_user import TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -32,13 +32,7 @@ async def forum(start_module_forum: ForumStarter, tmp_path_factory: pytest.TempP
     """One forum for the module: membership bot and digest, a moderator in the topic
     room, the current week published, a static export kept up to date. Each test uses
     its own people and its own words."""
-    forum = await start_module_forum("membership", "digest", moderator=True, moderator_joins=())
-    await forum.join(forum.mod, forum.room())
-    await forum.digest.publish(forum.week())
-    export = tmp_path_factory.mktemp("export")
-    await forum.digest.export_to(export)
-    forum.export_dir = export  # type: ignore[attr-defined]
-    return forum
+    return await published_forum_with_export(start_module_forum, tmp_path_factory)
 
 
 def _read(path: Path) -> str:

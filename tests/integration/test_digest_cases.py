@@ -13,7 +13,7 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from bridge.models import DigestHighlight, QuotePermission
-from tests.harness import Forum, ForumStarter, is_reply
+from tests.harness import Forum, ForumStarter, is_reply, published_forum_with_export
 from tests.integration.test_consent_journeys import (
     consenting_quote,
     highlighted,
@@ -29,13 +29,7 @@ pytestmark = pytest.mark.homeserver
 async def forum(start_module_forum: ForumStarter, tmp_path_factory: pytest.TempPathFactory):
     """One forum for the module (as in the consent journeys): membership bot, digest, a
     moderator in the topic room, the week published, a static export kept up to date."""
-    forum = await start_module_forum("membership", "digest", moderator=True, moderator_joins=())
-    await forum.join(forum.mod, forum.room())
-    await forum.digest.publish(forum.week())
-    export = tmp_path_factory.mktemp("export")
-    await forum.digest.export_to(export)
-    forum.export_dir = export  # type: ignore[attr-defined]
-    return forum
+    return await published_forum_with_export(start_module_forum, tmp_path_factory)
 
 
 async def absent_everywhere(forum: Forum, *markers: str) -> None:
