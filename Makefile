@@ -9,8 +9,13 @@ STAMP  := $(VENV)/.installed
 run: $(STAMP) ## start the whole service on the embedded homeserver
 	$(BIN)/forum run
 
+# The tests wait on Synapse far more than they compute: TEST_WORKERS processes (pytest-xdist)
+# run the files side by side, each with its own Synapse; a file stays in one process, so its
+# module-scoped forums are built once.
+TEST_WORKERS ?= 4
+
 test: $(STAMP) browser ## run the whole test suite (real Synapse, SQLite and PostgreSQL)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Headless Chromium renders the public pages in the tests (Debian's package), and axe-core
 # (npm, into .venv/axe) checks their accessibility there.
