@@ -142,3 +142,51 @@ async def test_key_points_wait_for_the_moderators_preview(
     for output in (page, feed, raw, html.unescape(export_text(export))):
         assert "CITATION-RETENUE" not in output
         assert removed[:40] not in output
+
+
+async def test_without_release_the_window_and_a_hold_keep_the_week_waiting(
+    make_user, start_forum: ForumStarter
+):
+    """``require_release = false``: the week is published at the scheduled time only once
+    its preview was posted ``preview_hours`` before; a moderator's ``!hold`` (the whole
+    digest) keeps it waiting until ``!release``."""
+    mod = await make_user("mod", display_name="Afi")
+    tz = BASE_CONFIG["digest"]["timezone"]
+    schedule = BASE_CONFIG["digest"]["schedule"]
+    now = datetime.now(UTC)
+    fire: datetime = croniter(schedule, next_week_start(now, tz)).get_next(datetime)
+    clock = TestClock(fire - timedelta(hours=23) - now)  # the preview comes an hour late
+    forum = await start_forum(
+        "digest",
+        moderator=mod,
+        db_url=None,
+        clock=clock,
+        config={"digest": {"require_release": False, "preview_hours": 24}},
+    )
+    mgmt, week = forum.mgmt, forum.week()
+    mark = mod.mark()
+    await forum.digest.schedule_step(clock)
+    preview = await mod.wait_for(is_message(mgmt, forum.bot_id, week), 15, after=mark)
+    assert "Sans décision" in preview["content"]["body"]
+
+    async def published() -> bool:
+        status, _, _ = await forum.get(f"/en/week/{week}/")
+        return status == 200
+
+    # the scheduled time: the moderators have had 23 hours of their 24; nothing yet
+    clock.offset += timedelta(hours=23, minutes=1)
+    assert await forum.digest.schedule_step(clock) > 0
+    assert not await published()
+    mark = mod.mark()
+    await mod.send_text(mgmt, "!hold")
+    held = await mod.wait_for(is_message(mgmt, forum.bot_id, week), after=mark)
+    assert mod.user_id in held["content"]["body"]
+
+    # the window is over, but the digest is held: it waits, and the moderators are told
+    mark = mod.mark()
+    clock.offset += timedelta(hours=1)
+    await forum.digest.schedule_step(clock)
+    await mod.wait_for(is_message(mgmt, forum.bot_id, "!publier"), after=mark)
+    assert not await published()
+    await mod.send_text(mgmt, "!release")
+    await eventually(published, 20, "the week published on !release")
