@@ -155,6 +155,7 @@ class DigestReviewItem(Base):
         Index("ix_digest_review_items_week", "week"),
         Index("ix_digest_review_items_target", "target"),
         Index("ix_digest_review_items_author", "author"),
+        Index("ix_digest_review_items_event_id", "event_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -168,6 +169,8 @@ class DigestReviewItem(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     decided_by: Mapped[str | None] = mapped_column(Text, nullable=True)
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the item's own message in the preview's thread (a reaction on it decides)
+    event_id: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 __all__ = [

@@ -35,7 +35,7 @@ from bridge.digest import build_week
 from bridge.models import DigestReview, DigestReviewItem
 from bridge.repositories import DigestStore
 from forum.errors import MatrixError
-from forum.events import Message
+from forum.events import Message, Reaction
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.settings import Settings
@@ -49,6 +49,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "release": ("release", "publier"),
     "preview": ("preview", "apercu", "aperçu"),
 }
+#: reactions on an item's message in the preview's thread
+HOLD_KEYS = ("✋", "⏸️", "⏸")
+REMOVE_KEYS = ("❌", "🗑️", "🗑", "🚫")
 _ITEM = re.compile(r"^\[?#?([qk]?)(\d{1,9})\]?$", re.IGNORECASE)
 #: characters of a quote shown in the preview (the whole key point is shown)
 QUOTE_CHARS = 300
@@ -112,7 +115,7 @@ class ReviewDesk:
         room = self.room
         if room is None:
             raise RuntimeError("the digest preview needs a management room")
-        lines: list[tuple[str, bool]] = []  # (text, is a heading)
+        lines: list[tuple[str, int | None]] = []  # (text, its item; None: a heading)
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             digest = await build_week(s, self.settings, self.rooms, week, reviewing=True)
@@ -125,7 +128,7 @@ class ReviewDesk:
                 entries += [("key_point", k.event_id, k.text, k.author) for k in topic.key_points]
                 if not entries:
                     continue
-                lines.append((self.settings.text(topic.names, self.lang), True))
+                lines.append((self.settings.text(topic.names, self.lang), None))
                 for kind, target, text, author in entries:
                     item = known.get((kind, target, text))
                     if item is None and target in senders:
@@ -134,13 +137,33 @@ class ReviewDesk:
                         )
                     if item is None:
                         continue
-                    lines.append((self._line(item, text, author), False))
+                    lines.append((self._line(item, text, author), item.id))
         plain, rich = self._preview_text(week, due, lines)
         event_id = await self.gateway.send_text(
             room, plain, rich, notice=False, mentions=self.settings.moderator_ids
         )
+        # each item again in the preview's thread: a reaction on it decides
+        events: dict[int, str] = {}
+        for text, item_id in lines:
+            if item_id:
+                events[item_id] = await self.gateway.send_event(
+                    room,
+                    "m.room.message",
+                    {
+                        "msgtype": "m.notice",
+                        "body": text,
+                        "m.mentions": {},
+                        "m.relates_to": {
+                            "rel_type": "m.thread",
+                            "event_id": event_id,
+                            "is_falling_back": True,
+                            "m.in_reply_to": {"event_id": event_id},
+                        },
+                    },
+                )
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
+            await store.set_item_events(events)
             review = await store.review(week)
             if review is None:
                 review = await store.add_review(week, due, self.clock())
@@ -161,7 +184,7 @@ class ReviewDesk:
         return line
 
     def _preview_text(
-        self, week: str, due: datetime, lines: list[tuple[str, bool]]
+        self, week: str, due: datetime, lines: list[tuple[str, int | None]]
     ) -> tuple[str, str]:
         t = self.t
         when = due.astimezone(ZoneInfo(self.settings.digest.timezone)).strftime("%Y-%m-%d %H:%M")
@@ -180,13 +203,19 @@ class ReviewDesk:
                 "held or removed."
             )
         rule = rule.format(release=self.name("release"))
+        react = t(
+            "Or react in this message's thread, on the item: {hold} keeps it out, {remove} "
+            "removes it for good."
+        ).format(hold=HOLD_KEYS[0], remove=REMOVE_KEYS[0])
         if not lines:
-            lines = [(t("Nothing to review: no quote and no key point this week."), False)]
-        plain = "\n".join([head, *(text for text, _ in lines), how, rule])
+            lines = [(t("Nothing to review: no quote and no key point this week."), 0)]
+        plain = "\n".join([head, *(text for text, _ in lines), how, react, rule])
         rich = [f"<p><strong>{html.escape(head)}</strong></p>"]
-        for text, heading in lines:
-            rich.append(f"<h4>{html.escape(text)}</h4>" if heading else f"{html.escape(text)}<br/>")
-        rich.append(f"<p>{html.escape(how)}<br/>{html.escape(rule)}</p>")
+        for text, item_id in lines:
+            rich.append(
+                f"<h4>{html.escape(text)}</h4>" if item_id is None else f"{html.escape(text)}<br/>"
+            )
+        rich.append(f"<p>{html.escape(how)}<br/>{html.escape(react)}<br/>{html.escape(rule)}</p>")
         return plain, "".join(rich)
 
     async def remind(self, review: DigestReview) -> None:
@@ -297,40 +326,72 @@ class ReviewDesk:
                 )
             return
         item = await self._item(ev, arg, "hold")
-        if item is None:
-            return
+        if item is not None:
+            await self.hold_item(ev.sender, item, ev.event_id)
+
+    async def hold_item(self, sender: str, item: DigestReviewItem, reply_to: str) -> None:
+        t = self.t
         label = item_label(item)
         if item.status == "removed":
-            await self.say(
-                t("{id} is already removed for good.").format(id=label), reply_to=ev.event_id
-            )
+            text = t("{id} is already removed for good.").format(id=label)
+            await self.say(text, reply_to=reply_to)
             return
-        await self._decide(item, "held", ev.sender)
+        await self._decide(item, "held", sender)
         await self.say(
             t(
                 "{who} holds {id} out of the digest of week {week}: “{text}”. "
                 "To undo: {release} {id}."
             ).format(
-                who=ev.sender,
+                who=sender,
                 id=label,
                 week=item.week,
                 text=_short(item.text),
                 release=self.name("release"),
             ),
-            reply_to=ev.event_id,
+            reply_to=reply_to,
         )
 
     async def cmd_remove(self, ev: Message, arg: str) -> None:
         item = await self._item(ev, arg, "remove")
-        if item is None:
-            return
-        await self._decide(item, "removed", ev.sender)
+        if item is not None:
+            await self.remove_item(ev.sender, item, ev.event_id)
+
+    async def remove_item(self, sender: str, item: DigestReviewItem, reply_to: str) -> None:
+        await self._decide(item, "removed", sender)
         await self.say(
             self.t("{who} removes {id} from the digest for good: “{text}”.").format(
-                who=ev.sender, id=item_label(item), text=_short(item.text)
+                who=sender, id=item_label(item), text=_short(item.text)
             ),
-            reply_to=ev.event_id,
+            reply_to=reply_to,
         )
+
+    async def on_reaction(self, ev: Reaction) -> None:
+        """A moderator's ✋ or ❌ on an item's message in the preview's thread."""
+        if ev.room_id != self.room or ev.sender in self.settings.ignored_user_ids:
+            return
+        key = ev.key.replace("\ufe0f", "")
+        hold = key in {k.replace("\ufe0f", "") for k in HOLD_KEYS}
+        remove = key in {k.replace("\ufe0f", "") for k in REMOVE_KEYS}
+        if not (hold or remove):
+            return
+        async with self.sessionmaker() as s:
+            item = await DigestStore(s).review_item_by_event(ev.reacts_to)
+        if item is None:
+            return
+        try:
+            if not await self.is_moderator(ev.sender):
+                return  # a reaction is no command: a non-moderator's stays unanswered
+            async with self._lock:
+                async with self.sessionmaker() as s:
+                    item = await DigestStore(s).review_item(item.id)
+                if item is None:
+                    return
+                if remove:
+                    await self.remove_item(ev.sender, item, ev.reacts_to)
+                else:
+                    await self.hold_item(ev.sender, item, ev.reacts_to)
+        except MatrixError as exc:
+            log.warning("digest: a reaction on the preview could not be handled: %s", exc)
 
     async def cmd_release(self, ev: Message, arg: str) -> None:
         t = self.t

@@ -623,6 +623,22 @@ class DigestStore(Repository):
     async def review_item(self, item_id: int) -> DigestReviewItem | None:
         return await self.session.get(DigestReviewItem, item_id)
 
+    async def review_item_by_event(self, event_id: str) -> DigestReviewItem | None:
+        """The item whose message in the preview's thread is ``event_id``."""
+        return (
+            await self.session.scalars(
+                select(DigestReviewItem).where(DigestReviewItem.event_id == event_id)
+            )
+        ).first()
+
+    async def set_item_events(self, events: dict[int, str]) -> None:
+        for item_id, event_id in events.items():
+            await self.session.execute(
+                update(DigestReviewItem)
+                .where(DigestReviewItem.id == item_id)
+                .values(event_id=event_id)
+            )
+
     async def add_review_item(
         self, week: str, kind: str, target: str, author: str, text: str
     ) -> DigestReviewItem:

@@ -348,6 +348,7 @@ async def setup(ctx: ServiceContext) -> DigestService:
     await service.forget_cli_export()
     service.collector.register()
     ctx.moderation_gateway.on(Message, service.review.on_message)
+    ctx.moderation_gateway.on(Reaction, service.review.on_reaction)
     ctx.register.dm_claim(service.collector.claims_dm)
     ctx.register.pending_questions(service.collector.pending_questions)
     service.collector.questions_pending = ctx.register.pending_questions_of

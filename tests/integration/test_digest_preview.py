@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +35,19 @@ MESSAGES = [
 ]
 QUOTE = "CITATION-RETENUE: les clubs de lecture des filles du réseau grandissent."
 ITEM = re.compile(r"^\[([qk]\d+)\] (.+?) — ", re.MULTILINE)
+
+
+def in_thread(room: str, root: str, start: str) -> Callable[[dict], bool]:
+    def pred(e: dict) -> bool:
+        relation = e.get("content", {}).get("m.relates_to") or {}
+        return (
+            e.get("room_id") == room
+            and relation.get("rel_type") == "m.thread"
+            and relation.get("event_id") == root
+            and str(e["content"].get("body", "")).startswith(start)
+        )
+
+    return pred
 
 
 def reply(body: str, to: str) -> dict:
@@ -100,8 +114,10 @@ async def test_key_points_wait_for_the_moderators_preview(
     await mod.send_text(mgmt, f"!retenir {quotes[0]}")
     held = await mod.wait_for(is_message(mgmt, forum.bot_id, quotes[0]), after=mark)
     assert mod.user_id in held["content"]["body"]
+    # ... or reacts ❌ on the key point's own message in the preview's thread
+    item = await mod.wait_for(in_thread(mgmt, preview["event_id"], f"[{keys[0]}]"))
     mark = mod.mark()
-    await mod.send_text(mgmt, f"!remove {keys[0]}")
+    await mod.react(mgmt, item["event_id"], "❌")
     gone = await mod.wait_for(is_message(mgmt, forum.bot_id, keys[0]), after=mark)
     assert mod.user_id in gone["content"]["body"]
     mark = mod.mark()

@@ -5,7 +5,8 @@ Revises: 0008_public_names
 
 Issue #13 point 7: the week's digest is posted to the management room before it is
 published; each quote and key point shown there is a row (its short id is the row's id)
-that a moderator may hold or remove; a week's row records when its preview was posted,
+that a moderator may hold or remove (by command, or by a reaction on the item's message in
+the preview's thread); a week's row records when its preview was posted,
 who held the whole digest and who released it. A week with a review publishes only the
 key points its moderators saw.
 """
@@ -49,14 +50,17 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("decided_by", sa.Text(), nullable=True),
         sa.Column("decided_at", TS, nullable=True),
+        sa.Column("event_id", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_digest_review_items"),
     )
+    op.create_index("ix_digest_review_items_event_id", "digest_review_items", ["event_id"])
     op.create_index("ix_digest_review_items_week", "digest_review_items", ["week"])
     op.create_index("ix_digest_review_items_target", "digest_review_items", ["target"])
     op.create_index("ix_digest_review_items_author", "digest_review_items", ["author"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_digest_review_items_event_id", table_name="digest_review_items")
     op.drop_index("ix_digest_review_items_author", table_name="digest_review_items")
     op.drop_index("ix_digest_review_items_target", table_name="digest_review_items")
     op.drop_index("ix_digest_review_items_week", table_name="digest_review_items")
