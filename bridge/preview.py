@@ -142,32 +142,37 @@ class ReviewDesk:
         event_id = await self.gateway.send_text(
             room, plain, rich, notice=False, mentions=self.settings.moderator_ids
         )
-        # each item again in the preview's thread: a reaction on it decides
-        events: dict[int, str] = {}
-        for text, item_id in lines:
-            if item_id:
-                events[item_id] = await self.gateway.send_event(
-                    room,
-                    "m.room.message",
-                    {
-                        "msgtype": "m.notice",
-                        "body": text,
-                        "m.mentions": {},
-                        "m.relates_to": {
-                            "rel_type": "m.thread",
-                            "event_id": event_id,
-                            "is_falling_back": True,
-                            "m.in_reply_to": {"event_id": event_id},
-                        },
-                    },
-                )
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
-            await store.set_item_events(events)
             review = await store.review(week)
             if review is None:
                 review = await store.add_review(week, due, self.clock())
             review.event_id = event_id
+        # each item again in the preview's thread, where a reaction on it decides; the
+        # preview itself is recorded already (a failure here is no reason to post it twice)
+        events: dict[int, str] = {}
+        try:
+            for text, item_id in lines:
+                if item_id:
+                    events[item_id] = await self.gateway.send_event(
+                        room,
+                        "m.room.message",
+                        {
+                            "msgtype": "m.notice",
+                            "body": text,
+                            "m.mentions": {},
+                            "m.relates_to": {
+                                "rel_type": "m.thread",
+                                "event_id": event_id,
+                                "is_falling_back": True,
+                                "m.in_reply_to": {"event_id": event_id},
+                            },
+                        },
+                    )
+        except MatrixError as exc:
+            log.warning("digest: the preview's thread is incomplete (commands work): %s", exc)
+        async with self.sessionmaker() as s, s.begin():
+            await DigestStore(s).set_item_events(events)
         log.info("digest: the preview of %s is posted to the management room", week)
         return review
 
