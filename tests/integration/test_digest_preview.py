@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from croniter import croniter
 
+from bridge.repositories import DigestStore
 from tests.harness import (
     BASE_CONFIG,
     TOPIC,
@@ -84,9 +85,12 @@ async def test_key_points_wait_for_the_moderators_preview(
     await mod.send(room, "m.room.message", reply("!digest", quoted))
 
     async def collected() -> bool:
-        return len(await forum.stored_bodies()) == len(MESSAGES) + 1
+        async with forum.ctx.db.sessionmaker() as s:
+            mark = await DigestStore(s).highlight(quoted)
+        stored = len(await forum.stored_bodies()) == len(MESSAGES) + 1
+        return stored and mark is not None and mark.status == "ok"
 
-    await eventually(collected, 20, "Amina's messages stored")
+    await eventually(collected, 20, "Amina's messages stored, the quote marked")
     assert await forum.digest.schedule_step(clock) > 0  # 30 h before: nothing yet
 
     # 23 h before the publication (preview_hours = 24 by default): the preview is posted
