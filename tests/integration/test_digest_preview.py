@@ -208,5 +208,9 @@ async def test_without_release_the_window_and_a_hold_keep_the_week_waiting(
     await forum.digest.schedule_step(clock)
     await mod.wait_for(is_message(mgmt, forum.bot_id, "!publier"), after=mark)
     assert not await published()
+    mark = mod.mark()
+    await mod.send_text(mgmt, "!apercu")  # the preview again, on demand
+    again = await mod.wait_for(is_message(mgmt, forum.bot_id, "Rien à relire"), after=mark)
+    assert week in again["content"]["body"]
     await mod.send_text(mgmt, "!release")
     await eventually(published, 20, "the week published on !release")
