@@ -129,10 +129,27 @@ def topic_rooms(
 
 
 async def build_week(
-    session: AsyncSession, settings: Settings, room_ids: Mapping[str, str], week: str
+    session: AsyncSession,
+    settings: Settings,
+    room_ids: Mapping[str, str],
+    week: str,
+    *,
+    reviewing: bool = False,
 ) -> WeekDigest:
+    """The week as the public sees it: what moderators removed (for good) or held out of
+    this week is left out, and a reviewed week (its preview was posted) shows only the
+    key points its preview showed, as they were shown: a key point that appeared later
+    (the week went on, a message was edited) was seen by no one. ``reviewing``: the
+    candidates for a preview (only removals are left out)."""
     start, end = week_bounds(week, settings.digest.timezone)
     store = DigestStore(session)
+    removed = await store.removed_targets()
+    review = None if reviewing else await store.review(week)
+    items = await store.review_items(week) if review is not None else []
+    held_quotes = {i.target for i in items if i.kind == "quote" and i.status != "shown"}
+    seen_points = {
+        (i.target, i.text) for i in items if i.kind == "key_point" and i.status == "shown"
+    }
     sections = topic_rooms(settings, room_ids)
     room_of = {
         slug: room_ids["announcements" if slug == ANNOUNCEMENTS else f"topic:{slug}"]
@@ -148,7 +165,7 @@ async def build_week(
     for h in sorted(highlights, key=lambda h: stored[h.target].ts if h.target in stored else end):
         m = stored.get(h.target)
         slug = slug_of_room.get(h.room_id)
-        if m is None or slug is None:
+        if m is None or slug is None or h.target in removed or h.target in held_quotes:
             continue
         topics[slug].highlights.append(quote_of(m, h.heading, settings.primary_language))
 
@@ -188,6 +205,7 @@ async def build_week(
                 language_of(bodies.get(kp.source, kp.text), settings.primary_language),
             )
             for kp in s.key_points(bodies)
+            if kp.source not in removed and (review is None or (kp.source, kp.text) in seen_points)
         ]
 
     # figures: everyone, as numbers

@@ -127,12 +127,60 @@ class DigestChanges(Base):
     counter: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class DigestReview(Base):
+    """A week's review by the moderators (migration ``0009_preview``): its preview was
+    posted to the management room before the publication due at ``due``."""
+
+    __tablename__ = "digest_reviews"
+
+    week: Mapped[str] = mapped_column(String(10), primary_key=True)
+    due: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    event_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: a moderator held the whole digest: it waits for a release
+    held_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the moderators were told, at the scheduled time, that it waits for them
+    reminded: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+
+
+class DigestReviewItem(Base):
+    """A quote or a key point shown in a preview; its id is the short id moderators use.
+    ``text`` is what the preview showed (a key point is published only as it was seen);
+    erased with its author's words."""
+
+    __tablename__ = "digest_review_items"
+    __table_args__ = (
+        Index("ix_digest_review_items_week", "week"),
+        Index("ix_digest_review_items_target", "target"),
+        Index("ix_digest_review_items_author", "author"),
+        Index("ix_digest_review_items_event_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    week: Mapped[str] = mapped_column(String(10), nullable=False)
+    #: "quote" | "key_point"
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    target: Mapped[str] = mapped_column(Text, nullable=False)
+    author: Mapped[str] = mapped_column(Text, nullable=False)
+    text: Mapped[str] = mapped_column(Text, nullable=False)
+    #: "shown" (published with the week), "held" (kept out), "removed" (for good)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    decided_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the item's own message in the preview's thread (a reaction on it decides)
+    event_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
 __all__ = [
     "DigestActivity",
     "DigestChanges",
     "DigestHighlight",
     "DigestMessage",
     "DigestReaction",
+    "DigestReview",
+    "DigestReviewItem",
     "DigestState",
     "DigestWeek",
     "QuotePermission",

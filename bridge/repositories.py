@@ -32,6 +32,8 @@ from bridge.models import (
     DigestHighlight,
     DigestMessage,
     DigestReaction,
+    DigestReview,
+    DigestReviewItem,
     DigestState,
     DigestWeek,
     QuotePermission,
@@ -321,6 +323,9 @@ class DigestStore(Repository):
         await self.session.execute(
             delete(QuotePermission).where(QuotePermission.target == event_id)
         )
+        await self.session.execute(
+            delete(DigestReviewItem).where(DigestReviewItem.target == event_id)
+        )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def erase_user(self, user_id: str) -> int:
@@ -340,6 +345,9 @@ class DigestStore(Repository):
         await self.session.execute(delete(DigestHighlight).where(DigestHighlight.author == user_id))
         await self.session.execute(
             delete(QuotePermission).where(QuotePermission.user_id == user_id)
+        )
+        await self.session.execute(
+            delete(DigestReviewItem).where(DigestReviewItem.author == user_id)
         )
         return len(ids)
 
@@ -553,6 +561,9 @@ class DigestStore(Repository):
             )
         )
         await self.session.execute(delete(DigestReaction).where(DigestReaction.target == target))
+        await self.session.execute(
+            delete(DigestReviewItem).where(DigestReviewItem.target == target)
+        )
         await self.set_highlight_status(target, "refused")
         return True
 
@@ -579,6 +590,77 @@ class DigestStore(Repository):
     async def weeks(self) -> list[str]:
         return list(
             await self.session.scalars(select(DigestWeek.week).order_by(DigestWeek.week.desc()))
+        )
+
+    # --- the moderators' review (preview) -----------------------------------------------
+    async def review(self, week: str) -> DigestReview | None:
+        return await self.session.get(DigestReview, week)
+
+    async def pending_reviews(self) -> list[DigestReview]:
+        """The reviewed weeks not published yet, oldest first."""
+        published = select(DigestWeek.week).where(DigestWeek.week == DigestReview.week)
+        return list(
+            await self.session.scalars(
+                select(DigestReview).where(~exists(published)).order_by(DigestReview.week)
+            )
+        )
+
+    async def add_review(self, week: str, due: datetime, posted_at: datetime) -> DigestReview:
+        row = DigestReview(week=week, due=due, posted_at=posted_at, reminded=False)
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def review_items(self, week: str) -> list[DigestReviewItem]:
+        return list(
+            await self.session.scalars(
+                select(DigestReviewItem)
+                .where(DigestReviewItem.week == week)
+                .order_by(DigestReviewItem.id)
+            )
+        )
+
+    async def review_item(self, item_id: int) -> DigestReviewItem | None:
+        return await self.session.get(DigestReviewItem, item_id)
+
+    async def review_item_by_event(self, event_id: str) -> DigestReviewItem | None:
+        """The item whose message in the preview's thread is ``event_id``."""
+        return (
+            await self.session.scalars(
+                select(DigestReviewItem).where(DigestReviewItem.event_id == event_id)
+            )
+        ).first()
+
+    async def set_item_events(self, events: dict[int, str]) -> None:
+        for item_id, event_id in events.items():
+            await self.session.execute(
+                update(DigestReviewItem)
+                .where(DigestReviewItem.id == item_id)
+                .values(event_id=event_id)
+            )
+
+    async def add_review_item(
+        self, week: str, kind: str, target: str, author: str, text: str
+    ) -> DigestReviewItem:
+        row = DigestReviewItem(
+            week=week, kind=kind, target=target, author=author, text=text, status="shown"
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def decide(self, item: DigestReviewItem, status: str, by: str) -> None:
+        """A moderator's decision on a previewed item (the public outputs change)."""
+        self.changed()
+        item.status, item.decided_by, item.decided_at = status, by, utcnow()
+
+    async def removed_targets(self) -> set[str]:
+        """The messages a moderator removed from the digest for good (as a quote or as
+        the source of a key point)."""
+        return set(
+            await self.session.scalars(
+                select(DigestReviewItem.target).where(DigestReviewItem.status == "removed")
+            )
         )
 
 

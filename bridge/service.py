@@ -22,6 +22,7 @@ from bridge.collector import ASK_KIND, DigestCollector
 from bridge.digest import WeekDigest
 from bridge.export import ExportRefused
 from bridge.personal import PersonalDigest
+from bridge.preview import ReviewDesk
 from bridge.repositories import DigestStore
 from bridge.site import DigestSite, export_site, summary_line, web_extension
 from bridge.weeks import previous_week
@@ -70,6 +71,7 @@ class DigestService:
         notify_outbox: Callable[[], None],
         public_url: str | None,
         home: Path | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
         self.home = home
@@ -86,6 +88,17 @@ class DigestService:
             self.site.i18n,
             self.changed,
             notify_outbox,
+        )
+        self.clock = clock
+        self.review = ReviewDesk(
+            settings,
+            sessionmaker,
+            rooms,
+            moderation_gateway,
+            self.site.i18n,
+            clock,
+            self.release,
+            self.upcoming,
         )
         self._dirty = asyncio.Event()
         self._seen_version: tuple[int, int] | None = None
@@ -188,6 +201,19 @@ class DigestService:
         await self.announce(digest, late=late)
         return digest
 
+    async def release(self, week: str) -> None:
+        """A moderator released the week (``!publier``): published and announced now."""
+        digest = await self.publish(week)
+        await self.export_all()
+        await self.announce(digest)
+
+    def upcoming(self) -> tuple[str, datetime]:
+        """The next scheduled publication after now: (the week it publishes, when)."""
+        digest = self.settings.digest
+        now = self.clock().astimezone(ZoneInfo(digest.timezone))
+        due: datetime = croniter(digest.schedule, now).get_next(datetime)
+        return previous_week(due, digest.timezone), due
+
     def week_url(self, lang: str, week: str) -> str:
         return week_url(self.settings, self.site, lang, week)
 
@@ -217,16 +243,35 @@ class DigestService:
         else:
             last = datetime.fromisoformat(stored)
         due: datetime = croniter(digest.schedule, last.astimezone(tz)).get_next(datetime)
+        window = timedelta(hours=digest.preview_hours)
         if due > current:
-            return max(0.0, min(SCHEDULE_TICK_SECONDS, (due - current).total_seconds()))
+            if current >= due - window:  # the preview's time came
+                await self.review.ensure(previous_week(due, digest.timezone), due)
+                until = due
+            else:
+                until = due - window
+            return max(0.0, min(SCHEDULE_TICK_SECONDS, (until - current).total_seconds()))
         # the latest time that came (several missed weeks: only the last one is built)
         latest: datetime = croniter(
             digest.schedule, (current + timedelta(seconds=1)).astimezone(tz)
         ).get_prev(datetime)
-        late = current - latest > SCHEDULE_LATE_AFTER
-        if late:
-            log.warning("digest: the build due at %s was missed; building it now", latest)
-        await self.scheduled_build(latest, late=late)
+        week = previous_week(latest, digest.timezone)
+        # no publication unseen: the preview is posted first if it was not (the service
+        # was down), and the moderators have their window
+        review = await self.review.ensure(week, latest)
+        if review.released_at is None:
+            if digest.require_release or review.held_by:
+                # it waits for a moderator's !publier; the schedule goes on to next week
+                await self.review.remind(review)
+                await self._schedule_done(latest)
+                return 0.0
+            ready = review.posted_at + window
+            if current < ready:
+                return max(0.0, min(SCHEDULE_TICK_SECONDS, (ready - current).total_seconds()))
+            late = current - latest > SCHEDULE_LATE_AFTER
+            if late:
+                log.warning("digest: the build due at %s was missed; building it now", latest)
+            await self.scheduled_build(latest, late=late)
         await self._schedule_done(latest)
         return 0.0
 
@@ -298,9 +343,12 @@ async def setup(ctx: ServiceContext) -> DigestService:
         notify_outbox=ctx.outbox.notify,
         public_url=ctx.settings.web.public_url,
         home=ctx.home,
+        clock=ctx.clock,
     )
     await service.forget_cli_export()
     service.collector.register()
+    ctx.moderation_gateway.on(Message, service.review.on_message)
+    ctx.moderation_gateway.on(Reaction, service.review.on_reaction)
     ctx.register.dm_claim(service.collector.claims_dm)
     ctx.register.pending_questions(service.collector.pending_questions)
     service.collector.questions_pending = ctx.register.pending_questions_of

@@ -265,6 +265,10 @@ class DigestSection(_Model):
     editors: list[UserRef] = []
     key_points: int = Field(default=3, ge=0, le=20)
     export_dir: str | None = None
+    #: the preview is posted to the management room this long before the publication
+    preview_hours: int = Field(default=24, ge=0, le=168)
+    #: nothing is published before a moderator releases it (``!publier`` / ``!release``)
+    require_release: bool = True
 
     @field_validator("schedule")
     @classmethod

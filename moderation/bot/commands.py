@@ -85,6 +85,9 @@ class Command:
     """``None``: another bot answers it (declared here for the help)."""
     examples: tuple[str, ...] = ()
     """Marked with ``_``; ``{prefix}`` stands for the command prefix."""
+    answered_by: str = "membership"
+    """Who answers a command declared with :meth:`Registry.elsewhere`: ``membership``
+    (the membership bot) or ``digest`` (the digest's preview, ``bridge.preview``)."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -158,11 +161,14 @@ class Registry:
         args: Sequence[Arg] = (),
         help: str = "",
         examples: Sequence[str] = (),
+        answered_by: str = "membership",
     ) -> None:
-        """Declare a command of the management room that another bot answers: listed by
-        the help, never reported as unknown, never run here."""
+        """Declare a command of the management room that another component answers
+        (``answered_by``): listed by the help, never reported as unknown, never run here."""
         self.commands.append(
-            Command(name, tuple(aliases), tuple(args), help, None, None, tuple(examples))
+            Command(
+                name, tuple(aliases), tuple(args), help, None, None, tuple(examples), answered_by
+            )
         )
 
     def find(self, word: str) -> Command | None:

@@ -33,7 +33,12 @@ async def test_scheduled_build_posts_in_announcements(make_user, start_forum: Fo
         "digest",
         moderator=mod,
         moderator_joins=(),
-        config={"web": {"public_url": "https://digest.example.org"}},
+        # published at the scheduled time without a moderator's release (the preview is
+        # tested in test_digest_preview)
+        config={
+            "web": {"public_url": "https://digest.example.org"},
+            "digest": {"require_release": False, "preview_hours": 0},
+        },
         clock=clock,
         schedules=True,
     )

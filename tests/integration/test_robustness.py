@@ -158,6 +158,11 @@ async def test_a_failed_expiry_message_does_not_make_other_mutes_permanent(
 # ------------------------------------------------------------------ the schedule
 
 
+#: published at the scheduled time without a moderator's release (the schedule's timing is
+#: tested here; the moderators' preview in test_digest_preview)
+UNREVIEWED = {"digest": {"require_release": False, "preview_hours": 0}}
+
+
 @pytest.mark.homeserver
 async def test_a_weekly_digest_missed_while_down_is_built_once_at_start(
     start_forum: ForumStarter, make_user: Any, tmp_path: Path
@@ -175,6 +180,7 @@ async def test_a_weekly_digest_missed_while_down_is_built_once_at_start(
         home=home,
         clock=TestClock.just_before(fire, by=timedelta(hours=1)),
         schedules=True,
+        config=UNREVIEWED,
     )
     data = first.data
     announcements = first.rooms["announcements"]
@@ -221,7 +227,12 @@ async def test_the_schedule_follows_a_clock_set_forward(
     fire = croniter(schedule, datetime.now(tz)).get_next(datetime)
     clock = TestClock.just_before(fire, by=timedelta(hours=1))
     forum = await start_forum(
-        "digest", moderator=mod, moderator_joins=(), clock=clock, schedules=True
+        "digest",
+        moderator=mod,
+        moderator_joins=(),
+        clock=clock,
+        schedules=True,
+        config=UNREVIEWED,
     )
     announcements = forum.rooms["announcements"]
     await forum.join(mod, announcements)

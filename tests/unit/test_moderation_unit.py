@@ -216,3 +216,16 @@ async def test_join_wave_window_uses_the_receive_time():
         )  # fmt: skip
         await wave.joined_event(ev)
     assert waves == [3]
+
+
+def test_the_digest_preview_commands_are_in_the_help_and_left_to_the_digest():
+    """The moderation bot lists the preview's commands and never answers them; the
+    digest (bridge.preview) answers every name the help shows."""
+    from bridge.preview import COMMANDS, command_of
+
+    for names in COMMANDS.values():
+        declared = registry.find(names[0])
+        assert declared is not None, names
+        assert declared.handler is None
+        assert declared.answered_by == "digest"
+        assert {command_of(n) for n in declared.names} == {names[0]}

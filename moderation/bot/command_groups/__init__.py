@@ -6,11 +6,12 @@ in the order of the imports below."""
 
 from __future__ import annotations
 
-from . import info, listings, members, rooms, protections, servers, cases, approvals
+from . import info, listings, members, rooms, protections, servers, cases, approvals, digest
 
 __all__ = [
     "approvals",
     "cases",
+    "digest",
     "info",
     "listings",
     "members",

@@ -65,7 +65,9 @@ async def _help_of(bot: ModerationBot, inv: Invocation, word: str) -> None:
     for flag in c.flags:
         spelled = " / ".join(flag.spellings)
         lines.append(t("Option {flag}: {help}").format(flag=spelled, help=t(flag.help)))
-    if c.handler is None:
+    if c.handler is None and c.answered_by == "digest":
+        lines.append(t("Answered by the digest (the weekly preview)."))
+    elif c.handler is None:
         lines.append(t("Answered by the membership bot."))
     if c.examples:
         lines.append(t("Examples:"))
