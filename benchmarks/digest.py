@@ -168,6 +168,7 @@ async def measure(url: str, what: str) -> dict[str, Any]:
             newer=None,
             older=None,
             t=site.gettext("fr"),
+            week_name=lambda week, capital=False: site.week_name("fr", week, capital=capital),
         )
         out["page_bytes"] = len(html.encode())
         out["key_points"] = sum(len(t.key_points) for t in digest.topics)
