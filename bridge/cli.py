@@ -32,6 +32,18 @@ async def cmd_build(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     async with OperatorKit.open(args, settings) as kit:
+        if settings.digest.require_release and not args.without_review:
+            async with kit.db.sessionmaker() as s:
+                review = await DigestStore(s).review(week)
+            if review is None or review.released_by is None:
+                print(
+                    f"error: the week {week} waits for the moderators' review "
+                    "(digest.require_release): they post its preview with !apercu / !preview "
+                    "in the management room and publish it with !publier / !release. To "
+                    "publish it unreviewed, on your own responsibility: --without-review",
+                    file=sys.stderr,
+                )
+                return 1
         rooms = await kit.rooms()
         async with kit.db.sessionmaker() as s, s.begin():
             await DigestStore(s).publish(week)
@@ -125,6 +137,12 @@ def add_commands(subparsers: Any) -> None:
         help="also post its summary in the announcements room, as the weekly schedule does",
     )
     p.add_argument("--json", action="store_true", help="print the digest as JSON")
+    p.add_argument(
+        "--without-review",
+        action="store_true",
+        help="publish even though the moderators have not released the week "
+        "(digest.require_release)",
+    )
     p.set_defaults(func=cmd_build)
     p = sub.add_parser(
         "export",

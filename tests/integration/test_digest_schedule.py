@@ -80,7 +80,18 @@ async def test_cli_build_and_export(
     parser.add_argument("--config")
     add_commands(parser.add_subparsers(dest="command"))
     week = forum.week()
-    args = parser.parse_args(["--config", str(config), "digest", "build", "--week", week, "--json"])
+    # Moderators release a week after its preview (digest.require_release, the default):
+    # the operator's build refuses a week nobody released, and says how to go on.
+    refused = parser.parse_args(["--config", str(config), "digest", "build", "--week", week])
+    assert await refused.func(refused) == 1
+    err = capsys.readouterr().err
+    for hint in ("!publier", "!release", "--without-review"):
+        assert hint in err
+    status, _, _ = await forum.get(f"/fr/week/{week}/")
+    assert status == 404, "a refused build published the week"
+    args = parser.parse_args(
+        ["--config", str(config), "digest", "build", "--week", week, "--json", "--without-review"]
+    )
     assert await args.func(args) == 0
     built = json.loads(capsys.readouterr().out)
     topic = next(t for t in built["topics"] if t["slug"] == TOPIC)
@@ -94,7 +105,16 @@ async def test_cli_build_and_export(
     await forum.join(amina, announcements)
     mark = amina.mark()
     args = parser.parse_args(
-        ["--config", str(config), "digest", "build", "--week", week, "--announce"]
+        [
+            "--config",
+            str(config),
+            "digest",
+            "build",
+            "--week",
+            week,
+            "--announce",
+            "--without-review",
+        ]
     )
     assert await args.func(args) == 0
     capsys.readouterr()
@@ -103,7 +123,7 @@ async def test_cli_build_and_export(
     assert posted["sender"] == forum.ctx.settings.moderation_bot_id
 
     # Without --week: the last complete week, and a pointer to the week in progress.
-    args = parser.parse_args(["--config", str(config), "digest", "build"])
+    args = parser.parse_args(["--config", str(config), "digest", "build", "--without-review"])
     assert await args.func(args) == 0
     text = capsys.readouterr().out
     assert f"the week in progress is {week}: --week {week}" in text

@@ -73,7 +73,9 @@ async def test_a_week_built_by_the_cli_shows_on_the_running_site(
     parser = argparse.ArgumentParser()
     parser.add_argument("--config")
     add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["--config", str(config), "digest", "build", "--week", week])
+    args = parser.parse_args(
+        ["--config", str(config), "digest", "build", "--week", week, "--without-review"]
+    )
     assert await args.func(args) == 0
     assert week in capsys.readouterr().out
 
