@@ -7,7 +7,9 @@ forum's own and the subscribed lists', globs included), and its message protecti
 (banned words, mention spam, links and media from new members, flooding), each called
 through its own :class:`~moderation.bot.protections.Protection` interface. A refused
 message is an offence handed to the consequences in force (a strike, its step, a report
-to the moderators); in a dry run the report is made and the message let through.
+to the moderators). In a dry run everything is let through: the bot's protections see it
+after delivery and report what they would do. A banned person may still leave a room and
+remove what they wrote.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forum.bounded import LRUDict
-from forum.events import Message, parse_room_event
+from forum.events import Membership, Message, Redaction, RoomEvent, parse_room_event
 from forum.matrix import server_of
 from moderation.bot.consequences import Offence
 from moderation.bot.protections import (
@@ -61,6 +63,13 @@ def _strings(body: Mapping[str, Any], *keys: str) -> list[str] | None:
         if all(isinstance(v, str) for v in values)
         else None
     )
+
+
+def _always_allowed(ev: RoomEvent | None) -> bool:
+    """What even a banned person may always do: leave, and remove what they wrote."""
+    if isinstance(ev, Membership):
+        return ev.target == ev.sender and ev.membership == "leave"
+    return isinstance(ev, Redaction)
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,10 @@ class Judge:
             # user_may_create_room(_alias), user_may_publish_room, check_username_for_spam,
             # check_login_for_spam: not about the forum's rooms
             return ALLOW
+        if self.bot.dry_run:
+            # everything is let through; the bot's protections and policy rules see it
+            # after delivery and report what they would do (one report, not two)
+            return ALLOW
         return await handler(body)
 
     async def check_event_for_spam(self, body: Mapping[str, Any]) -> Verdict:
@@ -184,9 +197,10 @@ class Judge:
             return ALLOW
         if not self.is_forum_room(room_id):
             return ALLOW
-        if self.banned(sender) and not await self.exempt(sender, room_id):
-            return await self.banned_verdict(sender)
         ev = parse_room_event(room_id, raw)
+        refused = self.banned(sender) and not _always_allowed(ev)
+        if refused and not await self.exempt(sender, room_id):
+            return await self.banned_verdict(sender)
         if not isinstance(ev, Message):
             return ALLOW
         return await self.message(ev)
@@ -204,7 +218,6 @@ class Judge:
             return ALLOW
         protection.acted(ev)
         bot = self.bot
-        dry = bot.consequences.on
         flood = protection is self.flood
         now = time.monotonic()
         last = self.struck.get(ev.sender)
@@ -214,12 +227,10 @@ class Judge:
                 self.struck[ev.sender] = now
             label = bot.t(protection.label)
             reason = bot.t("Automatic moderation: {what}").format(what=label)
-            offence = Offence(ev, protection.kind, label, reason, [], refused=not dry)
+            offence = Offence(ev, protection.kind, label, reason, [], refused=True)
             bot.tasks.start(
                 f"antispam:offence:{ev.event_id}", bot.consequences.current.offence(offence)
             )
-        if dry:
-            return ALLOW
         self.flood.acted(ev)  # a refused message is not one more of the person's messages
         t = await self.gettext(ev.sender)
         if flood:

@@ -138,9 +138,9 @@ class Enforcement(Consequences):
         redacted = await self.actions.redact_many(offence.events, offence.reason)
         step = await self.strikes.strike(ev.sender)
         await self.actions.audit(
-            actor=self.actor, action="redact", target=ev.sender,
-            rooms=sorted({r for r, _ in offence.events}), reason=offence.reason,
-            event_id=ev.event_id, source=offence.source,
+            actor=self.actor, action="refused" if offence.refused else "redact",
+            target=ev.sender, rooms=sorted({r for r, _ in offence.events} or {ev.room_id}),
+            reason=offence.reason, event_id=ev.event_id, source=offence.source,
         )  # fmt: skip
         self.tasks.start(f"moderation:step:{ev.event_id}", self._take_step(offence, step, redacted))
 

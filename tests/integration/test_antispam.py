@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from forum.storage.models import utcnow
 from moderation.bot.models import FirstJoin
-from moderation.bot.repositories import Strikes
+from moderation.bot.repositories import Audit, Strikes
 from tests.harness import Forum, ForumStarter, antispam_config, eventually, is_message
 from tests.matrix_user import Event, MatrixRequestError, TestUser
 
@@ -128,6 +128,8 @@ async def test_banned_word_in_body_formatted_body_or_edit_never_reaches_anyone(
     assert "matrix.to/#/!" not in report["content"]["body"]
     async with forum.ctx.db.sessionmaker() as s:
         assert await Strikes(s).get(spammer.user_id) is not None
+        entries = await Audit(s).entries(spammer.user_id)
+    assert {(e.action, e.source) for e in entries} >= {("refused", "protection:word")}
 
 
 async def test_flood_beyond_the_rate_is_refused_with_a_limit_error(
@@ -175,6 +177,8 @@ async def test_a_banned_person_can_neither_post_nor_join(forum: Forum, observer:
     assert "banni" in err.body["error"]
     seen = await seen_up_to_marker(forum.mod, observer, forum.topic, mark)
     assert "encore là" not in texts(seen)
+    # they may still leave, and remove what they wrote before
+    await member.request("POST", f"/_matrix/client/v3/rooms/{forum.rooms['lobby']}/leave", {})
     # and a banned person may not invite the forum's members elsewhere
     room = await member.create_room(preset="private_chat")
     await refused(
@@ -259,6 +263,36 @@ async def test_rules_through_the_listener(forum: Forum):
     assert calls > 0
     assert refusals is not None
     assert refusals > 0
+
+
+async def test_dry_run_lets_through_and_the_bot_reports_once(forum: Forum, observer: TestUser):
+    person = await old_member(forum, "dry")
+    forum.bot.consequences.turn(True)
+    try:
+        mark, mod_mark = observer.mark(), forum.mod.mark()
+        ev = await person.send_text(forum.topic, "une arnaque en simulation")  # not refused
+        await observer.wait_for_text(forum.topic, "une arnaque en simulation", after=mark)
+        await forum.mod.wait_for(
+            lambda e: (
+                is_message(forum.mgmt, forum.bot_id)(e)
+                and person.user_id in e["content"]["body"]
+                and "[simulation]" in e["content"]["body"]
+            ),
+            20,
+            after=mod_mark,
+        )
+        # the moderator's marker command is answered after any second report would be
+        await forum.command("!aide")
+        reports = [
+            e
+            for e in forum.mod.events[mod_mark:]
+            if is_message(forum.mgmt, forum.bot_id)(e) and person.user_id in e["content"]["body"]
+        ]
+        assert len(reports) == 1, [e["content"]["body"] for e in reports]
+        ev_after = await person.request("GET", f"/_matrix/client/v3/rooms/{forum.topic}/event/{ev}")
+        assert ev_after["content"].get("body") == "une arnaque en simulation"
+    finally:
+        forum.bot.consequences.turn(False)
 
 
 async def test_fail_open_then_the_bot_removes_it_afterwards(
