@@ -348,6 +348,13 @@ class AntispamSection(_Model):
     deadline_seconds: float = Field(default=0.5, gt=0, le=30)
     """A verdict not reached within this time lets the action through (counted)."""
 
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 16:
+            raise ValueError("a shared secret of at least 16 characters (or none: generated)")
+        return v
+
     @property
     def url(self) -> str:
         host = "[::1]" if self.host == "::1" else self.host

@@ -3,17 +3,19 @@ the module's configuration (the listener: tests/web/test_antispam_listener.py)."
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 
 from forum.events import Message
 from forum.homeserver.config import ANTISPAM_CALLBACKS, antispam_module
-from forum.settings import ModerationSection
+from forum.settings import ConfigError, ModerationSection, parse_settings
 from moderation.antispam.judge import ALLOW, FloodGate, Verdict
 from moderation.bot.protections import BannedWords
 from moderation.bot.text import html_text, message_texts
 from moderation.bot.tuning import Tuning
+from tests.harness import BASE_CONFIG
 
 
 def message(content: dict[str, Any], event_id: str = "$e", sender: str = "@a:x") -> Message:
@@ -106,3 +108,19 @@ def test_module_configuration_fails_open_on_every_callback():
     assert set(config["enabled_callbacks"]) == set(ANTISPAM_CALLBACKS)
     assert all(config["fail_open"][c] is True for c in ANTISPAM_CALLBACKS)
     assert "accept_make_join" not in ANTISPAM_CALLBACKS  # Synapse 1.163 refuses to start
+
+
+def test_antispam_settings_refuse_a_short_secret_and_a_public_address():
+    data = copy.deepcopy(BASE_CONFIG)
+    data["antispam"] = {"secret": "court"}
+    with pytest.raises(ConfigError) as info:
+        parse_settings(data, "test.toml", env={})
+    assert "antispam.secret" in str(info.value)
+    assert "court" not in str(info.value)  # a secret is never shown
+    data["antispam"] = {"host": "0.0.0.0"}
+    with pytest.raises(ConfigError, match="antispam.host"):
+        parse_settings(data, "test.toml", env={})
+    data["antispam"] = {"secret": "${SPAM_SECRET}", "port": 9100}
+    settings = parse_settings(data, "test.toml", env={"SPAM_SECRET": "x" * 20})
+    assert settings.antispam.url == "http://127.0.0.1:9100"
+    assert settings.antispam.enabled
