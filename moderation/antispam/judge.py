@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: the forum members (and their servers) are read again after this many seconds
 MEMBERS_TTL = 30.0
+#: ... or after this many when the invited person is not among them (a new member)
+MEMBERS_RECHECK = 2.0
 
 
 def _(msg: str) -> str:
@@ -143,11 +145,11 @@ class Judge:
     async def exempt(self, user_id: str, room_id: str | None = None) -> bool:
         return await self.bot.actions.is_exempt(user_id, room_id)
 
-    async def members(self) -> tuple[frozenset[str], frozenset[str]]:
-        """The forum's members and their servers (ours included), read again every
-        :data:`MEMBERS_TTL` seconds."""
+    async def members(self, max_age: float = MEMBERS_TTL) -> tuple[frozenset[str], frozenset[str]]:
+        """The forum's members and their servers (ours included), read again when older
+        than ``max_age`` seconds."""
         async with self._members_lock:
-            if time.monotonic() - self._members_at > MEMBERS_TTL:
+            if time.monotonic() - self._members_at > max_age:
                 members = await self.bot.actions.members()
                 self._members = frozenset(members)
                 servers = {server_of(u) for u in members}
@@ -287,6 +289,8 @@ class Judge:
         if not remote and not self.banned(inviter):
             return ALLOW  # a local person's invitation elsewhere: not the forum's business
         members, servers = await self.members()
+        if invitee not in members:  # perhaps a member since the last reading
+            members, servers = await self.members(MEMBERS_RECHECK)
         if invitee not in members:
             return ALLOW
         if self.banned(inviter) or server_of(inviter) not in servers:

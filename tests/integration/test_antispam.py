@@ -242,6 +242,25 @@ async def test_rules_through_the_listener(forum: Forum):
     )
     assert status == 200
     assert answer == {}
+
+    # invite spam: an invitation from another server to a member of the forum
+    def invite(sender: str) -> dict[str, Any]:
+        return {
+            "event": {
+                "type": "m.room.member",
+                "room_id": f"!dm:{sender.partition(':')[2]}",
+                "sender": sender,
+                "state_key": newcomer.user_id,
+                "content": {"membership": "invite"},
+            }
+        }
+
+    status, answer = await post("federated_user_may_invite", invite("@spam:unknown.example"))
+    assert status == 403, answer  # no member of the forum is on that server
+    assert "invitation" in answer["error"]
+    status, answer = await post("federated_user_may_invite", invite(f"@friend:{forum.server}"))
+    assert status == 200
+    assert answer == {}
     status, answer = await post("ping", {"id": "abc"})
     assert answer == {"id": "abc", "status": "ok"}
     status, answer = await post("user_may_create_room", {"user_id": newcomer.user_id})
