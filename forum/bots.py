@@ -13,7 +13,7 @@ from typing import Any, Literal
 from forum.credentials import load_or_create_secrets
 from forum.errors import MatrixError
 from forum.gateway import Gateway
-from forum.homeserver import EmbeddedHomeserver
+from forum.homeserver import AntispamHook, EmbeddedHomeserver
 from forum.settings import Settings
 from forum.storage import Database
 
@@ -80,8 +80,21 @@ def bot_gateway(
     )
 
 
+def antispam_secret(settings: Settings, home: Path) -> str:
+    """The secret synapse-http-antispam sends the forum's spam checker: the configured
+    one, else one generated and kept in ``$FORUM_HOME/secrets.json`` (mode 0600)."""
+    configured = settings.antispam.secret
+    if configured is not None:
+        return configured.get_secret_value()
+    return load_or_create_secrets(secrets_path(home), ["antispam"])["antispam"]
+
+
 def embedded_homeserver(settings: Settings, home: Path, **kw: Any) -> EmbeddedHomeserver:
+    """The embedded Synapse of ``settings``; it asks the forum's spam checker when the
+    checker is enabled."""
     emb = settings.homeserver.embedded
+    if settings.antispam.enabled and "antispam" not in kw:
+        kw["antispam"] = AntispamHook(settings.antispam.url, antispam_secret(settings, home))
     return EmbeddedHomeserver(
         home / "synapse", server_name=emb.server_name, host=emb.host, port=emb.port, **kw
     )

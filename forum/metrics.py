@@ -121,6 +121,23 @@ class Metrics:
             "Calls of the homeserver's spam checker to the forum.",
             registry=self.registry,
         )
+        self.spam_refusals = Counter(
+            "forum_spam_check_refusals",
+            "Spam checks the forum refused, by callback and rule.",
+            ["callback", "rule"],
+            registry=self.registry,
+        )
+        self.spam_check_timeouts = Counter(
+            "forum_spam_check_timeouts",
+            "Spam checks not decided within the deadline (let through).",
+            registry=self.registry,
+        )
+        self.spam_check_seconds = Histogram(
+            "forum_spam_check_seconds",
+            "Time the forum took to answer a spam check.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
         self.web_requests = Counter(
             "forum_web_requests",
             "Requests to the web app, by route and status.",

@@ -339,6 +339,32 @@ class ModerationSection(_Model):
         return v
 
 
+class AntispamSection(_Model):
+    """The forum as the homeserver's spam checker: a listener on loopback answering the
+    callbacks of the Synapse module ``synapse-http-antispam`` for the forum's rooms."""
+
+    enabled: bool = True
+    host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
+    port: int = Field(default=8009, ge=0, le=65535)
+    secret: SecretStr | None = None
+    """The shared secret the module sends (``Authorization: Bearer ...``); none: one is
+    generated and kept in ``$FORUM_HOME/secrets.json`` (mode 0600)."""
+    deadline_seconds: float = Field(default=0.5, gt=0, le=30)
+    """A verdict not reached within this time lets the action through (counted)."""
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < 16:
+            raise ValueError("a shared secret of at least 16 characters (or none: generated)")
+        return v
+
+    @property
+    def url(self) -> str:
+        host = "[::1]" if self.host == "::1" else self.host
+        return f"http://{host}:{self.port}"
+
+
 class Settings(_Model):
     forum: ForumSection
     homeserver: HomeserverSection = HomeserverSection()
@@ -355,6 +381,7 @@ class Settings(_Model):
     demo: DemoSection = DemoSection()
     logging: LoggingSection = LoggingSection()
     moderation: ModerationSection = ModerationSection()
+    antispam: AntispamSection = AntispamSection()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

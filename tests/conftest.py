@@ -12,6 +12,7 @@ Fixtures that need a homeserver are session-scoped and live on the session event
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 import pytest
 import pytest_asyncio
 
-from forum.homeserver import EmbeddedHomeserver, free_port
+from forum.homeserver import AntispamHook, EmbeddedHomeserver, free_port
 from tests.matrix_user import TestUser
 
 pytest_plugins = ["tests.storage_fixtures", "tests.harness"]
@@ -44,10 +45,15 @@ TEST_SERVER_NAME = "forum.test"
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedHomeserver]:
-    """A started Synapse (loose rate limits, no sync cache) on a free loopback port."""
+    """A started Synapse (loose rate limits, no sync cache) on a free loopback port.
+
+    It loads synapse-http-antispam, calling a loopback port chosen now: a forum started
+    with :func:`tests.harness.antispam_config` listens there (one at a time); when none
+    does, every check fails open at once (connection refused)."""
     directory: Path = tmp_path_factory.mktemp("synapse")
+    hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
     hs = EmbeddedHomeserver(
-        directory, server_name=TEST_SERVER_NAME, port=free_port(), for_tests=True
+        directory, server_name=TEST_SERVER_NAME, port=free_port(), for_tests=True, antispam=hook
     )
     await hs.start()
     try:

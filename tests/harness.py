@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -183,9 +184,26 @@ def forum_data(
         topic["alias"] = f"{topic['slug']}-{tag}"
     data["moderators"] = list(moderators)
     data["demo"] = {"accounts": []}
+    data["antispam"] = {"enabled": False}  # on for a test that asks: antispam_config(hs)
     if db_url:
         data["database"] = {"url": db_url}
     return data
+
+
+def antispam_config(hs: EmbeddedHomeserver) -> dict[str, Any]:
+    """The ``config`` of a forum that answers ``hs``'s spam-checker module (the port and
+    secret the session Synapse was started with; one such forum at a time)."""
+    hook = hs.config.antispam
+    assert hook is not None, "this homeserver does not load the spam-checker module"
+    url = urlsplit(hook.base_url)
+    return {
+        "antispam": {
+            "enabled": True,
+            "host": url.hostname,
+            "port": url.port,
+            "secret": hook.secret,
+        }
+    }
 
 
 def settings_from(data: Mapping[str, Any]) -> Settings:

@@ -17,10 +17,11 @@ from types import TracebackType
 from typing import Any
 
 from forum.homeserver.accounts import RegistrationError, SharedSecretRegistration
-from forum.homeserver.config import HomeserverStartError, SynapseConfig
+from forum.homeserver.config import AntispamHook, HomeserverStartError, SynapseConfig
 from forum.homeserver.process import SynapseProcess, free_port, port_is_free
 
 __all__ = [
+    "AntispamHook",
     "EmbeddedHomeserver",
     "HomeserverStartError",
     "RegistrationError",
@@ -36,6 +37,8 @@ class EmbeddedHomeserver:
     ``federation_port`` adds a TLS federation listener on 127.0.0.1 (self-signed
     certificate; peers are trusted without verification, loopback is allowed).
     ``extra_config`` is deep-merged last into the overrides (e.g. strict rate limits).
+    ``antispam``: Synapse loads synapse-http-antispam and asks the forum's spam checker
+    there (see :mod:`moderation.antispam`).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class EmbeddedHomeserver:
         for_tests: bool = False,
         federation_port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        antispam: AntispamHook | None = None,
     ) -> None:
         self.config = SynapseConfig(
             Path(directory).resolve(),
@@ -57,6 +61,7 @@ class EmbeddedHomeserver:
             for_tests=for_tests,
             federation_port=federation_port,
             extra_config=dict(extra_config or {}),
+            antispam=antispam,
         )
         """Where everything lives and what Synapse is told (paths, ports, overrides)."""
         self.process = SynapseProcess(self.config)

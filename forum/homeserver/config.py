@@ -39,6 +39,25 @@ OLD_SECRETS_FILE = "forum-secrets.json"
 SECRET_KEY = "registration_shared_secret"
 TLS_CERT_FILE = "tls.crt"
 TLS_KEY_FILE = "tls.key"
+#: the shared secret of the spam-checker module (read by the module at start)
+ANTISPAM_SECRET_FILE = "forum-antispam-secret"
+ANTISPAM_MODULE = "synapse_http_antispam.HTTPAntispam"
+#: the callbacks of synapse-http-antispam 0.5 the forum has Synapse send it, all failing
+#: open (the module's own default is to refuse, except for events, when the forum does
+#: not answer). Left out: ``accept_make_join`` (Synapse 1.163 does not know it: naming it
+#: stops Synapse at start) and ``user_may_create_room_alias`` (the module cannot send
+#: Synapse's alias object as JSON: every call fails). The forum answers both all the same.
+ANTISPAM_CALLBACKS = (
+    "check_event_for_spam",
+    "check_login_for_spam",
+    "check_username_for_spam",
+    "federated_user_may_invite",
+    "user_may_create_room",
+    "user_may_invite",
+    "user_may_join_room",
+    "user_may_publish_room",
+    "user_may_send_3pid_invite",
+)
 
 # A rate limit loose enough that tests never see a 429.
 _LOOSE: dict[str, float] = {"per_second": 10000, "burst_count": 100000}
@@ -139,6 +158,29 @@ def make_self_signed_cert(cert_path: Path, key_path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class AntispamHook:
+    """Where the forum answers the spam-checker module (``base_url``) and the secret the
+    module sends it."""
+
+    base_url: str
+    secret: str = field(repr=False)
+
+
+def antispam_module(base_url: str, authorization_path: str) -> dict[str, Any]:
+    """The ``modules`` entry of synapse-http-antispam calling the forum at ``base_url``,
+    with every callback failing open."""
+    return {
+        "module": ANTISPAM_MODULE,
+        "config": {
+            "base_url": base_url.rstrip("/"),
+            "authorization_path": authorization_path,
+            "enabled_callbacks": list(ANTISPAM_CALLBACKS),
+            "fail_open": dict.fromkeys(ANTISPAM_CALLBACKS, True),
+        },
+    }
+
+
+@dataclass(frozen=True)
 class SynapseConfig:
     """Where and how the embedded Synapse runs, and the files that say so.
 
@@ -147,6 +189,7 @@ class SynapseConfig:
     ``federation_port`` adds a TLS federation listener on 127.0.0.1 (self-signed
     certificate; peers are trusted without verification, loopback is allowed).
     ``extra_config`` is deep-merged last into the overrides (e.g. strict rate limits).
+    ``antispam`` loads synapse-http-antispam, calling the forum's spam checker.
     """
 
     directory: Path
@@ -156,6 +199,7 @@ class SynapseConfig:
     for_tests: bool = False
     federation_port: int | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
+    antispam: AntispamHook | None = None
 
     # --- facts -------------------------------------------------------------------
     @property
@@ -219,6 +263,8 @@ class SynapseConfig:
             cert, key = self.directory / TLS_CERT_FILE, self.directory / TLS_KEY_FILE
             if not (cert.exists() and key.exists()):
                 make_self_signed_cert(cert, key)
+        if self.antispam is not None:
+            write_private(self.directory / ANTISPAM_SECRET_FILE, self.antispam.secret + "\n")
         write_private(
             self.overrides_path,
             "# Written by forum on every start; edits are lost.\n"
@@ -357,6 +403,9 @@ class SynapseConfig:
                     "destination_max_retry_interval": "5s",
                 },
             }
+        if self.antispam is not None:
+            secret_file = str(self.directory / ANTISPAM_SECRET_FILE)
+            config["modules"] = [antispam_module(self.antispam.base_url, secret_file)]
         if self.for_tests:
             config |= _TEST_RATE_LIMITS
             config["caches"] = {"sync_response_cache_duration": 0}

@@ -26,6 +26,10 @@ async def setup(ctx: ServiceContext) -> ModerationBot:
         register=ctx.register,
     )
     await bot.start()
+    # imported here: the spam checker is built on the bot's parts (an import cycle else)
+    from moderation.antispam import start_antispam
+
+    bot.antispam = await start_antispam(ctx, bot)
     return bot
 
 

@@ -55,6 +55,7 @@ from .tuning import Tuning
 if TYPE_CHECKING:
     from forum.context import Clock, Registrations, Rooms
     from forum.gateway import Gateway
+    from moderation.antispam import AntispamListener
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class ModerationBot:
     register: Registrations | None = None
     """The service's registrations: join requests waiting (``!pending``) and the language
     each person chose, from the membership bot (``None``: neither is known)."""
+    antispam: AntispamListener | None = None
+    """The spam checker's listener (:mod:`moderation.antispam`), when it runs."""
 
     def __post_init__(self) -> None:
         """Build the bot's parts."""

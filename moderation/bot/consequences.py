@@ -21,7 +21,17 @@ from .management import ManagementRoom, user_html, with_line
 from .repositories import PolicyBans
 from .sanctions import Sanctions
 from .strikes import SimulatedStrikes, StrikeLadder
-from .text import parse_duration, quote_html, quote_plain
+from .text import message_texts, parse_duration, quote_html, quote_plain
+
+
+def _(msg: str) -> str:
+    """Marks a message for extraction; translated when shown."""
+    return msg
+
+
+REFUSED_HEAD = _(
+    "Protection {kind}: {user} in {room}; message refused before delivery; step: {step}."
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,8 @@ class Offence:
     label: str
     reason: str
     events: list[tuple[str, str]]
+    refused: bool = False
+    """Refused by the homeserver before delivery (the spam checker): nobody saw it."""
 
     @property
     def source(self) -> str:
@@ -74,23 +86,27 @@ class Consequences(ABC):
             "kick": None,
             "ban": f"{prefix}unban {ev.sender}",
         }.get(step, f"{prefix}unmute {ev.sender}")
-        head = (
-            t("[dry run] Protection {kind} would act on {user} in {room}: {step}.")
-            if dry
-            else t("Protection {kind}: {user} in {room}; {n} message(s) removed; step: {step}.")
-        ).format(
+        if dry:
+            head = t("[dry run] Protection {kind} would act on {user} in {room}: {step}.")
+        elif offence.refused:
+            head = t(REFUSED_HEAD)
+        else:
+            head = t("Protection {kind}: {user} in {room}; {n} message(s) removed; step: {step}.")
+        head = head.format(
             kind=offence.label,
             user=ev.sender,
             room=management.room_label(ev.room_id),
             n=removed,
             step=step,
         )
-        body = head + "\n" + quote_plain(ev.body) + "\n" + link
-        html_body = (
-            html.escape(head).replace(html.escape(ev.sender), user_html(ev.sender), 1)
-            + quote_html(ev.body)
-            + f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>'
-        )
+        # every text a client shows (formatted_body, an edit's new text), once each
+        shown = "\n".join(dict.fromkeys(x.strip() for x in message_texts(ev.content) if x.strip()))
+        body = head + "\n" + quote_plain(shown or ev.body)
+        html_body = html.escape(head).replace(html.escape(ev.sender), user_html(ev.sender), 1)
+        html_body += quote_html(shown or ev.body)
+        if not offence.refused:  # a refused message has no link: it was never stored
+            body += "\n" + link
+            html_body += f'<a href="{html.escape(link)}">{html.escape(t("the message"))}</a>'
         if undo and not dry:
             body, html_body = with_line(body, html_body, management.undo_line(undo))
         await management.say(body, html_body)
@@ -122,9 +138,9 @@ class Enforcement(Consequences):
         redacted = await self.actions.redact_many(offence.events, offence.reason)
         step = await self.strikes.strike(ev.sender)
         await self.actions.audit(
-            actor=self.actor, action="redact", target=ev.sender,
-            rooms=sorted({r for r, _ in offence.events}), reason=offence.reason,
-            event_id=ev.event_id, source=offence.source,
+            actor=self.actor, action="refused" if offence.refused else "redact",
+            target=ev.sender, rooms=sorted({r for r, _ in offence.events} or {ev.room_id}),
+            reason=offence.reason, event_id=ev.event_id, source=offence.source,
         )  # fmt: skip
         self.tasks.start(f"moderation:step:{ev.event_id}", self._take_step(offence, step, redacted))
 

@@ -10,6 +10,9 @@ import unicodedata
 from collections.abc import Iterable
 from datetime import timedelta
 from fnmatch import fnmatchcase
+from typing import Any
+
+import nh3
 
 from forum.names import skeleton as skeleton  # the kernel's, shared with the membership bot
 from forum.names import strip_controls
@@ -33,6 +36,34 @@ def fold(text: str) -> str:
     """Case- and accent-insensitive form (NFKD without combining marks, case-folded)."""
     decomposed = unicodedata.normalize("NFKD", strip_controls(text))
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+#: tags after which a reader sees a break between words
+_BREAK_TAGS = re.compile(r"(?i)(<br\b[^>]*>|</(?:p|div|li|h[1-6]|blockquote|pre|td|th|tr)\s*>)")
+
+
+def html_text(fragment: str) -> str:
+    """The text a client shows for an HTML ``formatted_body``: tags removed by the
+    sanitiser (their text kept, scripts and styles dropped), entities decoded; a line
+    or block break stays a break between words."""
+    return html.unescape(nh3.clean(_BREAK_TAGS.sub(r"\1 ", fragment), tags=set()))
+
+
+def message_texts(content: dict[str, Any]) -> list[str]:
+    """Every text a client may show for a message: ``body``, ``formatted_body`` (as
+    text) and, for an edit, the same of ``m.new_content``."""
+    out: list[str] = []
+    parts: list[Any] = [content]
+    new = content.get("m.new_content")
+    if isinstance(new, dict):
+        parts.append(new)
+    for part in parts:
+        body, formatted = part.get("body"), part.get("formatted_body")
+        if isinstance(body, str):
+            out.append(body)
+        if isinstance(formatted, str):
+            out.append(html_text(formatted))
+    return out
 
 
 def word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:

@@ -109,6 +109,27 @@ async def test_banned_words_ignore_case_and_accents_on_word_boundaries(forum: Fo
         assert await body_of(person, forum.topic, ev)
 
 
+async def test_banned_word_only_in_formatted_body_or_in_an_edit_is_caught(forum: Forum):
+    """What Element shows is ``formatted_body`` and, for an edit, ``m.new_content``: a
+    banned word there alone is an offence as much as in ``body``."""
+    person = await old_member(forum, "hidden")
+    mark = forum.mod.mark()
+    fine = await person.send_text(forum.topic, "bonjour", "<p>bonjour</p>")
+    formatted = await person.send_text(forum.topic, "bonjour", "<p>Quelle <b>ARNÂQUE</b></p>")
+    edit = await person.send(
+        forum.topic,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* bonjour",
+            "m.new_content": {"msgtype": "m.text", "body": "bonjour, idiot"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": fine},
+        },
+    )
+    await forum.wait_redacted([formatted, edit], after=mark)
+    assert await body_of(person, forum.topic, fine) == "bonjour"
+
+
 async def test_links_and_media_from_new_members_only(forum: Forum):
     newcomer = await forum.member("newcomer")
     veteran = await old_member(forum, "veteran")

@@ -61,6 +61,7 @@ async def test_forum_run_end_to_end(tmp_path):
     hs_port, web_port = free_port(), free_port()
     data["homeserver"]["embedded"]["port"] = hs_port
     data["web"]["port"] = web_port
+    antispam_port = data["antispam"]["port"] = free_port()
     config = tmp_path / "forum.toml"
     config.write_text(tomli_w.dumps(data), encoding="utf-8")
     (tmp_path / "charter").symlink_to(DEFAULT_CONFIG.parent / "charter")
@@ -78,6 +79,21 @@ async def test_forum_run_end_to_end(tmp_path):
             assert a["user_id"] in out
             assert a["password"] in out
         assert (home / "synapse" / "homeserver.yaml").is_file()
+        # the embedded Synapse asks the forum's spam checker, with the secret of secrets.json
+        overrides = (home / "synapse" / "forum-overrides.yaml").read_text(encoding="utf-8")
+        assert "synapse_http_antispam.HTTPAntispam" in overrides
+        assert f"http://127.0.0.1:{antispam_port}" in overrides
+        secret = json.loads((home / "secrets.json").read_text(encoding="utf-8"))["antispam"]
+        shared = (home / "synapse" / "forum-antispam-secret").read_text(encoding="utf-8")
+        assert shared.strip() == secret
+        assert secret not in overrides
+        async with aiohttp.ClientSession() as http:
+            checker = f"http://127.0.0.1:{antispam_port}/ping"
+            async with http.post(checker, json={"id": "a"}) as resp:
+                assert resp.status == 401
+            auth = {"Authorization": f"Bearer {secret}"}
+            async with http.post(checker, json={"id": "a"}, headers=auth) as resp:
+                assert await resp.json() == {"id": "a", "status": "ok"}
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{facts['web_url']}healthz") as resp:
                 assert resp.status == 200

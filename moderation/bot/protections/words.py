@@ -1,4 +1,5 @@
-"""Banned words, matched as whole words, case- and accent-insensitively."""
+"""Banned words, matched as whole words, case- and accent-insensitively, in every text a
+client shows: ``body``, ``formatted_body`` and an edit's ``m.new_content``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import re
 
 from forum.events import Message
 
-from ..text import fold, word_pattern
+from ..text import fold, message_texts, word_pattern
 from .base import Events, Protection, _
 
 
@@ -27,6 +28,8 @@ class BannedWords(Protection):
 
     async def check(self, ev: Message) -> Events | None:
         pattern = self.pattern
-        if pattern is not None and pattern.search(fold(ev.body)):
+        if pattern is not None and any(
+            pattern.search(fold(text)) for text in message_texts(ev.content)
+        ):
             return [(ev.room_id, ev.event_id)]
         return None

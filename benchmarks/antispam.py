@@ -1,0 +1,309 @@
+"""Benchmark of the forum as Synapse's spam checker; prints one JSON object.
+
+Two embedded Synapse servers run side by side: one loads synapse-http-antispam and calls
+the forum, the other loads no module; each has a forum (the moderation bot's feature, with
+its spam checker on the first), each in its own process as in production. ``latency``:
+the time of a message send (``PUT /send``, answered once the event is stored) in the
+first forum's lobby, against the same send in the second's; sends alternate between the
+two so that both see the same load; the added latency is the difference of the medians
+(target: at most 2 ms). ``forum_answer_ms``: the forum's own answer times (its
+histogram), over the spam phase. ``load_average``: the machine's, at the end (figures taken
+on a busy machine say so).
+
+``spam``: attempts of four kinds in a forum room (a banned word in ``body``, in
+``formatted_body`` only, in an edit's ``m.new_content``; a message from a person a policy
+rule bans; messages beyond the flood rate; invitations of a forum member by a banned
+person), each refused or not; then an observer, a member who reads the room, is checked
+for any of them (target: 0 seen by another member).
+
+    .venv/bin/python benchmarks/antispam.py [--sends 300] [--attempts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from forum.homeserver import AntispamHook, EmbeddedHomeserver, free_port  # noqa: E402
+from tests.harness import (  # noqa: E402
+    CONFIG_DIR,
+    Forum,
+    ForumStarter,
+    antispam_config,
+    eventually,
+    forum_data,
+    merge,
+    register_bots,
+    settings_from,
+)
+from tests.harness import FAST_MODERATION as FAST  # noqa: E402
+from tests.matrix_user import MatrixRequestError, TestUser  # noqa: E402
+
+SPAM = "arnaque"
+
+
+def figures(samples: list[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {
+        "n": len(samples),
+        "median_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(p95 * 1000, 2),
+    }
+
+
+async def timed_send(user: TestUser, room: str, body: str) -> float:
+    started = time.perf_counter()
+    await user.send_text(room, body)
+    return time.perf_counter() - started
+
+
+# --- the latency: each forum in its own process, as in production ---------------------
+def serve(data: dict[str, Any], home: str, conn: Any) -> None:
+    """The child process: a forum with the moderation bot (and its spam checker when
+    ``data`` enables it) until the parent says stop."""
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_serve(data, Path(home), conn))
+
+
+async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
+    import moderation.bot
+    from forum.app import Service
+
+    service = Service(
+        settings_from(data), config_dir=CONFIG_DIR, home=home,
+        features=[moderation.bot.FEATURE], web_port=0, schedules=False,
+    )  # fmt: skip
+    await service.start()
+    assert service.ctx is not None
+    conn.send(service.ctx.rooms["lobby"])
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await service.stop()
+    conn.send(None)
+
+
+@contextlib.asynccontextmanager
+async def forum_process(
+    hs: EmbeddedHomeserver, home: Path, config: dict[str, Any]
+) -> AsyncIterator[str]:
+    """A forum on ``hs`` in a child process; yields its lobby's room id."""
+    data = merge(forum_data(hs), {"moderation": {**FAST, "flood_messages": 1000}, **config})
+    await register_bots(hs, settings_from(data))
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=serve, args=(data, str(home), child), name="forum-bench")
+    proc.start()
+    loop = asyncio.get_running_loop()
+    try:
+        yield await loop.run_in_executor(None, parent.recv)
+        parent.send("stop")
+        await loop.run_in_executor(None, parent.recv)
+    finally:
+        await loop.run_in_executor(None, proc.join, 30)
+        if proc.is_alive():
+            proc.kill()
+
+
+async def latency(
+    with_module: EmbeddedHomeserver, plain: EmbeddedHomeserver, home: Path, sends: int
+) -> dict[str, Any]:
+    """Sends alternate: the lobby of a forum whose homeserver asks it (module on), the
+    lobby of the same forum on a homeserver without the module."""
+    async with (
+        forum_process(with_module, home / "on", antispam_config(with_module)) as room_on,
+        forum_process(plain, home / "off", {}) as room_off,
+    ):
+        writer = await TestUser.create(with_module, "writer", sync=False)
+        other = await TestUser.create(plain, "writer", sync=False)
+        try:
+            await writer.join(room_on, via=[with_module.server_name])
+            await other.join(room_off, via=[plain.server_name])
+            on_ms: list[float] = []
+            off_ms: list[float] = []
+            for i in range(20):  # warm both up (connections, caches)
+                await timed_send(writer, room_on, f"warm {i}")
+                await timed_send(other, room_off, f"warm {i}")
+            for i in range(sends):
+                on_ms.append(await timed_send(writer, room_on, f"bonjour {i}"))
+                off_ms.append(await timed_send(other, room_off, f"bonjour {i}"))
+        finally:
+            await writer.close()
+            await other.close()
+    on, off = figures(on_ms), figures(off_ms)
+    return {
+        "with_module": on,
+        "without_module": off,
+        "added_median_ms": round(on["median_ms"] - off["median_ms"], 2),
+        "added_p95_ms": round(on["p95_ms"] - off["p95_ms"], 2),
+    }
+
+
+async def attempt(coro: Any) -> bool:
+    """Whether the homeserver refused the action."""
+    try:
+        await coro
+    except MatrixRequestError:
+        return True
+    return False
+
+
+async def spam(forum: Forum, attempts: int) -> dict[str, Any]:
+    observer = await forum.member("observer")
+    speaker = await forum.member("speaker", sync=False)
+    banned = await forum.member("banned", sync=False)
+    await forum.ctx.moderation_gateway.put_state(
+        forum.rooms["policy"],
+        "m.policy.rule.user",
+        {"entity": banned.user_id, "recommendation": "m.ban", "reason": "spam"},
+        "rule:bench",
+    )
+
+    async def known() -> bool:
+        return forum.bot.policy_lists.matching_rule(banned.user_id) is not None
+
+    await eventually(known, 30, what="the rule reaches the bot")
+    cfg = forum.bot.cfg
+    # only warnings: a muted person would be refused by the room itself, not the checker
+    forum.bot.cfg = cfg.model_copy(
+        update={"steps": ["warn"], "flood_messages": 5, "flood_seconds": 3600}
+    )
+    fine = await speaker.send_text(forum.topic, "bonjour")
+    mark = observer.mark()
+    per_kind = attempts // 4
+    refused: dict[str, int] = {"word": 0, "banned_person": 0, "flood": 0, "invite": 0}
+    spammers = [await forum.member(f"sp{i}", sync=False) for i in range(3)]
+    for i in range(per_kind):
+        who = spammers[i % len(spammers)]
+        kind = i % 3
+        if kind == 0:
+            sent = who.send_text(forum.topic, f"{i} une {SPAM}")
+        elif kind == 1:
+            sent = who.send_text(forum.topic, f"{i} salut", f"<p>salut <b>{SPAM}</b></p>")
+        else:
+            content = {
+                "msgtype": "m.text",
+                "body": "* bonjour",
+                "m.new_content": {"msgtype": "m.text", "body": f"{i} {SPAM}"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": fine},
+            }
+            sent = who.send(forum.topic, "m.room.message", content)
+        refused["word"] += await attempt(sent)
+    for i in range(per_kind):
+        refused["banned_person"] += await attempt(
+            banned.send_text(forum.topic, f"{i} {SPAM}-free message from a banned person")
+        )
+    flooder = await forum.member("flooder", sync=False)
+    for i in range(4):  # within the rate
+        await flooder.send_text(forum.topic, f"flood ok {i}")
+    for i in range(per_kind):
+        refused["flood"] += await attempt(flooder.send_text(forum.topic, f"{i} flood-beyond"))
+    elsewhere = await banned.create_room(preset="private_chat")
+    for _ in range(attempts - 3 * per_kind):
+        refused["invite"] += await attempt(
+            banned.request(
+                "POST",
+                f"/_matrix/client/v3/rooms/{elsewhere}/invite",
+                {"user_id": observer.user_id},
+            )
+        )
+    # the marker: everything sent before it reached the observer first
+    token = f"marker-{secrets.token_hex(4)}"
+    await speaker.send_text(forum.topic, token)
+    await observer.wait_for_text(forum.topic, token, after=mark, timeout=60)
+    seen = [
+        e
+        for e in observer.events[mark:]
+        if (e.get("type") == "m.room.message" and e["sender"] != speaker.user_id)
+        and (
+            SPAM in json.dumps(e.get("content", {}))
+            or "flood-beyond" in json.dumps(e.get("content", {}))
+        )
+    ]
+    invited = [
+        e
+        for e in observer.events[mark:]
+        if e.get("room_id") == elsewhere and e.get("type") == "m.room.member"
+    ]
+    forum.bot.cfg = cfg
+    return {
+        "attempts": 3 * per_kind + (attempts - 3 * per_kind),
+        "refused": refused,
+        "seen_by_others": len(seen) + len(invited),
+    }
+
+
+def answer_times(metrics: Any) -> dict[str, Any]:
+    """The forum's own answer time (its histogram): how many answers took at most each
+    bucket, as fractions."""
+    registry = metrics.registry
+    total = registry.get_sample_value("forum_spam_check_seconds_count") or 0
+    out: dict[str, Any] = {"n": total}
+    for le in ("0.0005", "0.001", "0.002", "0.005", "0.01"):
+        count = registry.get_sample_value("forum_spam_check_seconds_bucket", {"le": le}) or 0
+        out[f"share_within_{float(le) * 1000:g}ms"] = round(count / total, 3) if total else None
+    return out
+
+
+async def main(sends: int, attempts: int) -> dict[str, Any]:
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
+        with_module = EmbeddedHomeserver(
+            Path(tmp) / "synapse-on",
+            server_name="bench.test",
+            port=free_port(),
+            for_tests=True,
+            antispam=hook,
+        )
+        plain = EmbeddedHomeserver(
+            Path(tmp) / "synapse-off", server_name="plain.test", port=free_port(), for_tests=True
+        )
+        await asyncio.gather(with_module.start(), plain.start())
+        try:
+            lat = await latency(with_module, plain, Path(tmp), sends)
+            async with ForumStarter(with_module, lambda: Path(tmp)) as start:
+                forum = await start(
+                    "moderation",
+                    moderator=True,
+                    moderator_joins="*",
+                    config=antispam_config(with_module),
+                )
+                result = await spam(forum, attempts)
+                metrics = forum.ctx.metrics
+                assert metrics is not None
+                return {
+                    "latency": lat,
+                    "spam": result,
+                    "checks": metrics.registry.get_sample_value("forum_spam_check_calls_total"),
+                    "timeouts": metrics.registry.get_sample_value(
+                        "forum_spam_check_timeouts_total"
+                    ),
+                    "forum_answer_ms": answer_times(metrics),
+                    "load_average": os.getloadavg(),
+                    "targets": {"added_median_ms_max": 2.0, "seen_by_others": 0},
+                }
+        finally:
+            await asyncio.gather(with_module.stop(), plain.stop())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sends", type=int, default=300)
+    parser.add_argument("--attempts", type=int, default=1000)
+    ns = parser.parse_args()
+    print(json.dumps(asyncio.run(main(ns.sends, ns.attempts)), indent=2))
