@@ -180,6 +180,13 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
     return time.monotonic() - started
 
 
+async def takes_over(process: Process, timeout: float = 30) -> None:
+    try:
+        await until(lambda: acting(process), timeout, f"{process.name} takes over")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{process.output[-6000:]}") from None
+
+
 async def acting(process: Process) -> bool:
     """Active, with its bots syncing (the whole app served)."""
     health = await process.health()
@@ -229,7 +236,7 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
         await a.proc.wait()
         gap = await make_user("fo-gap")
         await knock(svc, gap)
-        await until(lambda: acting(b), 30, "b takes over")
+        await takes_over(b)
         took = time.monotonic() - killed
         assert took < TAKEOVER_LIMIT, f"b took {took:.1f} s to take over:\n" + "\n".join(
             line for line in b.output.splitlines() if "lease" in line or "provisioned" in line
@@ -286,13 +293,13 @@ async def test_sqlite_second_process_stands_by_and_takes_over_a_clean_stop(
         await a.wait_output("Press Ctrl-C to stop")
         b = await start_run(tmp_path, data, "b")
         await b.wait_output("Standing by")
-        assert await b.role() == "standby"
+        await until(lambda: _role_is(b, "standby"), 30, "b answers /healthz as standby")
         assert await a.role() == "active"
 
         stopped = time.monotonic()
         await a.stop()
         assert a.proc.returncode == 0, a.output[-3000:]
-        await until(lambda: acting(b), 30, "b takes over")
+        await takes_over(b)
         assert time.monotonic() - stopped < TAKEOVER_LIMIT + 5  # no wait for the expiry
         assert "Taking over" in b.output
 
