@@ -37,7 +37,15 @@ from forum.metrics import Metrics
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
 from forum.signals import Signals
-from forum.storage import Database, Lease, OutboxWorker, ProcessedEvents, default_holder, utcnow
+from forum.storage import (
+    Database,
+    Lease,
+    LeaseLost,
+    OutboxWorker,
+    ProcessedEvents,
+    default_holder,
+    utcnow,
+)
 from forum.tasks import TaskSupervisor
 from forum.web import create_app, run_web
 from moderation import membership
@@ -95,6 +103,7 @@ class Service:
         self._sync_tasks: list[asyncio.Task[None]] = []
         self.lease: Lease | None = None
         """This process's candidacy for the service lease (set by :meth:`open`)."""
+        self._keeping: asyncio.Task[Any] | None = None
 
     @property
     def web_url(self) -> str:
@@ -141,7 +150,7 @@ class Service:
         serving (:meth:`start` serves the whole app). Nothing is synced or sent meanwhile."""
         db = await self.open()
         assert self.lease is not None
-        if await self.lease.try_acquire():
+        if await self.try_lead():
             return
         app = create_app(
             self.settings,
@@ -161,9 +170,27 @@ class Service:
         )
         try:
             await self.lease.acquire()
+            self._lead()
         finally:
             await self.runner.cleanup()
             self.runner = None
+
+    async def try_lead(self) -> bool:
+        """Take the service lease if it is free (and keep renewing it)."""
+        await self.open()
+        assert self.lease is not None
+        if await self.lease.try_acquire():
+            self._lead()
+            return True
+        return False
+
+    def _lead(self) -> None:
+        """The lease is taken: renew it from now on and fence every write with it."""
+        assert self.db is not None
+        assert self.lease is not None
+        if self._keeping is None:
+            self.db.guard.arm(self.lease)
+            self._keeping = self.tasks.start("lease", self.lease.keep(), critical=True)
 
     def _step_down(self) -> None:
         """The lease is lost: stop acting at once (no sync, no outbox, no feature's
@@ -180,8 +207,7 @@ class Service:
         assert self.lease is not None
         if not self.lease.held:
             await self.lease.acquire()
-        db.guard.arm(self.lease)
-        self.tasks.start("lease", self.lease.keep(), critical=True)
+        self._lead()
         began = time.monotonic()
         for role, gateway in self.gateways.items():
             self.metrics.watch_bot(role, gateway.stats)
@@ -233,6 +259,8 @@ class Service:
         for feature in self.feature_list:
             self.features[feature.name] = await feature.setup(ctx)
         registrations.close()
+        if not self.lease.held:  # lost while starting: nothing may act
+            raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
         self.tasks.every("outbox", outbox.step, critical=True, stale_after=OUTBOX_STALE)
         for role, gateway in self.gateways.items():
             await gateway.load_token()

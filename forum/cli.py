@@ -164,7 +164,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await service.open()
         lease = service.lease
         assert lease is not None
-        if not await lease.try_acquire():
+        if not await service.try_lead():
             holder = lease.current.holder if lease.current else None
             print(
                 f"Standing by: the forum is run by {holder}; this process takes over when "

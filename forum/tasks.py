@@ -188,9 +188,12 @@ class TaskSupervisor:
 
     def cancel_all(self) -> None:
         """Cancel every task now, without waiting (stepping down: nothing may act any
-        more); :meth:`stop` still waits for them."""
+        more), except the one calling (it is raising already); :meth:`stop` still waits
+        for them."""
+        current = asyncio.current_task()
         for t in list(self._tasks):
-            t.cancel()
+            if t is not current:
+                t.cancel()
 
     async def stop(self, timeout: float = 10) -> None:  # noqa: ASYNC109 - grace period
         tasks = list(self._tasks)

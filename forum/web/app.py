@@ -247,8 +247,9 @@ async def _check(name: str, ping: Ping, timeout: float) -> bool:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     """The homeserver and the database answer; with the service's tasks, each one's last
-    success and last error under ``tasks``. 503 when something is down or a critical
-    task is stale."""
+    success and last error under ``tasks``; this process's ``role`` (``active`` or
+    ``standby``) and the ``lease``'s holder. 503 when something is down, a critical task
+    is stale, the process stepped down or (``?active``) it is not the active one."""
     pings = request.app[PINGS_KEY]
     names = list(pings)
     results = await asyncio.gather(
@@ -263,7 +264,10 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         described = lease()
         body["role"] = described["role"]
         body["lease"] = described
-        if described["role"] == "stepped-down":
+        # a load balancer sending the traffic to the active process asks /healthz?active
+        if described["role"] == "stepped-down" or (
+            "active" in request.query and described["role"] != "active"
+        ):
             healthy = False
     tasks = request.app.get(TASKS_KEY)
     if tasks is not None and body.get("role") != "standby":  # a standby runs no task

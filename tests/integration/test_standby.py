@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 import tomli_w
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from forum.homeserver import free_port
 from forum.settings import Settings
-from forum.storage import Database
+from forum.storage import Database, LeaseLost
 from forum.storage.models import OutboxRow, ServiceLeaseRow
 from tests.harness import (
     PUBLICATION_Q,
@@ -76,6 +76,13 @@ class Process:
                 return body
         except (aiohttp.ClientError, TimeoutError):
             return None
+
+    async def status(self, path: str) -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{self.port}{path}") as resp,
+        ):
+            return resp.status
 
     async def metrics(self) -> str:
         async with (
@@ -219,6 +226,10 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
         assert health_b["lease"]["instance"].startswith("forum-b:")
         assert health_b["database"] == "ok"
         assert 'forum_role{role="standby"} 1.0' in await b.metrics()
+        # a load balancer's check sends visitors to the active process only
+        assert await b.status("/healthz") == 200
+        assert await b.status("/healthz?active") == 503
+        assert await a.status("/healthz?active") == 200
 
         first = await make_user("fo-before")
         ids = await forum_rooms(first, settings)
@@ -313,3 +324,41 @@ async def test_sqlite_second_process_stands_by_and_takes_over_a_clean_stop(
         for process in (a, b):
             if process is not None:
                 await process.stop()
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"])
+async def test_active_forum_that_cannot_renew_its_lease_steps_down(start_forum, db_url):
+    """The database stops answering the active process past its lease: it stops acting at
+    once (no sync, no outbox, no feature's loop) and refuses to write, rather than risk
+    acting beside the process that will take over."""
+    forum = await start_forum("membership", db_url=db_url, config={"service": {"lease_seconds": 2}})
+    service = forum.service
+    assert service is not None
+    assert service.role == "active"
+    assert {"lease", "outbox"} <= set(service.tasks.names)
+    blocker = await Database.open(db_url)
+    try:
+        async with blocker.engine.begin() as conn:
+            await conn.execute(text("LOCK TABLE service_lease IN ACCESS EXCLUSIVE MODE"))
+
+            async def stepped_down() -> bool:
+                return service.role == "stepped-down"
+
+            await eventually(stepped_down, 6, "the active forum steps down")
+            async with asyncio.timeout(5):
+                await service.wait_failed()
+            await eventually(
+                lambda: _no_tasks(service), 10, "every loop of the stepped-down forum stopped"
+            )
+        status, body, _ = await forum.get("/healthz")
+        assert status == 503
+        assert '"role": "stepped-down"' in body
+        with pytest.raises(LeaseLost):
+            async with service.db.sessionmaker() as s, s.begin():
+                pass
+    finally:
+        await blocker.close()
+
+
+async def _no_tasks(service: Any) -> bool:
+    return service.tasks.names == []
