@@ -57,8 +57,13 @@ async def answer_of(svc: Forum, user: TestUser, timeout: float) -> str | None:
     """The person's DM once the charter came (None: never answered)."""
     try:
         room = await svc.wait_dm(user, timeout=timeout)
+    except TimeoutError:
+        print(f"{user.user_id}: no DM", file=sys.stderr)
+        return None
+    try:
         await svc.wait_bot_text(user, room, "Charte", "Charter", timeout=timeout)
     except TimeoutError:
+        print(f"{user.user_id}: a DM ({room}) but no charter", file=sys.stderr)
         return None
     return room
 
@@ -121,8 +126,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if killed_at is None and time.monotonic() - started >= args.kill_after:
                     a.proc.send_signal(signal.SIGKILL)
                     killed_at = time.monotonic()
+                    print(f"{time.strftime('%H:%M:%S')} killed a", file=sys.stderr)
                 sent_at.append(time.monotonic())
                 await knock(svc, user)
+                print(f"{time.strftime('%H:%M:%S')} {user.user_id} knocks", file=sys.stderr)
                 if i < len(users) - 1:
                     await asyncio.sleep(args.interval)
             if killed_at is None:
@@ -151,6 +158,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await user.close()
             for process in processes:
                 await process.stop()
+                if args.logs:
+                    args.logs.mkdir(parents=True, exist_ok=True)
+                    (args.logs / process.log.name).write_text(process.output, encoding="utf-8")
             await drop_database(db_url)
             await hs.stop()
 
@@ -161,6 +171,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between knocks")
     parser.add_argument("--kill-after", type=float, default=5.0, help="seconds into the load")
     parser.add_argument("--lease-seconds", type=float, default=6.0)
+    parser.add_argument("--logs", type=Path, help="keep the two processes' logs here")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
