@@ -205,6 +205,8 @@ class Service:
         settings = self.settings
         db = await self.open()
         assert self.lease is not None
+        if self.lease.lost.is_set():  # a process that stepped down does not start again
+            raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
         if not self.lease.held:
             await self.lease.acquire()
         self._lead()
