@@ -5,6 +5,11 @@ forum, builds the :class:`~forum.context.ServiceContext` and lets each
 :class:`~forum.context.Feature` set itself up on it, then runs the bots' sync loops, the
 outbox worker and the web app until stopped. The features of ``forum run`` are
 :func:`default_features`: the membership bot, the moderation bot and the digest.
+
+Only the process holding the service lease (:mod:`forum.storage.lease`) acts: a second
+``forum run`` on the same database stands by (:meth:`Service.stand_by`: the web app, no
+sync, nothing sent) and starts when the lease ends; an active process that loses its
+lease steps down at once.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
@@ -31,7 +37,15 @@ from forum.metrics import Metrics
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
 from forum.signals import Signals
-from forum.storage import Database, OutboxWorker, ProcessedEvents, utcnow
+from forum.storage import (
+    Database,
+    Lease,
+    LeaseLost,
+    OutboxWorker,
+    ProcessedEvents,
+    default_holder,
+    utcnow,
+)
 from forum.tasks import TaskSupervisor
 from forum.web import create_app, run_web
 from moderation import membership
@@ -87,6 +101,9 @@ class Service:
         self.result: ApplyResult | None = None
         self.gateways: dict[BotRole, Gateway] = {}
         self._sync_tasks: list[asyncio.Task[None]] = []
+        self.lease: Lease | None = None
+        """This process's candidacy for the service lease (set by :meth:`open`)."""
+        self._keeping: asyncio.Task[Any] | None = None
 
     @property
     def web_url(self) -> str:
@@ -98,14 +115,102 @@ class Service:
         """The object a feature's setup returned (the moderation bot, the digest ...)."""
         return self.features[name]
 
-    async def start(self) -> ServiceContext:
+    @property
+    def role(self) -> str:
+        """``active``, ``standby`` or ``stepped-down`` (``starting`` before the database is
+        open)."""
+        return self.lease.role if self.lease else "starting"
+
+    async def open(self) -> Database:
+        """Open (and migrate) the database and make this process a candidate for the
+        service lease; build the bots' gateways (no network yet)."""
+        if self.db is not None:
+            return self.db
         settings = self.settings
         url = database_url(settings, self.home)
         await asyncio.to_thread(secure_home, self.home, url)
         self.db = db = await Database.open(url)
         await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
+        options = settings.service
+        self.lease = Lease(
+            db.engine,
+            default_holder(options.instance),
+            seconds=options.lease_seconds,
+            poll=options.standby_poll_seconds,
+        )
+        self.lease.on_lost(self._step_down)
+        self.metrics.watch_lease(self.lease)
         creds = bot_credentials(settings, self.home)
         self.gateways = {role: bot_gateway(settings, db, role, creds[role]) for role in ROLES}
+        return db
+
+    async def stand_by(self) -> None:
+        """Serve the web app as a standby (its pages, ``/healthz`` with ``"role":
+        "standby"``, ``/metrics``) until this process takes the service lease; then stop
+        serving (:meth:`start` serves the whole app). Nothing is synced or sent meanwhile."""
+        db = await self.open()
+        assert self.lease is not None
+        if await self.try_lead():
+            return
+        app = create_app(
+            self.settings,
+            database_ping=db.ping,
+            homeserver_ping=self.gateways["moderation"].ping,
+            i18n=I18n(self.settings.forum.languages),
+            tasks=self.tasks,
+            metrics=self.metrics,
+            refresh_metrics=partial(self.metrics.refresh, db.sessionmaker),
+            lease=self.lease.describe,
+        )
+        self.runner, self.bound_port = await run_web(app, self.settings.web.host, self.web_port)
+        log.info(
+            "standing by (web app at %s): %s holds the service lease",
+            self.web_url,
+            self.lease.current.holder if self.lease.current else None,
+        )
+        try:
+            await self.lease.acquire()
+            self._lead()
+        finally:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def try_lead(self) -> bool:
+        """Take the service lease if it is free (and keep renewing it)."""
+        await self.open()
+        assert self.lease is not None
+        if await self.lease.try_acquire():
+            self._lead()
+            return True
+        return False
+
+    def _lead(self) -> None:
+        """The lease is taken: renew it from now on and fence every write with it."""
+        assert self.db is not None
+        assert self.lease is not None
+        if self._keeping is None:
+            self.db.guard.arm(self.lease)
+            self._keeping = self.tasks.start("lease", self.lease.keep(), critical=True)
+
+    def _step_down(self) -> None:
+        """The lease is lost: stop acting at once (no sync, no outbox, no feature's
+        work); :meth:`wait_failed` returns and the process stops."""
+        for gateway in self.gateways.values():
+            gateway.stop()
+        self.tasks.cancel_all()
+
+    async def start(self) -> ServiceContext:
+        """Take the service lease (waiting for it, as a standby, when another process
+        holds it), then log the bots in, provision, set the features up and run."""
+        settings = self.settings
+        db = await self.open()
+        assert self.lease is not None
+        if self.lease.lost.is_set():  # a process that stepped down does not start again
+            raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
+        if not self.lease.held:
+            await self.lease.acquire()
+        self._lead()
+        began = time.monotonic()
         for role, gateway in self.gateways.items():
             self.metrics.watch_bot(role, gateway.stats)
             gateway.observe_requests(partial(self.metrics.observe_action, role))
@@ -127,7 +232,11 @@ class Service:
             log.error("provisioning could not %s: %s", change.describe(), error)
         for problem in self.plan.problems:
             log.warning("provisioning: %s", problem)
-        log.info("provisioned: %d change(s) applied", len(result.applied))
+        log.info(
+            "provisioned: %d change(s) applied (%.1f s since the lease)",
+            len(result.applied),
+            time.monotonic() - began,
+        )
         registrations = Registrations()
         outbox = OutboxWorker(db.sessionmaker, registrations.outbox_executors, clock=self.clock)
         i18n = I18n(settings.forum.languages)
@@ -152,6 +261,8 @@ class Service:
         for feature in self.feature_list:
             self.features[feature.name] = await feature.setup(ctx)
         registrations.close()
+        if not self.lease.held:  # lost while starting: nothing may act
+            raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
         self.tasks.every("outbox", outbox.step, critical=True, stale_after=OUTBOX_STALE)
         for role, gateway in self.gateways.items():
             await gateway.load_token()
@@ -170,8 +281,10 @@ class Service:
             tasks=self.tasks,
             metrics=self.metrics,
             refresh_metrics=partial(self.metrics.refresh, db.sessionmaker),
+            lease=self.lease.describe,
         )
         self.runner, self.bound_port = await run_web(app, settings.web.host, self.web_port)
+        log.info("acting: started %.1f s after taking the lease", time.monotonic() - began)
         return ctx
 
     async def _housekeeping(self) -> float:
@@ -195,6 +308,8 @@ class Service:
                     await hook()
                 except Exception:
                     log.exception("stop hook failed")
+        if self.lease:  # nothing acts any more: a standby may take over at once
+            await self.lease.release()
         if self.runner:
             await self.runner.cleanup()
             self.runner = None
@@ -206,4 +321,12 @@ class Service:
             self.db = None
 
     async def wait_failed(self) -> None:
-        await self.tasks.failed.wait()
+        """Return when a critical part failed or the service lease was lost."""
+        waiters = [asyncio.ensure_future(self.tasks.failed.wait())]
+        if self.lease is not None:
+            waiters.append(asyncio.ensure_future(self.lease.lost.wait()))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()

@@ -161,6 +161,27 @@ async def cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     service = Service(settings, config_dir=config_dir_of(args.config), home=home)
     try:
+        await service.open()
+        lease = service.lease
+        assert lease is not None
+        if not await service.try_lead():
+            holder = lease.current.holder if lease.current else None
+            print(
+                f"Standing by: the forum is run by {holder}; this process takes over when "
+                f"its lease ends (at most {lease.seconds:g} s after it stops).",
+                flush=True,
+            )
+            standby = asyncio.ensure_future(service.stand_by())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([standby, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (standby, stopping):
+                waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await standby
+            if stop.is_set():
+                print("\nStopping ...", flush=True)
+                return 0
+            print("Taking over: this process now holds the lease.", flush=True)
         if settings.homeserver.mode == "embedded":
             hs = embedded_homeserver(settings, home)
             print(f"Starting the embedded homeserver (Synapse) at {hs.url} ...", flush=True)
@@ -176,6 +197,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
             w.cancel()
+        if lease.lost.is_set():
+            print(
+                f"Lost the service lease ({lease.lost_reason}): stepped down, stopping; "
+                "started again, this process stands by.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
         if service.tasks.failed.is_set():
             print("A part of the service failed; stopping. See the log above.", file=sys.stderr)
             return EXIT_FAILURE

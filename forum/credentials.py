@@ -9,6 +9,7 @@ version left readable. Nothing happens at import time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -54,10 +55,15 @@ def tighten(root: Path, *, skip: Iterable[Path] = ()) -> int:
 
 
 def private_file(path: Path) -> Path:
-    """Create ``path`` empty with mode 0600 if it does not exist; make it 0600."""
+    """Create ``path`` empty with mode 0600 if it does not exist; make it 0600.
+
+    An existing file is never opened: closing a descriptor of a file drops every POSIX
+    lock this process holds on it, and SQLite's locks on an open database are such locks
+    (another process on the same file would then delete the WAL under this one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE)
-    os.close(fd)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         os.chmod(path, PRIVATE_FILE)
     return path

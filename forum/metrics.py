@@ -20,10 +20,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.gateway import GatewayStats
-from forum.storage import Outbox, utcnow
+from forum.storage import Lease, Outbox, utcnow
 from forum.tasks import TaskSupervisor
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ROLES = ("active", "standby", "stepped-down")
 
 #: latency buckets of homeserver requests, in seconds
 ACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -43,6 +44,7 @@ class _LiveCollector(Collector):
     bots: dict[str, GatewayStats] = field(default_factory=dict)
     snapshot: _Snapshot = field(default_factory=_Snapshot)
     started: float = field(default_factory=time.time)
+    lease: Lease | None = None
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -94,6 +96,21 @@ class _LiveCollector(Collector):
         yield healthy
         yield last
         yield errors
+        if self.lease is not None:
+            role = GaugeMetricFamily(
+                "forum_role",
+                "1 for this process's role: active (holds the service lease and acts), "
+                "standby (waits for it) or stepped-down (lost it).",
+                labels=["role"],
+            )
+            for name in ROLES:
+                role.add_metric([name], 1 if self.lease.role == name else 0)
+            yield role
+            yield GaugeMetricFamily(
+                "forum_lease_token",
+                "The fencing token of the service lease as last read (grows at each takeover).",
+                value=self.lease.current.token if self.lease.current else 0,
+            )
 
 
 class Metrics:
@@ -148,6 +165,10 @@ class Metrics:
     def watch_bot(self, bot: str, stats: GatewayStats) -> None:
         """Count the events and sync lag of ``bot`` (its gateway's stats)."""
         self._live.bots[bot] = stats
+
+    def watch_lease(self, lease: Lease) -> None:
+        """Show this process's role (active, standby, stepped-down)."""
+        self._live.lease = lease
 
     def observe_action(self, bot: str, kind: str, seconds: float, outcome: str) -> None:
         self.actions.labels(bot, kind, outcome).inc()

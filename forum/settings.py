@@ -297,6 +297,18 @@ class DemoSection(_Model):
     accounts: list[DemoAccount] = []
 
 
+class ServiceSection(_Model):
+    """Running two ``forum run`` processes on one database: one acts, the other stands by."""
+
+    instance: str | None = Field(default=None, min_length=1, max_length=64)
+    """This process's name in the lease and ``/healthz`` (default: the host's name)."""
+    lease_seconds: float = Field(default=6.0, ge=2, le=300)
+    """How long the active process's lease lasts without renewal (renewed every third of
+    it): the longest a standby waits after the active one died."""
+    standby_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    """How often a standby looks whether the lease is free."""
+
+
 class LoggingSection(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -380,6 +392,7 @@ class Settings(_Model):
     digest: DigestSection = DigestSection()
     demo: DemoSection = DemoSection()
     logging: LoggingSection = LoggingSection()
+    service: ServiceSection = ServiceSection()
     moderation: ModerationSection = ModerationSection()
     antispam: AntispamSection = AntispamSection()
 

@@ -186,6 +186,15 @@ class TaskSupervisor:
     def names(self) -> list[str]:
         return sorted(self._tasks.values())
 
+    def cancel_all(self) -> None:
+        """Cancel every task now, without waiting (stepping down: nothing may act any
+        more), except the one calling (it is raising already); :meth:`stop` still waits
+        for them."""
+        current = asyncio.current_task()
+        for t in list(self._tasks):
+            if t is not current:
+                t.cancel()
+
     async def stop(self, timeout: float = 10) -> None:  # noqa: ASYNC109 - grace period
         tasks = list(self._tasks)
         for t in tasks:

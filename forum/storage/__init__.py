@@ -15,6 +15,7 @@ from .db import (
     known_revisions,
     normalize_url,
 )
+from .lease import Lease, LeaseLost, LeaseState, default_holder
 from .models import Base, utcnow
 from .outbox_worker import Executor, OutboxWorker
 from .repositories import (
@@ -40,6 +41,9 @@ __all__ = [
     "Executor",
     "FailedHandler",
     "FailedHandlers",
+    "Lease",
+    "LeaseLost",
+    "LeaseState",
     "Outbox",
     "OutboxItem",
     "OutboxWorker",
@@ -52,6 +56,7 @@ __all__ = [
     "alembic_config",
     "create_database_if_missing",
     "create_engine",
+    "default_holder",
     "drop_database",
     "known_revisions",
     "normalize_url",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from alembic import command
 from alembic.config import Config
@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     AsyncSessionTransaction,
@@ -136,13 +137,41 @@ def _sqlite_on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN")
 
 
+#: Key of the :class:`WriteGuard` in the sessions' ``info``.
+GUARD_KEY = "forum_write_guard"
+
+
+class Fence(Protocol):
+    """Checks, in a write's own transaction, that this process may write (the lease)."""
+
+    async def check(self, conn: AsyncConnection) -> None: ...
+
+
+class WriteGuard:
+    """The fence every write unit of work passes first, once armed (the service lease of
+    the active process: :mod:`forum.storage.lease`). Unarmed, writes go through as is."""
+
+    def __init__(self) -> None:
+        self.fence: Fence | None = None
+
+    def arm(self, fence: Fence) -> None:
+        self.fence = fence
+
+    def disarm(self) -> None:
+        self.fence = None
+
+
 class _WriteTransaction(AsyncSessionTransaction):
     """``session.begin()``: a unit of work that writes; on SQLite its connection starts
-    with ``BEGIN IMMEDIATE`` (PostgreSQL: an ordinary transaction)."""
+    with ``BEGIN IMMEDIATE`` (PostgreSQL: an ordinary transaction). When the database's
+    :class:`WriteGuard` is armed, its fence is checked first, in the same transaction."""
 
     async def start(self, is_ctxmanager: bool = False) -> _WriteTransaction:
         await super().start(is_ctxmanager)
-        await self.session.connection(execution_options={WRITE_OPTION: True})
+        conn = await self.session.connection(execution_options={WRITE_OPTION: True})
+        guard = self.session.info.get(GUARD_KEY)
+        if isinstance(guard, WriteGuard) and guard.fence is not None:
+            await guard.fence.check(conn)  # raising: the session's close rolls back
         return self
 
 
@@ -206,8 +235,10 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.guard = WriteGuard()
+        """Armed by the active process with its lease: every write is fenced."""
         self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            engine, expire_on_commit=False, class_=ForumSession
+            engine, expire_on_commit=False, class_=ForumSession, info={GUARD_KEY: self.guard}
         )
 
     @classmethod

@@ -157,3 +157,21 @@ class FailedHandlerRow(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ServiceLeaseRow(Base):
+    """Who runs the forum: the process holding the lease acts, the others stand by.
+
+    ``token`` grows at every change of holder (the fencing token: a write of a process
+    whose token is no longer the row's is refused); ``expires_at`` is pushed forward by
+    the holder every few seconds and a standby takes the lease once it has passed.
+    """
+
+    __tablename__ = "service_lease"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(Text)
+    token: Mapped[int] = mapped_column(default=0, server_default="0")
+    acquired_at: Mapped[datetime | None]
+    renewed_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]

@@ -115,6 +115,8 @@ TASKS_KEY = web.AppKey("tasks", TaskSupervisor)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 Refresh = Callable[[], Awaitable[None]]
 REFRESH_METRICS_KEY: web.AppKey[Refresh] = web.AppKey("refresh_metrics")
+LeaseView = Callable[[], dict[str, Any]]
+LEASE_KEY: web.AppKey[LeaseView] = web.AppKey("lease")
 
 
 # --- helpers for handlers (also used by extensions) --------------------------------------
@@ -245,8 +247,9 @@ async def _check(name: str, ping: Ping, timeout: float) -> bool:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     """The homeserver and the database answer; with the service's tasks, each one's last
-    success and last error under ``tasks``. 503 when something is down or a critical
-    task is stale."""
+    success and last error under ``tasks``; this process's ``role`` (``active`` or
+    ``standby``) and the ``lease``'s holder. 503 when something is down, a critical task
+    is stale, the process stepped down or (``?active``) it is not the active one."""
     pings = request.app[PINGS_KEY]
     names = list(pings)
     results = await asyncio.gather(
@@ -256,8 +259,18 @@ async def healthz(request: web.Request) -> web.StreamResponse:
         name: ("ok" if ok else "down") for name, ok in zip(names, results, strict=True)
     }
     healthy = all(results)
+    lease = request.app.get(LEASE_KEY)
+    if lease is not None:
+        described = lease()
+        body["role"] = described["role"]
+        body["lease"] = described
+        # a load balancer sending the traffic to the active process asks /healthz?active
+        if described["role"] == "stepped-down" or (
+            "active" in request.query and described["role"] != "active"
+        ):
+            healthy = False
     tasks = request.app.get(TASKS_KEY)
-    if tasks is not None:
+    if tasks is not None and body.get("role") != "standby":  # a standby runs no task
         now = time.time()
         body["tasks"] = {name: h.as_dict(now) for name, h in sorted(tasks.health.items())}
         stale = tasks.unhealthy(now)
@@ -471,10 +484,12 @@ def create_app(
     tasks: TaskSupervisor | None = None,
     metrics: Metrics | None = None,
     refresh_metrics: Callable[[], Awaitable[None]] | None = None,
+    lease: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """Build the web app. ``extensions`` are called with it to add routes (the digest).
     ``tasks``: their health is shown by ``/healthz``; ``metrics``: served at ``/metrics``
-    (after ``refresh_metrics``), web requests counted on it."""
+    (after ``refresh_metrics``), web requests counted on it; ``lease``: this process's
+    role and the lease's holder, shown by ``/healthz``."""
     app = web.Application(
         middlewares=[
             *([metrics_middleware] if metrics is not None else []),
@@ -505,6 +520,8 @@ def create_app(
         app.router.add_get("/metrics", metrics_page, name="metrics")
     if refresh_metrics is not None:
         app[REFRESH_METRICS_KEY] = refresh_metrics
+    if lease is not None:
+        app[LEASE_KEY] = lease
 
     app.router.add_get("/", root, name="root")
     app.router.add_get("/healthz", healthz, name="healthz")

@@ -492,7 +492,9 @@ def _entered(s: State, e: Entered) -> tuple[State, list[Effect]]:
         return s, []
     opened = e.door == "dm" and s.step in {NONE, LANGUAGE} and s.question is None
     if s.dm and s.step not in {NONE, LEFT, DENIED} and not opened:
-        return s, []  # under way already: one DM, nothing twice
+        # under way already: one DM, nothing twice; but a greeting that never went out (a
+        # crash between recording the DM and sending it) goes out now, to a person in the DM
+        return s, _greet(s, if_joined=True)
     lang = s.lang or e.lang
     effects: list[Effect] = [] if s.dm else [OpenDm()]
     joined = e.door != "dm"  # the person opened the DM themselves: they are in it
@@ -505,11 +507,11 @@ def _entered(s: State, e: Entered) -> tuple[State, list[Effect]]:
     return new, effects
 
 
-def _greet(s: State) -> list[Effect]:
+def _greet(s: State, *, if_joined: bool = False) -> list[Effect]:
     if s.step == CHARTER and s.question is None and s.lang:
-        return [SendCharter(s.lang, s.offered or s.policy.charter_version)]
+        return [SendCharter(s.lang, s.offered or s.policy.charter_version, if_joined=if_joined)]
     if s.step == LANGUAGE and s.question is None:
-        return [AskLanguage()]
+        return [AskLanguage(if_joined=if_joined)]
     return []
 
 

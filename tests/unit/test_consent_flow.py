@@ -88,6 +88,19 @@ def test_entering_again_while_under_way_does_nothing():
     assert f.advance(s, f.Entered("knock", "!room")) == (s, ())
 
 
+def test_entering_again_after_a_crash_before_the_greeting_greets_once_joined():
+    """The DM was recorded but the process died before the charter went out (the
+    person's join was handled meanwhile): found again at start-up, the knock sends the
+    charter, if the person is in the DM (otherwise their join will)."""
+    s = replace(charter_state(), question=None)
+    assert f.advance(s, f.Entered("knock", "!room")) == (
+        s,
+        (f.SendCharter("fr", 1, if_joined=True),),
+    )
+    lang = f.State("@a:x", AUTO, f.LANGUAGE, dm=True)
+    assert f.advance(lang, f.Entered("knock", "!room")) == (lang, (f.AskLanguage(if_joined=True),))
+
+
 def test_member_knocking_again_is_invited_to_that_room_only():
     s = member_state()
     assert f.advance(s, f.Entered("knock", "!room", knocking=True)) == (

@@ -1,0 +1,393 @@
+"""The service lease: of the ``forum run`` processes on one database, the one holding the
+lease acts (syncs, answers, carries out the outbox); the others stand by and take it over
+when it ends.
+
+The lease is a row of ``service_lease``: its holder, an ``expires_at`` the holder pushes
+forward every ``seconds / 3`` and a fencing ``token`` raised at every change of holder. A
+standby takes the row only once ``expires_at`` has passed (on PostgreSQL by the server's
+clock, so that the machines' clocks do not matter). The holder counts its lease as valid
+until ``seconds`` (less a margin) after the start of its last successful renewal, on its
+own monotonic clock: it stops acting before any standby may start.
+
+On PostgreSQL the candidate also holds a session-level advisory lock on a dedicated
+connection: only one process at a time competes for the row, and the holder that loses
+its connection (and with it the lock) steps down at once.
+
+Fencing: once armed (:attr:`forum.storage.Database.guard`), every write unit of work of
+the holder first checks, in its own transaction, that the row still names it with its
+token (PostgreSQL: ``FOR SHARE``, so that a takeover waits for the writes under way and
+is seen by every later one). A process that lost the lease has its writes refused with
+:class:`LeaseLost`; nothing of its bookkeeping can overwrite the new holder's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import func
+
+from .db import WRITE_OPTION, StorageError, _driver_errors
+from .models import ServiceLeaseRow, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "forum"
+#: The advisory lock of the candidates on PostgreSQL (any constant other than the
+#: migrations' will do).
+_PG_LEASE_LOCK_ID = 0x666F72756D4C  # "forumL"
+_TABLE: Table = ServiceLeaseRow.__table__  # type: ignore[assignment]
+
+Role = Literal["standby", "active", "stepped-down"]
+
+
+class LeaseLost(StorageError):
+    """This process does not hold the service lease (any more): it must not act."""
+
+
+def default_holder(instance: str | None = None) -> str:
+    """A name for this process, unique among the candidates: ``instance`` (or the host's
+    name), the process id and a random suffix."""
+    return f"{instance or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """The row as last read."""
+
+    holder: str | None
+    token: int
+    expires_at: datetime | None
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    return (SQLAlchemyError, OSError, TimeoutError, *_driver_errors())
+
+
+class Lease:
+    """The lease of one process. :meth:`acquire` waits for it (standing by), :meth:`keep`
+    renews it until it is lost, :meth:`check` fences a write, :meth:`release` hands it
+    over at once on a clean stop.
+
+    ``seconds``: how long the lease lasts without renewal, hence the longest a standby
+    waits after the holder died; ``poll``: how often a standby looks.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        holder: str,
+        *,
+        name: str = LEASE_NAME,
+        seconds: float = 6.0,
+        poll: float = 1.0,
+    ) -> None:
+        if seconds < 1:
+            raise ValueError("a lease lasts at least one second")
+        self.engine = engine
+        self.holder = holder
+        self.name = name
+        self.seconds = seconds
+        self.poll = poll
+        self.renew_every = seconds / 3
+        self.margin = min(1.0, seconds / 10)
+        self.role: Role = "standby"
+        self.token: int | None = None
+        self.current: LeaseState | None = None
+        """The row as last read (the holder, for ``/healthz``)."""
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self.acquired_at: float | None = None
+        """``time.time()`` when this process took the lease."""
+        self._valid_until = 0.0
+        self._lock_conn: AsyncConnection | None = None
+        self._locked = False
+        self._on_lost: list[Callable[[], None]] = []
+        self._stray: set[asyncio.Future[None]] = set()
+
+    # --- what it is ----------------------------------------------------------------------
+    @property
+    def postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @property
+    def held(self) -> bool:
+        """Held and, by this process's clock, not expired."""
+        return self.role == "active" and time.monotonic() < self._valid_until
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (synchronous, must not raise) the moment the lease is lost."""
+        self._on_lost.append(callback)
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/healthz`` shows: this process's role and name, the holder's name, the
+        fencing token and when the holder's lease ends."""
+        current = self.current
+        return {
+            "role": self.role,
+            "instance": self.holder,
+            "holder": current.holder if current else None,
+            "token": current.token if current else None,
+            "expires_at": current.expires_at.isoformat()
+            if current and current.expires_at
+            else None,
+        }
+
+    # --- standing by ---------------------------------------------------------------------
+    def _write(self) -> Any:
+        return self.engine.execution_options(**{WRITE_OPTION: True}).begin()
+
+    async def _now(self, conn: AsyncConnection) -> datetime:
+        """The database's clock on PostgreSQL (shared by every machine), ours on SQLite
+        (one machine)."""
+        if self.postgres:
+            now = await conn.scalar(select(func.clock_timestamp()))
+            assert isinstance(now, datetime)
+            return now
+        return utcnow()
+
+    async def _advisory_lock(self) -> bool:
+        """PostgreSQL: hold the candidates' advisory lock on a dedicated connection."""
+        if self._locked:
+            return True
+        if self._lock_conn is None:
+            conn = await self.engine.connect()
+            try:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                await conn.close()
+                raise
+            self._lock_conn = conn
+        got = await self._lock_conn.scalar(
+            text("SELECT pg_try_advisory_lock(:id)"), {"id": _PG_LEASE_LOCK_ID}
+        )
+        self._locked = bool(got)
+        return self._locked
+
+    async def read(self) -> LeaseState | None:
+        """The row as it is now (None: nobody ever held the lease)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(_TABLE).where(_TABLE.c.name == self.name))).first()
+        self.current = None if row is None else LeaseState(row.holder, row.token, row.expires_at)
+        return self.current
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it or its holder's lease has expired."""
+        if self.role == "active":
+            return True
+        if self.postgres and not await self._advisory_lock():
+            await self.read()
+            return False
+        started = time.monotonic()
+        async with self._write() as conn:
+            now = await self._now(conn)
+            query = select(_TABLE).where(_TABLE.c.name == self.name)
+            if self.postgres:
+                query = query.with_for_update()
+            row = (await conn.execute(query)).first()
+            expires = now + timedelta(seconds=self.seconds)
+            values = {
+                "holder": self.holder,
+                "acquired_at": now,
+                "renewed_at": now,
+                "expires_at": expires,
+            }
+            if row is None:
+                token = 1
+                await conn.execute(insert(_TABLE).values(name=self.name, token=token, **values))
+            elif row.holder is None or row.expires_at is None or row.expires_at <= now:
+                token = row.token + 1
+                await conn.execute(
+                    update(_TABLE).where(_TABLE.c.name == self.name).values(token=token, **values)
+                )
+            else:
+                self.current = LeaseState(row.holder, row.token, row.expires_at)
+                return False
+        self.token = token
+        self.current = LeaseState(self.holder, token, expires)
+        self._valid_until = started + self.seconds - self.margin
+        self.role = "active"
+        self.acquired_at = time.time()
+        log.info("took the service lease (token %d) as %s", token, self.holder)
+        return True
+
+    async def acquire(self) -> None:
+        """Wait until this process holds the lease, looking every ``poll`` seconds (a
+        database error is logged and the wait goes on)."""
+        told = False
+        while True:
+            try:
+                if await self.try_acquire():
+                    return
+            except _errors() as exc:
+                log.warning(
+                    "service lease: cannot reach the database: %s: %s", type(exc).__name__, exc
+                )
+            else:
+                if not told and self.current is not None:
+                    log.info(
+                        "standing by: the forum is run by %s (lease until %s)",
+                        self.current.holder,
+                        self.current.expires_at,
+                    )
+                    told = True
+            await asyncio.sleep(self.poll)
+
+    # --- holding it ----------------------------------------------------------------------
+    async def renew(self) -> None:
+        """Push the lease's end forward. Raises :class:`LeaseLost` when another process
+        took it or (PostgreSQL) the advisory lock's connection broke."""
+        if self.role != "active":
+            raise LeaseLost("this process does not hold the service lease")
+        started = time.monotonic()
+        if self._lock_conn is not None:
+            try:
+                await self._lock_conn.execute(text("SELECT 1"))
+            except _errors() as exc:
+                raise LeaseLost(
+                    f"the connection holding the advisory lock broke: {type(exc).__name__}"
+                ) from exc
+        async with self._write() as conn:
+            now = await self._now(conn)
+            expires = now + timedelta(seconds=self.seconds)
+            result = await conn.execute(
+                update(_TABLE)
+                .where(
+                    _TABLE.c.name == self.name,
+                    _TABLE.c.holder == self.holder,
+                    _TABLE.c.token == self.token,
+                )
+                .values(renewed_at=now, expires_at=expires)
+            )
+            if result.rowcount != 1:
+                raise LeaseLost("another process took the service lease")
+        assert self.token is not None
+        self.current = LeaseState(self.holder, self.token, expires)
+        self._valid_until = started + self.seconds - self.margin
+
+    async def keep(self) -> None:
+        """Renew the lease every ``seconds / 3`` until it is lost, then raise
+        :class:`LeaseLost` (after stepping down: see :meth:`on_lost`). A renewal that fails
+        or hangs (the database unreachable or locked) is tried again until the lease would
+        expire; a hanging one is not waited for past that moment (a driver may take long
+        to give up a statement). Once lost, the advisory lock is let go."""
+        try:
+            await self._keep()
+        except LeaseLost:
+            await self.close()
+            raise
+
+    async def _keep(self) -> None:
+        while True:
+            left = self._valid_until - time.monotonic()
+            await asyncio.sleep(max(0.0, min(self.renew_every, left)))
+            left = self._valid_until - time.monotonic()
+            if left <= 0:
+                self._lose("the lease could not be renewed before it expired")
+            renewal = asyncio.ensure_future(self.renew())
+            done, _ = await asyncio.wait([renewal], timeout=min(self.renew_every, left))
+            if not done:
+                renewal.cancel()
+                self._stray.add(renewal)
+                renewal.add_done_callback(self._forget_stray)
+                log.warning(
+                    "service lease: the database did not answer the renewal; %.1f s left",
+                    self._valid_until - time.monotonic(),
+                )
+                continue
+            exc = renewal.exception()
+            if isinstance(exc, LeaseLost):
+                self._lose(str(exc))
+            elif isinstance(exc, _errors()):
+                log.warning(
+                    "service lease: renewal failed (%s: %s); %.1f s left",
+                    type(exc).__name__,
+                    exc,
+                    self._valid_until - time.monotonic(),
+                )
+            elif exc is not None:
+                raise exc
+
+    def _forget_stray(self, task: asyncio.Future[None]) -> None:
+        self._stray.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: it failed late, as expected
+
+    def _lose(self, reason: str) -> None:
+        if self.role == "active":
+            log.error("lost the service lease: %s; stepping down", reason)
+            self.role = "stepped-down"
+            self._valid_until = 0.0
+            self.lost_reason = reason
+            self.lost.set()
+            for callback in self._on_lost:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("stepping down failed")
+        raise LeaseLost(reason)
+
+    async def check(self, conn: AsyncConnection) -> None:
+        """Fence a write: raise :class:`LeaseLost` unless this process holds the lease
+        (by its clock and by the row, read in the write's own transaction)."""
+        if self.role != "active":
+            raise LeaseLost("this process does not hold the service lease")
+        if not self.held:
+            self._lose("the lease expired before it could be renewed")
+        query = select(_TABLE.c.token, _TABLE.c.holder).where(_TABLE.c.name == self.name)
+        if self.postgres:
+            query = query.with_for_update(read=True)
+        row = (await conn.execute(query)).first()
+        if row is None or row.token != self.token or row.holder != self.holder:
+            self._lose("the lease row names another holder")
+
+    async def release(self) -> None:
+        """Hand the lease over (a clean stop): a standby may take it at once."""
+        try:
+            if self.role == "active":
+                self.role = "standby"
+                self._valid_until = 0.0
+                try:
+                    async with asyncio.timeout(5), self._write() as conn:
+                        await conn.execute(
+                            update(_TABLE)
+                            .where(
+                                _TABLE.c.name == self.name,
+                                _TABLE.c.holder == self.holder,
+                                _TABLE.c.token == self.token,
+                            )
+                            .values(holder=None, expires_at=None)
+                        )
+                except _errors() as exc:
+                    log.warning(
+                        "service lease: could not hand it over (%s); it ends by itself", exc
+                    )
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Drop the advisory lock's connection (without handing the row over)."""
+        for stray in list(self._stray):  # a renewal the database never answered
+            with contextlib.suppress(BaseException):
+                await stray
+        conn, self._lock_conn = self._lock_conn, None
+        self._locked = False
+        if conn is not None:
+            try:
+                # never back to the pool with the session's lock: close it for good
+                await conn.invalidate()
+                await conn.close()
+            except _errors() as exc:
+                log.debug("service lease: closing its connection: %s", exc)

@@ -1,0 +1,132 @@
+"""The service lease on the real databases (SQLite and PostgreSQL): one holder at a time,
+a standby takes over once the holder's lease has ended, a holder that lost it has its
+writes refused (fencing) and steps down when it cannot renew in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy import select, text
+
+from forum.storage import Database, Lease, LeaseLost, SyncTokens
+from forum.storage.models import ServiceLeaseRow
+
+LEASE_SECONDS = 2.0
+
+
+async def candidate(db_url: str, name: str) -> tuple[Database, Lease]:
+    """A process: its own engine on the shared database, its own lease."""
+    database = await Database.open(db_url)
+    return database, Lease(database.engine, name, seconds=LEASE_SECONDS, poll=0.1)
+
+
+async def save_token(database: Database, token: str) -> None:
+    async with database.sessionmaker() as s, s.begin():
+        await SyncTokens(s).set("@bot:forum.test", token)
+
+
+async def stored_token(database: Database) -> str | None:
+    async with database.sessionmaker() as s:
+        return await SyncTokens(s).get("@bot:forum.test")
+
+
+async def test_one_holder_then_takeover_and_fencing(db_url: str) -> None:
+    db_a, a = await candidate(db_url, "a")
+    db_b, b = await candidate(db_url, "b")
+    try:
+        assert await a.try_acquire()
+        db_a.guard.arm(a)
+        assert not await b.try_acquire()  # a holds it: b stands by
+        assert b.role == "standby"
+        assert b.describe()["holder"] == "a"
+        await save_token(db_a, "s1")  # the holder writes through its fence
+
+        # a dies without a word: its connections go, its row stays until it expires
+        dead_at = time.monotonic()
+        await a.close()
+        async with asyncio.timeout(LEASE_SECONDS + 3):
+            await b.acquire()
+        waited = time.monotonic() - dead_at
+        assert b.role == "active"
+        assert 0 < waited <= LEASE_SECONDS + 1.5
+        async with db_b.sessionmaker() as s:
+            row = await s.scalar(select(ServiceLeaseRow))
+        assert row is not None
+        assert (row.holder, row.token) == ("b", 2)
+
+        # a write of the old holder (say, a batch finishing late) is refused
+        with pytest.raises(LeaseLost):
+            await save_token(db_a, "stale")
+        assert a.role == "stepped-down"
+        assert a.lost.is_set()
+        db_b.guard.arm(b)
+        await save_token(db_b, "s2")
+        assert await stored_token(db_b) == "s2"
+    finally:
+        for lease in (a, b):
+            await lease.release()
+        await db_a.close()
+        await db_b.close()
+
+
+async def test_release_hands_over_at_once(db_url: str) -> None:
+    db_a, a = await candidate(db_url, "a")
+    db_b, b = await candidate(db_url, "b")
+    try:
+        assert await a.try_acquire()
+        assert not await b.try_acquire()
+        await a.release()  # a clean stop
+        assert await b.try_acquire()  # no wait for the expiry
+        assert b.describe() | {"expires_at": None} == {
+            "role": "active",
+            "instance": "b",
+            "holder": "b",
+            "token": 2,
+            "expires_at": None,
+        }
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.close()
+        await db_b.close()
+
+
+async def test_holder_that_cannot_renew_steps_down_before_anyone_takes_over(
+    db_url: str,
+) -> None:
+    db_a, a = await candidate(db_url, "a")
+    db_b, b = await candidate(db_url, "b")
+    stepped_down: list[float] = []
+    a.on_lost(lambda: stepped_down.append(time.monotonic()))
+    try:
+        assert await a.try_acquire()
+        keeper = asyncio.ensure_future(a.keep())
+        # the database stops answering a: b's session holds the lease table locked
+        async with db_b.engine.execution_options(forum_write=True).begin() as blocker:
+            if db_b.engine.dialect.name == "postgresql":
+                await blocker.execute(text("LOCK TABLE service_lease IN ACCESS EXCLUSIVE MODE"))
+            else:
+                await blocker.execute(text("UPDATE service_lease SET holder = holder"))
+            with pytest.raises(LeaseLost):
+                async with asyncio.timeout(LEASE_SECONDS + 2):
+                    await keeper
+        assert a.role == "stepped-down"
+        assert len(stepped_down) == 1
+        assert not a.held
+        # only now (the row's expiry follows a's own deadline) may b take it
+        async with asyncio.timeout(LEASE_SECONDS + 3):
+            await b.acquire()
+        assert stepped_down[0] <= time.monotonic()
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.close()
+        await db_b.close()
+
+
+async def test_unguarded_writes_are_not_fenced(db: Database) -> None:
+    """A database nobody armed (the operator's commands, tests) writes as before."""
+    await save_token(db, "free")
+    assert await stored_token(db) == "free"

@@ -1,0 +1,364 @@
+"""Two ``forum run`` processes on one database: one acts, the other stands by and takes
+over when the active one is killed (issue #14). Real processes, the session Synapse, real
+PostgreSQL and SQLite; the people knock and count what the bots answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import tomli_w
+from sqlalchemy import func, select, text
+
+from forum.homeserver import free_port
+from forum.settings import Settings
+from forum.storage import Database, LeaseLost
+from forum.storage.models import OutboxRow, ServiceLeaseRow
+from tests.harness import (
+    PUBLICATION_Q,
+    Forum,
+    eventually,
+    forum_data,
+    merge,
+    register_bots,
+    settings_from,
+)
+from tests.matrix_user import TestUser
+
+pytestmark = pytest.mark.homeserver
+
+ROOT = Path(__file__).resolve().parents[2]
+#: short, to keep the test short; the takeover must still come within 10 s
+LEASE_SECONDS = 4
+TAKEOVER_LIMIT = 10.0
+
+
+@dataclass
+class Process:
+    """A ``forum run`` in its own process, its output in a file, its web app on ``port``."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    port: int
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    async def wait_output(self, marker: str, timeout: float = 90) -> None:
+        async def seen() -> bool:
+            if self.proc.returncode is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.output[-4000:]}")
+            return marker in self.output
+
+        await eventually(seen, timeout, f"{self.name} prints {marker!r}", interval=0.2)
+
+    async def health(self) -> dict[str, Any] | None:
+        """``/healthz``, or None while nothing listens."""
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(
+                    f"http://127.0.0.1:{self.port}/healthz", timeout=aiohttp.ClientTimeout(total=3)
+                ) as resp,
+            ):
+                body: dict[str, Any] = await resp.json()
+                return body
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def status(self, path: str) -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{self.port}{path}") as resp,
+        ):
+            return resp.status
+
+    async def metrics(self) -> str:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{self.port}/metrics") as resp,
+        ):
+            return await resp.text()
+
+    async def role(self) -> str | None:
+        health = await self.health()
+        return None if health is None else health.get("role")
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(40):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def start_run(tmp: Path, data: dict[str, Any], name: str) -> Process:
+    """``forum run`` on ``data`` with its own web port, home and name (another machine)."""
+    port = free_port()
+    config = merge(dict(data), {"web": {"port": port}, "service": {"instance": f"forum-{name}"}})
+    path = tmp / f"forum-{name}.toml"
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    (tmp / "charter").exists() or (tmp / "charter").symlink_to(ROOT / "forum/config/charter")
+    home = tmp / f"home-{name}"
+    log = tmp / f"{name}.log"
+    env = dict(os.environ, FORUM_HOME=str(home), PYTHONPATH=str(ROOT))
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "forum",
+            "--config",
+            str(path),
+            "run",
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    return Process(name, proc, port, log)
+
+
+def base_data(synapse: Any, db_url: str) -> dict[str, Any]:
+    data = forum_data(synapse, db_url=db_url)
+    data["service"] = {"lease_seconds": LEASE_SECONDS, "standby_poll_seconds": 0.5}
+    return data
+
+
+async def forum_rooms(user: TestUser, settings: Settings) -> dict[str, str]:
+    ids = {
+        key: await user.resolve_alias(settings.alias_id(spec.alias))
+        for key, spec in (
+            ("space", settings.rooms.space),
+            ("lobby", settings.rooms.lobby),
+            ("announcements", settings.rooms.announcements),
+        )
+    }
+    for t in settings.topics:
+        ids[f"topic:{t.slug}"] = await user.resolve_alias(settings.alias_id(t.effective_alias))
+    return ids
+
+
+def bot_bodies(svc: Forum, user: TestUser, room: str) -> list[str]:
+    """What the membership bot said to ``user`` in ``room``, in order."""
+    return [
+        str(e["content"].get("body", ""))
+        for e in user.events
+        if e["room_id"] == room
+        and e["type"] == "m.room.message"
+        and e["sender"] == svc.membership_bot_id
+    ]
+
+
+async def answered_once(svc: Forum, user: TestUser, room: str) -> None:
+    """The knock of ``user`` got one DM and each of the bot's messages once: the answer to
+    their next message (the publication question) is the marker after which nothing more
+    of the first answer may come."""
+    mark = user.mark()
+    await user.send_text(room, "oui")
+    await svc.wait_bot_text(user, room, *PUBLICATION_Q, after=mark, timeout=30)
+    assert len(svc.dm_invites(user)) == 1, f"{user.user_id}: {svc.dm_invites(user)}"
+    said = bot_bodies(svc, user, room)
+    assert any("Charte" in b or "Charter" in b for b in said), said
+    assert len(said) == len(set(said)), f"{user.user_id} was told something twice: {said}"
+
+
+async def knock(svc: Forum, user: TestUser) -> None:
+    await user.knock(svc.rooms["space"], "Bonjour, je voudrais participer", via=svc.via)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Seconds until ``check`` holds (polled every 0.1 s)."""
+    started = time.monotonic()
+    await eventually(check, timeout, what, interval=0.1)
+    return time.monotonic() - started
+
+
+async def takes_over(process: Process, timeout: float = 30) -> None:
+    try:
+        await until(lambda: acting(process), timeout, f"{process.name} takes over")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{process.output[-6000:]}") from None
+
+
+async def acting(process: Process) -> bool:
+    """Active, with its bots syncing (the whole app served)."""
+    health = await process.health()
+    return (
+        health is not None
+        and health.get("role") == "active"
+        and {"sync:membership", "sync:moderation", "outbox"} <= set(health.get("tasks", {}))
+    )
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"])
+async def test_sigkill_of_the_active_forum_the_standby_takes_over(
+    synapse, make_user, db_url, tmp_path
+):
+    data = base_data(synapse, db_url)
+    settings = settings_from(data)
+    await register_bots(synapse, settings)
+    a = await start_run(tmp_path, data, "a")
+    b: Process | None = None
+    try:
+        await a.wait_output("Press Ctrl-C to stop")
+        b = await start_run(tmp_path, data, "b")
+        await b.wait_output("Standing by")
+        await until(lambda: _role_is(b, "standby"), 30, "b answers /healthz as standby")
+        health_a, health_b = await a.health(), await b.health()
+        assert health_a is not None
+        assert health_b is not None
+        assert health_a["role"] == "active"
+        assert health_b["lease"]["holder"] == health_a["lease"]["instance"]
+        assert health_b["lease"]["instance"].startswith("forum-b:")
+        assert health_b["database"] == "ok"
+        assert 'forum_role{role="standby"} 1.0' in await b.metrics()
+        # a load balancer's check sends visitors to the active process only
+        assert await b.status("/healthz") == 200
+        assert await b.status("/healthz?active") == 503
+        assert await a.status("/healthz?active") == 200
+
+        first = await make_user("fo-before")
+        ids = await forum_rooms(first, settings)
+        svc = Forum(synapse, settings, ids)
+        await knock(svc, first)
+        room_first = await svc.wait_dm(first, timeout=30)
+        await svc.wait_bot_text(first, room_first, "Charte", "Charter")
+        # the standby never acted: it never even spoke to the homeserver for a bot
+        assert "forum_actions_total{" not in await b.metrics()
+        assert (await b.health() or {}).get("tasks", {}) == {}
+
+        # the active forum dies; someone knocks while nobody acts
+        a.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        await a.proc.wait()
+        gap = await make_user("fo-gap")
+        await knock(svc, gap)
+        await takes_over(b)
+        took = time.monotonic() - killed
+        assert took < TAKEOVER_LIMIT, f"b took {took:.1f} s to take over:\n" + "\n".join(
+            line for line in b.output.splitlines() if "lease" in line or "provisioned" in line
+        )
+
+        after = await make_user("fo-after")
+        await knock(svc, after)
+        room_gap = await svc.wait_dm(gap, timeout=30)
+        room_after = await svc.wait_dm(after, timeout=30)
+        for user, room in ((gap, room_gap), (after, room_after)):
+            await svc.wait_bot_text(user, room, "Charte", "Charter", timeout=30)
+        # each knock answered exactly once: before, during the gap and after
+        for user, room in ((first, room_first), (gap, room_gap), (after, room_after)):
+            await answered_once(svc, user, room)
+
+        database = await Database.open(db_url)
+        try:
+            async with database.sessionmaker() as s:
+                lease = await s.scalar(select(ServiceLeaseRow))
+                dedupe = await s.execute(
+                    select(OutboxRow.dedupe_key, func.count())
+                    .where(OutboxRow.dedupe_key.is_not(None))
+                    .group_by(OutboxRow.dedupe_key)
+                    .having(func.count() > 1)
+                )
+                assert dedupe.all() == []
+            assert lease is not None
+            assert lease.holder is not None
+            assert lease.holder.startswith("forum-b:")
+            assert lease.token == 2
+        finally:
+            await database.close()
+    finally:
+        for process in (a, b):
+            if process is not None:
+                await process.stop()
+
+
+async def _role_is(process: Process, role: str) -> bool:
+    return await process.role() == role
+
+
+async def test_sqlite_second_process_stands_by_and_takes_over_a_clean_stop(
+    synapse, make_user, tmp_path
+):
+    """On one machine with SQLite: the second process on the same file waits; when the
+    first stops cleanly it hands the lease over at once."""
+    data = base_data(synapse, f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}")
+    settings = settings_from(data)
+    await register_bots(synapse, settings)
+    a = await start_run(tmp_path, data, "a")
+    b: Process | None = None
+    try:
+        await a.wait_output("Press Ctrl-C to stop")
+        b = await start_run(tmp_path, data, "b")
+        await b.wait_output("Standing by")
+        await until(lambda: _role_is(b, "standby"), 30, "b answers /healthz as standby")
+        assert await a.role() == "active"
+
+        stopped = time.monotonic()
+        await a.stop()
+        assert a.proc.returncode == 0, a.output[-3000:]
+        await takes_over(b)
+        assert time.monotonic() - stopped < TAKEOVER_LIMIT + 5  # no wait for the expiry
+        assert "Taking over" in b.output
+
+        user = await make_user("sqlite-standby")
+        svc = Forum(synapse, settings, await forum_rooms(user, settings))
+        await knock(svc, user)
+        room = await svc.wait_dm(user, timeout=30)
+        await svc.wait_bot_text(user, room, "Charte", "Charter")
+        await answered_once(svc, user, room)
+    finally:
+        for process in (a, b):
+            if process is not None:
+                await process.stop()
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"])
+async def test_active_forum_that_cannot_renew_its_lease_steps_down(start_forum, db_url):
+    """The database stops answering the active process past its lease: it stops acting at
+    once (no sync, no outbox, no feature's loop) and refuses to write, rather than risk
+    acting beside the process that will take over."""
+    forum = await start_forum("membership", db_url=db_url, config={"service": {"lease_seconds": 2}})
+    service = forum.service
+    assert service is not None
+    assert service.role == "active"
+    assert {"lease", "outbox"} <= set(service.tasks.names)
+    blocker = await Database.open(db_url)
+    try:
+        async with blocker.engine.begin() as conn:
+            await conn.execute(text("LOCK TABLE service_lease IN ACCESS EXCLUSIVE MODE"))
+
+            async def stepped_down() -> bool:
+                return service.role == "stepped-down"
+
+            await eventually(stepped_down, 6, "the active forum steps down")
+            async with asyncio.timeout(5):
+                await service.wait_failed()
+            await eventually(
+                lambda: _no_tasks(service), 10, "every loop of the stepped-down forum stopped"
+            )
+        status, body, _ = await forum.get("/healthz")
+        assert status == 503
+        assert '"role": "stepped-down"' in body
+        with pytest.raises(LeaseLost):
+            async with service.db.sessionmaker() as s, s.begin():
+                pass
+    finally:
+        await blocker.close()
+
+
+async def _no_tasks(service: Any) -> bool:
+    return service.tasks.names == []
