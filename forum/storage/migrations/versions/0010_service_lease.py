@@ -1,7 +1,7 @@
 """service: the lease of the active process (a standby takes it over when it expires)
 
-Revision ID: 0009_wt_standby_lease
-Revises: 0008_public_names
+Revision ID: 0010_service_lease
+Revises: 0009_preview
 
 Two ``forum run`` processes on one database: the one holding the row's lease acts, the
 other waits (issue #14). ``token`` is the fencing token, raised at every change of holder.
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009_wt_standby_lease"
-down_revision: str | Sequence[str] | None = "0008_public_names"
+revision: str = "0010_service_lease"
+down_revision: str | Sequence[str] | None = "0009_preview"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
