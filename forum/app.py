@@ -105,7 +105,9 @@ class Service:
         self.db = db = await Database.open(url)
         await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
         creds = bot_credentials(settings, self.home)
-        self.gateways = {role: bot_gateway(settings, db, role, creds[role]) for role in ROLES}
+        self.gateways = {
+            role: bot_gateway(settings, db, role, creds[role], home=self.home) for role in ROLES
+        }
         for role, gateway in self.gateways.items():
             self.metrics.watch_bot(role, gateway.stats)
             gateway.observe_requests(partial(self.metrics.observe_action, role))

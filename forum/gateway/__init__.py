@@ -21,12 +21,16 @@ endpoint wrappers are grouped by what they touch: :mod:`.rooms`, :mod:`.state`,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.errors import MatrixError
 from forum.gateway.account import AccountEndpoints
 from forum.gateway.admin import AdminEndpoints
+from forum.gateway.crypto import Crypto, store_dir_of
 from forum.gateway.membership import MembershipEndpoints
 from forum.gateway.rooms import RoomEndpoints
 from forum.gateway.session import Session
@@ -40,6 +44,7 @@ from forum.gateway.transport import (
     Transport,
     action_kind,
 )
+from forum.retry import retry_call
 
 __all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats", "RequestObserver", "action_kind"]
 
@@ -64,7 +69,13 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         timeline_limit: int = 100,
         handler_max_attempts: int = 8,
         handler_retry_initial: float = 2.0,
+        crypto_store: Path | None = None,
+        crypto_pickle_key: str = "",
+        key_wait: float = 5.0,
     ) -> None:
+        """``crypto_store``: the directory under which this account's end-to-end
+        encryption store is kept (:mod:`.crypto`); None: the account reads and writes
+        clear rooms only."""
         self.homeserver_url = homeserver_url.rstrip("/")
         self.stats = GatewayStats()
         super().__init__(
@@ -74,8 +85,11 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
                 stats=self.stats,
                 request_timeout=request_timeout,
                 max_retries=max_retries,
+                store_path=store_dir_of(crypto_store, user_id) if crypto_store else None,
+                pickle_key=crypto_pickle_key,
             )
         )
+        self.crypto = Crypto(self._transport) if crypto_store else None
         self._session = Session(
             self._transport,
             sessionmaker,
@@ -92,6 +106,8 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
             timeline_limit=timeline_limit,
             handler_max_attempts=handler_max_attempts,
             handler_retry_initial=handler_retry_initial,
+            crypto=self.crypto,
+            key_wait=key_wait,
         )
         self.device_id: str | None = None
 
@@ -101,8 +117,31 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         return self._transport.access_token
 
     async def login(self) -> None:
-        """Log in: a given token, then a stored token, then the password."""
-        self.device_id = await self._session.login()
+        """Log in: a given token, then a stored token, then the password. With
+        encryption, the device's keys are then loaded (or made) and published."""
+        crypto = self.crypto
+        known = await crypto.prepare() if crypto else None
+        self.device_id = await self._session.login(known)
+        if crypto is not None:
+            if not self.device_id:
+                raise MatrixError(f"{self.user_id}: the homeserver did not say our device id")
+            await crypto.start(self.device_id)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this account takes part in encrypted rooms."""
+        return self.crypto is not None
+
+    async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        """Send one event; encrypted when the room is (and this account has keys)."""
+        crypto = self.crypto
+        if crypto is None or not await crypto.is_encrypted(room_id):
+            return await super().send_event(room_id, event_type, content)
+        txn = self._transport.txn_id()
+        return await retry_call(
+            self._transport.policy(retry_unavailable=True),
+            partial(crypto.send, room_id, event_type, content, txn),
+        )
 
     async def close(self) -> None:
         self._sync.stop()
