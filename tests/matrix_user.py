@@ -191,6 +191,14 @@ class TestUser:
                 raise MatrixRequestError(method, path, resp.status, data or {})
             return data if isinstance(data, dict) else {"result": data}
 
+    async def download(self, server: str, media_id: str) -> bytes:
+        """The bytes of a media (authenticated media API)."""
+        path = f"/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}"
+        async with self._http.get(self.hs.url + path) as resp:
+            if resp.status >= 400:
+                raise MatrixRequestError("GET", path, resp.status, {})
+            return await resp.read()
+
     # --- actions ---------------------------------------------------------------------
     async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
         if self.store_dir is not None and await self._is_encrypted(room_id):

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nio.crypto.attachments import encrypt_attachment
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError
@@ -192,6 +193,25 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
     def observe_requests(self, observer: RequestObserver | None) -> None:
         """Call ``observer(kind, seconds, outcome)`` after every request (metrics)."""
         self._transport.observer = observer
+
+    async def send_file(
+        self, room_id: str, data: bytes, filename: str, mimetype: str, *, body: str | None = None
+    ) -> str:
+        """Upload ``data`` and send it as an ``m.file``: in an encrypted room the file is
+        encrypted too (only the room's members can open it), as an encrypted attachment."""
+        content: dict[str, Any] = {
+            "msgtype": "m.file",
+            "body": body or filename,
+            "filename": filename,
+            "info": {"mimetype": mimetype, "size": len(data)},
+        }
+        if self.crypto is not None and await self.crypto.is_encrypted(room_id):
+            cipher, keys = encrypt_attachment(data)
+            mxc = await self.upload(cipher, "application/octet-stream", filename)
+            content["file"] = {"url": mxc, "mimetype": mimetype, **keys}
+        else:
+            content["url"] = await self.upload(data, mimetype, filename)
+        return await self.send_event(room_id, "m.room.message", content)
 
     async def _relogin(self) -> None:
         """The homeserver refused our token while syncing: forget it, log in again."""

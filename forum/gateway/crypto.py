@@ -36,7 +36,8 @@ from nio import (
     RoomSendResponse,
     SyncResponse,
 )
-from nio.crypto import ENCRYPTION_ENABLED
+from nio.crypto import ENCRYPTION_ENABLED, OutgoingKeyRequest
+from nio.event_builders import RoomKeyRequestMessage
 from nio.exceptions import EncryptionError
 from nio.rooms import MatrixRoom
 
@@ -54,7 +55,6 @@ from forum.gateway.transport import Transport, path
 log = logging.getLogger(__name__)
 
 ENCRYPTED = "m.room.encrypted"
-MEGOLM = "m.megolm.v1.aes-sha2"
 
 
 def store_dir_of(root: Path, user_id: str) -> Path:
@@ -199,35 +199,44 @@ class Crypto:
 
     async def request_key(self, room_id: str, raw: dict[str, Any]) -> bool:
         """Ask the sender's device, once per megolm session, for the key of an event we
-        cannot read (``m.room_key_request``). Returns True if a request was sent."""
-        found = raw.get("content")
-        content: dict[str, Any] = found if isinstance(found, dict) else {}
-        session_id = content.get("session_id")
-        sender = raw.get("sender")
-        if not isinstance(session_id, str) or not isinstance(sender, str):
+        cannot read (``m.room_key_request``; nio may have queued the same request, then
+        that one goes). Returns True if this call sent a request."""
+        event = MegolmEvent.from_dict(raw)
+        if not isinstance(event, MegolmEvent) or event.session_id in self._requested:
             return False
-        if session_id in self._requested:
+        queued = [
+            m
+            for m in self.client.outgoing_to_device_messages
+            if isinstance(m, RoomKeyRequestMessage) and m.session_id == event.session_id
+        ]
+        if queued:  # nio asks already (a recent olm session): sent by maintain()
             return False
-        self._requested.add(session_id)
-        device = content.get("device_id")
-        body = {
-            "action": "request",
-            "requesting_device_id": self.device_id,
-            "request_id": session_id,
-            "body": {
-                "algorithm": content.get("algorithm") or MEGOLM,
-                "room_id": room_id,
-                "sender_key": content.get("sender_key"),
-                "session_id": session_id,
-            },
-        }
-        target = device if isinstance(device, str) and device else "*"
+        event.room_id = room_id
+        message = event.as_key_request(
+            event.sender, self.client.device_id, event.session_id, event.device_id
+        )
         await self.transport.request(
             "PUT",
-            path("sendToDevice", "m.room_key_request", self.transport.txn_id()),
-            body={"messages": {sender: {target: body}}},
+            path("sendToDevice", message.type, self.transport.txn_id()),
+            body=message.as_dict(),
+        )
+        self._requested.add(event.session_id)
+        self.client.olm.outgoing_key_requests[message.request_id] = OutgoingKeyRequest.from_message(
+            message
         )
         return True
+
+    def _dedupe_key_requests(self) -> None:
+        """nio queues a key request at each failed decryption of a recent session's
+        event: one request per session goes, the others are dropped."""
+        kept = []
+        for m in self.client.outgoing_to_device_messages:
+            if isinstance(m, RoomKeyRequestMessage):
+                if m.session_id in self._requested:
+                    continue
+                self._requested.add(m.session_id)
+            kept.append(m)
+        self.client.outgoing_to_device_messages[:] = kept
 
     async def maintain(self) -> None:
         """Keys kept up: device keys and one-time keys uploaded (topped up when the
@@ -235,6 +244,7 @@ class Crypto:
         new devices, nio's queued to-device messages sent."""
         client = self.client
         async with self._lock:
+            self._dedupe_key_requests()
             if client.outgoing_to_device_messages:
                 for resp in await client.send_to_device_messages():
                     checked(resp, "sendToDevice")
