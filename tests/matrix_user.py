@@ -216,22 +216,27 @@ class TestUser:
         return True
 
     async def _send_encrypted(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
-        """Encrypt for every device of the room's members (none verified: trusted all)."""
+        """Encrypt for every device of the room's members (none verified: all trusted),
+        reactions too, the relation left in clear: as Element X sends."""
         client = self.client
         async with asyncio.timeout(15):  # nio learns the room from our own sync
             while room_id not in client.rooms or not client.rooms[room_id].encrypted:
                 await self.wait_for(lambda e: True, after=len(self.events))
         room = client.rooms[room_id]
+        if not room.members_synced:
+            await client.joined_members(room_id)
         client.olm.update_tracked_users(room)
         if client.should_query_keys:
             await client.keys_query()
-        resp = await client.room_send(room_id, event_type, content, None, True)
-        event_id = getattr(resp, "event_id", None)
-        if not isinstance(event_id, str):
-            raise MatrixRequestError(
-                "PUT", f"/rooms/{room_id}/send (encrypted)", 0, {"error": str(resp)}
-            )
-        return event_id
+        if client.olm.should_share_group_session(room_id):
+            await client.share_group_session(room_id, ignore_unverified_devices=True)
+        relation = content.get("m.relates_to")
+        payload = {k: v for k, v in content.items() if k != "m.relates_to"}
+        _, encrypted = client.encrypt(room_id, event_type, payload)
+        if relation is not None:
+            encrypted["m.relates_to"] = relation
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/send/m.room.encrypted/{uuid.uuid4().hex}"
+        return str((await self.request("PUT", path, encrypted))["event_id"])
 
     async def send_withholding(self, room_id: str, body: str, user_id: str) -> str:
         """An encrypted text whose key is not shared with ``user_id``'s devices (as a

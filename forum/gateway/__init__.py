@@ -21,7 +21,6 @@ endpoint wrappers are grouped by what they touch: :mod:`.rooms`, :mod:`.state`,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +44,6 @@ from forum.gateway.transport import (
     Transport,
     action_kind,
 )
-from forum.retry import retry_call
 
 __all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats", "RequestObserver", "action_kind"]
 
@@ -138,11 +136,7 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         crypto = self.crypto
         if crypto is None or not await crypto.is_encrypted(room_id):
             return await super().send_event(room_id, event_type, content)
-        txn = self._transport.txn_id()
-        return await retry_call(
-            self._transport.policy(retry_unavailable=True),
-            partial(crypto.send, room_id, event_type, content, txn),
-        )
+        return await crypto.send(room_id, event_type, content, self._transport.txn_id())
 
     async def close(self) -> None:
         self._sync.stop()

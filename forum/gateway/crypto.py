@@ -33,12 +33,11 @@ from nio import (
     ErrorResponse,
     LocalProtocolError,
     MegolmEvent,
-    RoomSendResponse,
     SyncResponse,
 )
 from nio.crypto import ENCRYPTION_ENABLED, OutgoingKeyRequest
 from nio.event_builders import RoomKeyRequestMessage
-from nio.exceptions import EncryptionError
+from nio.exceptions import EncryptionError, GroupEncryptionError, MembersSyncError
 from nio.rooms import MatrixRoom
 
 from forum.credentials import PRIVATE_FILE, private_dir
@@ -280,22 +279,35 @@ class Crypto:
         return True
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any], txn: str) -> str:
-        """Send one event into an encrypted room, encrypted for every device of its
-        members (unverified ones included: the bot's trust policy)."""
+        """Send one event (reactions too, as Element X does) into an encrypted room,
+        encrypted for every device of its members (unverified ones included: the bot's
+        trust policy). Its relation (reply, reaction, edit) stays in clear, as the spec
+        asks, so that the server can aggregate it."""
         client = self.client
         async with self._lock:
             await self._ensure_room(room_id)
-            if event_type == "m.reaction":
-                # nio sends reactions in clear (their relation must stay readable)
-                resp = await client.room_send(room_id, event_type, content, txn, True)
-                return str(checked(resp, f"PUT {event_type} in {room_id}").event_id)
+            if client.should_query_keys:
+                checked(await client.keys_query(), "keys/query")
+            if client.olm.should_share_group_session(room_id):
+                shared = await client.share_group_session(room_id, ignore_unverified_devices=True)
+                checked(shared, f"sharing the room key of {room_id}")
+            relation = content.get("m.relates_to")
+            payload = {k: v for k, v in content.items() if k != "m.relates_to"}
             try:
-                resp = await client.room_send(room_id, event_type, content, txn, True)
-            except LocalProtocolError as exc:
+                _, encrypted = client.encrypt(room_id, event_type, payload)
+            except (
+                LocalProtocolError,
+                EncryptionError,
+                GroupEncryptionError,
+                MembersSyncError,
+            ) as exc:
                 raise MatrixError(f"encrypting into {room_id}: {exc}") from exc
-        if not isinstance(resp, RoomSendResponse):
-            checked(resp, f"PUT {event_type} in {room_id}")
-        return str(resp.event_id)
+        if relation is not None:
+            encrypted["m.relates_to"] = relation
+        data = await self.transport.request(
+            "PUT", path("rooms", room_id, "send", ENCRYPTED, txn), body=encrypted
+        )
+        return str(data["event_id"])
 
     async def _ensure_room(self, room_id: str) -> None:
         """nio knows the room (it may not yet: joined since the last sync, or a restart)

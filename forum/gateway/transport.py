@@ -152,7 +152,7 @@ class Transport:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HomeserverUnavailable(f"login: {exc}") from exc
 
-        resp = await retry_call(self.policy(retry_unavailable=True), login_once)
+        resp = await retry_call(self._policy(retry_unavailable=True), login_once)
         if not isinstance(resp, LoginResponse):
             status = getattr(resp, "status_code", None)
             raise Unauthorized(
@@ -161,7 +161,7 @@ class Transport:
             )
         return resp.device_id, resp.access_token
 
-    def policy(self, *, retry_unavailable: bool) -> AsyncRetrying:
+    def _policy(self, *, retry_unavailable: bool) -> AsyncRetrying:
         return retrying(
             self.max_retries,
             retryable=is_transient if retry_unavailable else is_rate_limit,
@@ -242,7 +242,7 @@ class Transport:
 
         started, outcome = time.monotonic(), "ok"
         try:
-            return await retry_call(self.policy(retry_unavailable=retry_unavailable), send_once)
+            return await retry_call(self._policy(retry_unavailable=retry_unavailable), send_once)
         except MatrixError as exc:
             outcome = type(exc).__name__
             raise

@@ -15,7 +15,8 @@ import pytest
 import pytest_asyncio
 from nio.crypto.attachments import decrypt_attachment
 
-from tests.harness import CHARTER_EN, PUBLICATION_Q, Forum, ForumStarter, is_membership
+from bridge.models import QuotePermission
+from tests.harness import CHARTER_EN, PUBLICATION_Q, Forum, ForumStarter, eventually, is_membership
 from tests.matrix_user import Event, TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -53,9 +54,15 @@ def from_bot(room: str, bot: str, *needles: str) -> Any:
     return match
 
 
+async def quote_granted(forum: Forum, target: str) -> bool:
+    async with forum.ctx.db.sessionmaker() as s:
+        row = await s.get(QuotePermission, target)
+        return row is not None and row.granted is True
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def forum(start_module_forum: ForumStarter) -> Forum:
-    return await start_module_forum("membership", "moderation", moderator=True)
+    return await start_module_forum("membership", "moderation", "digest", moderator=True)
 
 
 async def test_consent_flow_in_an_encrypted_dm(forum: Forum):
@@ -69,14 +76,16 @@ async def test_consent_flow_in_an_encrypted_dm(forum: Forum):
     mark = ama.mark()
     await ama.send_text(room, "English")
     charter = await ama.wait_for(from_bot(room, bot, CHARTER_EN), 20, after=mark)
+    assert charter["content"]["formatted_body"]
     mark = ama.mark()
-    await ama.send_text(room, "I accept")
+    await ama.react(room, charter["event_id"], "✅")  # an encrypted reaction
     await ama.wait_for(from_bot(room, bot, *PUBLICATION_Q), 20, after=mark)
-    await ama.send_text(room, "yes")
+    await ama.send_text(room, "no")
     await forum.wait_invites(ama)
     history = await forum.history(ama.user_id)
-    assert [(r.scope, r.granted) for r in history] == [("charter", True), ("publication", True)]
-    assert charter["content"]["formatted_body"]
+    assert [(r.scope, r.granted) for r in history] == [("charter", True), ("publication", False)]
+    # what the bot stored of the reaction: its clear form, not the encrypted event
+    assert history[0].method == "reaction"
 
     # !mes-donnees: the summary and the JSON file come encrypted; the file too is an
     # encrypted attachment that only she can open.
@@ -104,6 +113,25 @@ async def test_consent_flow_in_an_encrypted_dm(forum: Forum):
     )
     assert data["user_id"] == ama.user_id
     assert [r["scope"] for r in data["consent_records"]] == ["charter", "publication"]
+
+    # The digest's quote question comes encrypted in the same DM; an encrypted reply
+    # answers it.
+    topic = forum.room()
+    await forum.join(ama, topic)
+    await forum.join(forum.mod, topic)
+    target = await ama.send_text(topic, "QUOTE-E2E: une phrase à citer")
+    mark = ama.mark()
+    await forum.mod.react(topic, target, "📰")
+    question = await ama.wait_for(from_bot(room, bot, "QUOTE-E2E"), 20, after=mark)
+    mark = ama.mark()
+    answer = {
+        "msgtype": "m.text",
+        "body": "yes",
+        "m.relates_to": {"m.in_reply_to": {"event_id": question["event_id"]}},
+    }
+    await ama.send(room, "m.room.message", answer)
+    await ama.wait_for(lambda e: from_bot(room, bot, "")(e), 20, after=mark)
+    await eventually(lambda: quote_granted(forum, target), 10, "the quote granted")
 
 
 async def test_unreadable_message_is_explained_after_one_key_request(forum: Forum):
