@@ -270,8 +270,11 @@ class Crypto:
                 "GET", path("rooms", room_id, "state", "m.room.encryption", "")
             )
         except NotFound:
-            if room is not None:  # nio will tell when the room turns encrypted
-                self._clear_rooms.add(room_id)
+            # a room that turns encrypted later shows its m.room.encryption in the sync:
+            # nio then lists it in encrypted_rooms, looked at first
+            self._clear_rooms.add(room_id)
+            return False
+        except Forbidden:  # not in the room: the send itself will say why
             return False
         client.encrypted_rooms.add(room_id)
         if client.store is not None:
