@@ -20,6 +20,7 @@ endpoint wrappers are grouped by what they touch: :mod:`.rooms`, :mod:`.state`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,8 @@ from forum.gateway.transport import (
     Transport,
     action_kind,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats", "RequestObserver", "action_kind"]
 
@@ -121,10 +124,40 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         crypto = self.crypto
         known = await crypto.prepare() if crypto else None
         self.device_id = await self._session.login(known)
-        if crypto is not None:
-            if not self.device_id:
-                raise MatrixError(f"{self.user_id}: the homeserver did not say our device id")
+        if crypto is None:
+            return
+        if not self.device_id:
+            raise MatrixError(f"{self.user_id}: the homeserver did not say our device id")
+        try:
             await crypto.start(self.device_id)
+        except MatrixError as exc:
+            if not crypto.fresh:
+                raise
+            await self._new_device(crypto, exc)
+
+    async def _new_device(self, crypto: Crypto, refused: MatrixError) -> None:
+        """The device's store was lost (deleted, or an old backup restored) while its keys
+        stay published: the homeserver refuses new keys for it. Log in as a new device."""
+        old = self.device_id
+        if not self._session.password:
+            raise MatrixError(
+                f"{self.user_id}: the encryption keys of device {old} are lost and the "
+                f"homeserver keeps the old ones ({refused}); give the bot a password, or a "
+                "new access token (a new device), in the configuration"
+            ) from refused
+        log.warning(
+            "%s: the encryption store of device %s is lost (the homeserver refused new "
+            "keys: %s); logging in as a new device",
+            self.user_id,
+            old,
+            refused,
+        )
+        crypto.forget_device()
+        await self._session.forget()
+        self.device_id = await self._session.login(None)
+        if not self.device_id or self.device_id == old:
+            raise MatrixError(f"{self.user_id}: no new device to replace {old}") from refused
+        await crypto.start(self.device_id)
 
     @property
     def encrypted(self) -> bool:

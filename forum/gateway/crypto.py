@@ -93,6 +93,8 @@ class Crypto:
     _clear_rooms: set[str] = field(init=False, default_factory=set)
     _requested: set[str] = field(init=False, default_factory=set)
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    fresh: bool = field(init=False, default=False)
+    """The device's olm account was made by this start (its keys never published)."""
 
     @property
     def store_dir(self) -> Path:
@@ -137,6 +139,7 @@ class Crypto:
             client.store = None
             client.restore_login(self.transport.user_id, device_id, client.access_token)
         await asyncio.to_thread(self._tighten)
+        self.fresh = not client.olm.account.shared
         await self.maintain()
         log.info(
             "%s: end-to-end encryption on, device %s (keys %s, store %s)",
@@ -145,6 +148,14 @@ class Crypto:
             client.olm.account.identity_keys["ed25519"],
             self.store_dir,
         )
+
+    def forget_device(self) -> None:
+        """Drop the device (its store stays on disk): the next :meth:`start` opens the
+        store of the device it is given."""
+        client = self.client
+        client.store = client.olm = client.device_id = None
+        self._members_loaded.clear()
+        self._requested.clear()
 
     def _tighten(self) -> None:
         for p in self.store_dir.iterdir():

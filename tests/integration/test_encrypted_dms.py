@@ -6,7 +6,9 @@ restart of the service in the middle, and a message whose key was withheld from 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -226,3 +228,19 @@ async def test_restart_keeps_the_device_and_reads_the_next_message(
     for p, mode in modes.items():
         assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
     assert all(p.is_dir() for p in store.iterdir())  # one directory per bot account
+
+
+async def test_a_lost_encryption_store_does_not_stop_the_service(
+    start_forum: ForumStarter, tmp_path: Path
+):
+    """The operator removed FORUM_HOME/crypto (or restored an old backup without it): the
+    service still starts, and a new encrypted DM works."""
+    home = tmp_path / "home"
+    first = await start_forum("membership", home=home)
+    await start_forum.stop(first)
+    await asyncio.to_thread(shutil.rmtree, home / "crypto")
+    again = await start_forum("membership", data=first.data, home=home)
+    bot = again.membership_bot_id
+    yaw = await again.user("yaw", encrypted=True)
+    room = await open_encrypted_dm(yaw, bot)
+    await yaw.wait_for(from_bot(room, bot, "Which language"), 30)
