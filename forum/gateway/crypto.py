@@ -252,6 +252,12 @@ class Crypto:
         """Keys kept up: device keys and one-time keys uploaded (topped up when the
         server's count falls), devices of members queried, one-time keys claimed for
         new devices, nio's queued to-device messages sent."""
+        try:
+            await self._maintain()
+        except LocalProtocolError as exc:
+            raise MatrixError(f"keeping the keys of {self.user_id} up: {exc}") from exc
+
+    async def _maintain(self) -> None:
         client = self.client
         async with self._lock:
             self._dedupe_key_requests()

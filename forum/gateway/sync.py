@@ -237,7 +237,11 @@ class SyncLoop:
 
     async def _process(self, data: dict[str, Any], since: str | None) -> int:
         if self.crypto is not None:
-            await self.crypto.receive(data)
+            try:
+                await self.crypto.receive(data)
+            except Exception:  # the batch is still handled: what nio could not read
+                # stays encrypted, and its senders are told
+                log.exception("%s: nio could not handle a /sync response", self.user_id)
         batch = await self._collect(data, since)
         await self._retry_due()
         handled = await self._dispatch(batch)
