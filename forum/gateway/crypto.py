@@ -166,7 +166,7 @@ class Crypto:
     async def receive(self, data: dict[str, Any]) -> None:
         """Let nio handle one ``/sync`` response: to-device messages (room keys), device
         lists, one-time key counts, rooms' state; remember what it decrypted."""
-        resp = SyncResponse.from_dict(copy.deepcopy(data))  # nio edits what it reads
+        resp = SyncResponse.from_dict(self._for_nio(data))
         if not isinstance(resp, SyncResponse):
             log.warning("%s: nio could not read a /sync response: %s", self.user_id, resp)
             return
@@ -180,6 +180,28 @@ class Crypto:
     @property
     def user_id(self) -> str:
         return self.transport.user_id
+
+    def _for_nio(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A copy (nio edits what it reads) of what nio needs of a ``/sync`` response:
+        everything but the clear messages of rooms that are not encrypted (their state
+        events stay: one may turn a room encrypted). Reading a topic room's messages is
+        the bulk of a batch and nio has nothing to do with them."""
+        found = data.get("rooms")
+        rooms: dict[str, Any] = found if isinstance(found, dict) else {}
+        encrypted = self.client.encrypted_rooms
+        join: dict[str, Any] = {}
+        for room_id, room in (rooms.get("join") or {}).items():
+            timeline = room.get("timeline") if isinstance(room.get("timeline"), dict) else {}
+            if room_id not in encrypted and timeline.get("events"):
+                kept = [
+                    e
+                    for e in timeline["events"]
+                    if isinstance(e, dict) and ("state_key" in e or e.get("type") == ENCRYPTED)
+                ]
+                room = {**room, "timeline": {**timeline, "events": kept}}
+            join[room_id] = room
+        out = {**data, "rooms": {**rooms, "join": join}} if rooms else dict(data)
+        return copy.deepcopy(out)
 
     def decrypt(self, room_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
         """The clear form of an ``m.room.encrypted`` event (same id, sender, time), or
