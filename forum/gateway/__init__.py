@@ -221,6 +221,16 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         """Call ``observer(kind, seconds, outcome)`` after every request (metrics)."""
         self._transport.observer = observer
 
+    async def create_room(self, payload: dict[str, Any]) -> str:
+        room_id = await super().create_room(payload)
+        if self.crypto is not None:
+            state = payload.get("initial_state") or []
+            self.crypto.created(
+                room_id,
+                encrypted=any(e.get("type") == "m.room.encryption" for e in state),
+            )
+        return room_id
+
     async def send_file(
         self, room_id: str, data: bytes, filename: str, mimetype: str, *, body: str | None = None
     ) -> str:

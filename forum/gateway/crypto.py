@@ -295,6 +295,14 @@ class Crypto:
                 checked(await client.keys_claim(users), "keys/claim")
 
     # --- the sending side --------------------------------------------------------------
+    def created(self, room_id: str, *, encrypted: bool) -> None:
+        """This account created ``room_id``: whether it is encrypted is known (no need
+        to ask the homeserver before the first message)."""
+        if encrypted:
+            self.client.encrypted_rooms.add(room_id)
+        else:
+            self._clear_rooms.add(room_id)
+
     async def is_encrypted(self, room_id: str) -> bool:
         client = self.client
         if room_id in client.encrypted_rooms:
