@@ -69,18 +69,18 @@ def checked(resp: Any, what: str) -> Any:
     message = f"{what}: {resp.message or code}"
     if code == "M_LIMIT_EXCEEDED":
         wait = (resp.retry_after_ms or 1000) / 1000
-        return_error: MatrixError = RateLimited(message, wait, errcode=code)
+        error: MatrixError = RateLimited(message, wait, errcode=code)
     elif code in {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}:
-        return_error = Unauthorized(message, errcode=code)
+        error = Unauthorized(message, errcode=code)
     elif code == "M_FORBIDDEN":
-        return_error = Forbidden(message, errcode=code)
+        error = Forbidden(message, errcode=code)
     elif code == "M_NOT_FOUND":
-        return_error = NotFound(message, errcode=code)
+        error = NotFound(message, errcode=code)
     elif not code or code.startswith("5"):
-        return_error = HomeserverUnavailable(message, errcode=code or None)
+        error = HomeserverUnavailable(message, errcode=code or None)
     else:
-        return_error = MatrixError(message, errcode=code)
-    raise return_error
+        error = MatrixError(message, errcode=code)
+    raise error
 
 
 @dataclass(eq=False)
