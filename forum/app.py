@@ -141,7 +141,9 @@ class Service:
         self.lease.on_lost(self._step_down)
         self.metrics.watch_lease(self.lease)
         creds = bot_credentials(settings, self.home)
-        self.gateways = {role: bot_gateway(settings, db, role, creds[role]) for role in ROLES}
+        self.gateways = {
+            role: bot_gateway(settings, db, role, creds[role], home=self.home) for role in ROLES
+        }
         return db
 
     async def stand_by(self) -> None:

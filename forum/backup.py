@@ -14,6 +14,7 @@ backup it cannot use: it names what is wrong. Blocking functions: run them in a 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -50,8 +51,10 @@ HOME_FILES = (
     "synapse/tls.key",
     "synapse/tls.crt",
 )
-#: SQLite databases of FORUM_HOME copied with the backup API (the embedded homeserver's)
-HOME_DATABASES = ("synapse/homeserver.db",)
+#: SQLite databases of FORUM_HOME copied with the backup API (the embedded homeserver's,
+#: the bots' end-to-end encryption stores: without them a restored bot could not read
+#: its encrypted chats), as glob patterns relative to it
+HOME_DATABASES = ("synapse/homeserver.db", "crypto/*/*.db")
 
 
 class BackupError(Exception):
@@ -169,10 +172,12 @@ def backup(database_url: str, home: Path, directory: Path, version: str) -> Back
                 rel = path.relative_to(home).as_posix()
                 write_private(directory / HOME_DIR / rel, path.read_bytes())
                 home_files.append(rel)
-    for rel in HOME_DATABASES:
-        if (home / rel).is_file():
-            _sqlite_copy(home / rel, directory / HOME_DIR / rel)
-            home_files.append(rel)
+    for pattern in HOME_DATABASES:
+        for path in sorted(home.glob(pattern)):
+            if path.is_file():
+                rel = path.relative_to(home).as_posix()
+                _sqlite_copy(path, directory / HOME_DIR / rel)
+                home_files.append(rel)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "forum_version": version,
@@ -257,7 +262,7 @@ def restore(
         src = directory / HOME_DIR / str(rel)
         if not isinstance(rel, str) or ".." in Path(rel).parts or not src.is_file():
             raise BackupError(f"{directory}: {HOME_DIR}/{rel} is listed but missing")
-        if rel in HOME_DATABASES:
+        if any(fnmatch.fnmatchcase(rel, pattern) for pattern in HOME_DATABASES):
             _sqlite_copy(src, home / rel)
         else:
             private_dir((home / rel).parent)

@@ -65,9 +65,21 @@ def bot_gateway(
     role: BotRole,
     credentials: BotCredentials,
     device_name: str | None = None,
+    *,
+    home: Path | None = None,
 ) -> Gateway:
-    """A gateway for one bot account (not logged in yet)."""
+    """A gateway for one bot account (not logged in yet). With ``home`` (the service's
+    ``FORUM_HOME``), the bot takes part in encrypted rooms: its keys are kept under
+    ``home/crypto`` (their pickle key in ``secrets.json``)."""
     hs = settings.homeserver
+    crypto: dict[str, Any] = {}
+    if home is not None:
+        user_id = bot_user_id(settings, role)
+        key = f"crypto:{user_id}"
+        crypto = {
+            "crypto_store": crypto_dir(home),
+            "crypto_pickle_key": load_or_create_secrets(secrets_path(home), [key])[key],
+        }
     return Gateway(
         homeserver_url=hs.effective_url,
         user_id=bot_user_id(settings, role),
@@ -77,6 +89,7 @@ def bot_gateway(
         device_name=device_name or DEVICE_NAMES[role],
         request_timeout=hs.request_timeout_seconds,
         max_retries=hs.max_retries,
+        **crypto,
     )
 
 
@@ -87,6 +100,11 @@ def antispam_secret(settings: Settings, home: Path) -> str:
     if configured is not None:
         return configured.get_secret_value()
     return load_or_create_secrets(secrets_path(home), ["antispam"])["antispam"]
+
+
+def crypto_dir(home: Path) -> Path:
+    """Where the bots' end-to-end encryption stores are kept."""
+    return home / "crypto"
 
 
 def embedded_homeserver(settings: Settings, home: Path, **kw: Any) -> EmbeddedHomeserver:

@@ -90,6 +90,16 @@ class StateChange(RoomEvent):
 
 
 @dataclass(frozen=True)
+class Undecryptable(RoomEvent):
+    """An ``m.room.encrypted`` event the account could not read: the sender's device did
+    not share its key with the bot's device (or withheld it), even when asked again.
+    Encrypted events that could be read reach the handlers as their clear type."""
+
+    session_id: str = ""
+    device_id: str = ""
+
+
+@dataclass(frozen=True)
 class OtherEvent(RoomEvent):
     """A timeline event of a type the gateway does not model."""
 
@@ -162,6 +172,12 @@ def parse_room_event(room_id: str, raw: dict[str, Any]) -> RoomEvent | None:
         if isinstance(rel, dict) and rel.get("rel_type") == "m.annotation":
             return Reaction(**base, reacts_to=_str(rel.get("event_id")), key=_str(rel.get("key")))
         return OtherEvent(**base)
+    if etype == "m.room.encrypted":
+        return Undecryptable(
+            **base,
+            session_id=_str(content.get("session_id")),
+            device_id=_str(content.get("device_id")),
+        )
     if etype == "m.room.redaction":
         redacts = raw.get("redacts") or content.get("redacts")
         return Redaction(**base, redacts=_str(redacts), reason=_opt_str(content.get("reason")))

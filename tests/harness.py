@@ -462,10 +462,13 @@ class Forum:
 
     # --- people ------------------------------------------------------------------------
     async def user(
-        self, name: str, display_name: str | None = None, *, sync: bool = True
-    ) -> TestUser:
-        """A new person, closed with the forum."""
-        user = await TestUser.create(self.hs, name, display_name=display_name, sync=sync)
+        self, name: str, display_name: str | None = None, *, sync: bool = True,
+        encrypted: bool = False,
+    ) -> TestUser:  # fmt: skip
+        """A new person, closed with the forum (an encrypting client if ``encrypted``)."""
+        user = await TestUser.create(
+            self.hs, name, display_name=display_name, sync=sync, encrypted=encrypted
+        )
         self.users.append(user)
         return user
 

@@ -12,22 +12,32 @@ still available as ``user.client`` for tests that want nio's helpers (``room_cre
 ``room_put_state``...). It uses nio's default ``AsyncClientConfig``: on a 429 it waits
 and retries, as a patient real client would; the test homeserver has loose rate limits,
 so this never slows tests down.
+
+``encrypted=True`` makes an encrypting client, as Element X is: nio with its Olm machine
+and a store of its own (a temporary directory), device keys uploaded, every device of the
+rooms' members trusted. Its sync hands each response to nio, so the events it keeps are
+the decrypted ones (marked ``"_encrypted": True``; an event it could not read stays
+``m.room.encrypted``), and what it sends into an encrypted room is encrypted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
-from nio import AsyncClient, AsyncClientConfig, LoginResponse
+from nio import AsyncClient, AsyncClientConfig, LoginResponse, MegolmEvent, SyncResponse
+from nio.exceptions import LocalProtocolError
 
 from forum.homeserver import EmbeddedHomeserver
 
@@ -71,8 +81,11 @@ class TestUser:
         password: str,
         client: AsyncClient,
         http_timeout: float = 60,
+        store_dir: str | None = None,
     ) -> None:
         self.hs = hs
+        self.store_dir = store_dir
+        """The encryption store's directory (an encrypting client), else None."""
         self.user_id = user_id
         self.password = password
         self.client = client
@@ -100,6 +113,7 @@ class TestUser:
         unique: bool = True,
         http_timeout: float = 60,
         sync: bool = True,
+        encrypted: bool = False,
     ) -> TestUser:
         """Register ``name-<random>`` (or ``name`` if not ``unique``), log in, start syncing
         (unless ``sync`` is false: a client that only sends, as a benchmark's many senders,
@@ -109,7 +123,9 @@ class TestUser:
         user_id = await hs.register(
             localpart, password, admin=admin, display_name=display_name or name.capitalize()
         )
-        return await cls.login(hs, user_id, password, http_timeout=http_timeout, sync=sync)
+        return await cls.login(
+            hs, user_id, password, http_timeout=http_timeout, sync=sync, encrypted=encrypted
+        )
 
     @classmethod
     async def login(
@@ -120,14 +136,24 @@ class TestUser:
         *,
         http_timeout: float = 60,
         sync: bool = True,
+        encrypted: bool = False,
     ) -> TestUser:
-        """Log in an existing account and start its sync loop (if ``sync``)."""
-        client = AsyncClient(hs.url, user_id, config=AsyncClientConfig(store_sync_tokens=False))
+        """Log in an existing account and start its sync loop (if ``sync``); an
+        encrypting client (a new device with its own keys) if ``encrypted``."""
+        store_dir = tempfile.mkdtemp(prefix="forum-e2e-") if encrypted else None
+        client = AsyncClient(
+            hs.url,
+            user_id,
+            store_path=store_dir or "",
+            config=AsyncClientConfig(store_sync_tokens=False, encryption_enabled=encrypted),
+        )
         resp = await client.login(password, device_name="forum-tests")
         if not isinstance(resp, LoginResponse):
             await client.close()
             raise MatrixRequestError("POST", "/login", 0, {"error": str(resp)})
-        user = cls(hs, user_id, password, client, http_timeout)
+        if encrypted:
+            await client.keys_upload()
+        user = cls(hs, user_id, password, client, http_timeout, store_dir)
         if sync:
             user._sync_task = asyncio.create_task(user._sync_loop(), name=f"sync {user_id}")
         return user
@@ -140,6 +166,8 @@ class TestUser:
             self._sync_task = None
         await self._http.close()
         await self.client.close()
+        if self.store_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self.store_dir, True)
 
     async def __aenter__(self) -> TestUser:
         return self
@@ -163,10 +191,68 @@ class TestUser:
                 raise MatrixRequestError(method, path, resp.status, data or {})
             return data if isinstance(data, dict) else {"result": data}
 
+    async def download(self, server: str, media_id: str) -> bytes:
+        """The bytes of a media (authenticated media API)."""
+        path = f"/_matrix/client/v1/media/download/{_q(server)}/{_q(media_id)}"
+        async with self._http.get(self.hs.url + path) as resp:
+            if resp.status >= 400:
+                raise MatrixRequestError("GET", path, resp.status, {})
+            return await resp.read()
+
     # --- actions ---------------------------------------------------------------------
     async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        if self.store_dir is not None and await self._is_encrypted(room_id):
+            return await self._send_encrypted(room_id, event_type, content)
         path = f"/_matrix/client/v3/rooms/{_q(room_id)}/send/{_q(event_type)}/{uuid.uuid4().hex}"
         return str((await self.request("PUT", path, content))["event_id"])
+
+    async def _is_encrypted(self, room_id: str) -> bool:
+        try:
+            await self.get_state_event(room_id, "m.room.encryption")
+        except MatrixRequestError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def _send_encrypted(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        """Encrypt for every device of the room's members (none verified: all trusted),
+        reactions too, the relation left in clear: as Element X sends."""
+        client = self.client
+        async with asyncio.timeout(15):  # nio learns the room from our own sync
+            while room_id not in client.rooms or not client.rooms[room_id].encrypted:
+                await self.wait_for(lambda e: True, after=len(self.events))
+        room = client.rooms[room_id]
+        if not room.members_synced:
+            await client.joined_members(room_id)
+        client.olm.update_tracked_users(room)
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.olm.should_share_group_session(room_id):
+            await client.share_group_session(room_id, ignore_unverified_devices=True)
+        relation = content.get("m.relates_to")
+        payload = {k: v for k, v in content.items() if k != "m.relates_to"}
+        _, encrypted = client.encrypt(room_id, event_type, payload)
+        if relation is not None:
+            encrypted["m.relates_to"] = relation
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/send/m.room.encrypted/{uuid.uuid4().hex}"
+        return str((await self.request("PUT", path, encrypted))["event_id"])
+
+    async def send_withholding(self, room_id: str, body: str, user_id: str) -> str:
+        """An encrypted text whose key is not shared with ``user_id``'s devices (as a
+        client that withheld it): they receive an event they cannot decrypt."""
+        olm = self.client.olm
+        devices = list(olm.device_store.active_user_devices(user_id))
+        assert devices, f"{self.user_id} knows no device of {user_id}"
+        olm.outbound_group_sessions.pop(room_id, None)
+        for device in devices:
+            olm.blacklist_device(device)
+        try:
+            return await self.send_text(room_id, body)
+        finally:
+            for device in devices:
+                olm.unblacklist_device(device)
+            olm.outbound_group_sessions.pop(room_id, None)
 
     async def send_text(self, room_id: str, body: str, html: str | None = None) -> str:
         content: dict[str, Any] = {"msgtype": "m.text", "body": body}
@@ -335,19 +421,45 @@ class TestUser:
                 await asyncio.sleep(0.2 * failures)
                 continue
             failures = 0
-            new = list(self._events_of(data))
+            decrypted = await self._decrypt(data) if self.store_dir is not None else {}
+            new = list(self._events_of(data, decrypted))
             async with self._changed:
                 self.events.extend(new)
                 self.next_batch = data["next_batch"]
                 self._changed.notify_all()
 
+    async def _decrypt(self, data: dict[str, Any]) -> dict[str, Event]:
+        """nio handles the response (room keys, devices, one-time keys); returns the
+        clear form of the encrypted timeline events it could read, by event id."""
+        client = self.client
+        resp = SyncResponse.from_dict(copy.deepcopy(data))  # nio edits what it reads
+        if not isinstance(resp, SyncResponse):
+            return {}
+        await client.receive_response(resp)
+        clear: dict[str, Event] = {}
+        for info in resp.rooms.join.values():
+            for ev in info.timeline.events:
+                if getattr(ev, "decrypted", False) and not isinstance(ev, MegolmEvent):
+                    clear[ev.event_id] = {**ev.source, "_encrypted": True}
+        with contextlib.suppress(LocalProtocolError):
+            if client.outgoing_to_device_messages:
+                await client.send_to_device_messages()
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+        return clear
+
     @staticmethod
-    def _events_of(data: dict[str, Any]) -> list[Event]:
+    def _events_of(data: dict[str, Any], decrypted: dict[str, Event] | None = None) -> list[Event]:
         out: list[Event] = []
+        clear = decrypted or {}
 
         def add(events: list[dict[str, Any]], section: str, room_id: str | None) -> None:
             for e in events:
-                event = dict(e)
+                event = dict(clear.get(e.get("event_id", ""), e))
                 event.setdefault("room_id", room_id)
                 event["_section"] = section
                 out.append(event)

@@ -20,13 +20,18 @@ endpoint wrappers are grouped by what they touch: :mod:`.rooms`, :mod:`.state`,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+from nio.crypto.attachments import encrypt_attachment
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.errors import MatrixError
 from forum.gateway.account import AccountEndpoints
 from forum.gateway.admin import AdminEndpoints
+from forum.gateway.crypto import Crypto, store_dir_of
 from forum.gateway.membership import MembershipEndpoints
 from forum.gateway.rooms import RoomEndpoints
 from forum.gateway.session import Session
@@ -40,6 +45,8 @@ from forum.gateway.transport import (
     Transport,
     action_kind,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CLIENT_V1", "CLIENT_V3", "Gateway", "GatewayStats", "RequestObserver", "action_kind"]
 
@@ -64,7 +71,13 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         timeline_limit: int = 100,
         handler_max_attempts: int = 8,
         handler_retry_initial: float = 2.0,
+        crypto_store: Path | None = None,
+        crypto_pickle_key: str = "",
+        key_wait: float = 5.0,
     ) -> None:
+        """``crypto_store``: the directory under which this account's end-to-end
+        encryption store is kept (:mod:`.crypto`); None: the account reads and writes
+        clear rooms only."""
         self.homeserver_url = homeserver_url.rstrip("/")
         self.stats = GatewayStats()
         super().__init__(
@@ -74,8 +87,11 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
                 stats=self.stats,
                 request_timeout=request_timeout,
                 max_retries=max_retries,
+                store_path=store_dir_of(crypto_store, user_id) if crypto_store else None,
+                pickle_key=crypto_pickle_key,
             )
         )
+        self.crypto = Crypto(self._transport) if crypto_store else None
         self._session = Session(
             self._transport,
             sessionmaker,
@@ -92,6 +108,8 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
             timeline_limit=timeline_limit,
             handler_max_attempts=handler_max_attempts,
             handler_retry_initial=handler_retry_initial,
+            crypto=self.crypto,
+            key_wait=key_wait,
         )
         self.device_id: str | None = None
 
@@ -101,8 +119,57 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         return self._transport.access_token
 
     async def login(self) -> None:
-        """Log in: a given token, then a stored token, then the password."""
-        self.device_id = await self._session.login()
+        """Log in: a given token, then a stored token, then the password. With
+        encryption, the device's keys are then loaded (or made) and published."""
+        crypto = self.crypto
+        known = await crypto.prepare() if crypto else None
+        self.device_id = await self._session.login(known)
+        if crypto is None:
+            return
+        if not self.device_id:
+            raise MatrixError(f"{self.user_id}: the homeserver did not say our device id")
+        try:
+            await crypto.start(self.device_id)
+        except MatrixError as exc:
+            if not crypto.fresh:
+                raise
+            await self._new_device(crypto, exc)
+
+    async def _new_device(self, crypto: Crypto, refused: MatrixError) -> None:
+        """The device's store was lost (deleted, or an old backup restored) while its keys
+        stay published: the homeserver refuses new keys for it. Log in as a new device."""
+        old = self.device_id
+        if not self._session.password:
+            raise MatrixError(
+                f"{self.user_id}: the encryption keys of device {old} are lost and the "
+                f"homeserver keeps the old ones ({refused}); give the bot a password, or a "
+                "new access token (a new device), in the configuration"
+            ) from refused
+        log.warning(
+            "%s: the encryption store of device %s is lost (the homeserver refused new "
+            "keys: %s); logging in as a new device",
+            self.user_id,
+            old,
+            refused,
+        )
+        crypto.forget_device()
+        await self._session.forget()
+        self.device_id = await self._session.login(None)
+        if not self.device_id or self.device_id == old:
+            raise MatrixError(f"{self.user_id}: no new device to replace {old}") from refused
+        await crypto.start(self.device_id)
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this account takes part in encrypted rooms."""
+        return self.crypto is not None
+
+    async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        """Send one event; encrypted when the room is (and this account has keys)."""
+        crypto = self.crypto
+        if crypto is None or not await crypto.is_encrypted(room_id):
+            return await super().send_event(room_id, event_type, content)
+        return await crypto.send(room_id, event_type, content, self._transport.txn_id())
 
     async def close(self) -> None:
         self._sync.stop()
@@ -153,6 +220,35 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
     def observe_requests(self, observer: RequestObserver | None) -> None:
         """Call ``observer(kind, seconds, outcome)`` after every request (metrics)."""
         self._transport.observer = observer
+
+    async def create_room(self, payload: dict[str, Any]) -> str:
+        room_id = await super().create_room(payload)
+        if self.crypto is not None:
+            state = payload.get("initial_state") or []
+            self.crypto.created(
+                room_id,
+                encrypted=any(e.get("type") == "m.room.encryption" for e in state),
+            )
+        return room_id
+
+    async def send_file(
+        self, room_id: str, data: bytes, filename: str, mimetype: str, *, body: str | None = None
+    ) -> str:
+        """Upload ``data`` and send it as an ``m.file``: in an encrypted room the file is
+        encrypted too (only the room's members can open it), as an encrypted attachment."""
+        content: dict[str, Any] = {
+            "msgtype": "m.file",
+            "body": body or filename,
+            "filename": filename,
+            "info": {"mimetype": mimetype, "size": len(data)},
+        }
+        if self.crypto is not None and await self.crypto.is_encrypted(room_id):
+            cipher, keys = encrypt_attachment(data)
+            mxc = await self.upload(cipher, "application/octet-stream", filename)
+            content["file"] = {"url": mxc, "mimetype": mimetype, **keys}
+        else:
+            content["url"] = await self.upload(data, mimetype, filename)
+        return await self.send_event(room_id, "m.room.message", content)
 
     async def _relogin(self) -> None:
         """The homeserver refused our token while syncing: forget it, log in again."""

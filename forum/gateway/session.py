@@ -34,9 +34,11 @@ class Session:
     def user_id(self) -> str:
         return self.transport.user_id
 
-    async def login(self) -> str | None:
+    async def login(self, known_device: str | None = None) -> str | None:
         """Log in: a given token, then a stored token, then the password. Returns the
-        device id (``None`` when a token's owner does not say it)."""
+        device id (``None`` when a token's owner does not say it). A password login asks
+        for the stored session's device, else ``known_device`` (the device whose
+        encryption keys are kept), so that a new token keeps the same device."""
         transport = self.transport
         candidates: list[tuple[str, str | None]] = []
         if self.access_token:
@@ -45,6 +47,7 @@ class Session:
             stored = await BotSessions(s).get(self.user_id)
         if stored and stored.homeserver == transport.homeserver_url:
             candidates.append((stored.access_token, stored.device_id))
+            known_device = stored.device_id or known_device
         for token, device_id in candidates:
             transport.access_token = token
             try:
@@ -61,7 +64,9 @@ class Session:
         transport.access_token = None
         if not self.password:
             raise Unauthorized(f"no valid access token and no password for {self.user_id}")
-        device_id, token = await transport.password_login(self.password, self.device_name)
+        device_id, token = await transport.password_login(
+            self.password, self.device_name, known_device
+        )
         async with self.sessionmaker() as s, s.begin():
             await BotSessions(s).save(self.user_id, transport.homeserver_url, device_id, token)
         log.info("logged in as %s (device %s)", self.user_id, device_id)

@@ -30,7 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError, Unauthorized
-from forum.events import Invite, RoomEvent, parse_room_event
+from forum.events import Invite, RoomEvent, Undecryptable, parse_room_event
+from forum.gateway.crypto import ENCRYPTED, Crypto
 from forum.gateway.transport import GatewayStats, Transport, path
 from forum.retry import retry_call, retrying
 from forum.storage import FailedHandler, FailedHandlers, ProcessedEvents, SyncTokens, utcnow
@@ -46,6 +47,9 @@ BOOKKEEPING_RETRY_INITIAL = 0.5
 BOOKKEEPING_RETRY_CAP = 30.0
 
 _INVITE_KEY = "forum.invite"
+#: the reserved "handler" of an encrypted event waiting for its key (kept with the failed
+#: handlers: stored, due at a time, resumed after a restart)
+AWAITING_KEY = "forum.gateway:awaiting-room-key"
 
 
 def handler_backoff(attempts: int, initial: float, cap: float) -> timedelta:
@@ -115,6 +119,10 @@ class SyncLoop:
     handler_retry_initial: float = 2.0
     handler_retry_cap: float = 600.0
     clock: Callable[[], datetime] = utcnow
+    crypto: Crypto | None = None
+    key_wait: float = 5.0
+    """How long an encrypted event we cannot read waits for its key (asked for once)
+    before its handlers are told it is :class:`~forum.events.Undecryptable`."""
     next_batch: str | None = field(init=False, default=None)
     _registrations: list[_Registration] = field(init=False, default_factory=list)
     _stopping: asyncio.Event = field(init=False, default_factory=asyncio.Event)
@@ -228,6 +236,12 @@ class SyncLoop:
         )
 
     async def _process(self, data: dict[str, Any], since: str | None) -> int:
+        if self.crypto is not None:
+            try:
+                await self.crypto.receive(data)
+            except Exception:  # the batch is still handled: what nio could not read
+                # stays encrypted, and its senders are told
+                log.exception("%s: nio could not handle a /sync response", self.user_id)
         batch = await self._collect(data, since)
         await self._retry_due()
         handled = await self._dispatch(batch)
@@ -239,6 +253,11 @@ class SyncLoop:
 
             await self._bookkeeping("the sync token", store)
             self.next_batch = token
+        if self.crypto is not None:
+            try:
+                await self.crypto.maintain()
+            except MatrixError as exc:  # tried again after the next batch
+                log.warning("%s: keeping the encryption keys up failed: %s", self.user_id, exc)
         self.stats.last_synced = time.time()
         for callback in self.synced_callbacks:
             callback()
@@ -259,6 +278,8 @@ class SyncLoop:
                     known = {e.get("event_id") for e in raw_events}
                     raw_events = [e for e in gap if e.get("event_id") not in known] + raw_events
                 for raw in raw_events:
+                    if self.crypto is not None and raw.get("type") == ENCRYPTED:
+                        raw = self.crypto.decrypt(room_id, raw) or raw
                     ev = parse_room_event(room_id, raw)
                     if ev is None:
                         log.warning("malformed event skipped in %s", room_id)
@@ -307,7 +328,9 @@ class SyncLoop:
         return collected
 
     async def _dispatch(self, events: list[RoomEvent | Invite]) -> int:
-        todo = [(ev, regs) for ev in events if (regs := self._handlers_for(ev))]
+        todo = [
+            (ev, regs) for ev in events if (regs := self._handlers_for(ev)) or self._awaits_key(ev)
+        ]
         if not todo:
             return 0
         ids = [ev.event_id for ev, _ in todo]
@@ -320,30 +343,96 @@ class SyncLoop:
             if ev.event_id in seen:
                 continue
             seen.add(ev.event_id)
-            failures: list[tuple[_Registration, str]] = []
-            for reg in regs:
-                exc = await self._call(reg, ev)
-                if exc is not None:
-                    log.error(
-                        "handler %s failed on %s %s in %s",
-                        reg.name,
-                        type(ev).__name__,
-                        ev.event_id,
-                        ev.room_id,
-                        exc_info=exc,
-                    )
-                    failures.append((reg, _describe(exc)))
-            retries = [
-                (reg, error, self._retry_at(1, reg.name, ev.event_id, ev.room_id, error))
-                for reg, error in failures
-            ]
-
-            await self._bookkeeping(
-                f"event {ev.event_id}", partial(self._record_outcome, ev=ev, retries=retries)
-            )
+            if self._awaits_key(ev):
+                await self._wait_for_key(ev)
+                continue
+            await self._handle_one(ev, regs)
             handled += 1
-            self.stats.events_dispatched += 1
         return handled
+
+    def _awaits_key(self, ev: RoomEvent | Invite) -> bool:
+        """An encrypted event from someone else that this device could not read."""
+        return (
+            self.crypto is not None and isinstance(ev, Undecryptable) and ev.sender != self.user_id
+        )
+
+    async def _wait_for_key(self, ev: RoomEvent | Invite) -> None:
+        """Ask the sender's device for the key once, and keep the event (in the store, as
+        a failed handler due in ``key_wait`` seconds) until the key comes or the time is
+        up (:meth:`_key_waited`)."""
+        assert self.crypto is not None
+        assert isinstance(ev, RoomEvent)
+        try:
+            await self.crypto.request_key(ev.room_id, ev.raw)
+        except MatrixError as exc:
+            log.warning("%s: asking for the key of %s failed: %s", self.user_id, ev.event_id, exc)
+        retry_at = self.clock() + timedelta(seconds=self.key_wait)
+        log.info(
+            "%s: cannot decrypt %s in %s yet; key requested, waiting %.0f s",
+            self.user_id,
+            ev.event_id,
+            ev.room_id,
+            self.key_wait,
+        )
+
+        async def keep(s: AsyncSession) -> None:
+            await FailedHandlers(s).add(
+                self.user_id,
+                ev.event_id,
+                AWAITING_KEY,
+                room_id=ev.room_id,
+                event=stored_event(ev),
+                error="the room key has not arrived",
+                retry_at=retry_at,
+            )
+
+        await self._bookkeeping(f"event {ev.event_id}", keep)
+
+    async def _key_waited(self, failed: FailedHandler) -> None:
+        """The wait of an encrypted event is over: its handlers get its clear form if the
+        key came meanwhile, else they are told it is :class:`Undecryptable`."""
+        clear = self.crypto.decrypt(failed.room_id, failed.event) if self.crypto else None
+        ev = parse_room_event(failed.room_id, clear or failed.event)
+
+        async def done(s: AsyncSession) -> None:
+            await FailedHandlers(s).succeeded(self.user_id, failed.event_id, AWAITING_KEY)
+
+        await self._bookkeeping(f"event {failed.event_id}", done)
+        if ev is None:
+            return
+        if clear is None:
+            log.warning(
+                "%s: the key of %s from %s never came; telling its handlers",
+                self.user_id,
+                failed.event_id,
+                ev.sender,
+            )
+        await self._handle_one(ev, self._handlers_for(ev))
+
+    async def _handle_one(self, ev: RoomEvent | Invite, regs: list[_Registration]) -> None:
+        """Call an event's handlers; it is then processed, or its failures are kept."""
+        failures: list[tuple[_Registration, str]] = []
+        for reg in regs:
+            exc = await self._call(reg, ev)
+            if exc is not None:
+                log.error(
+                    "handler %s failed on %s %s in %s",
+                    reg.name,
+                    type(ev).__name__,
+                    ev.event_id,
+                    ev.room_id,
+                    exc_info=exc,
+                )
+                failures.append((reg, _describe(exc)))
+        retries = [
+            (reg, error, self._retry_at(1, reg.name, ev.event_id, ev.room_id, error))
+            for reg, error in failures
+        ]
+
+        await self._bookkeeping(
+            f"event {ev.event_id}", partial(self._record_outcome, ev=ev, retries=retries)
+        )
+        self.stats.events_dispatched += 1
 
     async def _record_outcome(
         self,
@@ -407,6 +496,9 @@ class SyncLoop:
         return len(due)
 
     async def _retry(self, failed: FailedHandler) -> None:
+        if failed.handler == AWAITING_KEY:
+            await self._key_waited(failed)
+            return
         reg = next((r for r in self._registrations if r.name == failed.handler), None)
         ev = revived_event(failed.room_id, failed.event)
         error: str | None = None

@@ -16,6 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 import aiohttp
@@ -99,19 +100,29 @@ class Transport:
     _txn: itertools.count[int] = field(init=False, default_factory=itertools.count)
     _txn_prefix: str = field(init=False, default_factory=lambda: secrets.token_hex(6))
     observer: RequestObserver | None = field(init=False, default=None)
+    store_path: Path | None = None
+    """Where the end-to-end encryption store lives (:mod:`.crypto`); None: no encryption."""
+    pickle_key: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self._client = AsyncClient(
             self.homeserver_url,
             self.user_id,
+            store_path=str(self.store_path) if self.store_path else "",
             config=AsyncClientConfig(
                 max_limit_exceeded=0,
                 max_timeouts=0,
                 request_timeout=self.request_timeout,
                 store_sync_tokens=False,
-                encryption_enabled=False,
+                encryption_enabled=self.store_path is not None,
+                pickle_key=self.pickle_key or "DEFAULT_KEY",
             ),
         )
+
+    @property
+    def client(self) -> AsyncClient:
+        """nio's client (its HTTP session, and its Olm machine for :mod:`.crypto`)."""
+        return self._client
 
     @property
     def access_token(self) -> str | None:
@@ -127,8 +138,13 @@ class Transport:
     async def close(self) -> None:
         await self._client.close()
 
-    async def password_login(self, password: str, device_name: str) -> tuple[str, str]:
-        """Log in with the password; return ``(device_id, access_token)``."""
+    async def password_login(
+        self, password: str, device_name: str, device_id: str | None = None
+    ) -> tuple[str, str]:
+        """Log in with the password (as ``device_id`` when given: the same device and
+        keys again); return ``(device_id, access_token)``."""
+        if device_id:
+            self._client.device_id = device_id
 
         async def login_once() -> LoginResponse | LoginError:
             try:

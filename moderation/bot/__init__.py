@@ -5,6 +5,7 @@ and the audit log. Entry point: :data:`FEATURE` (the bot's setup and its
 from __future__ import annotations
 
 from forum.context import Feature, ServiceContext
+from forum.unreadable import UnreadableAnswer
 
 from . import command_groups  # noqa: F401 - declares the commands on the registry
 from .bot import ModerationBot
@@ -26,6 +27,12 @@ async def setup(ctx: ServiceContext) -> ModerationBot:
         register=ctx.register,
     )
     await bot.start()
+    UnreadableAnswer(
+        ctx.moderation_gateway,
+        ctx.i18n,
+        language_of=ctx.register.language_of,
+        answers=bot.answers_unreadable,
+    ).register()
     # imported here: the spam checker is built on the bot's parts (an import cycle else)
     from moderation.antispam import start_antispam
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.bounded import LRUDict
 from forum.errors import MatrixError
-from forum.events import Invite, Membership, Message, Reaction, StateChange
+from forum.events import Invite, Membership, Message, Reaction, StateChange, Undecryptable
 from forum.i18n import I18n
 from forum.matrix import server_of
 from forum.settings import ModerationSection, Settings
@@ -209,6 +209,13 @@ class ModerationBot:
         if server_of(user_id) == self.settings.server_name:
             return True
         return user_id in await self.actions.members()
+
+    async def answers_unreadable(self, ev: Undecryptable) -> bool:
+        """The bot explains an unreadable message to those it talks with (not to the
+        other bot nor to ignored accounts)."""
+        if ev.sender in self.settings.ignored_user_ids:
+            return False
+        return ev.room_id == self.management.room_id or await self.accepts_dm_from(ev.sender)
 
     async def on_invite(self, inv: Invite) -> None:
         if not inv.is_direct:

@@ -32,13 +32,14 @@ from forum.context import (
     Rooms,
     ServiceContext,
 )
-from forum.events import Invite, Membership, Message, Reaction
+from forum.events import Invite, Membership, Message, Reaction, Undecryptable
 from forum.gateway import Gateway
 from forum.matrix import strip_reply_fallback
 from forum.settings import Settings
 from forum.signals import Signals
 from forum.storage import Executor, OutboxWorker, utcnow
 from forum.tasks import TaskSupervisor
+from forum.unreadable import UnreadableAnswer
 
 from . import messages
 from .approval import Approval
@@ -272,6 +273,11 @@ class MembershipBot:
         ):
             await shared.say(room, self.commands.with_help(lang, messages.NOT_UNDERSTOOD))
 
+    async def answers_unreadable(self, ev: Undecryptable) -> bool:
+        """The bot explains an unreadable message in its direct chats (not another bot's)."""
+        shared = self.shared
+        return not shared.ignored(ev.sender) and ev.room_id not in shared.forum_rooms
+
     async def pending_approvals(self) -> list[ApprovalRequest]:
         """The join requests waiting for a moderator (the moderation bot's ``!pending``)."""
         async with self.shared.sessionmaker() as s:
@@ -377,6 +383,12 @@ def feature(**options: Any) -> Feature:
         for kind, executor in bot.outbox_executors.items():
             ctx.register.outbox_executor(kind, executor)
         bot.register()
+        UnreadableAnswer(
+            ctx.membership_gateway,
+            ctx.i18n,
+            language_of=bot.language_of,
+            answers=bot.answers_unreadable,
+        ).register()
         return bot
 
     from .cli import add_commands

@@ -225,7 +225,6 @@ class MemberCommands:
             data[part.section] = dict(part.data)
         filename, raw = export_file(data, lang)
         gateway = shared.membership_gateway
-        mxc = await gateway.upload(raw, "application/json", filename)
         status = data["status"]
         own = self.status_lines(lang, status["charter_version"], status["publication"], person)
         public = data.get("public_name")
@@ -235,17 +234,7 @@ class MemberCommands:
         sections += [(part.title, list(part.lines)) for part in parts]
         plain, rich = summary(shared.t(lang, messages.MY_DATA), sections, filename)
         await shared.say(ev.room_id, plain, rich)
-        await gateway.send_event(
-            ev.room_id,
-            "m.room.message",
-            {
-                "msgtype": "m.file",
-                "body": filename,
-                "filename": filename,
-                "url": mxc,
-                "info": {"mimetype": "application/json", "size": len(raw)},
-            },
-        )
+        await gateway.send_file(ev.room_id, raw, filename, "application/json")
 
 
 def pick(held: list[HeldPermission], which: str) -> HeldPermission | None:

@@ -115,6 +115,11 @@ async def test_backup_of_a_running_forum_restores_into_a_new_home(
         assert (new_home / "secrets.json").read_text(encoding="utf-8") == '{"bot:x": "kept"}\n'
         assert private(new_home / "secrets.json")
         assert stat.S_IMODE(new_home.stat().st_mode) == 0o700
+        # the bots' encryption stores come back (their devices can read their chats)
+        stores = sorted(p.relative_to(home) for p in home.glob("crypto/*/*.db"))
+        assert len(stores) == 2
+        assert sorted(p.relative_to(new_home) for p in new_home.glob("crypto/*/*.db")) == stores
+        assert all(private(new_home / p) for p in stores)
 
         # Restoring over a forum that has data is refused and changes nothing.
         again = await asyncio.to_thread(

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from bridge.sanitize import clean_html
-from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
+from forum.events import (
+    Membership,
+    Message,
+    Reaction,
+    Redaction,
+    Undecryptable,
+    parse_room_event,
+)
 from forum.matrix import strip_reply_fallback
 from tests.data import event
 
@@ -59,3 +66,13 @@ def test_reaction_redaction_and_departure():
 @pytest.mark.parametrize("name", ["malformed"])
 def test_malformed_events_are_dropped(name: str):
     assert parse_room_event(ROOM, event(name)) is None
+
+
+def test_an_encrypted_event_not_decrypted_is_undecryptable():
+    """What the gateway could not decrypt reaches the handlers as Undecryptable, naming
+    the sender's device and session (the bots explain; the key is asked for)."""
+    ev = parse_room_event("!dm:forum.test", event("encrypted"))
+    assert isinstance(ev, Undecryptable)
+    assert (ev.sender, ev.device_id) == ("@ama:forum.test", "RJYKSTBOIE")
+    assert ev.session_id == "X3lUlvLELLYxeTx4yOVu6UDpasGEVO0Jbu+QFnm0cKQ"
+    assert ev.relates_to == {"m.in_reply_to": {"event_id": "$question:forum.test"}}
