@@ -102,10 +102,10 @@ class Actions:
             return True
         if user_id in settings.moderator_ids:
             return True
-        moderator_level = settings.power_levels.moderator
-        for room in {room_id or self.forum_rooms["management"], self.forum_rooms["management"]}:
+        management = self.forum_rooms["management"]
+        for room in dict.fromkeys([room_id or management, management]):
             try:
-                if (await self.power_levels(room)).level(user_id) >= moderator_level:
+                if await self.powers.is_moderator(user_id, [room]):
                     return True
             except MatrixError:
                 log.warning("cannot read power levels of %s", room)

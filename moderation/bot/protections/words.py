@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-
-from forum.events import Message
+from collections.abc import Mapping
+from typing import Any
 
 from ..text import fold, word_pattern
-from .base import Events, Protection, _
+from .base import Facts, Finding, Protection, _, body_of
 
 
 class BannedWords(Protection):
@@ -17,16 +17,14 @@ class BannedWords(Protection):
     _words: tuple[str, ...] | None = None
     _pattern: re.Pattern[str] | None = None
 
-    @property
-    def pattern(self) -> re.Pattern[str] | None:
-        """The pattern of the configured words (made again when they change)."""
-        words = tuple(self.tuning.current.words)
+    def pattern(self, words: tuple[str, ...]) -> re.Pattern[str] | None:
+        """The pattern of ``words`` (made again when they change)."""
         if words != self._words:
             self._words, self._pattern = words, word_pattern(words)
         return self._pattern
 
-    async def check(self, ev: Message) -> Events | None:
-        pattern = self.pattern
-        if pattern is not None and pattern.search(fold(ev.body)):
-            return [(ev.room_id, ev.event_id)]
+    def decide(self, content: Mapping[str, Any], sender: str, facts: Facts) -> Finding | None:
+        pattern = self.pattern(tuple(facts.settings.words))
+        if pattern is not None and pattern.search(fold(body_of(content))):
+            return self.found()
         return None
