@@ -76,13 +76,16 @@ class Powers:
     def forget(self, room_id: str) -> None:
         self.editor.forget(room_id)
 
-    async def level(self, room_id: str, user_id: str) -> float:
-        return (await self.editor.levels(room_id)).level(user_id)
+    async def level(self, room_id: str, user_id: str, *, fresh: bool = False) -> float:
+        return (await self.editor.levels(room_id, fresh=fresh)).level(user_id)
 
-    async def is_moderator(self, user_id: str, rooms: Iterable[str]) -> bool:
+    async def is_moderator(
+        self, user_id: str, rooms: Iterable[str], *, fresh: bool = False
+    ) -> bool:
         """Whether ``user_id`` has the moderators' level in any of ``rooms`` (creators of a
-        room of version 12 included: their power is infinite)."""
+        room of version 12 included: their power is infinite). ``fresh``: the levels read
+        now (for a bot that does not watch the power-level events of these rooms)."""
         for room in dict.fromkeys(rooms):
-            if await self.level(room, user_id) >= self.moderator_level:
+            if await self.level(room, user_id, fresh=fresh) >= self.moderator_level:
                 return True
         return False

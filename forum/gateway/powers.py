@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from forum.bounded import LockTable
+from forum.errors import MatrixError
 from forum.matrix import CREATOR_POWER_VERSIONS, PowerLevels
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ class StateAccess(Protocol):
     ) -> str: ...
 
 
-class PowerEditConflict(Exception):
-    """Another writer swept the change away every time it was made."""
+class PowerEditConflict(MatrixError):
+    """Another writer swept the change away every time it was made (a failed request to
+    its callers, like any other)."""
 
 
 def creators_of(create_event: dict[str, Any] | None) -> frozenset[str]:
@@ -88,9 +90,10 @@ class PowerLevelEditor:
         """The levels of ``room_id`` changed (a state event seen): read them again."""
         self._cache.pop(room_id, None)
 
-    async def levels(self, room_id: str) -> PowerLevels:
-        """The power levels of ``room_id`` (cached until an edit or :meth:`forget`)."""
-        cached = self._cache.get(room_id)
+    async def levels(self, room_id: str, *, fresh: bool = False) -> PowerLevels:
+        """The power levels of ``room_id`` (cached until an edit or :meth:`forget`;
+        ``fresh``: read now, for a caller that does not see the room's state events)."""
+        cached = None if fresh else self._cache.get(room_id)
         if cached is None:
             state = await self._state.get_state(room_id)
             create = next((e for e in state if e.get("type") == "m.room.create"), None)
@@ -122,7 +125,11 @@ class PowerLevelEditor:
             creators = await self.creators(room_id)
             wrote = False
             for attempt in range(self.attempts + 1):
-                current = await self._state.get_state_event(room_id, POWER_LEVELS) or {}
+                current = await self._state.get_state_event(room_id, POWER_LEVELS)
+                if current is None:
+                    # Writing one from nothing would drop every default the room has.
+                    log.warning("no power levels in %s: edit not made", room_id)
+                    return wrote
                 new = copy.deepcopy(current)
                 if not change(new):
                     return wrote  # done (or nothing to do); after a write, verified
