@@ -15,7 +15,8 @@ matrix-nio provides the login and the HTTP transport (its ``AsyncClient``); requ
 built here so that every result is checked the same way, including the endpoints nio does
 not cover (joins and knocks with ``via``, members by membership, reports, hierarchy). The
 endpoint wrappers are grouped by what they touch: :mod:`.rooms`, :mod:`.state`,
-:mod:`.membership`, :mod:`.account` and :mod:`.admin`.
+:mod:`.membership`, :mod:`.account` and :mod:`.admin`; every power-level edit of the account
+goes through its one :class:`~.powers.PowerLevelEditor` (:attr:`Gateway.powers`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from forum.gateway.account import AccountEndpoints
 from forum.gateway.admin import AdminEndpoints
 from forum.gateway.crypto import Crypto, store_dir_of
 from forum.gateway.membership import MembershipEndpoints
+from forum.gateway.powers import PowerLevelEditor
 from forum.gateway.rooms import RoomEndpoints
 from forum.gateway.session import Session
 from forum.gateway.state import StateEndpoints
@@ -112,6 +114,8 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
             key_wait=key_wait,
         )
         self.device_id: str | None = None
+        self.powers = PowerLevelEditor(self)
+        """The one writer of this account's ``m.room.power_levels`` edits (both bots)."""
 
     # --- identity -------------------------------------------------------------------
     @property

@@ -26,12 +26,15 @@ from forum.events import Membership, Message, Redaction, RoomEvent, parse_room_e
 from forum.matrix import server_of
 from moderation.bot.consequences import Offence
 from moderation.bot.protections import (
-    BannedWords,
-    Flood,
-    MentionSpam,
-    NewMemberLinks,
+    FloodWindows,
     Protection,
+    Sent,
+    default_protections,
+    evaluate,
+    wants_join_time,
 )
+from moderation.bot.protections.base import Facts
+from moderation.bot.repositories import FirstJoins
 
 if TYPE_CHECKING:
     from forum.context import PersonLanguage
@@ -96,17 +99,6 @@ class Verdict:
 ALLOW = Verdict()
 
 
-class FloodGate(Flood):
-    """Flooding at the door: the message that would reach the limit within the window is
-    refused and not counted, so that at most ``flood_messages - 1`` get through per
-    ``flood_seconds``; the earlier ones stay (they were within the rate)."""
-
-    def acted(self, ev: Message) -> None:
-        window = self.recent.get(ev.sender)
-        if window and window[-1][2] == ev.event_id:
-            window.pop()
-
-
 @dataclass(kw_only=True, eq=False)
 class Judge:
     """Decides each callback from the moderation bot's state (``bot``: its rooms, policy
@@ -114,24 +106,17 @@ class Judge:
 
     bot: ModerationBot
     language_of: PersonLanguage | None = None
-    protections: list[Protection] = field(init=False)
-    flood: FloodGate = field(init=False)
+    protections: list[Protection] = field(init=False, default_factory=default_protections)
+    windows: FloodWindows = field(init=False, default_factory=FloodWindows)
+    """Each person's messages let through within the flood window: flooding at the door
+    refuses the message that would reach the limit, and a refused message is not counted,
+    so at most ``flood_messages - 1`` get through per ``flood_seconds``."""
     struck: LRUDict[str, float] = field(init=False, default_factory=LRUDict)
     """When each person last got a strike for flooding at the door: one per burst."""
     _members: frozenset[str] = field(init=False, default=frozenset())
     _servers: frozenset[str] = field(init=False, default=frozenset())
     _members_at: float = field(init=False, default=float("-inf"))
     _members_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
-
-    def __post_init__(self) -> None:
-        bot = self.bot
-        self.flood = FloodGate(bot.tuning)
-        self.protections = [
-            BannedWords(bot.tuning),
-            MentionSpam(bot.tuning),
-            NewMemberLinks(bot.tuning, sessionmaker=bot.sessionmaker, clock=bot.clock),
-            self.flood,
-        ]
 
     # --- facts ------------------------------------------------------------------------
     def is_forum_room(self, room_id: str) -> bool:
@@ -208,43 +193,50 @@ class Judge:
         return await self.message(ev)
 
     async def message(self, ev: Message) -> Verdict:
-        """The message protections, in the bot's order; the first offence decides."""
-        for protection in self.protections:
-            protection.observe(ev)
-        for protection in self.protections:
-            if await protection.check(ev) is not None:
-                break
-        else:
-            return ALLOW
-        if await self.exempt(ev.sender, ev.room_id):
-            return ALLOW
-        protection.acted(ev)
+        """The message protections, decided as the bot decides (:func:`evaluate`), on the
+        facts known at the door; the first offence decides."""
         bot = self.bot
-        flood = protection is self.flood
+        settings = bot.tuning.current
+        sent = Sent(time.time(), ev.room_id, ev.event_id)
+        recent = self.windows.record(ev.sender, sent, settings.flood_seconds)
+        joined_at = None
+        if wants_join_time(self.protections, ev.content):
+            async with bot.sessionmaker() as s:
+                joined_at = await FirstJoins(s).get(ev.sender)
+        facts = Facts(settings, bot.clock(), joined_at, recent)
+        finding = evaluate(self.protections, ev.content, ev.sender, facts)
+        if finding is None or await self.exempt(ev.sender, ev.room_id):
+            return ALLOW
+        self._forget(ev)  # a refused message is not one more of the person's messages
+        flood = finding.kind == "flood"
         now = time.monotonic()
         last = self.struck.get(ev.sender)
-        repeat = flood and last is not None and now - last < bot.tuning.current.flood_seconds
+        repeat = flood and last is not None and now - last < settings.flood_seconds
         if not repeat:
             if flood:
                 self.struck[ev.sender] = now
-            label = bot.t(protection.label)
+            label = bot.t(finding.label)
             reason = bot.t("Automatic moderation: {what}").format(what=label)
-            offence = Offence(ev, protection.kind, label, reason, [], refused=True)
+            offence = Offence(ev, finding.kind, label, reason, [], refused=True)
             bot.tasks.start(
                 f"antispam:offence:{ev.event_id}", bot.consequences.current.offence(offence)
             )
-        self.flood.acted(ev)  # a refused message is not one more of the person's messages
         t = await self.gettext(ev.sender)
         if flood:
-            seconds = max(1, round(bot.tuning.current.flood_seconds))
+            seconds = max(1, round(settings.flood_seconds))
             return Verdict(
                 "M_LIMIT_EXCEEDED",
                 t(TOO_FAST).format(s=seconds),
                 {"retry_after_ms": seconds * 1000},
-                rule=protection.kind,
+                rule=finding.kind,
             )
-        what = t(protection.label)
-        return Verdict("M_FORBIDDEN", t(REFUSED).format(what=what), rule=protection.kind)
+        what = t(finding.label)
+        return Verdict("M_FORBIDDEN", t(REFUSED).format(what=what), rule=finding.kind)
+
+    def _forget(self, ev: Message) -> None:
+        window = self.windows.recent.get(ev.sender)
+        if window and window[-1].event_id == ev.event_id:
+            window.pop()
 
     async def user_may_join_room(self, body: Mapping[str, Any]) -> Verdict:
         user, room = body.get("user"), body.get("room")

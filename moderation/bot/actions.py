@@ -6,10 +6,8 @@ topic rooms are in :mod:`.locks`."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,10 +16,12 @@ from typing import TYPE_CHECKING, Any, Unpack
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError
+from forum.gateway.powers import Change
 from forum.matrix import PowerLevels
 from forum.settings import Settings
 from forum.storage.models import utcnow
 
+from ..powers import MUTED_LEVEL, Powers
 from .repositories import Audit, AuditFields, DirectRooms, Mutes
 
 if TYPE_CHECKING:
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MUTED_LEVEL = -1
+__all__ = ["MUTED_LEVEL", "Actions", "rule_state_key"]
+
 REDACTABLE = frozenset({"m.room.message", "m.sticker", "m.reaction", "m.room.encrypted"})
 
 
@@ -47,11 +48,12 @@ class Actions:
     sessionmaker: async_sessionmaker[AsyncSession]
     forum_rooms: Rooms
     clock: Clock = utcnow
-    _pl_locks: defaultdict[str, asyncio.Lock] = field(
-        init=False, default_factory=lambda: defaultdict(asyncio.Lock)
-    )
-    _pl_cache: dict[str, PowerLevels] = field(init=False, default_factory=dict)
+    powers: Powers = field(init=False)
+    """Power levels through the account's one editor, shared with the membership bot."""
     mute_changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.powers = Powers(self.gateway.powers, self.settings.power_levels.moderator)
 
     # --- rooms ----------------------------------------------------------------------
     @property
@@ -82,24 +84,16 @@ class Actions:
 
     # --- power levels ---------------------------------------------------------------
     def forget_power_levels(self, room_id: str) -> None:
-        self._pl_cache.pop(room_id, None)
+        self.powers.forget(room_id)
 
     async def power_levels(self, room_id: str) -> PowerLevels:
-        cached = self._pl_cache.get(room_id)
-        if cached is None:
-            cached = self._pl_cache[room_id] = await self.gateway.power_levels(room_id)
-        return cached
+        """The levels of ``room_id`` (cached by the editor until a change is seen)."""
+        return await self.gateway.powers.levels(room_id)
 
-    async def edit_power_levels(
-        self, room_id: str, change: Callable[[dict[str, Any]], bool]
-    ) -> None:
-        """Read-modify-write ``m.room.power_levels`` (one writer per room at a time)."""
-        async with self._pl_locks[room_id]:
-            content = await self.gateway.get_state_event(room_id, "m.room.power_levels") or {}
-            new = copy.deepcopy(content)
-            if change(new):
-                await self.gateway.put_state(room_id, "m.room.power_levels", new)
-                self.forget_power_levels(room_id)
+    async def edit_power_levels(self, room_id: str, change: Change) -> None:
+        """Edit ``m.room.power_levels`` through the account's one editor (serialised per
+        room, read again before writing, verified after; see :mod:`forum.gateway.powers`)."""
+        await self.powers.edit(room_id, change)
 
     async def is_exempt(self, user_id: str, room_id: str | None = None) -> bool:
         """Moderators and bots are never targets of protections or policy rules."""
@@ -108,10 +102,10 @@ class Actions:
             return True
         if user_id in settings.moderator_ids:
             return True
-        moderator_level = settings.power_levels.moderator
-        for room in {room_id or self.forum_rooms["management"], self.forum_rooms["management"]}:
+        management = self.forum_rooms["management"]
+        for room in dict.fromkeys([room_id or management, management]):
             try:
-                if (await self.power_levels(room)).level(user_id) >= moderator_level:
+                if await self.powers.is_moderator(user_id, [room]):
                     return True
             except MatrixError:
                 log.warning("cannot read power levels of %s", room)
@@ -165,19 +159,7 @@ class Actions:
 
     # --- mutes ----------------------------------------------------------------------
     async def _set_muted(self, user_id: str, muted: bool) -> list[str]:
-        def change(pl: dict[str, Any]) -> bool:
-            users = pl.setdefault("users", {})
-            if muted:
-                if users.get(user_id) == MUTED_LEVEL:
-                    return False
-                users[user_id] = MUTED_LEVEL
-                return True
-            if user_id in users and users[user_id] <= MUTED_LEVEL:
-                del users[user_id]
-                return True
-            return False
-
-        return await self.across(lambda r: self.edit_power_levels(r, change))
+        return await self.across(lambda r: self.powers.set_muted(user_id, muted, r))
 
     async def mute(
         self, user_id: str, until: datetime | None, reason: str | None, actor: str

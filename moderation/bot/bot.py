@@ -1,17 +1,18 @@
-"""The moderation bot's core: it builds its parts, routes the events of the moderation
-gateway (:mod:`forum.gateway`) to them and checks who may run a command.
+"""The moderation bot's core: it builds its parts (the one place that does) and routes
+the events of the moderation gateway (:mod:`forum.gateway`) to them.
 
-Its parts: commands by subject in :mod:`.command_groups` (run as supervised background
-tasks, so that a flood of commands never holds up the protections), the protections in
-:mod:`.protections` and what they ask for in :mod:`.consequences`, policy lists in
-:mod:`.policy`, reports and cases in :mod:`.reports` and :mod:`.cases`, timed mutes in
-:mod:`.mutes`; space-wide actions in :mod:`.actions`.
+Its parts: the command runtime in :mod:`.runtime` (stored, resumed, power-checked, run as
+supervised background tasks) and the commands by subject in :mod:`.command_groups`; the
+protections in :mod:`.protections` (pure decisions) and what they ask for in
+:mod:`.consequences` (enforcement or dry run); sanctions in :mod:`.sanctions`; policy
+lists in :mod:`.policy` over the index of :mod:`moderation.policy_index`; reports and
+cases in :mod:`.reports` and :mod:`.cases`; timed mutes in :mod:`.mutes`; space-wide
+actions in :mod:`.actions`, whose power-level edits go through the one editor both bots
+share (:mod:`moderation.powers`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import html
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,23 +32,18 @@ from forum.tasks import TaskSupervisor
 
 from .actions import Actions
 from .cases import CaseDesk
-from .commands import Invocation, UsageError, parse_args, registry
+from .commands import registry as registry  # the commands' registry, as before
 from .consequences import DryRun, DryRunSwitch, Enforcement
 from .locks import RoomLocks
 from .management import ManagementRoom
 from .mutes import MuteTimer
 from .policy import PolicyLists
-from .protections import (
-    BannedWords,
-    Flood,
-    JoinWave,
-    MentionSpam,
-    MessageGuard,
-    NewMemberLinks,
-)
+from .protections import JoinWave, MessageGuard, default_protections
 from .reporters import Reporters
 from .reports import Reports
 from .repositories import FirstJoins, State
+from .runtime import PENDING_COMMAND as PENDING_COMMAND  # (its home is .runtime)
+from .runtime import CommandRuntime
 from .sanctions import Sanctions
 from .strikes import SimulatedStrikes, StrikeLadder
 from .tuning import Tuning
@@ -60,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
-PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
 #: timed mutes are looked at every minute at least: stale after five without a pass
 MUTES_STALE = 300.0
 
@@ -113,15 +108,11 @@ class ModerationBot:
             DryRun(self.management, actions, strikes=SimulatedStrikes(strikes)),
             on=settings.moderation.dry_run,
         )  # fmt: skip
-        protections = [
-            BannedWords(self.tuning),
-            MentionSpam(self.tuning),
-            NewMemberLinks(self.tuning, sessionmaker=sessionmaker, clock=clock),
-            Flood(self.tuning),
-        ]
         self.guard = MessageGuard(
-            protections, actions=actions, consequences=self.consequences, gettext=self.t
-        )
+            default_protections(), tuning=self.tuning, actions=actions,
+            consequences=self.consequences, sessionmaker=sessionmaker, gettext=self.t,
+            clock=clock,
+        )  # fmt: skip
         self.join_wave = JoinWave(self.tuning, locks=self.locks, consequences=self.consequences)
         self.policy_lists = PolicyLists(
             gateway=gateway, actions=actions, sessionmaker=sessionmaker,
@@ -144,9 +135,11 @@ class ModerationBot:
         self.mute_timer = MuteTimer(
             actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock
         )
-        self.command_slots = asyncio.Semaphore(8)
+        self.runtime = CommandRuntime(
+            bot=self, settings=settings, sessionmaker=sessionmaker, tasks=tasks,
+            actions=actions, management=self.management, t=self.t, prefix=self.prefix,
+        )  # fmt: skip
         self.processed_messages = 0
-        self.commands_started: dict[str, None] = {}  # event ids, oldest first
         self.seen_joined: LRUDict[str, None] = LRUDict()  # first joins already written
 
     @property
@@ -172,7 +165,7 @@ class ModerationBot:
         await self.policy_lists.load_own_rules()
         await self.actions.reapply_mutes()
         await self.locks.reapply_locks()
-        await self._resume_commands()
+        await self.runtime.resume()
         self.signals.connect(REPORT, self.reports.from_text)
         gateway = self.gateway
         gateway.on(Message, self.on_message)
@@ -189,7 +182,7 @@ class ModerationBot:
     # --- routing ----------------------------------------------------------------------
     async def on_message(self, ev: Message) -> None:
         if ev.room_id == self.management.room_id:
-            await self._management_message(ev)
+            await self.runtime.on_message(ev)
             return
         if self.policy_lists.is_list_room(ev.room_id):
             return
@@ -229,134 +222,11 @@ class ModerationBot:
         except MatrixError as exc:
             log.info("could not answer the invitation of %s: %s", inv.sender, exc)
 
-    async def _management_message(self, ev: Message) -> None:
-        """A command runs in the background; another bot's command is left to it; an
-        unknown one is answered with the closest command."""
-        head = registry.head(ev.body, self.prefix)
-        if head is None or ev.event_id in self.commands_started:
-            return
-        if ev.sender in self.settings.ignored_user_ids:
-            return  # the other bot (and ignored accounts) are never answered
-        command = registry.find(head)
-        if command is None:
-            await self._unknown(ev, head)
-        elif command.handler is not None:
-            await self._remember_command(ev)
-            self._start_command(ev)
-
-    async def _unknown(self, ev: Message, head: str) -> None:
-        t, prefix = self.t, self.prefix
-        text = t("Unknown command: {cmd}.").format(cmd=prefix + head)
-        closest = registry.closest(head)
-        if closest is not None:
-            text += " " + t("Did you mean {cmd}?").format(cmd=prefix + closest.name)
-        text += " " + t("Every command: {help}.").format(help=prefix + "help")
-        try:
-            await self.management.say(text, html.escape(text), reply_to=ev.event_id)
-        except MatrixError as exc:
-            log.warning("could not answer an unknown command: %s", exc)
-
     async def on_state(self, ev: StateChange) -> None:
         if ev.type == "m.room.power_levels":
             self.actions.forget_power_levels(ev.room_id)
             return
         await self.policy_lists.on_state(ev)
-
-    # --- commands ---------------------------------------------------------------------
-    async def _remember_command(self, ev: Message) -> None:
-        """Store a command before its event counts as handled: a command that a crash
-        or a stop interrupted runs again at the next start (its actions are idempotent)."""
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).set(
-                PENDING_COMMAND + ev.event_id,
-                {"sender": ev.sender, "body": ev.body, "ts": ev.origin_server_ts},
-            )
-
-    async def _resume_commands(self) -> None:
-        async with self.sessionmaker() as s:
-            pending = await State(s).with_prefix(PENDING_COMMAND)
-        for key, saved in pending.items():
-            event_id = key.removeprefix(PENDING_COMMAND)
-            body, sender = str(saved.get("body", "")), str(saved.get("sender", ""))
-            log.info("resuming command %s from %s after a restart", event_id, sender)
-            ev = Message(
-                room_id=self.management.room_id, event_id=event_id, sender=sender,
-                type="m.room.message", origin_server_ts=int(saved.get("ts") or 0),
-                content={"body": body}, raw={}, msgtype="m.text", body=body,
-            )  # fmt: skip
-            self._start_command(ev)
-
-    def _start_command(self, ev: Message) -> None:
-        # A command resumed at start and then replayed by the sync runs once.
-        self.commands_started[ev.event_id] = None
-        while len(self.commands_started) > 1000:
-            del self.commands_started[next(iter(self.commands_started))]
-        self.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
-
-    async def _command(self, ev: Message) -> None:
-        try:
-            await self._run_command(ev)
-        except asyncio.CancelledError:
-            raise  # stopped: stays pending, runs again at the next start
-        except Exception:
-            log.exception("command %s failed", ev.event_id)
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).delete(PENDING_COMMAND + ev.event_id)
-
-    async def _run_command(self, ev: Message) -> None:
-        async with self.command_slots:
-            split = registry.split(ev.body, self.prefix)
-            if split is None or split[0].handler is None:
-                return
-            command, tokens = split
-            handler = split[0].handler
-            inv = Invocation(ev.sender, ev.event_id, command)
-            t = self.t
-            try:
-                # Kept in step with the room: a power-level change clears it (on_state).
-                level = (await self.actions.power_levels(self.management.room_id)).level(ev.sender)
-            except MatrixError:
-                log.exception("cannot read the management room's power levels")
-                return
-            needed = (
-                self.settings.power_levels.moderator if command.power is None else command.power
-            )
-            if level < needed:
-                await self.management.reply(
-                    inv,
-                    t("Refused: {cmd} needs power level {need} here; {user} has {have}.").format(
-                        cmd=self.prefix + command.name,
-                        need=needed,
-                        user=ev.sender,
-                        have=int(level) if level != float("inf") else "∞",
-                    ),
-                )
-                await self.actions.audit(
-                    actor=ev.sender,
-                    action="refused",
-                    target=command.name,
-                    event_id=ev.event_id,
-                    reason="power level",
-                )
-                return
-            try:
-                values = parse_args(command, tokens)
-            except UsageError as exc:
-                await self.management.reply(
-                    inv,
-                    t("Usage: {usage} ({problem})").format(
-                        usage=command.usage(self.prefix, t),
-                        problem=exc.explain(t),
-                    ),
-                )
-                return
-            try:
-                await handler(self, inv, **values)
-            except MatrixError as exc:
-                log.warning("command %s failed: %s", command.name, exc)
-                await self.management.reply(
-                    inv, t("The command failed: {error}").format(error=str(exc))
-                )
 
     # --- joins: first-join times, join waves, policy rules ---------------------------
     async def on_membership(self, ev: Membership) -> None:

@@ -19,11 +19,11 @@ from forum.events import StateChange
 from forum.matrix import server_of
 from forum.retry import retry_call, retrying
 
+from ..policy_index import PolicyIndex, Rule, is_glob
 from .actions import Actions
 from .consequences import DryRunSwitch
 from .management import ManagementRoom
 from .repositories import PolicyBans
-from .text import glob_match, is_glob
 
 if TYPE_CHECKING:
     from forum.gateway import Gateway
@@ -45,17 +45,18 @@ class _NotYet(Exception):
     """A policy list could not be read yet."""
 
 
-@dataclass(frozen=True)
-class Rule:
-    kind: str
-    entity: str
-    reason: str
-
-
 def own_rule(kind: str, content: dict[str, Any]) -> Rule | None:
     """The ban rule of a state event of the forum's own policy room, if it is one."""
     if content.get("recommendation") in POLICY_BAN and content.get("entity"):
         return Rule(kind, str(content["entity"]), str(content.get("reason") or ""))
+    return None
+
+
+def list_rule(kind: str, content: dict[str, Any]) -> Rule | None:
+    """The ban rule of a state event of a followed list, if it is one."""
+    entity = content.get("entity")
+    if content.get("recommendation") in POLICY_BAN and isinstance(entity, str) and entity:
+        return Rule(kind, entity, str(content.get("reason") or ""))
     return None
 
 
@@ -70,8 +71,9 @@ class PolicyLists:
     subscriptions: list[str]
     t: Callable[[str], str]
     """The bot's gettext."""
-    own_rules: dict[str, Rule] = field(init=False, default_factory=dict)
-    rules: dict[str, Rule] = field(init=False, default_factory=dict)
+    own_rules: PolicyIndex = field(init=False, default_factory=PolicyIndex)
+    """The forum's own: state key -> rule."""
+    rules: PolicyIndex = field(init=False, default_factory=PolicyIndex)
     """Subscribed: "room|type|state_key" -> rule."""
     list_rooms: set[str] = field(init=False, default_factory=set)
 
@@ -88,7 +90,7 @@ class PolicyLists:
             kind = POLICY_TYPES.get(str(ev.get("type")))
             rule = own_rule(kind, ev.get("content") or {}) if kind else None
             if rule is not None:
-                self.own_rules[str(ev.get("state_key"))] = rule
+                self.own_rules.set(str(ev.get("state_key")), rule)
 
     async def on_state(self, ev: StateChange) -> None:
         kind = POLICY_TYPES.get(ev.type)
@@ -97,20 +99,21 @@ class PolicyLists:
         if ev.room_id == self.policy_room:
             rule = own_rule(kind, ev.content)
             if rule is not None:
-                self.own_rules[ev.state_key] = rule
+                self.own_rules.set(ev.state_key, rule)
             else:
-                self.own_rules.pop(ev.state_key, None)
+                self.own_rules.remove(ev.state_key)
         elif ev.room_id in self.list_rooms:
             await self.rule_changed(ev.room_id, ev.type, ev.state_key, ev.content)
 
     # --- joins ------------------------------------------------------------------------
     def matching_rule(self, user: str) -> tuple[str, Rule] | None:
-        for key, rule in [*self.own_rules.items(), *self.rules.items()]:
-            if rule.kind == "user" and glob_match(rule.entity, user):
-                return key, rule
-            if rule.kind == "server" and glob_match(rule.entity, server_of(user)):
-                return key, rule
-        return None
+        """The first rule banning ``user`` (the forum's own first), by the indexes: a
+        check does not walk every rule."""
+        return self.own_rules.user_rule(user) or self.rules.user_rule(user)
+
+    def server_rule(self, server: str) -> tuple[str, Rule] | None:
+        """The first rule banning the server ``server`` (the forum's own first)."""
+        return self.own_rules.server_rule(server) or self.rules.server_rule(server)
 
     async def ban_on_join(self, user: str, event_id: str) -> bool:
         """Ban ``user``, who just joined, if a rule matches them; whether one did."""
@@ -160,12 +163,22 @@ class PolicyLists:
             log.warning("cannot subscribe to the policy list %s: %s", ref, exc)
             return False
         self.list_rooms.add(room_id)
+        # Every rule in the index first (joins are checked against them at once), then
+        # what they call for, with one read of the members for the whole list.
+        new: list[tuple[str, Rule]] = []
         for ev in state:
             etype = str(ev.get("type"))
-            if etype in POLICY_TYPES:
-                await self.rule_changed(
-                    room_id, etype, str(ev.get("state_key")), ev.get("content") or {}
-                )
+            if etype not in POLICY_TYPES:
+                continue
+            key = f"{room_id}|{etype}|{ev.get('state_key')}"
+            rule = list_rule(POLICY_TYPES[etype], ev.get("content") or {})
+            if rule is None:
+                if self.rules.remove(key) is not None:
+                    await self.lift(key)
+            elif self.rules.get(key) != rule:
+                self.rules.set(key, rule)
+                new.append((key, rule))
+        await self.enforce_many(new)
         await self.lift_missing_rules(room_id)
         log.info("subscribed to the policy list %s (%s)", ref, room_id)
         return True
@@ -174,16 +187,14 @@ class PolicyLists:
         self, room_id: str, etype: str, state_key: str, content: dict[str, Any]
     ) -> None:
         key = f"{room_id}|{etype}|{state_key}"
-        kind = POLICY_TYPES[etype]
-        entity = content.get("entity")
-        if content.get("recommendation") in POLICY_BAN and isinstance(entity, str) and entity:
-            rule = Rule(kind, entity, str(content.get("reason") or ""))
+        rule = list_rule(POLICY_TYPES[etype], content)
+        if rule is not None:
             if self.rules.get(key) == rule:
                 return
-            self.rules[key] = rule
+            self.rules.set(key, rule)
             await self.enforce(key, rule)
             return
-        if self.rules.pop(key, None) is None:
+        if self.rules.remove(key) is None:
             return
         await self.lift(key)
 
@@ -217,14 +228,26 @@ class PolicyLists:
                 await self.lift(key)
 
     async def enforce(self, key: str, rule: Rule) -> None:
-        if rule.kind == "user" and not is_glob(rule.entity):
-            targets = [rule.entity]  # member or not: a ban ahead of a join is allowed
-        else:
-            members = await self.actions.members()
-            key_of = (lambda u: u) if rule.kind == "user" else server_of
-            targets = [u for u in members if glob_match(rule.entity, key_of(u))]
-        targets = [u for u in targets if not await self.actions.is_exempt(u)]
-        if not targets:
-            return
-        reason = rule.reason or self.t("Policy list rule")
-        await self.consequences.current.policy_bans(key, rule.entity, reason, targets)
+        await self.enforce_many([(key, rule)])
+
+    async def enforce_many(self, rules: list[tuple[str, Rule]]) -> None:
+        """Ban whom each of ``rules`` names: a user named exactly, member or not (a ban
+        ahead of a join is allowed); the members a glob or a server rule matches (the
+        members read once for all the rules)."""
+        targets: dict[str, list[str]] = {key: [] for key, _ in rules}
+        wide = PolicyIndex()  # the globs and server rules, matched against each member
+        for key, rule in rules:
+            if rule.kind == "user" and not is_glob(rule.entity):
+                targets[key].append(rule.entity)
+            else:
+                wide.set(key, rule)
+        if len(wide):
+            for member in await self.actions.members():
+                for key, _rule in wide.user_rules(member):
+                    targets[key].append(member)
+        for key, rule in rules:
+            users = [u for u in targets[key] if not await self.actions.is_exempt(u)]
+            if not users:
+                continue
+            reason = rule.reason or self.t("Policy list rule")
+            await self.consequences.current.policy_bans(key, rule.entity, reason, users)

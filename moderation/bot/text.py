@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from typing import Any
@@ -49,13 +49,13 @@ def html_text(fragment: str) -> str:
     return html.unescape(nh3.clean(_BREAK_TAGS.sub(r"\1 ", fragment), tags=set()))
 
 
-def message_texts(content: dict[str, Any]) -> list[str]:
+def message_texts(content: Mapping[str, Any]) -> list[str]:
     """Every text a client may show for a message: ``body``, ``formatted_body`` (as
     text) and, for an edit, the same of ``m.new_content``."""
     out: list[str] = []
     parts: list[Any] = [content]
     new = content.get("m.new_content")
-    if isinstance(new, dict):
+    if isinstance(new, Mapping):
         parts.append(new)
     for part in parts:
         body, formatted = part.get("body"), part.get("formatted_body")

@@ -76,11 +76,12 @@ class Approval:
         )
 
     async def is_moderator(self, user_id: str) -> bool:
+        """By the one moderator check both bots use (:mod:`moderation.powers`), on the
+        management room's levels as they are now."""
         room = self.shared.management
         if room is None:
             return False
-        levels = await self.shared.membership_gateway.power_levels(room)
-        return levels.level(user_id) >= self.shared.settings.power_levels.moderator
+        return await self.shared.powers.is_moderator(user_id, [room], fresh=True)
 
     async def on_management_message(self, ev: Message) -> None:
         shared = self.shared

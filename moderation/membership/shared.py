@@ -23,6 +23,7 @@ from forum.settings import Settings
 from forum.signals import ERASE_PERSON_KIND
 from forum.storage import Outbox, OutboxWorker, utcnow
 
+from ..powers import Powers
 from .models import PersonRow
 from .repositories import People
 from .text import Charter, load_charter
@@ -61,8 +62,10 @@ class Shared:
     prefix: str = field(init=False)
     _locks: LockTable = field(init=False, default_factory=LockTable)
     _charters: dict[tuple[int, str], Charter] = field(init=False, default_factory=dict)
+    powers: Powers = field(init=False)
 
     def __post_init__(self) -> None:
+        self.powers = Powers(self.moderation_gateway.powers, self.settings.power_levels.moderator)
         self.i18n = I18n(self.settings.forum.languages, locale_dir=LOCALE_DIR)
         self.prefix = self.settings.bots.command_prefix
 
@@ -183,17 +186,8 @@ class Shared:
         self.outbox.notify()
 
     async def set_muted(self, user_id: str, muted: bool) -> None:
-        """Level -1 in each forum room where members post (events_default 0), or back."""
-        gateway = self.moderation_gateway
+        """Level -1 in each forum room where members post (events_default 0), or back;
+        through the moderation account's one power-level editor, which the moderation bot
+        edits through too (:mod:`moderation.powers`)."""
         for room in self.forum_rooms:
-            content = await gateway.get_state_event(room, "m.room.power_levels")
-            if content is None or content.get("events_default", 0) != 0:
-                continue
-            users = dict(content.get("users") or {})
-            if muted and users.get(user_id) != -1:
-                users[user_id] = -1
-            elif not muted and users.get(user_id) == -1:
-                users.pop(user_id)
-            else:
-                continue
-            await gateway.put_state(room, "m.room.power_levels", {**content, "users": users})
+            await self.powers.set_muted(user_id, muted, room, open_rooms_only=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from forum.events import Message, parse_room_event
-from moderation.bot.protections import Flood
-from moderation.bot.tuning import Tuning
+from moderation.bot.protections import FloodWindows
 from tests.harness import BASE_CONFIG, settings_from
 
 #: people seen in a long-lived forum (many more than any bound should keep)
@@ -31,9 +30,10 @@ def message(sender: str, n: int) -> Message:
 
 def test_flood_protection_forgets_people_past_its_bound() -> None:
     """Each person who posted once stayed in the flood window map forever."""
-    flood = Flood(Tuning(settings_from(BASE_CONFIG).moderation))
+    seconds = settings_from(BASE_CONFIG).moderation.flood_seconds
+    flood = FloodWindows()
     for n in range(CROWD):
-        flood.observe(message(f"@p{n}:x", n))
+        flood.observe(message(f"@p{n}:x", n), seconds)
     assert len(flood.recent) <= BOUND
     # the latest ones are kept: a flood in progress is still seen
     assert f"@p{CROWD - 1}:x" in flood.recent

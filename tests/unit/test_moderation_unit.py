@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,7 @@ from forum.events import Membership, Message
 from forum.settings import ConfigError, ModerationSection, parse_settings
 from moderation.bot.bot import registry
 from moderation.bot.commands import UsageError, parse_args
-from moderation.bot.protections import Flood, JoinWave
+from moderation.bot.protections import Facts, Flood, FloodWindows, JoinWave
 from moderation.bot.text import (
     fold,
     glob_match,
@@ -23,6 +23,8 @@ from moderation.bot.text import (
 )
 from moderation.bot.tuning import Tuning
 from tests.harness import BASE_CONFIG as _BASE
+
+_NOW = datetime(2026, 11, 30, tzinfo=UTC)
 
 
 def parsed(line: str) -> tuple[str, dict[str, object]]:
@@ -167,27 +169,27 @@ def _message(sender: str, n: int, ts: int, age: int | None = None) -> Message:
 async def test_flood_window_uses_the_receive_time_not_origin_server_ts(stamp):
     """A remote server sets origin_server_ts; five messages received at once are a flood
     whatever it says."""
-    tuning = Tuning(ModerationSection(flood_messages=5, flood_seconds=10))
-    flood = Flood(tuning)
+    settings = ModerationSection(flood_messages=5, flood_seconds=10)
+    windows, flood = FloodWindows(), Flood()
     found = None
     for i in range(5):
         ev = _message("@remote:evil.example", i, stamp(i))
-        flood.observe(ev)
-        found = await flood.check(ev)
+        recent = windows.observe(ev, settings.flood_seconds)
+        found = flood.decide(ev.content, ev.sender, Facts(settings, _NOW, recent=recent))
     assert found is not None
-    assert len(found) == 5
+    assert len(found.earlier) == 5
 
 
 async def test_flood_window_reads_the_homeservers_age():
     """``unsigned.age`` (how long ago the homeserver received the event) dates a message
     replayed late: messages received an hour apart are no flood."""
-    tuning = Tuning(ModerationSection(flood_messages=3, flood_seconds=10))
-    flood = Flood(tuning)
+    settings = ModerationSection(flood_messages=3, flood_seconds=10)
+    windows, flood = FloodWindows(), Flood()
     found = None
     for i in range(3):
         ev = _message("@a:x", i, 0, age=(2 - i) * 3_600_000)
-        flood.observe(ev)
-        found = await flood.check(ev)
+        recent = windows.observe(ev, settings.flood_seconds)
+        found = flood.decide(ev.content, ev.sender, Facts(settings, _NOW, recent=recent))
     assert found is None
 
 

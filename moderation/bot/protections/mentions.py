@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from forum.events import Message
+from collections.abc import Mapping
+from typing import Any
 
 from ..text import mention_count
-from .base import Events, Protection, _
+from .base import Facts, Finding, Protection, _, body_of
 
 
 class MentionSpam(Protection):
     kind = "mentions"
     label = _("mention spam")
 
-    async def check(self, ev: Message) -> Events | None:
-        if mention_count(ev.content, ev.body) > self.tuning.current.mention_limit:
-            return [(ev.room_id, ev.event_id)]
+    def decide(self, content: Mapping[str, Any], sender: str, facts: Facts) -> Finding | None:
+        if mention_count(dict(content), body_of(content)) > facts.settings.mention_limit:
+            return self.found()
         return None

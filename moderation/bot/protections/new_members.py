@@ -2,51 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from forum.events import Message
-from forum.storage.models import utcnow
-
-from ..repositories import FirstJoins
 from ..text import has_link
-from ..tuning import Tuning
-from .base import Events, Protection, _
-
-if TYPE_CHECKING:
-    from forum.context import Clock
+from .base import Facts, Finding, Protection, _, body_of, formatted_of
 
 MEDIA = frozenset({"m.image", "m.video", "m.file", "m.audio"})
+
+
+def carries_link_or_media(content: Mapping[str, Any]) -> bool:
+    return content.get("msgtype") in MEDIA or has_link(body_of(content), formatted_of(content))
 
 
 class NewMemberLinks(Protection):
     kind = "new-member-link"
     label = _("a link or media from a new member")
 
-    def __init__(
-        self,
-        tuning: Tuning,
-        *,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        clock: Clock = utcnow,
-    ) -> None:
-        super().__init__(tuning)
-        self.sessionmaker = sessionmaker
-        self.clock = clock
+    def wants_join_time(self, content: Mapping[str, Any]) -> bool:
+        return carries_link_or_media(content)
 
-    async def check(self, ev: Message) -> Events | None:
-        if ev.msgtype not in MEDIA and not has_link(ev.body, ev.formatted_body):
+    def decide(self, content: Mapping[str, Any], sender: str, facts: Facts) -> Finding | None:
+        hours = facts.settings.new_member_hours
+        if hours <= 0 or facts.joined_at is None or not carries_link_or_media(content):
             return None
-        if await self.is_new(ev.sender):
-            return [(ev.room_id, ev.event_id)]
+        if facts.now - facts.joined_at < timedelta(hours=hours):
+            return self.found()
         return None
-
-    async def is_new(self, user: str) -> bool:
-        hours = self.tuning.current.new_member_hours
-        if hours <= 0:
-            return False
-        async with self.sessionmaker() as s:
-            joined = await FirstJoins(s).get(user)
-        return joined is not None and self.clock() - joined < timedelta(hours=hours)

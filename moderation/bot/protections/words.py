@@ -4,11 +4,11 @@ client shows: ``body``, ``formatted_body`` and an edit's ``m.new_content``."""
 from __future__ import annotations
 
 import re
-
-from forum.events import Message
+from collections.abc import Mapping
+from typing import Any
 
 from ..text import fold, message_texts, word_pattern
-from .base import Events, Protection, _
+from .base import Facts, Finding, Protection, _
 
 
 class BannedWords(Protection):
@@ -18,18 +18,16 @@ class BannedWords(Protection):
     _words: tuple[str, ...] | None = None
     _pattern: re.Pattern[str] | None = None
 
-    @property
-    def pattern(self) -> re.Pattern[str] | None:
-        """The pattern of the configured words (made again when they change)."""
-        words = tuple(self.tuning.current.words)
+    def pattern(self, words: tuple[str, ...]) -> re.Pattern[str] | None:
+        """The pattern of ``words`` (made again when they change)."""
         if words != self._words:
             self._words, self._pattern = words, word_pattern(words)
         return self._pattern
 
-    async def check(self, ev: Message) -> Events | None:
-        pattern = self.pattern
+    def decide(self, content: Mapping[str, Any], sender: str, facts: Facts) -> Finding | None:
+        pattern = self.pattern(tuple(facts.settings.words))
         if pattern is not None and any(
-            pattern.search(fold(text)) for text in message_texts(ev.content)
+            pattern.search(fold(text)) for text in message_texts(content)
         ):
-            return [(ev.room_id, ev.event_id)]
+            return self.found()
         return None
