@@ -99,6 +99,15 @@ class Verdict:
 ALLOW = Verdict()
 
 
+def forget_refused(windows: FloodWindows, sender: str, event_id: str) -> None:
+    """A refused message is not one more of the person's messages: flooding at the door
+    refuses the message that would reach the limit, and only that one, so at most
+    ``flood_messages - 1`` get through per ``flood_seconds``."""
+    window = windows.recent.get(sender)
+    if window and window[-1].event_id == event_id:
+        window.pop()
+
+
 @dataclass(kw_only=True, eq=False)
 class Judge:
     """Decides each callback from the moderation bot's state (``bot``: its rooms, policy
@@ -207,7 +216,7 @@ class Judge:
         finding = evaluate(self.protections, ev.content, ev.sender, facts)
         if finding is None or await self.exempt(ev.sender, ev.room_id):
             return ALLOW
-        self._forget(ev)  # a refused message is not one more of the person's messages
+        forget_refused(self.windows, ev.sender, ev.event_id)
         flood = finding.kind == "flood"
         now = time.monotonic()
         last = self.struck.get(ev.sender)
@@ -232,11 +241,6 @@ class Judge:
             )
         what = t(finding.label)
         return Verdict("M_FORBIDDEN", t(REFUSED).format(what=what), rule=finding.kind)
-
-    def _forget(self, ev: Message) -> None:
-        window = self.windows.recent.get(ev.sender)
-        if window and window[-1].event_id == ev.event_id:
-            window.pop()
 
     async def user_may_join_room(self, body: Mapping[str, Any]) -> Verdict:
         user, room = body.get("user"), body.get("room")

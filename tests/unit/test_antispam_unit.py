@@ -4,6 +4,7 @@ the module's configuration (the listener: tests/web/test_antispam_listener.py)."
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,11 +12,19 @@ import pytest
 from forum.events import Message
 from forum.homeserver.config import ANTISPAM_CALLBACKS, antispam_module
 from forum.settings import ConfigError, ModerationSection, parse_settings
-from moderation.antispam.judge import ALLOW, FloodGate, Verdict
-from moderation.bot.protections import BannedWords
+from moderation.antispam.judge import ALLOW, Verdict, forget_refused
+from moderation.bot.protections import (
+    BannedWords,
+    Facts,
+    Flood,
+    FloodWindows,
+    Sent,
+    evaluate,
+)
 from moderation.bot.text import html_text, message_texts
-from moderation.bot.tuning import Tuning
 from tests.harness import BASE_CONFIG
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
 def message(content: dict[str, Any], event_id: str = "$e", sender: str = "@a:x") -> Message:
@@ -59,33 +68,35 @@ def test_message_texts_cover_formatted_body_and_edits():
     ],
 )
 async def test_banned_word_anywhere_a_client_shows(content: dict[str, Any]):
-    words = BannedWords(Tuning(ModerationSection(words=["arnaque"])))
-    assert await words.check(message(content)) is not None
+    facts = Facts(ModerationSection(words=["arnaque"]), NOW)
+    assert BannedWords().decide(content, "@a:x", facts) is not None
 
 
 async def test_banned_word_not_inside_another_word_nor_in_markup():
-    words = BannedWords(Tuning(ModerationSection(words=["arnaque"])))
+    facts = Facts(ModerationSection(words=["arnaque"]), NOW)
     for content in (
         {"body": "arnaqueurs"},
         {"body": "ok", "formatted_body": '<a href="https://x/arnaque">lien</a>'},
     ):
-        assert await words.check(message(content)) is None
+        assert BannedWords().decide(content, "@a:x", facts) is None
 
 
-async def test_flood_gate_lets_the_rate_through_and_refuses_beyond():
-    gate = FloodGate(Tuning(ModerationSection(flood_messages=3, flood_seconds=60)))
-    outcomes = []
-    for i in range(6):
-        ev = message({"body": f"m{i}"}, event_id=f"$e{i}")
-        gate.observe(ev)
-        refused = await gate.check(ev) is not None
-        if refused:
-            gate.acted(ev)  # refused: not counted
-        outcomes.append(refused)
+def test_flood_gate_lets_the_rate_through_and_refuses_beyond():
+    settings = ModerationSection(flood_messages=3, flood_seconds=60)
+    windows = FloodWindows()
+
+    def refused(sender: str, event_id: str, at: float) -> bool:
+        recent = windows.record(sender, Sent(at, "!r:x", event_id), settings.flood_seconds)
+        finding = evaluate([Flood()], {"body": "m"}, sender, Facts(settings, NOW, None, recent))
+        if finding is not None:
+            forget_refused(windows, sender, event_id)  # refused: not counted
+        return finding is not None
+
+    outcomes = [refused("@a:x", f"$e{i}", 1000.0 + i) for i in range(6)]
     assert outcomes == [False, False, True, True, True, True]
-    other = message({"body": "hi"}, event_id="$o", sender="@b:x")
-    gate.observe(other)
-    assert await gate.check(other) is None
+    assert not refused("@b:x", "$o", 1006.0)
+    # once the window has passed, the rate is allowed again
+    assert not refused("@a:x", "$later", 1000.0 + 61 + 1)
 
 
 def test_verdict_json_is_what_synapse_hands_the_client():
