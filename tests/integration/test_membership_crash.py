@@ -15,10 +15,10 @@ from sqlalchemy import delete, select, update
 
 from forum.consent import ConsentRecords
 from forum.settings import database_url
-from forum.storage import Database
+from forum.storage import Database, Outbox
 from forum.storage.models import OutboxRow, ProcessedEvent, SyncToken
 from moderation.membership.models import PersonRow
-from moderation.membership.outbox import INVITE
+from moderation.membership.outbox import INVITE, NOTIFY, add_notice
 from tests.harness import (
     PUBLICATION_Q,
     Forum,
@@ -254,3 +254,31 @@ async def test_killed_between_asking_publication_and_recording_the_question(
         )
     finally:
         await start_forum.stop(second)
+
+
+async def test_a_notice_sent_again_from_the_outbox_is_seen_once(
+    start_forum: ForumStarter, make_user
+):
+    """The outbox delivers at least once: killed after a notice was sent but before the
+    item was marked done, the next start sends it again. The person sees it once (the
+    item's transaction id makes the homeserver return the same event)."""
+    forum = await start_forum("membership")
+    user = await make_user("notice")
+    room = await forum.admit(user)
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await add_notice(Outbox(s), room, "AVIS-UNIQUE: une seule fois", "test:once")
+    async with forum.ctx.db.sessionmaker() as s:
+        item = await s.scalar(select(OutboxRow).where(OutboxRow.dedupe_key.like("%test:once")))
+    assert item is not None
+    executor = forum.feature("membership").outbox_executors[NOTIFY]
+    await executor(item.payload)  # the worker may also have sent it: a replay either way
+    await user.wait_for_text(room, "AVIS-UNIQUE")
+    mark = user.mark()
+    await executor(item.payload)
+    await forum.assert_nothing(
+        user,
+        lambda e: e["room_id"] == room and "AVIS-UNIQUE" in e["content"]["body"],
+        forum.membership_marker(user, room),
+        after=mark,
+        what="the notice shown twice",
+    )
