@@ -627,14 +627,22 @@ class Workload:
             and e["sender"] == self.forum.membership_bot_id
         )
 
-    async def run(self) -> None:
-        gate = asyncio.Semaphore(self.parallel)
-        users = await asyncio.gather(
-            *(self.forum.user(f"m{i}", f"Membre {i}") for i in range(self.size))
-        )
+    async def prepare(self) -> None:
+        """Register the members (before the faults: an account is not part of the test)."""
+        users: list[TestUser] = []
+        for start in range(0, self.size, 10):
+            users += await asyncio.gather(
+                *(
+                    self.forum.user(f"m{i}", f"Membre {i}")
+                    for i in range(start, min(start + 10, self.size))
+                )
+            )
         for u in users:
             u.sync_failures_allowed = 10_000
         self.members = [Member(i, u, publication=(i % 5 != 3)) for i, u in enumerate(users)]
+
+    async def run(self) -> None:
+        gate = asyncio.Semaphore(self.parallel)
 
         async def one(m: Member) -> None:
             async with gate:
@@ -985,6 +993,7 @@ async def run_fault_suite(
     )
     db: Database | None = None
     try:
+        await work.prepare()
         started = time.monotonic()
         await asyncio.gather(work.run(), run.faults(plan), load.run())
         faulted = time.monotonic() - started

@@ -59,6 +59,7 @@ async def test_nothing_lost_nothing_doubled_under_faults(
 ) -> None:
     figures = await run_fault_suite(own_synapse, tmp_path, db_url, SHORT)
     text = json.dumps(figures, indent=1, ensure_ascii=False)[:6000]
+    print(text)  # the figures, seen with -s
     assert figures["events"] >= 100, text
     assert figures["kills"] == SHORT.kills, text
     assert figures["synapse_restarts"] == SHORT.synapse_restarts, text
