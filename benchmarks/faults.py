@@ -16,13 +16,14 @@ request refused while the process was dead, between a SIGKILL and its restart an
 is counted apart: no web server answers then).
 
     .venv/bin/python benchmarks/faults.py [--database sqlite|postgresql] [--members 85]
-        [--kills 20] [--web-requests 10000] [--web-concurrency 100]
+        [--kills 20] [--web-requests 10000] [--web-concurrency 100] [--dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import secrets
 import sys
@@ -35,6 +36,7 @@ from sqlalchemy import make_url  # noqa: E402
 
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
 from forum.storage import create_database_if_missing, drop_database  # noqa: E402
+from tests import faults  # noqa: E402
 from tests.faults import FaultPlan, run_fault_suite  # noqa: E402
 from tests.storage_fixtures import POSTGRES_BASE_URL  # noqa: E402
 
@@ -54,8 +56,13 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         web_requests=args.web_requests,
         web_concurrency=args.web_concurrency,
     )
-    with tempfile.TemporaryDirectory(prefix="forum-faults-") as tmp:
-        base = Path(tmp)
+    faults.PATIENCE = args.patience
+    with contextlib.ExitStack() as stack:
+        if args.dir is None:
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="forum-faults-")))
+        else:
+            base = args.dir.resolve()
+            base.mkdir(parents=True)
         hs = EmbeddedHomeserver(
             base / "synapse", server_name="faults.bench", port=free_port(), for_tests=True
         )
@@ -87,5 +94,11 @@ if __name__ == "__main__":
     parser.add_argument("--gap", type=float, default=4.0)
     parser.add_argument("--web-requests", type=int, default=10_000)
     parser.add_argument("--web-concurrency", type=int, default=100)
+    parser.add_argument(
+        "--patience", type=float, default=300.0, help="seconds a person waits for an answer"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="keep the run's files (logs, databases) here"
+    )
     figures = asyncio.run(main(parser.parse_args()))
     print(json.dumps(figures, indent=2, ensure_ascii=False))
