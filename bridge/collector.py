@@ -89,7 +89,8 @@ class DigestCollector:
     def register(self) -> None:
         self.moderation_gateway.on(Message, self.on_message)
         self.moderation_gateway.on(Reaction, self.on_reaction)
-        self.moderation_gateway.on(Redaction, self.on_redaction)
+        # the moderation bot's own redactions too (a protection removing a message)
+        self.moderation_gateway.on(Redaction, self.on_redaction, include_own=True)
         self.moderation_gateway.on(Membership, self.on_membership)
         self.membership_gateway.on(Message, self.on_dm_message)
         self.membership_gateway.on(Reaction, self.on_dm_reaction)

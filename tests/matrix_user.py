@@ -99,6 +99,9 @@ class TestUser:
         self._changed = asyncio.Condition()
         self._sync_error: BaseException | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self.sync_failures_allowed = 5
+        """Failed ``/sync`` calls in a row before the loop gives up (the fault suite
+        raises it: its homeserver restarts while people wait)."""
 
     # --- creation / teardown ---------------------------------------------------------
     @classmethod
@@ -413,12 +416,12 @@ class TestUser:
             except (aiohttp.ClientError, TimeoutError, MatrixRequestError) as exc:
                 failures += 1
                 log.warning("sync of %s failed (%d): %s", self.user_id, failures, exc)
-                if failures >= 5:
+                if failures >= self.sync_failures_allowed:
                     async with self._changed:
                         self._sync_error = exc
                         self._changed.notify_all()
                     return
-                await asyncio.sleep(0.2 * failures)
+                await asyncio.sleep(min(0.2 * failures, 2.0))
                 continue
             failures = 0
             decrypted = await self._decrypt(data) if self.store_dir is not None else {}

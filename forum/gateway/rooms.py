@@ -15,10 +15,15 @@ class RoomEndpoints(AccountEndpoints):
         super().__init__(transport)
         self._direct_lock = asyncio.Lock()
 
-    async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+    async def send_event(
+        self, room_id: str, event_type: str, content: dict[str, Any], *, txn_id: str | None = None
+    ) -> str:
+        """Send an event. ``txn_id``: a transaction id the caller derives from what the
+        event is for, so that sending it again (a replay after a crash) gets the same
+        event back from the homeserver instead of a second one; a fresh one by default."""
         data = await self.request(
             "PUT",
-            path("rooms", room_id, "send", event_type, self._transport.txn_id()),
+            path("rooms", room_id, "send", event_type, txn_id or self._transport.txn_id()),
             body=content,
         )
         return str(data["event_id"])
@@ -32,6 +37,7 @@ class RoomEndpoints(AccountEndpoints):
         notice: bool = True,
         reply_to: str | None = None,
         mentions: Iterable[str] = (),
+        txn_id: str | None = None,
     ) -> str:
         content: dict[str, Any] = {"msgtype": "m.notice" if notice else "m.text", "body": body}
         if html is not None:
@@ -40,7 +46,7 @@ class RoomEndpoints(AccountEndpoints):
         if reply_to:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
         content["m.mentions"] = {"user_ids": list(mentions)}
-        return await self.send_event(room_id, "m.room.message", content)
+        return await self.send_event(room_id, "m.room.message", content, txn_id=txn_id)
 
     async def react(self, room_id: str, event_id: str, key: str) -> str:
         return await self.send_event(

@@ -7,6 +7,7 @@ the homeserver directly (questions, notices, mutes) and the signals come after i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -405,8 +406,16 @@ class FlowRunner:
         await shared.offer(room_id, event_id, OFFER_ACCEPT)
 
     async def ask_publication(self, user_id: str, room_id: str, lang: str) -> None:
+        """Ask whether the person may be quoted. Its transaction id comes from the charter
+        question it follows: asked again because a crash lost the question's id (the
+        charter answer replayed), it is the same event, shown once."""
         text = self.shared.t(lang, messages.PUBLICATION_QUESTION, prefix=self.shared.prefix)
-        event_id = await self.shared.ask(room_id, text, of=[user_id])
+        person = await self.shared.person(user_id)
+        txn = None
+        if person is not None and person.charter_event_id:
+            follows = f"{user_id}|{room_id}|{person.charter_event_id}"
+            txn = "forum-publication-" + hashlib.sha256(follows.encode()).hexdigest()[:32]
+        event_id = await self.shared.ask(room_id, text, of=[user_id], txn_id=txn)
         await self.shared.update_person(user_id, question_event_id=event_id)
         await self.shared.offer(room_id, event_id, OFFER_YES_NO)
 

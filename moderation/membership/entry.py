@@ -215,6 +215,33 @@ class Entry:
         existing = [r for r in direct.get(user_id, []) if isinstance(r, str)]
         if existing:
             return existing[-1]
+        unrecorded = await self._unrecorded_dm(user_id, direct)
+        if unrecorded is not None:
+            log.info("using the DM with %s opened before a restart: %s", user_id, unrecorded)
+            await gateway.remember_dm(user_id, unrecorded)
+            return unrecorded
         # Unnamed: clients name a DM after the other person (the bot), not after the forum,
         # whose Space already bears its name.
         return await gateway.create_dm(user_id)
+
+    async def _unrecorded_dm(self, user_id: str, direct: dict[str, object]) -> str | None:
+        """A DM with ``user_id`` that a run killed between creating it and recording it in
+        ``m.direct`` left behind: a room the bot is in that neither ``m.direct`` nor the
+        forum knows, whose only members (joined or invited) are the bot and the person.
+        Normally no room is left to look at: one request."""
+        gateway = self.shared.membership_gateway
+        known = set(self.shared.rooms.values())
+        for rooms in direct.values():
+            if isinstance(rooms, list):
+                known.update(r for r in rooms if isinstance(r, str))
+        for room_id in await gateway.joined_rooms():
+            if room_id in known:
+                continue
+            members = await gateway.members(room_id)
+            present = {
+                uid for uid, content in members.items()
+                if content.get("membership") in ("join", "invite")
+            }  # fmt: skip
+            if present == {gateway.user_id, user_id}:
+                return room_id
+        return None

@@ -4,6 +4,7 @@ after a crash does nothing twice)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -43,8 +44,15 @@ async def add_kicks(
         )
 
 
+def txn_of(key: str) -> str:
+    """The transaction id of the message of the outbox item ``key``: sent again after a
+    crash (delivery is at least once), the homeserver returns the same event."""
+    return "forum-outbox-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 async def add_notice(outbox: Outbox, room_id: str | None, body: str, key: str) -> None:
-    await outbox.add(NOTIFY, {"room_id": room_id, "body": body}, f"{NOTIFY}:{key}")
+    key = f"{NOTIFY}:{key}"
+    await outbox.add(NOTIFY, {"room_id": room_id, "body": body, "txn": txn_of(key)}, key)
 
 
 async def add_question(
@@ -52,8 +60,9 @@ async def add_question(
 ) -> None:
     """A message asking something of ``of`` (an ``m.text`` naming them, so that it
     notifies them), in reply to ``reply_to`` when given; sent once per ``key``."""
+    key = f"{NOTIFY}:{key}"
     payload = {"room_id": room_id, "body": body, "ask": of, "reply_to": reply_to}
-    await outbox.add(NOTIFY, payload, f"{NOTIFY}:{key}")
+    await outbox.add(NOTIFY, payload | {"txn": txn_of(key)}, key)
 
 
 async def queue_admission(shared: Shared, session: AsyncSession, row: PersonRow, lang: str) -> None:
@@ -96,9 +105,11 @@ class Executors:
     async def notify(self, payload: dict[str, Any]) -> None:
         """A notice, or a question when the item names whom it asks (``ask``)."""
         room, body, asked = payload["room_id"], payload["body"], payload.get("ask")
+        txn = payload.get("txn")  # items queued before it was added have none
+        txn_id = txn if isinstance(txn, str) else None
         if isinstance(asked, str):
             reply_to = payload.get("reply_to")
             reply = reply_to if isinstance(reply_to, str) else None
-            await self.shared.ask(room, body, of=[asked], reply_to=reply)
+            await self.shared.ask(room, body, of=[asked], reply_to=reply, txn_id=txn_id)
             return
-        await self.shared.say(room, body)
+        await self.shared.say(room, body, txn_id=txn_id)

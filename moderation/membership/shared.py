@@ -114,11 +114,14 @@ class Shared:
             )
         return cached
 
-    async def say(self, room_id: str, text: str, html_body: str | None = None) -> str:
-        """A notice with an HTML form (``text`` escaped when no HTML is given)."""
+    async def say(
+        self, room_id: str, text: str, html_body: str | None = None, *, txn_id: str | None = None
+    ) -> str:
+        """A notice with an HTML form (``text`` escaped when no HTML is given); ``txn_id``
+        makes sending it again after a crash show it once (see ``send_event``)."""
         if html_body is None:
             html_body = html.escape(text).replace("\n", "<br>")
-        return await self.membership_gateway.send_text(room_id, text, html_body)
+        return await self.membership_gateway.send_text(room_id, text, html_body, txn_id=txn_id)
 
     async def ask(
         self,
@@ -128,6 +131,7 @@ class Shared:
         *,
         of: Iterable[str],
         reply_to: str | None = None,
+        txn_id: str | None = None,
     ) -> str:
         """A question for the people ``of``: an ``m.text`` naming them in ``m.mentions``,
         so that it notifies them (Element's default push rule ``.m.rule.suppress_notices``
@@ -135,7 +139,13 @@ class Shared:
         if html_body is None:
             html_body = html.escape(text).replace("\n", "<br>")
         return await self.membership_gateway.send_text(
-            room_id, text, html_body, notice=False, mentions=list(of), reply_to=reply_to
+            room_id,
+            text,
+            html_body,
+            notice=False,
+            mentions=list(of),
+            reply_to=reply_to,
+            txn_id=txn_id,
         )
 
     async def offer(self, room_id: str, event_id: str, keys: Iterable[str]) -> None:

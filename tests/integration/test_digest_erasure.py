@@ -194,3 +194,29 @@ async def test_withdrawal_erasure_survives_a_database_error(
     assert calls[0] == dora.user_id
     assert len(calls) >= 2
     forum.assert_alive()
+
+
+async def test_a_message_the_protections_removed_leaves_the_store(
+    make_user, start_forum: ForumStarter
+):
+    """The moderation bot redacts a consenting member's message with a banned word; the
+    collector, on the same account, must erase it too (its own redactions were skipped:
+    the removed words stayed in the store, ready to be quoted; seen in the fault suite)."""
+    forum = await start_forum("moderation", "digest", moderator=True, moderator_joins="*")
+    member = await forum.member("banni")
+    await forum.consent(member)
+    room = forum.room()
+    kept = await member.send_text(room, "MOT-GARDE: une idée sur les cantines")
+    mark = forum.mod.mark()
+    removed = await member.send_text(room, "MOT-RETIRE: quelle arnaque vraiment")
+    await forum.wait_redacted([removed], after=mark)
+
+    async def stored(text: str) -> bool:
+        return any(text in body for body in await forum.stored_bodies())
+
+    await eventually(lambda: stored("MOT-GARDE"), 20, f"the message {kept} stored")
+
+    async def gone() -> bool:
+        return not await stored("MOT-RETIRE")
+
+    await eventually(gone, 20, "the removed message erased from the store")

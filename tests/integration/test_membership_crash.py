@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from forum.consent import ConsentRecords
 from forum.settings import database_url
-from forum.storage import Database
+from forum.storage import Database, Outbox
 from forum.storage.models import OutboxRow, ProcessedEvent, SyncToken
-from moderation.membership.outbox import INVITE
+from moderation.membership.models import PersonRow
+from moderation.membership.outbox import INVITE, NOTIFY, add_notice
 from tests.harness import (
     PUBLICATION_Q,
     Forum,
@@ -205,3 +206,79 @@ async def test_replayed_sync_does_nothing_twice(start_forum: ForumStarter, make_
         assert len(charters) == 1
     finally:
         await start_forum.stop(second)
+
+
+async def test_killed_between_asking_publication_and_recording_the_question(
+    start_forum: ForumStarter, make_user, tmp_path
+):
+    """The bot asked the publication question and was killed before recording the
+    question's id and the batch's token (seen in the fault suite): the charter answer is
+    replayed at the next start and the question is asked again, but the person sees it
+    once."""
+    home = tmp_path / "home"
+    first = await start_forum("membership", home=home)
+    try:
+        user = await make_user("asked")
+        mark = user.mark()
+        await user.knock(first.rooms["space"], "Bonjour", via=first.via)
+        room = await first.wait_dm(user, after=mark)
+        await first.wait_bot_text(user, room, "Charte de")
+        mark = user.mark()
+        await user.send_text(room, "oui")
+        await first.wait_bot_text(user, room, *PUBLICATION_Q, after=mark)
+        asked = user.mark()
+    finally:
+        await start_forum.stop(first)
+    bot = first.settings.membership_bot_id
+    db = await Database.open(database_url(first.settings, home))
+    try:
+        async with db.sessionmaker() as s, s.begin():
+            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
+            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
+            await s.execute(
+                update(PersonRow)
+                .where(PersonRow.user_id == user.user_id)
+                .values(question_event_id=None)
+            )
+    finally:
+        await db.close()
+    second = await start_forum("membership", data=first.data, home=home)
+    try:
+        await second.ctx.membership_gateway.wait_synced(30)
+        await second.assert_nothing(
+            user,
+            lambda e: e["room_id"] == room and "Encore une question" in e["content"]["body"],
+            second.membership_marker(user, room),
+            after=asked,
+            what="the publication question asked twice",
+        )
+    finally:
+        await start_forum.stop(second)
+
+
+async def test_a_notice_sent_again_from_the_outbox_is_seen_once(
+    start_forum: ForumStarter, make_user
+):
+    """The outbox delivers at least once: killed after a notice was sent but before the
+    item was marked done, the next start sends it again. The person sees it once (the
+    item's transaction id makes the homeserver return the same event)."""
+    forum = await start_forum("membership")
+    user = await make_user("notice")
+    room = await forum.admit(user)
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await add_notice(Outbox(s), room, "AVIS-UNIQUE: une seule fois", "test:once")
+    async with forum.ctx.db.sessionmaker() as s:
+        item = await s.scalar(select(OutboxRow).where(OutboxRow.dedupe_key.like("%test:once")))
+    assert item is not None
+    executor = forum.feature("membership").outbox_executors[NOTIFY]
+    await executor(item.payload)  # the worker may also have sent it: a replay either way
+    await user.wait_for_text(room, "AVIS-UNIQUE")
+    mark = user.mark()
+    await executor(item.payload)
+    await forum.assert_nothing(
+        user,
+        lambda e: e["room_id"] == room and "AVIS-UNIQUE" in e["content"]["body"],
+        forum.membership_marker(user, room),
+        after=mark,
+        what="the notice shown twice",
+    )

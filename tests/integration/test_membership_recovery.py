@@ -69,3 +69,41 @@ async def test_crowd_of_knocks_each_gets_one_dm(start_forum: ForumStarter, make_
         assert len(set(rooms)) == len(people)
     finally:
         await start_forum.stop(service)
+
+
+async def test_dm_created_by_a_run_killed_before_recording_it_is_the_one_used(
+    start_forum: ForumStarter, make_user, tmp_path
+):
+    """The bot created a person's DM and was killed (SIGKILL) before recording it in
+    ``m.direct``; the person had already joined it. At the next start the same knock is
+    answered in that DM: no second DM (seen in the fault suite: people were left waiting
+    in a DM the bot had forgotten, and got a second one)."""
+    home = tmp_path / "home"
+    service = await start_forum("membership", home=home)
+    settings = service.settings
+    space = service.rooms["space"]
+    await start_forum.stop(service)
+
+    person = await make_user("orphan")
+    db = await Database.open(database_url(settings, home))
+    try:
+        bot = bot_gateway(
+            settings, db, "membership", bot_credentials(settings, home)["membership"], "test"
+        )
+        await bot.login()
+        payload = {"preset": "trusted_private_chat", "is_direct": True, "invite": [person.user_id]}
+        orphan = await bot.create_room(payload)  # create_dm's first half, then the kill
+        await bot.close()
+    finally:
+        await db.close()
+    await person.wait_for_invite(orphan)
+    await person.join(orphan)
+    await person.knock(space, "Bonjour, je voudrais participer", via=service.via)
+
+    again = await start_forum("membership", data=service.data, home=home)
+    try:
+        await again.wait_bot_text(person, orphan, CHARTER_FR, CHARTER_EN, timeout=30)
+        assert again.dm_invites(person) == {orphan}
+        assert (await again.person(person.user_id)).dm_room_id == orphan
+    finally:
+        await start_forum.stop(again)
