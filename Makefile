@@ -4,10 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser lint typecheck bench clean-state
+.PHONY: run run-scaled test browser lint typecheck bench clean-state
 
 run: $(STAMP) ## start the whole service on the embedded homeserver
 	$(BIN)/forum run
+
+# The scaled profile: Synapse's workers (PERSISTERS event persisters, a generic worker, a
+# federation sender) on PostgreSQL and Redis, and the forum on PostgreSQL (README).
+PERSISTERS ?= 4
+run-scaled: $(STAMP) ## start the whole service on Synapse workers, PostgreSQL and Redis
+	FORUM_PROFILE=scaled FORUM_EVENT_PERSISTERS=$(PERSISTERS) $(BIN)/forum run
 
 test: $(STAMP) browser ## run the whole test suite (real Synapse, SQLite and PostgreSQL)
 	$(BIN)/python -m pytest

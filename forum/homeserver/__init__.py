@@ -19,11 +19,13 @@ from typing import Any
 from forum.homeserver.accounts import RegistrationError, SharedSecretRegistration
 from forum.homeserver.config import HomeserverStartError, SynapseConfig
 from forum.homeserver.process import SynapseProcess, free_port, port_is_free
+from forum.homeserver.workers import WorkerLayout
 
 __all__ = [
     "EmbeddedHomeserver",
     "HomeserverStartError",
     "RegistrationError",
+    "WorkerLayout",
     "free_port",
     "port_is_free",
 ]
@@ -36,6 +38,8 @@ class EmbeddedHomeserver:
     ``federation_port`` adds a TLS federation listener on 127.0.0.1 (self-signed
     certificate; peers are trusted without verification, loopback is allowed).
     ``extra_config`` is deep-merged last into the overrides (e.g. strict rate limits).
+    ``workers`` runs Synapse's worker mode on PostgreSQL and Redis (the scaled profile):
+    :meth:`start` starts the main process and every worker, :meth:`stop` stops them all.
     """
 
     def __init__(
@@ -48,6 +52,7 @@ class EmbeddedHomeserver:
         for_tests: bool = False,
         federation_port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        workers: WorkerLayout | None = None,
     ) -> None:
         self.config = SynapseConfig(
             Path(directory).resolve(),
@@ -57,6 +62,7 @@ class EmbeddedHomeserver:
             for_tests=for_tests,
             federation_port=federation_port,
             extra_config=dict(extra_config or {}),
+            workers=workers,
         )
         """Where everything lives and what Synapse is told (paths, ports, overrides)."""
         self.process = SynapseProcess(self.config)
