@@ -94,6 +94,33 @@ def percentiles(samples: list[float]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu() -> float:
+    """CPU time of every PostgreSQL process on the machine (its backends included)."""
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "postgres":
+                total += cpu_seconds(comm.parent.name)
+        except OSError:
+            continue
+    return total
+
+
+def cpu_by_process(hs: EmbeddedHomeserver) -> dict[str, float]:
+    out = {"main": cpu_seconds(hs.process.pid or 0), "postgres (all)": postgres_cpu()}
+    out |= {name: cpu_seconds(pid) for name, pid in hs.process.worker_pids.items()}
+    return out
+
+
 def free_block(size: int) -> int:
     for _ in range(100):
         base = free_port()
@@ -260,7 +287,14 @@ async def run_profile(tmp: Path, persisters: int, args: argparse.Namespace, full
         for i in range(0, len(rooms), 20):
             await asyncio.gather(*(mod.join(r, via=via) for r in rooms[i : i + 20]))
         targets = await p.people("target", 2 * args.ban_samples)
+        before, t0 = cpu_by_process(p.hs), time.perf_counter()
         floor = await bans(forum, targets[: args.ban_samples], "bare_bans")
+        wall = time.perf_counter() - t0
+        after = cpu_by_process(p.hs)
+        out["ban_floor_cpu_seconds"] = {
+            "wall": round(wall, 2),
+            **{k: round(after[k] - before.get(k, 0.0), 2) for k in after},
+        }
         command = await bans(forum, targets[args.ban_samples :], "command")
         out["ban_floor_concurrent"] = floor
         out["ban_command"] = command
@@ -291,6 +325,15 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
 
     for i in range(0, len(senders), 5):
         await asyncio.gather(*(enter(i + k, s) for k, s in enumerate(senders[i : i + 5])))
+    # The homeserver's own delivery time, for comparison: a sender's message seen in the
+    # moderator's sync (the bot learns of a message no faster than that).
+    trips = []
+    for k in range(20):
+        mark = forum.mod.mark()
+        t0 = time.perf_counter()
+        event_id = await senders[0].send_text(topics[0], f"ping {k}")
+        await forum.mod.wait_for(lambda e, ev=event_id: e.get("event_id") == ev, 30, after=mark)
+        trips.append(time.perf_counter() - t0)
     start = await forum.call("processed")
     total = int(args.rate * args.duration)
     sent_at: list[float] = []
@@ -343,6 +386,7 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
         "processed": len(done_at),
         "achieved_send_rate_per_s": round(len(sent_at) / (t_sent - t0), 1),
         "processing_lag": percentiles(lags),
+        "round_trip_before_load": percentiles(trips),
         "senders": len(senders),
         "topic_rooms": len(topics),
         "members_admitted": args.members,
