@@ -23,7 +23,10 @@ Not measured here (yet): the join wave of knocks, the 10,000-rule policy list, t
 build and the standby failover.
 
     .venv/bin/python benchmarks/scale.py [--persisters 4] [--members 10000] [--rooms 100]
-        [--rate 50] [--duration 600] [--senders 20]
+        [--rate 50] [--duration 600] [--senders 20] [--ban-samples 5] [--py-spy DIR]
+
+``--py-spy DIR`` records the main process and the event persisters with py-spy (when it
+is installed: ``pip install py-spy``) during the ban floor and sums the profiles up.
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust) and Redis on 127.0.0.1:6379.
 """
@@ -119,6 +122,74 @@ def cpu_by_process(hs: EmbeddedHomeserver) -> dict[str, float]:
     out = {"main": cpu_seconds(hs.process.pid or 0), "postgres (all)": postgres_cpu()}
     out |= {name: cpu_seconds(pid) for name, pid in hs.process.worker_pids.items()}
     return out
+
+
+def top_frames(raw: Path, limit: int = 10) -> dict[str, Any]:
+    """A py-spy ``--format raw`` profile summed up: the functions where the samples were
+    (self), and the Synapse functions they were under (inclusive), as shares of all."""
+    own: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in {f for f in frames if "synapse/" in f}:
+            under[frame] = under.get(frame, 0) + count
+
+    def share(table: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:limit]
+        return [(name, round(100 * n / total, 1)) for name, n in ranked]
+
+    return {"samples": total, "self_pct": share(own), "synapse_inclusive_pct": share(under)}
+
+
+def _py_spy(where: Path) -> str | None:
+    """py-spy's path (None without it); makes ``where``."""
+    import shutil
+
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        return None
+    where.mkdir(parents=True, exist_ok=True)
+    return exe
+
+
+async def spy(hs: EmbeddedHomeserver, where: Path) -> list[tuple[str, Any, Path]]:
+    """py-spy recording the main process and the event persisters (stopped by
+    :func:`unspy`); nothing when py-spy is not installed."""
+    exe = await asyncio.to_thread(_py_spy, where)
+    if exe is None:
+        return []
+    targets = {"main": hs.process.pid or 0, **hs.process.worker_pids}
+    out = []
+    for name, pid in targets.items():
+        if name == "main" or name.startswith("event_persister"):
+            file = where / f"{name}.txt"
+            proc = await asyncio.create_subprocess_exec(
+                exe, "record", "--format", "raw", "-r", "100", "-o", str(file), "-p", str(pid),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            out.append((name, proc, file))
+    await asyncio.sleep(1)  # py-spy attaches
+    return out
+
+
+async def unspy(spies: list[tuple[str, Any, Path]]) -> dict[str, Any]:
+    import signal
+
+    found: dict[str, Any] = {}
+    for name, proc, file in spies:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGINT)
+        await proc.wait()
+        if file.exists():
+            found[name] = top_frames(file)
+    return found
 
 
 def free_block(size: int) -> int:
@@ -287,10 +358,13 @@ async def run_profile(tmp: Path, persisters: int, args: argparse.Namespace, full
         for i in range(0, len(rooms), 20):
             await asyncio.gather(*(mod.join(r, via=via) for r in rooms[i : i + 20]))
         targets = await p.people("target", 2 * args.ban_samples)
+        spies = await spy(p.hs, Path(args.py_spy) / f"p{persisters}") if args.py_spy else []
         before, t0 = cpu_by_process(p.hs), time.perf_counter()
         floor = await bans(forum, targets[: args.ban_samples], "bare_bans")
         wall = time.perf_counter() - t0
         after = cpu_by_process(p.hs)
+        if spies:
+            out["ban_floor_py_spy"] = await unspy(spies)
         out["ban_floor_cpu_seconds"] = {
             "wall": round(wall, 2),
             **{k: round(after[k] - before.get(k, 0.0), 2) for k in after},
@@ -420,4 +494,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=600)
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--ban-samples", type=int, default=5)
+    parser.add_argument(
+        "--py-spy", metavar="DIR", help="profile Synapse's processes during the ban floor"
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
