@@ -76,6 +76,19 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _workers_alive(pgid: int) -> bool:
+    """A Synapse worker of the process group ``pgid`` still runs (its main process may
+    have died before it: a crash)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            group = int(stat.read_text().rsplit(")", 1)[1].split()[2])
+            if group == pgid and b"synapse.app" in (stat.parent / "cmdline").read_bytes():
+                return True
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return False
+
+
 class SynapseProcess:
     """The Synapse process of one :class:`SynapseConfig`, started and stopped by us."""
 
@@ -122,6 +135,10 @@ class SynapseProcess:
                     f"{self._config.directory}; stop it first (kill {pid})"
                 )
             log.warning("Stopping the Synapse left from a previous run (pid %d)", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+        elif pid > 0 and stop_stale and _workers_alive(pid):
+            log.warning("Stopping the Synapse workers left from a previous run (group %d)", pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
         else:
@@ -269,7 +286,7 @@ class SynapseProcess:
         deadline = loop.time() + grace
         while self.pid_path.exists():
             pid = self._pid_in_file()
-            if pid <= 0 or not _process_alive(pid):
+            if pid <= 0 or not (_process_alive(pid) or _workers_alive(pid)):
                 break
             if loop.time() > deadline:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
