@@ -38,10 +38,14 @@ def redis_reachable() -> bool:
 
 
 def free_block(size: int) -> int:
-    """The first of ``size`` consecutive free ports on loopback."""
-    for _ in range(50):
-        base = free_port()
-        if base + size < 65000 and all(port_is_free("127.0.0.1", base + i) for i in range(size)):
+    """The first of ``size`` consecutive free ports on loopback, below the ephemeral range
+    (where the system picks the source ports of outgoing connections, which may take one
+    between this check and the worker's start)."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - size)
+        if all(port_is_free("127.0.0.1", base + i) for i in range(size)):
             return base
     raise RuntimeError(f"no {size} consecutive free ports")
 
