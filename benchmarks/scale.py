@@ -254,7 +254,11 @@ class Profile:
 
     async def __aenter__(self) -> Profile:
         t0 = time.perf_counter()
-        await self.hs.start(timeout=300)
+        try:
+            await self.hs.start(timeout=300)
+        except BaseException:  # __aexit__ does not run: its database goes here
+            await drop_databases(self.synapse_db, self.forum_db)
+            raise
         self.start_s = time.perf_counter() - t0
         return self
 
