@@ -4,10 +4,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test browser lint typecheck bench clean-state
+.PHONY: run run-scaled test browser lint typecheck bench clean-state
 
 run: $(STAMP) ## start the whole service on the embedded homeserver
 	$(BIN)/forum run
+
+# The scaled profile: Synapse's workers (PERSISTERS event persisters, a generic worker, a
+# federation sender) on PostgreSQL and Redis, and the forum on PostgreSQL (README).
+PERSISTERS ?= 4
+run-scaled: $(STAMP) ## start the whole service on Synapse workers, PostgreSQL and Redis
+	FORUM_PROFILE=scaled FORUM_EVENT_PERSISTERS=$(PERSISTERS) $(BIN)/forum run
 
 # The tests wait on Synapse far more than they compute: TEST_WORKERS processes (pytest-xdist)
 # run the files side by side, each with its own Synapse; a file stays in one process, so its

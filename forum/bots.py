@@ -13,7 +13,7 @@ from typing import Any, Literal
 from forum.credentials import load_or_create_secrets
 from forum.errors import MatrixError
 from forum.gateway import Gateway
-from forum.homeserver import AntispamHook, EmbeddedHomeserver
+from forum.homeserver import AntispamHook, EmbeddedHomeserver, WorkerLayout
 from forum.settings import Settings
 from forum.storage import Database
 
@@ -108,13 +108,34 @@ def crypto_dir(home: Path) -> Path:
 
 
 def embedded_homeserver(settings: Settings, home: Path, **kw: Any) -> EmbeddedHomeserver:
-    """The embedded Synapse of ``settings``; it asks the forum's spam checker when the
-    checker is enabled."""
+    """The embedded Synapse of the settings: one process in ``$FORUM_HOME/synapse``, or,
+    on the scaled profile, its workers in ``$FORUM_HOME/synapse-scaled`` (another
+    database: the two profiles' homeservers never share a directory). It asks the forum's
+    spam checker when the checker is enabled."""
     emb = settings.homeserver.embedded
     if settings.antispam.enabled and "antispam" not in kw:
         kw["antispam"] = AntispamHook(settings.antispam.url, antispam_secret(settings, home))
+    directory = home / "synapse"
+    if emb.profile == "scaled":
+        scaled = emb.scaled
+        directory = home / "synapse-scaled"
+        kw.setdefault(
+            "workers",
+            WorkerLayout(
+                database_url=scaled.synapse_database,
+                redis_host=scaled.redis_host,
+                redis_port=scaled.redis_port,
+                redis_password=(
+                    scaled.redis_password.get_secret_value() if scaled.redis_password else None
+                ),
+                event_persisters=scaled.event_persisters,
+                generic_workers=scaled.generic_workers,
+                host="127.0.0.1" if emb.host == "localhost" else emb.host,
+                base_port=scaled.base_port,
+            ),
+        )
     return EmbeddedHomeserver(
-        home / "synapse", server_name=emb.server_name, host=emb.host, port=emb.port, **kw
+        directory, server_name=emb.server_name, host=emb.host, port=emb.port, **kw
     )
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from forum.credentials import PRIVATE_UMASK, secure_home, write_private
-from forum.kit import OperatorKit, command_group, homeserver_for_command, load
+from forum.kit import (
+    OperatorKit,
+    command_group,
+    ensure_scaled_database,
+    homeserver_for_command,
+    load,
+)
 from forum.settings import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -185,11 +191,23 @@ async def cmd_run(args: argparse.Namespace) -> int:
         if settings.homeserver.mode == "embedded":
             hs = embedded_homeserver(settings, home)
             print(f"Starting the embedded homeserver (Synapse) at {hs.url} ...", flush=True)
-            await hs.start(stop_stale=True)
+            if hs.config.workers is not None:
+                layout = hs.config.workers
+                print(
+                    f"  scaled profile: {layout.event_persisters} event persister(s), "
+                    f"{layout.generic_workers} generic worker(s), a federation sender, "
+                    f"on PostgreSQL and Redis {layout.redis_host}:{layout.redis_port}",
+                    flush=True,
+                )
+            await hs.start(timeout=180 if hs.config.workers else 60, stop_stale=True)
             demo_passwords = await register_embedded_accounts(settings, home, hs)
         print("Provisioning the forum and starting the bots ...", flush=True)
+        await ensure_scaled_database(settings, database_url(settings, home))
         await service.start()
         facts = _demo_facts(settings, service, demo_passwords)
+        if hs is not None and hs.config.workers is not None:
+            facts["homeserver_profile"] = "scaled"
+            facts["synapse_workers"] = hs.config.workers.health_urls()
         demo = json.dumps(facts, indent=2, ensure_ascii=False) + "\n"
         await asyncio.to_thread(write_private, home / "demo.json", demo)
         print(_banner(facts, home), flush=True)

@@ -24,6 +24,7 @@ from forum.bots import BotRole, bot_credentials, bot_gateway, embedded_homeserve
 from forum.credentials import secure_home
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver
+from forum.homeserver.postgres import ensure_database
 from forum.settings import Settings, config_dir_of, database_url, forum_home, load_settings
 from forum.storage import Database
 from forum.storage.repositories import RoomRegistry
@@ -54,6 +55,7 @@ class OperatorKit:
         home = forum_home()
         url = database_url(settings, home)
         await asyncio.to_thread(secure_home, home, url)
+        await ensure_scaled_database(settings, url)
         db = await Database.open(url)
         kit = cls(settings, home, config_dir_of(getattr(args, "config", None)), db)
         try:
@@ -94,9 +96,20 @@ async def homeserver_for_command(
         return None
     hs = embedded_homeserver(settings, home)
     if not hs.running_elsewhere():
-        await hs.start()  # prepares its configuration in a thread
+        # prepares its configuration in a thread; the scaled profile's workers take longer
+        await hs.start(timeout=180 if hs.config.workers else 60)
         stack.push_async_callback(hs.stop)
     return hs
+
+
+async def ensure_scaled_database(settings: Settings, url: str) -> None:
+    """On the scaled profile the forum's PostgreSQL database is created when missing (its
+    first start from a fresh clone); elsewhere the operator creates it."""
+    embedded = settings.homeserver.embedded
+    if settings.homeserver.mode != "embedded" or embedded.profile != "scaled":
+        return
+    if url.startswith("postgresql+asyncpg://"):
+        await ensure_database(url)
 
 
 def command_group(subparsers: Any, name: str, help: str) -> Any:

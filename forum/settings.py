@@ -107,10 +107,37 @@ class ForumSection(_Model):
         return v
 
 
+class ScaledProfile(_Model):
+    """Synapse's worker mode (``profile = "scaled"``): the main process, event persisters
+    sharded by room, generic workers and a federation sender, over PostgreSQL and Redis."""
+
+    event_persisters: int = Field(default=4, ge=1, le=32)
+    generic_workers: int = Field(default=1, ge=1, le=16)
+    #: Synapse's database (created with the C collation Synapse needs when missing)
+    synapse_database: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/forum_synapse",
+        pattern=r"^postgres(ql)?://",
+    )
+    #: the forum's own database when ``[database] url`` is not set
+    forum_database: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/forum",
+        pattern=r"^postgresql\+asyncpg://",
+    )
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    #: the replication listeners of the main process and of the workers: consecutive ports
+    #: from here, on the embedded homeserver's host
+    base_port: int = Field(default=8100, ge=1, le=65000)
+
+
 class EmbeddedHomeserver(_Model):
     host: Literal["127.0.0.1", "::1", "localhost"] = "127.0.0.1"
     port: int = Field(default=8008, ge=1, le=65535)
     server_name: str = Field(default="localhost", pattern=r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+    #: "single": one Synapse process on SQLite; "scaled": Synapse's workers (see above)
+    profile: Literal["single", "scaled"] = "single"
+    scaled: ScaledProfile = ScaledProfile()
 
 
 class HomeserverSection(_Model):
@@ -609,7 +636,28 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
         raise ConfigError(
             str(file), [ConfigProblem("(syntax)", "invalid TOML", f"valid TOML: {exc}")]
         ) from exc
-    return parse_settings(data, str(file), env)
+    return parse_settings(with_profile_from_env(data, env), str(file), env)
+
+
+def with_profile_from_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``$FORUM_PROFILE`` ("single" or "scaled") and ``$FORUM_EVENT_PERSISTERS`` override
+    ``[homeserver.embedded]`` ``profile`` and ``scaled.event_persisters`` (``make
+    run-scaled`` sets them, so every ``forum`` command of that shell sees the profile)."""
+    profile, persisters = env.get("FORUM_PROFILE"), env.get("FORUM_EVENT_PERSISTERS")
+    if not profile and not persisters:
+        return data
+    out = dict(data)
+    homeserver = dict(out.get("homeserver") or {})
+    embedded = dict(homeserver.get("embedded") or {})
+    if profile:
+        embedded["profile"] = profile
+    if persisters:
+        scaled = dict(embedded.get("scaled") or {})
+        scaled["event_persisters"] = int(persisters) if persisters.isdigit() else persisters
+        embedded["scaled"] = scaled
+    homeserver["embedded"] = embedded
+    out["homeserver"] = homeserver
+    return out
 
 
 def config_dir_of(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -624,4 +672,9 @@ def forum_home(env: Mapping[str, str] | None = None) -> Path:
 
 
 def database_url(settings: Settings, home: Path) -> str:
-    return settings.database.url or f"sqlite+aiosqlite:///{home / 'forum.db'}"
+    if settings.database.url:
+        return settings.database.url
+    hs = settings.homeserver
+    if hs.mode == "embedded" and hs.embedded.profile == "scaled":
+        return hs.embedded.scaled.forum_database
+    return f"sqlite+aiosqlite:///{home / 'forum.db'}"

@@ -19,12 +19,14 @@ from typing import Any
 from forum.homeserver.accounts import RegistrationError, SharedSecretRegistration
 from forum.homeserver.config import AntispamHook, HomeserverStartError, SynapseConfig
 from forum.homeserver.process import SynapseProcess, free_port, port_is_free
+from forum.homeserver.workers import WorkerLayout
 
 __all__ = [
     "AntispamHook",
     "EmbeddedHomeserver",
     "HomeserverStartError",
     "RegistrationError",
+    "WorkerLayout",
     "free_port",
     "port_is_free",
 ]
@@ -39,6 +41,8 @@ class EmbeddedHomeserver:
     ``extra_config`` is deep-merged last into the overrides (e.g. strict rate limits).
     ``antispam``: Synapse loads synapse-http-antispam and asks the forum's spam checker
     there (see :mod:`moderation.antispam`).
+    ``workers`` runs Synapse's worker mode on PostgreSQL and Redis (the scaled profile):
+    :meth:`start` starts the main process and every worker, :meth:`stop` stops them all.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class EmbeddedHomeserver:
         federation_port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
         antispam: AntispamHook | None = None,
+        workers: WorkerLayout | None = None,
     ) -> None:
         self.config = SynapseConfig(
             Path(directory).resolve(),
@@ -62,6 +67,7 @@ class EmbeddedHomeserver:
             federation_port=federation_port,
             extra_config=dict(extra_config or {}),
             antispam=antispam,
+            workers=workers,
         )
         """Where everything lives and what Synapse is told (paths, ports, overrides)."""
         self.process = SynapseProcess(self.config)

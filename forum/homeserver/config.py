@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from forum.credentials import PRIVATE_UMASK, private_dir, tighten, write_private
+from forum.homeserver.workers import WorkerLayout
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,8 @@ class SynapseConfig:
     certificate; peers are trusted without verification, loopback is allowed).
     ``extra_config`` is deep-merged last into the overrides (e.g. strict rate limits).
     ``antispam`` loads synapse-http-antispam, calling the forum's spam checker.
+    ``workers`` runs Synapse's worker mode on PostgreSQL and Redis (the scaled profile,
+    :mod:`forum.homeserver.workers`) instead of one process on SQLite.
     """
 
     directory: Path
@@ -200,6 +203,7 @@ class SynapseConfig:
     federation_port: int | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
     antispam: AntispamHook | None = None
+    workers: WorkerLayout | None = None
 
     # --- facts -------------------------------------------------------------------
     @property
@@ -238,6 +242,8 @@ class SynapseConfig:
         wanted = [(self.host, self.port)]
         if self.federation_port is not None:
             wanted.append(("127.0.0.1", self.federation_port))
+        if self.workers is not None:
+            wanted += self.workers.listen_addresses()
         return wanted
 
     # --- files ---------------------------------------------------------------------
@@ -258,7 +264,18 @@ class SynapseConfig:
                     "name cannot change: use another directory"
                 )
         self._keep_one_registration_secret()
-        self._write_log_config()
+        self._write_log_config(LOG_CONFIG_FILE, self.log_path)
+        if self.workers is not None:
+            for worker in self.workers.workers():
+                log_config = self.directory / worker.log_config_file
+                self._write_log_config(log_config.name, self.directory / worker.log_file)
+                write_private(
+                    self.directory / worker.config_file,
+                    "# Written by forum on every start; edits are lost.\n"
+                    + yaml.safe_dump(
+                        self.workers.worker_config(worker, str(log_config)), sort_keys=False
+                    ),
+                )
         if self.federation_port is not None:
             cert, key = self.directory / TLS_CERT_FILE, self.directory / TLS_KEY_FILE
             if not (cert.exists() and key.exists()):
@@ -318,7 +335,7 @@ class SynapseConfig:
                 f"(exit {result.returncode}):\n{result.stderr[-2000:]}"
             )
 
-    def _write_log_config(self) -> None:
+    def _write_log_config(self, name: str, log_path: Path) -> None:
         level = "WARNING"
         config = {
             "version": 1,
@@ -332,7 +349,7 @@ class SynapseConfig:
                 "file": {
                     "class": "logging.FileHandler",
                     "formatter": "precise",
-                    "filename": str(self.log_path),
+                    "filename": str(log_path),
                     "encoding": "utf8",
                 }
             },
@@ -340,7 +357,7 @@ class SynapseConfig:
             "root": {"level": level, "handlers": ["file"]},
             "disable_existing_loggers": False,
         }
-        write_private(self.directory / LOG_CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+        write_private(self.directory / name, yaml.safe_dump(config, sort_keys=False))
 
     def overrides(self) -> dict[str, Any]:
         """The settings written to ``forum-overrides.yaml`` (reads only the kept
@@ -406,6 +423,9 @@ class SynapseConfig:
         if self.antispam is not None:
             secret_file = str(self.directory / ANTISPAM_SECRET_FILE)
             config["modules"] = [antispam_module(self.antispam.base_url, secret_file)]
+        if self.workers is not None:
+            listeners.append(self.workers.main_listener())
+            config |= self.workers.shared_config()
         if self.for_tests:
             config |= _TEST_RATE_LIMITS
             config["caches"] = {"sync_response_cache_duration": 0}

@@ -2,7 +2,9 @@
 
 Synapse runs in its own process group with its console output in ``homeserver.log``;
 ``forum-synapse.pid`` names it, so that another ``forum`` command sees a Synapse already
-running on the directory and a new start finds one left from a crashed run.
+running on the directory and a new start finds one left from a crashed run. In worker
+mode (the scaled profile) every worker joins the main process's group: one signal to the
+group stops them all, and a stale group is stopped whole.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiohttp
 
 from forum.credentials import PRIVATE_FILE, PRIVATE_UMASK, write_private
 from forum.homeserver.config import HomeserverStartError, SynapseConfig
+from forum.homeserver.postgres import DatabaseUnavailable, ensure_database
+from forum.homeserver.workers import Worker
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +76,26 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _workers_alive(pgid: int) -> bool:
+    """A Synapse worker of the process group ``pgid`` still runs (its main process may
+    have died before it: a crash)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            group = int(stat.read_text().rsplit(")", 1)[1].split()[2])
+            if group == pgid and b"synapse.app" in (stat.parent / "cmdline").read_bytes():
+                return True
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return False
+
+
 class SynapseProcess:
     """The Synapse process of one :class:`SynapseConfig`, started and stopped by us."""
 
     def __init__(self, config: SynapseConfig) -> None:
         self._config = config
         self._process: asyncio.subprocess.Process | None = None
+        self._workers: dict[str, asyncio.subprocess.Process] = {}
         self._log_handle: IO[bytes] | None = None
 
     @property
@@ -119,6 +137,10 @@ class SynapseProcess:
             log.warning("Stopping the Synapse left from a previous run (pid %d)", pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
+        elif pid > 0 and stop_stale and _workers_alive(pid):
+            log.warning("Stopping the Synapse workers left from a previous run (group %d)", pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
         else:
             log.info("Removing the stale pid file %s", self.pid_path)
             self.pid_path.unlink(missing_ok=True)
@@ -155,41 +177,116 @@ class SynapseProcess:
                     f"cannot start the homeserver: port {port} on {host} is already "
                     "in use by another program"
                 )
+        if config.workers is not None:
+            try:
+                await ensure_database(config.workers.database_url, c_locale=True)
+            except DatabaseUnavailable as exc:
+                raise HomeserverStartError(f"the scaled profile needs PostgreSQL: {exc}") from exc
         await asyncio.to_thread(config.prepare)
         self._log_handle = await asyncio.to_thread(_open_private_log, config.log_path)
         cmd = [
             sys.executable,
             "-m",
             "synapse.app.homeserver",
-            "-c",
-            str(config.config_path),
-            "-c",
-            str(config.overrides_path),
+            *self._config_args(),
         ]
         log.info("Starting Synapse %s on %s", config.server_name, config.url)
+        # Its own process group (a Ctrl-C in the terminal reaches the forum, which stops
+        # it); in worker mode a group of our session, which the workers can join.
+        group: dict[str, Any] = (
+            {"start_new_session": True} if config.workers is None else {"process_group": 0}
+        )
         self._process = await asyncio.create_subprocess_exec(
             *cmd,
             cwd=config.directory,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=self._log_handle,
-            start_new_session=True,
             umask=PRIVATE_UMASK,  # its database, log and media: private
+            **group,
         )
         write_private(self.pid_path, f"{self._process.pid}\n")
         try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
             await self._wait_ready(timeout)
+            if config.workers is not None:
+                await self._start_workers(config.workers.workers(), deadline - loop.time())
         except BaseException:
             await self.stop()
             raise
         log.info("Synapse %s ready (pid %d)", config.server_name, self._process.pid)
+
+    def _config_args(self) -> list[str]:
+        return ["-c", str(self._config.config_path), "-c", str(self._config.overrides_path)]
+
+    @property
+    def worker_pids(self) -> dict[str, int]:
+        """The running workers' pids, by instance name (empty on the single profile)."""
+        return {name: p.pid for name, p in self._workers.items() if p.returncode is None}
+
+    async def _start_workers(self, workers: list[Worker], limit: float) -> None:
+        """Start every worker in the main process's group (after the main process, which
+        prepared the database schema) and wait until each answers ``/health``."""
+        assert self._process is not None
+        assert self._config.workers is not None
+        for worker in workers:
+            cmd = [
+                sys.executable,
+                "-m",
+                "synapse.app.generic_worker",
+                *self._config_args(),
+                "-c",
+                str(self._config.directory / worker.config_file),
+            ]
+            self._workers[worker.name] = await asyncio.create_subprocess_exec(
+                *cmd,
+                cwd=self._config.directory,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=self._log_handle,
+                stderr=self._log_handle,
+                process_group=self._process.pid,
+                umask=PRIVATE_UMASK,
+            )
+        urls = self._config.workers.health_urls()
+        await asyncio.gather(
+            *(self._wait_healthy(name, urls[name], limit) for name in self._workers)
+        )
+        log.info("Synapse workers ready: %s", ", ".join(self._workers))
+
+    async def _wait_healthy(self, name: str, url: str, limit: float) -> None:
+        process = self._workers[name]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(limit, 1.0)
+        log_path = self._config.directory / f"worker-{name}.log"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while True:
+                if process.returncode is not None:
+                    raise HomeserverStartError(
+                        f"Synapse worker {name} exited with code {process.returncode} while "
+                        f"starting; see {log_path} and {self._config.log_path}:\n"
+                        f"{self._tail_log()}"
+                    )
+                try:
+                    async with http.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                if loop.time() > deadline:
+                    raise HomeserverStartError(
+                        f"Synapse worker {name} did not answer {url} within {limit:.0f} s; "
+                        f"see {log_path}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 0.1)
 
     async def _wait_stale_gone(self, grace: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         while self.pid_path.exists():
             pid = self._pid_in_file()
-            if pid <= 0 or not _process_alive(pid):
+            if pid <= 0 or not (_process_alive(pid) or _workers_alive(pid)):
                 break
             if loop.time() > deadline:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -225,20 +322,23 @@ class SynapseProcess:
                     await asyncio.wait_for(self._process.wait(), 0.1)
 
     async def stop(self, timeout: float = 15) -> None:  # noqa: ASYNC109 - grace period
-        """SIGTERM the process group, SIGKILL after ``timeout`` seconds. Idempotent."""
+        """SIGTERM the process group (the main process and its workers), SIGKILL after
+        ``timeout`` seconds. Idempotent."""
         process, self._process = self._process, None
+        workers, self._workers = list(self._workers.values()), {}
+        everyone = [p for p in [process, *workers] if p is not None]
         try:
-            if process is not None and process.returncode is None:
+            if process is not None and any(p.returncode is None for p in everyone):
                 log.info("Stopping Synapse %s (pid %d)", self._config.server_name, process.pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(process.wait(), timeout)
+                    await asyncio.wait_for(asyncio.gather(*(p.wait() for p in everyone)), timeout)
                 except TimeoutError:
                     log.warning("Synapse did not stop in %.0f s; killing it", timeout)
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)
-                    await process.wait()
+                    await asyncio.gather(*(p.wait() for p in everyone))
             if process is not None:
                 self.pid_path.unlink(missing_ok=True)
         finally:

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MUTED_LEVEL", "Actions", "rule_state_key"]
 
+#: requests one space-wide action has in flight at once: enough for a homeserver's event
+#: persisters (sharded by room) to take several rooms in parallel, few enough not to
+#: flood it (a ban across 100 rooms is not 100 simultaneous requests)
+ROOM_CONCURRENCY = 16
 REDACTABLE = frozenset({"m.room.message", "m.sticker", "m.reaction", "m.room.encrypted"})
 
 
@@ -51,6 +55,18 @@ class Actions:
     powers: Powers = field(init=False)
     """Power levels through the account's one editor, shared with the membership bot."""
     mute_changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    room_concurrency: int = ROOM_CONCURRENCY
+
+    async def _bounded(self, calls: Iterable[Awaitable[Any]]) -> list[Any]:
+        """Await ``calls`` concurrently, at most :attr:`room_concurrency` at a time; the
+        results (or exceptions) in order."""
+        limit = asyncio.Semaphore(self.room_concurrency)
+
+        async def one(call: Awaitable[Any]) -> Any:
+            async with limit:
+                return await call
+
+        return await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
 
     def __post_init__(self) -> None:
         self.powers = Powers(self.gateway.powers, self.settings.power_levels.moderator)
@@ -67,9 +83,10 @@ class Actions:
     async def across(
         self, fn: Callable[[str], Awaitable[Any]], rooms: Iterable[str] | None = None
     ) -> list[str]:
-        """Run ``fn(room)`` on every room concurrently; the rooms where it succeeded."""
+        """Run ``fn(room)`` on every room concurrently (bounded); the rooms where it
+        succeeded."""
         targets = list(self.rooms if rooms is None else rooms)
-        results = await asyncio.gather(*(fn(r) for r in targets), return_exceptions=True)
+        results = await self._bounded(fn(r) for r in targets)
         done: list[str] = []
         for room, res in zip(targets, results, strict=True):
             if isinstance(res, asyncio.CancelledError):
@@ -230,9 +247,7 @@ class Actions:
     async def redact_many(self, events: Iterable[tuple[str, str]], reason: str | None) -> int:
         """Redact (room, event id) pairs concurrently; how many were redacted."""
         pairs = list(dict.fromkeys(events))
-        results = await asyncio.gather(
-            *(self.gateway.redact(room, ev, reason) for room, ev in pairs), return_exceptions=True
-        )
+        results = await self._bounded(self.gateway.redact(room, ev, reason) for room, ev in pairs)
         failed = [r for r in results if isinstance(r, BaseException)]
         for r in failed:
             if isinstance(r, asyncio.CancelledError):

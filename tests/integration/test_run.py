@@ -22,8 +22,10 @@ from forum.settings import DEFAULT_CONFIG
 pytestmark = pytest.mark.homeserver
 
 
-async def start_run(config: Path, home: Path) -> asyncio.subprocess.Process:
-    env = dict(os.environ, FORUM_HOME=str(home))
+async def start_run(
+    config: Path, home: Path, extra_env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    env = dict(os.environ, FORUM_HOME=str(home), **(extra_env or {}))
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
