@@ -168,12 +168,15 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         """Whether this account takes part in encrypted rooms."""
         return self.crypto is not None
 
-    async def send_event(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
-        """Send one event; encrypted when the room is (and this account has keys)."""
+    async def send_event(
+        self, room_id: str, event_type: str, content: dict[str, Any], *, txn_id: str | None = None
+    ) -> str:
+        """Send one event; encrypted when the room is (and this account has keys). The
+        same ``txn_id`` sent again gets the same event back (see the base class)."""
         crypto = self.crypto
         if crypto is None or not await crypto.is_encrypted(room_id):
-            return await super().send_event(room_id, event_type, content)
-        return await crypto.send(room_id, event_type, content, self._transport.txn_id())
+            return await super().send_event(room_id, event_type, content, txn_id=txn_id)
+        return await crypto.send(room_id, event_type, content, txn_id or self._transport.txn_id())
 
     async def close(self) -> None:
         self._sync.stop()
