@@ -24,7 +24,8 @@ test: $(STAMP) browser ## run the whole test suite (real Synapse, SQLite and Pos
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Headless Chromium renders the public pages in the tests (Debian's package), and axe-core
-# (npm, into .venv/axe) checks their accessibility there.
+# (npm, into .venv/axe) checks their accessibility there; the Nu HTML Checker (npm's vnu-jar,
+# into .venv/vnu, run by Java) checks that they are valid HTML.
 browser:
 	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 	  apt-get install -y -q chromium >/dev/null 2>&1 || \
@@ -33,6 +34,12 @@ browser:
 	@test -f $(VENV)/axe/node_modules/axe-core/axe.min.js || ! command -v npm >/dev/null 2>&1 || \
 	  npm install --silent --no-audit --no-fund --prefix $(VENV)/axe axe-core@4 >/dev/null 2>&1 || \
 	  echo "axe-core could not be installed: the accessibility test will be skipped"
+	@command -v java >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  apt-get install -y -q default-jre-headless >/dev/null 2>&1 || \
+	  echo "java could not be installed: the HTML validity test will be skipped"
+	@test -f $(VENV)/vnu/node_modules/vnu-jar/build/dist/vnu.jar || ! command -v npm >/dev/null 2>&1 || \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/vnu vnu-jar >/dev/null 2>&1 || \
+	  echo "the Nu HTML Checker could not be installed: the HTML validity test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check forum moderation bridge tests benchmarks
