@@ -167,6 +167,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     service = Service(settings, config_dir=config_dir_of(args.config), home=home)
     try:
+        await ensure_scaled_database(settings, database_url(settings, home))
         await service.open()
         lease = service.lease
         assert lease is not None
@@ -202,7 +203,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
             await hs.start(timeout=180 if hs.config.workers else 60, stop_stale=True)
             demo_passwords = await register_embedded_accounts(settings, home, hs)
         print("Provisioning the forum and starting the bots ...", flush=True)
-        await ensure_scaled_database(settings, database_url(settings, home))
         await service.start()
         facts = _demo_facts(settings, service, demo_passwords)
         if hs is not None and hs.config.workers is not None:

@@ -26,7 +26,11 @@ PRIVATE_UMASK = 0o077
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents, 0700) if needed; make it 0700."""
     if not path.is_dir():
-        path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        # mkdir(parents=True) gives the parents it makes the umask's mode, not ``mode``
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        for directory in reversed(missing):
+            directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+            os.chmod(directory, PRIVATE_DIR)
     if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR:
         os.chmod(path, PRIVATE_DIR)
     return path

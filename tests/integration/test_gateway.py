@@ -188,7 +188,8 @@ async def test_failed_handler_is_retried_not_lost(synapse, make_user, sqlite_db,
         assert flaky.calls["doomed"] == FAST_RETRIES["handler_max_attempts"]
     # the handlers that succeeded ran once per event, never again
     assert steady == ["flaky", "doomed", "after", "marker"]
-    assert flaky.done == ["after", "flaky", "marker"]
+    # each once ("flaky" after its retries: before or after "after", as syncs fall)
+    assert sorted(flaky.done) == ["after", "flaky", "marker"]
     assert flaky.calls["flaky"] == 3
 
 
