@@ -9,9 +9,14 @@ clock, so that the machines' clocks do not matter). The holder counts its lease 
 until ``seconds`` (less a margin) after the start of its last successful renewal, on its
 own monotonic clock: it stops acting before any standby may start.
 
-On PostgreSQL the candidate also holds a session-level advisory lock on a dedicated
-connection: only one process at a time competes for the row, and the holder that loses
-its connection (and with it the lock) steps down at once.
+Exclusivity that dies with the process: on PostgreSQL the candidate holds a session-level
+advisory lock on a dedicated connection, on SQLite an exclusive ``flock`` of a file beside
+the database (``forum.db.lease``). Only the process holding it competes for the row. So
+while the holder keeps it, a renewal that fails because the database is locked or slow
+(a long write elsewhere, a backup) does not make it step down: nobody else can take the
+row meanwhile (issue #11: a locked database stops nothing). The holder steps down when
+it loses that hold (PostgreSQL: the lock's connection broke or stopped answering). On
+SQLite a free ``flock`` means its holder is gone (one machine): the row is taken at once.
 
 Fencing: once armed (:attr:`forum.storage.Database.guard`), every write unit of work of
 the holder first checks, in its own transaction, that the row still names it with its
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import secrets
@@ -114,6 +120,13 @@ class Lease:
         self._valid_until = 0.0
         self._lock_conn: AsyncConnection | None = None
         self._locked = False
+        self._flock_fd: int | None = None
+        database = engine.url.database
+        self._flock_path = (
+            f"{database}.lease"
+            if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:")
+            else None
+        )
         self._on_lost: list[Callable[[], None]] = []
         self._stray: set[asyncio.Future[None]] = set()
 
@@ -124,8 +137,11 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        """Held and, by this process's clock, not expired."""
-        return self.role == "active" and time.monotonic() < self._valid_until
+        """Held and, by this process's clock, not expired (or, SQLite, its ``flock``
+        still held: nobody else can take it)."""
+        return self.role == "active" and (
+            self._flock_fd is not None or time.monotonic() < self._valid_until
+        )
 
     def on_lost(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (synchronous, must not raise) the moment the lease is lost."""
@@ -176,6 +192,38 @@ class Lease:
         self._locked = bool(got)
         return self._locked
 
+    def _file_lock(self) -> bool:
+        """SQLite: hold the exclusive ``flock`` of the file beside the database (freed by
+        the system when this process dies, however it dies)."""
+        if self._flock_fd is not None:
+            return True
+        if self._flock_path is None:
+            return True
+        fd = os.open(self._flock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._flock_fd = fd
+        return True
+
+    async def _still_exclusive(self) -> bool:
+        """Whether this process still holds its exclusive hold (PostgreSQL: the lock's
+        connection answers within a second)."""
+        if self._flock_fd is not None:
+            return True
+        if self._lock_conn is None or not self._locked:
+            return False
+        try:
+            async with asyncio.timeout(1):
+                await self._lock_conn.execute(text("SELECT 1"))
+        except TimeoutError:
+            return False
+        except _errors():
+            return False
+        return True
+
     async def read(self) -> LeaseState | None:
         """The row as it is now (None: nobody ever held the lease)."""
         async with self.engine.connect() as conn:
@@ -190,6 +238,11 @@ class Lease:
         if self.postgres and not await self._advisory_lock():
             await self.read()
             return False
+        if not self.postgres and not self._file_lock():
+            await self.read()
+            return False
+        # SQLite: with the flock, whoever held the row is gone (or let it go): take it
+        free_row = self._flock_fd is not None
         started = time.monotonic()
         async with self._write() as conn:
             now = await self._now(conn)
@@ -207,7 +260,7 @@ class Lease:
             if row is None:
                 token = 1
                 await conn.execute(insert(_TABLE).values(name=self.name, token=token, **values))
-            elif row.holder is None or row.expires_at is None or row.expires_at <= now:
+            elif free_row or row.holder is None or row.expires_at is None or row.expires_at <= now:
                 token = row.token + 1
                 await conn.execute(
                     update(_TABLE).where(_TABLE.c.name == self.name).values(token=token, **values)
@@ -294,6 +347,11 @@ class Lease:
             left = self._valid_until - time.monotonic()
             await asyncio.sleep(max(0.0, min(self.renew_every, left)))
             left = self._valid_until - time.monotonic()
+            if left <= 0 and await self._still_exclusive():
+                # the database is locked or slow, but nobody else can take the lease
+                log.warning("service lease: not renewed in time; kept (the exclusive lock holds)")
+                self._valid_until = time.monotonic() + self.renew_every
+                left = self._valid_until - time.monotonic()
             if left <= 0:
                 self._lose("the lease could not be renewed before it expired")
             renewal = asyncio.ensure_future(self.renew())
@@ -382,6 +440,9 @@ class Lease:
         for stray in list(self._stray):  # a renewal the database never answered
             with contextlib.suppress(BaseException):
                 await stray
+        fd, self._flock_fd = self._flock_fd, None
+        if fd is not None:
+            os.close(fd)  # the flock goes with it
         conn, self._lock_conn = self._lock_conn, None
         self._locked = False
         if conn is not None:

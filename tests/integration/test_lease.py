@@ -1,6 +1,7 @@
 """The service lease on the real databases (SQLite and PostgreSQL): one holder at a time,
-a standby takes over once the holder's lease has ended, a holder that lost it has its
-writes refused (fencing) and steps down when it cannot renew in time."""
+a standby takes over once the holder's lease has ended (at once on SQLite, whose flock
+goes with its holder), a holder that lost it has its writes refused (fencing), a locked
+database does not take it away, a lost lock connection does."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import select, text
 
 from forum.storage import Database, Lease, LeaseLost, SyncTokens
 from forum.storage.models import ServiceLeaseRow
+from tests.harness import eventually
 
 LEASE_SECONDS = 2.0
 
@@ -93,9 +95,10 @@ async def test_release_hands_over_at_once(db_url: str) -> None:
         await db_b.close()
 
 
-async def test_holder_that_cannot_renew_steps_down_before_anyone_takes_over(
-    db_url: str,
-) -> None:
+async def test_a_holder_whose_database_is_locked_keeps_the_lease(db_url: str) -> None:
+    """A database locked longer than the lease (a long write elsewhere, a backup) stops
+    nothing: the holder keeps its exclusive hold (advisory lock, flock), so nobody can
+    take the row meanwhile, and it renews once the lock is gone (issue #11)."""
     db_a, a = await candidate(db_url, "a")
     db_b, b = await candidate(db_url, "b")
     stepped_down: list[float] = []
@@ -103,19 +106,55 @@ async def test_holder_that_cannot_renew_steps_down_before_anyone_takes_over(
     try:
         assert await a.try_acquire()
         keeper = asyncio.ensure_future(a.keep())
-        # the database stops answering a: b's session holds the lease table locked
         async with db_b.engine.execution_options(forum_write=True).begin() as blocker:
             if db_b.engine.dialect.name == "postgresql":
                 await blocker.execute(text("LOCK TABLE service_lease IN ACCESS EXCLUSIVE MODE"))
             else:
                 await blocker.execute(text("UPDATE service_lease SET holder = holder"))
-            with pytest.raises(LeaseLost):
-                async with asyncio.timeout(LEASE_SECONDS + 2):
-                    await keeper
+            await asyncio.sleep(0)  # the lock is held from here on
+            done, _ = await asyncio.wait([keeper], timeout=2 * LEASE_SECONDS + 1)
+        assert not done, keeper.exception() if done else None
+        assert a.role == "active"
+        assert a.held
+        assert stepped_down == []
+        assert not await b.try_acquire()  # a's exclusive hold stands
+        before = a.current.expires_at if a.current else None
+
+        async def renewed() -> bool:
+            return a.current is not None and a.current.expires_at != before
+
+        await eventually(renewed, LEASE_SECONDS + 3, "a renews once the lock is gone")
+        keeper.cancel()
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.close()
+        await db_b.close()
+
+
+async def test_a_holder_that_loses_its_lock_connection_steps_down(db_url: str) -> None:
+    """PostgreSQL: the holder whose advisory lock's connection is gone (the server killed
+    it) steps down at its next renewal, before anyone may take the row; SQLite has no
+    such case (its flock goes only with the process)."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite's exclusive hold is a flock: it is lost only with the process")
+    db_a, a = await candidate(db_url, "a")
+    db_b, b = await candidate(db_url, "b")
+    stepped_down: list[float] = []
+    a.on_lost(lambda: stepped_down.append(time.monotonic()))
+    try:
+        assert await a.try_acquire()
+        assert a._lock_conn is not None
+        pid = await a._lock_conn.scalar(text("SELECT pg_backend_pid()"))
+        keeper = asyncio.ensure_future(a.keep())
+        async with db_b.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(LeaseLost):
+            async with asyncio.timeout(LEASE_SECONDS + 2):
+                await keeper
         assert a.role == "stepped-down"
         assert len(stepped_down) == 1
         assert not a.held
-        # only now (the row's expiry follows a's own deadline) may b take it
         async with asyncio.timeout(LEASE_SECONDS + 3):
             await b.acquire()
         assert stepped_down[0] <= time.monotonic()
