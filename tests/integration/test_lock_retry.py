@@ -16,7 +16,15 @@ from sqlalchemy import select
 
 from forum.storage import db as storage_db
 from moderation.bot.models import AuditEntry
-from tests.harness import CHARTER_EN, CHARTER_FR, Forum, ForumStarter, eventually, is_reply
+from tests.harness import (
+    CHARTER_EN,
+    CHARTER_FR,
+    Forum,
+    ForumStarter,
+    eventually,
+    is_membership,
+    is_reply,
+)
 
 #: shorter than the lock the tests hold, so that the service's writes fail while it is held
 BUSY_TIMEOUT_MS = 1000
@@ -105,7 +113,7 @@ async def test_a_command_during_a_database_lock_is_done_and_answered_once(
     """A moderator's ``!ban`` whose run meets the lock (its audit record cannot be
     written): after the lock the ban is recorded and answered once, with no restart."""
     monkeypatch.setattr(storage_db, "SQLITE_BUSY_TIMEOUT_MS", BUSY_TIMEOUT_MS)
-    forum = await start_forum("moderation", config=CONFIG, moderator=True, moderator_joins="*")
+    forum = await start_forum("moderation", config=CONFIG, moderator=True)
     path = _sqlite_path(forum)
     spam = await forum.member("spam")
     mod = forum.mod
@@ -127,7 +135,8 @@ async def test_a_command_during_a_database_lock_is_done_and_answered_once(
 
         reply = await mod.wait_for(is_reply(forum.mgmt, forum.bot_id, event_id), 25, after=mark)
         assert spam.user_id in str(reply["content"]["body"])
-        await forum.wait_membership(spam.user_id, "ban", timeout=20)
+        banned = is_membership(forum.topic, spam.user_id, "ban")
+        await spam.wait_for(lambda e: e["_section"].endswith("timeline") and banned(e), 20)
 
         async def audited_once() -> bool:
             async with forum.ctx.db.sessionmaker() as s:
