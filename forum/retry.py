@@ -14,9 +14,11 @@ retries are spent. ``sleep`` lets the caller cut a wait short (on stop, say).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -38,6 +40,24 @@ def is_transient(exc: BaseException) -> bool:
 
 def is_rate_limit(exc: BaseException) -> bool:
     return isinstance(exc, RateLimited)
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """A failure of the database (locked, unreachable, a dropped connection)."""
+    return isinstance(exc, SQLAlchemyError | OSError)
+
+
+def is_recoverable(exc: BaseException) -> bool:
+    """A failure that may go away by itself: the database's or a transient homeserver's."""
+    return is_database_error(exc) or is_transient(exc)
+
+
+def backoff(attempt: int, initial: float, cap: float) -> float:
+    """The wait before try ``attempt + 1`` after ``attempt`` failures, as
+    :class:`WaitRetryAfter` computes it for a call retried in place: ``initial`` doubling up
+    to ``cap`` seconds, plus up to ``initial`` seconds of jitter (for work that is put back
+    in a queue rather than retried in place)."""
+    return min(initial * 2.0 ** max(attempt - 1, 0), cap) + random.uniform(0, initial)  # noqa: S311
 
 
 class WaitRetryAfter(wait_base):

@@ -11,6 +11,12 @@ Two kinds of work:
   of :mod:`forum.retry`); it never ends the loop. Its :class:`TaskHealth` (last success,
   last error) is shown by ``/healthz`` and ``/metrics``; a ``critical`` task with no
   success for ``stale_after`` seconds makes ``/healthz`` answer 503.
+
+One-shot work that meets a failure which may go away (the database locked longer than
+its busy timeout, the homeserver unreachable) is tried again with the same backoff in
+the running process, rather than at the next start: :meth:`TaskSupervisor.retried` retries
+a call in place (a moderator's command), :meth:`TaskSupervisor.backoff` gives the wait
+for work put back in a queue (a person's entry).
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from forum.retry import retry_call, retrying
+from forum.retry import backoff, is_recoverable, retry_call, retrying
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ RETRY_INITIAL_SECONDS = 1.0
 RETRY_CAP_SECONDS = 300.0
 
 Step = Callable[[], Awaitable[float | None]]
+T = TypeVar("T")
 
 
 def _any_error(exc: BaseException) -> bool:
@@ -177,6 +184,45 @@ class TaskSupervisor:
                 await asyncio.sleep(wait or 0)
 
         return self.start(name, loop(), critical=critical)
+
+    async def retried(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        retryable: Callable[[BaseException], bool] = is_recoverable,
+    ) -> T:
+        """Run ``call`` until it succeeds: a ``retryable`` failure is logged with ``what``
+        and tried again after the supervisor's backoff (as a failed iteration of
+        :meth:`every`); any other failure is raised. Cancellation (the service stopping)
+        goes through."""
+        in_a_row = 0
+
+        def failed(exc: BaseException, wait: float) -> None:
+            nonlocal in_a_row
+            in_a_row += 1
+            log.warning(
+                "%s failed (%d in a row): %s: %s; trying again in %.1f s",
+                what,
+                in_a_row,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+                wait,
+            )
+
+        policy = retrying(
+            None,
+            retryable=retryable,
+            initial=self.retry_initial,
+            cap=self.retry_cap,
+            on_retry=failed,
+        )
+        return await retry_call(policy, call)
+
+    def backoff(self, attempt: int) -> float:
+        """The wait before trying again work that failed ``attempt`` times in a row (the
+        policy of :meth:`every` and :meth:`retried`)."""
+        return backoff(attempt, self.retry_initial, self.retry_cap)
 
     def unhealthy(self, now: float | None = None) -> list[str]:
         """The critical tasks that are stale."""

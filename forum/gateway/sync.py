@@ -26,14 +26,13 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError, Unauthorized
 from forum.events import Invite, RoomEvent, Undecryptable, parse_room_event
 from forum.gateway.crypto import ENCRYPTED, Crypto
 from forum.gateway.transport import GatewayStats, Transport, path
-from forum.retry import retry_call, retrying
+from forum.retry import is_database_error, retry_call, retrying
 from forum.storage import FailedHandler, FailedHandlers, ProcessedEvents, SyncTokens, utcnow
 
 log = logging.getLogger(__name__)
@@ -85,11 +84,6 @@ def revived_event(room_id: str, stored: dict[str, Any]) -> RoomEvent | Invite | 
             state=tuple(e for e in invite.get("state") or [] if isinstance(e, dict)),
         )
     return parse_room_event(room_id, stored)
-
-
-def is_database_error(exc: BaseException) -> bool:
-    """A failure of the database (locked, unreachable, a dropped connection)."""
-    return isinstance(exc, SQLAlchemyError | OSError)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
 """The command runtime of the moderation bot: a command of the management room is
-stored before it counts as handled (a crash or a stop runs it again at the next start),
+stored before it counts as handled (a crash or a stop runs it again at the next start;
+a database error, again after a backoff in the running process),
 runs as a supervised background task (a flood of commands never holds up the
 protections; at most :data:`SLOTS` at once), is refused below its power level, has its
 arguments parsed from its declaration (:mod:`.commands`), and is answered when unknown."""
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from forum.errors import MatrixError
 from forum.events import Message
+from forum.retry import is_database_error
 from forum.settings import Settings
 from forum.tasks import TaskSupervisor
 
@@ -110,14 +112,25 @@ class CommandRuntime:
         self.tasks.start(f"moderation:command:{ev.event_id}", self._command(ev))
 
     async def _command(self, ev: Message) -> None:
+        """Run a command; a database error (locked, unreachable) runs it again after a
+        backoff in this process, until it is done and answered (its actions are
+        idempotent, and its answer comes after its last write). Then it is no longer
+        pending."""
+        what = f"command {ev.event_id}"
         try:
-            await self._run_command(ev)
+            await self.tasks.retried(
+                what, lambda: self._run_command(ev), retryable=is_database_error
+            )
         except asyncio.CancelledError:
             raise  # stopped: stays pending, runs again at the next start
         except Exception:
             log.exception("command %s failed", ev.event_id)
-        async with self.sessionmaker() as s, s.begin():
-            await State(s).delete(PENDING_COMMAND + ev.event_id)
+
+        async def done() -> None:
+            async with self.sessionmaker() as s, s.begin():
+                await State(s).delete(PENDING_COMMAND + ev.event_id)
+
+        await self.tasks.retried(f"{what}: forgetting it", done, retryable=is_database_error)
 
     async def _run_command(self, ev: Message) -> None:
         async with self.command_slots:
@@ -138,6 +151,14 @@ class CommandRuntime:
                 self.settings.power_levels.moderator if command.power is None else command.power
             )
             if level < needed:
+                # recorded before the answer: a database error runs it again, not the answer
+                await self.actions.audit(
+                    actor=ev.sender,
+                    action="refused",
+                    target=command.name,
+                    event_id=ev.event_id,
+                    reason="power level",
+                )
                 await self.management.reply(
                     inv,
                     t("Refused: {cmd} needs power level {need} here; {user} has {have}.").format(
@@ -146,13 +167,6 @@ class CommandRuntime:
                         user=ev.sender,
                         have=int(level) if level != float("inf") else "∞",
                     ),
-                )
-                await self.actions.audit(
-                    actor=ev.sender,
-                    action="refused",
-                    target=command.name,
-                    event_id=ev.event_id,
-                    reason="power level",
                 )
                 return
             try:

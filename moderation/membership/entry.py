@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from forum.errors import MatrixError
 from forum.events import Invite, Membership
 from forum.matrix import server_of
+from forum.retry import is_recoverable
 from forum.tasks import TaskSupervisor
 
 from . import flow, messages
@@ -34,6 +35,8 @@ class Arrival:
     recovering: bool = False
     """Found at start-up rather than received: a member's pending knock then waits for the
     invites already queued for them."""
+    failures: int = 0
+    """How many times in a row its entry failed (it is queued again after a backoff)."""
 
 
 class Entry:
@@ -131,14 +134,39 @@ class Entry:
             arrival = await self._arrivals.get()
             try:
                 await self.enter(arrival)
-            except Exception:  # one person's entry must not stop the others'
-                log.exception(
-                    "the entry of %s (%s) failed; a pending knock is taken up again at start",
-                    arrival.user_id,
-                    arrival.door,
-                )
+            except Exception as exc:  # one person's entry must not stop the others'
+                if is_recoverable(exc):
+                    self._again(arrival, exc)
+                else:
+                    log.exception(
+                        "the entry of %s (%s) failed; a pending knock is taken up again at start",
+                        arrival.user_id,
+                        arrival.door,
+                    )
             finally:
                 self._arrivals.task_done()
+
+    def _again(self, arrival: Arrival, exc: Exception) -> None:
+        """An entry that met a failure which may go away (the database locked, the
+        homeserver unreachable) is queued again after the supervisor's backoff, without
+        holding a worker meanwhile (:meth:`enter` is idempotent)."""
+        again = replace(arrival, failures=arrival.failures + 1)
+        wait = self.tasks.backoff(again.failures)
+        log.warning(
+            "the entry of %s (%s) failed (%d in a row): %s: %s; trying again in %.1f s",
+            arrival.user_id,
+            arrival.door,
+            again.failures,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            wait,
+        )
+
+        async def later() -> None:
+            await asyncio.sleep(wait)
+            self._arrivals.put_nowait(again)
+
+        self.tasks.start(f"membership:enter-again:{arrival.user_id}", later())
 
     async def recover_pending(self) -> None:
         """At start-up: knocks still pending on forum rooms, and people whose DM was never

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from forum.tasks import TaskHealth, TaskSupervisor
 
@@ -52,3 +54,37 @@ def test_a_critical_task_without_success_is_stale() -> None:
     assert health.as_dict(now=1015.0)["stale"] is False
     never = TaskHealth("n", critical=True, stale_after=None, started=0.0)
     assert not never.stale(now=1e9)
+
+
+async def test_a_one_shot_call_is_retried_after_a_database_error_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``retried``: a database error is logged and the call tried again with backoff until
+    it succeeds; an error that will not go away by itself is raised at once."""
+    tasks = TaskSupervisor(retry_initial=0.01, retry_cap=0.02)
+    calls = 0
+
+    async def locked_twice() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise OperationalError("BEGIN IMMEDIATE", {}, sqlite3.OperationalError("locked"))
+        return "done"
+
+    with caplog.at_level(logging.WARNING, logger="forum.tasks"):
+        assert await asyncio.wait_for(tasks.retried("command $x", locked_twice), 5) == "done"
+    assert calls == 3
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("command $x failed (2 in a row): OperationalError" in m for m in logged), logged
+
+    async def broken() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("a bug")
+
+    calls = 0
+    with pytest.raises(ValueError, match="a bug"):
+        await tasks.retried("command $y", broken)
+    assert calls == 1
+    assert 0.01 <= tasks.backoff(1) <= 0.02
+    assert 0.02 <= tasks.backoff(9) <= 0.03
