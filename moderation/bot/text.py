@@ -8,7 +8,6 @@ import html
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -17,8 +16,8 @@ import nh3
 from forum.names import skeleton as skeleton  # the kernel's, shared with the membership bot
 from forum.names import strip_controls
 
-_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from ..durations import format_duration as format_duration
+from ..durations import parse_duration as parse_duration
 
 URL_RE = re.compile(
     r"(?i)\b(?:https?://|www\.)\S+|\b[a-z0-9-]+\.(?:com|net|org|io|xyz|ru|top|info|link|click|ly)\b(?:/\S*)?"
@@ -72,21 +71,6 @@ def word_pattern(words: Iterable[str]) -> re.Pattern[str] | None:
     if not parts:
         return None
     return re.compile(r"(?<!\w)(?:" + "|".join(sorted(parts, key=len, reverse=True)) + r")(?!\w)")
-
-
-def parse_duration(token: str) -> timedelta | None:
-    found = _DURATION.match(token.strip().lower())
-    if not found:
-        return None
-    return timedelta(seconds=int(found.group(1)) * _UNITS[found.group(2)])
-
-
-def format_duration(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit in ("w", "d", "h", "m"):
-        if seconds and seconds % _UNITS[unit] == 0:
-            return f"{seconds // _UNITS[unit]}{unit}"
-    return f"{seconds}s"
 
 
 def is_glob(entity: str) -> bool:

@@ -13,7 +13,7 @@ from forum.errors import MatrixError
 from forum.events import Message, Reaction
 from forum.matrix import matrix_to
 
-from . import flow, messages
+from . import declared, flow, messages
 from .models import ApprovalRow
 from .repositories import People
 from .shared import Shared
@@ -21,8 +21,8 @@ from .text import emoji_key, normalise
 
 log = logging.getLogger(__name__)
 
-APPROVE = frozenset({"approve", "approuver"})
-DENY = frozenset({"deny", "refuser"})
+APPROVE = frozenset(declared.APPROVE.names)
+DENY = frozenset(declared.DENY.names)
 
 
 if TYPE_CHECKING:

@@ -1,13 +1,13 @@
 """The members' commands in the DM (``!aide``, ``!statut``, ``!publication``, ``!retirer``,
-``!nom-public``, ``!quitter``, ``!mes-donnees``, ``!signaler``); the help is generated from
-them."""
+``!nom-public``, ``!quitter``, ``!mes-donnees``, ``!signaler``), declared in
+:mod:`.declared`: the parser finds them by their declared names and the help (``!aide``,
+``!aide COMMANDE``) is generated from the declarations."""
 
 from __future__ import annotations
 
 import html
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from forum.consent import ConsentRecords
 from forum.context import HeldPermission, PersonalData
@@ -15,8 +15,9 @@ from forum.events import Message
 from forum.names import NameRefused
 from forum.signals import PERMISSION_WITHDRAWN, REPORT, Signals
 from forum.storage import utcnow
+from moderation.commands import Command
 
-from . import flow, messages
+from . import declared, flow, messages
 from .consent import Conversation
 from .export import export_file, export_person
 from .models import MEMBER, PersonRow
@@ -34,12 +35,7 @@ async def nothing_held(user_id: str, lang: str) -> list[PersonalData]:
     return []
 
 
-@dataclass(frozen=True)
-class Command:
-    names: tuple[str, ...]
-    usage: str
-    help: str
-    run: Callable[[PersonRow, str, Message], Awaitable[None]]
+Handler = Callable[[PersonRow, str, Message], Awaitable[None]]
 
 
 class MemberCommands:
@@ -54,28 +50,58 @@ class MemberCommands:
         self.conversation = conversation
         self.signals = signals
         self.personal_data = personal_data
-        self.commands = [
-            Command(("aide", "help"), "", messages.HELP_HELP, self.help),
-            Command(("statut", "status"), "", messages.HELP_STATUS, self.status),
-            Command(("publication",), " oui|non", messages.HELP_PUBLICATION, self.publication),
-            Command(("retirer", "withdraw"), " [N]", messages.HELP_WITHDRAW, self.withdraw),
-            Command(
-                ("nom-public", "public-name"),
-                " [NAME]",
-                messages.HELP_PUBLIC_NAME,
-                self.public_name,
-            ),
-            Command(("quitter", "leave"), "", messages.HELP_LEAVE, self.leave),
-            Command(("mes-donnees", "my-data"), "", messages.HELP_MY_DATA, self.my_data),
-            Command(("signaler", "report"), " …", messages.HELP_REPORT, self.report),
-        ]
+        self.handlers: dict[str, Handler] = {
+            declared.HELP.name: self.help,
+            declared.STATUS.name: self.status,
+            declared.PUBLICATION.name: self.publication,
+            declared.WITHDRAW.name: self.withdraw,
+            declared.PUBLIC_NAME.name: self.public_name,
+            declared.LEAVE.name: self.leave,
+            declared.MY_DATA.name: self.my_data,
+            declared.REPORT.name: self.report,
+        }
+        """The handler of each declared command, by its name."""
+
+    @property
+    def commands(self) -> list[Command]:
+        return declared.dm.commands
+
+    def gettext(self, lang: str) -> Callable[[str], str]:
+        return self.shared.i18n.gettext(lang)
 
     def help_text(self, lang: str) -> str:
-        prefix = self.shared.prefix
-        lines = [self.shared.t(lang, messages.COMMANDS)]
+        prefix, t = self.shared.prefix, self.gettext(lang)
+        lines = [t(messages.COMMANDS)]
         for cmd in self.commands:
-            names = " / ".join(f"{prefix}{n}{cmd.usage}" for n in cmd.names)
-            lines.append(f"• {names}: {self.shared.t(lang, cmd.help)}")
+            names = " / ".join(prefix + n for n in cmd.names)
+            usage = " ".join(a.usage(t) for a in cmd.args)
+            lines.append(f"• {names}{' ' + usage if usage else ''}: {t(cmd.help)}")
+        lines.append(t(messages.HELP_DETAILS).format(prefix=prefix))
+        return "\n".join(lines)
+
+    def details_text(self, lang: str, word: str) -> str:
+        """``!aide COMMANDE``: the usage, what it does, the details, its other names and
+        examples (or, for an unknown name, the nearest one and the list)."""
+        prefix, t = self.shared.prefix, self.gettext(lang)
+        name = find_name(word.removeprefix(prefix))
+        cmd = declared.dm.find(name)
+        if cmd is None:
+            text = t(messages.UNKNOWN_HELP_TOPIC).format(cmd=prefix + name)
+            closest = declared.dm.closest(name)
+            if closest is not None:
+                text += " " + t(messages.DID_YOU_MEAN).format(cmd=prefix + closest.name)
+            return "\n".join([text, self.help_text(lang)])
+        shown = name if name in cmd.names else cmd.name  # as the person wrote it
+        usage = " ".join([prefix + shown, *(a.usage(t) for a in cmd.args)])
+        lines = [usage, t(cmd.help)]
+        if cmd.details:
+            lines.append(t(cmd.details).format(prefix=prefix))
+        if len(cmd.names) > 1:
+            others = ", ".join(prefix + n for n in cmd.names if n != shown)
+            lines.append(t(messages.ALSO).format(names=others))
+        if cmd.examples:
+            lines.append(t(messages.EXAMPLES))
+            lines.extend("  " + t(e).format(prefix=prefix) for e in cmd.examples)
         return "\n".join(lines)
 
     def with_help(self, lang: str, msgid: str) -> str:
@@ -85,17 +111,19 @@ class MemberCommands:
     async def run(self, person: PersonRow, text: str, ev: Message) -> None:
         """``text``: the message without the command prefix."""
         parts = text.split(maxsplit=1)
-        name = normalise(parts[0]).replace(" ", "-") if parts else ""
         arg = parts[1].strip() if len(parts) > 1 else ""
-        for cmd in self.commands:
-            if name in cmd.names:
-                await cmd.run(person, arg, ev)
-                return
+        cmd = declared.dm.find(find_name(parts[0])) if parts else None
+        if cmd is not None:
+            await self.handlers[cmd.name](person, arg, ev)
+            return
         lang = self.shared.lang_of(person)
         await self.shared.say(ev.room_id, self.with_help(lang, messages.UNKNOWN_COMMAND))
 
     async def help(self, person: PersonRow, arg: str, ev: Message) -> None:
-        await self.shared.say(ev.room_id, self.help_text(self.shared.lang_of(person)))
+        lang = self.shared.lang_of(person)
+        topic = arg.split()[0] if arg.split() else ""
+        text = self.details_text(lang, topic) if topic else self.help_text(lang)
+        await self.shared.say(ev.room_id, text)
 
     async def status(self, person: PersonRow, arg: str, ev: Message) -> None:
         shared = self.shared
@@ -235,6 +263,12 @@ class MemberCommands:
         plain, rich = summary(shared.t(lang, messages.MY_DATA), sections, filename)
         await shared.say(ev.room_id, plain, rich)
         await gateway.send_file(ev.room_id, raw, filename, "application/json")
+
+
+def find_name(word: str) -> str:
+    """A command's name as declared: lowercase, accents and punctuation removed, words
+    joined by hyphens (``!Mes-Données`` is ``mes-donnees``)."""
+    return normalise(word).replace(" ", "-")
 
 
 def pick(held: list[HeldPermission], which: str) -> HeldPermission | None:

@@ -105,6 +105,38 @@ async def test_lobby_door_language_question_reaction_and_refusal(forum, make_use
     assert records[0].event_id != charter["event_id"]  # the reaction's own id
 
 
+async def test_the_help_of_one_command_in_french_and_english(forum, make_user):
+    """``!aide statut`` gives a French member the details of ``!statut`` (usage, what it
+    does, other names, examples), generated from the declared registry; ``!help status``
+    gives an English member the same in English; a misspelt name gets the nearest one."""
+
+    async def ask(user: TestUser, room: str, text: str, *expect: str) -> list[str]:
+        mark = user.mark()
+        await user.send_text(room, text)
+        answer = await forum.wait_bot_text(user, room, *expect, after=mark)
+        return str(answer["content"]["body"]).splitlines()
+
+    ama, kwame = await make_user("amahelp"), await make_user("kwamehelp")
+    dm, room = await asyncio.gather(
+        forum.admit(ama, knock="Bonjour, je voudrais entrer"),
+        forum.admit(kwame, knock="Hello, I would like to join please"),
+    )
+    fr = await ask(ama, dm, "!aide statut", "Montre la version de la charte")
+    assert fr[0] == "!statut", fr
+    assert fr[1] == "vos consentements et votre adhésion", fr
+    assert {"Aussi : !status.", "Exemples :", "  !statut"} <= set(fr), fr
+    assert "Commandes :" not in fr  # the details, not the whole list
+    typo = await ask(ama, dm, "!aide statu", "Commande inconnue")
+    assert typo[0] == "Commande inconnue : !statu. Vouliez-vous dire !statut ?", typo
+
+    en = await ask(kwame, room, "!help status", "Shows the charter version")
+    assert en[0] == "!status", en
+    assert en[1] == "your consents and membership", en
+    assert {"Also: !statut.", "Examples:", "  !status"} <= set(en), en
+    listed = await ask(kwame, room, "!help", "Commands:")
+    assert "Details and examples: !help COMMAND." in listed, listed
+
+
 @pytest.mark.parametrize("answer", ["I accept", "yes", "ACCEPT!", "jaccepte"])
 async def test_each_reply_form_accepts(forum, make_user, answer):
     user = await make_user("forms")
