@@ -33,22 +33,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from policy_list import policy_list, protections  # noqa: E402  (this directory)
 
 from forum.homeserver import EmbeddedHomeserver, free_port  # noqa: E402
-from tests.harness import (  # noqa: E402
-    CONFIG_DIR,
-    forum_data,
-    is_reply,
-    register_bots,
-    settings_from,
-)
-from tests.harness import FAST_MODERATION as FAST  # noqa: E402
-from tests.matrix_user import Event, TestUser  # noqa: E402
+
+if __name__ == "__main__" or TYPE_CHECKING:
+    # The benchmark's side only: the service's process (started with "spawn", which
+    # imports this file again under another name) must not load the test harness and
+    # pytest, which the real service never imports; its memory is measured.
+    from tests.harness import FAST_MODERATION as FAST
+    from tests.harness import (
+        forum_data,
+        is_reply,
+        register_bots,
+        settings_from,
+    )
+    from tests.matrix_user import Event, TestUser
 
 EXTRA_TOPICS = 4  # 6 configured + 4 = 10 topic rooms
 
@@ -141,11 +145,14 @@ def serve(data: dict[str, Any], home: str, conn: Any) -> None:
 async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
     from forum.app import Service, default_features
     from forum.consent import ConsentRecords
+    from forum.settings import DEFAULT_CONFIG, parse_settings
     from moderation.membership.models import MEMBER
     from moderation.membership.repositories import People
 
+    imported_mb = rss_mb()  # what the imports cost, before the service starts
     service = Service(
-        settings_from(data), config_dir=CONFIG_DIR, home=home,
+        parse_settings(dict(data), "benchmark settings", env={}),
+        config_dir=DEFAULT_CONFIG.parent, home=home,
         features=default_features(), web_port=0,
     )  # fmt: skip
     await service.start()
@@ -159,6 +166,8 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
         "forum_rooms": list(ctx.rooms.forum_ids),
         "topic_rooms": list(ctx.rooms.topic_ids.values()),
         "bot_id": ctx.moderation_gateway.user_id,
+        "rss_mb_after_imports": round(imported_mb, 1),
+        "test_harness_loaded": "pytest" in sys.modules or "tests.harness" in sys.modules,
     }
     while True:
         conn.send(answer)
@@ -454,12 +463,16 @@ async def phases(
 
     result["burst"] = await burst_run(forum, crowd["burst"], burst)
     result["rss_mb_service"] = round(await forum.call("rss"), 1)
+    result["rss_mb_service_after_imports"] = forum.info["rss_mb_after_imports"]
+    result["service_loaded_test_harness"] = forum.info["test_harness_loaded"]
     result["rss_mb_homeserver"] = (
         round(rss_mb(forum.hs.process.pid), 1) if forum.hs.process.pid else None
     )
     result["rss_note"] = (
         "rss_mb_service: the service's own process (membership and moderation bots, digest "
-        "collector, web app, outbox) after the run; the homeserver is apart"
+        "collector, web app, outbox) after the run; rss_mb_service_after_imports: the same "
+        "process once its modules are imported, before the service starts; the homeserver "
+        "is apart"
     )
     return result
 
