@@ -327,29 +327,35 @@ async def test_sqlite_second_process_stands_by_and_takes_over_a_clean_stop(
 
 
 @pytest.mark.parametrize("db_backend", ["postgresql"])
-async def test_active_forum_that_cannot_renew_its_lease_steps_down(start_forum, db_url):
-    """The database stops answering the active process past its lease: it stops acting at
-    once (no sync, no outbox, no feature's loop) and refuses to write, rather than risk
-    acting beside the process that will take over."""
+async def test_active_forum_that_loses_its_lease_steps_down(start_forum, db_url):
+    """The active process loses its exclusive hold on the lease (the connection holding
+    the advisory lock is gone: the database server dropped it): it stops acting at once
+    (no sync, no outbox, no feature's loop) and refuses to write, rather than risk acting
+    beside the process that will take over. (A database merely locked or slow past the
+    lease does not do this: see test_lease.py.)"""
     forum = await start_forum("membership", db_url=db_url, config={"service": {"lease_seconds": 2}})
     service = forum.service
     assert service is not None
     assert service.role == "active"
     assert {"lease", "outbox"} <= set(service.tasks.names)
+    lease = service.lease
+    assert lease is not None
+    assert lease._lock_conn is not None
+    pid = await lease._lock_conn.scalar(text("SELECT pg_backend_pid()"))
     blocker = await Database.open(db_url)
     try:
-        async with blocker.engine.begin() as conn:
-            await conn.execute(text("LOCK TABLE service_lease IN ACCESS EXCLUSIVE MODE"))
+        async with blocker.engine.connect() as conn:
+            await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
-            async def stepped_down() -> bool:
-                return service.role == "stepped-down"
+        async def stepped_down() -> bool:
+            return service.role == "stepped-down"
 
-            await eventually(stepped_down, 6, "the active forum steps down")
-            async with asyncio.timeout(5):
-                await service.wait_failed()
-            await eventually(
-                lambda: _no_tasks(service), 10, "every loop of the stepped-down forum stopped"
-            )
+        await eventually(stepped_down, 6, "the active forum steps down")
+        async with asyncio.timeout(5):
+            await service.wait_failed()
+        await eventually(
+            lambda: _no_tasks(service), 10, "every loop of the stepped-down forum stopped"
+        )
         status, body, _ = await forum.get("/healthz")
         assert status == 503
         assert '"role": "stepped-down"' in body
