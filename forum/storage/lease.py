@@ -4,8 +4,9 @@ when it ends.
 
 The lease is a row of ``service_lease``: its holder, an ``expires_at`` the holder pushes
 forward every ``seconds / 3`` and a fencing ``token`` raised at every change of holder. A
-standby takes the row only once ``expires_at`` has passed (on PostgreSQL by the server's
-clock, so that the machines' clocks do not matter). The holder counts its lease as valid
+standby takes the row once ``expires_at`` has passed (on PostgreSQL by the server's clock,
+so that the machines' clocks do not matter), or at once when it gets the exclusive hold
+below. The holder counts its lease as valid
 until ``seconds`` (less a margin) after the start of its last successful renewal, on its
 own monotonic clock: it stops acting before any standby may start.
 
@@ -15,8 +16,11 @@ the database (``forum.db.lease``). Only the process holding it competes for the 
 while the holder keeps it, a renewal that fails because the database is locked or slow
 (a long write elsewhere, a backup) does not make it step down: nobody else can take the
 row meanwhile (issue #11: a locked database stops nothing). The holder steps down when
-it loses that hold (PostgreSQL: the lock's connection broke or stopped answering). On
-SQLite a free ``flock`` means its holder is gone (one machine): the row is taken at once.
+it loses that hold (PostgreSQL: the lock's connection broke or stopped answering). A
+free hold means its holder is gone (SQLite: the process, one machine; PostgreSQL: the
+session, which the server ended), so the row is then taken at once, without waiting for
+its expiry; an old holder whose session the server ended while it lives finds out at its
+next renewal (``seconds / 3``) and steps down, and its writes are fenced meanwhile.
 
 Fencing: once armed (:attr:`forum.storage.Database.guard`), every write unit of work of
 the holder first checks, in its own transaction, that the row still names it with its
@@ -241,8 +245,9 @@ class Lease:
         if not self.postgres and not self._file_lock():
             await self.read()
             return False
-        # SQLite: with the flock, whoever held the row is gone (or let it go): take it
-        free_row = self._flock_fd is not None
+        # with the exclusive hold, whoever held the row is gone (its process, or on
+        # PostgreSQL its session, which the server ended) or let it go: take it at once
+        free_row = self._flock_fd is not None or (self.postgres and self._locked)
         started = time.monotonic()
         async with self._write() as conn:
             now = await self._now(conn)
