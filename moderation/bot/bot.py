@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,7 +51,6 @@ from .tuning import Tuning
 if TYPE_CHECKING:
     from forum.context import Clock, Registrations, Rooms
     from forum.gateway import Gateway
-    from moderation.antispam import AntispamListener
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,9 @@ class ModerationBot:
     register: Registrations | None = None
     """The service's registrations: join requests waiting (``!pending``) and the language
     each person chose, from the membership bot (``None``: neither is known)."""
-    antispam: AntispamListener | None = None
-    """The spam checker's listener (:mod:`moderation.antispam`), when it runs."""
+    antispam: Any = None
+    """The spam checker's listener (:class:`moderation.antispam.AntispamListener`), when
+    it runs; not typed here, since the spam checker is built on the bot (no import loop)."""
 
     def __post_init__(self) -> None:
         """Build the bot's parts."""
