@@ -17,7 +17,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, event, make_url, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -139,6 +139,8 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 #: Key of the :class:`WriteGuard` in the sessions' ``info``.
 GUARD_KEY = "forum_write_guard"
+#: how many times opening waits (busy timeout + 1 s) for another process's SQLite write lock
+OPEN_LOCKED_ATTEMPTS = 6
 
 
 class Fence(Protocol):
@@ -251,8 +253,18 @@ class Database:
             await asyncio.to_thread(Path(parsed.database).parent.mkdir, parents=True, exist_ok=True)
         engine = create_engine(parsed)
         try:
-            async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-                await conn.run_sync(_check_and_migrate, migrate)
+            for attempt in range(OPEN_LOCKED_ATTEMPTS):
+                try:
+                    async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+                        await conn.run_sync(_check_and_migrate, migrate)
+                    break
+                except OperationalError as exc:
+                    # another process (a forum stopping, an operator's command) holds
+                    # SQLite's write lock past the busy timeout: wait for it, do not fail
+                    if "database is locked" not in str(exc) or attempt + 1 == OPEN_LOCKED_ATTEMPTS:
+                        raise
+                    log.warning("database locked by another process; trying again: %s", exc)
+                    await asyncio.sleep(1.0)
         except BaseException:
             await engine.dispose()
             raise

@@ -549,3 +549,32 @@ async def test_concurrent_units_of_work_read_then_write(db: Database) -> None:
         seen = await ProcessedEvents(session).seen_many("@bot:x", [f"$e{n}" for n in range(20)])
         assert len(seen) == 20
         assert await SyncTokens(session).get("@bot:x") is not None
+
+
+async def test_opening_waits_for_another_process_write_lock(tmp_path):
+    """A forum starting while another process (one stopping, an operator's command) holds
+    SQLite's write lock past the busy timeout waits for it instead of failing."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "forum.db"
+    first = await Database.open(f"sqlite+aiosqlite:///{path}")
+    await first.close()
+    locked = threading.Event()
+
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(6.5)  # past the 5 s busy timeout
+        conn.execute("ROLLBACK")
+        conn.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        await asyncio.to_thread(locked.wait, 5)
+        db = await Database.open(f"sqlite+aiosqlite:///{path}")
+        await db.close()
+    finally:
+        await asyncio.to_thread(holder.join)
