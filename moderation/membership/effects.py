@@ -107,6 +107,18 @@ class Outcome:
         return bool(self.effects) or self.after != self.before
 
 
+def replay_safe(kind: str, user_id: str, room_id: str, since: datetime | None) -> str | None:
+    """The transaction id of a question of ``kind`` asked of ``user_id`` in ``room_id``
+    after the person's state changed at ``since``: asked again because a crash came
+    between sending it and recording its event id (the event that led to it replayed, which
+    changes no state), it is the same event, shown once. A later change of state (a new
+    round) gives a new id. None when the moment is unknown."""
+    if since is None:
+        return None
+    key = f"{user_id}|{room_id}|{since.isoformat()}"
+    return f"forum-{kind}-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
 class FlowRunner:
     """Advance a person's flow and carry out the effects (the caller holds the person's
     lock)."""
@@ -190,7 +202,7 @@ class FlowRunner:
             if row is not None:
                 if any(isinstance(e, flow.OpenDm) for e in effects) and not row.dm_room_id:
                     row.dm_room_id = opened or await self.open_dm(user_id)
-                self._save(row, after)
+                self._save(row, after, changed=after != before)
             await self._in_transaction(s, user_id, row, effects, approval, default_name)
         self._last_said[user_id] = after.last_said
         return Outcome(user_id, before, after, effects)
@@ -216,7 +228,10 @@ class FlowRunner:
             await self._after(outcome.user_id, outcome.effects)
 
     @staticmethod
-    def _save(row: PersonRow, state: State) -> None:
+    def _save(row: PersonRow, state: State, *, changed: bool = True) -> None:
+        """``state`` into ``row``; its ``updated_at`` moves only when the state changed:
+        an event replayed after a crash (which changes nothing) keeps the moment of the
+        change the questions' transaction ids are derived from (:func:`replay_safe`)."""
         row.step = state.step
         row.lang = state.lang
         row.charter_version = state.offered
@@ -229,7 +244,8 @@ class FlowRunner:
         row.grace_deadline = state.deadline
         row.muted = state.muted
         row.entries = state.entries
-        row.updated_at = utcnow()
+        if changed:
+            row.updated_at = utcnow()
 
     async def _in_transaction(
         self,
@@ -343,20 +359,22 @@ class FlowRunner:
         person = await shared.person(user_id)
         lang = shared.lang_of(person)
         room = person.dm_room_id if person else None
+        since = person.updated_at if person else None
         for effect in effects:
             match effect:
                 case flow.AskLanguage() if room:
                     if effect.if_joined and not await self.dm_joined(room, user_id):
                         continue
-                    await self._ask_language(user_id, room)
+                    await self._ask_language(user_id, room, since)
                 case flow.SendCharter() if room:
                     if effect.if_joined and not await self.dm_joined(room, user_id):
                         continue
-                    await self._send_charter(user_id, room, effect.lang or lang, effect.version)
+                    charter_lang = effect.lang or lang
+                    await self._send_charter(user_id, room, charter_lang, effect.version, since)
                 case flow.AskPublication() if room:
                     await self.ask_publication(user_id, room, lang)
                 case flow.AskReconsent() if room:
-                    await self._ask_reconsent(user_id, room, lang, effect.version)
+                    await self._ask_reconsent(user_id, room, lang, effect.version, since)
                 case flow.QueueApproval():
                     await self.post_card(user_id)
                 case flow.Mute():
@@ -387,22 +405,26 @@ class FlowRunner:
     # bot's reactions, so that one tap answers. The question's event is stored before the
     # reactions are put: a tap on them always finds its question.
 
-    async def _ask_language(self, user_id: str, room_id: str) -> None:
+    async def _ask_language(self, user_id: str, room_id: str, since: datetime | None) -> None:
         shared = self.shared
         langs = shared.settings.forum.languages
         choices = ", ".join(shared.i18n.language_name(x) for x in langs)
         parts = [shared.t(lang, messages.ASK_LANGUAGE, choices=choices) for lang in langs]
-        event_id = await shared.ask(room_id, "\n\n".join(parts), of=[user_id])
-        await shared.update_person(user_id, question_event_id=event_id)
+        txn = replay_safe("language", user_id, room_id, since)
+        event_id = await shared.ask(room_id, "\n\n".join(parts), of=[user_id], txn_id=txn)
+        await shared.update_person(user_id, question_event_id=event_id, touch=False)
 
-    async def _send_charter(self, user_id: str, room_id: str, lang: str, version: int) -> None:
+    async def _send_charter(
+        self, user_id: str, room_id: str, lang: str, version: int, since: datetime | None
+    ) -> None:
         shared = self.shared
         charter = shared.charter(lang, version)
         intro = shared.t(
             lang, messages.CHARTER_INTRO, forum=shared.forum_name_in(lang), version=charter.version
         )
-        event_id = await shared.ask_charter(room_id, intro, charter, of=user_id)
-        await shared.update_person(user_id, charter_event_id=event_id)
+        txn = replay_safe(f"charter-v{version}-{lang}", user_id, room_id, since)
+        event_id = await shared.ask_charter(room_id, intro, charter, of=user_id, txn_id=txn)
+        await shared.update_person(user_id, charter_event_id=event_id, touch=False)
         await shared.offer(room_id, event_id, OFFER_ACCEPT)
 
     async def ask_publication(self, user_id: str, room_id: str, lang: str) -> None:
@@ -416,7 +438,7 @@ class FlowRunner:
             follows = f"{user_id}|{room_id}|{person.charter_event_id}"
             txn = "forum-publication-" + hashlib.sha256(follows.encode()).hexdigest()[:32]
         event_id = await self.shared.ask(room_id, text, of=[user_id], txn_id=txn)
-        await self.shared.update_person(user_id, question_event_id=event_id)
+        await self.shared.update_person(user_id, question_event_id=event_id, touch=False)
         await self.shared.offer(room_id, event_id, OFFER_YES_NO)
 
     def _consequence(self, lang: str) -> str:
@@ -439,7 +461,9 @@ class FlowRunner:
             consequence=self._consequence(lang),
         )
 
-    async def _ask_reconsent(self, user_id: str, room_id: str, lang: str, version: int) -> None:
+    async def _ask_reconsent(
+        self, user_id: str, room_id: str, lang: str, version: int, since: datetime | None
+    ) -> None:
         shared = self.shared
         charter_settings = shared.settings.membership.charter
         consequence = self._consequence(lang)
@@ -451,6 +475,7 @@ class FlowRunner:
             consequence=consequence,
         )
         charter = shared.charter(lang, version)
-        event_id = await shared.ask_charter(room_id, intro, charter, of=user_id)
-        await shared.update_person(user_id, reconsent_event_id=event_id)
+        txn = replay_safe(f"reconsent-v{version}-{lang}", user_id, room_id, since)
+        event_id = await shared.ask_charter(room_id, intro, charter, of=user_id, txn_id=txn)
+        await shared.update_person(user_id, reconsent_event_id=event_id, touch=False)
         await shared.offer(room_id, event_id, OFFER_ACCEPT)

@@ -160,7 +160,9 @@ class Shared:
                 log.warning("could not react %s to a question in %s: %s", key, room_id, exc)
                 return
 
-    async def ask_charter(self, room_id: str, intro: str, charter: Charter, *, of: str) -> str:
+    async def ask_charter(
+        self, room_id: str, intro: str, charter: Charter, *, of: str, txn_id: str | None = None
+    ) -> str:
         """``intro``, then the charter (its Markdown rendered in the HTML form), asked of
         ``of``."""
         return await self.ask(
@@ -168,20 +170,25 @@ class Shared:
             f"{intro}\n\n{charter.text}",
             f"<p>{html.escape(intro)}</p>\n{charter.html}",
             of=[of],
+            txn_id=txn_id,
         )
 
     async def person(self, user_id: str) -> PersonRow | None:
         async with self.sessionmaker() as s:
             return await People(s).get(user_id)
 
-    async def update_person(self, user_id: str, **values: Any) -> None:
+    async def update_person(self, user_id: str, *, touch: bool = True, **values: Any) -> None:
+        """Set ``values`` on the person's row; ``touch=False`` keeps its ``updated_at``
+        (recording a question's event id is not a change of the person's state: the
+        questions' replay-safe transaction ids are derived from that moment)."""
         async with self.sessionmaker() as s, s.begin():
             row = await People(s).get(user_id)
             if row is None:
                 return
             for k, v in values.items():
                 setattr(row, k, v)
-            row.updated_at = utcnow()
+            if touch:
+                row.updated_at = utcnow()
 
     async def add_erasure(self, session: AsyncSession, user_id: str) -> None:
         """In the caller's transaction (a withdrawal, a leaving): the erasure of every

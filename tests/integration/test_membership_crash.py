@@ -282,3 +282,52 @@ async def test_a_notice_sent_again_from_the_outbox_is_seen_once(
         after=mark,
         what="the notice shown twice",
     )
+
+
+async def test_killed_between_sending_the_charter_and_recording_it(
+    start_forum: ForumStarter, make_user, tmp_path
+):
+    """The bot sent the charter and was killed before recording the charter's event id
+    and the batch's token (seen in the fault suite: "the bot said twice in the DM"): the
+    knock is replayed at the next start and the charter sent again, but the person sees
+    it once."""
+    home = tmp_path / "home"
+    first = await start_forum("membership", home=home)
+    try:
+        user = await make_user("charter")
+        mark = user.mark()
+        await user.knock(first.rooms["space"], "Bonjour", via=first.via)
+        room = await first.wait_dm(user, after=mark)
+        await first.wait_bot_text(user, room, "Charte de")
+        sent = user.mark()
+    finally:
+        await start_forum.stop(first)
+    bot = first.settings.membership_bot_id
+    db = await Database.open(database_url(first.settings, home))
+    try:
+        async with db.sessionmaker() as s, s.begin():
+            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
+            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
+            await s.execute(
+                update(PersonRow)
+                .where(PersonRow.user_id == user.user_id)
+                .values(charter_event_id=None)
+            )
+    finally:
+        await db.close()
+    second = await start_forum("membership", data=first.data, home=home)
+    try:
+        await second.ctx.membership_gateway.wait_synced(30)
+        await second.assert_nothing(
+            user,
+            lambda e: e["room_id"] == room and "Charte de" in e["content"]["body"],
+            second.membership_marker(user, room),
+            after=sent,
+            what="the charter sent twice",
+        )
+        # and the charter shown once still answers
+        mark = user.mark()
+        await user.send_text(room, "oui")
+        await second.wait_bot_text(user, room, *PUBLICATION_Q, after=mark)
+    finally:
+        await start_forum.stop(second)
