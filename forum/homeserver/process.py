@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -255,31 +256,19 @@ class SynapseProcess:
         log.info("Synapse workers ready: %s", ", ".join(self._workers))
 
     async def _wait_healthy(self, name: str, url: str, limit: float) -> None:
-        process = self._workers[name]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(limit, 1.0)
         log_path = self._config.directory / f"worker-{name}.log"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while True:
-                if process.returncode is not None:
-                    raise HomeserverStartError(
-                        f"Synapse worker {name} exited with code {process.returncode} while "
-                        f"starting; see {log_path} and {self._config.log_path}:\n"
-                        f"{self._tail_log()}"
-                    )
-                try:
-                    async with http.get(url) as resp:
-                        if resp.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if loop.time() > deadline:
-                    raise HomeserverStartError(
-                        f"Synapse worker {name} did not answer {url} within {limit:.0f} s; "
-                        f"see {log_path}"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), 0.1)
+        await _poll_health(
+            self._workers[name],
+            url,
+            max(limit, 1.0),
+            exited=lambda code: (
+                f"Synapse worker {name} exited with code {code} while starting; see "
+                f"{log_path} and {self._config.log_path}:\n{self._tail_log()}"
+            ),
+            silent=lambda: (
+                f"Synapse worker {name} did not answer {url} within {limit:.0f} s; see {log_path}"
+            ),
+        )
 
     async def _wait_stale_gone(self, grace: float) -> None:
         loop = asyncio.get_running_loop()
@@ -296,30 +285,20 @@ class SynapseProcess:
 
     async def _wait_ready(self, limit: float) -> None:
         assert self._process is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit
         log_path = self._config.log_path
-        client_timeout = aiohttp.ClientTimeout(total=2)
-        async with aiohttp.ClientSession(timeout=client_timeout) as http:
-            while True:
-                if self._process.returncode is not None:
-                    raise HomeserverStartError(
-                        f"Synapse exited with code {self._process.returncode} while "
-                        f"starting; last lines of {log_path}:\n{self._tail_log()}"
-                    )
-                try:
-                    async with http.get(f"{self._config.url}/health") as resp:
-                        if resp.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                if loop.time() > deadline:
-                    raise HomeserverStartError(
-                        f"Synapse did not answer /health within {limit:.0f} s; last "
-                        f"lines of {log_path}:\n{self._tail_log()}"
-                    )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._process.wait(), 0.1)
+        await _poll_health(
+            self._process,
+            f"{self._config.url}/health",
+            limit,
+            exited=lambda code: (
+                f"Synapse exited with code {code} while starting; last "
+                f"lines of {log_path}:\n{self._tail_log()}"
+            ),
+            silent=lambda: (
+                f"Synapse did not answer /health within {limit:.0f} s; last "
+                f"lines of {log_path}:\n{self._tail_log()}"
+            ),
+        )
 
     async def stop(self, timeout: float = 15) -> None:  # noqa: ASYNC109 - grace period
         """SIGTERM the process group (the main process and its workers), SIGKILL after
@@ -345,3 +324,31 @@ class SynapseProcess:
             if self._log_handle is not None:
                 self._log_handle.close()
                 self._log_handle = None
+
+
+async def _poll_health(
+    process: asyncio.subprocess.Process,
+    url: str,
+    limit: float,
+    *,
+    exited: Callable[[int], str],
+    silent: Callable[[], str],
+) -> None:
+    """Wait until ``url`` answers 200; :class:`HomeserverStartError` with ``exited``'s
+    text if ``process`` ends first, with ``silent``'s after ``limit`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while True:
+            if process.returncode is not None:
+                raise HomeserverStartError(exited(process.returncode))
+            try:
+                async with http.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            if loop.time() > deadline:
+                raise HomeserverStartError(silent())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 0.1)
