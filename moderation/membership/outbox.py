@@ -50,9 +50,16 @@ def txn_of(key: str) -> str:
     return "forum-outbox-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-async def add_notice(outbox: Outbox, room_id: str | None, body: str, key: str) -> None:
+async def add_notice(
+    outbox: Outbox, room_id: str | None, body: str, key: str, *, after: str | None = None
+) -> None:
+    """A notice in ``room_id``; ``after``: a user id whose queued items (invites) it
+    follows (the outbox runs one lane in order)."""
     key = f"{NOTIFY}:{key}"
-    await outbox.add(NOTIFY, {"room_id": room_id, "body": body, "txn": txn_of(key)}, key)
+    payload: dict[str, Any] = {"room_id": room_id, "body": body, "txn": txn_of(key)}
+    if after is not None:
+        payload["lane"] = after
+    await outbox.add(NOTIFY, payload, key)
 
 
 async def add_question(
@@ -71,7 +78,7 @@ async def queue_admission(shared: Shared, session: AsyncSession, row: PersonRow,
     tag = f"{row.user_id}:v{row.charter_version}:{row.entries}"
     await add_invites(outbox, row.user_id, shared.forum_rooms, tag)
     text = shared.t(lang, messages.WELCOME, forum=shared.forum_name_in(lang), prefix=shared.prefix)
-    await add_notice(outbox, row.dm_room_id, text, f"welcome:{tag}")
+    await add_notice(outbox, row.dm_room_id, text, f"welcome:{tag}", after=row.user_id)
 
 
 class Executors:
