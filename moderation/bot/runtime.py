@@ -174,13 +174,7 @@ class CommandRuntime:
             try:
                 values = parse_args(command, tokens)
             except UsageError as exc:
-                await self.management.reply(
-                    inv,
-                    t("Usage: {usage} ({problem})").format(
-                        usage=command.usage(self.prefix, t),
-                        problem=exc.explain(t),
-                    ),
-                )
+                await self.management.reply(inv, exc.told(self.prefix, t))
                 return
             try:
                 await handler(self.context, inv, **values)

@@ -81,7 +81,6 @@ REQUEST_WITHDRAWN = (
 )
 ALREADY_APPROVED = "{user} was already approved. Nothing was done."
 ALREADY_DENIED = "{user} was already denied. Nothing was done."
-USAGE_PUBLICATION = "Usage: {prefix}publication yes|no"
 CHARTER_FIRST = "Please accept the charter first."
 NOTHING_TO_WITHDRAW = "You had not agreed to be quoted: there is nothing to withdraw."
 CONSEQUENCE_MUTE = "you will no longer be able to post in the forum rooms"
