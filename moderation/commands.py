@@ -5,7 +5,9 @@ usage lines and the help are generated from it. Pure: no I/O.
 
 The moderation bot's registry is :data:`moderation.bot.commands.registry`; the membership
 bot's DM commands and its ``!approve`` / ``!deny`` are declared in
-:mod:`moderation.membership.declared`."""
+:mod:`moderation.membership.declared`. Both bots parse arguments here (:func:`parse_args`
+on the management room's tokens, :func:`parse_line` on a DM's line) and answer bad ones
+with :meth:`UsageError.told`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The members' commands in the DM (``!aide``, ``!statut``, ``!publication``, ``!retirer``,
 ``!nom-public``, ``!quitter``, ``!mes-donnees``, ``!signaler``), declared in
-:mod:`.declared`: the parser finds them by their declared names and the help (``!aide``,
-``!aide COMMANDE``) is generated from the declarations."""
+:mod:`.declared`: the parser finds them by their declared names, the registry parses their
+arguments (a bad one is answered with the usage line, as the moderation bot does) and the
+help (``!aide``, ``!aide COMMANDE``) is generated from the declarations."""
 
 from __future__ import annotations
 

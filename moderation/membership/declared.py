@@ -1,8 +1,8 @@
 """The membership bot's commands, declared once on the shared framework
 (:mod:`moderation.commands`): the members' commands in their DM (:data:`dm`; the help,
-``!aide COMMANDE`` and the parser are generated from it) and the management room's
-``!approve`` / ``!deny`` (:data:`APPROVE`, :data:`DENY`; the moderation bot lists them in
-its help). Pure: no I/O. The texts are msgids of the membership bot's catalogs
+``!aide COMMANDE``, the parser and the parsing of the arguments come from it) and the
+management room's ``!approve`` / ``!deny`` (:data:`APPROVE`, :data:`DENY`; the moderation
+bot lists them in its help). Pure: no I/O. The texts are msgids of the membership bot's catalogs
 (``locale/<lang>/LC_MESSAGES/forum.po``), except those of approve/deny, which the
 moderation bot shows (its own catalogs)."""
 
@@ -84,17 +84,25 @@ REPORT = member(
 management = Registry()
 """The membership bot's commands in the management room."""
 
+
+def user_id(token: str) -> str | None:
+    """A user id as ``!approve`` and ``!deny`` take it (``@`` first; not a display name)."""
+    return token if token.startswith("@") else None
+
+
+USER = Arg("user", "user", convert=user_id)
+
 APPROVE: Command = management.declare(
     "approve",
     aliases=("approuver",),
-    args=(Arg("user", "user"),),
+    args=(USER,),
     help=_("Let a person who asked to join in (approval by moderators)."),
     examples=(_("{prefix}approve @someone:example.org"),),
 )
 DENY: Command = management.declare(
     "deny",
     aliases=("refuser",),
-    args=(Arg("user", "user"), Arg("reason", "text", optional=True)),
+    args=(USER, Arg("reason", "text", optional=True)),
     help=_("Refuse a join request (the reason is told to the person)."),
     examples=(_("{prefix}deny @someone:example.org not part of the network"),),
 )

@@ -73,7 +73,6 @@ TOO_LONG = (
     " {prefix}help for help."
 )
 ONLY_MODERATORS = "Only moderators can do that."
-USAGE_DECIDE = "Usage: {prefix}approve @user, {prefix}deny @user reason"
 NO_PENDING = "No pending request for {user}."
 REQUEST_WITHDRAWN = (
     "{user} has left the forum or withdrawn their consent to the charter: their request "
