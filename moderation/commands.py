@@ -5,11 +5,14 @@ usage lines and the help are generated from it. Pure: no I/O.
 
 The moderation bot's registry is :data:`moderation.bot.commands.registry`; the membership
 bot's DM commands and its ``!approve`` / ``!deny`` are declared in
-:mod:`moderation.membership.declared`."""
+:mod:`moderation.membership.declared`. Both bots parse arguments here (:func:`parse_args`
+on the management room's tokens, :func:`parse_line` on a DM's line) and answer bad ones
+with :meth:`UsageError.told`."""
 
 from __future__ import annotations
 
 import difflib
+import re
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +68,9 @@ class Arg:
     label: str = ""
     """How usage lines show the argument instead of its placeholder (marked with ``_``,
     translated when shown), as ``yes|no``."""
+    convert: Callable[[str], Any] | None = None
+    """The value of the argument's word (or text), ``None`` when it is not valid: a
+    conversion of its own (as the membership bot's yes or no, in any language)."""
 
     @property
     def spellings(self) -> tuple[str, ...]:
@@ -108,10 +114,11 @@ class Command:
     def flags(self) -> tuple[Arg, ...]:
         return tuple(a for a in self.args if a.kind == "flag")
 
-    def usage(self, prefix: str, gettext: Gettext = _same) -> str:
-        """The usage line (flags are told by the detailed help)."""
+    def usage(self, prefix: str, gettext: Gettext = _same, *, name: str = "") -> str:
+        """The usage line (flags are told by the detailed help), the command written as
+        ``name`` (one of its names; its name by default)."""
         positional = (a.usage(gettext) for a in self.args if a.kind != "flag")
-        return " ".join([prefix + self.name, *positional])
+        return " ".join([prefix + (name or self.name), *positional])
 
 
 @dataclass(frozen=True)
@@ -135,11 +142,22 @@ class UsageError(Exception):
         super().__init__(self.problem)
 
     def explain(self, gettext: Gettext) -> str:
-        """What is wrong, translated, the argument named by its placeholder."""
+        """What is wrong, translated, the argument named as the usage line shows it."""
         params = dict(self.params)
         if "arg" in params:
-            params["arg"] = placeholder(params["arg"], gettext)
+            arg = next((a for a in self.command.args if a.name == params["arg"]), None)
+            params["arg"] = arg.placeholder(gettext) if arg else placeholder(params["arg"], gettext)
         return gettext(self.template).format(**params)
+
+    def told(self, prefix: str, gettext: Gettext, *, name: str = "") -> str:
+        """The answer to bad arguments: the usage line (the command written as ``name``),
+        then what is wrong."""
+        return gettext(USAGE).format(
+            usage=self.command.usage(prefix, gettext, name=name), problem=self.explain(gettext)
+        )
+
+
+USAGE = _("Usage: {usage} ({problem})")
 
 
 @dataclass
@@ -249,23 +267,43 @@ class Registry:
 
 
 def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
-    """Typed values by argument name; raises :class:`UsageError`."""
+    """Typed values by argument name, from the command's tokens (a ``text`` argument is
+    its tokens joined by spaces); raises :class:`UsageError`."""
+    return _parse(command, tokens, None)
+
+
+def parse_line(command: Command, rest: str) -> dict[str, Any]:
+    """Typed values by argument name, from the text after the command's name, split at
+    white space with no quoting: a ``text`` argument is the rest of the line as written
+    (apostrophes and quotes kept). Raises :class:`UsageError`."""
+    found = list(re.finditer(r"\S+", rest))
+    return _parse(command, [m.group() for m in found], [rest[m.start() :].rstrip() for m in found])
+
+
+def _parse(command: Command, tokens: list[str], lines: list[str] | None) -> dict[str, Any]:
+    """``lines``: for each token, the line from it on as written (``None``: a ``text``
+    argument is the tokens joined)."""
     values: dict[str, Any] = {}
     for flag in command.flags:
         spellings = {w.casefold() for w in flag.spellings}
         kept = [tok for tok in tokens if tok.casefold() not in spellings]
         values[flag.name] = len(kept) < len(tokens)
+        if len(kept) < len(tokens):
+            lines = None  # a flag taken out of the line: its other words joined
         tokens = kept
     i = 0
     for arg in command.args:
         if arg.kind == "flag":
             continue
         if arg.kind == "text":
-            text = " ".join(tokens[i:]).strip()
+            if lines is not None:
+                text = lines[i] if i < len(lines) else ""
+            else:
+                text = " ".join(tokens[i:]).strip()
             i = len(tokens)
             if not text and not arg.optional:
                 raise UsageError(command, _("{arg} missing"), arg=arg.name)
-            values[arg.name] = text or None
+            values[arg.name] = _convert_text(command, arg, text) if text else None
             continue
         token = tokens[i] if i < len(tokens) else None
         if token is None:
@@ -286,7 +324,19 @@ def parse_args(command: Command, tokens: list[str]) -> dict[str, Any]:
     return values
 
 
+def _convert_text(command: Command, arg: Arg, text: str) -> Any:
+    if arg.convert is None:
+        return text
+    value = arg.convert(text)
+    if value is None:
+        raise UsageError(command, _("{arg}: {token} is not valid"), arg=arg.name, token=text)
+    return value
+
+
 def _convert(arg: Arg, token: str) -> tuple[Any, bool]:
+    if arg.convert is not None:
+        value = arg.convert(token)
+        return value, value is not None
     if arg.kind == "duration":
         d = parse_duration(token)
         return d, d is not None

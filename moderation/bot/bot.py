@@ -32,6 +32,7 @@ from forum.tasks import TaskSupervisor
 
 from .actions import Actions
 from .cases import CaseDesk
+from .command_groups.context import CommandContext
 from .commands import registry as registry  # the commands' registry, as before
 from .consequences import DryRun, DryRunSwitch, Enforcement
 from .locks import RoomLocks
@@ -135,8 +136,15 @@ class ModerationBot:
         self.mute_timer = MuteTimer(
             actions=actions, sessionmaker=sessionmaker, management=self.management, clock=clock
         )
+        self.command_context = CommandContext(
+            t=self.t, prefix=self.prefix, server_name=settings.server_name,
+            sessionmaker=sessionmaker, forum_rooms=rooms, management=self.management,
+            actions=actions, sanctions=self.sanctions, locks=self.locks, cases=self.cases,
+            policy_lists=self.policy_lists, consequences=self.consequences,
+            tuning=self.tuning, register=self.register,
+        )  # fmt: skip
         self.runtime = CommandRuntime(
-            bot=self, settings=settings, sessionmaker=sessionmaker, tasks=tasks,
+            context=self.command_context, settings=settings, sessionmaker=sessionmaker, tasks=tasks,
             actions=actions, management=self.management, t=self.t, prefix=self.prefix,
         )  # fmt: skip
         self.processed_messages = 0

@@ -11,7 +11,7 @@ import asyncio
 import html
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,6 +29,8 @@ from .repositories import State
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .command_groups.context import CommandContext
+
 log = logging.getLogger(__name__)
 
 PENDING_COMMAND = "command:"  # State key prefix of commands not finished yet
@@ -37,10 +39,10 @@ SLOTS = 8
 
 @dataclass(kw_only=True, eq=False)
 class CommandRuntime:
-    """Runs the commands of the management room; the handlers receive ``bot``."""
+    """Runs the commands of the management room; the handlers receive ``context``."""
 
-    bot: Any
-    """What the handlers of :mod:`.command_groups` receive (the moderation bot)."""
+    context: CommandContext
+    """What the handlers of :mod:`.command_groups` receive (the parts they use)."""
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     tasks: TaskSupervisor
@@ -172,16 +174,10 @@ class CommandRuntime:
             try:
                 values = parse_args(command, tokens)
             except UsageError as exc:
-                await self.management.reply(
-                    inv,
-                    t("Usage: {usage} ({problem})").format(
-                        usage=command.usage(self.prefix, t),
-                        problem=exc.explain(t),
-                    ),
-                )
+                await self.management.reply(inv, exc.told(self.prefix, t))
                 return
             try:
-                await handler(self.bot, inv, **values)
+                await handler(self.context, inv, **values)
             except MatrixError as exc:
                 log.warning("command %s failed: %s", command.name, exc)
                 await self.management.reply(

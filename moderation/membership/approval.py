@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from forum.errors import MatrixError
 from forum.events import Message, Reaction
 from forum.matrix import matrix_to
+from moderation.commands import UsageError, parse_line
 
 from . import declared, flow, messages
 from .models import ApprovalRow
@@ -88,27 +89,27 @@ class Approval:
         body = ev.body.strip()
         if shared.ignored(ev.sender) or not body.startswith(shared.prefix):
             return
-        parts = body[len(shared.prefix) :].split(maxsplit=2)
+        parts = body[len(shared.prefix) :].split(maxsplit=1)
         if not parts:
             return
         name = normalise(parts[0])
         if name not in APPROVE | DENY:
             return  # another bot's command
+        command = declared.APPROVE if name in APPROVE else declared.DENY
         lang = shared.settings.primary_language
         if not await self.is_moderator(ev.sender):
             await shared.say(ev.room_id, shared.t(lang, messages.ONLY_MODERATORS))
             return
-        if len(parts) < 2 or not parts[1].startswith("@"):
-            await shared.say(
-                ev.room_id, shared.t(lang, messages.USAGE_DECIDE, prefix=shared.prefix)
-            )
+        try:
+            values = parse_line(command, parts[1] if len(parts) > 1 else "")
+        except UsageError as exc:
+            told = exc.told(shared.prefix, shared.i18n.gettext(lang), name=name)
+            await shared.say(ev.room_id, told)
             return
-        target = parts[1]
-        reason = parts[2] if len(parts) > 2 else None
-        if name in APPROVE:
-            await self.decide(target, True, ev.sender, None)
+        if command is declared.APPROVE:
+            await self.decide(values["user"], True, ev.sender, None)
         else:
-            await self.decide(target, False, ev.sender, reason)
+            await self.decide(values["user"], False, ev.sender, values["reason"])
 
     async def on_card_reaction(self, ev: Reaction) -> None:
         key = emoji_key(ev.key)

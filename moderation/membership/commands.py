@@ -1,7 +1,8 @@
 """The members' commands in the DM (``!aide``, ``!statut``, ``!publication``, ``!retirer``,
 ``!nom-public``, ``!quitter``, ``!mes-donnees``, ``!signaler``), declared in
-:mod:`.declared`: the parser finds them by their declared names and the help (``!aide``,
-``!aide COMMANDE``) is generated from the declarations."""
+:mod:`.declared`: the parser finds them by their declared names, the registry parses their
+arguments (a bad one is answered with the usage line, as the moderation bot does) and the
+help (``!aide``, ``!aide COMMANDE``) is generated from the declarations."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from forum.events import Message
 from forum.names import NameRefused
 from forum.signals import PERMISSION_WITHDRAWN, REPORT, Signals
 from forum.storage import utcnow
-from moderation.commands import Command
+from moderation.commands import Command, UsageError, parse_line
 
 from . import declared, flow, messages
 from .consent import Conversation
@@ -23,7 +24,7 @@ from .export import export_file, export_person
 from .models import MEMBER, PersonRow
 from .public_name import PublicNaming
 from .shared import Shared
-from .text import normalise, yes_no
+from .text import normalise
 
 #: What the other features hold about a person: ``(user_id, lang)`` (see
 #: :meth:`forum.context.Registrations.personal_data_of`).
@@ -35,7 +36,9 @@ async def nothing_held(user_id: str, lang: str) -> list[PersonalData]:
     return []
 
 
-Handler = Callable[[PersonRow, str, Message], Awaitable[None]]
+Handler = Callable[..., Awaitable[None]]
+"""A command's handler: ``(person, ev, **values)``, the values of its declared arguments
+(parsed by the registry) by name."""
 
 
 class MemberCommands:
@@ -92,8 +95,7 @@ class MemberCommands:
                 text += " " + t(messages.DID_YOU_MEAN).format(cmd=prefix + closest.name)
             return "\n".join([text, self.help_text(lang)])
         shown = name if name in cmd.names else cmd.name  # as the person wrote it
-        usage = " ".join([prefix + shown, *(a.usage(t) for a in cmd.args)])
-        lines = [usage, t(cmd.help)]
+        lines = [cmd.usage(prefix, t, name=shown), t(cmd.help)]
         if cmd.details:
             lines.append(t(cmd.details).format(prefix=prefix))
         if len(cmd.names) > 1:
@@ -109,23 +111,31 @@ class MemberCommands:
         return "\n".join([self.shared.t(lang, msgid), self.help_text(lang)])
 
     async def run(self, person: PersonRow, text: str, ev: Message) -> None:
-        """``text``: the message without the command prefix."""
+        """``text``: the message without the command prefix. The command's arguments are
+        parsed by the registry from its declaration: bad ones get the usage line and what
+        is wrong, and nothing is done."""
         parts = text.split(maxsplit=1)
-        arg = parts[1].strip() if len(parts) > 1 else ""
-        cmd = declared.dm.find(find_name(parts[0])) if parts else None
-        if cmd is not None:
-            await self.handlers[cmd.name](person, arg, ev)
+        name = find_name(parts[0]) if parts else ""
+        cmd = declared.dm.find(name) if name else None
+        lang = self.shared.lang_of(person)
+        if cmd is None:
+            await self.shared.say(ev.room_id, self.with_help(lang, messages.UNKNOWN_COMMAND))
             return
-        lang = self.shared.lang_of(person)
-        await self.shared.say(ev.room_id, self.with_help(lang, messages.UNKNOWN_COMMAND))
+        try:
+            values = parse_line(cmd, parts[1] if len(parts) > 1 else "")
+        except UsageError as exc:
+            shown = name if name in cmd.names else cmd.name  # as the person wrote it
+            told = exc.told(self.shared.prefix, self.gettext(lang), name=shown)
+            await self.shared.say(ev.room_id, told)
+            return
+        await self.handlers[cmd.name](person, ev, **values)
 
-    async def help(self, person: PersonRow, arg: str, ev: Message) -> None:
+    async def help(self, person: PersonRow, ev: Message, command: str | None) -> None:
         lang = self.shared.lang_of(person)
-        topic = arg.split()[0] if arg.split() else ""
-        text = self.details_text(lang, topic) if topic else self.help_text(lang)
+        text = self.details_text(lang, command) if command else self.help_text(lang)
         await self.shared.say(ev.room_id, text)
 
-    async def status(self, person: PersonRow, arg: str, ev: Message) -> None:
+    async def status(self, person: PersonRow, ev: Message) -> None:
         shared = self.shared
         lang = shared.lang_of(person)
         async with shared.sessionmaker() as s:
@@ -166,13 +176,13 @@ class MemberCommands:
     def naming(self) -> PublicNaming:
         return self.conversation.naming
 
-    async def public_name(self, person: PersonRow, arg: str, ev: Message) -> None:
+    async def public_name(self, person: PersonRow, ev: Message, name: str | None) -> None:
         """``!nom-public NAME``: the name under which the person may be quoted (a
         pseudonym is allowed; someone else's name, or a look-alike, is refused); their
         published quotes take it. Without NAME: the current one."""
         shared = self.shared
         lang = shared.lang_of(person)
-        if not arg:
+        if not name:
             current = await self.naming.current(person.user_id)
             text = (
                 self.naming.told(lang, current)
@@ -181,7 +191,7 @@ class MemberCommands:
             )
             await shared.say(ev.room_id, text)
             return
-        result = await self.naming.change(person.user_id, arg)
+        result = await self.naming.change(person.user_id, name)
         if isinstance(result, NameRefused):
             await shared.say(ev.room_id, self.naming.refused_text(lang, result))
             return
@@ -192,30 +202,24 @@ class MemberCommands:
         order ``!statut`` numbers them."""
         return [p for data in await self.personal_data(user_id, lang) for p in data.permissions]
 
-    async def publication(self, person: PersonRow, arg: str, ev: Message) -> None:
-        shared = self.shared
-        lang = shared.lang_of(person)
-        answer = yes_no(arg)
-        if answer is None:
-            await shared.say(
-                ev.room_id, shared.t(lang, messages.USAGE_PUBLICATION, prefix=shared.prefix)
-            )
-            return
+    async def publication(self, person: PersonRow, ev: Message, answer: bool) -> None:
+        """``answer``: yes or no, in any language (the registry refuses anything else)."""
+        lang = self.shared.lang_of(person)
         quotes = 0 if answer else len(await self.held(person.user_id, lang))
         event = flow.PublicationSet(answer, ev.event_id, utcnow(), quotes)
         await self.conversation.advance(person.user_id, event)
 
-    async def withdraw(self, person: PersonRow, arg: str, ev: Message) -> None:
+    async def withdraw(self, person: PersonRow, ev: Message, n: str | None) -> None:
         """``!retirer``: every consent to be quoted (the general one and each permission to
         quote one message); ``!retirer N``: the N-th permission ``!statut`` lists (or the
         one of a message's link or event id)."""
         shared = self.shared
         lang = shared.lang_of(person)
         held = await self.held(person.user_id, lang)
-        if arg and arg.lower() not in ALL:
-            chosen = pick(held, arg)
+        if n and n.lower() not in ALL:
+            chosen = pick(held, n)
             if chosen is None:
-                text = shared.t(lang, messages.NO_SUCH_PERMISSION, which=arg, prefix=shared.prefix)
+                text = shared.t(lang, messages.NO_SUCH_PERMISSION, which=n, prefix=shared.prefix)
                 await shared.say(ev.room_id, text)
                 return
             await self.signals.emit(PERMISSION_WITHDRAWN, user_id=person.user_id, key=chosen.key)
@@ -226,12 +230,13 @@ class MemberCommands:
         event = flow.Withdrew("publication", ev.event_id, utcnow(), len(held))
         await self.conversation.advance(person.user_id, event)
 
-    async def leave(self, person: PersonRow, arg: str, ev: Message) -> None:
+    async def leave(self, person: PersonRow, ev: Message) -> None:
         event = flow.Withdrew("charter", ev.event_id, utcnow())
         await self.conversation.advance(person.user_id, event)
 
-    async def report(self, person: PersonRow, arg: str, ev: Message) -> None:
-        """Pass a report to the moderation bot (which opens a case for the moderators)."""
+    async def report(self, person: PersonRow, ev: Message, message: str) -> None:
+        """Pass a report to the moderation bot (which opens a case for the moderators): the
+        whole message (``message``, its text, is required), with its formatting and links."""
         await self.signals.emit(
             REPORT,
             reporter=person.user_id,
@@ -242,7 +247,7 @@ class MemberCommands:
         lang = self.shared.lang_of(person)
         await self.shared.say(ev.room_id, self.shared.t(lang, messages.REPORT_THANKS))
 
-    async def my_data(self, person: PersonRow, arg: str, ev: Message) -> None:
+    async def my_data(self, person: PersonRow, ev: Message) -> None:
         """Everything the forum holds about the person: a message to read (consents,
         membership, then each feature's part) and the whole of it as a JSON file."""
         shared = self.shared

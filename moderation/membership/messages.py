@@ -73,7 +73,6 @@ TOO_LONG = (
     " {prefix}help for help."
 )
 ONLY_MODERATORS = "Only moderators can do that."
-USAGE_DECIDE = "Usage: {prefix}approve @user, {prefix}deny @user reason"
 NO_PENDING = "No pending request for {user}."
 REQUEST_WITHDRAWN = (
     "{user} has left the forum or withdrawn their consent to the charter: their request "
@@ -81,7 +80,6 @@ REQUEST_WITHDRAWN = (
 )
 ALREADY_APPROVED = "{user} was already approved. Nothing was done."
 ALREADY_DENIED = "{user} was already denied. Nothing was done."
-USAGE_PUBLICATION = "Usage: {prefix}publication yes|no"
 CHARTER_FIRST = "Please accept the charter first."
 NOTHING_TO_WITHDRAW = "You had not agreed to be quoted: there is nothing to withdraw."
 CONSEQUENCE_MUTE = "you will no longer be able to post in the forum rooms"

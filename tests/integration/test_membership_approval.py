@@ -183,3 +183,22 @@ async def test_who_left_cannot_be_approved_by_card_reaction(forum, make_user):
     assert "a quitté" in body, body
     assert "approuvé·e par" not in body, body
     await not_admitted(forum, user, room, mark)
+
+
+async def test_a_decision_with_a_bad_argument_gets_the_registrys_usage_error(forum):
+    """``!approve`` and ``!deny`` have their arguments parsed by the shared registry from
+    their declarations, as the moderation bot's commands: a missing or malformed user
+    gets the usage line (the command as written) and what is wrong, in the forum's
+    language."""
+    management, mod = forum.ctx.rooms["management"], forum.moderator
+
+    async def ask(text: str) -> str:
+        mark = mod.mark()
+        await mod.send_text(management, text)
+        answer = await forum.wait_bot_text(mod, management, "Utilisation", "Usage", after=mark)
+        return str(answer["content"]["body"])
+
+    malformed = await ask("!approve kossi")
+    assert malformed == "Utilisation : !approve UTILISATEUR (UTILISATEUR : kossi n'est pas valable)"
+    missing = await ask("!refuser")
+    assert missing == "Utilisation : !refuser UTILISATEUR [RAISON] (UTILISATEUR manquant)"

@@ -137,6 +137,39 @@ async def test_the_help_of_one_command_in_french_and_english(forum, make_user):
     assert "Details and examples: !help COMMAND." in listed, listed
 
 
+async def test_a_dm_command_with_a_bad_argument_gets_the_registrys_usage_error(forum, make_user):
+    """The membership bot's DM commands have their arguments parsed by the shared registry,
+    as the moderation bot's are: a missing, invalid or extra argument gets the usage line
+    and what is wrong, in the person's language, and nothing is done (no empty report
+    passed to the moderators, no status for a command it does not take)."""
+
+    async def ask(user: TestUser, room: str, text: str, *expect: str) -> str:
+        mark = user.mark()
+        await user.send_text(room, text)
+        answer = await forum.wait_bot_text(user, room, *expect, after=mark)
+        return str(answer["content"]["body"])
+
+    abla, kofi = await make_user("ablaargs"), await make_user("kofiargs")
+    dm, room = await asyncio.gather(
+        forum.admit(abla, knock="Bonjour, je voudrais entrer"),
+        forum.admit(kofi, knock="Hello, I would like to join please"),
+    )
+    missing = await ask(abla, dm, "!signaler", "Utilisation", "Merci")
+    assert missing == "Utilisation : !signaler MESSAGE (MESSAGE manquant)", missing
+    invalid = await ask(abla, dm, "!publication peut-être", "Utilisation")
+    assert invalid == "Utilisation : !publication oui|non (oui|non : peut-être n'est pas valable)"
+    extra = await ask(abla, dm, "!statut maintenant", "Utilisation", "Charte")
+    assert extra == "Utilisation : !statut (maintenant en trop)", extra
+
+    missing = await ask(kofi, room, "!report", "Usage", "Thank")
+    assert missing == "Usage: !report MESSAGE (MESSAGE missing)", missing
+    invalid = await ask(kofi, room, "!publication maybe", "Usage")
+    assert invalid == "Usage: !publication yes|no (yes|no: maybe is not valid)", invalid
+    # A name with apostrophes is taken as written (no shell-like quoting).
+    named = await ask(kofi, room, "!public-name Kofi d'Almeida l'aîné", "public name")
+    assert "“Kofi d'Almeida l'aîné”" in named, named
+
+
 @pytest.mark.parametrize("answer", ["I accept", "yes", "ACCEPT!", "jaccepte"])
 async def test_each_reply_form_accepts(forum, make_user, answer):
     user = await make_user("forms")

@@ -12,7 +12,7 @@ from babel.messages.pofile import read_po
 
 from forum.i18n import I18n
 from moderation.bot.bot import registry
-from moderation.commands import Command
+from moderation.commands import Command, UsageError, parse_line
 from moderation.membership import approval, declared
 from moderation.membership.commands import MemberCommands, find_name
 from moderation.membership.shared import LOCALE_DIR as MEMBERSHIP_LOCALE
@@ -141,3 +141,23 @@ def test_the_details_of_one_command_in_french_and_english():
     unknown = commands.details_text("en", "statu")
     assert unknown.startswith("Unknown command: !statu. Did you mean !statut?")
     assert "Commands:" in unknown
+
+
+def test_the_membership_commands_arguments_are_parsed_by_the_registry():
+    """The DM commands' arguments are parsed from their declarations (as the moderation
+    bot's are): a text is taken as written, yes/no in any language, and a bad argument
+    is a UsageError that the registry's messages explain in French and English."""
+    assert parse_line(declared.PUBLIC_NAME, "  Ama d'Almeida l'aînée ") == {
+        "name": "Ama d'Almeida l'aînée"
+    }
+    assert parse_line(declared.PUBLICATION, "pas d'accord") == {"answer": False}
+    assert parse_line(declared.PUBLICATION, "Oui") == {"answer": True}
+    assert parse_line(declared.WITHDRAW, "") == {"n": None}
+    with pytest.raises(UsageError) as err:
+        parse_line(declared.PUBLICATION, "peut-être")
+    fr = I18n(["fr", "en"], locale_dir=MEMBERSHIP_LOCALE).gettext("fr")
+    told = err.value.told("!", fr)
+    assert told == "Utilisation : !publication oui|non (oui|non : peut-être n'est pas valable)"
+    with pytest.raises(UsageError) as err:
+        parse_line(declared.STATUS, "maintenant")
+    assert err.value.told("!", str, name="status") == "Usage: !status (unexpected maintenant)"

@@ -8,7 +8,7 @@ from ..cases import CASE_ACTIONS, CASE_ACTIONS_FR
 from ..commands import Arg, Invocation, _, registry
 
 if TYPE_CHECKING:
-    from ..bot import ModerationBot
+    from .context import CommandContext
 
 
 @registry.command(
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     ),
     help=_("Act on a report: dismiss, redact, warn, mute or ban."),
 )
-async def cmd_case(bot: ModerationBot, inv: Invocation, number: int, action: str) -> None:
+async def cmd_case(ctx: CommandContext, inv: Invocation, number: int, action: str) -> None:
     action = CASE_ACTIONS_FR.get(action, action)
-    problem = await bot.cases.act_on_case(number, action, inv.sender, inv.event_id)
+    problem = await ctx.cases.act_on_case(number, action, inv.sender, inv.event_id)
     if problem:
-        await bot.management.reply(inv, problem)
+        await ctx.management.reply(inv, problem)

@@ -10,7 +10,7 @@ from ..repositories import Audit, Cases, Mutes
 from .targets import USER, resolve_user
 
 if TYPE_CHECKING:
-    from ..bot import ModerationBot
+    from .context import CommandContext
 
 
 @registry.command(
@@ -21,10 +21,10 @@ if TYPE_CHECKING:
     help=_("Show this help, or the details of one command."),
     examples=(_("{prefix}help"), _("{prefix}help ban")),
 )
-async def cmd_help(bot: ModerationBot, inv: Invocation, command: str | None) -> None:
-    t, prefix = bot.t, bot.prefix
+async def cmd_help(ctx: CommandContext, inv: Invocation, command: str | None) -> None:
+    t, prefix = ctx.t, ctx.prefix
     if command is not None:
-        await _help_of(bot, inv, command)
+        await _help_of(ctx, inv, command)
         return
     lines = [t("Commands (management room only):")]
     rows = []
@@ -38,17 +38,17 @@ async def cmd_help(bot: ModerationBot, inv: Invocation, command: str | None) -> 
         )
     last = t("Details and examples: {cmd}.").format(cmd=f"{prefix}help {t('COMMAND')}")
     lines.append(last)
-    await bot.management.reply(
+    await ctx.management.reply(
         inv,
         "\n".join(lines),
         f"{html.escape(lines[0])}<ul>{''.join(rows)}</ul>{html.escape(last)}",
     )
 
 
-async def _help_of(bot: ModerationBot, inv: Invocation, word: str) -> None:
+async def _help_of(ctx: CommandContext, inv: Invocation, word: str) -> None:
     """The details of one command: usage, what it does, its other names, options and
     examples."""
-    t, prefix = bot.t, bot.prefix
+    t, prefix = ctx.t, ctx.prefix
     name = word.removeprefix(prefix)
     c = registry.find(name)
     if c is None:
@@ -56,7 +56,7 @@ async def _help_of(bot: ModerationBot, inv: Invocation, word: str) -> None:
         closest = registry.closest(name)
         if closest is not None:
             text += " " + t("Did you mean {cmd}?").format(cmd=prefix + closest.name)
-        await bot.management.reply(inv, text)
+        await ctx.management.reply(inv, text)
         return
     lines = [c.usage(prefix, t), t(c.help)]
     if c.aliases:
@@ -72,31 +72,31 @@ async def _help_of(bot: ModerationBot, inv: Invocation, word: str) -> None:
     if c.examples:
         lines.append(t("Examples:"))
         lines.extend("  " + t(e).format(prefix=prefix) for e in c.examples)
-    await bot.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
+    await ctx.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
 
 
 @registry.command(
     "history", aliases=("historique",), args=(USER,), help=_("Past actions about a person.")
 )
-async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await resolve_user(bot, inv, user)
+async def cmd_history(ctx: CommandContext, inv: Invocation, user: str) -> None:
+    target = await resolve_user(ctx, inv, user)
     if target is None:
         return
-    async with bot.sessionmaker() as s:
+    async with ctx.sessionmaker() as s:
         entries = [e for e in await Audit(s).entries(target) if e.target == target][-30:]
     if not entries:
-        await bot.management.reply(
-            inv, bot.t("No recorded action about {user}.").format(user=target)
+        await ctx.management.reply(
+            inv, ctx.t("No recorded action about {user}.").format(user=target)
         )
         return
-    lines = [bot.t("History of {user}:").format(user=target)]
+    lines = [ctx.t("History of {user}:").format(user=target)]
     for e in entries:
-        dry = " " + bot.t("[dry run]") if e.dry_run else ""
+        dry = " " + ctx.t("[dry run]") if e.dry_run else ""
         lines.append(
-            f"{e.created_at:%Y-%m-%d %H:%M} {bot.cases.action_label(e.action)}{dry} — {e.actor} "
+            f"{e.created_at:%Y-%m-%d %H:%M} {ctx.cases.action_label(e.action)}{dry} — {e.actor} "
             f"({e.source})" + (f": {e.reason}" if e.reason else "")
         )
-    await bot.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
+    await ctx.management.reply(inv, "\n".join(lines), "<br/>".join(html.escape(x) for x in lines))
 
 
 @registry.command(
@@ -104,15 +104,15 @@ async def cmd_history(bot: ModerationBot, inv: Invocation, user: str) -> None:
     aliases=("etat",),
     help=_("Show the protections' settings and what is in force now."),
 )
-async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
-    t, cfg = bot.t, bot.cfg
-    async with bot.sessionmaker() as s:
+async def cmd_status(ctx: CommandContext, inv: Invocation) -> None:
+    t, cfg = ctx.t, ctx.cfg
+    async with ctx.sessionmaker() as s:
         mutes = await Mutes(s).all()
         open_cases = await Cases(s).open_count()
-    locked, joins_locked = await bot.locks.locked(), await bot.locks.joins_locked()
+    locked, joins_locked = await ctx.locks.locked(), await ctx.locks.joins_locked()
     yes, no = t("yes"), t("no")
     lines = [
-        t("Dry run: {state}.").format(state=yes if bot.dry_run else no),
+        t("Dry run: {state}.").format(state=yes if ctx.dry_run else no),
         t("Flood: {n} messages in {s} s.").format(n=cfg.flood_messages, s=int(cfg.flood_seconds)),
         t("Mention spam: more than {n} mentions.").format(n=cfg.mention_limit),
         t("Links and media held back from members who joined less than {h} h ago.").format(
@@ -130,11 +130,11 @@ async def cmd_status(bot: ModerationBot, inv: Invocation) -> None:
         ),
         t("Muted now: {n}. Open reports: {cases}.").format(n=len(mutes), cases=open_cases),
         t("Policy lists followed: {n} of {total} ({rules} rules); our own rules: {own}.").format(
-            n=len(bot.policy_lists.list_rooms),
+            n=len(ctx.policy_lists.list_rooms),
             total=len(cfg.policy_lists),
-            rules=len(bot.policy_lists.rules),
-            own=len(bot.policy_lists.own_rules),
+            rules=len(ctx.policy_lists.rules),
+            own=len(ctx.policy_lists.own_rules),
         ),
     ]
     html_body = "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
-    await bot.management.reply(inv, "\n".join(lines), html_body)
+    await ctx.management.reply(inv, "\n".join(lines), html_body)

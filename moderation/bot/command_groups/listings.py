@@ -13,18 +13,18 @@ from ..repositories import Audit, Cases, Mutes, Strikes
 from .targets import USER, resolve_user
 
 if TYPE_CHECKING:
-    from ..bot import ModerationBot
+    from .context import CommandContext
 
 LIMIT = 30  # lines per listing
 
 
-async def _answer(bot: ModerationBot, inv: Invocation, title: str, lines: list[str]) -> None:
+async def _answer(ctx: CommandContext, inv: Invocation, title: str, lines: list[str]) -> None:
     shown = lines[:LIMIT]
     if len(lines) > LIMIT:
-        shown.append(bot.t("… and {n} more.").format(n=len(lines) - LIMIT))
+        shown.append(ctx.t("… and {n} more.").format(n=len(lines) - LIMIT))
     body = "\n".join([title, *shown])
     html_body = html.escape(title) + "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in shown)
-    await bot.management.reply(inv, body, html_body + "</ul>")
+    await ctx.management.reply(inv, body, html_body + "</ul>")
 
 
 @registry.command(
@@ -33,19 +33,19 @@ async def _answer(bot: ModerationBot, inv: Invocation, title: str, lines: list[s
     help=_("List the join requests waiting for a moderator's decision."),
     examples=(_("{prefix}pending"),),
 )
-async def cmd_pending(bot: ModerationBot, inv: Invocation) -> None:
-    t = bot.t
-    requests = await bot.register.approvals_pending() if bot.register else []
+async def cmd_pending(ctx: CommandContext, inv: Invocation) -> None:
+    t = ctx.t
+    requests = await ctx.register.approvals_pending() if ctx.register else []
     if not requests:
-        await bot.management.reply(inv, t("No join request waits for a decision."))
+        await ctx.management.reply(inv, t("No join request waits for a decision."))
         return
     lines = [f"{r.user_id} — {r.since:%Y-%m-%d %H:%M} UTC" for r in requests]
     lines.append(
         t("Decide with {approve} USER or {deny} USER REASON.").format(
-            approve=bot.prefix + "approve", deny=bot.prefix + "deny"
+            approve=ctx.prefix + "approve", deny=ctx.prefix + "deny"
         )
     )
-    await _answer(bot, inv, t("Join requests waiting ({n}):").format(n=len(requests)), lines)
+    await _answer(ctx, inv, t("Join requests waiting ({n}):").format(n=len(requests)), lines)
 
 
 @registry.command(
@@ -54,13 +54,13 @@ async def cmd_pending(bot: ModerationBot, inv: Invocation) -> None:
     help=_("List the open reports."),
     examples=(_("{prefix}cases"),),
 )
-async def cmd_cases(bot: ModerationBot, inv: Invocation) -> None:
-    t = bot.t
-    async with bot.sessionmaker() as s:
+async def cmd_cases(ctx: CommandContext, inv: Invocation) -> None:
+    t = ctx.t
+    async with ctx.sessionmaker() as s:
         cases = await Cases(s).open_cases(limit=LIMIT + 1)
         total = await Cases(s).open_count()
     if not cases:
-        await bot.management.reply(inv, t("No open report."))
+        await ctx.management.reply(inv, t("No open report."))
         return
     lines = [
         t("#{n} {when}: {reporter} reports {reported} in {room}: {reason}").format(
@@ -68,12 +68,12 @@ async def cmd_cases(bot: ModerationBot, inv: Invocation) -> None:
             when=f"{c.created_at:%Y-%m-%d %H:%M}",
             reporter=c.reporter,
             reported=c.reported_user or "?",
-            room=bot.management.room_label(c.room_id) if c.room_id else "-",
+            room=ctx.management.room_label(c.room_id) if c.room_id else "-",
             reason=c.reason or "-",
         )
         for c in cases
     ]
-    await _answer(bot, inv, t("Open reports ({n}):").format(n=total), lines)
+    await _answer(ctx, inv, t("Open reports ({n}):").format(n=total), lines)
 
 
 @registry.command(
@@ -82,15 +82,15 @@ async def cmd_cases(bot: ModerationBot, inv: Invocation) -> None:
     help=_("List the people banned from the forum rooms and the forum's ban rules."),
     examples=(_("{prefix}bans"),),
 )
-async def cmd_bans(bot: ModerationBot, inv: Invocation) -> None:
-    t = bot.t
-    banned = sorted(await bot.actions.banned())
+async def cmd_bans(ctx: CommandContext, inv: Invocation) -> None:
+    t = ctx.t
+    banned = sorted(await ctx.actions.banned())
     rules = sorted(
-        (r for r in bot.policy_lists.own_rules.values() if r.entity not in banned),
+        (r for r in ctx.policy_lists.own_rules.values() if r.entity not in banned),
         key=lambda r: (r.kind, r.entity),
     )
     if not banned and not rules:
-        await bot.management.reply(inv, t("Nobody is banned."))
+        await ctx.management.reply(inv, t("Nobody is banned."))
         return
     lines = list(banned)
     lines += [
@@ -99,7 +99,7 @@ async def cmd_bans(bot: ModerationBot, inv: Invocation) -> None:
         )
         for r in rules
     ]
-    await _answer(bot, inv, t("Banned ({n}):").format(n=len(banned)), lines)
+    await _answer(ctx, inv, t("Banned ({n}):").format(n=len(banned)), lines)
 
 
 @registry.command(
@@ -108,12 +108,12 @@ async def cmd_bans(bot: ModerationBot, inv: Invocation) -> None:
     help=_("List the people who may not post now, and until when."),
     examples=(_("{prefix}mutes"),),
 )
-async def cmd_mutes(bot: ModerationBot, inv: Invocation) -> None:
-    t = bot.t
-    async with bot.sessionmaker() as s:
+async def cmd_mutes(ctx: CommandContext, inv: Invocation) -> None:
+    t = ctx.t
+    async with ctx.sessionmaker() as s:
         mutes = await Mutes(s).all()
     if not mutes:
-        await bot.management.reply(inv, t("Nobody is muted."))
+        await ctx.management.reply(inv, t("Nobody is muted."))
         return
     lines = [
         t("{user} until {until}, by {actor}: {reason}").format(
@@ -124,7 +124,7 @@ async def cmd_mutes(bot: ModerationBot, inv: Invocation) -> None:
         )
         for m in mutes
     ]
-    await _answer(bot, inv, t("Muted ({n}):").format(n=len(mutes)), lines)
+    await _answer(ctx, inv, t("Muted ({n}):").format(n=len(mutes)), lines)
 
 
 @registry.command(
@@ -134,12 +134,12 @@ async def cmd_mutes(bot: ModerationBot, inv: Invocation) -> None:
     help=_("All that is known about a person: consents, strike step, mute, ban, history."),
     examples=(_("{prefix}member @someone:example.org"),),
 )
-async def cmd_member(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await resolve_user(bot, inv, user)
+async def cmd_member(ctx: CommandContext, inv: Invocation, user: str) -> None:
+    target = await resolve_user(ctx, inv, user)
     if target is None:
         return
-    t = bot.t
-    async with bot.sessionmaker() as s:
+    t = ctx.t
+    async with ctx.sessionmaker() as s:
         consent = await ConsentRecords(s).status(target)
         strike = await Strikes(s).get(target)
         mute = await Mutes(s).get(target)
@@ -157,7 +157,7 @@ async def cmd_member(bot: ModerationBot, inv: Invocation, user: str) -> None:
         if consent.publication and consent.publication_at
         else none
     )
-    steps = bot.cfg.steps
+    steps = ctx.cfg.steps
     lines = [
         t("Charter accepted: {charter}.").format(charter=charter),
         t("Publication consent: {publication}.").format(publication=publication),
@@ -170,14 +170,14 @@ async def cmd_member(bot: ModerationBot, inv: Invocation, user: str) -> None:
     if mute is not None:
         until = f"{mute.until:%Y-%m-%d %H:%M} UTC" if mute.until else t("a moderator unmutes")
         lines.append(t("Muted until {until}.").format(until=until))
-    if target in await bot.actions.banned():
+    if target in await ctx.actions.banned():
         lines.append(t("Banned from the forum rooms."))
     if entries:
         lines.append(t("History:"))
         for e in entries:
             dry = " " + t("[dry run]") if e.dry_run else ""
             lines.append(
-                f"{e.created_at:%Y-%m-%d %H:%M} {bot.cases.action_label(e.action)}{dry} — "
+                f"{e.created_at:%Y-%m-%d %H:%M} {ctx.cases.action_label(e.action)}{dry} — "
                 f"{e.actor}" + (f": {e.reason}" if e.reason else "")
             )
-    await _answer(bot, inv, target, lines)
+    await _answer(ctx, inv, target, lines)

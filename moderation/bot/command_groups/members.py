@@ -11,7 +11,7 @@ from ..text import format_duration, glob_match, is_glob
 from .targets import REASON, USER, refuse_if_exempt, resolve_user, sanctionable
 
 if TYPE_CHECKING:
-    from ..bot import ModerationBot
+    from .context import CommandContext
 
 
 FORCE = Arg(
@@ -33,35 +33,35 @@ FORCE = Arg(
     ),
 )
 async def cmd_ban(
-    bot: ModerationBot, inv: Invocation, user: str, force: bool, reason: str | None
+    ctx: CommandContext, inv: Invocation, user: str, force: bool, reason: str | None
 ) -> None:
-    target = await resolve_user(bot, inv, user, glob=True)
-    if target is None or (not is_glob(target) and await refuse_if_exempt(bot, inv, target)):
+    target = await resolve_user(ctx, inv, user, glob=True)
+    if target is None or (not is_glob(target) and await refuse_if_exempt(ctx, inv, target)):
         return
-    if is_glob(target) and not force and await _too_wide(bot, inv, target):
+    if is_glob(target) and not force and await _too_wide(ctx, inv, target):
         return
-    banned = await bot.sanctions.ban(
+    banned = await ctx.sanctions.ban(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
-    rooms = list(bot.forum_rooms.forum_ids) if banned else []
+    rooms = list(ctx.forum_rooms.forum_ids) if banned else []
     label = target if not is_glob(target) else f"{target} ({', '.join(banned) or '-'})"
-    await bot.management.echo(
-        inv, bot.t("banned"), label, rooms, reason, f"{bot.prefix}unban {target}"
+    await ctx.management.echo(
+        inv, ctx.t("banned"), label, rooms, reason, f"{ctx.prefix}unban {target}"
     )
 
 
-async def _too_wide(bot: ModerationBot, inv: Invocation, pattern: str) -> bool:
+async def _too_wide(ctx: CommandContext, inv: Invocation, pattern: str) -> bool:
     """Whether ``pattern`` matches more members than a glob may ban without ``--force``
     (then the moderator is told how many, and a few of them)."""
-    members = await bot.actions.members()
+    members = await ctx.actions.members()
     matched = sorted(u for u in members if glob_match(pattern, u))
-    matched = [u for u in matched if not await bot.actions.is_exempt(u)]
-    if len(matched) <= bot.tuning.glob_force_above:
+    matched = [u for u in matched if not await ctx.actions.is_exempt(u)]
+    if len(matched) <= ctx.tuning.glob_force_above:
         return False
     shown = ", ".join(matched[:5]) + (", …" if len(matched) > 5 else "")
-    await bot.management.reply(
+    await ctx.management.reply(
         inv,
-        bot.t(
+        ctx.t(
             "{pattern} matches {n} members ({some}). Nothing was done: "
             "repeat with --force to ban them all."
         ).format(pattern=pattern, n=len(matched), some=shown),
@@ -76,20 +76,20 @@ async def _too_wide(bot: ModerationBot, inv: Invocation, pattern: str) -> bool:
     help=_("Lift a ban."),
     examples=(_("{prefix}unban @someone:example.org"),),
 )
-async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await resolve_user(bot, inv, user, glob=True)
+async def cmd_unban(ctx: CommandContext, inv: Invocation, user: str) -> None:
+    target = await resolve_user(ctx, inv, user, glob=True)
     if target is None:
         return
-    await bot.actions.withdraw_rule("user", target)
+    await ctx.actions.withdraw_rule("user", target)
     users = [target]
     if is_glob(target):  # lift the bans the glob caught
-        users = sorted(u for u in await bot.actions.banned() if glob_match(target, u))
-    results = await asyncio.gather(*(bot.actions.unban(u) for u in users))
+        users = sorted(u for u in await ctx.actions.banned() if glob_match(target, u))
+    results = await asyncio.gather(*(ctx.actions.unban(u) for u in users))
     rooms = sorted({room for done in results for room in done})
-    await bot.actions.audit(
+    await ctx.actions.audit(
         actor=inv.sender, action="unban", target=target, rooms=rooms, event_id=inv.event_id
     )
-    await bot.management.echo(inv, bot.t("unbanned"), target, rooms, None)
+    await ctx.management.echo(inv, ctx.t("unbanned"), target, rooms, None)
 
 
 @registry.command(
@@ -99,14 +99,14 @@ async def cmd_unban(bot: ModerationBot, inv: Invocation, user: str) -> None:
     help=_("Remove a person from every room."),
     examples=(_("{prefix}kick @someone:example.org off-topic again"),),
 )
-async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str | None) -> None:
-    target = await sanctionable(bot, inv, user)
+async def cmd_kick(ctx: CommandContext, inv: Invocation, user: str, reason: str | None) -> None:
+    target = await sanctionable(ctx, inv, user)
     if target is None:
         return
-    rooms = await bot.sanctions.kick(
+    rooms = await ctx.sanctions.kick(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
-    await bot.management.echo(inv, bot.t("kicked"), target, rooms, reason)
+    await ctx.management.echo(inv, ctx.t("kicked"), target, rooms, reason)
 
 
 @registry.command(
@@ -117,36 +117,36 @@ async def cmd_kick(bot: ModerationBot, inv: Invocation, user: str, reason: str |
     examples=(_("{prefix}mute @someone:example.org 2h calm down"),),
 )
 async def cmd_mute(
-    bot: ModerationBot,
+    ctx: CommandContext,
     inv: Invocation,
     user: str,
     duration: timedelta | None,
     reason: str | None,
 ) -> None:
-    target = await sanctionable(bot, inv, user)
+    target = await sanctionable(ctx, inv, user)
     if target is None:
         return
-    rooms = await bot.sanctions.mute(
+    rooms = await ctx.sanctions.mute(
         target, duration, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
-    what = bot.t("muted")
+    what = ctx.t("muted")
     if duration:
-        what += " " + bot.t("for {d}").format(d=format_duration(duration))
-    await bot.management.echo(inv, what, target, rooms, reason, f"{bot.prefix}unmute {target}")
+        what += " " + ctx.t("for {d}").format(d=format_duration(duration))
+    await ctx.management.echo(inv, what, target, rooms, reason, f"{ctx.prefix}unmute {target}")
 
 
 @registry.command(
     "unmute", aliases=("fin-sourdine", "demuet"), args=(USER,), help=_("Let a person post again.")
 )
-async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
-    target = await resolve_user(bot, inv, user)
+async def cmd_unmute(ctx: CommandContext, inv: Invocation, user: str) -> None:
+    target = await resolve_user(ctx, inv, user)
     if target is None:
         return
-    _was, rooms, _complete = await bot.actions.unmute(target)  # the timer finishes it
-    await bot.actions.audit(
+    _was, rooms, _complete = await ctx.actions.unmute(target)  # the timer finishes it
+    await ctx.actions.audit(
         actor=inv.sender, action="unmute", target=target, rooms=rooms, event_id=inv.event_id
     )
-    await bot.management.echo(inv, bot.t("unmuted"), target, rooms, None)
+    await ctx.management.echo(inv, ctx.t("unmuted"), target, rooms, None)
 
 
 @registry.command(
@@ -156,14 +156,14 @@ async def cmd_unmute(bot: ModerationBot, inv: Invocation, user: str) -> None:
     help=_("Send a person a warning in a direct message."),
     examples=(_("{prefix}warn @someone:example.org please stay courteous"),),
 )
-async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) -> None:
-    target = await sanctionable(bot, inv, user)
+async def cmd_warn(ctx: CommandContext, inv: Invocation, user: str, reason: str) -> None:
+    target = await sanctionable(ctx, inv, user)
     if target is None:
         return
-    await bot.sanctions.warn(
+    await ctx.sanctions.warn(
         target, reason, actor=inv.sender, source="command", event_id=inv.event_id
     )
-    await bot.management.echo(inv, bot.t("warned"), target, [], reason, in_rooms=False)
+    await ctx.management.echo(inv, ctx.t("warned"), target, [], reason, in_rooms=False)
 
 
 @registry.command(
@@ -175,26 +175,26 @@ async def cmd_warn(bot: ModerationBot, inv: Invocation, user: str, reason: str) 
               _("{prefix}redact @someone:example.org 2h")),
 )  # fmt: skip
 async def cmd_redact(
-    bot: ModerationBot,
+    ctx: CommandContext,
     inv: Invocation,
     user: str,
     limit: int | timedelta | None,
     reason: str | None,
 ) -> None:
-    target = await sanctionable(bot, inv, user)
+    target = await sanctionable(ctx, inv, user)
     if target is None:
         return
     count = limit if isinstance(limit, int) else None
     since = limit if isinstance(limit, timedelta) else None
     if count is None and since is None:
         count = 100
-    events = await bot.actions.recent_events(target, count, since)
-    n = await bot.actions.redact_many([(r, e) for r, e, _ in events], reason)
+    events = await ctx.actions.recent_events(target, count, since)
+    n = await ctx.actions.redact_many([(r, e) for r, e, _ in events], reason)
     rooms = sorted({r for r, _, _ in events})
-    await bot.actions.audit(
+    await ctx.actions.audit(
         actor=inv.sender, action=f"redact:{n}", target=target, rooms=rooms, reason=reason,
         event_id=inv.event_id,
     )  # fmt: skip
-    await bot.management.echo(
-        inv, bot.t("removed {n} message(s) of").format(n=n), target, rooms, reason
+    await ctx.management.echo(
+        inv, ctx.t("removed {n} message(s) of").format(n=n), target, rooms, reason
     )

@@ -8,7 +8,7 @@ from ..commands import Arg, Invocation, _, registry
 from ..text import glob_match
 
 if TYPE_CHECKING:
-    from ..bot import ModerationBot
+    from .context import CommandContext
 
 
 @registry.command(
@@ -17,19 +17,19 @@ if TYPE_CHECKING:
     args=(Arg("server", "word"), Arg("reason", "text")),
     help=_("Ban a whole homeserver (policy rule and server ACL)."),
 )
-async def cmd_ban_server(bot: ModerationBot, inv: Invocation, server: str, reason: str) -> None:
-    if glob_match(server, bot.settings.server_name):
-        await bot.management.reply(
-            inv, bot.t("Refused: that would ban this forum's own homeserver.")
+async def cmd_ban_server(ctx: CommandContext, inv: Invocation, server: str, reason: str) -> None:
+    if glob_match(server, ctx.server_name):
+        await ctx.management.reply(
+            inv, ctx.t("Refused: that would ban this forum's own homeserver.")
         )
         return
-    await bot.actions.publish_rule("server", server, reason)
-    rooms = await bot.actions.deny_server(server)
-    await bot.actions.audit(actor=inv.sender, action="ban-server", target=server, rooms=rooms,
+    await ctx.actions.publish_rule("server", server, reason)
+    rooms = await ctx.actions.deny_server(server)
+    await ctx.actions.audit(actor=inv.sender, action="ban-server", target=server, rooms=rooms,
                             reason=reason, event_id=inv.event_id)  # fmt: skip
-    await bot.management.echo(
-        inv, bot.t("banned the server"), server, rooms, reason,
-        undo=f"{bot.prefix}unban-server {server}",
+    await ctx.management.echo(
+        inv, ctx.t("banned the server"), server, rooms, reason,
+        undo=f"{ctx.prefix}unban-server {server}",
     )  # fmt: skip
 
 
@@ -39,9 +39,9 @@ async def cmd_ban_server(bot: ModerationBot, inv: Invocation, server: str, reaso
     args=(Arg("server", "word"),),
     help=_("Lift a server ban (policy rule and server ACL)."),
 )
-async def cmd_unban_server(bot: ModerationBot, inv: Invocation, server: str) -> None:
-    await bot.actions.withdraw_rule("server", server)
-    rooms = await bot.actions.allow_server(server)
-    await bot.actions.audit(actor=inv.sender, action="unban-server", target=server, rooms=rooms,
+async def cmd_unban_server(ctx: CommandContext, inv: Invocation, server: str) -> None:
+    await ctx.actions.withdraw_rule("server", server)
+    rooms = await ctx.actions.allow_server(server)
+    await ctx.actions.audit(actor=inv.sender, action="unban-server", target=server, rooms=rooms,
                             event_id=inv.event_id)  # fmt: skip
-    await bot.management.echo(inv, bot.t("lifted the ban of the server"), server, rooms, None)
+    await ctx.management.echo(inv, ctx.t("lifted the ban of the server"), server, rooms, None)
