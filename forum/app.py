@@ -1,7 +1,7 @@
 """The composition root: the one place that builds everything and wires it together.
 
-:class:`Service` opens the database (migrating it), logs the bots in, provisions the
-forum, builds the :class:`~forum.context.ServiceContext` and lets each
+:class:`Service` opens the database (migrating it in a child process), logs the bots in,
+provisions the forum, builds the :class:`~forum.context.ServiceContext` and lets each
 :class:`~forum.context.Feature` set itself up on it, then runs the bots' sync loops, the
 outbox worker and the web app until stopped. The features of ``forum run`` are
 :func:`default_features`: the membership bot, the moderation bot and the digest.
@@ -129,7 +129,8 @@ class Service:
         settings = self.settings
         url = database_url(settings, self.home)
         await asyncio.to_thread(secure_home, self.home, url)
-        self.db = db = await Database.open(url)
+        # migrated (when behind) in a child process: this one never loads Alembic
+        self.db = db = await Database.open(url, migrate_apart=True)
         await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
         options = settings.service
         self.lease = Lease(
