@@ -320,10 +320,12 @@ async def _migrate_in_child(url: URL) -> None:
 
 def _driver_errors() -> tuple[type[Exception], ...]:
     """Driver exceptions SQLAlchemy does not wrap (asyncpg raises its own while connecting,
-    for example when the database does not exist)."""
-    try:
-        import asyncpg
-    except ImportError:  # the "postgres" extra is not installed
+    for example when the database does not exist).
+
+    Only a loaded asyncpg can raise them: its engine loaded it when it was created. On
+    SQLite, asyncpg is not imported for its exception classes (1.5 MB of resident memory)."""
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:  # no PostgreSQL engine in this process
         return ()
     return (asyncpg.PostgresError, asyncpg.InterfaceError)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +15,10 @@ import pytest
 NOT_LOADED = ("alembic", "mako", "pygments", "psycopg2", "cffi", "pycparser")
 
 
-def loaded_by(code: str) -> dict[str, object]:
+def loaded_by(code: str, modules: tuple[str, ...] = NOT_LOADED) -> dict[str, object]:
     script = (
         f"import json, sys\n{code}\n"
-        f"print(json.dumps({{'loaded': sorted(m for m in {NOT_LOADED!r} if m in sys.modules)}}))"
+        f"print(json.dumps({{'loaded': sorted(m for m in {modules!r} if m in sys.modules)}}))"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
@@ -36,3 +37,20 @@ def test_hidden_modules_import_again_after_nio() -> None:
     psycopg2 by whoever needs it)."""
     pytest.importorskip("psycopg2")
     assert loaded_by("import forum.gateway\nimport psycopg2") == {"loaded": ["psycopg2"]}
+
+
+def test_a_service_on_sqlite_does_not_load_asyncpg(tmp_path: Path) -> None:
+    """asyncpg's exception classes are caught only where asyncpg is loaded (PostgreSQL)."""
+    code = (
+        "import asyncio\n"
+        "from forum.storage import Database, Lease\n"
+        "async def main():\n"
+        f"    db = await Database.open('sqlite:///{tmp_path / 'forum.db'}', migrate_apart=True)\n"
+        "    assert await db.ping()\n"
+        "    lease = Lease(db.engine, 'probe', seconds=30, poll=1)\n"
+        "    assert await lease.try_acquire()\n"
+        "    await lease.release()\n"
+        "    await db.close()\n"
+        "asyncio.run(main())"
+    )
+    assert loaded_by(code, ("asyncpg", *NOT_LOADED)) == {"loaded": []}
