@@ -207,6 +207,7 @@ async def test_sqlite_parent_directory_and_pragmas(tmp_path: Path) -> None:
             assert (await conn.scalar(text("PRAGMA journal_mode"))) == "wal"
             assert (await conn.scalar(text("PRAGMA foreign_keys"))) == 1
             assert (await conn.scalar(text("PRAGMA busy_timeout"))) == 5000
+            assert (await conn.scalar(text("PRAGMA cache_size"))) == -512  # KiB
     finally:
         await database.close()
 
