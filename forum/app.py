@@ -33,6 +33,7 @@ from forum.context import Clock, Feature, Registrations, Rooms, ServiceContext
 from forum.credentials import secure_home
 from forum.gateway import Gateway
 from forum.i18n import I18n
+from forum.memory import limit_malloc_arenas, release_free_memory, resident_mb
 from forum.metrics import Metrics
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
@@ -126,6 +127,7 @@ class Service:
         service lease; build the bots' gateways (no network yet)."""
         if self.db is not None:
             return self.db
+        limit_malloc_arenas()  # before the database's threads start (forum.memory)
         settings = self.settings
         url = database_url(settings, self.home)
         await asyncio.to_thread(secure_home, self.home, url)
@@ -287,7 +289,12 @@ class Service:
             lease=self.lease.describe,
         )
         self.runner, self.bound_port = await run_web(app, settings.web.host, self.web_port)
-        log.info("acting: started %.1f s after taking the lease", time.monotonic() - began)
+        release_free_memory()  # what start-up allocated and freed (forum.memory)
+        log.info(
+            "acting: started %.1f s after taking the lease (resident memory %.0f MB)",
+            time.monotonic() - began,
+            resident_mb(),
+        )
         return ctx
 
     async def _housekeeping(self) -> float:
