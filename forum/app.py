@@ -82,7 +82,11 @@ class Service:
         web_port: int | None = None,
         clock: Clock = utcnow,
         schedules: bool = True,
+        migrate_apart: bool = True,
     ) -> None:
+        """``migrate_apart``: a database behind this version is migrated by a child process,
+        so that this one never loads Alembic (see :meth:`Database.open`); the test harness,
+        which starts hundreds of forums on fresh databases, migrates in its own process."""
         self.settings = settings
         self.config_dir = config_dir
         self.home = home
@@ -90,6 +94,7 @@ class Service:
         self.web_port = settings.web.port if web_port is None else web_port
         self.clock = clock
         self.schedules = schedules
+        self.migrate_apart = migrate_apart
         self.tasks = TaskSupervisor()
         self.metrics = Metrics(self.tasks)
         self.db: Database | None = None
@@ -131,8 +136,7 @@ class Service:
         settings = self.settings
         url = database_url(settings, self.home)
         await asyncio.to_thread(secure_home, self.home, url)
-        # migrated (when behind) in a child process: this one never loads Alembic
-        self.db = db = await Database.open(url, migrate_apart=True)
+        self.db = db = await Database.open(url, migrate_apart=self.migrate_apart)
         await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
         options = settings.service
         self.lease = Lease(
