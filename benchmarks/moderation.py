@@ -156,6 +156,7 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
         features=default_features(), web_port=0,
     )  # fmt: skip
     await service.start()
+    started_mb = rss_mb()  # the service started: bots logged in, rooms provisioned
     ctx = service.ctx
     assert ctx is not None
     bot = service.feature("moderation")
@@ -167,6 +168,7 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
         "topic_rooms": list(ctx.rooms.topic_ids.values()),
         "bot_id": ctx.moderation_gateway.user_id,
         "rss_mb_after_imports": round(imported_mb, 1),
+        "rss_mb_after_start": round(started_mb, 1),
         "test_harness_loaded": "pytest" in sys.modules or "tests.harness" in sys.modules,
     }
     while True:
@@ -464,6 +466,7 @@ async def phases(
     result["burst"] = await burst_run(forum, crowd["burst"], burst)
     result["rss_mb_service"] = round(await forum.call("rss"), 1)
     result["rss_mb_service_after_imports"] = forum.info["rss_mb_after_imports"]
+    result["rss_mb_service_after_start"] = forum.info["rss_mb_after_start"]
     result["service_loaded_test_harness"] = forum.info["test_harness_loaded"]
     result["rss_mb_homeserver"] = (
         round(rss_mb(forum.hs.process.pid), 1) if forum.hs.process.pid else None
@@ -471,8 +474,9 @@ async def phases(
     result["rss_note"] = (
         "rss_mb_service: the service's own process (membership and moderation bots, digest "
         "collector, web app, outbox) after the run; rss_mb_service_after_imports: the same "
-        "process once its modules are imported, before the service starts; the homeserver "
-        "is apart"
+        "process once its modules are imported, before the service starts; "
+        "rss_mb_service_after_start: once started (bots logged in, rooms provisioned); the "
+        "homeserver is apart"
     )
     return result
 

@@ -17,9 +17,10 @@ from collections import Counter
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-import pysbd
+if TYPE_CHECKING:
+    import pysbd
 
 _STOP_FR_TEXT = """
     alors au aucun aussi autre aux avec avoir avons bon car ce cela ces cet cette ceux
@@ -72,6 +73,8 @@ def language_of(text: str) -> str:
 
 @lru_cache(maxsize=4)
 def _segmenter(lang: str) -> pysbd.Segmenter:
+    import pysbd  # once a digest is built: the service does not hold it meanwhile (0.5 MB)
+
     return pysbd.Segmenter(language=lang, clean=False)
 
 

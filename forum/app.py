@@ -1,7 +1,7 @@
 """The composition root: the one place that builds everything and wires it together.
 
-:class:`Service` opens the database (migrating it), logs the bots in, provisions the
-forum, builds the :class:`~forum.context.ServiceContext` and lets each
+:class:`Service` opens the database (migrating it in a child process), logs the bots in,
+provisions the forum, builds the :class:`~forum.context.ServiceContext` and lets each
 :class:`~forum.context.Feature` set itself up on it, then runs the bots' sync loops, the
 outbox worker and the web app until stopped. The features of ``forum run`` are
 :func:`default_features`: the membership bot, the moderation bot and the digest.
@@ -33,6 +33,7 @@ from forum.context import Clock, Feature, Registrations, Rooms, ServiceContext
 from forum.credentials import secure_home
 from forum.gateway import Gateway
 from forum.i18n import I18n
+from forum.memory import limit_malloc_arenas, release_free_memory, resident_mb
 from forum.metrics import Metrics
 from forum.provisioning import ApplyResult, Plan, provision
 from forum.settings import Settings, database_url
@@ -81,7 +82,11 @@ class Service:
         web_port: int | None = None,
         clock: Clock = utcnow,
         schedules: bool = True,
+        migrate_apart: bool = True,
     ) -> None:
+        """``migrate_apart``: a database behind this version is migrated by a child process,
+        so that this one never loads Alembic (see :meth:`Database.open`); the test harness,
+        which starts hundreds of forums on fresh databases, migrates in its own process."""
         self.settings = settings
         self.config_dir = config_dir
         self.home = home
@@ -89,6 +94,7 @@ class Service:
         self.web_port = settings.web.port if web_port is None else web_port
         self.clock = clock
         self.schedules = schedules
+        self.migrate_apart = migrate_apart
         self.tasks = TaskSupervisor()
         self.metrics = Metrics(self.tasks)
         self.db: Database | None = None
@@ -126,10 +132,11 @@ class Service:
         service lease; build the bots' gateways (no network yet)."""
         if self.db is not None:
             return self.db
+        limit_malloc_arenas()  # before the database's threads start (forum.memory)
         settings = self.settings
         url = database_url(settings, self.home)
         await asyncio.to_thread(secure_home, self.home, url)
-        self.db = db = await Database.open(url)
+        self.db = db = await Database.open(url, migrate_apart=self.migrate_apart)
         await asyncio.to_thread(secure_home, self.home, url)  # -wal, -shm just made
         options = settings.service
         self.lease = Lease(
@@ -286,7 +293,12 @@ class Service:
             lease=self.lease.describe,
         )
         self.runner, self.bound_port = await run_web(app, settings.web.host, self.web_port)
-        log.info("acting: started %.1f s after taking the lease", time.monotonic() - began)
+        release_free_memory()  # what start-up allocated and freed (forum.memory)
+        log.info(
+            "acting: started %.1f s after taking the lease (resident memory %.0f MB)",
+            time.monotonic() - began,
+            resident_mb(),
+        )
         return ctx
 
     async def _housekeeping(self) -> float:

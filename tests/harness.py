@@ -841,6 +841,9 @@ class ForumStarter:
             features=_features(names, membership or {}),
             web_port=0,
             schedules=schedules,
+            # a fresh database per forum: migrated here, not by a child process each time
+            # (the child's way is tested by test_storage, test_run and the crash test)
+            migrate_apart=False,
             **({"clock": clock} if clock else {}),
         )
         try:

@@ -21,6 +21,10 @@ goes through its one :class:`~.powers.PowerLevelEditor` (:attr:`Gateway.powers`)
 
 from __future__ import annotations
 
+import forum.gateway._nio  # noqa: F401  (first: matrix-nio without unused drivers)
+
+# isort: split
+
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path

@@ -3,20 +3,26 @@
 ``Database.open(url)`` is the only way the service gets a database: it builds the async
 engine (aiosqlite or asyncpg), refuses a schema newer than this code and, unless told
 otherwise, runs ``alembic upgrade heads``. Nothing here runs at import time.
+
+Alembic is imported only to migrate: whether the database is at the heads of the packaged
+migrations is read from ``alembic_version`` and from the migration files themselves
+(:func:`head_revisions`), so a service whose database is up to date never loads Alembic
+(and Mako, and Pygments: 11 MB). The service migrates in a short child process
+(``Database.open(url, migrate_apart=True)``, :mod:`forum.storage.migrate`).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Connection, event, make_url, text
+from sqlalchemy import URL, Connection, event, inspect, make_url, text
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -28,14 +34,23 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import NullPool, StaticPool
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: the directory holding the ``forum`` package (the migration's child process imports it)
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 # Serialises concurrent migrations of one PostgreSQL database (any constant will do).
 _PG_MIGRATION_LOCK_ID = 0x666F72756D  # "forum"
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+#: SQLite's page cache per connection, in KiB (its default: 2,000). The pool keeps five
+#: connections, each filling its own cache with the pages it touched: 10 MB of resident
+#: memory at worst for pages the system's file cache holds anyway.
+SQLITE_CACHE_KIB = 512
 
 #: Execution option of a connection that will write (SQLite: ``BEGIN IMMEDIATE``).
 WRITE_OPTION = "forum_write"
@@ -43,6 +58,10 @@ WRITE_OPTION = "forum_write"
 
 class StorageError(Exception):
     """Base class of the storage layer's own errors."""
+
+
+class MigrationFailed(StorageError):
+    """The migration's child process failed (its last messages are in the error)."""
 
 
 class DatabaseTooNew(StorageError):
@@ -113,6 +132,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
@@ -189,6 +209,8 @@ def alembic_config(connection: Connection | None = None, url: str | URL | None =
     """An Alembic config built in code (no alembic.ini needed) pointing at the packaged
     migrations. With ``connection``, ``env.py`` migrates through it; otherwise through
     an engine built from ``url``."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     if url is not None:
@@ -198,35 +220,134 @@ def alembic_config(connection: Connection | None = None, url: str | URL | None =
     return cfg
 
 
+def _revision_graph() -> dict[str, set[str]]:
+    """Each revision of the packaged migrations and the revisions it revises, read from
+    the files' ``revision`` and ``down_revision`` (without importing Alembic or the
+    migrations: literals only, as Alembic's own templates write them)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        if path.name.startswith(("__init__", ".#")):
+            continue
+        values: dict[str, Any] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                values[target.id] = ast.literal_eval(value)
+        revision = values.get("revision")
+        if not isinstance(revision, str):
+            raise StorageError(f"the migration {path} names no revision")
+        down = values.get("down_revision")
+        graph[revision] = {down} if isinstance(down, str) else set(down or ())
+    return graph
+
+
 def known_revisions() -> set[str]:
     """Every revision the packaged migrations know, on every branch."""
-    script = ScriptDirectory.from_config(alembic_config())
-    return {rev.revision for rev in script.walk_revisions()}
+    return set(_revision_graph())
+
+
+def head_revisions() -> set[str]:
+    """The heads of the packaged migrations (what ``alembic_version`` holds once the
+    database is migrated): the revisions no other revision revises."""
+    graph = _revision_graph()
+    revised = set().union(*graph.values()) if graph else set()
+    return set(graph) - revised
 
 
 def _current_revisions(connection: Connection) -> set[str]:
-    return set(MigrationContext.configure(connection).get_current_heads())
+    """The rows of ``alembic_version`` (none before the first migration)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return set()
+    return set(connection.scalars(text("SELECT version_num FROM alembic_version")))
 
 
-def _check_and_migrate(connection: Connection, migrate: bool) -> None:
+def _check_and_migrate(connection: Connection, migrate: bool) -> bool:
+    """Refuse a database newer than this code; when ``migrate``, bring it to the heads.
+    Returns whether it is behind the heads (not migrated)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK_ID})
     current = _current_revisions(connection)
     unknown = current - known_revisions()
     if unknown:
         raise DatabaseTooNew(unknown)
-    if migrate:
-        command.upgrade(alembic_config(connection), "heads")
+    if current == head_revisions():
+        return False
+    if not migrate:
+        return True
+    from alembic import command  # only now: a database at the heads never loads Alembic
+
+    command.upgrade(alembic_config(connection), "heads")
+    return False
+
+
+async def _migrate_in_child(url: URL) -> None:
+    """Run the migration in a child process (:mod:`forum.storage.migrate`), which exits
+    when done: Alembic's modules are never loaded by the calling process. The URL goes
+    through a pipe, never the command line (it may hold a password)."""
+    request = json.dumps(
+        {
+            "url": url.render_as_string(hide_password=False),
+            "migrations": str(MIGRATIONS_DIR),
+        }
+    )
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(_SOURCE_ROOT), path]))}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "forum.storage.migrate",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        _, err = await child.communicate(request.encode())
+    except BaseException:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        raise
+    output = err.decode(errors="replace").strip()
+    if child.returncode != 0:
+        tail = "\n".join(output.splitlines()[-10:])
+        raise MigrationFailed(
+            f"the migration process failed (exit {child.returncode}): {tail or 'no message'}"
+        )
+    for line in output.splitlines():
+        log.info("migration: %s", line)
 
 
 def _driver_errors() -> tuple[type[Exception], ...]:
     """Driver exceptions SQLAlchemy does not wrap (asyncpg raises its own while connecting,
-    for example when the database does not exist)."""
-    try:
-        import asyncpg
-    except ImportError:  # the "postgres" extra is not installed
+    for example when the database does not exist).
+
+    Only a loaded asyncpg can raise them: its engine loaded it when it was created. On
+    SQLite, asyncpg is not imported for its exception classes (1.5 MB of resident memory)."""
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is None:  # no PostgreSQL engine in this process
         return ()
     return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def _check_waiting_for_lock(engine: AsyncEngine, migrate: bool) -> bool:
+    """:func:`_check_and_migrate` in a write transaction, waiting for another process's
+    SQLite write lock past the busy timeout (a forum stopping, an operator's command)."""
+    for attempt in range(OPEN_LOCKED_ATTEMPTS):
+        try:
+            async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+                return await conn.run_sync(_check_and_migrate, migrate)
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt + 1 == OPEN_LOCKED_ATTEMPTS:
+                raise
+            log.warning("database locked by another process; trying again: %s", exc)
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 class Database:
@@ -244,27 +365,32 @@ class Database:
         )
 
     @classmethod
-    async def open(cls, url: str | URL, *, migrate: bool = True) -> Database:
+    async def open(
+        cls, url: str | URL, *, migrate: bool = True, migrate_apart: bool = False
+    ) -> Database:
         """Connect, refuse a database newer than this code (:class:`DatabaseTooNew`) and,
-        when ``migrate``, run ``alembic upgrade heads``."""
+        when ``migrate``, run ``alembic upgrade heads`` if the database is behind.
+
+        ``migrate_apart``: migrate in a child process (the long-running service: it never
+        loads Alembic); an in-memory SQLite database is migrated in this process."""
         parsed = normalize_url(url)
         if parsed.get_backend_name() == "sqlite" and not _is_sqlite_memory(parsed):
             assert parsed.database is not None
             await asyncio.to_thread(Path(parsed.database).parent.mkdir, parents=True, exist_ok=True)
+        apart = migrate and migrate_apart
+        if parsed.get_backend_name() == "sqlite" and _is_sqlite_memory(parsed):
+            apart = False
         engine = create_engine(parsed)
         try:
-            for attempt in range(OPEN_LOCKED_ATTEMPTS):
+            behind = await _check_waiting_for_lock(engine, migrate and not apart)
+            if behind and apart:
                 try:
-                    async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-                        await conn.run_sync(_check_and_migrate, migrate)
-                    break
-                except OperationalError as exc:
-                    # another process (a forum stopping, an operator's command) holds
-                    # SQLite's write lock past the busy timeout: wait for it, do not fail
-                    if "database is locked" not in str(exc) or attempt + 1 == OPEN_LOCKED_ATTEMPTS:
-                        raise
-                    log.warning("database locked by another process; trying again: %s", exc)
-                    await asyncio.sleep(1.0)
+                    await _migrate_in_child(parsed)
+                except MigrationFailed:
+                    await _check_waiting_for_lock(engine, False)  # a newer release's, raced
+                    raise
+                if await _check_waiting_for_lock(engine, False):
+                    raise MigrationFailed("the migration process left the database behind")
         except BaseException:
             await engine.dispose()
             raise

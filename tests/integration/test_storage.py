@@ -29,6 +29,7 @@ from forum.storage import (
     alembic_config,
     create_engine,
     drop_database,
+    head_revisions,
     known_revisions,
     utcnow,
 )
@@ -56,6 +57,86 @@ async def test_migrations_reach_every_head(db: Database) -> None:
 
     async with db.engine.connect() as conn:
         assert await conn.run_sync(tables) >= FOUNDATION_TABLES
+
+
+def test_heads_read_from_the_files_are_alembics() -> None:
+    """The service knows the heads without loading Alembic: read from the migration
+    files, they are the ones Alembic finds."""
+    script = ScriptDirectory.from_config(alembic_config())
+    assert head_revisions() == script_heads()
+    assert known_revisions() == {rev.revision for rev in script.walk_revisions()}
+
+
+async def test_migrating_apart_a_fresh_and_an_older_database(db_url: str) -> None:
+    """The service's way (a child process migrates): a fresh database reaches the heads;
+    one left at an older revision, with its rows, reaches them too."""
+    database = await Database.open(db_url, migrate_apart=True)
+    try:
+        assert await database.current_revisions() == script_heads()
+    finally:
+        await database.close()
+    await drop_database(db_url)
+    if "postgresql" in db_url:
+        from forum.storage import create_database_if_missing
+
+        await create_database_if_missing(db_url)
+
+    from alembic import command
+
+    engine = create_engine(db_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0001_foundation"))
+            await conn.execute(
+                text(
+                    "INSERT INTO sync_tokens (account, next_batch, updated_at) "
+                    "VALUES ('@bot:x', 's7', CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    database = await Database.open(db_url, migrate_apart=True)
+    try:
+        assert await database.current_revisions() == script_heads()
+        async with database.sessionmaker() as session:
+            assert await SyncTokens(session).get("@bot:x") == "s7"
+    finally:
+        await database.close()
+
+
+async def test_migrating_apart_refuses_a_newer_database(db: Database, db_url: str) -> None:
+    async with db.engine.begin() as conn:
+        await conn.execute(text("DELETE FROM alembic_version"))
+        await conn.execute(
+            text("INSERT INTO alembic_version (version_num) VALUES ('9999_from_the_future')")
+        )
+    await db.close()
+    with pytest.raises(DatabaseTooNew, match="9999_from_the_future"):
+        await Database.open(db_url, migrate_apart=True)
+
+
+async def test_the_service_process_never_loads_alembic(tmp_path: Path) -> None:
+    """A process that opens its database the service's way, fresh or at the heads, has
+    not imported Alembic (nor Mako, nor Pygments): 11 MB of resident memory."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'forum.db'}"
+    script = (
+        "import asyncio, sys\n"
+        "from forum.storage import Database\n"
+        "async def main():\n"
+        "    for _ in range(2):  # fresh, then at the heads\n"
+        f"        db = await Database.open({url!r}, migrate_apart=True)\n"
+        "        await db.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 async def test_models_match_migrations(db: Database) -> None:
@@ -126,6 +207,7 @@ async def test_sqlite_parent_directory_and_pragmas(tmp_path: Path) -> None:
             assert (await conn.scalar(text("PRAGMA journal_mode"))) == "wal"
             assert (await conn.scalar(text("PRAGMA foreign_keys"))) == 1
             assert (await conn.scalar(text("PRAGMA busy_timeout"))) == 5000
+            assert (await conn.scalar(text("PRAGMA cache_size"))) == -512  # KiB
     finally:
         await database.close()
 
