@@ -143,10 +143,7 @@ class ModerationBot:
             policy_lists=self.policy_lists, consequences=self.consequences,
             tuning=self.tuning, register=self.register,
         )  # fmt: skip
-        self.runtime = CommandRuntime(
-            context=self.command_context, settings=settings, sessionmaker=sessionmaker, tasks=tasks,
-            actions=actions, management=self.management, t=self.t, prefix=self.prefix,
-        )  # fmt: skip
+        self.runtime = CommandRuntime(context=self.command_context, settings=settings, tasks=tasks)
         self.processed_messages = 0
         self.seen_joined: LRUDict[str, None] = LRUDict()  # first joins already written
 

@@ -42,19 +42,35 @@ class CommandRuntime:
     """Runs the commands of the management room; the handlers receive ``context``."""
 
     context: CommandContext
-    """What the handlers of :mod:`.command_groups` receive (the parts they use)."""
+    """What the handlers of :mod:`.command_groups` receive (the parts they use); the
+    runtime uses the same parts."""
     settings: Settings
-    sessionmaker: async_sessionmaker[AsyncSession]
     tasks: TaskSupervisor
-    actions: Actions
-    management: ManagementRoom
-    t: Callable[[str], str]
-    prefix: str
     command_slots: asyncio.Semaphore = field(
         init=False, default_factory=lambda: asyncio.Semaphore(SLOTS)
     )
     commands_started: dict[str, None] = field(init=False, default_factory=dict)
     """Event ids of the commands started, oldest first (a resumed one runs once)."""
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        return self.context.sessionmaker
+
+    @property
+    def actions(self) -> Actions:
+        return self.context.actions
+
+    @property
+    def management(self) -> ManagementRoom:
+        return self.context.management
+
+    @property
+    def t(self) -> Callable[[str], str]:
+        return self.context.t
+
+    @property
+    def prefix(self) -> str:
+        return self.context.prefix
 
     async def on_message(self, ev: Message) -> None:
         """A command runs in the background; another bot's command is left to it; an
