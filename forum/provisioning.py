@@ -13,6 +13,7 @@ and state keys; :func:`apply` substitutes their ids once they exist.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -303,14 +304,15 @@ def plan(settings: Settings, creator: str, observed: Observed) -> Plan:
                 )
         current_pl = found.content("m.room.power_levels")
         if _differs(current_pl, room.power_levels):
-            merged = {**(current_pl or {}), **room.power_levels}
+            # the declared keys only: applied through the account's power-level editor to
+            # the levels as they are when it runs (a mute meanwhile is kept)
             changes.append(
                 Change(
                     "set_state",
                     room.key,
                     "m.room.power_levels",
                     "",
-                    merged,
+                    room.power_levels,
                     reason=_why(current_pl, room.power_levels),
                 )
             )
@@ -519,6 +521,17 @@ async def _apply_one(change: Change, gateway: Gateway, ids: dict[str, str]) -> N
         room_id = await gateway.create_room(_substitute(change.content, ids))
         ids[change.room] = room_id
         log.info("created %s: %s", change.room, room_id)
+        return
+    if change.action == "set_state" and change.event_type == "m.room.power_levels":
+        declared = _substitute(change.content, ids)
+        assert isinstance(declared, dict)
+
+        def declare(content: dict[str, Any]) -> bool:
+            differs = {k: v for k, v in declared.items() if content.get(k) != v}
+            content.update(copy.deepcopy(differs))
+            return bool(differs)
+
+        await gateway.powers.edit(ids.get(change.room, change.room), declare)
         return
     if change.action in {"set_state", "detach"}:
         room_id = ids.get(change.room, change.room) if change.action == "set_state" else ids[SPACE]
