@@ -237,6 +237,11 @@ class ModerationBot:
     async def on_membership(self, ev: Membership) -> None:
         if ev.room_id not in self.forum_rooms.forum_ids:
             return
+        if ev.membership == "knock" and ev.prev_membership != "knock":
+            # newcomers arrive by knocking on the Space: a wave of knocks is a join wave
+            if not await self.actions.is_exempt(ev.target, ev.room_id):
+                await self.join_wave.joined_event(ev)
+            return
         if ev.membership != "join" or ev.prev_membership == "join":
             return
         user = ev.target

@@ -205,6 +205,29 @@ async def test_dry_run_reports_without_acting(forum: Forum):
     assert await forum.power(forum.topic, person.user_id) == 0  # not muted
 
 
+async def test_a_knock_wave_locks_joins_too(forum: Forum):
+    """A wave of knocks on the Space (how newcomers arrive) is a join wave: the topic
+    rooms become knock-only (found by the scale benchmark: 200 knocks in a minute never
+    switched them, the protection counted joins only)."""
+    bot = forum.bot
+    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
+    bot.join_wave.join_times.clear()
+    mark = forum.mod.mark()
+    try:
+        people = [await forum.user(f"knockwave{i}") for i in range(3)]
+        await asyncio.gather(
+            *(p.knock(forum.ids["space"], "Bonjour", via=[forum.hs.server_name]) for p in people)
+        )
+        await report_about(forum, "", mark, "!unlock-joins")
+        rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+        assert rules["join_rule"] == "knock"
+    finally:
+        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
+        await forum.command("!unlock-joins")
+    rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+    assert rules["join_rule"] == "knock_restricted"
+
+
 async def test_join_wave_locks_joins_until_unlocked(forum: Forum):
     bot = forum.bot
     bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})

@@ -1,5 +1,5 @@
-"""Join waves: when more distinct people than configured join within the configured
-seconds, the topic rooms become knock-only (lifted by ``!unlock-joins``)."""
+"""Join waves: when more distinct people than configured join (or knock) within the
+configured seconds, the topic rooms become knock-only (lifted by ``!unlock-joins``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from .base import received_at
 
 
 class JoinWave:
-    """Watches the joins to the forum rooms (not a message protection: it sees joins)."""
+    """Watches the joins and knocks on the forum rooms (not a message protection: it sees
+    arrivals; one person counts once in a window, knock and join alike)."""
 
     def __init__(self, tuning: Tuning, *, locks: RoomLocks, consequences: DryRunSwitch) -> None:
         self.tuning = tuning
@@ -24,7 +25,7 @@ class JoinWave:
         self.join_times: deque[tuple[float, str]] = deque()
 
     async def joined_event(self, ev: Membership) -> None:
-        """A join, dated by when our homeserver received it (not ``origin_server_ts``,
+        """A join or a knock, dated by when our homeserver received it (not ``origin_server_ts``,
         which a remote server sets)."""
         await self.joined(ev.target, received_at(ev.raw))
 
