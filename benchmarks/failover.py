@@ -118,13 +118,13 @@ class Takeover:
     async def run(self) -> None:
         """Returns once the standby acts."""
         while self.acting_at is None:
-            now = time.monotonic()
             if self.killed_at is not None:
+                # each time is when the answer came (a slow answer is no earlier takeover)
                 health = await self.b.health()
                 if self.leased_at is None and (health is None or health["role"] == "active"):
-                    self.leased_at = now  # the standby app gave way: the lease is taken
+                    self.leased_at = time.monotonic()  # the standby app gave way: leased
                 if await acting(self.b):
-                    self.acting_at = now
+                    self.acting_at = time.monotonic()
             await asyncio.sleep(0.05)
 
     def times(self) -> tuple[float, float, float]:
