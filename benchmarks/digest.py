@@ -129,16 +129,46 @@ async def fill(url: str, n: int) -> None:
     await db.close()
 
 
-async def measure(url: str, what: str) -> dict[str, Any]:
+async def build_and_render(
+    settings: Any, sessionmaker: Any, room_ids: dict[str, str], week: str
+) -> dict[str, Any]:
+    """Build one week's digest from the store and render its page (French), as the web
+    app does on a request; the page's size and the key points found. Used here and by
+    :mod:`benchmarks.scale` (inside the running service)."""
     import jinja2
 
-    from bridge.repositories import DigestStore
     from bridge.site import TEMPLATES, DigestSite, LocalWeek
-    from bridge.weeks import week_bounds
     from forum.i18n import I18n
+    from forum.web.app import Renderer
+
+    site = DigestSite(settings, sessionmaker, room_ids)
+    digest = await site.week(week)
+    renderer = Renderer(I18n(settings.forum.languages), lambda n: f"/static/{n}")
+    renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
+    html = renderer.render(
+        "digest_week.html",
+        "fr",
+        forum_name="f",
+        forum_description="d",
+        language_links=[],
+        root="/",
+        digest=LocalWeek(digest, settings.digest.timezone),
+        newer=None,
+        older=None,
+        t=site.gettext("fr"),
+        week_name=lambda week, capital=False: site.week_name("fr", week, capital=capital),
+    )
+    return {
+        "page_bytes": len(html.encode()),
+        "key_points": sum(len(t.key_points) for t in digest.topics),
+    }
+
+
+async def measure(url: str, what: str) -> dict[str, Any]:
+    from bridge.repositories import DigestStore
+    from bridge.weeks import week_bounds
     from forum.settings import parse_settings
     from forum.storage import Database
-    from forum.web.app import Renderer
 
     settings = parse_settings(settings_data(), "bench", env={})
     db = await Database.open(url)
@@ -153,25 +183,7 @@ async def measure(url: str, what: str) -> dict[str, Any]:
                 rows += len(partition)
         out["rows"] = rows
     else:
-        site = DigestSite(settings, db.sessionmaker, rooms())
-        digest = await site.week(WEEK)
-        renderer = Renderer(I18n(settings.forum.languages), lambda n: f"/static/{n}")
-        renderer.add_loader(jinja2.FileSystemLoader(TEMPLATES))
-        html = renderer.render(
-            "digest_week.html",
-            "fr",
-            forum_name="f",
-            forum_description="d",
-            language_links=[],
-            root="/",
-            digest=LocalWeek(digest, settings.digest.timezone),
-            newer=None,
-            older=None,
-            t=site.gettext("fr"),
-            week_name=lambda week, capital=False: site.week_name("fr", week, capital=capital),
-        )
-        out["page_bytes"] = len(html.encode())
-        out["key_points"] = sum(len(t.key_points) for t in digest.topics)
+        out |= await build_and_render(settings, db.sessionmaker, rooms(), WEEK)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["peak_rss_mb"] = round(peak / 1024, 1)

@@ -97,6 +97,44 @@ async def doubled(svc: Forum, user: TestUser, room: str) -> bool:
     return len(svc.dm_invites(user)) != 1 or len(said) != len(set(said))
 
 
+class Takeover:
+    """Watches the standby ``b`` once the active process is killed (:meth:`kill`, or
+    :meth:`killed` for a process killed elsewhere): when it holds the lease (its standby
+    web app gives way) and when it acts (its bots sync again)."""
+
+    def __init__(self, b: Process) -> None:
+        self.b = b
+        self.killed_at: float | None = None
+        self.leased_at: float | None = None
+        self.acting_at: float | None = None
+
+    def kill(self, a: Process) -> None:
+        a.proc.send_signal(signal.SIGKILL)
+        self.killed()
+
+    def killed(self) -> None:
+        self.killed_at = time.monotonic()
+
+    async def run(self) -> None:
+        """Returns once the standby acts."""
+        while self.acting_at is None:
+            if self.killed_at is not None:
+                # each time is when the answer came (a slow answer is no earlier takeover)
+                health = await self.b.health()
+                if self.leased_at is None and (health is None or health["role"] == "active"):
+                    self.leased_at = time.monotonic()  # the standby app gave way: leased
+                if await acting(self.b):
+                    self.acting_at = time.monotonic()
+            await asyncio.sleep(0.05)
+
+    def times(self) -> tuple[float, float, float]:
+        """(killed, leased, acting), on ``time.monotonic()``."""
+        assert self.killed_at is not None
+        assert self.leased_at is not None
+        assert self.acting_at is not None
+        return self.killed_at, self.leased_at, self.acting_at
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="forum-failover-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -122,42 +160,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             users = [await TestUser.create(hs, f"knock{i}") for i in range(args.knocks)]
             svc = Forum(hs, settings, await forum_rooms(users[0], settings))
 
-            killed_at: float | None = None
-            leased_at: float | None = None
-            acting_at: float | None = None
+            watch = Takeover(b)
+            watcher = asyncio.ensure_future(watch.run())
             sent_at: list[float] = []
-
-            async def watch_b() -> None:
-                nonlocal leased_at, acting_at
-                while acting_at is None:
-                    now = time.monotonic()
-                    if killed_at is not None:
-                        health = await b.health()
-                        if leased_at is None and (health is None or health["role"] == "active"):
-                            leased_at = now  # the standby app gave way: the lease is taken
-                        if await acting(b):
-                            acting_at = now
-                    await asyncio.sleep(0.05)
-
-            watcher = asyncio.ensure_future(watch_b())
             started = time.monotonic()
             for i, user in enumerate(users):
-                if killed_at is None and time.monotonic() - started >= args.kill_after:
-                    a.proc.send_signal(signal.SIGKILL)
-                    killed_at = time.monotonic()
+                if watch.killed_at is None and time.monotonic() - started >= args.kill_after:
+                    watch.kill(a)
                     print(f"{time.strftime('%H:%M:%S')} killed a", file=sys.stderr)
                 sent_at.append(time.monotonic())
                 await knock(svc, user)
                 print(f"{time.strftime('%H:%M:%S')} {user.user_id} knocks", file=sys.stderr)
                 if i < len(users) - 1:
                     await asyncio.sleep(args.interval)
-            if killed_at is None:
-                a.proc.send_signal(signal.SIGKILL)
-                killed_at = time.monotonic()
+            if watch.killed_at is None:
+                watch.kill(a)
             async with asyncio.timeout(120):
                 await watcher
-            assert leased_at is not None
-            assert acting_at is not None
+            killed_at, leased_at, acting_at = watch.times()
             rooms = await asyncio.gather(*(answer_of(svc, u, 90) for u in users))
             answered = [(u, r) for u, r in zip(users, rooms, strict=True) if r is not None]
             twice = await asyncio.gather(*(doubled(svc, u, r) for u, r in answered))

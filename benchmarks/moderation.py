@@ -136,19 +136,35 @@ def all_redacted(ids: list[str]) -> Any:
 
 
 # --- the service, in its own process ------------------------------------------------------
-def serve(data: dict[str, Any], home: str, conn: Any) -> None:
-    """The child process: the whole service, answering the benchmark's requests."""
+def serve(data: dict[str, Any], home: str, conn: Any, extra: str | None = None) -> None:
+    """The child process: the whole service, answering the benchmark's requests;
+    ``extra``: the path of a module whose ``COMMANDS`` (name -> ``async f(service, arg)``)
+    it answers too (another benchmark's requests)."""
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(data, Path(home), conn))
+    asyncio.run(_serve(data, Path(home), conn, extra))
 
 
-async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
+def _commands(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.COMMANDS)
+
+
+async def _serve(data: dict[str, Any], home: Path, conn: Any, extra: str | None) -> None:
     from forum.app import Service, default_features
     from forum.consent import ConsentRecords
     from forum.settings import DEFAULT_CONFIG, parse_settings
     from moderation.membership.models import MEMBER
     from moderation.membership.repositories import People
 
+    more = _commands(extra)
     imported_mb = rss_mb()  # what the imports cost, before the service starts
     service = Service(
         parse_settings(dict(data), "benchmark settings", env={}),
@@ -210,6 +226,8 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
                 answer = bot.processed_messages
             elif command == "rss":
                 answer = rss_mb()
+            elif command in more:
+                answer = await more[command](service, arg)
             else:
                 answer = {"error": f"unknown command {command}"}
         except Exception as exc:  # reported to the benchmark, which fails loudly

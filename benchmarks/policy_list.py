@@ -59,14 +59,22 @@ def rule_events(n: int, rng: random.Random) -> list[dict[str, Any]]:
     return events
 
 
-def load(events: list[dict[str, Any]]) -> PolicyIndex:
-    """What the bot does on reading a followed list: each event to a rule, in the index."""
-    index = PolicyIndex()
+def keyed_rules(events: list[dict[str, Any]], room: str = LIST_ROOM) -> list[tuple[str, Rule]]:
+    """Each event of a followed list to its rule, under the key the bot files it by."""
+    out = []
     for ev in events:
         etype = ev["type"]
         rule = list_rule(POLICY_TYPES[etype], ev["content"])
         if rule is not None:
-            index.set(f"{LIST_ROOM}|{etype}|{ev['state_key']}", rule)
+            out.append((f"{room}|{etype}|{ev['state_key']}", rule))
+    return out
+
+
+def load(events: list[dict[str, Any]]) -> PolicyIndex:
+    """What the bot does on reading a followed list: each event to a rule, in the index."""
+    index = PolicyIndex()
+    for key, rule in keyed_rules(events):
+        index.set(key, rule)
     return index
 
 

@@ -10,20 +10,41 @@ fresh Synapse and databases:
   room by the moderator's client; and its floor, the same bans sent all at once straight
   through the bot's gateway (no command, no checks);
 
-and on the N-persister profile only:
+and on the N-persister profile only (each phase chosen with ``--phases``; one that fails is
+reported with its error, and the next ones run):
 
 - messages at ``--rate`` per second for ``--duration`` seconds, spread over the topic
   rooms by ``--senders`` people: the moderation bot's processing lag (the time from a
   send to the moment the bot's count of processed messages covers it: the bot processes
   them in arrival order), median and p95;
 - the forum service's resident memory (its own process: both bots, the digest collector,
-  the web app) after admitting ``--members`` members, and sampled during the load.
-
-Not measured here (yet): the join wave of knocks, the 10,000-rule policy list, the digest
-build and the standby failover.
+  the web app) after admitting ``--members`` members, and sampled during the load;
+- ``knocks``: a join wave, ``--wave`` newcomers in ``--wave-seconds`` at each door of
+  ``--wave-door`` (``knock``: a knock on the Space; ``lobby``: a join of the public lobby),
+  with the join-wave protection at ``--wave-joins`` joins a minute: the time until the
+  topic rooms are knock-only, and until every newcomer has the membership bot's DM invite
+  (each newcomer's client asks ``/sync`` in turn, so the times are as fine as one round);
+- ``policy``: a followed list of ``--policy-rules`` rules (users, servers, globs; among them
+  ``--policy-hits`` naming members) filed in the bot's index and applied to the members by
+  the bot's own code: the times, whom it bans, the memory it adds (see
+  ``benchmarks/scale_service.py``);
+- ``digest``: this week's digest built and rendered in the service from the messages of
+  the load (the senders consented to publication): the time, the service's memory;
+- ``failover``: a second ``forum run`` stands by on the same PostgreSQL; messages at
+  ``--rate`` for ``--failover-duration`` seconds with ``--failover-knocks`` knocks spread
+  around the kill (from 3 s before to 3 s after twice the lease); the active service is
+  killed (SIGKILL) ``--kill-after`` seconds in: the time until the standby holds the lease
+  and acts, the knocks never answered or answered twice, the messages never recorded by
+  the collector, the outbox's duplicates (all must be 0);
+- the forum's resident memory throughout (sampled every second, each phase's maximum, the
+  end; after a failover, the process that took over).
 
     .venv/bin/python benchmarks/scale.py [--persisters 4] [--members 10000] [--rooms 100]
         [--rate 50] [--duration 600] [--senders 20] [--ban-samples 5] [--py-spy DIR]
+        [--phases load,knocks,policy,digest,failover] [--wave 1000] [--wave-seconds 60]
+        [--wave-door knock] [--policy-rules 10000] [--failover-duration 120]
+
+A reduced run for 2 cores, e.g.: ``--members 1000 --rooms 100 --wave 200 --duration 60``.
 
 ``--py-spy DIR`` records the main process and the event persisters with py-spy (when it
 is installed: ``pip install py-spy``) during the ban floor and sums the profiles up.
@@ -40,6 +61,7 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import secrets
 import statistics
 import sys
@@ -214,10 +236,14 @@ async def drop_databases(*names: str) -> None:
         await conn.close()
 
 
-async def register_many(hs: EmbeddedHomeserver, count: int, width: int = 16) -> float:
-    """Register ``count`` members through the admin API; the seconds it took."""
+async def register_many(
+    hs: EmbeddedHomeserver, count: int, width: int = 16
+) -> tuple[float, list[str]]:
+    """Register ``count`` members through the admin API; the seconds it took, their ids
+    (``@m<i>-<tag>:server``, in order)."""
     tag = secrets.token_hex(2)
     queue = iter(range(count))
+    ids = [f"@m{i}-{tag}:{hs.server_name}" for i in range(count)]
     t0 = time.perf_counter()
 
     async def worker() -> None:
@@ -225,7 +251,45 @@ async def register_many(hs: EmbeddedHomeserver, count: int, width: int = 16) -> 
             await hs.register(f"m{i}-{tag}", "pw-member-bench", display_name=f"Member {i}")
 
     await asyncio.gather(*(worker() for _ in range(width)))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, ids
+
+
+class RssSampler:
+    """The forum's resident memory every second, labelled with the phase under way;
+    :meth:`follow` moves it to another process (the standby that took over)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.phase, self.who = pid, "start", "active"
+        self.samples: list[tuple[str, str, float]] = []
+        self.task = asyncio.ensure_future(self.run())
+
+    def follow(self, pid: int, who: str) -> None:
+        self.pid, self.who = pid, who
+
+    def take(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            mb = rss_mb(self.pid)
+            if mb:
+                self.samples.append((self.phase, self.who, mb))
+
+    async def run(self) -> None:
+        while True:
+            self.take()
+            await asyncio.sleep(1)
+
+    def report(self) -> dict[str, Any]:
+        self.take()
+        self.task.cancel()
+        by_phase: dict[str, float] = {}
+        for phase, _, mb in self.samples:
+            by_phase[phase] = max(by_phase.get(phase, 0.0), mb)
+        return {
+            "samples": len(self.samples),
+            "max": round(max((mb for *_, mb in self.samples), default=0.0), 1),
+            "end": round(self.samples[-1][2], 1) if self.samples else None,
+            "end_process": self.samples[-1][1] if self.samples else None,
+            "max_by_phase": {k: round(v, 1) for k, v in by_phase.items()},
+        }
 
 
 class Profile:
@@ -251,6 +315,10 @@ class Profile:
         self.users: list[TestUser] = []
         self.proc: Any = None
         self.forum: Remote | None = None
+        self.data: dict[str, Any] = {}
+        self.member_ids: list[str] = []
+        self.senders: list[TestUser] = []
+        self.standby: list[Any] = []  # forum run processes (benchmarks/failover.py's)
 
     async def __aenter__(self) -> Profile:
         t0 = time.perf_counter()
@@ -273,6 +341,8 @@ class Profile:
                 self.proc.join(30)
                 if self.proc.is_alive():
                     self.proc.kill()
+            for process in self.standby:
+                await process.stop()
         finally:
             await self.hs.stop()
             await drop_databases(self.synapse_db, self.forum_db)
@@ -298,6 +368,9 @@ class Profile:
             "words": [],
             "join_wave_joins": 10000,
         }
+        # the lease of the service (a standby takes over when it has not been renewed)
+        data["service"] = {"lease_seconds": self.args.lease_seconds, "standby_poll_seconds": 0.5}
+        self.data = data
         settings = settings_from(data)
         await register_bots(self.hs, settings)
         asyncpg_url = f"{PG}/postgres"
@@ -310,7 +383,8 @@ class Profile:
         home.mkdir(parents=True)
         mp = multiprocessing.get_context("spawn")
         parent, child = mp.Pipe()
-        self.proc = mp.Process(target=serve, args=(data, str(home), child), name="forum")
+        extra = str(Path(__file__).with_name("scale_service.py"))
+        self.proc = mp.Process(target=serve, args=(data, str(home), child, extra), name="forum")
         t0 = time.perf_counter()
         self.proc.start()
         forum = self.forum = Remote(self.hs, mod, self.proc, parent)
@@ -362,7 +436,7 @@ async def measure_profile(
     async with Profile(tmp, persisters, args) as p:
         out["synapse_start_s"] = round(p.start_s, 1)
         if full and args.members:
-            took = await register_many(p.hs, args.members)
+            took, p.member_ids = await register_many(p.hs, args.members)
             out["registration"] = {
                 "members": args.members,
                 "seconds": round(took, 1),
@@ -395,30 +469,15 @@ async def measure_profile(
         out["ban_command"] = command
         out["ban_command_over_floor"] = round(command["median_ms"] / floor["median_ms"], 2)
         if full:
-            out["load"] = await load(p, forum, args)
-            out["rss_mb_synapse_main"] = round(rss_mb(p.hs.process.pid or 0), 1)
+            await full_phases(out, p, forum, args)
 
 
 async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str, Any]:
     """Messages at ``rate``/s over the topic rooms; the bot's processing lag; its memory."""
-    if args.members:
-        members = [f"@m{i}-x:{p.hs.server_name}" for i in range(args.members)]
-        for i in range(0, len(members), 1000):
-            await forum.call("admit", members[i : i + 1000])
+    await admit_members(p, forum)
     rss_admitted = await forum.call("rss")
-    senders = await p.people("sender", args.senders)
-    await forum.call("admit", [s.user_id for s in senders])
-    await forum.call("invite", [s.user_id for s in senders])
+    senders = await enter_senders(p, forum, args)
     topics: list[str] = list(forum.info["topic_rooms"])
-    via = [p.hs.server_name]
-
-    async def enter(i: int, s: TestUser) -> None:  # each sender in its share of the rooms
-        await s.join(forum.ids["space"], via=via)
-        for room in topics[i :: len(senders)]:
-            await s.join(room, via=via)
-
-    for i in range(0, len(senders), 5):
-        await asyncio.gather(*(enter(i + k, s) for k, s in enumerate(senders[i : i + 5])))
     # The homeserver's own delivery time, for comparison: a sender's message seen in the
     # moderator's sync (the bot learns of a message no faster than that).
     trips = []
@@ -452,13 +511,10 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
             await asyncio.sleep(0.02)  # polling the service's counter
 
     async def send(k: int) -> None:
-        i = k % len(senders)
-        s = senders[i]
-        mine = topics[i :: len(senders)]
-        room = mine[(k // len(senders)) % len(mine)]
+        s, room = sender_room(senders, topics, k)
         sent_at.append(time.perf_counter())
         try:
-            await s.send_text(room, f"message {k}")
+            await s.send_text(room, words(f"message {k}", k))
         except Exception as exc:  # counted: an overloaded homeserver times a send out
             failed.append(repr(exc))
 
@@ -495,15 +551,379 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
     }
 
 
+async def admit_members(p: Profile, forum: Remote) -> None:
+    """The registered members (``--members``) admitted by the forum (charter accepted),
+    once."""
+    if getattr(p, "admitted", False):
+        return
+    for i in range(0, len(p.member_ids), 1000):
+        await forum.call("admit", p.member_ids[i : i + 1000])
+    p.admitted = True  # type: ignore[attr-defined]
+
+
+async def enter_senders(p: Profile, forum: Remote, args: argparse.Namespace) -> list[TestUser]:
+    """The senders of the message load, admitted (publication consented: the digest keeps
+    their words) and each joined to the Space and its share of the topic rooms; once."""
+    if p.senders:
+        return p.senders
+    senders = await p.people("sender", args.senders)
+    ids = [s.user_id for s in senders]
+    await forum.call("admit", ids)
+    await forum.call("publication", ids)
+    await forum.call("invite", ids)
+    topics: list[str] = list(forum.info["topic_rooms"])
+    via = [p.hs.server_name]
+
+    async def enter(i: int, s: TestUser) -> None:  # each sender in its share of the rooms
+        await s.join(forum.ids["space"], via=via)
+        for room in topics[i :: len(senders)]:
+            await s.join(room, via=via)
+
+    for i in range(0, len(senders), 5):
+        await asyncio.gather(*(enter(i + k, s) for k, s in enumerate(senders[i : i + 5])))
+    p.senders = senders
+    return senders
+
+
+def words(head: str, k: int) -> str:
+    """A message's text: ``head`` and a dozen words of the digest benchmark's vocabulary
+    (the digest finds key points in them)."""
+    vocabulary = _sibling("digest", "bench_digest").WORDS
+    return head + ": " + " ".join(vocabulary[(k * 7 + 3 * j) % len(vocabulary)] for j in range(12))
+
+
+def sender_room(senders: list[TestUser], topics: list[str], k: int) -> tuple[TestUser, str]:
+    """The ``k``-th message's sender and room: round robin over the senders, each over
+    its share of the topic rooms."""
+    i = k % len(senders)
+    mine = topics[i :: len(senders)]
+    return senders[i], mine[(k // len(senders)) % len(mine)]
+
+
+async def full_phases(
+    out: dict[str, Any], p: Profile, forum: Remote, args: argparse.Namespace
+) -> None:
+    """The phases of the N-persister profile, in order, with the forum's memory sampled
+    throughout; a phase that fails is reported and the next one runs."""
+    sampler = RssSampler(p.proc.pid)
+    phases = [x for x in args.phases.split(",") if x]
+
+    async def phase(name: str, work: Any) -> None:
+        sampler.phase = name
+        t0 = time.perf_counter()
+        try:
+            out[name] = await work()
+        except Exception as exc:  # reported in the JSON; the next phase runs
+            out[name] = {"error": repr(exc)}
+        print(f"{time.strftime('%H:%M:%S')} {name} done in {time.perf_counter() - t0:.0f} s: "
+              f"{json.dumps(out[name])[:2000]}", file=sys.stderr, flush=True)  # fmt: skip
+
+    if "load" in phases:
+        await phase("load", lambda: load(p, forum, args))
+    if "knocks" in phases:
+        for door in args.wave_door.split(","):
+            await phase(f"join_wave_{door}", lambda d=door: join_wave(p, forum, args, d))
+    if "policy" in phases:
+        await phase("policy_list", lambda: policy(p, forum, args))
+    if "digest" in phases:
+        await phase("digest", lambda: forum.call("digest"))
+    out["rss_mb_synapse_main"] = round(rss_mb(p.hs.process.pid or 0), 1)
+    if "failover" in phases:
+        await phase("failover", lambda: failover(p, forum, args, sampler))
+    out["rss_mb_forum"] = sampler.report()
+
+
+SYNC_FILTER = json.dumps(
+    {
+        "presence": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+        "room": {
+            "timeline": {"limit": 0},
+            "state": {"types": []},
+            "ephemeral": {"not_types": ["*"]},
+            "account_data": {"not_types": ["*"]},
+        },
+    }
+)
+
+
+async def invited(user: TestUser) -> bool:
+    """Whether ``user`` has been invited to a room (the membership bot's DM): one
+    ``/sync`` that returns at once, without timelines."""
+    body = await user.request(
+        "GET", "/_matrix/client/v3/sync", params=[("timeout", "0"), ("filter", SYNC_FILTER)]
+    )
+    return bool(body.get("rooms", {}).get("invite"))
+
+
+async def join_rule(user: TestUser, room: str) -> str | None:
+    content = await user.get_state_event(room, "m.room.join_rules")
+    return content.get("join_rule")
+
+
+async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: str) -> Any:
+    """``--wave`` newcomers at ``door`` in ``--wave-seconds`` (an open loop); the time until
+    the topic rooms are knock-only and until each has the membership bot's DM invite."""
+    t0 = time.perf_counter()
+    people = await p.people(f"wave-{door}-", args.wave, sync=False)
+    created_s = time.perf_counter() - t0
+    topics: list[str] = list(forum.info["topic_rooms"])
+    mod, via = forum.mod, [p.hs.server_name]
+    before = {r: await join_rule(mod, r) for r in (topics[0], topics[-1])}
+    await forum.call("cfg", {"join_wave_joins": args.wave_joins, "join_wave_seconds": 60.0})
+    sent_at: dict[str, float] = {}
+    answered_at: dict[str, float] = {}
+    failed: list[str] = []
+    switched: dict[str, float] = {}
+    sending = True
+
+    async def arrive(u: TestUser) -> None:
+        sent_at[u.user_id] = time.perf_counter()
+        try:
+            if door == "knock":
+                await u.knock(forum.ids["space"], "Bonjour, je voudrais participer", via=via)
+            else:
+                await u.join(forum.ids["lobby"], via=via)
+        except Exception as exc:  # counted
+            failed.append(repr(exc))
+
+    def rules_may_still_change() -> bool:  # until 30 s after the last answer at least
+        now = time.perf_counter()
+        if sending or answers_task is None or not answers_task.done():
+            return sending or now < wave_end + args.wave_timeout
+        return now < max(answers_end, wave_end) + 30
+
+    async def watch_rules() -> None:  # two topic rooms polled; all checked once both are
+        while rules_may_still_change():
+            rules = await asyncio.gather(join_rule(mod, topics[0]), join_rule(mod, topics[-1]))
+            if all(r == "knock" for r in rules):
+                switched["first_two"] = time.perf_counter()
+                for i in range(0, len(topics), 20):
+                    batch = topics[i : i + 20]
+                    rules = await asyncio.gather(*(join_rule(mod, r) for r in batch))
+                    if any(r != "knock" for r in rules):
+                        break
+                else:
+                    switched["all"] = time.perf_counter()
+                    return
+            await asyncio.sleep(0.25)
+
+    async def watch_answers() -> None:
+        while len(answered_at) < len(people):
+            waiting = [u for u in people if u.user_id in sent_at and u.user_id not in answered_at]
+            for i in range(0, len(waiting), 4):
+                batch = waiting[i : i + 4]
+                found = await asyncio.gather(*(invited(u) for u in batch), return_exceptions=True)
+                now = time.perf_counter()
+                for u, yes in zip(batch, found, strict=True):
+                    if yes is True:
+                        answered_at[u.user_id] = now
+            if not sending and time.perf_counter() > wave_end + args.wave_timeout:
+                break
+            await asyncio.sleep(0.5)
+        nonlocal answers_end
+        answers_end = time.perf_counter()
+
+    wave_end = answers_end = float("inf")
+    answers_task: asyncio.Future[None] | None = None
+    rules_task = asyncio.ensure_future(watch_rules())
+    answers_task = asyncio.ensure_future(watch_answers())
+    start = time.perf_counter()
+    arrivals = []
+    for k, u in enumerate(people):  # open loop: on schedule, whatever the answers
+        delay = start + k * args.wave_seconds / len(people) - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        arrivals.append(asyncio.ensure_future(arrive(u)))
+    await asyncio.gather(*arrivals)
+    wave_end = time.perf_counter()
+    sending = False
+    await asyncio.gather(rules_task, answers_task)
+    lat = [answered_at[u] - sent_at[u] for u in answered_at]
+    out = {
+        "door": door,
+        "newcomers": len(people),
+        "accounts_created_s": round(created_s, 1),
+        "wave_s": round(wave_end - start, 1),
+        "failed_arrivals": len(failed),
+        "first_failure": failed[0] if failed else None,
+        "protection_joins_per_minute": args.wave_joins,
+        "join_rules_before": sorted(set(before.values()), key=str),
+        "knock_only_after_s": (
+            round(switched["first_two"] - start, 2) if "first_two" in switched else None
+        ),
+        "all_topic_rooms_knock_only_after_s": (
+            round(switched["all"] - start, 2) if "all" in switched else None
+        ),
+        "answered": len(answered_at),
+        "all_answered_after_s": (
+            round(max(answered_at.values()) - start, 1) if len(answered_at) == len(people) else None
+        ),
+        "answer_latency": percentiles(lat),
+    }
+    await forum.call("cfg", None)
+    if switched:  # the doors opened again for the next wave
+        await mod.send_text(forum.mgmt, "!unlock-joins")
+        for _ in range(240):  # 2 minutes at most
+            if await join_rule(mod, topics[0]) != "knock":
+                break
+            await asyncio.sleep(0.5)
+    return out
+
+
+async def policy(p: Profile, forum: Remote, args: argparse.Namespace) -> Any:
+    """A list of ``--policy-rules`` rules, ``--policy-hits`` of them naming members (half
+    one member each, half a glob matching ten: ``@m12?-tag:server``), applied to the
+    members by the service."""
+    await admit_members(p, forum)
+    members = p.member_ids
+    rng = random.Random(14)
+    extra = []
+    tag_server = members[0].split("-", 1)[1] if members else "x:bench.test"
+    for h in range(args.policy_hits if members else 0):
+        if h % 2 == 0:
+            entity = rng.choice(members)
+        else:
+            entity = f"@m{rng.randrange(1, max(2, len(members) // 10))}?-{tag_server}"
+        extra.append(
+            {
+                "type": "m.policy.rule.user",
+                "state_key": f"hit-{h}",
+                "content": {"entity": entity, "recommendation": "m.ban", "reason": "bench"},
+            }
+        )
+    return await forum.call(
+        "policy", {"rules": args.policy_rules, "extra": extra, "members": members}
+    )
+
+
+async def failover(
+    p: Profile, forum: Remote, args: argparse.Namespace, sampler: RssSampler
+) -> dict[str, Any]:
+    """The message load again, with knocks; the active service killed during it; a
+    standby ``forum run`` on the same database takes over."""
+    fo = _sibling("failover", "bench_failover")  # its takeover watch and knock checks
+    from tests.harness import Forum as Observed
+
+    senders = await enter_senders(p, forum, args)
+    topics: list[str] = list(forum.info["topic_rooms"])
+    knockers = await p.people("fo-knock", args.failover_knocks, sync=True)
+    t0 = time.perf_counter()
+    b = await fo.start_run(p.tmp, p.data, "standby")
+    p.standby.append(b)
+    await b.wait_output("Standing by", timeout=300)
+    standby_start_s = time.perf_counter() - t0
+    svc = Observed(p.hs, settings_from(p.data), forum.ids)
+    watch = fo.Takeover(b)
+    watcher = asyncio.ensure_future(watch.run())
+    total = int(args.rate * args.failover_duration)
+    # the knocks from 3 s before the kill to 3 s after the lease's end, some in the gap
+    first = max(0.0, args.kill_after - 3)
+    last = min(args.failover_duration, args.kill_after + 2 * args.lease_seconds + 3)
+    step = (last - first) / max(1, len(knockers))
+    knock_at = {int(args.rate * (first + j * step)): u for j, u in enumerate(knockers)}
+    sent: list[str] = []
+    failed: list[str] = []
+    knock_times: list[float] = []
+    failed_knocks: list[str] = []
+
+    async def send(k: int) -> None:
+        s, room = sender_room(senders, topics, k)
+        try:
+            sent.append(await s.send_text(room, words(f"failover message {k}", k)))
+        except Exception as exc:  # counted
+            failed.append(repr(exc))
+        if k in knock_at:
+            knock_times.append(time.monotonic())
+            try:
+                await fo.knock(svc, knock_at[k])
+            except Exception as exc:  # counted: the knock may still have been taken
+                failed_knocks.append(repr(exc))
+
+    start = time.perf_counter()
+    tasks = []
+    for k in range(total):
+        if watch.killed_at is None and time.perf_counter() - start >= args.kill_after:
+            p.proc.kill()  # SIGKILL
+            watch.killed()
+            sampler.follow(b.proc.pid, "standby")
+            print(f"{time.strftime('%H:%M:%S')} killed the active forum", file=sys.stderr)
+        delay = start + k / args.rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(send(k)))
+    await asyncio.gather(*tasks)
+    if watch.killed_at is None:
+        p.proc.kill()
+        watch.killed()
+        sampler.follow(b.proc.pid, "standby")
+    async with asyncio.timeout(180):
+        await watcher
+    killed_at, leased_at, acting_at = watch.times()
+    rooms = await asyncio.gather(*(fo.answer_of(svc, u, 180) for u in knockers))
+    answered = [(u, r) for u, r in zip(knockers, rooms, strict=True) if r is not None]
+    twice = await asyncio.gather(*(fo.doubled(svc, u, r) for u, r in answered))
+    missing, dupes = await recorded(p, sent)
+    return {
+        "lease_seconds": args.lease_seconds,
+        "standby_start_s": round(standby_start_s, 1),
+        "messages_sent": len(sent),
+        "failed_sends": len(failed),
+        "killed_after_s": round(args.kill_after, 1),
+        "takeover_lease_s": round(leased_at - killed_at, 2),
+        "takeover_acting_s": round(acting_at - killed_at, 2),
+        "knocks": len(knockers),
+        "knocks_failed_client_side": len(failed_knocks),
+        "knocks_during_gap": sum(1 for t in knock_times if killed_at <= t < acting_at),
+        "knocks_lost": len(knockers) - len(answered),
+        "knocks_doubled": sum(twice),
+        "messages_not_recorded": missing,
+        "outbox_duplicate_keys": dupes,
+        # where the takeover's time goes: the service's own account of its start
+        "standby_log": [
+            line.strip()[-200:]
+            for line in b.output.splitlines()
+            if any(m in line for m in ("Taking over", "provisioned:", "acting: started"))
+        ],
+    }
+
+
+async def recorded(p: Profile, sent: list[str], timeout: float = 180) -> tuple[int, int]:
+    """The sent messages the collector never recorded (waiting for the one that took over
+    to catch up), and the outbox's dedupe keys held twice."""
+    conn = await asyncpg.connect(f"{PG}/{p.forum_db}")
+    try:
+        deadline = time.perf_counter() + timeout
+        while True:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM digest_activity WHERE event_id = ANY($1::text[])", sent
+            )
+            if found >= len(sent) or time.perf_counter() > deadline:
+                break
+            await asyncio.sleep(1)
+        dupes = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT dedupe_key FROM outbox WHERE dedupe_key IS NOT NULL"
+            " GROUP BY dedupe_key HAVING count(*) > 1) d"
+        )
+        return len(sent) - int(found), int(dupes)
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
-    result: dict[str, Any] = {"cores": os.cpu_count(), "args": vars(args)}
+    result: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "args": vars(args),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         profiles = [1, args.persisters] if args.persisters != 1 else [1]
         for n in profiles:
             result[f"persisters_{n}"] = await run_profile(
                 Path(tmp), n, args, full=(n == args.persisters)
             )
+    result["load_average_at_end"] = os.getloadavg()
     one, many = result["persisters_1"], result[f"persisters_{args.persisters}"]
     if "ban_floor_concurrent" in one and "ban_floor_concurrent" in many:
         result["floor_ratio_1_over_n"] = round(
@@ -525,4 +945,28 @@ if __name__ == "__main__":
     parser.add_argument(
         "--py-spy", metavar="DIR", help="profile Synapse's processes during the ban floor"
     )
+    parser.add_argument(
+        "--phases",
+        default="load,knocks,policy,digest,failover",
+        help="the N-persister profile's phases after the bans, in this order",
+    )
+    parser.add_argument("--wave", type=int, default=1000, help="newcomers of the join wave")
+    parser.add_argument("--wave-seconds", type=float, default=60)
+    parser.add_argument(
+        "--wave-door",
+        default="knock",
+        help="knock (on the Space), lobby (a join), or both: knock,lobby",
+    )
+    parser.add_argument(
+        "--wave-joins", type=int, default=15, help="the join-wave protection's joins a minute"
+    )
+    parser.add_argument(
+        "--wave-timeout", type=float, default=600, help="seconds after the wave to wait for answers"
+    )
+    parser.add_argument("--policy-rules", type=int, default=10_000)
+    parser.add_argument("--policy-hits", type=int, default=20)
+    parser.add_argument("--failover-duration", type=float, default=120)
+    parser.add_argument("--kill-after", type=float, default=30)
+    parser.add_argument("--failover-knocks", type=int, default=20)
+    parser.add_argument("--lease-seconds", type=float, default=6.0)
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
