@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from forum.bounded import LockTable
 from forum.errors import MatrixError
 from forum.gateway.powers import Change
 from forum.matrix import PowerLevels
@@ -56,6 +57,9 @@ class Actions:
     """Power levels through the account's one editor, shared with the membership bot."""
     mute_changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     room_concurrency: int = ROOM_CONCURRENCY
+    _muting: LockTable = field(init=False, default_factory=LockTable)
+    """One mute or lifting per person at a time: a lifting that removed a mute given
+    meanwhile would leave rooms muted with no record to lift them."""
 
     async def _bounded(self, calls: Iterable[Awaitable[Any]]) -> list[Any]:
         """Await ``calls`` concurrently, at most :attr:`room_concurrency` at a time; the
@@ -181,9 +185,10 @@ class Actions:
     async def mute(
         self, user_id: str, until: datetime | None, reason: str | None, actor: str
     ) -> list[str]:
-        async with self.sessionmaker() as s, s.begin():
-            await Mutes(s).set(user_id, until, reason, actor)
-        rooms = await self._set_muted(user_id, True)
+        async with self._muting(user_id):
+            async with self.sessionmaker() as s, s.begin():
+                await Mutes(s).set(user_id, until, reason, actor)
+            rooms = await self._set_muted(user_id, True)
         self.mute_changed.set()
         return rooms
 
@@ -192,6 +197,10 @@ class Actions:
         where it is lifted, and whether that is every room. The record goes only once
         every room's power levels were changed; otherwise it stays, due now, so that the
         timer (:class:`~.mutes.MuteTimer`) tries again at its next look."""
+        async with self._muting(user_id):
+            return await self._unmute(user_id)
+
+    async def _unmute(self, user_id: str) -> tuple[bool, list[str], bool]:
         async with self.sessionmaker() as s:
             record = await Mutes(s).get(user_id)
         was = record is not None
@@ -215,7 +224,12 @@ class Actions:
             mutes = await Mutes(s).all()
         now = self.clock()
         active = [m.user_id for m in mutes if m.until is None or m.until > now]
-        await asyncio.gather(*(self._set_muted(u, True) for u in active))
+
+        async def again(user_id: str) -> None:
+            async with self._muting(user_id):
+                await self._set_muted(user_id, True)
+
+        await asyncio.gather(*(again(u) for u in active))
 
     # --- server ACL -----------------------------------------------------------------
     async def deny_server(self, server: str) -> list[str]:

@@ -61,3 +61,36 @@ async def test_a_timed_mute_whose_lifting_failed_in_one_room_is_lifted_later(
             return await Mutes(s).get(loud.user_id) is None
 
     await eventually(forgotten, 20, "the mute's record removed once lifted everywhere")
+
+
+async def test_a_mute_given_again_while_the_last_one_is_being_lifted_is_lifted_too(
+    start_forum: ForumStarter,
+) -> None:
+    """A mute is given again (a resumed !mute after a restart) while the timer is lifting
+    the last one (seen in the long fault run): the lifting removed the new record when it
+    finished, the new mute's room changes came after, and two rooms stayed muted with no
+    record left to lift them. A mute and its lifting wait for each other: the new mute is
+    recorded, applied and later lifted by the timer in every room."""
+    import asyncio
+    from datetime import timedelta
+
+    forum = await start_forum("moderation", moderator=True, moderator_joins="*")
+    again = await forum.member("again")
+    actions = forum.bot.actions
+    rooms = list(forum.forum_rooms)
+    await actions.mute(again.user_id, actions.clock() + timedelta(seconds=30), "1", "@t:x")
+    lifting = asyncio.create_task(actions.unmute(again.user_id))  # the timer's lifting
+    await asyncio.sleep(0)  # it has read the record and is changing the rooms
+    until = actions.clock() + timedelta(seconds=2)
+    await actions.mute(again.user_id, until, "2", "@t:x")  # the resumed command
+    await lifting
+
+    async def recorded() -> bool:
+        async with forum.ctx.db.sessionmaker() as s:
+            return await Mutes(s).get(again.user_id) is not None
+
+    async def lifted() -> bool:
+        levels = [await forum.power(room, again.user_id) for room in rooms]
+        return all(level == 0 for level in levels) and not await recorded()
+
+    await eventually(lifted, 40, "the second mute lifted by the timer in every room")
