@@ -33,6 +33,8 @@ SPECIAL_KINDS = ("space", "lobby", "announcements", "management", "policy")
 CHILD_KINDS = ("lobby", "announcements", "topic")
 #: Homeserver requests provisioning keeps in flight at once.
 APPLY_CONCURRENCY = 8
+#: rooms read at the same time while observing
+OBSERVE_CONCURRENCY = 16
 POLICY_TYPES = ("m.policy.rule.user", "m.policy.rule.server", "m.policy.rule.room")
 
 
@@ -391,19 +393,22 @@ async def observe(
         registry = {r.key: r for r in await RoomRegistry(s).all(include_detached=True)}
     rooms: dict[str, ObservedRoom] = {}
     aliases: dict[str, str | None] = {}
-    for room in layout:
-        aliases[room.alias] = await gateway.resolve_alias(room.alias)
-        record = registry.get(room.key)
-        room_id = record.room_id if record else aliases[room.alias]
-        if room_id is None:
-            continue
-        try:
-            state = await gateway.get_state(room_id)
-        except (Forbidden, NotFound) as exc:
-            log.warning(
-                "room %s (%s) cannot be read (%s); it will be recreated", room.key, room_id, exc
-            )
-            continue
+    limit = asyncio.Semaphore(OBSERVE_CONCURRENCY)
+
+    async def look(room: DesiredRoom) -> None:
+        async with limit:
+            aliases[room.alias] = await gateway.resolve_alias(room.alias)
+            record = registry.get(room.key)
+            room_id = record.room_id if record else aliases[room.alias]
+            if room_id is None:
+                return
+            try:
+                state = await gateway.get_state(room_id)
+            except (Forbidden, NotFound) as exc:
+                log.warning(
+                    "room %s (%s) cannot be read (%s); it will be recreated", room.key, room_id, exc
+                )
+                return
         rooms[room.key] = ObservedRoom(
             room_id,
             {
@@ -412,6 +417,12 @@ async def observe(
                 if isinstance(e.get("type"), str) and isinstance(e.get("state_key"), str)
             },
         )
+
+    # the rooms side by side: a standby taking over a forum of a hundred rooms reads them
+    # all before it acts (one after another, 18.5 s on a loaded machine)
+    await asyncio.gather(*(look(room) for room in layout))
+    rooms = {r.key: rooms[r.key] for r in layout if r.key in rooms}  # the layout's order
+    aliases = {r.alias: aliases[r.alias] for r in layout}
     desired_keys = {r.key for r in layout}
     unmanaged = {
         k: r.room_id for k, r in registry.items() if k not in desired_keys and not r.detached
