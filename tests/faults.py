@@ -685,7 +685,7 @@ class Outcome:
             "lost": len(self.lost),
             "doubled": len(self.doubled),
             "leaked": len(self.leaked),
-            "problems": (self.lost + self.doubled + self.leaked)[:20],
+            "problems": (self.lost + self.doubled + self.leaked)[:80],
         }
 
 
@@ -719,13 +719,16 @@ async def check_outcomes(work: Workload, db: Database, web_url: str) -> Outcome:
         out.expect(scopes[("charter", True)] >= 1, "lost", f"{uid}: charter consent")
         out.expect(scopes[("charter", True)] <= 1, "doubled", f"{uid}: charter consent {scopes}")
         publication = [r.granted for r in histories[uid] if r.scope == "publication"]
-        wanted = [m.publication] + ([False] if m.withdrew else [])
+        # A ban across the forum is a leaving of every room: the consent ends as with a
+        # withdrawal (DESIGN: leaving reaches every public output).
+        ended = m.withdrew or m.banned
+        wanted = [m.publication] + ([False] if m.publication and ended else [])
         out.expect(
             len(publication) >= len(wanted), "lost", f"{uid}: publication records {publication}"
         )
         out.expect(len(publication) <= len(wanted), "doubled", f"{uid}: publication {publication}")
         # The store: each post of a consenting person once; nothing of the others.
-        keeps = m.publication and not m.withdrew
+        keeps = m.publication and not ended
         for post in m.posts:
             out.expect(
                 (post in stored_ids) == keeps,
@@ -741,7 +744,7 @@ async def check_outcomes(work: Workload, db: Database, web_url: str) -> Outcome:
             out.expect(gone not in stored_ids, "leaked", f"{uid}: redacted {gone} still stored")
         if m.banned_word:
             out.expect(m.banned_word not in stored_ids, "leaked", f"{uid}: banned word stored")
-        if m.curated and not m.withdrew:
+        if m.curated and not ended:
             out.expect(m.curated in highlights, "lost", f"{uid}: curation of {m.curated}")
         # What the person saw: one DM, and no bot message twice in it.
         dms = forum.dm_invites(m.user)
