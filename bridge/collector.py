@@ -459,8 +459,17 @@ class DigestCollector:
         )
         quoted = "\n".join("> " + line for line in body.splitlines())
         html_body = f"<blockquote>{html.escape(body)}</blockquote><p>{q_html}</p>"
+        # one question per message: asked again after a crash between sending it and
+        # recording it (the outbox delivers at least once), the homeserver returns the
+        # same event and the person sees it once
+        once = hashlib.sha256(f"{target}|{room}".encode()).hexdigest()[:32]
         ask_id = await self.membership_gateway.send_text(
-            room, f"{quoted}\n\n{q_plain}", html_body, notice=False, mentions=[author]
+            room,
+            f"{quoted}\n\n{q_plain}",
+            html_body,
+            notice=False,
+            mentions=[author],
+            txn_id=f"forum-quote-{once}",
         )
         async with self.sessionmaker() as s, s.begin():
             await DigestStore(s).ask(target, room_id, author, room, ask_id)

@@ -13,6 +13,7 @@ import pytest
 import tomli_w
 from sqlalchemy import delete, select, update
 
+from bridge.models import QuotePermission
 from forum.consent import ConsentRecords
 from forum.settings import database_url
 from forum.storage import Database, Outbox
@@ -331,3 +332,35 @@ async def test_killed_between_sending_the_charter_and_recording_it(
         await second.wait_bot_text(user, room, *PUBLICATION_Q, after=mark)
     finally:
         await start_forum.stop(second)
+
+
+async def test_a_quote_question_asked_again_after_a_crash_is_seen_once(
+    start_forum: ForumStarter, make_user
+):
+    """The digest's quote question was sent and the service was killed before recording
+    it (seen in the long fault run: "the bot said twice in the DM: > Message 0 de 14 ...
+    Pouvons-nous citer"): the outbox asks again at the next start, but the person sees the
+    question once (its transaction id comes from the message it is about)."""
+    forum = await start_forum("membership", "digest", moderator=True, moderator_joins=())
+    kossi = await make_user("kossi")
+    dm = await forum.admit(kossi, publication=False)
+    room = forum.room()
+    await forum.join(kossi, room)
+    await forum.join(forum.mod, room)
+    target = await kossi.send_text(room, "QUOTE-ONCE: un message à citer")
+    mark = kossi.mark()
+    await forum.mod.react(room, target, "📰")
+    await forum.wait_bot_text(kossi, dm, "QUOTE-ONCE", after=mark)
+    asked = kossi.mark()
+    collector = forum.feature("digest").collector
+    async with forum.ctx.db.sessionmaker() as s, s.begin():
+        await s.execute(delete(QuotePermission).where(QuotePermission.target == target))
+    # the outbox item run again, as after a crash between sending and recording
+    await collector.ask_from_outbox({"room_id": room, "target": target, "author": kossi.user_id})
+    await forum.assert_nothing(
+        kossi,
+        lambda e: e["room_id"] == dm and "QUOTE-ONCE" in e["content"]["body"],
+        forum.membership_marker(kossi, dm),
+        after=asked,
+        what="the quote question asked twice",
+    )
