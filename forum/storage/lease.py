@@ -408,7 +408,12 @@ class Lease:
         if self.role != "active":
             raise LeaseLost("this process does not hold the service lease")
         if not self.held:
-            self._lose("the lease expired before it could be renewed")
+            if await self._still_exclusive():
+                # the renewal is late (the database locked or slow), but nobody else can
+                # take the lease meanwhile: the write goes on (as in :meth:`keep`)
+                self._valid_until = max(self._valid_until, time.monotonic() + self.renew_every)
+            else:
+                self._lose("the lease expired before it could be renewed")
         query = select(_TABLE.c.token, _TABLE.c.holder).where(_TABLE.c.name == self.name)
         if self.postgres:
             query = query.with_for_update(read=True)

@@ -169,3 +169,28 @@ async def test_unguarded_writes_are_not_fenced(db: Database) -> None:
     """A database nobody armed (the operator's commands, tests) writes as before."""
     await save_token(db, "free")
     assert await stored_token(db) == "free"
+
+
+async def test_a_write_when_the_renewal_is_late_but_the_hold_stands_goes_through(
+    db_url: str,
+) -> None:
+    """The lease ran out by this process's clock while the database was locked (the
+    renewal waited), and a write is fenced before the keeper extends it: the exclusive
+    hold (advisory lock, flock) still stands, so nobody else can hold the lease and the
+    write goes through; nothing steps down (found in a fresh clone's fault suite on
+    PostgreSQL: the fence stepped the forum down during a 3 s lock, and it stopped)."""
+    db_a, a = await candidate(db_url, "a")
+    stepped_down: list[float] = []
+    a.on_lost(lambda: stepped_down.append(time.monotonic()))
+    try:
+        assert await a.try_acquire()
+        db_a.guard.arm(a)
+        a._valid_until = 0.0  # the renewal is late: by the clock, the lease ran out
+        await save_token(db_a, "after-the-late-renewal")
+        assert await stored_token(db_a) == "after-the-late-renewal"
+        assert stepped_down == []
+        assert a.role == "active"
+    finally:
+        db_a.guard.disarm()
+        await a.release()
+        await db_a.close()
