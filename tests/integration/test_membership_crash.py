@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -62,6 +63,26 @@ async def outbox_invites(db: Database, user_id: str) -> list[OutboxRow]:
     async with db.sessionmaker() as s:
         rows = await s.scalars(select(OutboxRow).where(OutboxRow.kind == INVITE))
         return [r for r in rows if r.payload.get("user_id") == user_id]
+
+
+async def forget_handled(
+    first: Forum, home: Path, user_id: str | None = None, **person: Any
+) -> None:
+    """As after a crash of the stopped forum ``first``: the membership bot forgets its sync
+    token and which events it handled (they are replayed at the next start), and the
+    person ``user_id`` loses the ``person`` values (a question's event id never recorded)."""
+    bot = first.settings.membership_bot_id
+    db = await Database.open(database_url(first.settings, home))
+    try:
+        async with db.sessionmaker() as s, s.begin():
+            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
+            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
+            if user_id is not None:
+                await s.execute(
+                    update(PersonRow).where(PersonRow.user_id == user_id).values(**person)
+                )
+    finally:
+        await db.close()
 
 
 async def test_sigkill_between_consent_and_invite(synapse, make_user, tmp_path):
@@ -173,14 +194,7 @@ async def test_replayed_sync_does_nothing_twice(start_forum: ForumStarter, make_
         space = first.ctx.rooms["space"]
     finally:
         await start_forum.stop(first)
-    bot = first.settings.membership_bot_id
-    db = await Database.open(database_url(first.settings, home))
-    try:
-        async with db.sessionmaker() as s, s.begin():
-            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
-            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
-    finally:
-        await db.close()
+    await forget_handled(first, home)
     second = await start_forum("membership", data=first.data, home=home)
     try:
         await second.ctx.membership_gateway.wait_synced(30)
@@ -230,19 +244,7 @@ async def test_killed_between_asking_publication_and_recording_the_question(
         asked = user.mark()
     finally:
         await start_forum.stop(first)
-    bot = first.settings.membership_bot_id
-    db = await Database.open(database_url(first.settings, home))
-    try:
-        async with db.sessionmaker() as s, s.begin():
-            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
-            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
-            await s.execute(
-                update(PersonRow)
-                .where(PersonRow.user_id == user.user_id)
-                .values(question_event_id=None)
-            )
-    finally:
-        await db.close()
+    await forget_handled(first, home, user.user_id, question_event_id=None)
     second = await start_forum("membership", data=first.data, home=home)
     try:
         await second.ctx.membership_gateway.wait_synced(30)
@@ -303,19 +305,7 @@ async def test_killed_between_sending_the_charter_and_recording_it(
         sent = user.mark()
     finally:
         await start_forum.stop(first)
-    bot = first.settings.membership_bot_id
-    db = await Database.open(database_url(first.settings, home))
-    try:
-        async with db.sessionmaker() as s, s.begin():
-            await s.execute(delete(SyncToken).where(SyncToken.account == bot))
-            await s.execute(delete(ProcessedEvent).where(ProcessedEvent.account == bot))
-            await s.execute(
-                update(PersonRow)
-                .where(PersonRow.user_id == user.user_id)
-                .values(charter_event_id=None)
-            )
-    finally:
-        await db.close()
+    await forget_handled(first, home, user.user_id, charter_event_id=None)
     second = await start_forum("membership", data=first.data, home=home)
     try:
         await second.ctx.membership_gateway.wait_synced(30)
