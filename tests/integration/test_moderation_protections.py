@@ -4,6 +4,8 @@ their reset, dry run, join waves. Moderators are never targets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -205,15 +207,25 @@ async def test_dry_run_reports_without_acting(forum: Forum):
     assert await forum.power(forum.topic, person.user_id) == 0  # not muted
 
 
+@contextlib.asynccontextmanager
+async def wave_of_three(forum: Forum) -> AsyncIterator[int]:
+    """Three arrivals within a minute make a join wave; afterwards the threshold is high
+    again and joins are unlocked. Yields the moderator's mark before the wave."""
+    bot = forum.bot
+    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
+    bot.join_wave.join_times.clear()
+    try:
+        yield forum.mod.mark()
+    finally:
+        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
+        await forum.command("!unlock-joins")
+
+
 async def test_a_knock_wave_locks_joins_too(forum: Forum):
     """A wave of knocks on the Space (how newcomers arrive) is a join wave: the topic
     rooms become knock-only (found by the scale benchmark: 200 knocks in a minute never
     switched them, the protection counted joins only)."""
-    bot = forum.bot
-    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
-    bot.join_wave.join_times.clear()
-    mark = forum.mod.mark()
-    try:
+    async with wave_of_three(forum) as mark:
         people = [await forum.user(f"knockwave{i}") for i in range(3)]
         await asyncio.gather(
             *(p.knock(forum.ids["space"], "Bonjour", via=[forum.hs.server_name]) for p in people)
@@ -221,19 +233,12 @@ async def test_a_knock_wave_locks_joins_too(forum: Forum):
         await report_about(forum, "", mark, "!unlock-joins")
         rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
         assert rules["join_rule"] == "knock"
-    finally:
-        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
-        await forum.command("!unlock-joins")
     rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
     assert rules["join_rule"] == "knock_restricted"
 
 
 async def test_join_wave_locks_joins_until_unlocked(forum: Forum):
-    bot = forum.bot
-    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
-    bot.join_wave.join_times.clear()
-    mark = forum.mod.mark()
-    try:
+    async with wave_of_three(forum) as mark:
         people = [await forum.user(f"wave{i}") for i in range(3)]
         for p in people:
             await forum.ctx.moderation_gateway.invite(forum.ids["space"], p.user_id)
@@ -248,9 +253,6 @@ async def test_join_wave_locks_joins_until_unlocked(forum: Forum):
         await late.join(forum.ids["space"], via=[forum.hs.server_name])
         with pytest.raises(MatrixRequestError):
             await late.join(forum.topic, via=[forum.hs.server_name])
-    finally:
-        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
-        await forum.command("!unlock-joins")
     rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
     assert rules["join_rule"] == "knock_restricted"
     await late.join(forum.topic, via=[forum.hs.server_name])
