@@ -30,7 +30,7 @@ from forum.errors import MatrixError, NotFound
 from forum.events import Membership, Message, Reaction, Redaction, parse_room_event
 from forum.gateway import Gateway
 from forum.i18n import I18n
-from forum.matrix import matrix_to, strip_reply_fallback
+from forum.matrix import matrix_to, stable_txn_id, strip_reply_fallback
 from forum.names import NameRefused, clean_public_name, holder_of, localpart
 from forum.public_names import PublicNames
 from forum.settings import Settings
@@ -462,14 +462,13 @@ class DigestCollector:
         # one question per message: asked again after a crash between sending it and
         # recording it (the outbox delivers at least once), the homeserver returns the
         # same event and the person sees it once
-        once = hashlib.sha256(f"{target}|{room}".encode()).hexdigest()[:32]
         ask_id = await self.membership_gateway.send_text(
             room,
             f"{quoted}\n\n{q_plain}",
             html_body,
             notice=False,
             mentions=[author],
-            txn_id=f"forum-quote-{once}",
+            txn_id=stable_txn_id("quote", target, room),
         )
         async with self.sessionmaker() as s, s.begin():
             await DigestStore(s).ask(target, room_id, author, room, ask_id)

@@ -3,6 +3,7 @@ identifiers and links. No I/O, no nio."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import urllib.parse
@@ -14,6 +15,14 @@ from typing import Any
 CREATOR_POWER_VERSIONS = frozenset({"12"})
 
 _USER_ID = re.compile(r"^@[^:\s]+:[^\s]+$")
+
+
+def stable_txn_id(kind: str, *parts: str) -> str:
+    """A transaction id that is the same each time it is derived from the same ``parts``:
+    a message sent again with it (after a crash between sending it and recording it) is the
+    same event for the homeserver, shown once."""
+    key = "|".join(parts)
+    return f"forum-{kind}-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def is_user_id(value: str) -> bool:

@@ -7,7 +7,6 @@ the homeserver directly (questions, notices, mutes) and the signals come after i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.consent import ConsentRecords, ConsentRow, ConsentStatus
+from forum.matrix import stable_txn_id
 from forum.public_names import PublicNames
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN, Signals
 from forum.storage import Outbox, utcnow
@@ -115,8 +115,7 @@ def replay_safe(kind: str, user_id: str, room_id: str, since: datetime | None) -
     round) gives a new id. None when the moment is unknown."""
     if since is None:
         return None
-    key = f"{user_id}|{room_id}|{since.isoformat()}"
-    return f"forum-{kind}-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return stable_txn_id(kind, user_id, room_id, since.isoformat())
 
 
 class FlowRunner:
@@ -435,8 +434,7 @@ class FlowRunner:
         person = await self.shared.person(user_id)
         txn = None
         if person is not None and person.charter_event_id:
-            follows = f"{user_id}|{room_id}|{person.charter_event_id}"
-            txn = "forum-publication-" + hashlib.sha256(follows.encode()).hexdigest()[:32]
+            txn = stable_txn_id("publication", user_id, room_id, person.charter_event_id)
         event_id = await self.shared.ask(room_id, text, of=[user_id], txn_id=txn)
         await self.shared.update_person(user_id, question_event_id=event_id, touch=False)
         await self.shared.offer(room_id, event_id, OFFER_YES_NO)

@@ -4,12 +4,12 @@ after a crash does nothing twice)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from forum.errors import Forbidden
+from forum.matrix import stable_txn_id
 from forum.storage import Executor, Outbox
 
 from . import messages
@@ -47,7 +47,7 @@ async def add_kicks(
 def txn_of(key: str) -> str:
     """The transaction id of the message of the outbox item ``key``: sent again after a
     crash (delivery is at least once), the homeserver returns the same event."""
-    return "forum-outbox-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    return stable_txn_id("outbox", key)
 
 
 async def add_notice(
