@@ -214,7 +214,8 @@ HOP_HEADERS = {
 
 class RateLimitProxy:
     """Forwards every request to ``upstream``; during :meth:`burst` every request but
-    ``/sync`` (which Synapse never rate-limits) gets 429 ``M_LIMIT_EXCEEDED``."""
+    ``/sync`` (which Synapse never rate-limits) gets 429 ``M_LIMIT_EXCEEDED``; the next
+    requests a :meth:`fail_next` names are held or answered with an error instead."""
 
     def __init__(self, upstream: EmbeddedHomeserver, retry_after_ms: int = 500) -> None:
         self.upstream = upstream
@@ -226,6 +227,28 @@ class RateLimitProxy:
         self.forwarded = 0
         self._runner: web.AppRunner | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._faults: list[list[Any]] = []  # [path fragment, times left, status, stall]
+        self.faulted: list[str] = []
+        """The paths of the requests a :meth:`fail_next` fault answered, in order."""
+
+    def fail_next(self, fragment: str, times: int, *, status: int = 502, stall: float = 0) -> None:
+        """The next ``times`` requests whose path contains ``fragment`` are held ``stall``
+        seconds (a homeserver too slow to answer), then answered ``status`` (``M_UNKNOWN``)
+        without reaching the homeserver."""
+        self._faults.append([fragment, times, status, stall])
+
+    async def _fault(self, request: web.Request) -> web.StreamResponse | None:
+        for fault in self._faults:
+            fragment, left, status, stall = fault
+            if left > 0 and fragment in request.path:
+                fault[1] -= 1
+                self.faulted.append(request.path)
+                if stall:
+                    await asyncio.sleep(stall)
+                return web.json_response(
+                    {"errcode": "M_UNKNOWN", "error": "injected fault"}, status=status
+                )
+        return None
 
     @property
     def url(self) -> str:
@@ -257,6 +280,9 @@ class RateLimitProxy:
         await asyncio.sleep(seconds)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        faulted = await self._fault(request)
+        if faulted is not None:
+            return faulted
         if time.monotonic() < self.limited_until and not request.path.endswith("/sync"):
             self.answered_429 += 1
             body = {

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from nio import (
-    ErrorResponse,
     LocalProtocolError,
     MegolmEvent,
     SyncResponse,
@@ -41,14 +40,7 @@ from nio.exceptions import EncryptionError, GroupEncryptionError, MembersSyncErr
 from nio.rooms import MatrixRoom
 
 from forum.credentials import PRIVATE_FILE, private_dir
-from forum.errors import (
-    Forbidden,
-    HomeserverUnavailable,
-    MatrixError,
-    NotFound,
-    RateLimited,
-    Unauthorized,
-)
+from forum.errors import Forbidden, MatrixError, NotFound
 from forum.gateway.transport import Transport, path
 
 log = logging.getLogger(__name__)
@@ -59,28 +51,6 @@ ENCRYPTED = "m.room.encrypted"
 def store_dir_of(root: Path, user_id: str) -> Path:
     """Where an account's crypto store lives under ``root`` (one directory per account)."""
     return root / re.sub(r"[^A-Za-z0-9._=-]", "_", user_id.lstrip("@"))
-
-
-def checked(resp: Any, what: str) -> Any:
-    """nio's response, or the typed error of :mod:`forum.errors` it stands for."""
-    if not isinstance(resp, ErrorResponse):
-        return resp
-    code = str(resp.status_code or "")
-    message = f"{what}: {resp.message or code}"
-    if code == "M_LIMIT_EXCEEDED":
-        wait = (resp.retry_after_ms or 1000) / 1000
-        error: MatrixError = RateLimited(message, wait, errcode=code)
-    elif code in {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}:
-        error = Unauthorized(message, errcode=code)
-    elif code == "M_FORBIDDEN":
-        error = Forbidden(message, errcode=code)
-    elif code == "M_NOT_FOUND":
-        error = NotFound(message, errcode=code)
-    elif not code or code.startswith("5"):
-        error = HomeserverUnavailable(message, errcode=code or None)
-    else:
-        error = MatrixError(message, errcode=code)
-    raise error
 
 
 @dataclass(eq=False)
@@ -283,16 +253,16 @@ class Crypto:
         client = self.client
         async with self._lock:
             self._dedupe_key_requests()
+            nio = self.transport.nio
             if client.outgoing_to_device_messages:
-                for resp in await client.send_to_device_messages():
-                    checked(resp, "sendToDevice")
+                await nio("sendToDevice", client.send_to_device_messages)
             if client.should_upload_keys:
-                checked(await client.keys_upload(), "keys/upload")
+                await nio("keys/upload", client.keys_upload)
             if client.should_query_keys:
-                checked(await client.keys_query(), "keys/query")
+                await nio("keys/query", client.keys_query)
             if client.should_claim_keys:
                 users = client.get_users_for_key_claiming()
-                checked(await client.keys_claim(users), "keys/claim")
+                await nio("keys/claim", lambda: client.keys_claim(users))
 
     # --- the sending side --------------------------------------------------------------
     def created(self, room_id: str, *, encrypted: bool) -> None:
@@ -337,10 +307,12 @@ class Crypto:
         async with self._lock:
             await self._ensure_room(room_id)
             if client.should_query_keys:
-                checked(await client.keys_query(), "keys/query")
+                await self.transport.nio("keys/query", client.keys_query)
             if client.olm.should_share_group_session(room_id):
-                shared = await client.share_group_session(room_id, ignore_unverified_devices=True)
-                checked(shared, f"sharing the room key of {room_id}")
+                await self.transport.nio(
+                    f"sharing the room key of {room_id}",
+                    lambda: client.share_group_session(room_id, ignore_unverified_devices=True),
+                )
             relation = content.get("m.relates_to")
             payload = {k: v for k, v in content.items() if k != "m.relates_to"}
             try:
@@ -386,4 +358,4 @@ class Crypto:
         missing = set(room.users) - client.olm.tracked_users
         if missing:
             client.olm.users_for_key_query.update(missing)
-            checked(await client.keys_query(), "keys/query")
+            await self.transport.nio("keys/query", client.keys_query)

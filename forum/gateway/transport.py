@@ -3,7 +3,9 @@
 :class:`Transport` owns matrix-nio's ``AsyncClient`` (its HTTP session and login). Every
 request goes through :meth:`Transport.request`, which maps errors to :mod:`forum.errors`
 and retries 429 (honouring ``retry_after_ms``) and 5xx / connection failures a bounded
-number of times, under the one retry policy of :mod:`forum.retry`.
+number of times, under the one retry policy of :mod:`forum.retry`. The requests nio makes
+itself (the encryption keys', :mod:`.crypto`) go through :meth:`Transport.nio` for the
+same mapping and the same retries.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
 import aiohttp
-from nio import AsyncClient, AsyncClientConfig, LoginError, LoginResponse
+from nio import AsyncClient, AsyncClientConfig, ErrorResponse, LoginError, LoginResponse
 from tenacity import AsyncRetrying
 
 from forum.errors import (
@@ -173,6 +175,26 @@ class Transport:
         if isinstance(error, RateLimited):
             log.info("rate limited on %s; waiting %d ms", error, wait * 1000)
 
+    async def nio(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """One of nio's own requests (``call`` makes it again at each try), checked
+        (:func:`checked`) and retried as :meth:`request` retries: nio is configured not to
+        retry by itself, and a homeserver too slow to answer raises a timeout from it."""
+
+        async def once() -> Any:
+            try:
+                resp = await call()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HomeserverUnavailable(
+                    f"{what}: homeserver unreachable ({exc.__class__.__name__})"
+                ) from exc
+            if isinstance(resp, list):  # several requests at once (to-device messages)
+                for one in resp:
+                    checked(one, what)
+                return resp
+            return checked(resp, what)
+
+        return await retry_call(self._policy(retry_unavailable=True), once)
+
     async def request(
         self,
         method: str,
@@ -249,6 +271,24 @@ class Transport:
         finally:
             if self.observer is not None:
                 self.observer(action_kind(method, path), time.monotonic() - started, outcome)
+
+
+def checked(resp: Any, what: str) -> Any:
+    """nio's response, or the typed error of :mod:`forum.errors` it stands for (as
+    :meth:`Transport.request` types a failed request)."""
+    if not isinstance(resp, ErrorResponse):
+        return resp
+    transport = resp.transport_response
+    status = int(getattr(transport, "status", 0) or 0)
+    payload: dict[str, Any] = {"errcode": str(resp.status_code or "") or None}
+    payload["error"] = resp.message
+    if resp.retry_after_ms is not None:
+        payload["retry_after_ms"] = resp.retry_after_ms
+    if not status:  # nio says the errcode only
+        code = str(resp.status_code or "")
+        status = 429 if code == "M_LIMIT_EXCEEDED" else (int(code) if code.isdigit() else 0)
+        status = status or (500 if not code else 400)
+    raise _error_for(status, payload, resp.message or "", None, what)
 
 
 def _error_for(

@@ -18,6 +18,7 @@ from forum.events import Message, Reaction
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver, free_port
 from forum.storage import Database
+from tests.faults import RateLimitProxy
 from tests.harness import eventually
 from tests.matrix_user import TestUser
 
@@ -363,3 +364,40 @@ async def test_burst_under_strict_rate_limits_completes(strict_synapse, sqlite_d
     bodies = {e["content"].get("body") for e in data["chunk"] if e["type"] == "m.room.message"}
     assert {f"burst {i}" for i in range(15)} <= bodies
     await gw.close()
+
+
+async def test_encryption_keys_are_published_through_a_slow_and_failing_homeserver(
+    synapse, sqlite_db, tmp_path
+):
+    """A homeserver too slow to answer the device's first key upload, then answering it
+    502 (as a loaded one does at a takeover): the upload is retried as every other request
+    is, and the log-in completes with the keys published."""
+    proxy = RateLimitProxy(synapse)
+    await proxy.start()
+    user_id, pw = await new_account(synapse)
+    gw = Gateway(
+        homeserver_url=proxy.url,
+        user_id=user_id,
+        sessionmaker=sqlite_db.sessionmaker,
+        password=pw,
+        request_timeout=1.5,
+        crypto_store=tmp_path / "crypto",
+    )
+    try:
+        proxy.fail_next("/keys/upload", 1, stall=3)  # longer than the request timeout
+        proxy.fail_next("/keys/upload", 1, status=502)
+        await gw.login()
+        assert gw.crypto is not None
+        assert gw.crypto.client.olm.account.shared
+        assert proxy.faulted == ["/_matrix/client/v3/keys/upload"] * 2
+        keys = await TestUser.create(synapse, "reader", sync=False)
+        try:
+            found = await keys.request(
+                "POST", "/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}}
+            )
+            assert gw.device_id in found["device_keys"][user_id]
+        finally:
+            await keys.close()
+    finally:
+        await gw.close()
+        await proxy.close()
