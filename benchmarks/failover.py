@@ -9,7 +9,7 @@ sent (and how many during the gap), and the knocks lost (never answered) or doub
 the machine's core count.
 
     .venv/bin/python benchmarks/failover.py [--knocks 30] [--interval 0.5] [--kill-after 8]
-        [--lease-seconds 6]
+        [--lease-seconds 6] [--rooms N]
 """
 
 from __future__ import annotations
@@ -149,11 +149,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             data = forum_data(hs, db_url=db_url.render_as_string(hide_password=False))
             data["service"] = {"lease_seconds": args.lease_seconds}
+            if args.rooms is not None:  # a bigger forum: its own topic rooms
+                data["topics"] = [
+                    {
+                        "slug": f"room-{i}",
+                        "alias": f"room-{i}-{secrets.token_hex(2)}",
+                        "name": {"fr": f"Salle {i}", "en": f"Room {i}"},
+                        "topic": {"fr": "Banc d'essai", "en": "Benchmark"},
+                    }
+                    for i in range(args.rooms)
+                ]
             settings = settings_from(data)
             await register_bots(hs, settings)
             a = await start_run(tmp, data, "a")
             processes.append(a)
-            await a.wait_output("Press Ctrl-C to stop", timeout=180)
+            await a.wait_output("Press Ctrl-C to stop", timeout=900)
             b = await start_run(tmp, data, "b")
             processes.append(b)
             await b.wait_output("Standing by", timeout=180)
@@ -185,6 +195,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return {
                 "cores": os.cpu_count(),
                 "lease_seconds": args.lease_seconds,
+                "topic_rooms": len(data["topics"]),
                 "takeover_lease_seconds": round(leased_at - killed_at, 2),
                 "takeover_acting_seconds": round(acting_at - killed_at, 2),
                 "knocks": len(users),
@@ -210,6 +221,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between knocks")
     parser.add_argument("--kill-after", type=float, default=5.0, help="seconds into the load")
     parser.add_argument("--lease-seconds", type=float, default=6.0)
+    parser.add_argument("--rooms", type=int, help="topic rooms (default: the shipped config's)")
     parser.add_argument("--logs", type=Path, help="keep the two processes' logs here")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), indent=2))

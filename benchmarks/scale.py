@@ -883,7 +883,7 @@ async def failover(
         "standby_log": [
             line.strip()[-200:]
             for line in b.output.splitlines()
-            if any(m in line for m in ("Taking over", "provisioned:", "acting: started"))
+            if "since the lease" in line or "Taking over" in line or "acting: started" in line
         ],
     }
 

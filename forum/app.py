@@ -224,11 +224,13 @@ class Service:
             self.metrics.watch_bot(role, gateway.stats)
             gateway.observe_requests(partial(self.metrics.observe_action, role))
             await gateway.login()
+        log.info("bots logged in (%.1f s since the lease)", time.monotonic() - began)
         moderation_gateway = self.gateways["moderation"]
         membership_gateway = self.gateways["membership"]
         await exempt_from_rate_limits(
             moderation_gateway, [g.user_id for g in self.gateways.values()]
         )
+        log.info("rate limits lifted (%.1f s since the lease)", time.monotonic() - began)
         self.plan, result = await provision(
             settings,
             moderation_gateway,
@@ -270,6 +272,7 @@ class Service:
         for feature in self.feature_list:
             self.features[feature.name] = await feature.setup(ctx)
         registrations.close()
+        log.info("features set up (%.1f s since the lease)", time.monotonic() - began)
         if not self.lease.held:  # lost while starting: nothing may act
             raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
         self.tasks.every("outbox", outbox.step, critical=True, stale_after=OUTBOX_STALE)
