@@ -6,7 +6,10 @@ its spam checker on the first), each in its own process as in production. ``late
 the time of a message send (``PUT /send``, answered once the event is stored) in the
 first forum's lobby, against the same send in the second's; sends alternate between the
 two so that both see the same load; the added latency is the difference of the medians
-(target: at most 2 ms). ``forum_answer_ms``: the forum's own answer times (its
+(target: at most 2 ms). ``floor``: the same send on a third homeserver whose module calls
+a bare server that answers ``{}`` at once (its own process, no rules): what the module's
+HTTP round trip costs by itself; ``added_over_floor`` is the ratio of the two added
+latencies. ``forum_answer_ms``: the forum's own answer times (its
 histogram), over the spam phase. ``load_average``: the machine's, at the end (figures taken
 on a busy machine say so).
 
@@ -20,7 +23,7 @@ by the banned local person. Each is refused or not; then an observer, a member w
 the room and receives invitations, is checked for any of them (target: 0 seen by another
 member).
 
-    .venv/bin/python benchmarks/antispam.py [--sends 1000] [--attempts 1000]
+    .venv/bin/python benchmarks/antispam.py [--sends 1000] [--attempts 1000] [--latency-only]
 """
 
 from __future__ import annotations
@@ -101,6 +104,54 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any) -> None:
     conn.send(None)
 
 
+def serve_floor(port: int, secret: str, conn: Any) -> None:
+    """The child process of the floor: answers every callback ``{}`` at once (after the
+    same secret check), until the parent says stop."""
+    asyncio.run(_serve_floor(port, secret, conn))
+
+
+async def _serve_floor(port: int, secret: str, conn: Any) -> None:
+    from aiohttp import web
+
+    expected = f"Bearer {secret}"
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != expected:
+            return web.json_response({"errcode": "M_UNAUTHORIZED"}, status=401)
+        await request.read()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/{callback}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    conn.send("ready")
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await runner.cleanup()
+    conn.send(None)
+
+
+@contextlib.asynccontextmanager
+async def floor_process(hook: AntispamHook) -> AsyncIterator[None]:
+    """The bare spam checker of the floor in a child process, on ``hook``'s port."""
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe()
+    port = int(hook.base_url.rsplit(":", 1)[1])
+    proc = mp.Process(target=serve_floor, args=(port, hook.secret, child), name="floor")
+    proc.start()
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, parent.recv)
+        yield
+        parent.send("stop")
+        await loop.run_in_executor(None, parent.recv)
+    finally:
+        await loop.run_in_executor(None, proc.join, 30)
+        if proc.is_alive():
+            proc.kill()
+
+
 @contextlib.asynccontextmanager
 async def forum_process(
     hs: EmbeddedHomeserver, home: Path, config: dict[str, Any]
@@ -124,47 +175,65 @@ async def forum_process(
 
 
 async def latency(
-    with_module: EmbeddedHomeserver, plain: EmbeddedHomeserver, home: Path, sends: int
+    with_module: EmbeddedHomeserver,
+    floor: EmbeddedHomeserver,
+    plain: EmbeddedHomeserver,
+    home: Path,
+    sends: int,
 ) -> dict[str, Any]:
-    """Sends alternate: the lobby of a forum whose homeserver asks it (module on), the
-    lobby of the same forum on a homeserver without the module. The pairs alternate which
-    goes first, so neither side always follows the other; besides the difference of the
-    medians, the median of the pairs' differences (each pair sent under the same load)."""
+    """Sends in rounds of three: the lobby of a forum whose homeserver asks it (module
+    on), the lobby of a forum whose homeserver asks a bare server (the floor), the lobby
+    of the same forum on a homeserver without the module. Each round starts with the
+    next side in turn, so that none always follows another; besides the differences of
+    the medians, the median of the rounds' differences (each round sent under the same
+    load)."""
+    assert floor.config.antispam is not None
     async with (
         forum_process(with_module, home / "on", antispam_config(with_module)) as room_on,
+        floor_process(floor.config.antispam),
+        forum_process(floor, home / "floor", {}) as room_floor,
         forum_process(plain, home / "off", {}) as room_off,
     ):
-        writer = await TestUser.create(with_module, "writer", sync=False)
-        other = await TestUser.create(plain, "writer", sync=False)
+        sides = [
+            (await TestUser.create(hs, "writer", sync=False), room)
+            for hs, room in ((with_module, room_on), (floor, room_floor), (plain, room_off))
+        ]
         try:
-            await writer.join(room_on, via=[with_module.server_name])
-            await other.join(room_off, via=[plain.server_name])
-            on_ms: list[float] = []
-            off_ms: list[float] = []
-            for i in range(50):  # warm both up (connections, caches)
-                await timed_send(writer, room_on, f"warm {i}")
-                await timed_send(other, room_off, f"warm {i}")
+            for (user, room), hs in zip(sides, (with_module, floor, plain), strict=True):
+                await user.join(room, via=[hs.server_name])
+            for i in range(50):  # warm every side up (connections, caches)
+                for user, room in sides:
+                    await timed_send(user, room, f"warm {i}")
+            times: list[list[float]] = [[], [], []]
             load_before = os.getloadavg()
             for i in range(sends):
-                if i % 2:
-                    off_ms.append(await timed_send(other, room_off, f"bonjour {i}"))
-                    on_ms.append(await timed_send(writer, room_on, f"bonjour {i}"))
-                else:
-                    on_ms.append(await timed_send(writer, room_on, f"bonjour {i}"))
-                    off_ms.append(await timed_send(other, room_off, f"bonjour {i}"))
+                for k in range(3):
+                    side = (i + k) % 3
+                    user, room = sides[side]
+                    times[side].append(await timed_send(user, room, f"bonjour {i}"))
             load_after = os.getloadavg()
         finally:
-            await writer.close()
-            await other.close()
-    on, off = figures(on_ms), figures(off_ms)
-    paired = [a - b for a, b in zip(on_ms, off_ms, strict=True)]
+            for user, _ in sides:
+                await user.close()
+    on, bare, off = (figures(t) for t in times)
+    added = on["median_ms"] - off["median_ms"]
+    floor_added = bare["median_ms"] - off["median_ms"]
+
+    def paired(a: list[float], b: list[float]) -> float:
+        return round(statistics.median(x - y for x, y in zip(a, b, strict=True)) * 1000, 2)
+
     return {
-        "pairs": sends,
+        "rounds": sends,
         "with_module": on,
+        "floor_bare_server": bare,
         "without_module": off,
-        "added_median_ms": round(on["median_ms"] - off["median_ms"], 2),
+        "added_median_ms": round(added, 2),
         "added_p95_ms": round(on["p95_ms"] - off["p95_ms"], 2),
-        "paired_difference_median_ms": round(statistics.median(paired) * 1000, 2),
+        "paired_difference_median_ms": paired(times[0], times[2]),
+        "floor_added_median_ms": round(floor_added, 2),
+        "floor_paired_difference_median_ms": paired(times[1], times[2]),
+        "forum_over_floor_median_ms": round(on["median_ms"] - bare["median_ms"], 2),
+        "added_over_floor": round(added / floor_added, 2) if floor_added > 0 else None,
         "load_average_before": load_before,
         "load_average_after": load_after,
     }
@@ -333,7 +402,7 @@ def answer_times(metrics: Any) -> dict[str, Any]:
     return out
 
 
-async def main(sends: int, each: int) -> dict[str, Any]:
+async def main(sends: int, each: int, latency_only: bool = False) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
@@ -358,10 +427,19 @@ async def main(sends: int, each: int) -> dict[str, Any]:
         plain = EmbeddedHomeserver(
             Path(tmp) / "synapse-off", server_name="plain.test", port=free_port(), for_tests=True
         )
-        servers = (with_module, remote, plain)
+        floor = EmbeddedHomeserver(
+            Path(tmp) / "synapse-floor",
+            server_name="floor.test",
+            port=free_port(),
+            for_tests=True,
+            antispam=AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24)),
+        )
+        servers = (with_module, remote, plain, floor)
         await asyncio.gather(*(hs.start() for hs in servers))
         try:
-            lat = await latency(with_module, plain, Path(tmp), sends)
+            lat = await latency(with_module, floor, plain, Path(tmp), sends)
+            if latency_only:
+                return {"nproc": os.cpu_count(), "latency": lat, "load_average": os.getloadavg()}
             async with ForumStarter(with_module, lambda: Path(tmp)) as start:
                 forum = await start(
                     "moderation",
@@ -406,5 +484,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--attempts", type=int, default=1000, help="attempts of EACH kind (target: 1000)"
     )
+    parser.add_argument(
+        "--latency-only", action="store_true", help="measure the latency only (no spam phase)"
+    )
     ns = parser.parse_args()
-    print(json.dumps(asyncio.run(main(ns.sends, ns.attempts)), indent=2))
+    print(json.dumps(asyncio.run(main(ns.sends, ns.attempts, ns.latency_only)), indent=2))
