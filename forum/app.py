@@ -9,7 +9,11 @@ outbox worker and the web app until stopped. The features of ``forum run`` are
 Only the process holding the service lease (:mod:`forum.storage.lease`) acts: a second
 ``forum run`` on the same database stands by (:meth:`Service.stand_by`: the web app, no
 sync, nothing sent) and starts when the lease ends; an active process that loses its
-lease steps down at once.
+lease steps down at once. On an external homeserver a standby prepares its start while
+it waits (:meth:`Service._prepare`): its bots log in on devices of their own (encryption
+keys made, not yet published), their rate limits are lifted and the forum's rooms are
+read again every ``service.standby_observe_seconds``; taking the lease then publishes the
+keys and, when the rooms were as configured, starts without reading them again.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.memory import limit_malloc_arenas, release_free_memory, resident_mb
 from forum.metrics import Metrics
-from forum.provisioning import ApplyResult, Plan, provision
+from forum.provisioning import ApplyResult, Observed, Plan, apply, observe, plan, provision
 from forum.settings import Settings, database_url
 from forum.signals import Signals
 from forum.storage import (
@@ -110,6 +114,13 @@ class Service:
         self.lease: Lease | None = None
         """This process's candidacy for the service lease (set by :meth:`open`)."""
         self._keeping: asyncio.Task[Any] | None = None
+        self._preparing: asyncio.Task[None] | None = None
+        self._logged_in = False
+        """The bots are logged in and their rate limits lifted (by a standby's
+        :meth:`_prepare`, their keys not yet published)."""
+        self._observation: tuple[Plan, Observed, float] | None = None
+        """A standby's last reading of the rooms: the plan, what it saw, when
+        (``time.monotonic()``)."""
 
     @property
     def web_url(self) -> str:
@@ -151,6 +162,9 @@ class Service:
         self.gateways = {
             role: bot_gateway(settings, db, role, creds[role], home=self.home) for role in ROLES
         }
+        for role, gateway in self.gateways.items():
+            self.metrics.watch_bot(role, gateway.stats)
+            gateway.observe_requests(partial(self.metrics.observe_action, role))
         return db
 
     async def stand_by(self) -> None:
@@ -177,12 +191,56 @@ class Service:
             self.web_url,
             self.lease.current.holder if self.lease.current else None,
         )
+        if self.settings.homeserver.mode != "embedded":  # the embedded one is the other's
+            self._preparing = asyncio.ensure_future(self._prepare())
         try:
             await self.lease.acquire()
             self._lead()
         finally:
             await self.runner.cleanup()
             self.runner = None
+
+    async def _prepare(self) -> None:
+        """A standby's preparation, until it takes over: the bots logged in (their keys
+        made, not published: members' clients do not see the device before it acts),
+        their rate limits lifted, then the rooms read and planned again every
+        ``service.standby_observe_seconds``. A failure (the homeserver down) is retried at
+        that pace; what is not ready when the lease is taken is done then."""
+        assert self.db is not None
+        every = self.settings.service.standby_observe_seconds
+        moderation_gateway = self.gateways["moderation"]
+        while True:
+            try:
+                if not self._logged_in:
+                    await self._log_in(publish=False)
+                observed = await observe(self.settings, moderation_gateway, self.db.sessionmaker)
+                found = plan(self.settings, moderation_gateway.user_id, observed)
+                self._observation = (found, observed, time.monotonic())
+                log.info(
+                    "standing by, ready to take over: bots logged in, %d room(s) read, "
+                    "%d change(s) to make",
+                    len(observed.rooms),
+                    len(found.changes),
+                )
+            except Exception as exc:  # the homeserver down, say: again later, or at takeover
+                log.warning("standing by: preparing the takeover failed (%s); again later", exc)
+            await asyncio.sleep(every)
+
+    async def _log_in(self, *, publish: bool) -> None:
+        """Log the bots in (see :meth:`Gateway.login`) and lift their rate limits."""
+        for gateway in self.gateways.values():
+            await gateway.login(publish=publish)
+        await exempt_from_rate_limits(
+            self.gateways["moderation"], [g.user_id for g in self.gateways.values()]
+        )
+        self._logged_in = True
+
+    async def _stop_preparing(self) -> None:
+        if self._preparing is not None:
+            self._preparing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._preparing
+            self._preparing = None
 
     async def try_lead(self) -> bool:
         """Take the service lease if it is free (and keep renewing it)."""
@@ -220,24 +278,36 @@ class Service:
             await self.lease.acquire()
         self._lead()
         began = time.monotonic()
-        for role, gateway in self.gateways.items():
-            self.metrics.watch_bot(role, gateway.stats)
-            gateway.observe_requests(partial(self.metrics.observe_action, role))
-            await gateway.login()
-        log.info("bots logged in (%.1f s since the lease)", time.monotonic() - began)
+        await self._stop_preparing()
+        observation, self._observation = self._observation, None
+        if self._logged_in:  # prepared while standing by: the keys only
+            await asyncio.gather(*(g.publish_keys() for g in self.gateways.values()))
+            log.info("bots' keys published (%.1f s since the lease)", time.monotonic() - began)
+        else:
+            await self._log_in(publish=True)
+            log.info(
+                "bots logged in, rate limits lifted (%.1f s since the lease)",
+                time.monotonic() - began,
+            )
         moderation_gateway = self.gateways["moderation"]
         membership_gateway = self.gateways["membership"]
-        await exempt_from_rate_limits(
-            moderation_gateway, [g.user_id for g in self.gateways.values()]
-        )
-        log.info("rate limits lifted (%.1f s since the lease)", time.monotonic() - began)
-        self.plan, result = await provision(
-            settings,
-            moderation_gateway,
-            db.sessionmaker,
-            joiners={membership_gateway.user_id: membership_gateway},
-        )
-        assert result is not None  # not a dry run
+        joiners = {membership_gateway.user_id: membership_gateway}
+        if observation is not None and observation[0].empty:
+            # the rooms were as configured when last read: no need to read them again
+            self.plan, observed, at = observation
+            log.info(
+                "taking over with the rooms read %.0f s ago while standing by",
+                time.monotonic() - at,
+            )
+            result = await apply(
+                settings, self.plan, moderation_gateway, db.sessionmaker, observed, joiners=joiners
+            )
+        else:
+            self.plan, provisioned = await provision(
+                settings, moderation_gateway, db.sessionmaker, joiners=joiners
+            )
+            assert provisioned is not None  # not a dry run
+            result = provisioned
         self.result = result
         for change, error in result.failed:
             log.error("provisioning could not %s: %s", change.describe(), error)
@@ -314,6 +384,7 @@ class Service:
         return HOUSEKEEPING_SECONDS
 
     async def stop(self) -> None:
+        await self._stop_preparing()
         for gateway in self.gateways.values():
             gateway.stop()
         if self._sync_tasks:  # let a batch being handled finish and store its token

@@ -334,6 +334,9 @@ class ServiceSection(_Model):
     it): the longest a standby waits after the active one died."""
     standby_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     """How often a standby looks whether the lease is free."""
+    standby_observe_seconds: float = Field(default=300.0, ge=5, le=86400)
+    """How often a standby reads the forum's rooms again (what provisioning would change),
+    so that it takes over with them known (external homeserver only)."""
 
 
 class LoggingSection(_Model):

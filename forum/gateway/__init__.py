@@ -126,16 +126,30 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
     def access_token(self) -> str | None:
         return self._transport.access_token
 
-    async def login(self) -> None:
+    async def login(self, *, publish: bool = True) -> None:
         """Log in: a given token, then a stored token, then the password. With
-        encryption, the device's keys are then loaded (or made) and published."""
+        encryption, the device is this process's own (see :meth:`Session.login`), its
+        keys are loaded (or made) and, unless not ``publish``, published (a standby
+        publishes them when it takes over: :meth:`publish_keys`)."""
         crypto = self.crypto
         known = await crypto.prepare() if crypto else None
-        self.device_id = await self._session.login(known)
+        self.device_id = await self._session.login(known, own_device=crypto is not None)
         if crypto is None:
             return
         if not self.device_id:
             raise MatrixError(f"{self.user_id}: the homeserver did not say our device id")
+        if publish:
+            await self.publish_keys()
+        else:
+            await crypto.open(self.device_id)
+
+    async def publish_keys(self) -> None:
+        """Publish the logged-in device's keys (nothing without encryption); a device
+        whose keys are lost here is replaced by a new one."""
+        crypto = self.crypto
+        if crypto is None:
+            return
+        assert self.device_id is not None, "publish_keys() after login()"
         try:
             await crypto.start(self.device_id)
         except MatrixError as exc:

@@ -99,8 +99,9 @@ class Crypto:
         await asyncio.to_thread(private_dir, self.store_dir)
         return await asyncio.to_thread(self.known_device_id)
 
-    async def start(self, device_id: str) -> None:
-        """Open (or create) the device's store and publish its keys."""
+    async def open(self, device_id: str) -> None:
+        """Open (or create) the device's store, publishing nothing (a standby's device
+        stays unseen by the members' clients until it takes over: :meth:`start`)."""
         if not ENCRYPTION_ENABLED:
             raise RuntimeError("matrix-nio was installed without its e2e extra (vodozemac)")
         client = self.client
@@ -110,6 +111,11 @@ class Crypto:
             client.restore_login(self.transport.user_id, device_id, client.access_token)
         await asyncio.to_thread(self._tighten)
         self.fresh = not client.olm.account.shared
+
+    async def start(self, device_id: str) -> None:
+        """Open (or create) the device's store and publish its keys."""
+        await self.open(device_id)
+        client = self.client
         await self.maintain()
         log.info(
             "%s: end-to-end encryption on, device %s (keys %s, store %s)",

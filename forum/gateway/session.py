@@ -34,18 +34,31 @@ class Session:
     def user_id(self) -> str:
         return self.transport.user_id
 
-    async def login(self, known_device: str | None = None) -> str | None:
+    async def login(
+        self, known_device: str | None = None, *, own_device: bool = False
+    ) -> str | None:
         """Log in: a given token, then a stored token, then the password. Returns the
         device id (``None`` when a token's owner does not say it). A password login asks
         for the stored session's device, else ``known_device`` (the device whose
-        encryption keys are kept), so that a new token keeps the same device."""
+        encryption keys are kept), so that a new token keeps the same device.
+
+        ``own_device`` (end-to-end encryption): the stored session is used only if it is
+        the device whose keys this process keeps (``known_device``); another one's is
+        another process's device (the active forum's, for a standby) or a device whose
+        keys are lost here, and the password logs in as this process's own device."""
         transport = self.transport
         candidates: list[tuple[str, str | None]] = []
         if self.access_token:
             candidates.append((self.access_token, None))
         async with self.sessionmaker() as s:
             stored = await BotSessions(s).get(self.user_id)
-        if stored and stored.homeserver == transport.homeserver_url:
+        foreign = (
+            own_device
+            and self.password is not None
+            and stored is not None
+            and stored.device_id != known_device
+        )
+        if stored and stored.homeserver == transport.homeserver_url and not foreign:
             candidates.append((stored.access_token, stored.device_id))
             known_device = stored.device_id or known_device
         for token, device_id in candidates:

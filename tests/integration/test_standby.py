@@ -5,7 +5,10 @@ PostgreSQL and SQLite; the people knock and count what the bots answer."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
+import re
+import secrets
 import signal
 import sys
 import time
@@ -237,9 +240,17 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
         await knock(svc, first)
         room_first = await svc.wait_dm(first, timeout=30)
         await svc.wait_bot_text(first, room_first, "Charte", "Charter")
-        # the standby never acted: it never even spoke to the homeserver for a bot
-        assert "forum_actions_total{" not in await b.metrics()
+        # the standby never acted: it prepared its start (log-ins, rate limits, reading
+        # the rooms), it never synced, sent, invited or changed a room
+        await b.wait_output("ready to take over")
+        kinds = standby_request_kinds(await b.metrics())
+        assert kinds, "the standby did not prepare its start"
+        assert kinds <= PREPARING, f"the standby acted: {sorted(kinds - PREPARING)}"
         assert (await b.health() or {}).get("tasks", {}) == {}
+        # its bots' devices are not published: members' clients encrypt for the active
+        # process's devices only
+        bot = svc.membership_bot_id
+        assert await published_devices(first, bot) == devices_of(a, bot)
 
         # the active forum dies; someone knocks while nobody acts
         a.proc.send_signal(signal.SIGKILL)
@@ -252,6 +263,13 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
         assert took < TAKEOVER_LIMIT, f"b took {took:.1f} s to take over:\n" + "\n".join(
             line for line in b.output.splitlines() if "lease" in line or "provisioned" in line
         )
+        # what it prepared is used: no second log-in, no second reading of the rooms
+        assert "keys published" in b.output
+        assert "taking over with the rooms read" in b.output
+        # the device that acts now is published (the dead one's stays, as a client's)
+        assert devices_of(b, bot)
+        assert devices_of(b, bot).isdisjoint(devices_of(a, bot))
+        assert await published_devices(first, bot) == devices_of(a, bot) | devices_of(b, bot)
 
         after = await make_user("fo-after")
         await knock(svc, after)
@@ -286,6 +304,30 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
                 await process.stop()
 
 
+#: what a standby asks the homeserver while it prepares its start: log-ins (``whoami``),
+#: the rate-limit exemption (admin API ``users``), reading the rooms (aliases, state); and
+#: its ``/healthz``'s check of the homeserver (``versions``)
+PREPARING = {"GET account", "POST users", "GET directory", "GET state", "GET versions"}
+
+
+def standby_request_kinds(metrics: str) -> set[str]:
+    """The kinds of the bots' requests counted in a process's ``/metrics``."""
+    return set(re.findall(r'^forum_actions_total\{[^}]*kind="([^"]+)"', metrics, re.MULTILINE))
+
+
+def devices_of(process: Process, user_id: str) -> set[str]:
+    """The devices whose keys ``process`` published for ``user_id`` (its log says)."""
+    return set(
+        re.findall(re.escape(user_id) + r": end-to-end encryption on, device (\w+)", process.output)
+    )
+
+
+async def published_devices(user: TestUser, of: str) -> set[str]:
+    """The devices of ``of`` whose keys a member's client finds (``keys/query``)."""
+    found = await user.request("POST", "/_matrix/client/v3/keys/query", {"device_keys": {of: []}})
+    return set(found.get("device_keys", {}).get(of, {}))
+
+
 async def _role_is(process: Process, role: str) -> bool:
     return await process.role() == role
 
@@ -294,18 +336,31 @@ async def test_sqlite_second_process_stands_by_and_takes_over_a_clean_stop(
     synapse, make_user, tmp_path
 ):
     """On one machine with SQLite: the second process on the same file waits; when the
-    first stops cleanly it hands the lease over at once."""
+    first stops cleanly it hands the lease over at once. Its configuration has one more
+    topic (an upgrade rolled out to the standby first): what it read while standing by
+    differs from it, so taking over provisions the forum again and the topic's room is
+    made."""
     data = base_data(synapse, f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}")
     settings = settings_from(data)
     await register_bots(synapse, settings)
     a = await start_run(tmp_path, data, "a")
     b: Process | None = None
+    data_b = copy.deepcopy(data)
+    new_topic = {
+        "slug": "nouveau",
+        "alias": f"nouveau-{secrets.token_hex(3)}",
+        "name": {"fr": "Nouveau sujet", "en": "New topic"},
+        "topic": {"fr": "Ajouté", "en": "Added"},
+    }
+    data_b["topics"].append(new_topic)
     try:
         await a.wait_output("Press Ctrl-C to stop")
-        b = await start_run(tmp_path, data, "b")
+        b = await start_run(tmp_path, data_b, "b")
         await b.wait_output("Standing by")
         await until(lambda: _role_is(b, "standby"), 30, "b answers /healthz as standby")
         assert await a.role() == "active"
+        await b.wait_output("ready to take over")
+        assert re.search(r"ready to take over: .* [1-9]\d* change\(s\) to make", b.output)
 
         stopped = time.monotonic()
         await a.stop()
@@ -313,8 +368,11 @@ async def test_sqlite_second_process_stands_by_and_takes_over_a_clean_stop(
         await takes_over(b)
         assert time.monotonic() - stopped < TAKEOVER_LIMIT + 5  # no wait for the expiry
         assert "Taking over" in b.output
+        assert "taking over with the rooms read" not in b.output  # read again, provisioned
 
         user = await make_user("sqlite-standby")
+        alias = f"#{new_topic['alias']}:{synapse.server_name}"
+        await user.resolve_alias(alias)  # the new topic's room was made at the takeover
         svc = Forum(synapse, settings, await forum_rooms(user, settings))
         await knock(svc, user)
         room = await svc.wait_dm(user, timeout=30)
