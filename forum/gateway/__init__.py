@@ -133,7 +133,9 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         publishes them when it takes over: :meth:`publish_keys`)."""
         crypto = self.crypto
         known = await crypto.prepare() if crypto else None
-        self.device_id = await self._session.login(known, own_device=crypto is not None)
+        self.device_id = await self._session.login(
+            known, keeps_keys=crypto.keeps if crypto else None
+        )
         if crypto is None:
             return
         if not self.device_id:

@@ -94,6 +94,10 @@ class Crypto:
             return None
         return devices[0]
 
+    def keeps(self, device_id: str) -> bool:
+        """Whether this process keeps the keys of ``device_id`` (its store is here)."""
+        return (self.store_dir / f"{self.transport.user_id}_{device_id}.db").is_file()
+
     async def prepare(self) -> str | None:
         """Make the store's directory (0700); return the device its keys belong to."""
         await asyncio.to_thread(private_dir, self.store_dir)

@@ -7,6 +7,7 @@ its token and device instead of logging in again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,17 +36,20 @@ class Session:
         return self.transport.user_id
 
     async def login(
-        self, known_device: str | None = None, *, own_device: bool = False
+        self,
+        known_device: str | None = None,
+        *,
+        keeps_keys: Callable[[str], bool] | None = None,
     ) -> str | None:
         """Log in: a given token, then a stored token, then the password. Returns the
         device id (``None`` when a token's owner does not say it). A password login asks
         for the stored session's device, else ``known_device`` (the device whose
         encryption keys are kept), so that a new token keeps the same device.
 
-        ``own_device`` (end-to-end encryption): the stored session is used only if it is
-        the device whose keys this process keeps (``known_device``); another one's is
-        another process's device (the active forum's, for a standby) or a device whose
-        keys are lost here, and the password logs in as this process's own device."""
+        ``keeps_keys`` (end-to-end encryption) tells whether this process keeps a device's
+        keys: a stored session of a device whose keys it does not keep is another
+        process's (the active forum's, for a standby) or one whose keys are lost here, and
+        the password logs in as this process's own device instead."""
         transport = self.transport
         candidates: list[tuple[str, str | None]] = []
         if self.access_token:
@@ -53,10 +57,10 @@ class Session:
         async with self.sessionmaker() as s:
             stored = await BotSessions(s).get(self.user_id)
         foreign = (
-            own_device
+            keeps_keys is not None
             and self.password is not None
             and stored is not None
-            and stored.device_id != known_device
+            and not (stored.device_id and keeps_keys(stored.device_id))
         )
         if stored and stored.homeserver == transport.homeserver_url and not foreign:
             candidates.append((stored.access_token, stored.device_id))

@@ -241,6 +241,15 @@ async def test_a_lost_encryption_store_does_not_stop_the_service(
     await asyncio.to_thread(shutil.rmtree, home / "crypto")
     again = await start_forum("membership", data=first.data, home=home)
     bot = again.membership_bot_id
+    device = again.ctx.membership_gateway.device_id
+    assert device != first.ctx.membership_gateway.device_id  # a new device, new keys
     yaw = await again.user("yaw", encrypted=True)
     room = await open_encrypted_dm(yaw, bot)
     await yaw.wait_for(from_bot(room, bot, "Which language"), 30)
+    # the new device is kept from then on (the lost one's empty store left beside it)
+    await start_forum.stop(again)
+    third = await start_forum("membership", data=first.data, home=home)
+    assert third.ctx.membership_gateway.device_id == device
+    mark = yaw.mark()
+    await yaw.send_text(room, "English")
+    await yaw.wait_for(from_bot(room, bot, CHARTER_EN), 20, after=mark)
