@@ -10,10 +10,11 @@ Only the process holding the service lease (:mod:`forum.storage.lease`) acts: a 
 ``forum run`` on the same database stands by (:meth:`Service.stand_by`: the web app, no
 sync, nothing sent) and starts when the lease ends; an active process that loses its
 lease steps down at once. On an external homeserver a standby prepares its start while
-it waits (:meth:`Service._prepare`): its bots log in on devices of their own (encryption
-keys made, not yet published), their rate limits are lifted and the forum's rooms are
-read again every ``service.standby_observe_seconds``; taking the lease then publishes the
-keys and, when the rooms were as configured, starts without reading them again.
+it waits (:meth:`Service._prepare`): its bots log in on devices of their own (their
+encryption keys published, the room keys members share with them received), their rate
+limits are lifted and the forum's rooms are read again every
+``service.standby_observe_seconds``; taking the lease then starts, when the rooms were as
+configured, without reading them again.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 #: expected: tokens are stored after every batch).
 PROCESSED_EVENTS_KEPT = timedelta(days=30)
 HOUSEKEEPING_SECONDS = 3600.0
+#: a standby receives the room keys shared with its bots' devices this often
+DRAIN_SECONDS = 30.0
 #: ``/healthz`` answers 503 when a bot's sync loop handled no batch for this long (a
 #: long poll lasts 30 s at most)
 SYNC_STALE = 180.0
@@ -117,7 +120,7 @@ class Service:
         self._preparing: asyncio.Task[None] | None = None
         self._logged_in = False
         """The bots are logged in and their rate limits lifted (by a standby's
-        :meth:`_prepare`, their keys not yet published)."""
+        :meth:`_prepare`)."""
         self._observation: tuple[Plan, Observed, float] | None = None
         """A standby's last reading of the rooms: the plan, what it saw, when
         (``time.monotonic()``)."""
@@ -201,35 +204,43 @@ class Service:
             self.runner = None
 
     async def _prepare(self) -> None:
-        """A standby's preparation, until it takes over: the bots logged in (their keys
-        made, not published: members' clients do not see the device before it acts),
-        their rate limits lifted, then the rooms read and planned again every
-        ``service.standby_observe_seconds``. A failure (the homeserver down) is retried at
-        that pace; what is not ready when the lease is taken is done then."""
+        """A standby's preparation, until it takes over: the bots logged in on devices of
+        their own (keys published), their rate limits lifted; then every
+        :data:`DRAIN_SECONDS` the room keys members' clients shared with those devices
+        received (see :meth:`Gateway.drain_to_device`), and the rooms read and planned
+        again every ``service.standby_observe_seconds``. A failure (the homeserver down)
+        is tried again at the next round; what is not ready when the lease is taken is
+        done then."""
         assert self.db is not None
         every = self.settings.service.standby_observe_seconds
         moderation_gateway = self.gateways["moderation"]
         while True:
             try:
                 if not self._logged_in:
-                    await self._log_in(publish=False)
-                observed = await observe(self.settings, moderation_gateway, self.db.sessionmaker)
-                found = plan(self.settings, moderation_gateway.user_id, observed)
-                self._observation = (found, observed, time.monotonic())
-                log.info(
-                    "standing by, ready to take over: bots logged in, %d room(s) read, "
-                    "%d change(s) to make",
-                    len(observed.rooms),
-                    len(found.changes),
-                )
+                    await self._log_in()
+                for gateway in self.gateways.values():
+                    await gateway.drain_to_device()
+                last = self._observation
+                if last is None or time.monotonic() - last[2] >= every:
+                    observed = await observe(
+                        self.settings, moderation_gateway, self.db.sessionmaker
+                    )
+                    found = plan(self.settings, moderation_gateway.user_id, observed)
+                    self._observation = (found, observed, time.monotonic())
+                    log.info(
+                        "standing by, ready to take over: bots logged in, %d room(s) read, "
+                        "%d change(s) to make",
+                        len(observed.rooms),
+                        len(found.changes),
+                    )
             except Exception as exc:  # the homeserver down, say: again later, or at takeover
                 log.warning("standing by: preparing the takeover failed (%s); again later", exc)
-            await asyncio.sleep(every)
+            await asyncio.sleep(DRAIN_SECONDS)
 
-    async def _log_in(self, *, publish: bool) -> None:
+    async def _log_in(self) -> None:
         """Log the bots in (see :meth:`Gateway.login`) and lift their rate limits."""
         for gateway in self.gateways.values():
-            await gateway.login(publish=publish)
+            await gateway.login()
         await exempt_from_rate_limits(
             self.gateways["moderation"], [g.user_id for g in self.gateways.values()]
         )
@@ -280,11 +291,16 @@ class Service:
         began = time.monotonic()
         await self._stop_preparing()
         observation, self._observation = self._observation, None
-        if self._logged_in:  # prepared while standing by: the keys only
-            await asyncio.gather(*(g.publish_keys() for g in self.gateways.values()))
-            log.info("bots' keys published (%.1f s since the lease)", time.monotonic() - began)
+        if self._logged_in:  # prepared while standing by: the last room keys only
+            drained = await asyncio.gather(*(g.drain_to_device() for g in self.gateways.values()))
+            log.info(
+                "bots logged in while standing by; %d to-device message(s) received "
+                "(%.1f s since the lease)",
+                sum(drained),
+                time.monotonic() - began,
+            )
         else:
-            await self._log_in(publish=True)
+            await self._log_in()
             log.info(
                 "bots logged in, rate limits lifted (%.1f s since the lease)",
                 time.monotonic() - began,

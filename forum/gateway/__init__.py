@@ -126,11 +126,10 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
     def access_token(self) -> str | None:
         return self._transport.access_token
 
-    async def login(self, *, publish: bool = True) -> None:
+    async def login(self) -> None:
         """Log in: a given token, then a stored token, then the password. With
-        encryption, the device is this process's own (see :meth:`Session.login`), its
-        keys are loaded (or made) and, unless not ``publish``, published (a standby
-        publishes them when it takes over: :meth:`publish_keys`)."""
+        encryption, the device is this process's own (see :meth:`Session.login`) and its
+        keys are loaded (or made) and published (:meth:`publish_keys`)."""
         crypto = self.crypto
         known = await crypto.prepare() if crypto else None
         self.device_id = await self._session.login(
@@ -140,10 +139,12 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
             return
         if not self.device_id:
             raise MatrixError(f"{self.user_id}: the homeserver did not say our device id")
-        if publish:
-            await self.publish_keys()
-        else:
-            await crypto.open(self.device_id)
+        await self.publish_keys()
+
+    async def drain_to_device(self) -> int:
+        """Receive the to-device messages waiting for this device (see
+        :meth:`Crypto.drain_to_device`); 0 without encryption."""
+        return await self.crypto.drain_to_device() if self.crypto else 0
 
     async def publish_keys(self) -> None:
         """Publish the logged-in device's keys (nothing without encryption); a device

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import os
 import re
@@ -46,6 +47,17 @@ from forum.gateway.transport import Transport, path
 log = logging.getLogger(__name__)
 
 ENCRYPTED = "m.room.encrypted"
+#: a sync that reads no room: what waits for the device itself (:meth:`Crypto.drain_to_device`)
+DRAIN_FILTER = json.dumps(
+    {
+        "room": {"rooms": []},
+        "presence": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+    },
+    separators=(",", ":"),
+)
+#: the to-device messages Synapse gives in one sync at most
+DRAIN_BATCH = 100
 
 
 def store_dir_of(root: Path, user_id: str) -> Path:
@@ -65,6 +77,8 @@ class Crypto:
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     fresh: bool = field(init=False, default=False)
     """The device's olm account was made by this start (its keys never published)."""
+    _drained_to: str | None = field(init=False, default=None)
+    """Where :meth:`drain_to_device` got to (a sync position of this device's own)."""
 
     @property
     def store_dir(self) -> Path:
@@ -104,8 +118,7 @@ class Crypto:
         return await asyncio.to_thread(self.known_device_id)
 
     async def open(self, device_id: str) -> None:
-        """Open (or create) the device's store, publishing nothing (a standby's device
-        stays unseen by the members' clients until it takes over: :meth:`start`)."""
+        """Open (or create) the device's store (:meth:`start` then publishes its keys)."""
         if not ENCRYPTION_ENABLED:
             raise RuntimeError("matrix-nio was installed without its e2e extra (vodozemac)")
         client = self.client
@@ -273,6 +286,36 @@ class Crypto:
             if client.should_claim_keys:
                 users = client.get_users_for_key_claiming()
                 await nio("keys/claim", lambda: client.keys_claim(users))
+
+    async def drain_to_device(self) -> int:
+        """Receive what waits for this device alone (room keys, new Olm sessions, the
+        one-time key count) through a sync of its own that reads no room, until nothing
+        is left (at most 100 messages come a sync); returns how many came.
+
+        A standby's device is published while the other process acts: members' clients
+        share their room keys with it too. Its first sync when it takes over starts from
+        the forum's stored token, the other device's position, and Synapse deletes the
+        to-device messages up to that position unread: drained before, none is lost."""
+        total = 0
+        while True:
+            query: dict[str, str | int] = {
+                "filter": DRAIN_FILTER,
+                "timeout": 0,
+                "set_presence": "offline",
+            }
+            if self._drained_to:
+                query["since"] = self._drained_to
+            data = await self.transport.request("GET", "/sync", query=query)
+            await self.receive(data)
+            await self.maintain()
+            token = data.get("next_batch")
+            if isinstance(token, str):
+                self._drained_to = token
+            found = (data.get("to_device") or {}).get("events")
+            count = len(found) if isinstance(found, list) else 0
+            total += count
+            if count < DRAIN_BATCH or not isinstance(token, str):
+                return total
 
     # --- the sending side --------------------------------------------------------------
     def created(self, room_id: str, *, encrypted: bool) -> None:

@@ -27,6 +27,7 @@ from forum.settings import Settings
 from forum.storage import Database, LeaseLost
 from forum.storage.models import OutboxRow, ServiceLeaseRow
 from tests.harness import (
+    CHARTER_EN,
     PUBLICATION_Q,
     Forum,
     eventually,
@@ -35,6 +36,7 @@ from tests.harness import (
     register_bots,
     settings_from,
 )
+from tests.integration.test_encrypted_dms import from_bot, open_encrypted_dm
 from tests.matrix_user import TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -247,10 +249,22 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
         assert kinds, "the standby did not prepare its start"
         assert kinds <= PREPARING, f"the standby acted: {sorted(kinds - PREPARING)}"
         assert (await b.health() or {}).get("tasks", {}) == {}
-        # its bots' devices are not published: members' clients encrypt for the active
-        # process's devices only
+        handled = re.findall(r"^forum_events_handled_total\{.*\} (\S+)$", await b.metrics(), re.M)
+        assert handled, "no count of the events the standby's bots handled"
+        assert all(float(n) == 0 for n in handled), f"the standby handled events: {handled}"
+        # its bots' devices are published: members' clients encrypt for them too
         bot = svc.membership_bot_id
-        assert await published_devices(first, bot) == devices_of(a, bot)
+        assert devices_of(b, bot)
+        assert devices_of(b, bot).isdisjoint(devices_of(a, bot))
+        assert await published_devices(first, bot) == devices_of(a, bot) | devices_of(b, bot)
+        # a member in an encrypted DM (as Element X opens it): the room key of their
+        # first answer goes to both processes' devices; the standby receives its copy
+        ama = await make_user("fo-encrypted", encrypted=True)
+        dm = await open_encrypted_dm(ama, bot)
+        await ama.wait_for(from_bot(dm, bot, "Which language"), 30)
+        mark = ama.mark()
+        await ama.send_text(dm, "English")
+        await ama.wait_for(from_bot(dm, bot, CHARTER_EN), 30, after=mark)
 
         # the active forum dies; someone knocks while nobody acts
         a.proc.send_signal(signal.SIGKILL)
@@ -258,18 +272,19 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
         await a.proc.wait()
         gap = await make_user("fo-gap")
         await knock(svc, gap)
+        # in the gap, the member answers under the same room key, shared before the
+        # active process's last sync position: the process taking over reads it
+        mark = ama.mark()
+        await ama.send_text(dm, "I accept")
         await takes_over(b)
         took = time.monotonic() - killed
         assert took < TAKEOVER_LIMIT, f"b took {took:.1f} s to take over:\n" + "\n".join(
             line for line in b.output.splitlines() if "lease" in line or "provisioned" in line
         )
         # what it prepared is used: no second log-in, no second reading of the rooms
-        assert "keys published" in b.output
+        assert "bots logged in while standing by" in b.output
         assert "taking over with the rooms read" in b.output
-        # the device that acts now is published (the dead one's stays, as a client's)
-        assert devices_of(b, bot)
-        assert devices_of(b, bot).isdisjoint(devices_of(a, bot))
-        assert await published_devices(first, bot) == devices_of(a, bot) | devices_of(b, bot)
+        await ama.wait_for(from_bot(dm, bot, *PUBLICATION_Q), 30, after=mark)
 
         after = await make_user("fo-after")
         await knock(svc, after)
@@ -305,9 +320,12 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
 
 
 #: what a standby asks the homeserver while it prepares its start: log-ins (``whoami``),
-#: the rate-limit exemption (admin API ``users``), reading the rooms (aliases, state); and
-#: its ``/healthz``'s check of the homeserver (``versions``)
-PREPARING = {"GET account", "POST users", "GET directory", "GET state", "GET versions"}
+#: the rate-limit exemption (admin API ``users``), reading the rooms (aliases, state), the
+#: room keys for its devices (a ``sync`` that reads no room); and its ``/healthz``'s check
+#: of the homeserver (``versions``)
+PREPARING = {
+    "GET account", "POST users", "GET directory", "GET state", "GET sync", "GET versions"
+}  # fmt: skip
 
 
 def standby_request_kinds(metrics: str) -> set[str]:
