@@ -30,7 +30,8 @@ reported with its error, and the next ones run):
   ``benchmarks/scale_service.py``);
 - ``digest``: this week's digest built and rendered in the service from the messages of
   the load (the senders consented to publication): the time, the service's memory;
-- ``failover``: a second ``forum run`` stands by on the same PostgreSQL; messages at
+- ``failover``: a second ``forum run`` stands by on the same PostgreSQL (until it is ready
+  to take over: bots logged in, rooms read); messages at
   ``--rate`` for ``--failover-duration`` seconds with ``--failover-knocks`` knocks spread
   around the kill (from 3 s before to 3 s after twice the lease); the active service is
   killed (SIGKILL) ``--kill-after`` seconds in: the time until the standby holds the lease
@@ -813,6 +814,9 @@ async def failover(
     p.standby.append(b)
     await b.wait_output("Standing by", timeout=300)
     standby_start_s = time.perf_counter() - t0
+    # as a standby that has waited a while: its bots logged in, the rooms read
+    await b.wait_output("ready to take over", timeout=600)
+    standby_ready_s = time.perf_counter() - t0
     svc = Observed(p.hs, settings_from(p.data), forum.ids)
     watch = fo.Takeover(b)
     watcher = asyncio.ensure_future(watch.run())
@@ -826,6 +830,20 @@ async def failover(
     failed: list[str] = []
     knock_times: list[float] = []
     failed_knocks: list[str] = []
+
+    probes: list[float] = []
+
+    async def probe() -> None:
+        """The homeserver's own answer time from the kill until the standby acts: a
+        client's ``whoami``, one after another (what any request waits at least)."""
+        while watch.acting_at is None:
+            t = time.perf_counter()
+            with contextlib.suppress(Exception):  # a failed probe is as slow as it was
+                await forum.mod.request("GET", "/_matrix/client/v3/account/whoami")
+            probes.append(time.perf_counter() - t)
+            await asyncio.sleep(0.2)
+
+    probing: list[asyncio.Future[None]] = []  # started at the kill
 
     async def send(k: int) -> None:
         s, room = sender_room(senders, topics, k)
@@ -846,6 +864,7 @@ async def failover(
         if watch.killed_at is None and time.perf_counter() - start >= args.kill_after:
             p.proc.kill()  # SIGKILL
             watch.killed()
+            probing.append(asyncio.ensure_future(probe()))
             sampler.follow(b.proc.pid, "standby")
             print(f"{time.strftime('%H:%M:%S')} killed the active forum", file=sys.stderr)
         delay = start + k / args.rate - time.perf_counter()
@@ -856,9 +875,11 @@ async def failover(
     if watch.killed_at is None:
         p.proc.kill()
         watch.killed()
+        probing.append(asyncio.ensure_future(probe()))
         sampler.follow(b.proc.pid, "standby")
     async with asyncio.timeout(180):
         await watcher
+    await asyncio.gather(*probing)
     killed_at, leased_at, acting_at = watch.times()
     rooms = await asyncio.gather(*(fo.answer_of(svc, u, 180) for u in knockers))
     answered = [(u, r) for u, r in zip(knockers, rooms, strict=True) if r is not None]
@@ -867,11 +888,14 @@ async def failover(
     return {
         "lease_seconds": args.lease_seconds,
         "standby_start_s": round(standby_start_s, 1),
+        "standby_ready_s": round(standby_ready_s, 1),
         "messages_sent": len(sent),
         "failed_sends": len(failed),
         "killed_after_s": round(args.kill_after, 1),
         "takeover_lease_s": round(leased_at - killed_at, 2),
         "takeover_acting_s": round(acting_at - killed_at, 2),
+        # the floor under this load: the homeserver's answer to a trivial request meanwhile
+        "homeserver_whoami_during_takeover": percentiles(probes),
         "knocks": len(knockers),
         "knocks_failed_client_side": len(failed_knocks),
         "knocks_during_gap": sum(1 for t in knock_times if killed_at <= t < acting_at),
