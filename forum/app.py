@@ -291,14 +291,11 @@ class Service:
         began = time.monotonic()
         await self._stop_preparing()
         observation, self._observation = self._observation, None
-        if self._logged_in:  # prepared while standing by: the last room keys only
-            drained = await asyncio.gather(*(g.drain_to_device() for g in self.gateways.values()))
-            log.info(
-                "bots logged in while standing by; %d to-device message(s) received "
-                "(%.1f s since the lease)",
-                sum(drained),
-                time.monotonic() - began,
-            )
+        draining: asyncio.Future[list[int]] | None = None
+        if self._logged_in:  # prepared while standing by: the last room keys, meanwhile
+            draining = asyncio.gather(*(g.drain_to_device() for g in self.gateways.values()))
+            # a start that fails meanwhile leaves it: its error is the start's to report
+            draining.add_done_callback(lambda f: f.cancelled() or f.exception())
         else:
             await self._log_in()
             log.info(
@@ -359,6 +356,13 @@ class Service:
             self.features[feature.name] = await feature.setup(ctx)
         registrations.close()
         log.info("features set up (%.1f s since the lease)", time.monotonic() - began)
+        if draining is not None:  # before the first sync from the stored token
+            log.info(
+                "bots logged in while standing by; %d to-device message(s) received "
+                "(%.1f s since the lease)",
+                sum(await draining),
+                time.monotonic() - began,
+            )
         if not self.lease.held:  # lost while starting: nothing may act
             raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
         self.tasks.every("outbox", outbox.step, critical=True, stale_after=OUTBOX_STALE)
