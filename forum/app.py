@@ -36,6 +36,7 @@ import moderation.bot
 from forum.bots import ROLES, BotRole, bot_credentials, bot_gateway, exempt_from_rate_limits
 from forum.context import Clock, Feature, Registrations, Rooms, ServiceContext
 from forum.credentials import secure_home
+from forum.errors import MatrixError, Unauthorized
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.memory import limit_malloc_arenas, release_free_memory, resident_mb
@@ -233,6 +234,9 @@ class Service:
                         len(observed.rooms),
                         len(found.changes),
                     )
+            except Unauthorized as exc:  # a device logged out meanwhile: log in again
+                log.warning("standing by: a bot's session ended (%s); logging in again", exc)
+                self._logged_in = False
             except Exception as exc:  # the homeserver down, say: again later, or at takeover
                 log.warning("standing by: preparing the takeover failed (%s); again later", exc)
             await asyncio.sleep(DRAIN_SECONDS)
@@ -357,12 +361,21 @@ class Service:
         registrations.close()
         log.info("features set up (%.1f s since the lease)", time.monotonic() - began)
         if draining is not None:  # before the first sync from the stored token
-            log.info(
-                "bots logged in while standing by; %d to-device message(s) received "
-                "(%.1f s since the lease)",
-                sum(await draining),
-                time.monotonic() - began,
-            )
+            try:
+                received = sum(await draining)
+            except MatrixError as exc:  # the sync loops log in again if they must
+                log.warning(
+                    "the room keys waiting for the bots' devices could not be received (%s):"
+                    " members' messages encrypted under them may stay unreadable",
+                    exc,
+                )
+            else:
+                log.info(
+                    "bots logged in while standing by; %d to-device message(s) received "
+                    "(%.1f s since the lease)",
+                    received,
+                    time.monotonic() - began,
+                )
         if not self.lease.held:  # lost while starting: nothing may act
             raise LeaseLost(self.lease.lost_reason or "the service lease was lost")
         self.tasks.every("outbox", outbox.step, critical=True, stale_after=OUTBOX_STALE)
