@@ -41,7 +41,7 @@ from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.memory import limit_malloc_arenas, release_free_memory, resident_mb
 from forum.metrics import Metrics
-from forum.provisioning import ApplyResult, Observed, Plan, apply, observe, plan, provision
+from forum.provisioning import ApplyResult, Observed, Plan, apply, provision, survey
 from forum.settings import Settings, database_url
 from forum.signals import Signals
 from forum.storage import (
@@ -223,10 +223,9 @@ class Service:
                     await gateway.drain_to_device()
                 last = self._observation
                 if last is None or time.monotonic() - last[2] >= every:
-                    observed = await observe(
+                    found, observed = await survey(
                         self.settings, moderation_gateway, self.db.sessionmaker
                     )
-                    found = plan(self.settings, moderation_gateway.user_id, observed)
                     self._observation = (found, observed, time.monotonic())
                     log.info(
                         "standing by, ready to take over: bots logged in, %d room(s) read, "

@@ -566,6 +566,15 @@ async def _apply_one(change: Change, gateway: Gateway, ids: dict[str, str]) -> N
     raise ValueError(f"unknown change {change.action}")
 
 
+async def survey(
+    settings: Settings, gateway: Gateway, sessionmaker: async_sessionmaker[AsyncSession]
+) -> tuple[Plan, Observed]:
+    """Observe and plan: what :func:`apply` would carry out, and what it was planned from
+    (a standby reads the rooms ahead and applies at its takeover)."""
+    observed = await observe(settings, gateway, sessionmaker)
+    return plan(settings, gateway.user_id, observed), observed
+
+
 async def provision(
     settings: Settings,
     gateway: Gateway,
@@ -575,8 +584,7 @@ async def provision(
     joiners: Mapping[str, Gateway] | None = None,
 ) -> tuple[Plan, ApplyResult | None]:
     """Observe, plan, and (unless ``dry_run``) apply."""
-    observed = await observe(settings, gateway, sessionmaker)
-    the_plan = plan(settings, gateway.user_id, observed)
+    the_plan, observed = await survey(settings, gateway, sessionmaker)
     if dry_run:
         return the_plan, None
     result = await apply(settings, the_plan, gateway, sessionmaker, observed, joiners=joiners)
