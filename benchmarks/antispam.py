@@ -133,35 +133,12 @@ async def _serve_floor(port: int, secret: str, conn: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def floor_process(hook: AntispamHook) -> AsyncIterator[None]:
-    """The bare spam checker of the floor in a child process, on ``hook``'s port."""
+async def child_process(target: Any, args: tuple[Any, ...], name: str) -> AsyncIterator[Any]:
+    """``target(*args, conn)`` in a spawned process: yields the first thing it sends (once
+    it is ready); on leaving, says stop and waits for its last word and its end."""
     mp = multiprocessing.get_context("spawn")
     parent, child = mp.Pipe()
-    port = int(hook.base_url.rsplit(":", 1)[1])
-    proc = mp.Process(target=serve_floor, args=(port, hook.secret, child), name="floor")
-    proc.start()
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.run_in_executor(None, parent.recv)
-        yield
-        parent.send("stop")
-        await loop.run_in_executor(None, parent.recv)
-    finally:
-        await loop.run_in_executor(None, proc.join, 30)
-        if proc.is_alive():
-            proc.kill()
-
-
-@contextlib.asynccontextmanager
-async def forum_process(
-    hs: EmbeddedHomeserver, home: Path, config: dict[str, Any]
-) -> AsyncIterator[str]:
-    """A forum on ``hs`` in a child process; yields its lobby's room id."""
-    data = merge(forum_data(hs), {"moderation": {**FAST, "flood_messages": 1000}, **config})
-    await register_bots(hs, settings_from(data))
-    mp = multiprocessing.get_context("spawn")
-    parent, child = mp.Pipe()
-    proc = mp.Process(target=serve, args=(data, str(home), child), name="forum-bench")
+    proc = mp.Process(target=target, args=(*args, child), name=name)
     proc.start()
     loop = asyncio.get_running_loop()
     try:
@@ -172,6 +149,23 @@ async def forum_process(
         await loop.run_in_executor(None, proc.join, 30)
         if proc.is_alive():
             proc.kill()
+
+
+def floor_process(hook: AntispamHook) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The bare spam checker of the floor in a child process, on ``hook``'s port."""
+    port = int(hook.base_url.rsplit(":", 1)[1])
+    return child_process(serve_floor, (port, hook.secret), "floor")
+
+
+@contextlib.asynccontextmanager
+async def forum_process(
+    hs: EmbeddedHomeserver, home: Path, config: dict[str, Any]
+) -> AsyncIterator[str]:
+    """A forum on ``hs`` in a child process; yields its lobby's room id."""
+    data = merge(forum_data(hs), {"moderation": {**FAST, "flood_messages": 1000}, **config})
+    await register_bots(hs, settings_from(data))
+    async with child_process(serve, (data, str(home)), "forum-bench") as lobby:
+        yield lobby
 
 
 async def latency(

@@ -45,7 +45,9 @@ async def running(gw: Gateway):
         await gw.close()
 
 
-def gateway(hs: EmbeddedHomeserver, db: Database, user_id: str, password: str, **kw) -> Gateway:
+def gateway(
+    hs: EmbeddedHomeserver | RateLimitProxy, db: Database, user_id: str, password: str, **kw
+) -> Gateway:
     return Gateway(
         homeserver_url=hs.url,
         user_id=user_id,
@@ -375,13 +377,8 @@ async def test_encryption_keys_are_published_through_a_slow_and_failing_homeserv
     proxy = RateLimitProxy(synapse)
     await proxy.start()
     user_id, pw = await new_account(synapse)
-    gw = Gateway(
-        homeserver_url=proxy.url,
-        user_id=user_id,
-        sessionmaker=sqlite_db.sessionmaker,
-        password=pw,
-        request_timeout=1.5,
-        crypto_store=tmp_path / "crypto",
+    gw = gateway(
+        proxy, sqlite_db, user_id, pw, request_timeout=1.5, crypto_store=tmp_path / "crypto"
     )
     try:
         proxy.fail_next("/keys/upload", 1, stall=3)  # longer than the request timeout
