@@ -201,8 +201,9 @@ class Service:
             await self.lease.acquire()
             self._lead()
         finally:
-            await self.runner.cleanup()
-            self.runner = None
+            if self.runner is not None:  # not already stopped (see :meth:`stop`)
+                await self.runner.cleanup()
+                self.runner = None
 
     async def _prepare(self) -> None:
         """A standby's preparation, until it takes over: the bots logged in on devices of

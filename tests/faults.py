@@ -232,15 +232,15 @@ class RateLimitProxy:
         """The paths of the requests a :meth:`fail_next` fault answered, in order."""
 
     def fail_next(self, fragment: str, times: int, *, status: int = 502, stall: float = 0) -> None:
-        """The next ``times`` requests whose path contains ``fragment`` are held ``stall``
-        seconds (a homeserver too slow to answer), then answered ``status`` (``M_UNKNOWN``)
-        without reaching the homeserver."""
+        """The next ``times`` requests whose path (with its query) contains ``fragment``
+        are held ``stall`` seconds (a homeserver too slow to answer), then answered
+        ``status`` (``M_UNKNOWN``) without reaching the homeserver."""
         self._faults.append([fragment, times, status, stall])
 
     async def _fault(self, request: web.Request) -> web.StreamResponse | None:
         for fault in self._faults:
             fragment, left, status, stall = fault
-            if left > 0 and fragment in request.path:
+            if left > 0 and fragment in request.path_qs:
                 fault[1] -= 1
                 self.faulted.append(request.path)
                 if stall:

@@ -25,6 +25,7 @@ import forum.gateway._nio  # noqa: F401  (first: matrix-nio without unused drive
 
 # isort: split
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.errors import MatrixError
 from forum.gateway.account import AccountEndpoints
 from forum.gateway.admin import AdminEndpoints
-from forum.gateway.crypto import Crypto, store_dir_of
+from forum.gateway.crypto import Crypto, DeviceRemoved, store_dir_of
 from forum.gateway.membership import MembershipEndpoints
 from forum.gateway.powers import PowerLevelEditor
 from forum.gateway.rooms import RoomEndpoints
@@ -155,28 +156,39 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         assert self.device_id is not None, "publish_keys() after login()"
         try:
             await crypto.start(self.device_id)
+        except DeviceRemoved as exc:
+            await self._new_device(crypto, exc, removed=True)
         except MatrixError as exc:
             if not crypto.fresh:
                 raise
             await self._new_device(crypto, exc)
 
-    async def _new_device(self, crypto: Crypto, refused: MatrixError) -> None:
-        """The device's store was lost (deleted, or an old backup restored) while its keys
-        stay published: the homeserver refuses new keys for it. Log in as a new device."""
+    async def _new_device(
+        self, crypto: Crypto, refused: MatrixError, *, removed: bool = False
+    ) -> None:
+        """Log in as a new device, when the device's store was lost (deleted, or an old
+        backup restored) while its keys stay published (the homeserver refuses new keys
+        for it), or when the device was ``removed`` (see :class:`DeviceRemoved`: the
+        device the log-in made again without keys is logged out)."""
         old = self.device_id
         if not self._session.password:
             raise MatrixError(
-                f"{self.user_id}: the encryption keys of device {old} are lost and the "
-                f"homeserver keeps the old ones ({refused}); give the bot a password, or a "
-                "new access token (a new device), in the configuration"
+                f"{self.user_id}: device {old} cannot be used for encryption ({refused}); "
+                "give the bot a password, or a new access token (a new device), in the "
+                "configuration"
             ) from refused
-        log.warning(
-            "%s: the encryption store of device %s is lost (the homeserver refused new "
-            "keys: %s); logging in as a new device",
-            self.user_id,
-            old,
-            refused,
-        )
+        if removed:
+            log.warning("%s; logging in as a new device", refused)
+            with contextlib.suppress(MatrixError):  # it would stay listed, keyless
+                await self._transport.request("POST", "/logout", body={})
+        else:
+            log.warning(
+                "%s: the encryption store of device %s is lost (the homeserver refused "
+                "new keys: %s); logging in as a new device",
+                self.user_id,
+                old,
+                refused,
+            )
         crypto.forget_device()
         await self._session.forget()
         self.device_id = await self._session.login(None)

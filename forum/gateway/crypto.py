@@ -46,6 +46,12 @@ from forum.gateway.transport import Transport, path
 
 log = logging.getLogger(__name__)
 
+
+class DeviceRemoved(MatrixError):
+    """The device was removed from the homeserver, its keys with it (see
+    :meth:`Crypto.start`)."""
+
+
 ENCRYPTED = "m.room.encrypted"
 #: a sync that reads no room: what waits for the device itself (:meth:`Crypto.drain_to_device`)
 DRAIN_FILTER = json.dumps(
@@ -130,9 +136,16 @@ class Crypto:
         self.fresh = not client.olm.account.shared
 
     async def start(self, device_id: str) -> None:
-        """Open (or create) the device's store and publish its keys."""
+        """Open (or create) the device's store and publish its keys; raise
+        :class:`DeviceRemoved` if the homeserver lost them (see :meth:`_keys_gone`)."""
         await self.open(device_id)
         client = self.client
+        if not self.fresh and await self._keys_gone(device_id):
+            raise DeviceRemoved(
+                f"{self.transport.user_id}: the homeserver has no keys for device "
+                f"{device_id}: the device was removed (signed out), then made again "
+                "without them by the log-in"
+            )
         await self.maintain()
         log.info(
             "%s: end-to-end encryption on, device %s (keys %s, store %s)",
@@ -141,6 +154,20 @@ class Crypto:
             client.olm.account.identity_keys["ed25519"],
             self.store_dir,
         )
+
+    async def _keys_gone(self, device_id: str) -> bool:
+        """Whether the homeserver lost the keys of this device, published before. A
+        device removed (signed out by the operator or from a client) loses its keys with
+        it; the password log-in that follows makes the device again under the same id,
+        with no keys. Publishing the same keys again is not enough: members' clients
+        remember the device as removed (nio's does) and never share room keys with it
+        again, so the bot needs a new device."""
+        user_id = self.transport.user_id
+        found = await self.transport.request(
+            "POST", "/keys/query", body={"device_keys": {user_id: [device_id]}}
+        )
+        devices = (found.get("device_keys") or {}).get(user_id) or {}
+        return not (isinstance(devices, dict) and device_id in devices)
 
     def forget_device(self) -> None:
         """Drop the device (its store stays on disk): the next :meth:`start` opens the

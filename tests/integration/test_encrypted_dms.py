@@ -253,3 +253,51 @@ async def test_a_lost_encryption_store_does_not_stop_the_service(
     mark = yaw.mark()
     await yaw.send_text(room, "English")
     await yaw.wait_for(from_bot(room, bot, CHARTER_EN), 20, after=mark)
+
+
+async def bot_keys(user: TestUser, bot: str) -> dict[str, Any]:
+    """The bot's devices whose keys a member's client finds (``keys/query``)."""
+    found = await user.request("POST", "/_matrix/client/v3/keys/query", {"device_keys": {bot: []}})
+    devices = found.get("device_keys", {}).get(bot, {})
+    return devices if isinstance(devices, dict) else {}
+
+
+async def test_a_bot_device_removed_by_the_operator_comes_back_as_a_new_device(
+    start_forum: ForumStarter,
+):
+    """The operator removed the bot's session (a "sign out" of its device in an admin
+    tool, as after a suspected leak), its keys with it: the bot logs in again as a new
+    device with new keys and reads the next encrypted answer. Logging in again under the
+    same device id made the device again with no keys, and members' clients, which
+    remember it as removed, never shared a room key with it again: the bot stayed deaf
+    to every encrypted DM."""
+    forum = await start_forum("membership")
+    bot = forum.membership_bot_id
+    gateway = forum.ctx.membership_gateway
+    device, token = gateway.device_id, gateway.access_token
+    yao = await forum.user("yao", encrypted=True)
+    room = await open_encrypted_dm(yao, bot)
+    await yao.wait_for(from_bot(room, bot, "Which language"), 30)
+    assert device in await bot_keys(yao, bot)
+
+    operator = await TestUser.create(forum.hs, "operator", admin=True, sync=False)
+    forum.users.append(operator)
+    await operator.request("DELETE", f"/_synapse/admin/v2/users/{bot}/devices/{device}")
+    assert device not in await bot_keys(yao, bot)
+    # something happens in the DM: the bot's sync comes back, and its next one is refused
+    await yao.request(
+        "PUT", f"/_matrix/client/v3/rooms/{room}/state/m.room.topic", {"topic": "bonjour"}
+    )
+
+    async def logged_in_again() -> bool:
+        return gateway.access_token not in (None, token) and gateway.device_id != device
+
+    await eventually(logged_in_again, 45, "the bot logged in again as a new device")
+
+    async def keys_published() -> bool:
+        return set(await bot_keys(yao, bot)) == {gateway.device_id}
+
+    await eventually(keys_published, 20, "the new device's keys published, alone")
+    mark = yao.mark()
+    await yao.send_text(room, "English")
+    await yao.wait_for(from_bot(room, bot, CHARTER_EN), 30, after=mark)

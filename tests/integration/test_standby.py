@@ -5,6 +5,7 @@ PostgreSQL and SQLite; the people knock and count what the bots answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
 import re
@@ -22,12 +23,18 @@ import pytest
 import tomli_w
 from sqlalchemy import func, select, text
 
+import forum.app
+from forum.app import Service
 from forum.homeserver import free_port
 from forum.settings import Settings
 from forum.storage import Database, LeaseLost
 from forum.storage.models import OutboxRow, ServiceLeaseRow
+from moderation import membership
+from tests.faults import RateLimitProxy
 from tests.harness import (
     CHARTER_EN,
+    CONFIG_DIR,
+    MEMBERSHIP_OPTIONS,
     PUBLICATION_Q,
     Forum,
     eventually,
@@ -321,10 +328,11 @@ async def test_sigkill_of_the_active_forum_the_standby_takes_over(
 
 #: what a standby asks the homeserver while it prepares its start: log-ins (``whoami``),
 #: the rate-limit exemption (admin API ``users``), reading the rooms (aliases, state), the
-#: room keys for its devices (a ``sync`` that reads no room); and its ``/healthz``'s check
-#: of the homeserver (``versions``)
+#: room keys for its devices (a ``sync`` that reads no room), whether its devices' keys are
+#: published (``keys/query``); and its ``/healthz``'s check of the homeserver (``versions``)
 PREPARING = {
-    "GET account", "POST users", "GET directory", "GET state", "GET sync", "GET versions"
+    "GET account", "POST users", "GET directory", "GET state", "GET sync", "POST keys",
+    "GET versions",
 }  # fmt: skip
 
 
@@ -444,3 +452,77 @@ async def test_active_forum_that_loses_its_lease_steps_down(start_forum, db_url)
 
 async def _no_tasks(service: Any) -> bool:
     return service.tasks.names == []
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"])
+async def test_a_standby_logs_in_again_and_takes_over_when_the_room_keys_cannot_come(
+    synapse, start_forum, make_user, db_url, tmp_path, monkeypatch, caplog
+):
+    """Two fault paths of a standby, in one process beside the active forum: the operator
+    removes the standby bot's device while it waits (it logs in again at its next round,
+    as a new device with its keys published); at the takeover the homeserver refuses the syncs that
+    receive the room keys waiting for its devices (it says so and starts anyway: knocks
+    are answered)."""
+    monkeypatch.setattr(forum.app, "DRAIN_SECONDS", 0.5)
+    proxy = RateLimitProxy(synapse)
+    await proxy.start()
+    a = await start_forum("membership", db_url=db_url, config={"service": {"lease_seconds": 2}})
+    data = copy.deepcopy(a.data)
+    data["homeserver"]["url"] = proxy.url
+    settings = settings_from(data)
+    b = Service(
+        settings,
+        config_dir=CONFIG_DIR,
+        home=tmp_path / "home-b",
+        features=[membership.feature(**MEMBERSHIP_OPTIONS)],
+        web_port=0,
+        migrate_apart=False,
+    )
+    operator = await make_user("operator", admin=True)
+    standing: asyncio.Future[None] | None = None
+    try:
+        await b.open()
+        assert not await b.try_lead()
+        standing = asyncio.ensure_future(b.stand_by())
+
+        async def ready() -> bool:
+            return b._logged_in and b._observation is not None
+
+        await eventually(ready, 60, "the standby ready to take over")
+        gateway = b.gateways["membership"]
+        device, token = gateway.device_id, gateway.access_token
+        assert device is not None
+        assert device != a.ctx.membership_gateway.device_id
+        removed = f"/_synapse/admin/v2/users/{gateway.user_id}/devices/{device}"
+        await operator.request("DELETE", removed)
+
+        async def logged_in_again() -> bool:
+            return b._logged_in and gateway.access_token not in (None, token)
+
+        await eventually(logged_in_again, 20, "the standby's bot logged in again")
+        assert "a bot's session ended" in caplog.text
+        assert gateway.device_id != device  # the removed device's keys were gone with it
+        assert await published_devices(operator, gateway.user_id) == {
+            gateway.device_id,
+            a.ctx.membership_gateway.device_id,
+        }
+
+        # the takeover: every sync reading the room keys for the standby's devices fails
+        proxy.fail_next("set_presence=offline", 1000, status=400)
+        await start_forum.stop(a)
+        async with asyncio.timeout(TAKEOVER_LIMIT):
+            await standing
+        ctx = await b.start()
+        assert "the room keys waiting for the bots' devices could not be received" in caplog.text
+        svc = Forum(synapse, settings, ctx.rooms, service=b)
+        newcomer = await make_user("after-takeover")
+        await knock(svc, newcomer)
+        room = await svc.wait_dm(newcomer, timeout=30)
+        await svc.wait_bot_text(newcomer, room, "Charte", "Charter", timeout=30)
+    finally:
+        if standing is not None and not standing.done():
+            standing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await standing
+        await b.stop()
+        await proxy.close()
