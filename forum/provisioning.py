@@ -245,6 +245,24 @@ def _differs(current: Mapping[str, Any] | None, declared: Mapping[str, Any]) -> 
     return any(current.get(k) != v for k, v in declared.items())
 
 
+def declared_power_levels(
+    current: Mapping[str, Any] | None, declared: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The declared power levels as they apply to a room's ``current`` ones (pure): the
+    declared keys, and in ``users`` the declared entries plus the room's own entries
+    below the declared default level (mutes), so that provisioning never lifts a mute.
+    Other entries the room has (a moderator no longer declared) go."""
+    want = dict(declared)
+    users = dict(declared.get("users") or {})
+    default = declared.get("users_default", 0)
+    found = (current or {}).get("users")
+    for user, level in (found if isinstance(found, dict) else {}).items():
+        if user not in users and isinstance(level, int) and level < default:
+            users[user] = level
+    want["users"] = dict(sorted(users.items()))
+    return want
+
+
 def plan(settings: Settings, creator: str, observed: Observed) -> Plan:
     """The changes that bring the homeserver to the declared layout (pure)."""
     server = settings.server_name
@@ -305,7 +323,7 @@ def plan(settings: Settings, creator: str, observed: Observed) -> Plan:
                     )
                 )
         current_pl = found.content("m.room.power_levels")
-        if _differs(current_pl, room.power_levels):
+        if _differs(current_pl, declared_power_levels(current_pl, room.power_levels)):
             # the declared keys only: applied through the account's power-level editor to
             # the levels as they are when it runs (a mute meanwhile is kept)
             changes.append(
@@ -538,7 +556,8 @@ async def _apply_one(change: Change, gateway: Gateway, ids: dict[str, str]) -> N
         assert isinstance(declared, dict)
 
         def declare(content: dict[str, Any]) -> bool:
-            differs = {k: v for k, v in declared.items() if content.get(k) != v}
+            want = declared_power_levels(content, declared)
+            differs = {k: v for k, v in want.items() if content.get(k) != v}
             content.update(copy.deepcopy(differs))
             return bool(differs)
 

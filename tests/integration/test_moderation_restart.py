@@ -46,12 +46,23 @@ async def test_timed_mute_expires_across_a_restart(
         assert await forum.power(room, person.user_id) == -1
     await start_forum.stop(forum)
 
-    # Started again on the same database: provisioning reconciles the power levels,
-    # the bot mutes again until the stored deadline, then lifts the mute by itself.
+    # Started again on the same database: provisioning reconciles the power levels and
+    # keeps the mute (it used to replace the whole ``users`` map, so every restart lifted
+    # every mute for the moments before the bot muted again, and the person could post);
+    # the bot lifts the mute by itself at the stored deadline.
     mark = mod.mark()
     second = await start_forum(
         "moderation", data=data, home=home, moderator=mod, moderator_joins=()
     )
+    await mod.send_text(forum.topic, "après le redémarrage")
+    sentinel = await mod.wait_for_text(forum.topic, "après le redémarrage", 20, after=mark)
+    written = [
+        e["content"].get("users", {})
+        for e in mod.events[mark : mod.events.index(sentinel)]
+        if e["room_id"] in forum.forum_rooms and e["type"] == "m.room.power_levels"
+    ]
+    lifted = [users for users in written if users.get(person.user_id) != -1]
+    assert not lifted, f"the restart lifted the mute: {lifted}"
     async with second.ctx.db.sessionmaker() as s:
         mute = await Mutes(s).get(person.user_id)
     assert mute is not None

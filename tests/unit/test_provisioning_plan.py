@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from forum.provisioning import Observed, ObservedRoom, desired_layout, plan
+from forum.provisioning import (
+    Observed,
+    ObservedRoom,
+    declared_power_levels,
+    desired_layout,
+    plan,
+)
 from tests.harness import forum_data, settings_from
 
 #: what the settings need of a homeserver (none is started)
@@ -48,3 +54,24 @@ def test_plan_reports_foreign_alias():
     assert "lobby" not in {c.room for c in result.changes if c.action == "create_room"}
     assert any(lobby_alias in p for p in result.problems)
     assert isinstance(ObservedRoom("!x", {}).membership("@a:b"), type(None))
+
+
+def test_declared_power_levels_keep_mutes_and_drop_other_undeclared_entries():
+    settings = settings_from(forum_data(HS, moderators=["@m:forum.test"]))
+    declared = desired_layout(settings, settings.moderation_bot_id)[0].power_levels
+    current = {
+        **declared,
+        "users": {
+            **declared["users"],
+            "@muted:forum.test": -1,  # a mute: kept
+            "@old-moderator:forum.test": 50,  # no longer declared: goes
+            "@m:forum.test": -1,  # a declared moderator: the declared level wins
+        },
+    }
+    want = declared_power_levels(current, declared)
+    assert want["users"] == {**declared["users"], "@muted:forum.test": -1}
+    assert want["users"]["@m:forum.test"] == 50
+    assert {k: v for k, v in want.items() if k != "users"} == {
+        k: v for k, v in declared.items() if k != "users"
+    }
+    assert declared_power_levels(None, declared) == declared
