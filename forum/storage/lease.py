@@ -55,6 +55,9 @@ from .models import ServiceLeaseRow, utcnow
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "forum"
+#: Seconds the advisory lock's connection may take to answer a check, at least (five
+#: leases if longer): a database starved of CPU answers late, but its lock holds.
+ANSWER_WITHIN = 30.0
 #: The advisory lock of the candidates on PostgreSQL (any constant other than the
 #: migrations' will do).
 _PG_LEASE_LOCK_ID = 0x666F72756D4C  # "forumL"
@@ -113,6 +116,8 @@ class Lease:
         self.poll = poll
         self.renew_every = seconds / 3
         self.margin = min(1.0, seconds / 10)
+        self.answer_within = max(ANSWER_WITHIN, 5 * seconds)
+        """How long the lock's connection may take to answer (see :meth:`_still_exclusive`)."""
         self.role: Role = "standby"
         self.token: int | None = None
         self.current: LeaseState | None = None
@@ -123,6 +128,7 @@ class Lease:
         """``time.time()`` when this process took the lease."""
         self._valid_until = 0.0
         self._lock_conn: AsyncConnection | None = None
+        self._pinging: asyncio.Future[None] | None = None
         self._locked = False
         self._flock_fd: int | None = None
         database = engine.url.database
@@ -214,19 +220,40 @@ class Lease:
 
     async def _still_exclusive(self) -> bool:
         """Whether this process still holds its exclusive hold (PostgreSQL: the lock's
-        connection answers within a second)."""
+        connection answers within :attr:`answer_within`).
+
+        The advisory lock passes to another process only once the server has ended this
+        connection, and then the connection fails: a slow answer (the server or this
+        process starved of CPU) is waited for, not taken as a loss. Only a connection
+        that answers nothing for that long is (a network cut off, say)."""
         if self._flock_fd is not None:
             return True
         if self._lock_conn is None or not self._locked:
             return False
         try:
-            async with asyncio.timeout(1):
-                await self._lock_conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(self.answer_within):
+                await asyncio.shield(self._ping())
         except TimeoutError:
             return False
         except _errors():
             return False
         return True
+
+    def _ping(self) -> asyncio.Future[None]:
+        """A ``SELECT 1`` on the lock's connection: one at a time, shared by whoever asks
+        meanwhile, and never cancelled by one who gives up waiting (a statement cancelled
+        in flight leaves the connection busy, and the next check would fail on it)."""
+        if self._pinging is None or self._pinging.done():
+            conn = self._lock_conn
+            assert conn is not None
+
+            async def ping() -> None:
+                await conn.execute(text("SELECT 1"))
+
+            self._pinging = asyncio.ensure_future(ping())
+            # its failure is its waiters' to handle; one nobody waits for any more is dropped
+            self._pinging.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self._pinging
 
     async def read(self) -> LeaseState | None:
         """The row as it is now (None: nobody ever held the lease)."""
@@ -312,7 +339,7 @@ class Lease:
         started = time.monotonic()
         if self._lock_conn is not None:
             try:
-                await self._lock_conn.execute(text("SELECT 1"))
+                await asyncio.shield(self._ping())
             except _errors() as exc:
                 raise LeaseLost(
                     f"the connection holding the advisory lock broke: {type(exc).__name__}"
@@ -455,6 +482,11 @@ class Lease:
             os.close(fd)  # the flock goes with it
         conn, self._lock_conn = self._lock_conn, None
         self._locked = False
+        pinging, self._pinging = self._pinging, None
+        if pinging is not None and not pinging.done():
+            pinging.cancel()  # the connection is dropped anyway
+            with contextlib.suppress(BaseException):
+                await pinging
         if conn is not None:
             try:
                 # never back to the pool with the session's lock: close it for good
