@@ -100,23 +100,26 @@ class Crypto:
         device: str | None = self.client.device_id
         return device
 
+    def _store_file(self, device_id: str) -> Path:
+        """nio's store of one device's keys: ``<user id>_<device id>.db``."""
+        return self.store_dir / f"{self.transport.user_id}_{device_id}.db"
+
     def known_device_id(self) -> str | None:
         """The device whose keys the store holds (one store file per device), if one."""
-        prefix = f"{self.transport.user_id}_"
         if not self.store_dir.is_dir():
             return None
+        prefix, suffix = self._store_file("").name.rsplit("_.", 1)
+        prefix, suffix = prefix + "_", "." + suffix
         devices = [
-            p.name[len(prefix) : -len(".db")]
+            p.name[len(prefix) : -len(suffix)]
             for p in self.store_dir.iterdir()
-            if p.name.startswith(prefix) and p.name.endswith(".db")
+            if p.name.startswith(prefix) and p.name.endswith(suffix)
         ]
-        if len(devices) != 1:
-            return None
-        return devices[0]
+        return devices[0] if len(devices) == 1 else None
 
     def keeps(self, device_id: str) -> bool:
         """Whether this process keeps the keys of ``device_id`` (its store is here)."""
-        return (self.store_dir / f"{self.transport.user_id}_{device_id}.db").is_file()
+        return self._store_file(device_id).is_file()
 
     async def prepare(self) -> str | None:
         """Make the store's directory (0700); return the device its keys belong to."""

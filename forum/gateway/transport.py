@@ -10,13 +10,14 @@ same mapping and the same retries.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -149,10 +150,8 @@ class Transport:
             self._client.device_id = device_id
 
         async def login_once() -> LoginResponse | LoginError:
-            try:
+            with unreachable_is_unavailable("login"):
                 return await self._client.login(password, device_name=device_name)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise HomeserverUnavailable(f"login: {exc}") from exc
 
         resp = await retry_call(self._policy(retry_unavailable=True), login_once)
         if not isinstance(resp, LoginResponse):
@@ -181,12 +180,8 @@ class Transport:
         retry by itself, and a homeserver too slow to answer raises a timeout from it."""
 
         async def once() -> Any:
-            try:
+            with unreachable_is_unavailable(what):
                 resp = await call()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise HomeserverUnavailable(
-                    f"{what}: homeserver unreachable ({exc.__class__.__name__})"
-                ) from exc
             if isinstance(resp, list):  # several requests at once (to-device messages)
                 for one in resp:
                     checked(one, what)
@@ -236,7 +231,7 @@ class Transport:
         label = f"{method} {path}"
 
         async def send_once() -> dict[str, Any]:
-            try:
+            with unreachable_is_unavailable(label):
                 resp = await self._client.send(
                     method,
                     full,
@@ -248,10 +243,6 @@ class Transport:
                     status = resp.status
                     text = await resp.text()
                     retry_header = resp.headers.get("Retry-After")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise HomeserverUnavailable(
-                    f"{label}: homeserver unreachable ({exc.__class__.__name__})"
-                ) from exc
             try:
                 payload = json.loads(text) if text else {}
             except ValueError:
@@ -271,6 +262,18 @@ class Transport:
         finally:
             if self.observer is not None:
                 self.observer(action_kind(method, path), time.monotonic() - started, outcome)
+
+
+@contextlib.contextmanager
+def unreachable_is_unavailable(label: str) -> Iterator[None]:
+    """A dropped connection, or a homeserver too slow to answer, raised as
+    :class:`HomeserverUnavailable` (which the retry policy retries)."""
+    try:
+        yield
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise HomeserverUnavailable(
+            f"{label}: homeserver unreachable ({exc.__class__.__name__})"
+        ) from exc
 
 
 def checked(resp: Any, what: str) -> Any:
