@@ -26,6 +26,16 @@ async def candidate(db_url: str, name: str) -> tuple[Database, Lease]:
     return database, Lease(database.engine, name, seconds=LEASE_SECONDS, poll=0.1)
 
 
+async def renews(lease: Lease, what: str) -> None:
+    """Wait until ``lease`` is renewed again (its end moves)."""
+    before = lease.current.expires_at if lease.current else None
+
+    async def renewed() -> bool:
+        return lease.current is not None and lease.current.expires_at != before
+
+    await eventually(renewed, LEASE_SECONDS + 3, what)
+
+
 async def save_token(database: Database, token: str) -> None:
     async with database.sessionmaker() as s, s.begin():
         await SyncTokens(s).set("@bot:forum.test", token)
@@ -120,12 +130,7 @@ async def test_a_holder_whose_database_is_locked_keeps_the_lease(db_url: str) ->
         assert a.held
         assert stepped_down == []
         assert not await b.try_acquire()  # a's exclusive hold stands
-        before = a.current.expires_at if a.current else None
-
-        async def renewed() -> bool:
-            return a.current is not None and a.current.expires_at != before
-
-        await eventually(renewed, LEASE_SECONDS + 3, "a renews once the lock is gone")
+        await renews(a, "a renews once the lock is gone")
         keeper.cancel()
     finally:
         await a.release()
@@ -228,12 +233,7 @@ async def test_a_holder_whose_lock_connection_answers_late_keeps_the_lease(db_ur
         assert not done, keeper.exception() if done else None
         assert a.role == "active"
         assert stepped_down == []
-        before = a.current.expires_at if a.current else None
-
-        async def renewed() -> bool:
-            return a.current is not None and a.current.expires_at != before
-
-        await eventually(renewed, LEASE_SECONDS + 3, "a renews once the server answers")
+        await renews(a, "a renews once the server answers")
         keeper.cancel()
     finally:
         await a.release()
