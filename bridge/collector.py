@@ -77,6 +77,9 @@ class DigestCollector:
     rooms: dict[str, str] = field(init=False)
     """The topic rooms: room id -> slug."""
     names: LRUDict[tuple[str, str], str] = field(init=False, default_factory=LRUDict)
+    staff_names: dict[str, str] = field(init=False, default_factory=dict)
+    """The moderators' and the bots' display names, asked once (not once a room): a
+    default public name must not look like them."""
     command: str = field(init=False)
     editors: set[str] = field(init=False)
     _lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
@@ -92,8 +95,8 @@ class DigestCollector:
         # the moderation bot's own redactions too (a protection removing a message)
         self.moderation_gateway.on(Redaction, self.on_redaction, include_own=True)
         self.moderation_gateway.on(Membership, self.on_membership)
-        self.membership_gateway.on(Message, self.on_dm_message)
-        self.membership_gateway.on(Reaction, self.on_dm_reaction)
+        self.membership_gateway.on(Message, self.on_dm_message, skip_rooms=self.rooms)
+        self.membership_gateway.on(Reaction, self.on_dm_reaction, skip_rooms=self.rooms)
 
     def _ignored(self, user_id: str) -> bool:
         return user_id in self.settings.ignored_user_ids
@@ -123,10 +126,14 @@ class DigestCollector:
     ) -> None:
         """Ask the homeserver, before a write transaction opens, the names it will need
         (the author's, the mentioned people's): no network call is made inside it."""
-        settings = self.settings
-        staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
-        for user_id in {*([sender] if sender else []), *mentioned(body, formatted), *staff}:
+        for user_id in {*([sender] if sender else []), *mentioned(body, formatted)}:
             await self.display_name(room_id, user_id)
+        for user_id in self._staff() - self.staff_names.keys():
+            self.staff_names[user_id] = await self.display_name(room_id, user_id)
+
+    def _staff(self) -> set[str]:
+        settings = self.settings
+        return {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
 
     async def fetch_names_of(self, room_id: str, raw: dict[str, Any] | None) -> None:
         if raw is None:
@@ -157,10 +164,11 @@ class DigestCollector:
         """The public name recorded by default: the display name now, unless it is (or
         looks like) another person's public name or a moderator's or a bot's name; then
         the user id's localpart; last, a neutral name no one else has."""
-        settings = self.settings
-        staff = {*settings.moderator_ids, settings.membership_bot_id, settings.moderation_bot_id}
-        staff.discard(user_id)
-        others = {u: [localpart(u), self.known_name(room_id, u)] for u in staff}
+        staff = self._staff() - {user_id}
+        others = {
+            u: [localpart(u), self.known_name(room_id, u), self.staff_names.get(u, "")]
+            for u in staff
+        }
         for candidate in (self.known_name(room_id, user_id), localpart(user_id)):
             try:
                 name = clean_public_name(candidate)

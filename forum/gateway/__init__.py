@@ -27,7 +27,7 @@ import forum.gateway._nio  # noqa: F401  (first: matrix-nio without unused drive
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -217,13 +217,19 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
 
     # --- handlers and the sync loop ---------------------------------------------------
     def on(
-        self, kind: type[E], handler: Callable[[E], Awaitable[None]], *, include_own: bool = False
+        self,
+        kind: type[E],
+        handler: Callable[[E], Awaitable[None]],
+        *,
+        include_own: bool = False,
+        skip_rooms: Iterable[str] = (),
     ) -> None:
         """Call ``handler`` for every event of ``kind`` (a class of :mod:`forum.events`).
 
-        Events sent by this account are skipped unless ``include_own``.
+        Events sent by this account are skipped unless ``include_own``, and events in
+        ``skip_rooms`` are.
         """
-        self._sync.on(kind, handler, include_own=include_own)
+        self._sync.on(kind, handler, include_own=include_own, skip_rooms=skip_rooms)
 
     @property
     def next_batch(self) -> str | None:

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -96,6 +96,7 @@ class _Registration:
     handler: Handler
     include_own: bool
     name: str
+    skip_rooms: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -129,11 +130,17 @@ class SyncLoop:
         return self.transport.user_id
 
     def on(
-        self, kind: type[E], handler: Callable[[E], Awaitable[None]], *, include_own: bool = False
+        self,
+        kind: type[E],
+        handler: Callable[[E], Awaitable[None]],
+        *,
+        include_own: bool = False,
+        skip_rooms: Iterable[str] = (),
     ) -> None:
         """Call ``handler`` for every event of ``kind`` (a class of :mod:`forum.events`).
 
-        Events sent by this account are skipped unless ``include_own``.
+        Events sent by this account are skipped unless ``include_own``, and events in
+        ``skip_rooms`` are (an event no handler wants is not even marked processed).
         """
         # The name is how a failed handler is found again (after a restart too): stable
         # across processes, unique among this loop's registrations.
@@ -143,14 +150,18 @@ class SyncLoop:
         while name in taken:
             n += 1
             name = f"{base}#{n}"
-        self._registrations.append(_Registration(kind, handler, include_own, name))
+        self._registrations.append(
+            _Registration(kind, handler, include_own, name, frozenset(skip_rooms))
+        )
 
     def _handlers_for(self, event: RoomEvent | Invite) -> list[_Registration]:
         own = isinstance(event, RoomEvent) and event.sender == self.user_id
         return [
             r
             for r in self._registrations
-            if isinstance(event, r.kind) and (r.include_own or not own)
+            if isinstance(event, r.kind)
+            and (r.include_own or not own)
+            and event.room_id not in r.skip_rooms
         ]
 
     def filter(self) -> dict[str, Any]:

@@ -135,8 +135,11 @@ class MembershipBot:
         gateway = shared.membership_gateway
         gateway.on(Membership, self.on_membership)
         gateway.on(Invite, self.entry.on_invite)
-        gateway.on(Message, self.on_message)
-        gateway.on(Reaction, self.on_reaction)
+        # messages and reactions in the forum's rooms are the moderation bot's (this bot
+        # answers in DMs and on the management room's cards): not even looked at
+        public = shared.forum_rooms
+        gateway.on(Message, self.on_message, skip_rooms=public)
+        gateway.on(Reaction, self.on_reaction, skip_rooms=public)
         self.tasks.start("membership:keep-muted", self.reconsent.start())
         poll = shared.options.deadline_poll_seconds
         self.tasks.every(

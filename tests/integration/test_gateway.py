@@ -18,6 +18,7 @@ from forum.events import Message, Reaction
 from forum.gateway import Gateway
 from forum.homeserver import EmbeddedHomeserver, free_port
 from forum.storage import Database
+from forum.storage.repositories import ProcessedEvents
 from tests.faults import RateLimitProxy
 from tests.harness import eventually
 from tests.matrix_user import TestUser
@@ -254,6 +255,28 @@ async def test_restart_resumes_without_double_delivery(synapse, make_user, db):
         await alice.send_text(room, "after restart")
         await seen.wait_until(lambda: seen[-1:] == ["after restart"])
     assert seen == ["before restart", "while stopped", "after restart"]
+
+
+async def test_events_in_skipped_rooms_reach_no_handler_and_cost_no_bookkeeping(
+    synapse, make_user, sqlite_db
+):
+    """A handler registered with ``skip_rooms`` (the welcome bot's, for the forum's busy
+    rooms) is not called for events there; an event no handler wants is not even marked
+    processed (no write for each message of a busy room)."""
+    user_id, pw, alice, busy = await bot_and_room(synapse, make_user)
+    quiet = await alice.create_room(preset="public_chat")
+    seen = Seen()
+    gw = gateway(synapse, sqlite_db, user_id, pw)
+    gw.on(Message, seen.record, skip_rooms={busy})
+    async with running(gw):
+        await gw.join(busy)
+        await gw.join(quiet)
+        skipped = await alice.send_text(busy, "in the busy room")
+        await alice.send_text(quiet, "in the quiet room")
+        await seen.wait_until(lambda: "in the quiet room" in seen)
+    assert seen == ["in the quiet room"]
+    async with sqlite_db.sessionmaker() as s:
+        assert not await ProcessedEvents(s).seen_many(user_id, [skipped])
 
 
 async def test_replayed_sync_does_not_deliver_twice(synapse, make_user, sqlite_db):
