@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -223,9 +224,16 @@ def alembic_config(connection: Connection | None = None, url: str | URL | None =
 def _revision_graph() -> dict[str, set[str]]:
     """Each revision of the packaged migrations and the revisions it revises, read from
     the files' ``revision`` and ``down_revision`` (without importing Alembic or the
-    migrations: literals only, as Alembic's own templates write them)."""
+    migrations: literals only, as Alembic's own templates write them); read once (the
+    packaged files do not change), and first outside SQLAlchemy's greenlets (see
+    :func:`_check_waiting_for_lock`)."""
+    return _read_revision_graph(MIGRATIONS_DIR)
+
+
+@functools.cache
+def _read_revision_graph(migrations: Path) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+    for path in sorted((migrations / "versions").glob("*.py")):
         if path.name.startswith(("__init__", ".#")):
             continue
         values: dict[str, Any] = {}
@@ -338,6 +346,9 @@ def _driver_errors() -> tuple[type[Exception], ...]:
 async def _check_waiting_for_lock(engine: AsyncEngine, migrate: bool) -> bool:
     """:func:`_check_and_migrate` in a write transaction, waiting for another process's
     SQLite write lock past the busy timeout (a forum stopping, an operator's command)."""
+    # the migrations are parsed here, not inside run_sync's greenlet: CPython 3.11's
+    # ast.parse there failed once with "AST constructor recursion depth mismatch"
+    _revision_graph()
     for attempt in range(OPEN_LOCKED_ATTEMPTS):
         try:
             async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:

@@ -387,6 +387,8 @@ class Lease:
             if left <= 0:
                 self._lose("the lease could not be renewed before it expired")
             renewal = asyncio.ensure_future(self.renew())
+            # retrieved even when the keeper is cancelled meanwhile (the service stopping)
+            renewal.add_done_callback(lambda f: f.cancelled() or f.exception())
             done, _ = await asyncio.wait([renewal], timeout=min(self.renew_every, left))
             if not done:
                 renewal.cancel()
