@@ -486,9 +486,9 @@ class Lease:
         self._locked = False
         pinging, self._pinging = self._pinging, None
         if pinging is not None and not pinging.done():
-            pinging.cancel()  # the connection is dropped anyway
-            with contextlib.suppress(BaseException):
-                await pinging
+            # the connection is dropped anyway; a server that never answers is not waited for
+            pinging.cancel()
+            await asyncio.wait([pinging], timeout=5)
         if conn is not None:
             try:
                 # never back to the pool with the session's lock: close it for good
