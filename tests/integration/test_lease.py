@@ -9,6 +9,8 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import select, text
@@ -34,6 +36,32 @@ async def renews(lease: Lease, what: str) -> None:
         return lease.current is not None and lease.current.expires_at != before
 
     await eventually(renewed, LEASE_SECONDS + 3, what)
+
+
+@asynccontextmanager
+async def holder_and_rival(
+    db_url: str,
+) -> AsyncIterator[tuple[Lease, Lease, Database, list[float]]]:
+    """``a`` holding the lease, ``b`` a rival process, ``b``'s database, and the moments
+    ``a`` stepped down; both released and closed after."""
+    db_a, a = await candidate(db_url, "a")
+    db_b, b = await candidate(db_url, "b")
+    stepped_down: list[float] = []
+    a.on_lost(lambda: stepped_down.append(time.monotonic()))
+    try:
+        assert await a.try_acquire()
+        yield a, b, db_b, stepped_down
+    finally:
+        await a.release()
+        await b.release()
+        await db_a.close()
+        await db_b.close()
+
+
+async def lock_backend(lease: Lease) -> int:
+    """The PostgreSQL server process of ``lease``'s advisory lock connection."""
+    assert lease._lock_conn is not None
+    return int(await lease._lock_conn.scalar(text("SELECT pg_backend_pid()")))
 
 
 async def save_token(database: Database, token: str) -> None:
@@ -111,12 +139,7 @@ async def test_a_holder_whose_database_is_locked_keeps_the_lease(db_url: str) ->
     """A database locked longer than the lease (a long write elsewhere, a backup) stops
     nothing: the holder keeps its exclusive hold (advisory lock, flock), so nobody can
     take the row meanwhile, and it renews once the lock is gone (issue #11)."""
-    db_a, a = await candidate(db_url, "a")
-    db_b, b = await candidate(db_url, "b")
-    stepped_down: list[float] = []
-    a.on_lost(lambda: stepped_down.append(time.monotonic()))
-    try:
-        assert await a.try_acquire()
+    async with holder_and_rival(db_url) as (a, b, db_b, stepped_down):
         keeper = asyncio.ensure_future(a.keep())
         async with db_b.engine.execution_options(forum_write=True).begin() as blocker:
             if db_b.engine.dialect.name == "postgresql":
@@ -132,11 +155,6 @@ async def test_a_holder_whose_database_is_locked_keeps_the_lease(db_url: str) ->
         assert not await b.try_acquire()  # a's exclusive hold stands
         await renews(a, "a renews once the lock is gone")
         keeper.cancel()
-    finally:
-        await a.release()
-        await b.release()
-        await db_a.close()
-        await db_b.close()
 
 
 async def test_a_holder_that_loses_its_lock_connection_steps_down(db_url: str) -> None:
@@ -145,14 +163,8 @@ async def test_a_holder_that_loses_its_lock_connection_steps_down(db_url: str) -
     such case (its flock goes only with the process)."""
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite's exclusive hold is a flock: it is lost only with the process")
-    db_a, a = await candidate(db_url, "a")
-    db_b, b = await candidate(db_url, "b")
-    stepped_down: list[float] = []
-    a.on_lost(lambda: stepped_down.append(time.monotonic()))
-    try:
-        assert await a.try_acquire()
-        assert a._lock_conn is not None
-        pid = await a._lock_conn.scalar(text("SELECT pg_backend_pid()"))
+    async with holder_and_rival(db_url) as (a, b, db_b, stepped_down):
+        pid = await lock_backend(a)
         keeper = asyncio.ensure_future(a.keep())
         async with db_b.engine.connect() as conn:
             await conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
@@ -165,11 +177,6 @@ async def test_a_holder_that_loses_its_lock_connection_steps_down(db_url: str) -
         async with asyncio.timeout(LEASE_SECONDS + 3):
             await b.acquire()
         assert stepped_down[0] <= time.monotonic()
-    finally:
-        await a.release()
-        await b.release()
-        await db_a.close()
-        await db_b.close()
 
 
 async def test_unguarded_writes_are_not_fenced(db: Database) -> None:
@@ -211,14 +218,8 @@ async def test_a_holder_whose_lock_connection_answers_late_keeps_the_lease(db_ur
     the scale benchmark's forum stopped so, with no standby to take over."""
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite's exclusive hold is a flock: no connection to answer late")
-    db_a, a = await candidate(db_url, "a")
-    db_b, b = await candidate(db_url, "b")
-    stepped_down: list[float] = []
-    a.on_lost(lambda: stepped_down.append(time.monotonic()))
-    try:
-        assert await a.try_acquire()
-        assert a._lock_conn is not None
-        pid = await a._lock_conn.scalar(text("SELECT pg_backend_pid()"))
+    async with holder_and_rival(db_url) as (a, b, db_b, stepped_down):
+        pid = await lock_backend(a)
         keeper = asyncio.ensure_future(a.keep())
         try:
             os.kill(pid, signal.SIGSTOP)
@@ -235,8 +236,3 @@ async def test_a_holder_whose_lock_connection_answers_late_keeps_the_lease(db_ur
         assert stepped_down == []
         await renews(a, "a renews once the server answers")
         keeper.cancel()
-    finally:
-        await a.release()
-        await b.release()
-        await db_a.close()
-        await db_b.close()
