@@ -10,7 +10,9 @@ import json
 import secrets
 import socket
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -62,8 +64,31 @@ async def drop_databases(*names: str) -> None:
 async def membership(user: TestUser, room: str, target: str) -> str | None:
     try:
         return (await user.get_state_event(room, "m.room.member", target)).get("membership")
-    except MatrixRequestError:
-        return None
+    except MatrixRequestError as exc:
+        return f"{exc.status} {exc.errcode}"
+
+
+async def stored_memberships(database: str, target: str) -> dict[str, list[str]]:
+    """What the homeserver's database holds for ``target``, room by room: every membership
+    event persisted, and the current state's."""
+    conn = await asyncpg.connect(f"{PG}/{database}")
+    try:
+        rows = await conn.fetch(
+            "SELECT m.room_id, m.membership, m.instance_name, c.membership AS current"
+            " FROM (SELECT r.room_id, r.membership, e.instance_name FROM room_memberships r"
+            " JOIN events e USING (event_id) WHERE r.user_id = $1) m"
+            " LEFT JOIN current_state_events c ON c.room_id = m.room_id"
+            " AND c.type = 'm.room.member' AND c.state_key = $1",
+            target,
+        )
+    finally:
+        await conn.close()
+    found: dict[str, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["room_id"], []).append(
+            f"{r['membership']} by {r['instance_name']}, current {r['current']}"
+        )
+    return found
 
 
 @pytest.mark.skipif(not redis_reachable(), reason="Redis is not reachable on 127.0.0.1:6379")
@@ -132,23 +157,44 @@ async def test_scaled_profile_runs_workers_and_bans_across_rooms(tmp_path: Path)
         forum_rooms = rooms - {management, policy}  # where a ban applies
         assert len(forum_rooms) >= 9
 
+        target_id = target.user_id
         mark = moderator.mark()
-        await moderator.send_text(management, f"!ban {target.user_id} spam")
-        states: list[str | None] = []
+        await moderator.send_text(management, f"!ban {target_id} spam")
+        # What the moderator sees: the bot's answer, then the ban in each room's timeline
+        # (the rooms' state is read once, after, not polled while the bans are persisted).
+        reply = await moderator.wait_for(
+            lambda e: e.get("room_id") == management and "salle(s)" in e["content"]["body"],
+            60,
+            after=mark,
+        )
+        assert f"{len(forum_rooms)} salle(s)" in reply["content"]["body"], reply["content"]
+
+        def banned_in(room: str) -> Callable[[dict[str, Any]], bool]:
+            def match(e: dict[str, Any]) -> bool:
+                return (
+                    e.get("room_id") == room
+                    and e.get("type") == "m.room.member"
+                    and e.get("state_key") == target_id
+                    and (e.get("content") or {}).get("membership") == "ban"
+                )
+
+            return match
+
         try:
             async with asyncio.timeout(60):
-                while not states or not all(s == "ban" for s in states):
-                    await asyncio.sleep(0.2)  # polling the rooms' state until the deadline
-                    states = await asyncio.gather(
-                        *(membership(moderator, r, target.user_id) for r in forum_rooms)
-                    )
+                for room in forum_rooms:
+                    await moderator.wait_for(banned_in(room), 60, after=mark)
         except TimeoutError:
-            said = [
-                e["content"].get("body")
-                for e in moderator.events[mark:]
-                if e.get("room_id") == management and e.get("type") == "m.room.message"
-            ]
-            raise AssertionError(f"not banned everywhere: {states}; the bot said {said}") from None
+            seen = [r for r in forum_rooms if any(map(banned_in(r), moderator.events[mark:]))]
+            stored = await stored_memberships(synapse_db, target.user_id)
+            raise AssertionError(
+                f"the ban reached {len(seen)} of {len(forum_rooms)} rooms' timelines;"
+                f" stored: {stored}"
+            ) from None
+        states = await asyncio.gather(
+            *(membership(moderator, r, target.user_id) for r in forum_rooms)
+        )
+        assert states == ["ban"] * len(forum_rooms), states
 
         # The events were written by both event persisters (rooms are sharded over them).
         conn = await asyncpg.connect(f"{PG}/{synapse_db}")
