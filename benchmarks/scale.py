@@ -371,6 +371,7 @@ class Profile:
         }
         # the lease of the service (a standby takes over when it has not been renewed)
         data["service"] = {"lease_seconds": self.args.lease_seconds, "standby_poll_seconds": 0.5}
+        data.setdefault("bots", {})["lanes"] = self.args.lanes
         self.data = data
         settings = settings_from(data)
         await register_bots(self.hs, settings)
@@ -993,4 +994,7 @@ if __name__ == "__main__":
     parser.add_argument("--kill-after", type=float, default=30)
     parser.add_argument("--failover-knocks", type=int, default=20)
     parser.add_argument("--lease-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--lanes", type=int, default=4, help="events each bot handles at once ([bots] lanes)"
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))

@@ -89,6 +89,7 @@ def bot_gateway(
         device_name=device_name or DEVICE_NAMES[role],
         request_timeout=hs.request_timeout_seconds,
         max_retries=hs.max_retries,
+        lanes=settings.bots.lanes or (1 if db.engine.dialect.name == "sqlite" else 4),
         **crypto,
     )
 

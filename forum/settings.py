@@ -204,6 +204,7 @@ class BotsSection(_Model):
     moderation: BotAccount
     ignore: list[UserRef] = []
     command_prefix: str = Field(default="!", min_length=1, max_length=3)
+    lanes: int | None = Field(default=None, ge=1, le=32)
 
 
 class PowerLevelsSection(_Model):

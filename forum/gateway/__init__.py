@@ -81,6 +81,7 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         crypto_store: Path | None = None,
         crypto_pickle_key: str = "",
         key_wait: float = 5.0,
+        lanes: int = 4,
     ) -> None:
         """``crypto_store``: the directory under which this account's end-to-end
         encryption store is kept (:mod:`.crypto`); None: the account reads and writes
@@ -117,6 +118,7 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
             handler_retry_initial=handler_retry_initial,
             crypto=self.crypto,
             key_wait=key_wait,
+            lanes=lanes,
         )
         self.device_id: str | None = None
         self.powers = PowerLevelEditor(self)

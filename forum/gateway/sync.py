@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from forum.errors import MatrixError, Unauthorized
 from forum.events import Invite, RoomEvent, Undecryptable, parse_room_event
 from forum.gateway.crypto import ENCRYPTED, Crypto
+from forum.gateway.lanes import split_lanes
 from forum.gateway.transport import GatewayStats, Transport, path
 from forum.retry import is_database_error, retry_call, retrying
 from forum.storage import FailedHandler, FailedHandlers, ProcessedEvents, SyncTokens, utcnow
@@ -115,6 +116,9 @@ class SyncLoop:
     handler_retry_cap: float = 600.0
     clock: Callable[[], datetime] = utcnow
     crypto: Crypto | None = None
+    lanes: int = 4
+    """How many lanes of a batch (:mod:`.lanes`: events that share no room and no person)
+    are handled at once; 1 handles a batch's events one after another."""
     key_wait: float = 5.0
     """How long an encrypted event we cannot read waits for its key (asked for once)
     before its handlers are told it is :class:`~forum.events.Undecryptable`."""
@@ -343,11 +347,32 @@ class SyncLoop:
             seen = await ProcessedEvents(s).seen_many(self.user_id, ids)
             # an event with a failed handler is the retry's business, not a new event
             seen |= await FailedHandlers(s).event_ids_among(self.user_id, ids)
-        handled = 0
+        fresh = []
         for ev, regs in todo:
-            if ev.event_id in seen:
-                continue
-            seen.add(ev.event_id)
+            if ev.event_id not in seen:
+                seen.add(ev.event_id)
+                fresh.append((ev, regs))
+        lanes = split_lanes(fresh, self.user_id)
+        if self.lanes <= 1 or len(lanes) == 1:
+            return sum([await self._handle_lane(lane) for lane in lanes])
+        # Lanes share no room and no person: up to ``self.lanes`` of them at once, each in
+        # its own order. One that raises (the service stopping) cancels the others.
+        gate = asyncio.Semaphore(self.lanes)
+
+        async def run(lane: list[tuple[RoomEvent | Invite, list[_Registration]]]) -> int:
+            async with gate:
+                return await self._handle_lane(lane)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                runs = [group.create_task(run(lane)) for lane in lanes]
+        except ExceptionGroup as failed:  # raised as one event's handling would raise it
+            raise failed.exceptions[0] from None
+        return sum(r.result() for r in runs)
+
+    async def _handle_lane(self, lane: list[tuple[RoomEvent | Invite, list[_Registration]]]) -> int:
+        handled = 0
+        for ev, regs in lane:
             if self._awaits_key(ev):
                 await self._wait_for_key(ev)
                 continue

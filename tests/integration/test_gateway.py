@@ -279,6 +279,45 @@ async def test_events_in_skipped_rooms_reach_no_handler_and_cost_no_bookkeeping(
         assert not await ProcessedEvents(s).seen_many(user_id, [skipped])
 
 
+async def test_a_slow_handler_in_one_room_does_not_hold_up_another_room(
+    synapse, make_user, sqlite_db
+):
+    """The events of one batch that share no room and no person are handled side by side
+    (lanes): another room's message is handled while a handler waits in the first room;
+    each room's own events keep their order."""
+    user_id, pw, alice, room_a = await bot_and_room(synapse, make_user)
+    bob = await make_user("bob")
+    room_b = await bob.create_room(preset="public_chat")
+    go = asyncio.Event()
+    seen = Seen()
+
+    async def handler(ev: Message) -> None:
+        if ev.body == "slow":  # handled one after another, "go" would come after this
+            async with asyncio.timeout(5):
+                await go.wait()
+        if ev.body == "go":
+            go.set()
+        await seen.add(ev.body)
+
+    gw = gateway(synapse, sqlite_db, user_id, pw)
+    gw.on(Message, handler)
+    await gw.login()
+    try:
+        await gw.join(room_a)
+        await gw.join(room_b)
+        await gw.sync_once(0)
+        await alice.send_text(room_a, "slow")
+        await alice.send_text(room_a, "after slow")
+        await bob.send_text(room_b, "go")
+        async with asyncio.timeout(20):  # all three in one batch: sent before this sync
+            while len(seen) < 3:
+                await gw.sync_once(1000)
+    finally:
+        await gw.close()
+    assert seen == ["go", "slow", "after slow"]
+    assert gw.stats.handler_failures == 0
+
+
 async def test_replayed_sync_does_not_deliver_twice(synapse, make_user, sqlite_db):
     """Handlers ran but the token was not stored (a crash): the replay skips the events."""
     user_id, pw, alice, room = await bot_and_room(synapse, make_user)

@@ -46,6 +46,7 @@ def test_default_config_is_the_first_network():
         (lambda d: d["forum"].update(langauges=["fr"]), "forum.langauges", "no such option"),
         (lambda d: d["digest"].update(schedule="every monday"), "digest.schedule", "cron"),
         (lambda d: d["digest"].update(timezone="Lome"), "digest.timezone", "IANA"),
+        (lambda d: d["bots"].update(lanes=0), "bots.lanes", "greater than or equal to 1"),
         (lambda d: d["topics"][1].update(alias="Bad Alias"), "topics[1].alias", "pattern"),
         (
             lambda d: d["topics"][2].update(slug="droits-enfants"),

@@ -3,6 +3,7 @@ configured seconds, the topic rooms become knock-only (lifted by ``!unlock-joins
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 
 from forum.events import Membership
@@ -23,6 +24,7 @@ class JoinWave:
         self.consequences = consequences
         #: Recent joins: (when, user id), oldest first.
         self.join_times: deque[tuple[float, str]] = deque()
+        self._acting = asyncio.Lock()
 
     async def joined_event(self, ev: Membership) -> None:
         """A join or a knock, dated by when our homeserver received it (not ``origin_server_ts``,
@@ -36,7 +38,10 @@ class JoinWave:
         while joins and joins[0][0] < now - cfg.join_wave_seconds:
             joins.popleft()
         distinct = {u for _, u in joins}
-        if len(distinct) < cfg.join_wave_joins or await self.locks.joins_locked():
+        if len(distinct) < cfg.join_wave_joins:
             return
-        joins.clear()
-        await self.consequences.current.join_wave(len(distinct), int(cfg.join_wave_seconds))
+        joins.clear()  # before any wait: arrivals handled meanwhile start a new window
+        async with self._acting:  # a second wave seen while the first one locks the rooms
+            if await self.locks.joins_locked():  # finds them locked
+                return
+            await self.consequences.current.join_wave(len(distinct), int(cfg.join_wave_seconds))
