@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -218,6 +219,45 @@ async def test_join_wave_window_uses_the_receive_time():
         )  # fmt: skip
         await wave.joined_event(ev)
     assert waves == [3]
+
+
+async def test_a_second_wave_seen_while_the_first_locks_the_rooms_locks_nothing_again():
+    """Knocks are handled side by side (lanes): a second window fills while the first
+    wave's rooms are being locked; it finds them locked and does not lock them twice."""
+    waves: list[int] = []
+    locking = asyncio.Event()
+    release = asyncio.Event()
+
+    class Locks:
+        locked = False
+
+        async def joins_locked(self) -> bool:
+            return self.locked
+
+    locks = Locks()
+
+    class Consequences:
+        async def join_wave(self, n: int, seconds: int) -> None:
+            waves.append(n)
+            locking.set()
+            await release.wait()  # the rooms' join rules being written
+            locks.locked = True
+
+    class Switch:
+        current = Consequences()
+
+    tuning = Tuning(ModerationSection(join_wave_joins=2, join_wave_seconds=60))
+    wave = JoinWave(tuning, locks=locks, consequences=Switch())  # type: ignore[arg-type]
+    await wave.joined("@a:x", 100.0)
+    first = asyncio.ensure_future(wave.joined("@b:x", 100.5))
+    async with asyncio.timeout(5):
+        await locking.wait()
+    await wave.joined("@c:x", 101.0)
+    second = asyncio.ensure_future(wave.joined("@d:x", 101.5))  # a full window again
+    release.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(first, second)
+    assert waves == [2]
 
 
 def test_the_digest_preview_commands_are_in_the_help_and_left_to_the_digest():
