@@ -125,7 +125,7 @@ class Judge:
     _members: frozenset[str] = field(init=False, default=frozenset())
     _servers: frozenset[str] = field(init=False, default=frozenset())
     _members_at: float = field(init=False, default=float("-inf"))
-    _members_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+    _reading: asyncio.Future[None] | None = field(init=False, default=None)
 
     # --- facts ------------------------------------------------------------------------
     def is_forum_room(self, room_id: str) -> bool:
@@ -141,15 +141,21 @@ class Judge:
 
     async def members(self, max_age: float = MEMBERS_TTL) -> tuple[frozenset[str], frozenset[str]]:
         """The forum's members and their servers (ours included), read again when older
-        than ``max_age`` seconds."""
-        async with self._members_lock:
-            if time.monotonic() - self._members_at > max_age:
-                members = await self.bot.actions.members()
-                self._members = frozenset(members)
-                servers = {server_of(u) for u in members}
-                self._servers = frozenset(servers | {self.bot.settings.server_name})
-                self._members_at = time.monotonic()
+        than ``max_age`` seconds. One reading at a time, and a check that gives up at its
+        deadline does not stop it: the next check finds the list read."""
+        if time.monotonic() - self._members_at > max_age:
+            if self._reading is None or self._reading.done():
+                self._reading = asyncio.ensure_future(self._read_members())
+                self._reading.add_done_callback(_retrieved)
+            await asyncio.shield(self._reading)
         return self._members, self._servers
+
+    async def _read_members(self) -> None:
+        members = await self.bot.actions.members()
+        self._members = frozenset(members)
+        servers = {server_of(u) for u in members}
+        self._servers = frozenset(servers | {self.bot.settings.server_name})
+        self._members_at = time.monotonic()
 
     async def gettext(self, user_id: str) -> Callable[[str], str]:
         """The bot's translations in the language ``user_id`` chose (else the forum's)."""
@@ -304,3 +310,9 @@ class Judge:
         if self.is_forum_room(room) and self.banned(inviter) and not await self.exempt(inviter):
             return await self._invite_refused(inviter)
         return ALLOW
+
+
+def _retrieved(reading: asyncio.Future[None]) -> None:
+    """A reading whose checks all gave up: its failure is logged, not left unretrieved."""
+    if not reading.cancelled() and reading.exception() is not None:
+        log.warning("antispam: reading the forum's members failed: %s", reading.exception())
