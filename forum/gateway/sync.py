@@ -352,9 +352,11 @@ class SyncLoop:
             if ev.event_id not in seen:
                 seen.add(ev.event_id)
                 fresh.append((ev, regs))
+        if self.lanes <= 1:  # the batch's own order, one event after another
+            return await self._handle_lane(fresh)
         lanes = split_lanes(fresh, self.user_id)
-        if self.lanes <= 1 or len(lanes) == 1:
-            return sum([await self._handle_lane(lane) for lane in lanes])
+        if len(lanes) == 1:
+            return await self._handle_lane(lanes[0])
         # Lanes share no room and no person: up to ``self.lanes`` of them at once, each in
         # its own order. One that raises (the service stopping) cancels the others.
         gate = asyncio.Semaphore(self.lanes)
