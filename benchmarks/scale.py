@@ -70,6 +70,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -730,7 +731,7 @@ async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: s
     answers_task: asyncio.Future[None] | None = None
     rules_task = asyncio.ensure_future(watch_rules())
     answers_task = asyncio.ensure_future(watch_answers())
-    start = time.perf_counter()
+    start, start_epoch = time.perf_counter(), time.time()
     arrivals = []
     for k, u in enumerate(people):  # open loop: on schedule, whatever the answers
         delay = start + k * args.wave_seconds / len(people) - time.perf_counter()
@@ -762,6 +763,7 @@ async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: s
             round(max(answered_at.values()) - start, 1) if len(answered_at) == len(people) else None
         ),
         "answer_latency": percentiles(lat),
+        "as_stored": await wave_as_stored(p, forum, door, start_epoch, args.wave_joins),
     }
     await forum.call("cfg", None)
     if switched:  # the doors opened again for the next wave
@@ -771,6 +773,52 @@ async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: s
                 break
             await asyncio.sleep(0.5)
     return out
+
+
+async def wave_as_stored(
+    p: Profile, forum: Remote, door: str, start_epoch: float, threshold: int
+) -> dict[str, Any]:
+    """Where the time to knock-only went, from the homeserver's own timestamps (seconds after
+    the wave's start): when the arrival that reached the protection's threshold was stored,
+    and when the first and the last topic room's join rule changed."""
+    mod = forum.mod
+    room = forum.ids["space"] if door == "knock" else forum.ids["lobby"]
+    kind = "knock" if door == "knock" else "join"
+    members = await mod.request(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room)}/members", params={"membership": kind}
+    )
+    arrived = sorted(
+        e["origin_server_ts"] / 1000
+        for e in members.get("chunk", [])
+        if e["state_key"].startswith(f"@wave-{door}-")
+    )
+    switched: list[float] = []
+    for topic in forum.info["topic_rooms"]:
+        ev = await mod.request(
+            "GET",
+            f"/_matrix/client/v3/rooms/{quote(topic)}/state/m.room.join_rules/",
+            params={"format": "event"},
+        )
+        if ev.get("content", {}).get("join_rule") == "knock":
+            switched.append(ev["origin_server_ts"] / 1000)
+
+    def after(t: float | None) -> float | None:
+        return None if t is None else round(t - start_epoch, 2)
+
+    nth = arrived[threshold - 1] if len(arrived) >= threshold else None
+    first = min(switched) if switched else None
+    last = max(switched) if switched else None
+    return {
+        "arrivals_stored": len(arrived),
+        "threshold_arrival_stored_after_s": after(nth),
+        "first_room_switched_after_s": after(first),
+        "last_room_switched_after_s": after(last),
+        "rooms_switched": len(switched),
+        "switch_spread_s": None if first is None or last is None else round(last - first, 2),
+        "threshold_to_first_switch_s": (
+            None if nth is None or first is None else round(first - nth, 2)
+        ),
+    }
 
 
 async def policy(p: Profile, forum: Remote, args: argparse.Namespace) -> Any:
@@ -943,13 +991,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "args": vars(args),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        profiles = [1, args.persisters] if args.persisters != 1 else [1]
+        profiles = [1, args.persisters] if args.persisters != 1 and not args.only_n else [1]
+        if args.only_n:
+            profiles = [args.persisters]
         for n in profiles:
             result[f"persisters_{n}"] = await run_profile(
                 Path(tmp), n, args, full=(n == args.persisters)
             )
     result["load_average_at_end"] = os.getloadavg()
-    one, many = result["persisters_1"], result[f"persisters_{args.persisters}"]
+    one, many = result.get("persisters_1", {}), result[f"persisters_{args.persisters}"]
     if "ban_floor_concurrent" in one and "ban_floor_concurrent" in many:
         result["floor_ratio_1_over_n"] = round(
             one["ban_floor_concurrent"]["median_ms"] / many["ban_floor_concurrent"]["median_ms"],
@@ -961,6 +1011,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--persisters", type=int, default=4)
+    parser.add_argument(
+        "--only-n", action="store_true", help="skip the 1-persister profile (and its floor)"
+    )
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50)

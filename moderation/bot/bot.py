@@ -251,6 +251,6 @@ class ModerationBot:
             self.seen_joined[user] = None
         if await self.actions.is_exempt(user, ev.room_id):
             return
-        if await self.policy_lists.ban_on_join(user, ev.event_id):
+        if await self.policy_lists.ban_on_join(user, ev.room_id, ev.event_id):
             return
         await self.join_wave.joined_event(ev)

@@ -115,12 +115,16 @@ class PolicyLists:
         """The first rule banning the server ``server`` (the forum's own first)."""
         return self.own_rules.server_rule(server) or self.rules.server_rule(server)
 
-    async def ban_on_join(self, user: str, event_id: str) -> bool:
-        """Ban ``user``, who just joined, if a rule matches them; whether one did."""
+    async def ban_on_join(self, user: str, room_id: str, event_id: str) -> bool:
+        """Ban ``user``, who just joined ``room_id``, if a rule matches them; whether one did."""
         rule = self.matching_rule(user)
         if rule is None:
             return False
         key, found = rule
+        if await self._banned_in(room_id, user):
+            # a join handled late (after the rule's ban, in the same sync batch): banned
+            # already; a join after a moderator's unban still finds "join" and is banned
+            return True
         reason = found.reason or self.t("Policy list rule")
         rooms = await self.actions.ban(user, reason)
         if key in self.rules:
@@ -131,6 +135,13 @@ class PolicyLists:
             event_id=event_id, source="policy",
         )  # fmt: skip
         return True
+
+    async def _banned_in(self, room_id: str, user: str) -> bool:
+        try:
+            return await self.actions.gateway.membership(room_id, user) == "ban"
+        except MatrixError as exc:  # unknown: ban (again) rather than let them in
+            log.info("cannot read the membership of %s in %s: %s", user, room_id, exc)
+            return False
 
     # --- subscriptions ----------------------------------------------------------------
     async def subscribe_all(self) -> None:

@@ -132,6 +132,27 @@ async def test_ban_everywhere_published_and_unban(forum: Forum):
     assert [e.action for e in entries][-1] == "unban"
 
 
+async def test_a_join_handled_after_the_ban_bans_nothing_again(forum: Forum):
+    """A join the bot handles late (after the person's ban, in the same sync batch as the
+    rule, say) finds them banned already: no second ban, no second audit entry."""
+    late = await forum.member("tardif")
+    state = await forum.mod.request("GET", f"/_matrix/client/v3/rooms/{forum.topic}/state")
+    (join_event,) = (
+        e["event_id"]
+        for e in state["result"]
+        if e["type"] == "m.room.member" and e["state_key"] == late.user_id
+        and e["content"]["membership"] == "join"
+    )  # fmt: skip
+    mark = forum.mod.mark()
+    await forum.command(f"!ban {late.user_id} raid")
+    await forum.wait_membership(late.user_id, "ban", after=mark)
+    # the join, handled only now
+    assert await forum.bot.policy_lists.ban_on_join(late.user_id, forum.topic, join_event)
+    async with forum.ctx.db.sessionmaker() as s:
+        actions = [e.action for e in await Audit(s).entries(late.user_id)]
+    assert actions == ["ban"]
+
+
 async def test_glob_ban_hits_matching_members_only(forum: Forum):
     a = await forum.member("globa")
     b = await forum.member("globb")
