@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import secrets
 import statistics
 import sys
@@ -140,7 +141,7 @@ def serve(data: dict[str, Any], home: str, conn: Any, extra: str | None = None) 
     """The child process: the whole service, answering the benchmark's requests;
     ``extra``: the path of a module whose ``COMMANDS`` (name -> ``async f(service, arg)``)
     it answers too (another benchmark's requests)."""
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=os.environ.get("FORUM_BENCH_LOG", "WARNING"))  # INFO to diagnose
     asyncio.run(_serve(data, Path(home), conn, extra))
 
 

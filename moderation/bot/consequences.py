@@ -175,6 +175,11 @@ class Enforcement(Consequences):
         body = t("Join wave: {n} people joined in {s} s; topic rooms are now knock-only.").format(
             n=joined, s=seconds
         )
+        still_open = [r for r in self.actions.topic_rooms if r not in rooms]
+        if still_open:  # the homeserver refused or failed; a restart tries them again
+            body += "\n" + t("Could not switch: {rooms}.").format(
+                rooms=", ".join(self.management.room_label(r) for r in still_open)
+            )
         body += "\n" + self.management.undo_line(f"{self.management.prefix}unlock-joins")
         await self.management.say(body, html.escape(body).replace("\n", "<br/>"))
 

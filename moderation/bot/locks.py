@@ -4,6 +4,7 @@ restart (or a provisioning run) locks again."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,21 +67,47 @@ class RoomLocks:
         return rooms
 
     async def lock_joins(self) -> list[str]:
+        """Make the topic rooms knock-only; the rooms that are (those already knock-only or
+        invite-only included). Every room's rule is read first, all at once, and the lock is
+        recorded with what it replaces *before* the first switch: a service that dies while
+        switching leaves a lock on record, which its next start (or the standby taking
+        over) finishes and ``!unlock-joins`` undoes."""
         async with self.sessionmaker() as s:
             previous = (await State(s).get("join_lock")) or {}
         saved: dict[str, Any] = dict(previous.get("rooms", {}))
-
-        async def one(room: str) -> None:
-            content = await self.actions.gateway.get_state_event(room, "m.room.join_rules") or {}
-            if content.get("join_rule") in {"knock", "invite"}:
-                return
-            saved.setdefault(room, content)
-            await self.actions.gateway.put_state(room, "m.room.join_rules", {"join_rule": "knock"})
-
-        rooms = await self.actions.across(one, self.actions.topic_rooms)
+        topics = self.actions.topic_rooms
+        gateway = self.actions.gateway
+        read = await asyncio.gather(
+            *(gateway.get_state_event(r, "m.room.join_rules") for r in topics),
+            return_exceptions=True,
+        )
+        closed: list[str] = []
+        to_switch: list[str] = []
+        for room, content in zip(topics, read, strict=True):
+            if isinstance(content, asyncio.CancelledError):
+                raise content
+            if isinstance(content, BaseException):  # tried again by the switch below
+                to_switch.append(room)
+                continue
+            if (content or {}).get("join_rule") in {"knock", "invite"}:
+                closed.append(room)
+                continue
+            saved.setdefault(room, content or {})
+            to_switch.append(room)
         async with self.sessionmaker() as s, s.begin():
             await State(s).set("join_lock", {"rooms": saved})
-        return rooms
+
+        async def one(room: str) -> None:
+            if room not in saved:  # its rule could not be read: read it again
+                content = await gateway.get_state_event(room, "m.room.join_rules") or {}
+                if content.get("join_rule") in {"knock", "invite"}:
+                    return
+                saved[room] = content
+                async with self.sessionmaker() as s, s.begin():
+                    await State(s).set("join_lock", {"rooms": saved})
+            await gateway.put_state(room, "m.room.join_rules", {"join_rule": "knock"})
+
+        return closed + await self.actions.across(one, to_switch)
 
     async def locked(self) -> bool:
         async with self.sessionmaker() as s:

@@ -11,9 +11,10 @@ from datetime import timedelta
 import pytest
 import pytest_asyncio
 
+from forum.errors import Forbidden
 from forum.storage.models import utcnow
 from moderation.bot.repositories import Audit, Strikes
-from tests.harness import Forum, ForumStarter, is_message
+from tests.harness import Forum, ForumStarter, eventually, is_message
 from tests.matrix_user import MatrixRequestError, TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -235,6 +236,78 @@ async def test_a_knock_wave_locks_joins_too(forum: Forum):
         assert rules["join_rule"] == "knock"
     rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
     assert rules["join_rule"] == "knock_restricted"
+
+
+async def test_a_room_the_wave_could_not_switch_is_named_to_the_moderators(
+    forum: Forum, monkeypatch: pytest.MonkeyPatch
+):
+    gateway = forum.bot.locks.actions.gateway
+    real = gateway.put_state
+
+    async def refused_in_topic(room: str, kind: str, content: dict, state_key: str = "") -> str:
+        if kind == "m.room.join_rules" and room == forum.topic:
+            raise Forbidden("refused (test)", status=403, errcode="M_FORBIDDEN")
+        return await real(room, kind, content, state_key)
+
+    monkeypatch.setattr(gateway, "put_state", refused_in_topic)
+    async with wave_of_three(forum) as mark:
+        people = [await forum.user(f"refusedwave{i}") for i in range(3)]
+        await asyncio.gather(
+            *(p.knock(forum.ids["space"], "Bonjour", via=[forum.hs.server_name]) for p in people)
+        )
+        said = await report_about(forum, "", mark, "!unlock-joins")
+        assert f"Impossible de changer : {forum.bot.management.room_label(forum.topic)}." in said
+        others = [r for r in forum.bot.actions.topic_rooms if r != forum.topic]
+        assert others
+        for room in others:
+            rules = await forum.mod.get_state_event(room, "m.room.join_rules")
+            assert rules["join_rule"] == "knock"
+        monkeypatch.undo()
+
+
+async def test_a_join_lock_cut_short_is_recorded_so_a_restart_finishes_it(
+    forum: Forum, monkeypatch: pytest.MonkeyPatch
+):
+    """The service dies while switching the topic rooms (one switched, the others not yet):
+    the lock was recorded before the first switch, so a start (or a standby taking over)
+    finishes it and ``!unlock-joins`` restores every room."""
+    locks = forum.bot.locks
+    gateway = locks.actions.gateway
+    real = gateway.put_state
+    started: list[str] = []
+    switched: list[str] = []
+
+    async def dies_after_one(room: str, kind: str, content: dict, state_key: str = "") -> str:
+        if kind == "m.room.join_rules":
+            started.append(room)
+            if len(started) > 1:
+                await asyncio.Event().wait()  # the process is gone
+        out = await real(room, kind, content, state_key)
+        switched.append(room)
+        return out
+
+    monkeypatch.setattr(gateway, "put_state", dies_after_one)
+    cut_short = asyncio.ensure_future(locks.lock_joins())
+
+    async def one_switched() -> bool:
+        return bool(switched)
+
+    await eventually(one_switched, 20, "the first room switched")
+    cut_short.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await cut_short
+    monkeypatch.undo()
+    try:
+        assert await locks.joins_locked()  # the lock is on record
+        await locks.reapply_locks()  # what a start does
+        for room in forum.bot.actions.topic_rooms:
+            rules = await forum.mod.get_state_event(room, "m.room.join_rules")
+            assert rules["join_rule"] == "knock"
+    finally:
+        await forum.command("!unlock-joins")
+    for room in forum.bot.actions.topic_rooms:
+        rules = await forum.mod.get_state_event(room, "m.room.join_rules")
+        assert rules["join_rule"] == "knock_restricted"
 
 
 async def test_join_wave_locks_joins_until_unlocked(forum: Forum):
