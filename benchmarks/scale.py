@@ -455,6 +455,8 @@ async def measure_profile(
         await mod.wait_for_invite(forum.mgmt, timeout=120)
         for i in range(0, len(rooms), 20):
             await asyncio.gather(*(mod.join(r, via=via) for r in rooms[i : i + 20]))
+        if args.room_concurrency:
+            out["room_concurrency"] = await forum.call("room_concurrency", args.room_concurrency)
         targets = await p.people("target", 2 * args.ban_samples)
         spies = await spy(p.hs, Path(args.py_spy) / f"p{persisters}") if args.py_spy else []
         before, t0 = cpu_by_process(p.hs), time.perf_counter()
@@ -1013,6 +1015,9 @@ if __name__ == "__main__":
     parser.add_argument("--persisters", type=int, default=4)
     parser.add_argument(
         "--only-n", action="store_true", help="skip the 1-persister profile (and its floor)"
+    )
+    parser.add_argument(
+        "--room-concurrency", type=int, help="rooms the moderation bot acts in at once"
     )
     parser.add_argument("--members", type=int, default=10_000)
     parser.add_argument("--rooms", type=int, default=100)

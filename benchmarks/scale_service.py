@@ -187,7 +187,16 @@ async def digest(service: Any, _arg: Any) -> dict[str, Any]:
     }
 
 
+async def room_concurrency(service: Any, n: int | None) -> int:
+    """Set (or with None read) how many rooms the moderation bot acts in at once."""
+    actions = service.feature("moderation").actions
+    if n is not None:
+        actions.room_concurrency = int(n)
+    return int(actions.room_concurrency)
+
+
 COMMANDS: dict[str, Callable[[Any, Any], Awaitable[Any]]] = {
+    "room_concurrency": room_concurrency,
     "publication": publication,
     "policy": policy,
     "digest": digest,
