@@ -16,7 +16,9 @@ reported with its error, and the next ones run):
 - messages at ``--rate`` per second for ``--duration`` seconds, spread over the topic
   rooms by ``--senders`` people: the moderation bot's processing lag (the time from a
   send to the moment the bot's count of processed messages covers it: the bot processes
-  them in arrival order), median and p95;
+  them in arrival order), median and p95; and ``processing_lag_from_stored``, each
+  message's time from its creation on the homeserver to the end of the bot's handling
+  (without the senders' queue in front of a homeserver that takes fewer than ``--rate``);
 - the forum service's resident memory (its own process: both bots, the digest collector,
   the web app) after admitting ``--members`` members, and sampled during the load;
 - ``knocks``: a join wave, ``--wave`` newcomers in ``--wave-seconds`` at each door of
@@ -492,6 +494,8 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
         event_id = await senders[0].send_text(topics[0], f"ping {k}")
         await forum.mod.wait_for(lambda e, ev=event_id: e.get("event_id") == ev, 30, after=mark)
         trips.append(time.perf_counter() - t0)
+    await forum.call("lag_watch")
+    await forum.call("lags")  # from here on
     start = await forum.call("processed")
     total = int(args.rate * args.duration)
     sent_at: list[float] = []
@@ -538,6 +542,7 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
     finished.set()
     await watcher
     lags = [d - s for s, d in zip(sorted(sent_at), done_at, strict=False)]
+    from_stored = await forum.call("lags")
     return {
         "rate_per_s": args.rate,
         "duration_s": args.duration,
@@ -547,6 +552,9 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
         "processed": len(done_at),
         "achieved_send_rate_per_s": round(len(sent_at) / (t_sent - t0), 1),
         "processing_lag": percentiles(lags),
+        # the bot's own: from the event's creation on the homeserver to the end of its
+        # handling (the senders' queue in front of a saturated homeserver left out)
+        "processing_lag_from_stored": percentiles(from_stored),
         "round_trip_before_load": percentiles(trips),
         "senders": len(senders),
         "topic_rooms": len(topics),

@@ -195,7 +195,40 @@ async def room_concurrency(service: Any, n: int | None) -> int:
     return int(actions.room_concurrency)
 
 
+_handled: list[float] = []
+
+
+async def lag_watch(service: Any, _: Any) -> None:
+    """From now on, note each forum message's lag as the moderation bot finishes it: the
+    time since the homeserver created the event (its ``origin_server_ts``: local senders,
+    one clock), so without the senders' queue in front of the homeserver."""
+    guard = service.feature("moderation").guard
+    if getattr(guard, "_bench_watched", False):
+        return
+    protect = guard.protect
+
+    async def watched(ev: Any) -> Any:
+        try:
+            return await protect(ev)
+        finally:
+            stamp = ev.raw.get("origin_server_ts")
+            if isinstance(stamp, int):
+                _handled.append(time.time() - stamp / 1000)
+
+    guard.protect = watched
+    guard._bench_watched = True
+
+
+async def lags(service: Any, _: Any) -> list[float]:
+    """The lags noted since the last call (see :func:`lag_watch`)."""
+    out = list(_handled)
+    _handled.clear()
+    return out
+
+
 COMMANDS: dict[str, Callable[[Any, Any], Awaitable[Any]]] = {
+    "lag_watch": lag_watch,
+    "lags": lags,
     "room_concurrency": room_concurrency,
     "publication": publication,
     "policy": policy,

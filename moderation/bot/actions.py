@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -61,14 +62,15 @@ class Actions:
     """One mute or lifting per person at a time: a lifting that removed a mute given
     meanwhile would leave rooms muted with no record to lift them."""
 
-    async def _bounded(self, calls: Iterable[Awaitable[Any]]) -> list[Any]:
-        """Await ``calls`` concurrently, at most :attr:`room_concurrency` at a time; the
-        results (or exceptions) in order."""
+    async def _bounded(self, calls: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        """Make and await ``calls`` concurrently, at most :attr:`room_concurrency` at a time;
+        the results (or exceptions) in order. Each call is made only when its turn comes (a
+        batch cancelled meanwhile leaves no coroutine that was never awaited)."""
         limit = asyncio.Semaphore(self.room_concurrency)
 
-        async def one(call: Awaitable[Any]) -> Any:
+        async def one(call: Callable[[], Awaitable[Any]]) -> Any:
             async with limit:
-                return await call
+                return await call()
 
         return await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
 
@@ -90,7 +92,7 @@ class Actions:
         """Run ``fn(room)`` on every room concurrently (bounded); the rooms where it
         succeeded."""
         targets = list(self.rooms if rooms is None else rooms)
-        results = await self._bounded(fn(r) for r in targets)
+        results = await self._bounded(partial(fn, r) for r in targets)
         done: list[str] = []
         for room, res in zip(targets, results, strict=True):
             if isinstance(res, asyncio.CancelledError):
@@ -261,7 +263,9 @@ class Actions:
     async def redact_many(self, events: Iterable[tuple[str, str]], reason: str | None) -> int:
         """Redact (room, event id) pairs concurrently; how many were redacted."""
         pairs = list(dict.fromkeys(events))
-        results = await self._bounded(self.gateway.redact(room, ev, reason) for room, ev in pairs)
+        results = await self._bounded(
+            partial(self.gateway.redact, room, ev, reason) for room, ev in pairs
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         for r in failed:
             if isinstance(r, asyncio.CancelledError):
