@@ -11,7 +11,8 @@ fresh Synapse and databases:
   through the bot's gateway (no command, no checks);
 
 and on the N-persister profile only (each phase chosen with ``--phases``; one that fails is
-reported with its error, and the next ones run):
+reported with its error, and the next ones run; each one after the first starts once the
+homeserver has worked off the last one's backlog, ``<phase>_settled_after_s``):
 
 - messages at ``--rate`` per second for ``--duration`` seconds, spread over the topic
   rooms by ``--senders`` people: the moderation bot's processing lag (the time from a
@@ -622,6 +623,8 @@ async def full_phases(
     phases = [x for x in args.phases.split(",") if x]
 
     async def phase(name: str, work: Any) -> None:
+        if out:  # the homeserver still busy with the last phase's backlog would be measured
+            out[f"{name}_settled_after_s"] = await settle(forum)
         sampler.phase = name
         t0 = time.perf_counter()
         try:
@@ -644,6 +647,26 @@ async def full_phases(
     if "failover" in phases:
         await phase("failover", lambda: failover(p, forum, args, sampler))
     out["rss_mb_forum"] = sampler.report()
+
+
+async def settle(forum: Remote, quiet_ms: float = 1000, timeout: float = 900) -> float | None:
+    """Wait until the homeserver has worked off what an earlier phase left it (sends that
+    timed out on the client side are still persisted): three messages of the moderator in
+    a row seen in their own sync within ``quiet_ms``; the seconds waited (None: never)."""
+    t0 = time.perf_counter()
+    quiet = 0
+    while quiet < 3 and time.perf_counter() - t0 < timeout:
+        mark = forum.mod.mark()
+        sent = time.perf_counter()
+        try:
+            event_id = await forum.mod.send_text(forum.mgmt, "(benchmark: is the homeserver idle?)")
+            await forum.mod.wait_for(lambda e, ev=event_id: e.get("event_id") == ev, 60, after=mark)
+        except Exception:  # timed out: busy still
+            quiet = 0
+            continue
+        quiet = quiet + 1 if (time.perf_counter() - sent) * 1000 < quiet_ms else 0
+        await asyncio.sleep(1)
+    return round(time.perf_counter() - t0, 1) if quiet >= 3 else None
 
 
 SYNC_FILTER = json.dumps(
