@@ -476,6 +476,7 @@ async def measure_profile(
         out["ban_floor_concurrent"] = floor
         out["ban_command"] = command
         out["ban_command_over_floor"] = round(command["median_ms"] / floor["median_ms"], 2)
+        print(json.dumps(out), file=sys.stderr, flush=True)  # progress: the bans, before the rest
         if full:
             await full_phases(out, p, forum, args)
 
