@@ -531,6 +531,7 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
 
     finish_deadline = float("inf")
     watcher = asyncio.ensure_future(watch())
+    cpu_before = cpu_by_process(p.hs) | {"forum": cpu_seconds(p.proc.pid)}
     t0 = time.perf_counter()
     sends = []
     for k in range(total):  # an open loop: sends start on schedule, whatever the answers
@@ -543,6 +544,8 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
     finish_deadline = t_sent + 120
     finished.set()
     await watcher
+    wall = time.perf_counter() - t0
+    cpu_after = cpu_by_process(p.hs) | {"forum": cpu_seconds(p.proc.pid)}
     lags = [d - s for s, d in zip(sorted(sent_at), done_at, strict=False)]
     from_stored = await forum.call("lags")
     return {
@@ -558,6 +561,12 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
         # handling (the senders' queue in front of a saturated homeserver left out)
         "processing_lag_from_stored": percentiles(from_stored),
         "round_trip_before_load": percentiles(trips),
+        # who was busy: CPU seconds per process over the load and its drain (2 cores give 2
+        # a second; one process, one core at most)
+        "cpu_seconds": {
+            "wall": round(wall, 1),
+            **{k: round(cpu_after[k] - cpu_before.get(k, 0.0), 1) for k in cpu_after},
+        },
         "senders": len(senders),
         "topic_rooms": len(topics),
         "members_admitted": args.members,
