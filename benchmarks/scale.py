@@ -11,8 +11,8 @@ fresh Synapse and databases:
   through the bot's gateway (no command, no checks);
 
 and on the N-persister profile only (each phase chosen with ``--phases``; one that fails is
-reported with its error, and the next ones run; each one after the first starts once the
-homeserver has worked off the last one's backlog, ``<phase>_settled_after_s``):
+reported with its error, and the next ones run; each one starts once the homeserver has
+worked off what came before it, ``<phase>_settled_after_s``):
 
 - messages at ``--rate`` per second for ``--duration`` seconds, spread over the topic
   rooms by ``--senders`` people: the moderation bot's processing lag (the time from a
@@ -633,8 +633,9 @@ async def full_phases(
     phases = [x for x in args.phases.split(",") if x]
 
     async def phase(name: str, work: Any) -> None:
-        if out:  # the homeserver still busy with the last phase's backlog would be measured
-            out[f"{name}_settled_after_s"] = await settle(forum)
+        # the homeserver still busy with what came before (the bans, the last phase's
+        # backlog) would be measured
+        out[f"{name}_settled_after_s"] = await settle(forum)
         sampler.phase = name
         t0 = time.perf_counter()
         try:
