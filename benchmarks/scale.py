@@ -1097,4 +1097,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--lanes", type=int, default=4, help="events each bot handles at once ([bots] lanes)"
     )
-    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
+    parsed = parser.parse_args()
+    if parsed.senders > parsed.rooms:
+        parser.error("--senders must not exceed --rooms: each sender posts in its own rooms")
+    print(json.dumps(asyncio.run(main(parsed)), indent=2))
