@@ -42,8 +42,11 @@ def lane_keys(ev: RoomEvent | Invite, own: str) -> list[str]:
 def split_lanes(
     items: Sequence[tuple[RoomEvent | Invite, T]], own: str
 ) -> list[list[tuple[RoomEvent | Invite, T]]]:
-    """``items`` (an event and what goes with it) in lanes: each lane in the items' order,
-    the lanes in the order of their first item."""
+    """``items`` (an event and what goes with it) in lanes: each lane in the items' order;
+    the lanes that hold a membership (a knock, a join, a ban...) first, then the others,
+    each group in the order of its lanes' first items. Arrivals are thus taken ahead of a
+    backlog of messages in the same batch: the join-wave protection counts them sooner,
+    and a newcomer is answered sooner."""
     parent: dict[str, str] = {}
 
     def root(key: str) -> str:
@@ -65,4 +68,6 @@ def split_lanes(
     lanes: dict[str, list[tuple[RoomEvent | Invite, T]]] = {}
     for item, first in zip(items, firsts, strict=True):
         lanes.setdefault(root(first), []).append(item)
-    return list(lanes.values())
+    return sorted(  # stable: the lanes' own order within each group
+        lanes.values(), key=lambda lane: not any(isinstance(ev, Membership) for ev, _ in lane)
+    )

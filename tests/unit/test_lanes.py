@@ -72,9 +72,9 @@ def test_the_bots_own_events_do_not_tie_rooms():
     banned = member("!c", BOT, "@spammer", "ban")
     said = message("!d", "@spammer")
     assert lanes_of([own_a, own_b, banned, said]) == [
+        [banned.event_id, said.event_id],  # a membership's lane first
         [own_a.event_id],
         [own_b.event_id],
-        [banned.event_id, said.event_id],
     ]
 
 
@@ -82,3 +82,15 @@ def test_an_invite_is_in_its_room_and_its_inviters_lane():
     invite = Invite(room_id="!dm", sender="@ama", is_direct=True, event_id="$invite")
     said = message("!a", "@ama")
     assert lanes_of([invite, said]) == [["$invite", said.event_id]]
+
+
+def test_lanes_with_a_membership_come_before_a_backlog_of_messages():
+    """A knock behind messages of many rooms in one batch is taken first (with 4 lanes at
+    once, it used to wait for the message lanes before it: the join-wave protection saw
+    the knocks of a wave after the load's backlog)."""
+    backlog = [message(f"!room{i}", f"@sender{i}") for i in range(6)]
+    knock = member("!space", "@newcomer", "@newcomer", "knock")
+    later = message("!room7", "@sender7")
+    lanes = lanes_of([*backlog, knock, later])
+    assert lanes[0] == [knock.event_id]
+    assert lanes[1:] == [[e.event_id] for e in [*backlog, later]]
