@@ -456,8 +456,13 @@ class Lease:
             if self.role == "active":
                 self.role = "standby"
                 self._valid_until = 0.0
+                # PostgreSQL: a server that never answers is not waited for. SQLite: its
+                # busy timeout bounds the wait and fails cleanly; cancelling the write from
+                # here instead could leave its connection holding the file's write lock,
+                # which then failed the next process's open ("database is locked")
+                limit = 5 if self.postgres else None
                 try:
-                    async with asyncio.timeout(5), self._write() as conn:
+                    async with asyncio.timeout(limit), self._write() as conn:
                         await conn.execute(
                             update(_TABLE)
                             .where(
