@@ -489,13 +489,7 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
     topics: list[str] = list(forum.info["topic_rooms"])
     # The homeserver's own delivery time, for comparison: a sender's message seen in the
     # moderator's sync (the bot learns of a message no faster than that).
-    trips = []
-    for k in range(20):
-        mark = forum.mod.mark()
-        t0 = time.perf_counter()
-        event_id = await senders[0].send_text(topics[0], f"ping {k}")
-        await forum.mod.wait_for(lambda e, ev=event_id: e.get("event_id") == ev, 30, after=mark)
-        trips.append(time.perf_counter() - t0)
+    trips = [await round_trip(senders[0], forum.mod, topics[0], f"ping {k}") for k in range(20)]
     await forum.call("lag_watch")
     await forum.call("lags")  # from here on
     start = await forum.call("processed")
@@ -660,6 +654,18 @@ async def full_phases(
     out["rss_mb_forum"] = sampler.report()
 
 
+async def round_trip(
+    sender: TestUser, reader: TestUser, room: str, text: str, timeout: float = 30
+) -> float:
+    """Seconds from ``sender``'s send of ``text`` in ``room`` to the event in ``reader``'s
+    sync (the homeserver's delivery time)."""
+    mark = reader.mark()
+    t0 = time.perf_counter()
+    event_id = await sender.send_text(room, text)
+    await reader.wait_for(lambda e: e.get("event_id") == event_id, timeout, after=mark)
+    return time.perf_counter() - t0
+
+
 async def settle(forum: Remote, quiet_ms: float = 1000, timeout: float = 900) -> float | None:
     """Wait until the homeserver has worked off what an earlier phase left it (sends that
     timed out on the client side are still persisted): three messages of the moderator in
@@ -667,15 +673,14 @@ async def settle(forum: Remote, quiet_ms: float = 1000, timeout: float = 900) ->
     t0 = time.perf_counter()
     quiet = 0
     while quiet < 3 and time.perf_counter() - t0 < timeout:
-        mark = forum.mod.mark()
-        sent = time.perf_counter()
         try:
-            event_id = await forum.mod.send_text(forum.mgmt, "(benchmark: is the homeserver idle?)")
-            await forum.mod.wait_for(lambda e, ev=event_id: e.get("event_id") == ev, 60, after=mark)
+            took = await round_trip(
+                forum.mod, forum.mod, forum.mgmt, "(benchmark: is the homeserver idle?)", 60
+            )
         except Exception:  # timed out: busy still
             quiet = 0
             continue
-        quiet = quiet + 1 if (time.perf_counter() - sent) * 1000 < quiet_ms else 0
+        quiet = quiet + 1 if took * 1000 < quiet_ms else 0
         await asyncio.sleep(1)
     return round(time.perf_counter() - t0, 1) if quiet >= 3 else None
 

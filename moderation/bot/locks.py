@@ -16,6 +16,11 @@ from .actions import Actions
 from .repositories import State
 
 
+def _closed(content: dict[str, Any] | None) -> bool:
+    """Whether a room's ``m.room.join_rules`` content already keeps newcomers out."""
+    return (content or {}).get("join_rule") in {"knock", "invite"}
+
+
 @dataclass(kw_only=True, eq=False)
 class RoomLocks:
     actions: Actions
@@ -89,7 +94,7 @@ class RoomLocks:
             if isinstance(content, BaseException):  # tried again by the switch below
                 to_switch.append(room)
                 continue
-            if (content or {}).get("join_rule") in {"knock", "invite"}:
+            if _closed(content):
                 closed.append(room)
                 continue
             saved.setdefault(room, content or {})
@@ -100,7 +105,7 @@ class RoomLocks:
         async def one(room: str) -> None:
             if room not in saved:  # its rule could not be read: read it again
                 content = await gateway.get_state_event(room, "m.room.join_rules") or {}
-                if content.get("join_rule") in {"knock", "invite"}:
+                if _closed(content):
                     return
                 saved[room] = content
                 async with self.sessionmaker() as s, s.begin():
