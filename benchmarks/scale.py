@@ -481,11 +481,20 @@ async def measure_profile(
             await full_phases(out, p, forum, args)
 
 
-async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str, Any]:
-    """Messages at ``rate``/s over the topic rooms; the bot's processing lag; its memory."""
+WAVE_IN_LOAD = "wave-load-"  # the names of the newcomers knocking during the load
+
+
+async def load(
+    p: Profile, forum: Remote, args: argparse.Namespace, wave_after: float | None = None
+) -> dict[str, Any]:
+    """Messages at ``rate``/s over the topic rooms; the bot's processing lag; its memory.
+    With ``wave_after``, a join wave of knocks (``--wave`` newcomers) begins that many
+    seconds into the load: arrivals measured while the bots work through messages."""
     await admit_members(p, forum)
     rss_admitted = await forum.call("rss")
     senders = await enter_senders(p, forum, args)
+    # the wave's accounts exist before the load: their registration is not measured
+    wave_people = await p.people(WAVE_IN_LOAD, args.wave, sync=False) if wave_after else []
     topics: list[str] = list(forum.info["topic_rooms"])
     # The homeserver's own delivery time, for comparison: a sender's message seen in the
     # moderator's sync (the bot learns of a message no faster than that).
@@ -523,9 +532,14 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
         except Exception as exc:  # counted: an overloaded homeserver times a send out
             failed.append(repr(exc))
 
+    async def wave() -> Any:
+        await asyncio.sleep(wave_after or 0.0)
+        return await join_wave(p, forum, args, "knock", wave_people, WAVE_IN_LOAD)
+
     finish_deadline = float("inf")
     watcher = asyncio.ensure_future(watch())
     cpu_before = cpu_by_process(p.hs) | {"forum": cpu_seconds(p.proc.pid)}
+    waving = asyncio.ensure_future(wave()) if wave_after else None
     t0 = time.perf_counter()
     sends = []
     for k in range(total):  # an open loop: sends start on schedule, whatever the answers
@@ -542,7 +556,10 @@ async def load(p: Profile, forum: Remote, args: argparse.Namespace) -> dict[str,
     cpu_after = cpu_by_process(p.hs) | {"forum": cpu_seconds(p.proc.pid)}
     lags = [d - s for s, d in zip(sorted(sent_at), done_at, strict=False)]
     from_stored = await forum.call("lags")
-    return {
+    during = {}
+    if waving is not None:
+        during = {"wave_after_s": wave_after, "join_wave_during_load": await waving}
+    return during | {
         "rate_per_s": args.rate,
         "duration_s": args.duration,
         "sent": len(sent_at),
@@ -640,7 +657,7 @@ async def full_phases(
               f"{json.dumps(out[name])[:2000]}", file=sys.stderr, flush=True)  # fmt: skip
 
     if "load" in phases:
-        await phase("load", lambda: load(p, forum, args))
+        await phase("load", lambda: load(p, forum, args, args.wave_during_load))
     if "knocks" in phases:
         for door in args.wave_door.split(","):
             await phase(f"join_wave_{door}", lambda d=door: join_wave(p, forum, args, d))
@@ -713,11 +730,21 @@ async def join_rule(user: TestUser, room: str) -> str | None:
     return content.get("join_rule")
 
 
-async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: str) -> Any:
-    """``--wave`` newcomers at ``door`` in ``--wave-seconds`` (an open loop); the time until
-    the topic rooms are knock-only and until each has the membership bot's DM invite."""
+async def join_wave(
+    p: Profile,
+    forum: Remote,
+    args: argparse.Namespace,
+    door: str,
+    people: list[TestUser] | None = None,
+    label: str | None = None,
+) -> Any:
+    """``--wave`` newcomers (or ``people``) at ``door`` in ``--wave-seconds`` (an open
+    loop); the time until the topic rooms are knock-only and until each has the membership
+    bot's DM invite. ``label`` is the newcomers' name prefix (made with ``people``)."""
+    label = label or f"wave-{door}-"
     t0 = time.perf_counter()
-    people = await p.people(f"wave-{door}-", args.wave, sync=False)
+    if people is None:
+        people = await p.people(label, args.wave, sync=False)
     created_s = time.perf_counter() - t0
     topics: list[str] = list(forum.info["topic_rooms"])
     mod, via = forum.mod, [p.hs.server_name]
@@ -812,7 +839,7 @@ async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: s
             round(max(answered_at.values()) - start, 1) if len(answered_at) == len(people) else None
         ),
         "answer_latency": percentiles(lat),
-        "as_stored": await wave_as_stored(p, forum, door, start_epoch, args.wave_joins),
+        "as_stored": await wave_as_stored(p, forum, door, label, start_epoch, args.wave_joins),
     }
     await forum.call("cfg", None)
     if switched:  # the doors opened again for the next wave
@@ -825,7 +852,7 @@ async def join_wave(p: Profile, forum: Remote, args: argparse.Namespace, door: s
 
 
 async def wave_as_stored(
-    p: Profile, forum: Remote, door: str, start_epoch: float, threshold: int
+    p: Profile, forum: Remote, door: str, label: str, start_epoch: float, threshold: int
 ) -> dict[str, Any]:
     """Where the time to knock-only went, from the homeserver's own timestamps (seconds after
     the wave's start): when the arrival that reached the protection's threshold was stored,
@@ -839,7 +866,7 @@ async def wave_as_stored(
     arrived = sorted(
         e["origin_server_ts"] / 1000
         for e in members.get("chunk", [])
-        if e["state_key"].startswith(f"@wave-{door}-")
+        if e["state_key"].startswith(f"@{label}")
     )
     switched: list[float] = []
     for topic in forum.info["topic_rooms"]:
@@ -1092,6 +1119,12 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--wave-timeout", type=float, default=600, help="seconds after the wave to wait for answers"
+    )
+    parser.add_argument(
+        "--wave-during-load",
+        type=float,
+        metavar="SECONDS",
+        help="also a join wave of knocks this many seconds into the load (its own figures)",
     )
     parser.add_argument("--policy-rules", type=int, default=10_000)
     parser.add_argument("--policy-hits", type=int, default=20)

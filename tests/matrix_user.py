@@ -364,13 +364,19 @@ class TestUser:
                         return found
                     await self._changed.wait()
         except TimeoutError:
+            # the room events, each cut short (a push-rules document would fill it all)
             recent = [
-                {k: e.get(k) for k in ("_section", "room_id", "type", "sender", "content")}
-                for e in self.events[-10:]
-            ]
+                json.dumps(
+                    {k: e.get(k) for k in ("_section", "room_id", "type", "sender", "content")}
+                    | {"state_key": e.get("state_key")},
+                    ensure_ascii=False,
+                )[:400]
+                for e in self.events
+                if e.get("room_id") is not None
+            ][-12:]
             raise TimeoutError(
-                f"{self.user_id}: no matching event within {timeout} s; last events seen: "
-                + json.dumps(recent, ensure_ascii=False)[:3000]
+                f"{self.user_id}: no matching event within {timeout} s; last room events seen:\n"
+                + "\n".join(recent)
             ) from None
 
     async def wait_for_invite(self, room_id: str | None = None, timeout: float = 15) -> str:

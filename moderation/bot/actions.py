@@ -62,7 +62,7 @@ class Actions:
     """One mute or lifting per person at a time: a lifting that removed a mute given
     meanwhile would leave rooms muted with no record to lift them."""
 
-    async def _bounded(self, calls: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    async def bounded(self, calls: Iterable[Callable[[], Awaitable[Any]]]) -> list[Any]:
         """Make and await ``calls`` concurrently, at most :attr:`room_concurrency` at a time;
         the results (or exceptions) in order. Each call is made only when its turn comes (a
         batch cancelled meanwhile leaves no coroutine that was never awaited)."""
@@ -92,7 +92,7 @@ class Actions:
         """Run ``fn(room)`` on every room concurrently (bounded); the rooms where it
         succeeded."""
         targets = list(self.rooms if rooms is None else rooms)
-        results = await self._bounded(partial(fn, r) for r in targets)
+        results = await self.bounded(partial(fn, r) for r in targets)
         done: list[str] = []
         for room, res in zip(targets, results, strict=True):
             if isinstance(res, asyncio.CancelledError):
@@ -263,7 +263,7 @@ class Actions:
     async def redact_many(self, events: Iterable[tuple[str, str]], reason: str | None) -> int:
         """Redact (room, event id) pairs concurrently; how many were redacted."""
         pairs = list(dict.fromkeys(events))
-        results = await self._bounded(
+        results = await self.bounded(
             partial(self.gateway.redact, room, ev, reason) for room, ev in pairs
         )
         failed = [r for r in results if isinstance(r, BaseException)]

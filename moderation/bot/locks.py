@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -73,18 +74,18 @@ class RoomLocks:
 
     async def lock_joins(self) -> list[str]:
         """Make the topic rooms knock-only; the rooms that are (those already knock-only or
-        invite-only included). Every room's rule is read first, all at once, and the lock is
-        recorded with what it replaces *before* the first switch: a service that dies while
-        switching leaves a lock on record, which its next start (or the standby taking
-        over) finishes and ``!unlock-joins`` undoes."""
+        invite-only included). Every room's rule is read first (concurrently, bounded as
+        every Space-wide action), and the lock is recorded with what it replaces *before*
+        the first switch: a service that dies while switching leaves a lock on record,
+        which its next start (or the standby taking over) finishes and ``!unlock-joins``
+        undoes."""
         async with self.sessionmaker() as s:
             previous = (await State(s).get("join_lock")) or {}
         saved: dict[str, Any] = dict(previous.get("rooms", {}))
         topics = self.actions.topic_rooms
         gateway = self.actions.gateway
-        read = await asyncio.gather(
-            *(gateway.get_state_event(r, "m.room.join_rules") for r in topics),
-            return_exceptions=True,
+        read = await self.actions.bounded(
+            partial(gateway.get_state_event, r, "m.room.join_rules") for r in topics
         )
         closed: list[str] = []
         to_switch: list[str] = []
