@@ -73,11 +73,14 @@ async def synapse_pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
 
     Server names are IP literals ``127.0.0.1:<federation port>`` (no DNS or
     well-known needed); each has a TLS federation listener with a self-signed
-    certificate and its client API on another free port.
+    certificate and its client API on another free port. ``a`` loads the spam-checker
+    module as the session Synapse does (a forum started with ``antispam_config(a)``
+    answers it; with none, every check fails open at once).
     """
     servers: list[EmbeddedHomeserver] = []
     for label in ("a", "b"):
         fed_port = free_port()
+        hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
         servers.append(
             EmbeddedHomeserver(
                 tmp_path_factory.mktemp(f"synapse-fed-{label}"),
@@ -85,6 +88,7 @@ async def synapse_pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
                 port=free_port(),
                 federation_port=fed_port,
                 for_tests=True,
+                antispam=hook if label == "a" else None,
             )
         )
     try:

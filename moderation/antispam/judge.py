@@ -58,6 +58,10 @@ REFUSED = _("Your message was refused by the forum's automatic moderation: {what
 TOO_FAST = _("You are sending messages too fast: wait {s} seconds before sending again.")
 BANNED = _("You are banned from this forum.")
 INVITE_REFUSED = _("This invitation was refused by the forum's moderation.")
+JOINS_CLOSED = _(
+    "Too many people arrived at once: the topic rooms only take knocks for now. Knock, and "
+    "a moderator will let you in."
+)
 
 
 def _strings(body: Mapping[str, Any], *keys: str) -> list[str] | None:
@@ -203,9 +207,23 @@ class Judge:
         refused = self.banned(sender) and not _always_allowed(ev)
         if refused and not await self.exempt(sender, room_id):
             return await self.banned_verdict(sender)
+        if isinstance(ev, Membership) and ev.membership == "knock" and ev.target == sender:
+            await self.knocked(ev)
         if not isinstance(ev, Message):
             return ALLOW
         return await self.message(ev)
+
+    async def knocked(self, ev: Membership) -> None:
+        """A knock counted by the join-wave protection at the door, before the homeserver
+        stores it: a wave of knocks is decided at the pace people knock, not at the pace
+        the homeserver stores knocks. The bot counts the same knocks again when it sees
+        them; a person counts once in a window. The lock runs in the background (a check
+        answers within the module's timeout)."""
+        if await self.exempt(ev.sender, ev.room_id):
+            return
+        wave = self.bot.join_wave.arrived(ev.sender, time.time())
+        if wave is not None:
+            self.bot.tasks.start("antispam:join-wave", self.bot.join_wave.act(wave))
 
     async def message(self, ev: Message) -> Verdict:
         """The message protections, decided as the bot decides (:func:`evaluate`), on the
@@ -252,8 +270,19 @@ class Judge:
         user, room = body.get("user"), body.get("room")
         if not isinstance(user, str) or not isinstance(room, str):
             return ALLOW
-        if self.is_forum_room(room) and self.banned(user) and not await self.exempt(user):
+        if not self.is_forum_room(room):
+            return ALLOW
+        if self.banned(user) and not await self.exempt(user):
             return await self.banned_verdict(user)
+        if (
+            self.bot.locks.doors_closed
+            and room in self.bot.forum_rooms.topic_ids.values()
+            and body.get("is_invited") is False  # not asked by accept_make_join: unknown
+            and not await self.exempt(user, room)
+        ):
+            # a join wave was decided; the rooms' knock-only rules may still be on their way
+            t = await self.gettext(user)
+            return Verdict("M_FORBIDDEN", t(JOINS_CLOSED), rule="join-wave")
         return ALLOW
 
     async def accept_make_join(self, body: Mapping[str, Any]) -> Verdict:

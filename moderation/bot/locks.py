@@ -5,7 +5,7 @@ restart (or a provisioning run) locks again."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,10 @@ class RoomLocks:
     actions: Actions
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
+    doors_closed: bool = field(init=False, default=False)
+    """Set the moment a join lock is decided, before any room is switched (switching a
+    hundred rooms takes seconds): the spam checker refuses joins to the topic rooms
+    meanwhile, as their knock-only rule will. Cleared by :meth:`unlock_joins`."""
 
     async def lock(self) -> list[str]:
         level = self.settings.power_levels.moderator
@@ -79,6 +83,7 @@ class RoomLocks:
         the first switch: a service that dies while switching leaves a lock on record,
         which its next start (or the standby taking over) finishes and ``!unlock-joins``
         undoes."""
+        self.doors_closed = True
         async with self.sessionmaker() as s:
             previous = (await State(s).get("join_lock")) or {}
         saved: dict[str, Any] = dict(previous.get("rooms", {}))
@@ -127,6 +132,7 @@ class RoomLocks:
         async with self.sessionmaker() as s:
             state = await State(s).get("join_lock")
         if state is None:
+            self.doors_closed = False
             return []
         saved: dict[str, Any] = state.get("rooms", {})
         rooms = await self.actions.across(
@@ -134,6 +140,7 @@ class RoomLocks:
         )
         async with self.sessionmaker() as s, s.begin():
             await State(s).delete("join_lock")
+        self.doors_closed = False
         return rooms
 
     async def reapply_locks(self) -> None:

@@ -5,6 +5,7 @@ passes and the bot's protections act afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -328,3 +329,63 @@ async def test_fail_open_then_the_bot_removes_it_afterwards(
     ev = await spammer.send_text(forum.topic, "une arnaque de plus")  # passes: fail-open
     await observer.wait_for_text(forum.topic, "une arnaque de plus", after=mark)
     await forum.wait_redacted([ev], after=mod_mark)
+
+
+async def test_joins_are_refused_from_the_moment_a_wave_is_decided(
+    forum: Forum, monkeypatch: pytest.MonkeyPatch
+):
+    """Switching a hundred topic rooms to knock-only takes seconds (7 to 10 s measured on
+    the scale profile); from the moment a join wave is decided the spam checker refuses
+    joins to the topic rooms, as their knock-only rule will. Here every switch is held
+    back: only the door can refuse."""
+    bot = forum.bot
+    gateway = bot.locks.actions.gateway
+    real = gateway.put_state
+    release = asyncio.Event()
+
+    async def held_back(room: str, kind: str, content: dict, state_key: str = "") -> str:
+        if kind == "m.room.join_rules":
+            await release.wait()
+        return await real(room, kind, content, state_key)
+
+    monkeypatch.setattr(gateway, "put_state", held_back)
+    late = await forum.user("doorlate")  # a Space member, in no topic room yet
+    await forum.ctx.moderation_gateway.invite(forum.ids["space"], late.user_id)
+    await late.join(forum.ids["space"], via=forum.via)
+    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 3, "join_wave_seconds": 60})
+    bot.join_wave.join_times.clear()
+    mark = forum.mod.mark()
+    try:
+        people = [await forum.user(f"doorwave{i}") for i in range(3)]
+        await asyncio.gather(
+            *(p.knock(forum.ids["space"], "Bonjour", via=forum.via) for p in people)
+        )
+
+        async def decided() -> bool:
+            return bot.locks.doors_closed
+
+        await eventually(decided, 10, what="the wave decided")
+        rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+        assert rules["join_rule"] == "knock_restricted"  # not switched yet
+        err = await refused(late.join(forum.topic, via=forum.via))
+        assert err.body["errcode"] == "M_FORBIDDEN"
+        assert "Trop de personnes sont arrivées" in err.body["error"]
+        release.set()
+        await forum.mod.wait_for(
+            lambda e: (
+                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
+            ),
+            20,
+            after=mark,
+        )
+        rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+        assert rules["join_rule"] == "knock"
+    finally:
+        release.set()
+        monkeypatch.undo()
+        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
+        await forum.command("!unlock-joins")
+    rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
+    assert rules["join_rule"] == "knock_restricted"
+    assert not bot.locks.doors_closed
+    await late.join(forum.topic, via=forum.via)  # the doors open again

@@ -4,13 +4,14 @@ when it was removed while the bot was down."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
 
 from moderation.bot.repositories import Audit
 from tests.conftest import MakeUserOn, SynapsePair
-from tests.harness import ForumStarter, eventually
+from tests.harness import ForumStarter, antispam_config, eventually, is_message
 
 pytestmark = pytest.mark.federation
 
@@ -107,3 +108,46 @@ async def test_remote_policy_list_rules_added_and_removed(
         async with forum.ctx.db.sessionmaker() as s:
             actions = [(e.action, e.source) for e in await Audit(s).entries(victim.user_id)]
         assert actions == [("ban", "policy"), ("unban", "policy")]
+
+
+async def test_a_wave_of_remote_knocks_is_decided_at_the_door(
+    synapse_pair: SynapsePair, make_user_on: MakeUserOn, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Knocks from another server pass the spam checker before the homeserver stores them
+    (Synapse checks every event it receives over federation): the join-wave protection
+    counts them there, at the pace people knock. The bot's own count (from its sync) is
+    switched off here: only the door can decide. (A knock of our own server's people is
+    not shown to the module; the bot counts those from its sync.)"""
+    a, b = synapse_pair
+    mod = await make_user_on(a, "mod")
+    async with ForumStarter(a, lambda: tmp_path) as start:
+        forum = await start(
+            "moderation",
+            moderator=mod,
+            moderator_joins="*",
+            config=antispam_config(a),
+            moderation={"join_wave_joins": 3, "join_wave_seconds": 60},
+        )
+        bot = forum.bot
+
+        async def not_counted(ev: object) -> None:  # the bot never counts what its sync shows
+            return None
+
+        monkeypatch.setattr(bot.join_wave, "joined_event", not_counted)
+        mark = forum.mod.mark()
+        people = [await make_user_on(b, f"remoteknock{i}") for i in range(3)]
+        await asyncio.gather(
+            *(p.knock(forum.ids["space"], "Hello", via=[a.server_name]) for p in people)
+        )
+        await forum.mod.wait_for(
+            lambda e: (
+                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
+            ),
+            30,
+            after=mark,
+        )
+        for room in bot.actions.topic_rooms:
+            rules = await forum.mod.get_state_event(room, "m.room.join_rules")
+            assert rules["join_rule"] == "knock"
+        await forum.command("!unlock-joins")
+        assert not bot.locks.doors_closed

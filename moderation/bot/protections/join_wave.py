@@ -32,6 +32,13 @@ class JoinWave:
         await self.joined(ev.target, received_at(ev.raw))
 
     async def joined(self, user: str, now: float) -> None:
+        wave = self.arrived(user, now)
+        if wave is not None:
+            await self.act(wave)
+
+    def arrived(self, user: str, now: float) -> int | None:
+        """Count an arrival at ``now``; the number of distinct people when it completes a
+        wave (the window starts again: arrivals handled meanwhile start a new one)."""
         cfg = self.tuning.current
         joins = self.join_times
         joins.append((now, user))
@@ -39,9 +46,14 @@ class JoinWave:
             joins.popleft()
         distinct = {u for _, u in joins}
         if len(distinct) < cfg.join_wave_joins:
-            return
-        joins.clear()  # before any wait: arrivals handled meanwhile start a new window
+            return None
+        joins.clear()
+        return len(distinct)
+
+    async def act(self, joined: int) -> None:
+        """The consequences of a wave of ``joined`` people, once while the lock stands."""
         async with self._acting:  # a second wave seen while the first one locks the rooms
             if await self.locks.joins_locked():  # finds them locked
                 return
-            await self.consequences.current.join_wave(len(distinct), int(cfg.join_wave_seconds))
+            seconds = int(self.tuning.current.join_wave_seconds)
+            await self.consequences.current.join_wave(joined, seconds)
