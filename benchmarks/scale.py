@@ -104,9 +104,15 @@ Remote, all_bans, rss_mb, serve = (
     _moderation.rss_mb,
     _moderation.serve,
 )
-from forum.homeserver import EmbeddedHomeserver, WorkerLayout, free_port, port_is_free  # noqa: E402
+from forum.homeserver import (  # noqa: E402
+    AntispamHook,
+    EmbeddedHomeserver,
+    WorkerLayout,
+    free_port,
+    port_is_free,
+)
 from tests.harness import FAST_MODERATION, forum_data, register_bots, settings_from  # noqa: E402
-from tests.matrix_user import TestUser  # noqa: E402
+from tests.matrix_user import MatrixRequestError, TestUser  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -309,6 +315,12 @@ class Profile:
             event_persisters=persisters,
             base_port=free_block(persisters + 4),
         )
+        # with --antispam, every Synapse process asks the forum's spam checker
+        self.hook = (
+            AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
+            if args.antispam
+            else None
+        )
         self.hs = EmbeddedHomeserver(
             self.tmp / "synapse",
             server_name="bench.test",
@@ -316,6 +328,7 @@ class Profile:
             for_tests=True,
             workers=layout,
             extra_config={"bcrypt_rounds": 4},
+            antispam=self.hook,
         )
         self.users: list[TestUser] = []
         self.proc: Any = None
@@ -376,6 +389,9 @@ class Profile:
         # the lease of the service (a standby takes over when it has not been renewed)
         data["service"] = {"lease_seconds": self.args.lease_seconds, "standby_poll_seconds": 0.5}
         data.setdefault("bots", {})["lanes"] = self.args.lanes
+        if self.hook is not None:
+            port = int(self.hook.base_url.rsplit(":", 1)[1])
+            data["antispam"] = {"enabled": True, "port": port, "secret": self.hook.secret}
         self.data = data
         settings = settings_from(data)
         await register_bots(self.hs, settings)
@@ -596,6 +612,15 @@ async def admit_members(p: Profile, forum: Remote) -> None:
     p.admitted = True  # type: ignore[attr-defined]
 
 
+async def space_member(p: Profile, forum: Remote, name: str) -> TestUser:
+    """A person admitted by the forum and joined to the Space, in no topic room."""
+    (user,) = await p.people(name, 1, sync=False)
+    await forum.call("admit", [user.user_id])
+    await forum.call("invite", [user.user_id])
+    await user.join(forum.ids["space"], via=[p.hs.server_name])
+    return user
+
+
 async def enter_senders(p: Profile, forum: Remote, args: argparse.Namespace) -> list[TestUser]:
     """The senders of the message load, admitted (publication consented: the digest keeps
     their words) and each joined to the Space and its share of the topic rooms; once."""
@@ -749,6 +774,7 @@ async def join_wave(
     topics: list[str] = list(forum.info["topic_rooms"])
     mod, via = forum.mod, [p.hs.server_name]
     before = {r: await join_rule(mod, r) for r in (topics[0], topics[-1])}
+    probe = await space_member(p, forum, f"probe-{label}")
     await forum.call("cfg", {"join_wave_joins": args.wave_joins, "join_wave_seconds": 60.0})
     sent_at: dict[str, float] = {}
     answered_at: dict[str, float] = {}
@@ -787,6 +813,24 @@ async def join_wave(
                     return
             await asyncio.sleep(0.25)
 
+    refusal: dict[str, Any] = {}
+
+    async def watch_doors() -> None:
+        """A Space member in no topic room joins one after another, about 4 a second, until
+        a join is refused: by the spam checker (a wave decided) or by a knock-only rule."""
+        for room in topics:
+            while rules_may_still_change():
+                try:
+                    await probe.join(room, via=via)
+                    break
+                except MatrixRequestError as exc:
+                    if exc.status == 403:
+                        refusal["at"] = time.perf_counter()
+                        refusal["error"] = str(exc.body.get("error"))[:200]
+                        return
+                    await asyncio.sleep(0.25)  # a limit or a busy homeserver: again
+            await asyncio.sleep(0.25)
+
     async def watch_answers() -> None:
         while len(answered_at) < len(people):
             waiting = [u for u in people if u.user_id in sent_at and u.user_id not in answered_at]
@@ -806,6 +850,7 @@ async def join_wave(
     wave_end = answers_end = float("inf")
     answers_task: asyncio.Future[None] | None = None
     rules_task = asyncio.ensure_future(watch_rules())
+    doors_task = asyncio.ensure_future(watch_doors())
     answers_task = asyncio.ensure_future(watch_answers())
     start, start_epoch = time.perf_counter(), time.time()
     arrivals = []
@@ -817,7 +862,7 @@ async def join_wave(
     await asyncio.gather(*arrivals)
     wave_end = time.perf_counter()
     sending = False
-    await asyncio.gather(rules_task, answers_task)
+    await asyncio.gather(rules_task, answers_task, doors_task)
     lat = [answered_at[u] - sent_at[u] for u in answered_at]
     out = {
         "door": door,
@@ -831,6 +876,9 @@ async def join_wave(
         "knock_only_after_s": (
             round(switched["first_two"] - start, 2) if "first_two" in switched else None
         ),
+        # a join to a topic room first refused: the doors closed, whatever the rules say
+        "joins_refused_after_s": round(refusal["at"] - start, 2) if refusal else None,
+        "first_refusal": refusal.get("error"),
         "all_topic_rooms_knock_only_after_s": (
             round(switched["all"] - start, 2) if "all" in switched else None
         ),
@@ -1125,6 +1173,11 @@ if __name__ == "__main__":
         type=float,
         metavar="SECONDS",
         help="also a join wave of knocks this many seconds into the load (its own figures)",
+    )
+    parser.add_argument(
+        "--antispam",
+        action="store_true",
+        help="Synapse's processes load the spam-checker module, answered by the forum",
     )
     parser.add_argument("--policy-rules", type=int, default=10_000)
     parser.add_argument("--policy-hits", type=int, default=20)

@@ -83,7 +83,18 @@ async def test_dm_from_a_remote_stranger_is_declined(
             is_direct=True, invite=[forum.bot_id], preset="trusted_private_chat"
         )
         # The bot declines the invitation: it never joins, so nothing reaches it.
-        await stranger.wait_for(is_membership(dm, forum.bot_id, "leave"), 30)
+        try:
+            await stranger.wait_for(is_membership(dm, forum.bot_id, "leave"), 30)
+        except TimeoutError as exc:  # what each homeserver logged (a rejection that stayed
+            # local after its federation request failed leaves the stranger waiting)
+            logged = [
+                f"{hs.server_name}: {line.strip()}"
+                for hs in (a, b)
+                for line in hs.config.log_path.read_text(errors="replace").splitlines()
+                if (" - WARNING - " in line or " - ERROR - " in line)
+                and "synapse.config.logger" not in line
+            ]
+            raise AssertionError("\n".join([str(exc), *logged[-20:]])) from None
         mark = forum.mod.mark()
         await forum.assert_nothing(
             forum.mod,
