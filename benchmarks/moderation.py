@@ -198,6 +198,9 @@ async def _serve(data: dict[str, Any], home: Path, conn: Any, extra: str | None)
                 return
             if command == "cfg":  # a protection tuned for one phase (None: as configured)
                 bot.cfg = quiet if arg is None else quiet.model_copy(update=arg)
+                # the phase's own arrivals: not the joins of the set-up before it (20
+                # senders entering their rooms would make a wave at its first knock)
+                bot.join_wave.join_times.clear()
                 answer = None
             elif command == "admit":  # members already (charter accepted): no entry flow
                 async with ctx.db.sessionmaker() as s, s.begin():
