@@ -218,10 +218,15 @@ class Judge:
         stores it: a wave of knocks is decided at the pace people knock, not at the pace
         the homeserver stores knocks. The bot counts the same knocks again when it sees
         them; a person counts once in a window. The lock runs in the background (a check
-        answers within the module's timeout)."""
+        answers within the module's timeout). Synapse also checks events it pulls over
+        federation (backfill, missing events): a knock dated before the window (by the
+        server that made it) is history, not an arrival."""
+        now = time.time()
+        if ev.origin_server_ts / 1000 < now - self.bot.tuning.current.join_wave_seconds:
+            return
         if await self.exempt(ev.sender, ev.room_id):
             return
-        wave = self.bot.join_wave.arrived(ev.sender, time.time())
+        wave = self.bot.join_wave.arrived(ev.sender, now)
         if wave is not None:
             self.bot.tasks.start("antispam:join-wave", self.bot.join_wave.act(wave))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -88,6 +89,20 @@ async def seen_up_to_marker(
     await sender.send_text(room, token)
     await observer.wait_for_text(room, token, after=after, timeout=20)
     return [e for e in observer.events[after:] if is_message(room, sender.user_id)(e)]
+
+
+async def ask_listener(
+    forum: Forum, path: str, body: dict[str, Any], secret: str | None = None
+) -> tuple[int, Any]:
+    """Call the forum's spam-checker listener as synapse-http-antispam does."""
+    hook = forum.settings.antispam
+    assert hook.secret is not None
+    headers = {"Authorization": f"Bearer {secret or hook.secret.get_secret_value()}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{hook.url}/{path}", json=body, headers=headers) as resp,
+    ):
+        return resp.status, await resp.json()
 
 
 def texts(events: list[Event]) -> str:
@@ -192,16 +207,9 @@ async def test_a_banned_person_can_neither_post_nor_join(forum: Forum, observer:
 async def test_rules_through_the_listener(forum: Forum):
     """Links from new members and mention spam, asked as the module asks."""
     newcomer = await new_member(forum, "newcomer")
-    hook = forum.settings.antispam
-    assert hook.secret is not None
 
     async def post(path: str, body: dict[str, Any], secret: str | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {secret or hook.secret.get_secret_value()}"}
-        async with (
-            aiohttp.ClientSession() as http,
-            http.post(f"{hook.url}/{path}", json=body, headers=headers) as resp,
-        ):
-            return resp.status, await resp.json()
+        return await ask_listener(forum, path, body, secret)
 
     def event(sender: str, room: str, content: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -389,3 +397,58 @@ async def test_joins_are_refused_from_the_moment_a_wave_is_decided(
     assert rules["join_rule"] == "knock_restricted"
     assert not bot.locks.doors_closed
     await late.join(forum.topic, via=forum.via)  # the doors open again
+
+
+async def test_a_knock_counts_at_the_door_only_when_it_is_new(forum: Forum):
+    """Synapse also shows the spam checker events it pulls over federation (backfill):
+    a knock dated before the join-wave window is history and is not counted; new knocks
+    are, and make a wave. The knocks are asked as the module asks (the bot's sync never
+    sees them: only the door counts here)."""
+    bot = forum.bot
+    bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 5, "join_wave_seconds": 60})
+    bot.join_wave.join_times.clear()
+    mark = forum.mod.mark()
+
+    def knock(ts_ms: int) -> dict[str, Any]:
+        user = f"@knocker-{secrets.token_hex(4)}:{forum.server}"
+        return {
+            "event": {
+                "type": "m.room.member",
+                "room_id": forum.ids["space"],
+                "sender": user,
+                "state_key": user,
+                "event_id": f"$knock-{secrets.token_hex(6)}",
+                "origin_server_ts": ts_ms,
+                "content": {"membership": "knock"},
+                "unsigned": {},
+            }
+        }
+
+    try:
+        an_hour_ago = int((time.time() - 3600) * 1000)
+        for _ in range(3):
+            assert await ask_listener(forum, "check_event_for_spam", knock(an_hour_ago)) == (
+                200,
+                {},
+            )
+        assert not bot.join_wave.join_times  # none counted (5 make a wave)
+        assert not bot.locks.doors_closed
+        for _ in range(5):
+            now = int(time.time() * 1000)
+            assert await ask_listener(forum, "check_event_for_spam", knock(now)) == (200, {})
+
+        async def closed() -> bool:
+            return bot.locks.doors_closed
+
+        await eventually(closed, 10, what="the wave decided at the door")
+        await forum.mod.wait_for(
+            lambda e: (
+                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
+            ),
+            20,
+            after=mark,
+        )
+    finally:
+        bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
+        await forum.command("!unlock-joins")
+    assert not bot.locks.doors_closed
