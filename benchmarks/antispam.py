@@ -53,7 +53,9 @@ from tests.harness import (  # noqa: E402
     ForumStarter,
     antispam_config,
     eventually,
+    federating,
     forum_data,
+    loopback_hook,
     merge,
     register_bots,
     settings_from,
@@ -399,25 +401,10 @@ def answer_times(metrics: Any) -> dict[str, Any]:
 async def main(sends: int, each: int, latency_only: bool = False) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
         # the forum's homeserver and a remote one federate over TLS on loopback; server
         # names are IP literals (as the test suite's ``synapse_pair``)
-        fed_port, remote_port = free_port(), free_port()
-        with_module = EmbeddedHomeserver(
-            Path(tmp) / "synapse-on",
-            server_name=f"127.0.0.1:{fed_port}",
-            port=free_port(),
-            federation_port=fed_port,
-            for_tests=True,
-            antispam=hook,
-        )
-        remote = EmbeddedHomeserver(
-            Path(tmp) / "synapse-remote",
-            server_name=f"127.0.0.1:{remote_port}",
-            port=free_port(),
-            federation_port=remote_port,
-            for_tests=True,
-        )
+        with_module = federating(Path(tmp) / "synapse-on", antispam=True)
+        remote = federating(Path(tmp) / "synapse-remote")
         plain = EmbeddedHomeserver(
             Path(tmp) / "synapse-off", server_name="plain.test", port=free_port(), for_tests=True
         )
@@ -426,7 +413,7 @@ async def main(sends: int, each: int, latency_only: bool = False) -> dict[str, A
             server_name="floor.test",
             port=free_port(),
             for_tests=True,
-            antispam=AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24)),
+            antispam=loopback_hook(),
         )
         servers = (with_module, remote, plain, floor)
         await asyncio.gather(*(hs.start() for hs in servers))

@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -34,8 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from forum.homeserver import AntispamHook, EmbeddedHomeserver, free_port  # noqa: E402
-from tests.harness import Forum, ForumStarter, antispam_config, is_message  # noqa: E402
+from forum.homeserver import EmbeddedHomeserver  # noqa: E402
+from tests.harness import Forum, ForumStarter, antispam_config, federating  # noqa: E402
 from tests.matrix_user import TestUser  # noqa: E402
 
 
@@ -75,13 +74,7 @@ async def wave(
     told_at: list[float] = []
 
     async def tell() -> None:  # the moderators' announcement, when it reaches them
-        await forum.mod.wait_for(
-            lambda e: (
-                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
-            ),
-            args.timeout,
-            after=mark,
-        )
+        await forum.management_message("!unlock-joins", after=mark, timeout=args.timeout)
         told_at.append(time.perf_counter())
 
     told = asyncio.ensure_future(tell())
@@ -111,20 +104,10 @@ async def wave(
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        servers = []
-        for label in ("forum", "remote"):
-            fed = free_port()
-            hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
-            servers.append(
-                EmbeddedHomeserver(
-                    Path(tmp) / f"synapse-{label}",
-                    server_name=f"127.0.0.1:{fed}",
-                    port=free_port(),
-                    federation_port=fed,
-                    for_tests=True,
-                    antispam=hook if label == "forum" else None,
-                )
-            )
+        servers = [
+            federating(Path(tmp) / "synapse-forum", antispam=True),
+            federating(Path(tmp) / "synapse-remote"),
+        ]
         home, remote = servers
         await asyncio.gather(*(hs.start() for hs in servers))
         try:

@@ -12,7 +12,6 @@ Fixtures that need a homeserver are session-scoped and live on the session event
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +19,7 @@ from typing import Any, NamedTuple
 import pytest
 import pytest_asyncio
 
-from forum.homeserver import AntispamHook, EmbeddedHomeserver, free_port
+from forum.homeserver import EmbeddedHomeserver, free_port
 from tests.matrix_user import TestUser
 
 pytest_plugins = ["tests.storage_fixtures", "tests.harness"]
@@ -51,9 +50,14 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Emb
     with :func:`tests.harness.antispam_config` listens there (one at a time); when none
     does, every check fails open at once (connection refused)."""
     directory: Path = tmp_path_factory.mktemp("synapse")
-    hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
+    from tests.harness import loopback_hook  # a plugin: imported once pytest loaded it
+
     hs = EmbeddedHomeserver(
-        directory, server_name=TEST_SERVER_NAME, port=free_port(), for_tests=True, antispam=hook
+        directory,
+        server_name=TEST_SERVER_NAME,
+        port=free_port(),
+        for_tests=True,
+        antispam=loopback_hook(),
     )
     await hs.start()
     try:
@@ -77,20 +81,12 @@ async def synapse_pair(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     module as the session Synapse does (a forum started with ``antispam_config(a)``
     answers it; with none, every check fails open at once).
     """
-    servers: list[EmbeddedHomeserver] = []
-    for label in ("a", "b"):
-        fed_port = free_port()
-        hook = AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
-        servers.append(
-            EmbeddedHomeserver(
-                tmp_path_factory.mktemp(f"synapse-fed-{label}"),
-                server_name=f"127.0.0.1:{fed_port}",
-                port=free_port(),
-                federation_port=fed_port,
-                for_tests=True,
-                antispam=hook if label == "a" else None,
-            )
-        )
+    from tests.harness import federating  # a plugin: imported once pytest loaded it
+
+    servers = [
+        federating(tmp_path_factory.mktemp(f"synapse-fed-{label}"), antispam=label == "a")
+        for label in ("a", "b")
+    ]
     try:
         await asyncio.gather(*(hs.start() for hs in servers))
         yield SynapsePair(servers[0], servers[1])

@@ -51,7 +51,7 @@ from forum.app import Service
 from forum.consent import ConsentRecord, ConsentRecords
 from forum.context import Feature, Rooms, ServiceContext
 from forum.errors import MatrixError
-from forum.homeserver import EmbeddedHomeserver
+from forum.homeserver import AntispamHook, EmbeddedHomeserver, free_port
 from forum.settings import DEFAULT_CONFIG, Settings, parse_settings
 from forum.signals import MEMBER_LEFT, PUBLICATION_GRANTED, PUBLICATION_WITHDRAWN
 from forum.storage.models import OutboxRow
@@ -188,6 +188,27 @@ def forum_data(
     if db_url:
         data["database"] = {"url": db_url}
     return data
+
+
+def loopback_hook() -> AntispamHook:
+    """A spam-checker hook: the module calls a free loopback port with a new secret."""
+    return AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
+
+
+def federating(directory: Path, *, antispam: bool = False) -> EmbeddedHomeserver:
+    """A test homeserver that federates on loopback: its server name is the IP literal
+    ``127.0.0.1:<federation port>`` (no DNS or well-known needed), with a TLS federation
+    listener (self-signed) and its client API on another free port. ``antispam``: it loads
+    the spam-checker module (:func:`loopback_hook`)."""
+    fed_port = free_port()
+    return EmbeddedHomeserver(
+        directory,
+        server_name=f"127.0.0.1:{fed_port}",
+        port=free_port(),
+        federation_port=fed_port,
+        for_tests=True,
+        antispam=loopback_hook() if antispam else None,
+    )
 
 
 def antispam_config(hs: EmbeddedHomeserver) -> dict[str, Any]:
@@ -520,6 +541,18 @@ class Forum:
             is_reply(self.mgmt, self.bot_id, event_id), timeout, after=mark
         )
         return str(reply["content"]["body"])
+
+    async def management_message(self, *parts: str, after: int, timeout: float = 20) -> Event:
+        """The moderation bot's message in the management room (seen by the moderator from
+        position ``after``) whose body holds every one of ``parts``."""
+        return await self.mod.wait_for(
+            lambda e: (
+                is_message(self.mgmt, self.bot_id)(e)
+                and all(part in e["content"]["body"] for part in parts)
+            ),
+            timeout,
+            after=after,
+        )
 
     async def wait_membership(
         self, user_id: str, membership: str, rooms: list[str] | None = None, after: int = 0,

@@ -365,15 +365,12 @@ class TestUser:
                     await self._changed.wait()
         except TimeoutError:
             # the room events, each cut short (a push-rules document would fill it all)
+            room_events = [e for e in self.events if e.get("room_id") is not None]
+            keys = ("_section", "room_id", "type", "sender", "state_key", "content")
             recent = [
-                json.dumps(
-                    {k: e.get(k) for k in ("_section", "room_id", "type", "sender", "content")}
-                    | {"state_key": e.get("state_key")},
-                    ensure_ascii=False,
-                )[:400]
-                for e in self.events
-                if e.get("room_id") is not None
-            ][-12:]
+                json.dumps({k: e.get(k) for k in keys}, ensure_ascii=False)[:400]
+                for e in room_events[-12:]
+            ]
             raise TimeoutError(
                 f"{self.user_id}: no matching event within {timeout} s; last room events seen:\n"
                 + "\n".join(recent)

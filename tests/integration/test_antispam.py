@@ -379,13 +379,7 @@ async def test_joins_are_refused_from_the_moment_a_wave_is_decided(
         assert err.body["errcode"] == "M_FORBIDDEN"
         assert "Trop de personnes sont arrivées" in err.body["error"]
         release.set()
-        await forum.mod.wait_for(
-            lambda e: (
-                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
-            ),
-            20,
-            after=mark,
-        )
+        await forum.management_message("!unlock-joins", after=mark, timeout=20)
         rules = await forum.mod.get_state_event(forum.topic, "m.room.join_rules")
         assert rules["join_rule"] == "knock"
     finally:
@@ -441,13 +435,7 @@ async def test_a_knock_counts_at_the_door_only_when_it_is_new(forum: Forum):
             return bot.locks.doors_closed
 
         await eventually(closed, 10, what="the wave decided at the door")
-        await forum.mod.wait_for(
-            lambda e: (
-                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
-            ),
-            20,
-            after=mark,
-        )
+        await forum.management_message("!unlock-joins", after=mark, timeout=20)
     finally:
         bot.cfg = bot.cfg.model_copy(update={"join_wave_joins": 50})
         await forum.command("!unlock-joins")

@@ -11,7 +11,7 @@ import pytest
 
 from moderation.bot.repositories import Audit
 from tests.conftest import MakeUserOn, SynapsePair
-from tests.harness import ForumStarter, antispam_config, eventually, is_message
+from tests.harness import ForumStarter, antispam_config, eventually
 
 pytestmark = pytest.mark.federation
 
@@ -139,13 +139,7 @@ async def test_a_wave_of_remote_knocks_is_decided_at_the_door(
         await asyncio.gather(
             *(p.knock(forum.ids["space"], "Hello", via=[a.server_name]) for p in people)
         )
-        await forum.mod.wait_for(
-            lambda e: (
-                is_message(forum.mgmt, forum.bot_id)(e) and "!unlock-joins" in e["content"]["body"]
-            ),
-            30,
-            after=mark,
-        )
+        await forum.management_message("!unlock-joins", after=mark, timeout=30)
         for room in bot.actions.topic_rooms:
             rules = await forum.mod.get_state_event(room, "m.room.join_rules")
             assert rules["join_rule"] == "knock"

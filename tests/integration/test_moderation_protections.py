@@ -14,7 +14,7 @@ import pytest_asyncio
 from forum.errors import Forbidden
 from forum.storage.models import utcnow
 from moderation.bot.repositories import Audit, Strikes
-from tests.harness import Forum, ForumStarter, eventually, is_message
+from tests.harness import Forum, ForumStarter, eventually
 from tests.matrix_user import MatrixRequestError, TestUser
 
 pytestmark = pytest.mark.homeserver
@@ -43,15 +43,7 @@ async def body_of(user: TestUser, room: str, event_id: str) -> str | None:
 
 
 async def report_about(forum: Forum, user_id: str, after: int, text: str = "") -> str:
-    ev = await forum.mod.wait_for(
-        lambda e: (
-            is_message(forum.mgmt, forum.bot_id)(e)
-            and user_id in e["content"]["body"]
-            and text in e["content"]["body"]
-        ),
-        20,
-        after=after,
-    )
+    ev = await forum.management_message(user_id, text, after=after)
     return str(ev["content"]["formatted_body"])
 
 
