@@ -104,14 +104,15 @@ Remote, all_bans, rss_mb, serve = (
     _moderation.rss_mb,
     _moderation.serve,
 )
-from forum.homeserver import (  # noqa: E402
-    AntispamHook,
-    EmbeddedHomeserver,
-    WorkerLayout,
-    free_port,
-    port_is_free,
+from forum.homeserver import EmbeddedHomeserver, WorkerLayout, free_port, port_is_free  # noqa: E402
+from tests.harness import (  # noqa: E402
+    FAST_MODERATION,
+    antispam_config,
+    forum_data,
+    loopback_hook,
+    register_bots,
+    settings_from,
 )
-from tests.harness import FAST_MODERATION, forum_data, register_bots, settings_from  # noqa: E402
 from tests.matrix_user import MatrixRequestError, TestUser  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -316,11 +317,7 @@ class Profile:
             base_port=free_block(persisters + 4),
         )
         # with --antispam, every Synapse process asks the forum's spam checker
-        self.hook = (
-            AntispamHook(f"http://127.0.0.1:{free_port()}", secrets.token_urlsafe(24))
-            if args.antispam
-            else None
-        )
+        self.hook = loopback_hook() if args.antispam else None
         self.hs = EmbeddedHomeserver(
             self.tmp / "synapse",
             server_name="bench.test",
@@ -390,8 +387,7 @@ class Profile:
         data["service"] = {"lease_seconds": self.args.lease_seconds, "standby_poll_seconds": 0.5}
         data.setdefault("bots", {})["lanes"] = self.args.lanes
         if self.hook is not None:
-            port = int(self.hook.base_url.rsplit(":", 1)[1])
-            data["antispam"] = {"enabled": True, "port": port, "secret": self.hook.secret}
+            data |= antispam_config(self.hs)
         self.data = data
         settings = settings_from(data)
         await register_bots(self.hs, settings)
