@@ -421,7 +421,12 @@ class Service:
         for gateway in self.gateways.values():
             gateway.stop()
         if self._sync_tasks:  # let a batch being handled finish and store its token
-            await asyncio.wait(self._sync_tasks, timeout=15)
+            _, late = await asyncio.wait(self._sync_tasks, timeout=15)
+            for task in late:  # never left running on a closed database
+                log.warning("sync %s still busy after 15 s: cancelled", task.get_name())
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
         await self.tasks.stop()
         if self.ctx:
             for hook in reversed(self.ctx.register.stop_hooks):

@@ -160,6 +160,12 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 #: Key of the :class:`WriteGuard` in the sessions' ``info``.
 GUARD_KEY = "forum_write_guard"
+#: Key of a SQLite database's :class:`asyncio.Lock` in the sessions' ``info``: the
+#: process's write units of work take turns on it (first come, first served) before they
+#: ask SQLite for its write lock.
+WRITER_KEY = "forum_sqlite_writer"
+#: how long a write unit of work waits for its turn in this process (SQLite)
+WRITER_WAIT_SECONDS = 60.0
 #: how many times opening waits (busy timeout + 1 s) for another process's SQLite write lock
 OPEN_LOCKED_ATTEMPTS = 6
 
@@ -184,18 +190,57 @@ class WriteGuard:
         self.fence = None
 
 
+class WriterBusy(StorageError, SQLAlchemyError):
+    """A write unit of work waited :data:`WRITER_WAIT_SECONDS` for its turn (SQLite)."""
+
+
 class _WriteTransaction(AsyncSessionTransaction):
-    """``session.begin()``: a unit of work that writes; on SQLite its connection starts
-    with ``BEGIN IMMEDIATE`` (PostgreSQL: an ordinary transaction). When the database's
-    :class:`WriteGuard` is armed, its fence is checked first, in the same transaction."""
+    """``async with session.begin():`` a unit of work that writes; on SQLite its
+    connection starts with ``BEGIN IMMEDIATE`` (PostgreSQL: an ordinary transaction).
+    When the database's :class:`WriteGuard` is armed, its fence is checked first, in the
+    same transaction.
+
+    On SQLite the process's writers first take turns on one :class:`asyncio.Lock`: SQLite
+    has a single writer, and writers polling its lock through the busy timeout are served
+    in no order, so that under load one of them could wait past the timeout and fail with
+    "database is locked" (seen once in CI as a forum started). In line, each waits only
+    for those before it; the busy timeout is left for other processes."""
+
+    _turn: asyncio.Lock | None = None
 
     async def start(self, is_ctxmanager: bool = False) -> _WriteTransaction:
-        await super().start(is_ctxmanager)
-        conn = await self.session.connection(execution_options={WRITE_OPTION: True})
-        guard = self.session.info.get(GUARD_KEY)
-        if isinstance(guard, WriteGuard) and guard.fence is not None:
-            await guard.fence.check(conn)  # raising: the session's close rolls back
+        turn = self.session.info.get(WRITER_KEY)
+        if isinstance(turn, asyncio.Lock):
+            try:
+                async with asyncio.timeout(WRITER_WAIT_SECONDS):
+                    await turn.acquire()
+            except TimeoutError:
+                raise WriterBusy(
+                    f"no turn to write in {WRITER_WAIT_SECONDS:.0f} s: the process's other "
+                    "write units of work held the database"
+                ) from None
+            self._turn = turn
+        try:
+            await super().start(is_ctxmanager)
+            conn = await self.session.connection(execution_options={WRITE_OPTION: True})
+            guard = self.session.info.get(GUARD_KEY)
+            if isinstance(guard, WriteGuard) and guard.fence is not None:
+                await guard.fence.check(conn)  # raising: the session's close rolls back
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    async def __aexit__(self, type_: Any, value: Any, traceback: Any) -> None:
+        try:
+            await super().__aexit__(type_, value, traceback)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.release()
 
 
 class ForumSession(AsyncSession):
@@ -371,8 +416,11 @@ class Database:
         self.engine = engine
         self.guard = WriteGuard()
         """Armed by the active process with its lease: every write is fenced."""
+        info: dict[str, Any] = {GUARD_KEY: self.guard}
+        if engine.dialect.name == "sqlite":
+            info[WRITER_KEY] = asyncio.Lock()
         self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            engine, expire_on_commit=False, class_=ForumSession, info={GUARD_KEY: self.guard}
+            engine, expire_on_commit=False, class_=ForumSession, info=info
         )
 
     @classmethod

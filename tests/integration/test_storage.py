@@ -33,7 +33,8 @@ from forum.storage import (
     known_revisions,
     utcnow,
 )
-from forum.storage.models import Base, ProcessedEvent
+from forum.storage import db as db_module
+from forum.storage.models import Base, ProcessedEvent, SyncToken
 from tests.harness import eventually
 
 pytest_plugins = ["tests.storage_fixtures"]
@@ -208,6 +209,31 @@ async def test_sqlite_parent_directory_and_pragmas(tmp_path: Path) -> None:
             assert (await conn.scalar(text("PRAGMA foreign_keys"))) == 1
             assert (await conn.scalar(text("PRAGMA busy_timeout"))) == 5000
             assert (await conn.scalar(text("PRAGMA cache_size"))) == -512  # KiB
+    finally:
+        await database.close()
+
+
+async def test_a_crowd_of_sqlite_writers_waits_in_line_past_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve write units of work of one process, each holding the write lock 150 ms (a
+    loaded machine), wait 1.8 s in all for the last one: past a busy timeout of 0.5 s,
+    none fails with "database is locked" (they used to poll SQLite's lock in no order)."""
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 500)
+    database = await Database.open(f"sqlite:///{tmp_path / 'forum.db'}")
+    try:
+
+        async def write(i: int) -> None:
+            async with database.sessionmaker() as s, s.begin():
+                s.add(SyncToken(account=f"writer{i}", next_batch="t"))
+                await s.flush()
+                await asyncio.sleep(0.15)
+
+        results = await asyncio.gather(*(write(i) for i in range(12)), return_exceptions=True)
+        assert [r for r in results if r is not None] == []
+        async with database.sessionmaker() as s:
+            count = await s.scalar(text("SELECT count(*) FROM sync_tokens"))
+        assert count == 12
     finally:
         await database.close()
 
