@@ -35,7 +35,8 @@ __all__ = [
 class EmbeddedHomeserver:
     """A Synapse process on loopback, configured and owned by the project.
 
-    ``for_tests`` loosens every rate limit and disables the ``/sync`` response cache.
+    ``for_tests`` loosens every rate limit, disables the ``/sync`` response cache and
+    hashes passwords at bcrypt's lowest cost.
     ``federation_port`` adds a TLS federation listener on 127.0.0.1 (self-signed
     certificate; peers are trusted without verification, loopback is allowed).
     ``extra_config`` is deep-merged last into the overrides (e.g. strict rate limits).

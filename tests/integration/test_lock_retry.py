@@ -55,9 +55,11 @@ async def test_a_knock_during_a_database_lock_is_answered_after_it(
     forum = await start_forum("membership", config=CONFIG)
     path = _sqlite_path(forum)
     anna = await forum.user("anna")
-    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     try:
-        locker.execute("BEGIN EXCLUSIVE")
+        # in a thread: the service runs on this event loop, and a write of its own in
+        # progress must be able to finish while the lock is waited for
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
         began = time.monotonic()
         mark = anna.mark()
         await anna.knock(forum.rooms["space"], "Bonjour", via=forum.via)

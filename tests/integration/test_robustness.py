@@ -287,11 +287,13 @@ async def test_a_database_error_in_the_gateways_bookkeeping_is_not_fatal(
     gw.on(Message, record)
     await gw.login()
     task = asyncio.create_task(gw.run())
-    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     try:
         await gw.wait_synced(30)
         await gw.join(room)
-        locker.execute("BEGIN EXCLUSIVE")
+        # in a thread: the service runs on this event loop, and a write of its own in
+        # progress must be able to finish while the lock is waited for
+        await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
         await alice.send_text(room, "pendant le verrou")
 
         async def bookkeeping_failed() -> bool:
