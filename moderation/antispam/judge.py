@@ -58,6 +58,10 @@ REFUSED = _("Your message was refused by the forum's automatic moderation: {what
 TOO_FAST = _("You are sending messages too fast: wait {s} seconds before sending again.")
 BANNED = _("You are banned from this forum.")
 INVITE_REFUSED = _("This invitation was refused by the forum's moderation.")
+DM_REFUSED = _(
+    "The moderation bot only talks with the forum's members and the people of its own "
+    "server: join the forum to write to it."
+)
 JOINS_CLOSED = _(
     "Too many people arrived at once: the topic rooms only take knocks for now. Knock, and "
     "a moderator will let you in."
@@ -324,6 +328,8 @@ class Judge:
             return ALLOW
         if not remote and not self.banned(inviter):
             return ALLOW  # a local person's invitation elsewhere: not the forum's business
+        if remote and invitee == self.bot.settings.moderation_bot_id:
+            return await self._stranger_to_the_bot(inviter)
         members, servers = await self.members()
         if invitee not in members:  # perhaps a member since the last reading
             members, servers = await self.members(MEMBERS_RECHECK)
@@ -332,6 +338,18 @@ class Judge:
         if self.banned(inviter) or server_of(inviter) not in servers:
             return await self._invite_refused(inviter)
         return ALLOW
+
+    async def _stranger_to_the_bot(self, inviter: str) -> Verdict:
+        """Another server's person invites the moderation bot (a direct chat, to report):
+        refused unless they are a forum member, as the bot would decline it after the fact
+        (:meth:`ModerationBot.accepts_dm_from`); told at once, and the bot never sees it."""
+        members, _servers = await self.members()
+        if inviter not in members:  # perhaps a member since the last reading
+            members, _servers = await self.members(MEMBERS_RECHECK)
+        if inviter in members and not self.banned(inviter):
+            return ALLOW
+        t = await self.gettext(inviter)
+        return Verdict("M_FORBIDDEN", t(DM_REFUSED), rule="invite")
 
     async def _invite_refused(self, inviter: str) -> Verdict:
         t = await self.gettext(inviter)

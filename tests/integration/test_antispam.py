@@ -253,14 +253,14 @@ async def test_rules_through_the_listener(forum: Forum):
     assert answer == {}
 
     # invite spam: an invitation from another server to a member of the forum
-    def invite(sender: str) -> dict[str, Any]:
+    def invite(sender: str, invitee: str = newcomer.user_id) -> dict[str, Any]:
         return {
             "event": {
                 "type": "m.room.member",
                 "room_id": f"!dm:{sender.partition(':')[2]}",
                 "sender": sender,
-                "state_key": newcomer.user_id,
-                "content": {"membership": "invite"},
+                "state_key": invitee,
+                "content": {"membership": "invite", "is_direct": True},
             }
         }
 
@@ -273,6 +273,15 @@ async def test_rules_through_the_listener(forum: Forum):
     # (fail-open), the reading goes on, and the next check judges from it.
     await eventually(refused, 30, what="the invitation from an unknown server refused")
     status, answer = await post("federated_user_may_invite", invite(f"@friend:{forum.server}"))
+    assert status == 200
+    assert answer == {}
+    # a direct chat with the moderation bot: forum members only, as the bot would decline
+    status, answer = await post(
+        "federated_user_may_invite", invite("@stranger:elsewhere.example", forum.bot_id)
+    )
+    assert status == 403, answer
+    assert "ne parle qu'avec les membres du forum" in answer["error"]
+    status, answer = await post("federated_user_may_invite", invite(veteran.user_id, forum.bot_id))
     assert status == 200
     assert answer == {}
     status, answer = await post("ping", {"id": "abc"})

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from urllib.parse import quote
 
 import pytest
 
 from moderation.bot.repositories import Audit
 from tests.conftest import MakeUserOn, SynapsePair
-from tests.harness import ForumStarter, antispam_config, eventually
+from tests.harness import ForumStarter, antispam_config, eventually, is_membership
+from tests.matrix_user import MatrixRequestError
 
 pytestmark = pytest.mark.federation
 
@@ -145,3 +147,34 @@ async def test_a_wave_of_remote_knocks_is_decided_at_the_door(
             assert rules["join_rule"] == "knock"
         await forum.command("!unlock-joins")
         assert not bot.locks.doors_closed
+
+
+async def test_a_strangers_direct_chat_with_the_moderation_bot_is_refused_at_the_door(
+    synapse_pair: SynapsePair, make_user_on: MakeUserOn, tmp_path
+) -> None:
+    """With the spam checker on, a person of another server who is not a forum member
+    cannot invite the moderation bot, even from a server where forum members live: the
+    invitation fails at once with the reason, and the bot never receives it (without the
+    checker, the bot declines it after the fact). A member of that server can."""
+    a, b = synapse_pair
+    mod = await make_user_on(a, "mod")
+    async with ForumStarter(a, lambda: tmp_path) as start:
+        forum = await start(
+            "moderation", moderator=mod, moderator_joins="*", config=antispam_config(a)
+        )
+        friend = await make_user_on(b, "dmfriend")  # a forum member on the other server
+        await mod.invite(forum.topic, friend.user_id)
+        await friend.wait_for_invite(forum.topic, timeout=30)
+        await friend.join(forum.topic, via=[a.server_name])
+        stranger = await make_user_on(b, "dmstranger")
+        dm = await stranger.create_room(preset="trusted_private_chat")
+        with pytest.raises(MatrixRequestError) as caught:
+            await stranger.invite(dm, forum.bot_id)
+        assert caught.value.errcode == "M_FORBIDDEN", caught.value
+        assert "ne parle qu'avec les membres du forum" in str(caught.value.body), caught.value
+        members = await stranger.request("GET", f"/_matrix/client/v3/rooms/{quote(dm)}/members")
+        assert forum.bot_id not in {e["state_key"] for e in members["chunk"]}
+        friendly = await friend.create_room(
+            is_direct=True, invite=[forum.bot_id], preset="trusted_private_chat"
+        )
+        await friend.wait_for(is_membership(friendly, forum.bot_id, "join"), 30)
