@@ -231,7 +231,7 @@ class Gateway(RoomEndpoints, MembershipEndpoints, StateEndpoints, AccountEndpoin
         Events sent by this account are skipped unless ``include_own``, and events in
         ``skip_rooms`` are.
         """
-        self._sync.on(kind, handler, include_own=include_own, skip_rooms=skip_rooms)
+        self._sync.handling.on(kind, handler, include_own=include_own, skip_rooms=skip_rooms)
 
     @property
     def next_batch(self) -> str | None:
