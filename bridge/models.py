@@ -156,6 +156,7 @@ class DigestReviewItem(Base):
         Index("ix_digest_review_items_target", "target"),
         Index("ix_digest_review_items_author", "author"),
         Index("ix_digest_review_items_event_id", "event_id"),
+        Index("ix_digest_review_items_decided_reaction", "decided_reaction"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -171,6 +172,9 @@ class DigestReviewItem(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: the item's own message in the preview's thread (a reaction on it decides)
     event_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the reaction that took the last decision (none: a command); taking it back undoes
+    #: a hold
+    decided_reaction: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 __all__ = [

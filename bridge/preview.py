@@ -13,7 +13,9 @@ leaves them to us):
   item back);
 - ``!apercu`` / ``!preview``: post the preview again (or the next week's, early).
 
-Every decision is told in the management room with who took it, and kept in the store.
+A reaction decides like the command; taking back a ✋ (removing the reaction, as clients
+offer) puts the item back. Every decision is told in the management room with who took
+it, and kept in the store.
 A reviewed week shows the public only the key points its preview showed (see
 :func:`bridge.digest.build_week`).
 """
@@ -35,7 +37,7 @@ from bridge.digest import build_week
 from bridge.models import DigestReview, DigestReviewItem
 from bridge.repositories import DigestStore
 from forum.errors import MatrixError
-from forum.events import Message, Reaction
+from forum.events import Message, Reaction, Redaction
 from forum.gateway import Gateway
 from forum.i18n import I18n
 from forum.settings import Settings
@@ -305,12 +307,14 @@ class ReviewDesk:
             )
         return item
 
-    async def _decide(self, item: DigestReviewItem, status: str, by: str) -> DigestReviewItem:
+    async def _decide(
+        self, item: DigestReviewItem, status: str, by: str, reaction: str | None = None
+    ) -> DigestReviewItem:
         async with self.sessionmaker() as s, s.begin():
             store = DigestStore(s)
             row = await store.review_item(item.id)
             assert row is not None
-            await store.decide(row, status, by)
+            await store.decide(row, status, by, reaction)
         return row
 
     async def cmd_hold(self, ev: Message, arg: str) -> None:
@@ -334,14 +338,16 @@ class ReviewDesk:
         if item is not None:
             await self.hold_item(ev.sender, item, ev.event_id)
 
-    async def hold_item(self, sender: str, item: DigestReviewItem, reply_to: str) -> None:
+    async def hold_item(
+        self, sender: str, item: DigestReviewItem, reply_to: str, reaction: str | None = None
+    ) -> None:
         t = self.t
         label = item_label(item)
         if item.status == "removed":
             text = t("{id} is already removed for good.").format(id=label)
             await self.say(text, reply_to=reply_to)
             return
-        await self._decide(item, "held", sender)
+        await self._decide(item, "held", sender, reaction)
         await self.say(
             t(
                 "{who} holds {id} out of the digest of week {week}: “{text}”. "
@@ -361,8 +367,10 @@ class ReviewDesk:
         if item is not None:
             await self.remove_item(ev.sender, item, ev.event_id)
 
-    async def remove_item(self, sender: str, item: DigestReviewItem, reply_to: str) -> None:
-        await self._decide(item, "removed", sender)
+    async def remove_item(
+        self, sender: str, item: DigestReviewItem, reply_to: str, reaction: str | None = None
+    ) -> None:
+        await self._decide(item, "removed", sender, reaction)
         await self.say(
             self.t("{who} removes {id} from the digest for good: “{text}”.").format(
                 who=sender, id=item_label(item), text=_short(item.text)
@@ -392,11 +400,44 @@ class ReviewDesk:
                 if item is None:
                     return
                 if remove:
-                    await self.remove_item(ev.sender, item, ev.reacts_to)
+                    await self.remove_item(ev.sender, item, ev.reacts_to, ev.event_id)
                 else:
-                    await self.hold_item(ev.sender, item, ev.reacts_to)
+                    await self.hold_item(ev.sender, item, ev.reacts_to, ev.event_id)
         except MatrixError as exc:
             log.warning("digest: a reaction on the preview could not be handled: %s", exc)
+
+    async def on_redaction(self, ev: Redaction) -> None:
+        """A moderator takes back the ✋ that held an item (a client's "remove reaction"):
+        the item is back in the digest. A ❌ taken back changes nothing (removed for
+        good), and says so. A reaction whose decision a later one replaced undoes
+        nothing."""
+        if ev.room_id != self.room or ev.sender in self.settings.ignored_user_ids:
+            return
+        async with self.sessionmaker() as s:
+            item = await DigestStore(s).review_item_by_reaction(ev.redacts)
+        if item is None:
+            return
+        try:
+            if not await self.is_moderator(ev.sender):
+                return
+            async with self._lock:
+                async with self.sessionmaker() as s:
+                    item = await DigestStore(s).review_item_by_reaction(ev.redacts)
+                if item is None or item.event_id is None:
+                    return
+                label = item_label(item)
+                if item.status == "removed":
+                    text = self.t("{id} was removed for good; it stays out.").format(id=label)
+                elif item.status == "held":
+                    await self._decide(item, "shown", ev.sender)
+                    text = self.t(
+                        "{who} took back their {hold}: {id} is back in the digest of week {week}."
+                    ).format(who=ev.sender, hold=HOLD_KEYS[0], id=label, week=item.week)
+                else:
+                    return
+                await self.say(text, reply_to=item.event_id)
+        except MatrixError as exc:
+            log.warning("digest: a reaction taken back could not be handled: %s", exc)
 
     async def cmd_release(self, ev: Message, arg: str) -> None:
         t = self.t

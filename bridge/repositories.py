@@ -649,10 +649,22 @@ class DigestStore(Repository):
         await self.session.flush()
         return row
 
-    async def decide(self, item: DigestReviewItem, status: str, by: str) -> None:
-        """A moderator's decision on a previewed item (the public outputs change)."""
+    async def decide(
+        self, item: DigestReviewItem, status: str, by: str, reaction: str | None = None
+    ) -> None:
+        """A moderator's decision on a previewed item (the public outputs change);
+        ``reaction``: the reaction event that took it (taking it back undoes a hold)."""
         self.changed()
         item.status, item.decided_by, item.decided_at = status, by, utcnow()
+        item.decided_reaction = reaction
+
+    async def review_item_by_reaction(self, event_id: str) -> DigestReviewItem | None:
+        """The item whose last decision the reaction ``event_id`` took."""
+        return (
+            await self.session.scalars(
+                select(DigestReviewItem).where(DigestReviewItem.decided_reaction == event_id)
+            )
+        ).first()
 
     async def removed_targets(self) -> set[str]:
         """The messages a moderator removed from the digest for good (as a quote or as

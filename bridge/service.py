@@ -349,6 +349,7 @@ async def setup(ctx: ServiceContext) -> DigestService:
     service.collector.register()
     ctx.moderation_gateway.on(Message, service.review.on_message)
     ctx.moderation_gateway.on(Reaction, service.review.on_reaction)
+    ctx.moderation_gateway.on(Redaction, service.review.on_redaction)
     ctx.register.dm_claim(service.collector.claims_dm)
     ctx.register.pending_questions(service.collector.pending_questions)
     service.collector.questions_pending = ctx.register.pending_questions_of

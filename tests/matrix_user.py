@@ -267,6 +267,12 @@ class TestUser:
         content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
         return await self.send(room_id, "m.reaction", content)
 
+    async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
+        """Redact ``event_id`` (a client's "delete", or "remove reaction" on a reaction)."""
+        path = f"/_matrix/client/v3/rooms/{_q(room_id)}/redact/{_q(event_id)}/{uuid.uuid4().hex}"
+        body = {"reason": reason} if reason else {}
+        return str((await self.request("PUT", path, body))["event_id"])
+
     async def create_room(self, **body: Any) -> str:
         """``POST /createRoom`` with ``body`` as given (e.g. ``preset="public_chat"``)."""
         return str((await self.request("POST", "/_matrix/client/v3/createRoom", body))["room_id"])

@@ -121,9 +121,22 @@ async def test_key_points_wait_for_the_moderators_preview(
     # ... or reacts ❌ on the key point's own message in the preview's thread
     item = await mod.wait_for(in_thread(mgmt, preview["event_id"], f"[{keys[0]}]"))
     mark = mod.mark()
-    await mod.react(mgmt, item["event_id"], "❌")
+    cross = await mod.react(mgmt, item["event_id"], "❌")
     gone = await mod.wait_for(is_message(mgmt, forum.bot_id, keys[0]), after=mark)
     assert mod.user_id in gone["content"]["body"]
+    # a ✋ taken back (a client's "remove reaction") puts its item back; a ❌ taken back
+    # changes nothing, and says so
+    other = await mod.wait_for(in_thread(mgmt, preview["event_id"], f"[{keys[1]}]"))
+    mark = mod.mark()
+    hand = await mod.react(mgmt, other["event_id"], "✋")
+    await mod.wait_for(is_message(mgmt, forum.bot_id, keys[1]), after=mark)
+    mark = mod.mark()
+    await mod.redact(mgmt, hand)
+    back = await mod.wait_for(is_message(mgmt, forum.bot_id, "revient"), after=mark)
+    assert keys[1] in back["content"]["body"]
+    mark = mod.mark()
+    await mod.redact(mgmt, cross)
+    await mod.wait_for(is_message(mgmt, forum.bot_id, "pour de bon"), after=mark)
     mark = mod.mark()
     await mod.send_text(mgmt, "!retenir k999999")  # bad input: a clear answer
     await mod.wait_for(is_message(mgmt, forum.bot_id, "k999999"), after=mark)
