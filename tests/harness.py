@@ -696,6 +696,40 @@ class Forum:
         assert not self.service.tasks.failed.is_set(), f"a critical task failed: {failures}"
         assert all(not t.done() for t in self.service._sync_tasks), "a sync loop ended"
 
+    async def caught_up(self, gateway: Any, timeout: float = 20) -> None:
+        """``gateway``'s bot handled every event it could see so far: a ``/sync`` from the
+        token it stored (after its handlers and bookkeeping), with its filter and no
+        wait, brings no room event and no invitation. (A test that locks the database
+        while the bot still handles its start-up events would hold up their bookkeeping,
+        and with it everything after them.)"""
+        url = f"{self.hs.url}/_matrix/client/v3/sync"
+        headers = {"Authorization": f"Bearer {gateway.access_token}"}
+
+        async def idle() -> bool:
+            token = gateway.next_batch
+            if token is None:
+                return False
+            query = {
+                "since": token,
+                "timeout": "0",
+                "filter": json.dumps(gateway.sync_filter(), separators=(",", ":")),
+            }
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(url, params=query, headers=headers) as response,
+            ):
+                data = await response.json()
+            rooms = data.get("rooms") or {}
+            if rooms.get("invite"):
+                return False
+            return not any(
+                (room.get("timeline") or {}).get("events")
+                for section in ("join", "leave")
+                for room in (rooms.get(section) or {}).values()
+            )
+
+        await eventually(idle, timeout, "the bot handled everything it could see")
+
     async def outbox_idle(self, timeout: float = 20) -> None:
         """Wait until the outbox has carried out every item that is due."""
 
