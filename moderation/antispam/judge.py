@@ -158,6 +158,14 @@ class Judge:
             await asyncio.shield(self._reading)
         return self._members, self._servers
 
+    async def members_with(self, user_id: str) -> tuple[frozenset[str], frozenset[str]]:
+        """:meth:`members`, read again sooner (after :data:`MEMBERS_RECHECK` seconds) when
+        ``user_id`` is not among them: perhaps a member since the last reading."""
+        members, servers = await self.members()
+        if user_id not in members:
+            members, servers = await self.members(MEMBERS_RECHECK)
+        return members, servers
+
     async def _read_members(self) -> None:
         members = await self.bot.actions.members()
         self._members = frozenset(members)
@@ -330,9 +338,7 @@ class Judge:
             return ALLOW  # a local person's invitation elsewhere: not the forum's business
         if remote and invitee == self.bot.settings.moderation_bot_id:
             return await self._stranger_to_the_bot(inviter)
-        members, servers = await self.members()
-        if invitee not in members:  # perhaps a member since the last reading
-            members, servers = await self.members(MEMBERS_RECHECK)
+        members, servers = await self.members_with(invitee)
         if invitee not in members:
             return ALLOW
         if self.banned(inviter) or server_of(inviter) not in servers:
@@ -343,9 +349,7 @@ class Judge:
         """Another server's person invites the moderation bot (a direct chat, to report):
         refused unless they are a forum member, as the bot would decline it after the fact
         (:meth:`ModerationBot.accepts_dm_from`); told at once, and the bot never sees it."""
-        members, _servers = await self.members()
-        if inviter not in members:  # perhaps a member since the last reading
-            members, _servers = await self.members(MEMBERS_RECHECK)
+        members, _servers = await self.members_with(inviter)
         if inviter in members and not self.banned(inviter):
             return ALLOW
         t = await self.gettext(inviter)

@@ -7,7 +7,6 @@ an output that never showed the quote fails the "before" check."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -132,12 +131,6 @@ async def quoted_with_permission(forum: Forum, name: str, text: str) -> tuple[Te
     return person, dm, target
 
 
-async def redact(user: TestUser, room: str, event_id: str) -> None:
-    await user.request(
-        "PUT", f"/_matrix/client/v3/rooms/{room}/redact/{event_id}/{uuid.uuid4().hex}", {}
-    )
-
-
 async def by_command(forum: Forum, person: TestUser, dm: str, command: str) -> None:
     mark = person.mark()
     await person.send_text(dm, command)
@@ -160,7 +153,7 @@ async def unmark(forum: Forum, target: str) -> None:
     ]
     if not reactions:  # not synced back yet: ask the server
         raise AssertionError("the moderator's 📰 reaction was not seen")
-    await redact(forum.mod, forum.room(), reactions[-1]["event_id"])
+    await forum.mod.redact(forum.room(), reactions[-1]["event_id"])
 
 
 Withdrawal = Callable[[Forum, TestUser, str, str], Awaitable[None]]
@@ -171,7 +164,7 @@ PATHS: dict[str, tuple[str, Withdrawal]] = {
     "!publication non": ("general", lambda f, p, dm, t: by_command(f, p, dm, "!publication non")),
     "!quitter": ("general", lambda f, p, dm, t: by_command(f, p, dm, "!quitter")),
     "leaving the rooms": ("general", lambda f, p, dm, t: leave_every_room(f, p)),
-    "redaction": ("general", lambda f, p, dm, t: redact(p, f.room(), t)),
+    "redaction": ("general", lambda f, p, dm, t: p.redact(f.room(), t)),
     "!retirer (one quote)": ("quote", lambda f, p, dm, t: by_command(f, p, dm, "!retirer")),
     "unmark": ("quote", lambda f, p, dm, t: unmark(f, t)),
 }

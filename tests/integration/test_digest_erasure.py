@@ -5,8 +5,6 @@ within the bound, on SQLite and PostgreSQL; a change of display name relabels no
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -82,11 +80,7 @@ async def test_erasure_reaches_every_output(make_user, start_forum: ForumStarter
     assert "4 messages, 2 personnes actives" in page
 
     # The author redacts one message, edits another; Cyril withdraws; the mark is removed.
-    await amina.request(
-        "PUT",
-        f"/_matrix/client/v3/rooms/{room}/redact/{redacted}/{uuid.uuid4().hex}",
-        {"reason": "oops"},
-    )
+    await amina.redact(room, redacted, "oops")
     await amina.send(
         room,
         "m.room.message",
@@ -102,11 +96,7 @@ async def test_erasure_reaches_every_output(make_user, start_forum: ForumStarter
         await ConsentRecords(s).add(cyril.user_id, "publication", False, method="test")
         await Outbox(s).add(ERASE_PERSON_KIND, {"user_id": cyril.user_id})
     forum.ctx.outbox.notify()
-    await mod.request(
-        "PUT",
-        f"/_matrix/client/v3/rooms/{room}/redact/{unmark_reaction}/{uuid.uuid4().hex}",
-        {},
-    )
+    await mod.redact(room, unmark_reaction)
     # Amina changes her display name: her quotes keep her public name.
     await amina.request(
         "PUT", f"/_matrix/client/v3/profile/{amina.user_id}/displayname", {"displayname": "Ama"}
